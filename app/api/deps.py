@@ -1,0 +1,70 @@
+"""Request dependencies: database session, settings, the caller's tenant, paging, load-or-404."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from app.errors import Unauthorized
+from app.jobs import service as jobs
+from app.jobs.tables import Job
+from app.settings import Settings
+from app.tenants.service import authenticate
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.session_factory() as session:
+        yield session
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer gm_…`")
+
+
+def get_tenant(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise Unauthorized("Missing API key. Send 'Authorization: Bearer <key>'.")
+    return authenticate(session=session, key=credentials.credentials)
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]
+
+CURSOR_PATTERN = r"^[a-z]{2,8}_[0-9A-Z]{26}$"
+
+
+class PageParams:
+    def __init__(
+        self,
+        limit: Annotated[int, Query(ge=1, le=100, description="Items per page.")] = 20,
+        after: Annotated[
+            str | None,
+            Query(pattern=CURSOR_PATTERN, description="Id of the last item of the previous page."),
+        ] = None,
+    ) -> None:
+        self.limit = limit
+        self.after = after
+
+
+PageDep = Annotated[PageParams, Depends()]
+
+
+def valid_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> Job:
+    """The caller's job, or NotFound: another tenant's job looks exactly like a missing one."""
+    return jobs.get_job(session=session, tenant_id=tenant_id, job_id=job_id)
+
+
+JobDep = Annotated[Job, Depends(valid_job)]

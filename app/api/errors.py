@@ -1,0 +1,154 @@
+"""THE error mapping: exception → HTTP status and an OpenAI-style envelope.
+
+Every error body is ``{"error": {"message", "type", "param", "code"}}``: domain errors, request
+validation, unknown routes and unexpected exceptions alike (a 500 carries only a request id; the
+traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException
+
+from app import errors
+from app.logging import current_context
+from workers.pipeline.configs.base import ConfigError
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[errors.GristmillError], int] = {
+    errors.InvalidInput: 400,
+    errors.InvalidState: 400,
+    errors.Unauthorized: 401,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.ServiceUnavailable: 503,
+}
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 503:
+        return "service_unavailable"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def render(
+    status: int,
+    message: str,
+    *,
+    code: str | None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _status_for(exc: errors.GristmillError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def _validation_param(error: dict[str, Any]) -> str | None:
+    ctx_error = (error.get("ctx") or {}).get("error")
+    loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    if isinstance(ctx_error, ConfigError):
+        loc = [*[p for p in loc if p == "params"], ctx_error.field]
+    return ".".join(loc) or None
+
+
+def _validation_message(error: dict[str, Any], param: str | None) -> str:
+    ctx_error = (error.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, ConfigError):
+        return f"Invalid value for '{param}': {ctx_error.message}"
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"Invalid value for '{param}': {message}" if param else message
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(errors.GristmillError)
+    async def _domain(_: Request, exc: errors.GristmillError) -> JSONResponse:
+        return render(_status_for(exc), exc.message, code=exc.code, param=exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first: dict[str, Any] = dict(exc.errors()[0]) if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return render(400, "The request body is not valid JSON.", code="invalid_json")
+        param = _strip_tag(first, _validation_param(first))
+        return render(
+            422,
+            _validation_message(first, param),
+            code="invalid_" + ("parameter" if param else "request"),
+            param=param,
+        )
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = "Unknown route." if exc.status_code == 404 else str(exc.detail)
+        return render(exc.status_code, message, code=code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated or _is_connectivity(exc):
+            log.warning("database unavailable: %s", exc.orig)
+            return render(503, "The database is unavailable; retry shortly.", code="db_unavailable")
+        return _internal(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return _internal(exc)
+
+
+def _internal(exc: Exception) -> JSONResponse:
+    request_id = current_context().get("request_id", "unknown")
+    log.error("unhandled error", exc_info=exc)
+    return render(
+        500,
+        f"Internal error; quote request id {request_id} when reporting it.",
+        code="internal_error",
+    )
+
+
+def _is_connectivity(exc: DBAPIError) -> bool:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def _strip_tag(error: dict[str, Any], param: str | None) -> str | None:
+    """'probe.params.duration_s' → 'params.duration_s' (pydantic puts the union tag in loc)."""
+    if param is None:
+        return None
+    parts = param.split(".")
+    if len(parts) > 1 and parts[1] == "params" and parts[0] != "params":
+        parts = parts[1:]
+    return ".".join(parts)

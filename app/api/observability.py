@@ -1,0 +1,106 @@
+"""``GET /metrics`` in Prometheus text format, and the request-id / latency middleware.
+
+Job counts and queue wait are read from the database at scrape time (the ledger is the truth, and
+this works with any number of API processes); request latency is per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import utcnow
+from app.jobs import service
+from app.jobs.tables import Job
+from app.logging import bind
+
+log = logging.getLogger("gristmill.access")
+
+
+class JobCollector(Collector):
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self.factory = factory
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("gristmill_jobs", "Jobs by type and status", labels=["type", "status"])
+        waiting = GaugeMetricFamily(
+            "gristmill_queue_wait_seconds",
+            "Queue wait of jobs started in the last hour (start minus submission)",
+            labels=["quantile"],
+        )
+        oldest = GaugeMetricFamily(
+            "gristmill_oldest_queued_job_age_seconds", "Age of the oldest job still queued"
+        )
+        try:
+            with self.factory() as session:
+                for job_type, status, count in service.count_by_type_and_status(session=session):
+                    jobs.add_metric([job_type, status], count)
+                waits = _recent_waits(session)
+                first_queued = session.scalar(
+                    select(Job.created_at).where(Job.status == "queued").order_by(Job.created_at)
+                )
+        except Exception:
+            log.warning("metrics: database unavailable")
+            return
+        for q in (0.5, 0.9, 0.99):
+            if waits:
+                waiting.add_metric([str(q)], waits[min(len(waits) - 1, int(q * len(waits)))])
+        oldest.add_metric([], (utcnow() - first_queued).total_seconds() if first_queued else 0.0)
+        yield from (jobs, waiting, oldest)
+
+
+def _recent_waits(session: Session) -> list[float]:
+    since = utcnow().timestamp() - 3600
+    rows = session.execute(
+        select(Job.created_at, Job.started_at).where(Job.started_at.is_not(None)).order_by(
+            Job.started_at.desc()
+        ).limit(1000)
+    ).all()
+    return sorted(
+        (started - created).total_seconds()
+        for created, started in rows
+        if started is not None and started.timestamp() >= since
+    )
+
+
+def install(app: FastAPI, factory: sessionmaker[Session]) -> None:
+    registry = CollectorRegistry()
+    registry.register(JobCollector(factory))
+    latency = Histogram(
+        "gristmill_http_request_duration_seconds",
+        "HTTP request latency",
+        ["method", "route", "status"],
+        registry=registry,
+    )
+
+    @app.middleware("http")
+    async def _observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+        started = time.perf_counter()
+        with bind(request_id=request_id):
+            response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        elapsed = time.perf_counter() - started
+        latency.labels(request.method, path, str(response.status_code)).observe(elapsed)
+        response.headers["X-Request-ID"] = request_id
+        log.info(
+            "%s %s %s %.1fms", request.method, path, response.status_code, elapsed * 1000,
+            extra={"request_id": request_id},
+        )
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,287 @@
+"""Jobs: submission, queries, cancellation, and every state change (through ``transition``).
+
+All writes that race (claim, heartbeat, finish, reap) are compare-and-set UPDATEs fenced by the
+current status and, for a running job, by its attempt number: a late or duplicate worker matches
+no row and changes nothing. They behave the same on Postgres and SQLite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db import paginate, utcnow
+from app.errors import InvalidInput, InvalidState, NotFound
+from app.ids import new_id
+from app.jobs.states import FINAL_STATES, JobStatus, sources_of
+from app.jobs.tables import Job, JobEvent, JobMetric
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    created: bool  # False when an Idempotency-Key replayed an earlier submission
+
+
+def request_hash(job_type: str, params: dict[str, Any]) -> str:
+    canonical = json.dumps({"type": job_type, "params": params}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def submit_job(
+    *,
+    session: Session,
+    tenant_id: str,
+    job_type: str,
+    params: dict[str, Any],
+    queue: str,
+    max_attempts: int,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Write a queued job and commit it. The caller enqueues its id afterwards.
+
+    Raises:
+        InvalidInput: the Idempotency-Key was already used with a different request.
+    """
+    digest = request_hash(job_type, params)
+    if idempotency_key is not None:
+        earlier = _replay(session, tenant_id, idempotency_key, digest)
+        if earlier is not None:
+            return Submitted(earlier, created=False)
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        type=job_type,
+        status=JobStatus.queued,
+        queue=queue,
+        params=params,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        enqueued_at=utcnow(),
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key won the race: answer with its job.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        earlier = _replay(session, tenant_id, idempotency_key, digest)
+        if earlier is None:
+            raise
+        return Submitted(earlier, created=False)
+    return Submitted(job, created=True)
+
+
+def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | None:
+    job = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+    if job is not None and job.request_hash != digest:
+        raise InvalidInput(
+            "This Idempotency-Key was already used with a different request body.",
+            code="idempotency_key.reused",
+            param="Idempotency-Key",
+        )
+    return job
+
+
+def get_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant_id:
+        raise NotFound(f"No job with id '{job_id}'.", code="job.not_found", param="job_id")
+    return job
+
+
+def list_jobs(
+    *,
+    session: Session,
+    tenant_id: str,
+    limit: int,
+    after: str | None = None,
+    job_type: str | None = None,
+    status: JobStatus | None = None,
+) -> tuple[list[Job], bool]:
+    """Newest first; ``after`` is the id of the last job of the previous page."""
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    if after is not None:
+        stmt = stmt.where(Job.id < after)
+    if job_type is not None:
+        stmt = stmt.where(Job.type == job_type)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    return paginate(session, stmt.order_by(Job.id.desc()), limit=limit)
+
+
+def transition(
+    *,
+    session: Session,
+    job_id: str,
+    to: JobStatus,
+    fence_attempt: int | None = None,
+    **values: Any,
+) -> bool:
+    """Move a job to ``to`` if the state machine allows it from its current state.
+
+    ``fence_attempt`` limits the write to one run (attempt) of the job. Returns whether a row changed; the caller
+    commits.
+    """
+    now = utcnow()
+    stmt = update(Job).where(Job.id == job_id, Job.status.in_([s.value for s in sources_of(to)]))
+    if fence_attempt is not None:
+        stmt = stmt.where(Job.attempt == fence_attempt)
+    if to in FINAL_STATES:
+        values.setdefault("finished_at", now)
+        values.setdefault("lease_owner", None)
+        values.setdefault("lease_expires_at", None)
+    result = session.execute(
+        stmt.values(status=to.value, updated_at=now, **values).execution_options(
+            synchronize_session=False
+        )
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def claim_job(*, session: Session, job_id: str, worker_id: str, lease_s: float) -> int | None:
+    """Atomically take a queued job for this worker. Returns the new attempt number, or None.
+
+    Only one of any number of concurrent deliveries of the same job id can match the
+    ``status = 'queued' AND attempt = n`` guard.
+    """
+    current = session.scalar(select(Job.attempt).where(Job.id == job_id))
+    if current is None:
+        return None
+    now = utcnow()
+    claimed = transition(
+        session=session,
+        job_id=job_id,
+        to=JobStatus.running,
+        fence_attempt=current,
+        attempt=current + 1,
+        lease_owner=worker_id,
+        lease_expires_at=now + timedelta(seconds=lease_s),
+        started_at=func.coalesce(Job.started_at, now),
+    )
+    session.commit()
+    return current + 1 if claimed else None
+
+
+def heartbeat(*, session: Session, job_id: str, attempt: int, lease_s: float) -> JobStatus | None:
+    """Extend the lease of this attempt. Returns the job's status, or None if the lease is lost."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.attempt == attempt,
+            Job.status.in_([JobStatus.running.value, JobStatus.cancelling.value]),
+        )
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        .returning(Job.status)
+    )
+    row = result.first()
+    session.commit()
+    return JobStatus(row[0]) if row is not None else None
+
+
+def cancel_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
+    """Cancel a queued job at once; ask a running one to stop at its next step.
+
+    Raises:
+        NotFound: no such job for this tenant.
+        InvalidState: the job has already finished.
+    """
+    job = get_job(session=session, tenant_id=tenant_id, job_id=job_id)
+    if job.status in FINAL_STATES:
+        raise InvalidState(
+            f"Job '{job_id}' has already finished ({job.status}); there is nothing to cancel.",
+            code="job.not_cancellable",
+            param="job_id",
+        )
+    if not transition(session=session, job_id=job_id, to=JobStatus.cancelled):
+        transition(session=session, job_id=job_id, to=JobStatus.cancelling)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def add_event(
+    *,
+    session: Session,
+    job_id: str,
+    attempt: int,
+    message: str,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> None:
+    session.add(
+        JobEvent(
+            job_id=job_id,
+            attempt=attempt,
+            level=level,
+            message=message,
+            data=data,
+            created_at=at or utcnow(),
+        )
+    )
+
+
+def list_events(
+    *, session: Session, job_id: str, after: int | None, limit: int
+) -> tuple[list[JobEvent], bool]:
+    """Oldest first, so a poller passes the last id it saw as ``after``."""
+    stmt = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after is not None:
+        stmt = stmt.where(JobEvent.id > after)
+    return paginate(session, stmt.order_by(JobEvent.id), limit=limit)
+
+
+def record_metrics(
+    *, session: Session, job_id: str, attempt: int, rows: Iterable[tuple[int, str, float]]
+) -> None:
+    """Upsert (step, name, value) rows in one statement: a resumed attempt overwrites its steps."""
+    values = [
+        {"job_id": job_id, "attempt": attempt, "step": s, "name": n, "value": v, "created_at": utcnow()}
+        for s, n, v in rows
+    ]
+    if not values:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(JobMetric).values(values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["job_id", "name", "step"],
+        set_={"value": stmt.excluded.value, "attempt": stmt.excluded.attempt},
+    )
+    session.execute(stmt)
+
+
+def list_metrics(
+    *,
+    session: Session,
+    job_id: str,
+    name: str | None,
+    after_step: int | None,
+    limit: int,
+) -> tuple[list[JobMetric], bool]:
+    stmt = select(JobMetric).where(JobMetric.job_id == job_id)
+    if name is not None:
+        stmt = stmt.where(JobMetric.name == name)
+    if after_step is not None:
+        stmt = stmt.where(JobMetric.step > after_step)
+    return paginate(session, stmt.order_by(JobMetric.step, JobMetric.name), limit=limit)
+
+
+def count_by_type_and_status(*, session: Session) -> Sequence[tuple[str, str, int]]:
+    stmt = select(Job.type, Job.status, func.count()).group_by(Job.type, Job.status)
+    return [(t, s, int(n)) for t, s, n in session.execute(stmt)]

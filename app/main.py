@@ -1,0 +1,89 @@
+"""The FastAPI application: routers under ``/v1``, one error mapping, offline docs, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import fastapi_offline
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.api import errors, observability
+from app.api.routes import health, jobs
+from app.db import make_engine, make_session_factory
+from app.settings import Settings, get_settings
+
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+
+DESCRIPTION = """Self-hosted training-as-a-service for language models.
+
+Authenticate with `Authorization: Bearer <key>` (the embedded server prints a key on first start
+and keeps it in `<data dir>/api-key`). Errors are `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+
+def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings.resolved_database_url)
+    factory = make_session_factory(engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reaper = None
+        if run_reaper:
+            from workers.queue import enqueue
+            from workers.reaper import ReaperThread
+
+            reaper = ReaperThread(factory, settings, enqueue)
+            reaper.start()
+        yield
+        if reaper is not None:
+            reaper.stop()
+        engine.dispose()
+
+    app = FastAPI(
+        title="Gristmill",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        generate_unique_id_function=lambda r: f"{r.tags[0]}-{r.name}" if r.tags else r.name,
+    )
+    app.state.settings = settings
+    app.state.session_factory = factory
+    errors.install(app)
+    observability.install(app, factory)
+    for router in (health.router, jobs.router):
+        app.include_router(router, prefix="/v1")
+    _install_docs(app)
+    return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI and ReDoc served from an installed package: the docs work with no internet."""
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Gristmill API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title="Gristmill API",
+            redoc_js_url="/docs-assets/redoc.standalone.js",
+            redoc_favicon_url="/docs-assets/favicon.png",
+            with_google_fonts=False,
+        )

@@ -1,0 +1,77 @@
+"""Deployment settings: the one place that reads the environment.
+
+No setting is required. With none, Gristmill runs the *embedded* profile: a SQLite database, an
+artifact store and a serverless broker under ``GRISTMILL_DATA_DIR``. Production points
+``GRISTMILL_DATABASE_URL`` at Postgres and ``GRISTMILL_BROKER_URL`` at Redis.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRISTMILL_", extra="ignore")
+
+    data_dir: Path = Path("var")
+    """Where the embedded database, broker folders and the artifact store live."""
+    database_url: str | None = None
+    """SQLAlchemy URL; default ``sqlite:///<data_dir>/gristmill.db``."""
+    broker_url: str | None = None
+    """Celery broker URL; default a filesystem broker under ``<data_dir>/broker``."""
+    storage_dir: Path | None = None
+    """Artifact store root, a path every API and worker machine mounts; default ``<data_dir>/store``."""
+
+    job_lease_seconds: float = Field(60.0, gt=0)
+    """A running job's lease; a worker that misses heartbeats this long is presumed dead."""
+    reaper_interval_seconds: float = Field(15.0, ge=0)
+    """How often API and workers look for lost messages and expired leases (0 disables)."""
+    requeue_after_seconds: float = Field(60.0, gt=0)
+    """A job still ``queued`` this long after its last enqueue is sent to the broker again."""
+    max_attempts: int = Field(3, ge=1, le=100)
+    """Attempts a job gets when workers die under it, before it fails."""
+    metrics_flush_seconds: float = Field(2.0, gt=0)
+    """How often a running job writes its buffered metrics."""
+    broker_visibility_timeout_seconds: int = Field(3600, ge=10)
+    """Redis: when an unacknowledged (prefetched, not yet started) message is handed out again."""
+
+    max_upload_bytes: int = Field(20 * 1024**3, gt=0)
+    """Largest dataset upload accepted."""
+
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'gristmill.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return (self.storage_dir or self.data_dir / "store").resolve()
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """Three heartbeats fit in a lease, so one slow write does not lose it."""
+        return self.job_lease_seconds / 3
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

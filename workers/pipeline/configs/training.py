@@ -1,0 +1,269 @@
+"""Parameters of tokenizer training and pretraining, with the rules that keep them consistent.
+
+Stdlib only (the API imports this module to validate job parameters). Cross-field rules that need
+the model shape (batch divisibility, memory) live here too, so the API rejects an impossible job
+before it is queued rather than after a GPU was found for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
+
+from workers.pipeline.configs.base import PYDANTIC_CONFIG, ConfigError, check_range
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Train a byte-level BPE tokenizer (GPT-2/Llama-3 style: every byte is representable)."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = PYDANTIC_CONFIG
+
+    vocab_size: int = 8192
+    """Target vocabulary size including special tokens (256 + specials .. 262144)."""
+    min_frequency: int = 2
+    """A pair must occur at least this often to be merged (1-1000000)."""
+    bos_token: str = "<|bos|>"
+    """Beginning-of-sequence token."""
+    eos_token: str = "<|eos|>"
+    """End-of-sequence token; also separates documents in the packed training stream."""
+    pad_token: str = "<|pad|>"
+    """Padding token (never trained on)."""
+    extra_special_tokens: tuple[str, ...] = ()
+    """More special tokens, e.g. chat role markers; never split, never merged."""
+    chat_template: str | None = None
+    """Jinja chat template stored in tokenizer_config.json; null for none."""
+    max_training_bytes: int = 1 << 30
+    """Stop reading training text after this many UTF-8 bytes (1 MiB-64 GiB)."""
+    heldout_fraction: float = 0.01
+    """Share of documents kept out of training to report bytes/token on (0-0.5)."""
+
+    def special_tokens(self) -> list[str]:
+        return [self.bos_token, self.eos_token, self.pad_token, *self.extra_special_tokens]
+
+    def __post_init__(self) -> None:
+        specials = self.special_tokens()
+        if any(not token for token in specials) or len(set(specials)) != len(specials):
+            raise ConfigError("extra_special_tokens", "special tokens must be distinct, non-empty")
+        # 256 byte symbols must fit next to the specials, or some bytes could not be encoded.
+        check_range("vocab_size", self.vocab_size, 256 + len(specials), 262144)
+        check_range("min_frequency", self.min_frequency, 1, 1_000_000)
+        check_range("max_training_bytes", self.max_training_bytes, 1 << 20, 64 << 30)
+        check_range("heldout_fraction", self.heldout_fraction, 0.0, 0.5)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A fully resolved Llama shape (what a ModelConfig means once its preset is applied)."""
+
+    layers: int
+    heads: int
+    kv_heads: int
+    hidden_size: int
+    intermediate_size: int
+    context_length: int
+    rope_theta: float
+    tied_embeddings: bool
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.heads
+
+
+PRESETS: dict[str, ModelShape] = {
+    # name: layers, heads, kv_heads, hidden, intermediate, context, rope_theta, tied
+    "tiny": ModelShape(2, 4, 4, 64, 192, 128, 10_000.0, True),  # tests: trains in seconds
+    "small": ModelShape(4, 4, 4, 192, 512, 256, 10_000.0, True),  # quickstart on a laptop CPU
+    "gpt2-small": ModelShape(12, 12, 12, 768, 2048, 1024, 10_000.0, True),  # ≈124M at 50k vocab
+    "350m": ModelShape(24, 16, 16, 1024, 2816, 2048, 10_000.0, False),
+    "1b": ModelShape(22, 32, 4, 2048, 5632, 2048, 10_000.0, False),  # TinyLlama's shape
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-architecture decoder: a named preset, optionally with fields overridden."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = PYDANTIC_CONFIG
+
+    preset: Literal["tiny", "small", "gpt2-small", "350m", "1b"] | None = "small"
+    """Starting shape; null means every field below must be given."""
+    layers: int | None = None
+    """Transformer blocks (1-256)."""
+    heads: int | None = None
+    """Attention heads; must divide hidden_size."""
+    kv_heads: int | None = None
+    """Key/value heads (grouped-query attention); must divide heads."""
+    hidden_size: int | None = None
+    """Residual stream width (16-32768)."""
+    intermediate_size: int | None = None
+    """SwiGLU hidden width (16-131072)."""
+    context_length: int | None = None
+    """Tokens per training sequence (16-131072)."""
+    rope_theta: float | None = None
+    """RoPE base frequency."""
+    tied_embeddings: bool | None = None
+    """Share the input embedding and output projection weights."""
+
+    def shape(self) -> ModelShape:
+        """Apply the overrides to the preset; __post_init__ guarantees the result is complete."""
+        base = asdict(PRESETS[self.preset]) if self.preset is not None else {}
+        overrides = {k: v for k, v in asdict(self).items() if k != "preset" and v is not None}
+        return ModelShape(**{**base, **overrides})
+
+    def __post_init__(self) -> None:
+        if self.preset is None:
+            for name, value in asdict(self).items():
+                if value is None and name != "preset":
+                    raise ConfigError(name, "required when preset is null")
+        s = self.shape()
+        check_range("layers", s.layers, 1, 256)
+        check_range("hidden_size", s.hidden_size, 16, 32768)
+        check_range("intermediate_size", s.intermediate_size, 16, 131072)
+        check_range("context_length", s.context_length, 16, 131072)
+        check_range("rope_theta", s.rope_theta, 1.0, 1e9)
+        check_range("heads", s.heads, 1, s.hidden_size)
+        if s.hidden_size % s.heads:
+            raise ConfigError("heads", f"{s.heads} does not divide hidden_size {s.hidden_size}")
+        if s.head_dim % 2:
+            raise ConfigError("heads", f"head dim {s.head_dim} must be even for RoPE")
+        check_range("kv_heads", s.kv_heads, 1, s.heads)
+        if s.heads % s.kv_heads:
+            raise ConfigError("kv_heads", f"{s.kv_heads} does not divide heads {s.heads}")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Train a model from scratch on a token stream (nanoGPT's recipe: AdamW, warmup + cosine)."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = PYDANTIC_CONFIG
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model shape; vocabulary size comes from the tokenizer."""
+    max_steps: int | None = 2000
+    """Optimiser steps to run; null to derive them from max_tokens."""
+    max_tokens: int | None = None
+    """Token budget (rounded up to whole steps); used when max_steps is null."""
+    global_batch_tokens: int = 16384
+    """Tokens per optimiser step, across devices and accumulation."""
+    micro_batch_size: int = 8
+    """Sequences per forward pass per device; lower it if memory runs out."""
+    lr: float = 1e-3
+    """Peak learning rate, reached after warmup."""
+    min_lr: float = 1e-4
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 100
+    """Linear warmup from 0 to lr."""
+    weight_decay: float = 0.1
+    """AdamW decay on matrices (never on norms, biases or embeddings)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables."""
+    seed: int = 1337
+    """Seeds initialisation, data order and sampling: same seed, same run."""
+    precision: Precision = "auto"
+    """auto = bf16 autocast on CUDA, fp32 on CPU."""
+    compile: bool = False
+    """torch.compile the model (CUDA; minutes of warm-up, then faster steps)."""
+    log_interval: int = 10
+    """Report train loss, lr, throughput every this many steps."""
+    eval_interval: int = 250
+    """Measure validation loss and write samples every this many steps (and at the end)."""
+    eval_batches: int = 20
+    """Micro-batches of validation data per evaluation."""
+    checkpoint_interval: int = 500
+    """Save a resumable checkpoint every this many steps (and on cancellation)."""
+    devices: int = 1
+    """Data-parallel processes (GPUs) the run uses."""
+    sample_prompts: tuple[str, ...] = ("Once upon a time",)
+    """Prompts continued at each evaluation so users can watch the model learn."""
+    sample_tokens: int = 40
+    """Tokens generated per sample (0 disables sampling)."""
+    validation_fraction: float = 0.01
+    """Tail of the token stream held out when no validation dataset is given (0.001-0.5)."""
+
+    def total_steps(self) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        assert self.max_tokens is not None  # __post_init__ guarantees one of the two
+        return math.ceil(self.max_tokens / self.global_batch_tokens)
+
+    def grad_accum_steps(self) -> int:
+        per_pass = self.micro_batch_size * self.model.shape().context_length * self.devices
+        return self.global_batch_tokens // per_pass
+
+    def __post_init__(self) -> None:
+        if (self.max_steps is None) == (self.max_tokens is None):
+            raise ConfigError("max_steps", "give exactly one of max_steps and max_tokens")
+        if self.max_steps is not None:
+            check_range("max_steps", self.max_steps, 1, 10_000_000)
+        if self.max_tokens is not None:
+            check_range("max_tokens", self.max_tokens, 1, 1e15)
+        check_range("micro_batch_size", self.micro_batch_size, 1, 4096)
+        check_range("devices", self.devices, 1, 1024)
+        per_pass = self.micro_batch_size * self.model.shape().context_length * self.devices
+        if self.global_batch_tokens < per_pass or self.global_batch_tokens % per_pass:
+            raise ConfigError(
+                "global_batch_tokens",
+                f"must be a multiple of micro_batch_size × context_length × devices = {per_pass}",
+            )
+        # Up to 1e6 so that divergence handling can be exercised deliberately.
+        check_range("lr", self.lr, 1e-8, 1e6)
+        check_range("min_lr", self.min_lr, 0.0, self.lr)
+        check_range("warmup_steps", self.warmup_steps, 0, self.total_steps())
+        check_range("weight_decay", self.weight_decay, 0.0, 10.0)
+        check_range("beta1", self.beta1, 0.0, 0.9999)
+        check_range("beta2", self.beta2, 0.0, 0.99999)
+        check_range("grad_clip", self.grad_clip, 0.0, 1e6)
+        check_range("seed", self.seed, 0, 2**63 - 1)
+        for name in ("log_interval", "eval_interval", "checkpoint_interval", "eval_batches"):
+            check_range(name, getattr(self, name), 1, 10_000_000)
+        check_range("sample_tokens", self.sample_tokens, 0, 4096)
+        check_range("validation_fraction", self.validation_fraction, 0.001, 0.5)
+        if len(self.sample_prompts) > 16:
+            raise ConfigError("sample_prompts", "at most 16 prompts")
+
+
+def pretrain_config_from_dict(data: dict[str, Any]) -> PretrainConfig:
+    """Rebuild a PretrainConfig from its ``dataclasses.asdict`` form (JSON has no tuples)."""
+    fields = dict(data)
+    fields["model"] = ModelConfig(**fields.get("model", {}))
+    if "sample_prompts" in fields:
+        fields["sample_prompts"] = tuple(fields["sample_prompts"])
+    return PretrainConfig(**fields)
+
+
+def tokenizer_config_from_dict(data: dict[str, Any]) -> TokenizerConfig:
+    fields = dict(data)
+    if "extra_special_tokens" in fields:
+        fields["extra_special_tokens"] = tuple(fields["extra_special_tokens"])
+    return TokenizerConfig(**fields)
+
+
+def estimate_memory_bytes(
+    model_cfg: ModelConfig, train_cfg: PretrainConfig, *, vocab_size: int = 50304
+) -> int:
+    """Rough peak memory of one training process, to reject shapes a device cannot hold.
+
+    fp32 master weights + grads + two Adam moments = 16 bytes/parameter, plus activations kept
+    for backward: per layer and token roughly 34·hidden + 5·heads·context bytes under 16-bit
+    autocast (Korthikanti et al. 2022, without recomputation; SDPA's flash path avoids the
+    heads·context² term, so this errs high for long contexts), plus the fp32 logits (which
+    dominate at small widths and large vocabularies). It aims to be within 2x, not exact.
+    """
+    s = model_cfg.shape()
+    attn = s.hidden_size * (s.hidden_size + 2 * s.kv_heads * s.head_dim) + s.hidden_size**2
+    mlp = 3 * s.hidden_size * s.intermediate_size
+    embed = vocab_size * s.hidden_size * (1 if s.tied_embeddings else 2)
+    params = s.layers * (attn + mlp + 2 * s.hidden_size) + embed + s.hidden_size
+    tokens = train_cfg.micro_batch_size * s.context_length
+    bytes_per_act = 2 if train_cfg.precision != "fp32" else 4
+    per_layer = tokens * (17 * s.hidden_size + 2.5 * s.heads * s.context_length) * bytes_per_act
+    logits = tokens * vocab_size * 4 * 3  # logits, their softmax and their gradient
+    return int(16 * params + s.layers * per_layer + logits)

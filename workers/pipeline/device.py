@@ -1,0 +1,88 @@
+"""Device and dtype choice, seeding, and data-parallel process groups.
+
+``init_distributed`` is the one place that reads torchrun's environment (RANK, LOCAL_RANK,
+WORLD_SIZE, MASTER_ADDR/PORT); stages only ask ``torch.distributed`` who they are, so the same
+stage function runs in a test process and under torchrun.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from workers.pipeline.configs.training import Precision
+from workers.pipeline.types import PipelineError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the torchrun process group if launched by torchrun; otherwise a world of one.
+
+    NCCL on CUDA, gloo on CPU. Each rank pins its own GPU before the group forms, so NCCL
+    does not put every rank's context on GPU 0.
+    """
+    if "WORLD_SIZE" not in os.environ or dist.is_initialized():
+        return current_dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local_rank))
+    else:
+        dist.init_process_group(backend="gloo")
+    return current_dist()
+
+
+def current_dist() -> DistInfo:
+    if not dist.is_initialized():
+        return DistInfo()
+    local_rank = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def teardown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def choose_device(info: DistInfo) -> torch.device:
+    return (
+        torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    )
+
+
+def resolve_dtype(precision: Precision, device: torch.device) -> torch.dtype:
+    """The autocast dtype; fp32 means no autocast. ``auto`` prefers bf16 where it is fast.
+
+    Raises:
+        PipelineError: ``train.precision_unsupported`` for 16-bit precision on a device without it.
+    """
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if precision == "fp16" and device.type != "cuda":
+        raise PipelineError("train.precision_unsupported", "fp16 needs a CUDA device")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise PipelineError("train.precision_unsupported", "this GPU has no bf16; use fp16")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all CUDA devices too)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,181 @@
+"""Find personal data and secrets in text and replace them with typed placeholders.
+
+Regexes find candidates and checksums confirm them (Luhn for cards, mod-97 for IBANs, the SSA's
+allocation rules for SSNs), which is what keeps precision high on order numbers, dates and version
+strings. No NER model is used: names and addresses are out of scope, and a model would be orders of
+magnitude slower on a step that runs on every document. Each pattern is guarded by a cheap
+substring test so a document without '@' never pays for the email regex.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Callable, Collection
+
+PLACEHOLDERS = {
+    "email": "<EMAIL>",
+    "phone": "<PHONE>",
+    "ip_address": "<IP_ADDRESS>",
+    "credit_card": "<CREDIT_CARD>",
+    "iban": "<IBAN>",
+    "us_ssn": "<US_SSN>",
+    "secret": "<SECRET>",
+}
+
+# Secrets come first: they contain digits and dots that other patterns would half-match.
+_SECRET = re.compile(
+    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]{0,20000}?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+    r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"
+    r"|\bgh[pousr]_[A-Za-z0-9]{36,255}\b|\bgithub_pat_[A-Za-z0-9_]{60,255}\b"
+    r"|\bxox[abprs]-[A-Za-z0-9-]{10,250}"
+    r"|\bAIza[0-9A-Za-z_\-]{35}"
+    r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
+)
+# Only the token is replaced; the context words stay so the text still reads naturally.
+_SECRET_IN_CONTEXT = re.compile(
+    r"(?i:\bbearer\s+)([A-Za-z0-9._~+/\-]{16,}=*)"
+    r"|(?i:aws.{0,20}?secret.{0,20}?)[\s:=\"']+([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"
+)
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}\b")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+_CARD = re.compile(r"(?<![\d.-])\d(?:[ -]?\d){12,18}(?![\d-]|\.\d)")
+_SSN = re.compile(r"(?<![\d-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\d-])")
+_IPV4 = re.compile(
+    r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.]|\.\w)"
+)
+_IPV6 = re.compile(
+    r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f:]*[0-9A-Fa-f]{1,4}(?![\w:])|(?<![\w:])::1\b"
+)
+_VERSION_CONTEXT = re.compile(r"(?i)(?:version|ver\.?|v|release|build|firmware|rev\.?)\s*$")
+_PHONE = re.compile(
+    r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}(?![\w-]|\.\d)"
+    r"|(?<![\w+])\+\d{1,3}[ .-]?\d{6,12}(?!\w)"
+)
+_DIGIT = re.compile(r"\d")
+
+_IBAN_LENGTHS = {
+    "AD": 24, "AT": 20, "BE": 16, "BG": 22, "CH": 21, "CY": 28, "CZ": 24, "DE": 22, "DK": 18,
+    "EE": 20, "ES": 24, "FI": 18, "FR": 27, "GB": 22, "GR": 27, "HR": 21, "HU": 28, "IE": 22,
+    "IS": 26, "IT": 27, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MT": 31, "NL": 18,
+    "NO": 15, "PL": 28, "PT": 25, "RO": 24, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "TR": 26,
+}  # fmt: skip
+_CARD_PREFIXES = ("4", "5", "2", "34", "37", "36", "30", "38", "6011", "65", "64", "35", "62")
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn check every payment card number satisfies (and 90% of random numbers fail)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_ok(candidate: str) -> bool:
+    """ISO 13616 mod-97 checksum plus the country's fixed length."""
+    iban = candidate.replace(" ", "")
+    if _IBAN_LENGTHS.get(iban[:2]) != len(iban):
+        return False
+    rearranged = iban[4:] + iban[:4]
+    return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
+
+
+def ssn_ok(area: str, group: str, serial: str) -> bool:
+    """SSA never issues area 000, 666 or 900-999, group 00 or serial 0000."""
+    a = int(area)
+    return a not in (0, 666) and a < 900 and group != "00" and serial != "0000"
+
+
+def _card(m: re.Match[str]) -> bool:
+    digits = re.sub(r"[ -]", "", m.group())
+    return 13 <= len(digits) <= 19 and digits.startswith(_CARD_PREFIXES) and luhn_ok(digits)
+
+
+def _ipv4(m: re.Match[str]) -> bool:
+    before = m.string[max(0, m.start() - 12) : m.start()]
+    return not _VERSION_CONTEXT.search(before)
+
+
+def _ipv6(m: re.Match[str]) -> bool:
+    try:
+        ipaddress.IPv6Address(m.group())
+    except ValueError:
+        return False
+    return True
+
+
+def _phone(m: re.Match[str]) -> bool:
+    digits = sum(ch.isdigit() for ch in m.group())
+    return 9 <= digits <= 15
+
+
+def _ssn(m: re.Match[str]) -> bool:
+    return ssn_ok(m.group(1), m.group(3), m.group(4))
+
+
+def _iban(m: re.Match[str]) -> bool:
+    return iban_ok(m.group())
+
+
+def _always(_: re.Match[str]) -> bool:
+    return True
+
+
+Check = Callable[[re.Match[str]], bool]
+# (type, cheap precondition on the text, pattern, confirmation). Order matters: earlier
+# replacements remove text later patterns would misread (a card number is not a phone number).
+_RULES: tuple[tuple[str, Callable[[str], bool], re.Pattern[str], Check], ...] = (
+    ("email", lambda t: "@" in t, _EMAIL, _always),
+    ("iban", lambda t: True, _IBAN, _iban),
+    ("credit_card", lambda t: True, _CARD, _card),
+    ("us_ssn", lambda t: True, _SSN, _ssn),
+    ("ip_address", lambda t: "." in t, _IPV4, _ipv4),
+    ("ip_address", lambda t: "::" in t or t.count(":") > 4, _IPV6, _ipv6),
+    ("phone", lambda t: True, _PHONE, _phone),
+)
+
+
+def scrub_pii(text: str, types: Collection[str]) -> tuple[str, Counter[str]]:
+    """Replace each PII item of the requested ``types`` with its placeholder.
+
+    Returns the scrubbed text and how many items of each type were replaced.
+    """
+    found: Counter[str] = Counter()
+    if "secret" in types:
+        text = _sub_secrets(text, found)
+    if not _DIGIT.search(text) and "@" not in text:
+        return text, found  # every remaining pattern needs a digit (or '@' for email)
+    for kind, precondition, pattern, check in _RULES:
+        if kind in types and precondition(text):
+            text = _sub(text, pattern, check, kind, found)
+    return text, found
+
+
+def _sub(text: str, pattern: re.Pattern[str], check: Check, kind: str, found: Counter[str]) -> str:
+    placeholder = PLACEHOLDERS[kind]
+
+    def replace(m: re.Match[str]) -> str:
+        if check(m):
+            found[kind] += 1
+            return placeholder
+        return m.group()
+
+    return pattern.sub(replace, text)
+
+
+def _sub_secrets(text: str, found: Counter[str]) -> str:
+    text = _sub(text, _SECRET, _always, "secret", found)
+
+    def keep_context(m: re.Match[str]) -> str:
+        group = 1 if m.group(1) is not None else 2
+        found["secret"] += 1
+        start, end = m.span(group)
+        whole = m.group()
+        offset = m.start()
+        return whole[: start - offset] + PLACEHOLDERS["secret"] + whole[end - offset :]
+
+    return _SECRET_IN_CONTEXT.sub(keep_context, text)

@@ -1,0 +1,136 @@
+"""The unit every dataset stage works on, and the rules that make a JSON object a valid one.
+
+Three record kinds exist because they train differently: ``text`` (pretraining prose),
+``chat`` (a conversation whose assistant turns are the targets) and ``prompt_completion``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("text", "chat", "prompt_completion")
+_ROLES = frozenset({"system", "user", "assistant"})
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One training example and where it came from (1-based line or row number)."""
+
+    kind: str
+    line: int
+    text: str | None = None
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    completion: str | None = None
+
+    def contents(self) -> list[str]:
+        """The free-text fields, in order: what filters, PII scrubbing and dedup look at."""
+        if self.kind == "chat":
+            return [m["content"] for m in self.messages or []]
+        if self.kind == "prompt_completion":
+            return [self.prompt or "", self.completion or ""]
+        return [self.text or ""]
+
+    def with_contents(self, contents: list[str]) -> Record:
+        """A copy with the free-text fields replaced (same order as :meth:`contents`)."""
+        if self.kind == "chat":
+            msgs = [
+                {"role": m["role"], "content": c}
+                for m, c in zip(self.messages or [], contents, strict=True)
+            ]
+            return Record("chat", self.line, messages=msgs)
+        if self.kind == "prompt_completion":
+            return Record(self.kind, self.line, prompt=contents[0], completion=contents[1])
+        return Record("text", self.line, text=contents[0])
+
+    def training_text(self) -> str:
+        """The text a language model is trained on for this record."""
+        if self.kind == "chat":
+            return "\n".join(self.contents())
+        if self.kind == "prompt_completion":
+            return (self.prompt or "") + (self.completion or "")
+        return self.text or ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSONL object for this record, in the same shape the user uploaded."""
+        if self.kind == "chat":
+            return {"messages": self.messages}
+        if self.kind == "prompt_completion":
+            return {"prompt": self.prompt, "completion": self.completion}
+        return {"text": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordError:
+    """A record that cannot be used, and why, in words a user can act on."""
+
+    line: int
+    reason: str
+
+
+def parse_json_line(raw: bytes, line: int) -> Record | RecordError:
+    """Decode one JSONL line into a record, or say precisely what is wrong with it."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RecordError(line, f"invalid UTF-8 at byte {exc.start}")
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        return RecordError(line, f"invalid JSON: {exc}")
+    if not isinstance(obj, dict):
+        return RecordError(line, "expected a JSON object")
+    return record_from_object(obj, line)
+
+
+def record_from_object(obj: dict[str, Any], line: int) -> Record | RecordError:
+    """Classify a JSON object as text, chat or prompt/completion and check its fields."""
+    if "messages" in obj:
+        return _chat_record(obj["messages"], line)
+    if "prompt" in obj or "completion" in obj:
+        prompt, completion = obj.get("prompt"), obj.get("completion")
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            return RecordError(line, "'prompt' and 'completion' must both be strings")
+        if not completion.strip():
+            return RecordError(line, "empty record: 'completion' is blank")
+        return Record("prompt_completion", line, prompt=prompt, completion=completion)
+    if "text" in obj:
+        text = obj["text"]
+        if not isinstance(text, str):
+            return RecordError(line, "'text' must be a string")
+        if not text.strip():
+            return RecordError(line, "empty record: 'text' is blank")
+        return Record("text", line, text=text)
+    return RecordError(
+        line, "missing field: expected 'text', 'messages' or 'prompt' and 'completion'"
+    )
+
+
+def _chat_record(messages: Any, line: int) -> Record | RecordError:
+    """Check roles: optional system turn, then user/assistant alternating, ending on assistant."""
+    if not isinstance(messages, list) or not messages:
+        return RecordError(line, "'messages' must be a non-empty list")
+    clean: list[dict[str, str]] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            return RecordError(line, f"message {i} is not an object")
+        role, content = msg.get("role"), msg.get("content")
+        if role not in _ROLES or not isinstance(content, str):
+            return RecordError(
+                line, f"message {i} needs a role in {sorted(_ROLES)} and a string content"
+            )
+        clean.append({"role": role, "content": content})
+    roles = [m["role"] for m in clean]
+    body = roles[1:] if roles[0] == "system" else roles
+    expected = ["user" if i % 2 == 0 else "assistant" for i in range(len(body))]
+    if not body or body != expected or body[-1] != "assistant":
+        return RecordError(
+            line,
+            f"wrong role order {roles}: expected optional system, then user/assistant "
+            "alternating, ending with assistant",
+        )
+    if not any(m["content"].strip() for m in clean if m["role"] == "assistant"):
+        return RecordError(line, "empty record: assistant turns are blank")
+    return Record("chat", line, messages=clean)

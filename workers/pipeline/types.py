@@ -1,0 +1,93 @@
+"""What every pipeline stage takes and gives back: paths in, hooks for progress and stop, typed errors.
+
+A stage is a plain function ``run_<stage>(config, paths, hooks=Hooks()) -> <Stage>Result``. It knows
+nothing of the database, the broker or HTTP: the job layer (``workers.runner``) turns ``hooks`` into
+job metrics, events, heartbeats and cancellation, while tests and ``python -m workers.pipeline``
+call stages directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DatasetFile:
+    """A stored dataset as the pipeline reads it: where the bytes are and how to parse them."""
+
+    path: Path
+    format: str  # "text" | "jsonl" | "csv" | "parquet"
+    compression: str | None = None  # "gzip" | None
+    options: Mapping[str, str] = field(
+        default_factory=dict
+    )  # e.g. {"split": "line"}, {"column": "body"}
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a stage reads and writes.
+
+    ``work_dir`` is stable across attempts of the same job, so checkpoints written there survive a
+    killed worker and let the next attempt resume. ``output_dir`` receives the finished products; the
+    job layer registers what it finds there. Both exist before the stage is called.
+    """
+
+    work_dir: Path
+    output_dir: Path
+    cache_dir: Path | None = (
+        None  # shared between jobs (e.g. token shards keyed by dataset+tokenizer)
+    )
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+def _no_progress(_: Progress) -> None:
+    return None
+
+
+def _no_event(_message: str, _data: Mapping[str, Any], _level: str = "info") -> None:
+    return None
+
+
+def _never_stop() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """Callbacks a stage uses to talk to whoever runs it.
+
+    ``on_progress`` is called at most every few steps or seconds (the stage throttles); its metrics
+    become job metrics. ``on_event`` is the user-visible log (samples, warnings). ``should_stop`` is
+    polled at step boundaries; when it answers True the stage saves what it must and raises
+    :class:`StageCancelled`.
+    """
+
+    on_progress: Callable[[Progress], None] = _no_progress
+    on_event: Callable[..., None] = _no_event
+    should_stop: Callable[[], bool] = _never_stop
+
+
+class PipelineError(Exception):
+    """A deterministic failure caused by the job's input or parameters: retrying will not help.
+
+    ``code`` is dotted and stable (``dataset.empty``, ``train.diverged``); the job layer stores it
+    on the job and shows ``message`` to the user.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class StageCancelled(Exception):
+    """Raised by a stage after ``should_stop`` answered True and its state was saved."""

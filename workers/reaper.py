@@ -1,0 +1,149 @@
+"""The reaper: makes Postgres, not the broker, decide that every job eventually runs and ends.
+
+- A job still ``queued`` long after its last enqueue may have lost its message (a Redis restart
+  without persistence, a publish that failed): send it again. Duplicates are harmless because
+  the claim admits one run.
+- A ``running`` job whose lease expired lost its worker (SIGKILL, OOM, a dead machine): give it
+  another attempt (handlers resume from checkpoints) or fail it after ``max_attempts``. A
+  ``cancelling`` job whose worker died is simply ``cancelled``.
+
+It runs in every worker and in the API, on a timer; all its writes are compare-and-set, so any
+number of reapers can run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import utcnow
+from app.jobs import service
+from app.jobs.states import JobStatus
+from app.jobs.tables import Job
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[str, str], bool]
+
+
+@dataclass
+class ReapReport:
+    resent: int = 0
+    requeued: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+def reap(*, factory: sessionmaker[Session], settings: Settings, enqueue: Enqueue) -> ReapReport:
+    report = ReapReport()
+    _expire_leases(factory, settings, enqueue, report)
+    _resend_stale(factory, settings, enqueue, report)
+    if report.resent or report.requeued or report.failed or report.cancelled:
+        log.info("reaper: %s", report)
+    return report
+
+
+def _expire_leases(
+    factory: sessionmaker[Session], settings: Settings, enqueue: Enqueue, report: ReapReport
+) -> None:
+    now = utcnow()
+    with factory() as session:
+        expired = session.execute(
+            select(Job.id, Job.status, Job.attempt, Job.max_attempts, Job.queue).where(
+                Job.status.in_([JobStatus.running.value, JobStatus.cancelling.value]),
+                Job.lease_expires_at < now,
+            )
+        ).all()
+        for job_id, status, attempt, max_attempts, queue in expired:
+            if status == JobStatus.cancelling:
+                target, values = JobStatus.cancelled, {}
+            elif attempt >= max_attempts:
+                target, values = JobStatus.failed, {
+                    "error_code": "job.worker_lost",
+                    "error_message": (
+                        f"The worker running this job stopped responding on each of its "
+                        f"{attempt} attempts; giving up."
+                    ),
+                }
+            else:
+                target = JobStatus.queued
+                values = {"lease_owner": None, "lease_expires_at": None, "enqueued_at": now}
+            if not service.transition(
+                session=session, job_id=job_id, to=target, fence_attempt=attempt, **values
+            ):
+                continue
+            message = {
+                JobStatus.cancelled: "worker lost while cancelling; job cancelled",
+                JobStatus.failed: "worker lost; no attempts left",
+                JobStatus.queued: f"worker lost; re-queued for attempt {attempt + 1} of {max_attempts}",
+            }[target]
+            level = "error" if target == JobStatus.failed else "warning"
+            service.add_event(
+                session=session, job_id=job_id, attempt=attempt, message=message, level=level
+            )
+            session.commit()
+            if target == JobStatus.queued:
+                report.requeued += 1
+                enqueue(job_id, queue)
+            elif target == JobStatus.failed:
+                report.failed += 1
+            else:
+                report.cancelled += 1
+
+
+def _resend_stale(
+    factory: sessionmaker[Session], settings: Settings, enqueue: Enqueue, report: ReapReport
+) -> None:
+    cutoff = utcnow() - timedelta(seconds=settings.requeue_after_seconds)
+    with factory() as session:
+        stale = session.execute(
+            select(Job.id, Job.queue, Job.enqueued_at)
+            .where(Job.status == JobStatus.queued.value, Job.enqueued_at < cutoff)
+            .order_by(Job.enqueued_at)
+            .limit(500)
+        ).all()
+        for job_id, queue, enqueued_at in stale:
+            # Claim the re-send itself, so two reapers do not both send it.
+            claimed = session.execute(
+                Job.__table__.update()
+                .where(Job.id == job_id, Job.status == "queued", Job.enqueued_at == enqueued_at)
+                .values(enqueued_at=utcnow())
+            ).rowcount
+            session.commit()
+            if claimed and enqueue(job_id, queue):
+                report.resent += 1
+
+
+class ReaperThread:
+    """Runs ``reap`` every ``reaper_interval_seconds`` until stopped; errors are logged, not fatal."""
+
+    def __init__(self, factory: sessionmaker[Session], settings: Settings, enqueue: Enqueue):
+        self.factory, self.settings, self.enqueue = factory, settings, enqueue
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
+
+    def start(self) -> None:
+        if self.settings.reaper_interval_seconds > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                reap(factory=self.factory, settings=self.settings, enqueue=self.enqueue)
+            except DBAPIError:
+                log.warning("reaper: database unavailable; will retry", exc_info=True)
+            except Exception:
+                log.exception("reaper failed")
+            if self._stop.wait(self.settings.reaper_interval_seconds):
+                return

@@ -1,0 +1,270 @@
+"""The job layer: claim a job, keep its lease, run its handler, record how it ended.
+
+``execute`` is a plain function (tests call it without Celery). Every write it makes about the
+job is fenced by the attempt it claimed, so a worker that lost its lease, or a duplicate delivery,
+cannot change a job that another attempt now owns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import session_scope, utcnow
+from app.jobs import service
+from app.jobs.states import JobStatus
+from app.jobs.tables import Job
+from app.logging import bind
+from app.settings import Settings
+from app.storage import LocalStore
+from workers.handlers.base import JobContext, Outcome
+from workers.handlers.registry import handler_for
+from workers.pipeline.types import Hooks, PipelineError, Progress, RunPaths, StageCancelled
+
+log = logging.getLogger(__name__)
+
+MAX_BUFFERED_ROWS = 100_000
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobMonitor:
+    """A thread that, about once a second, renews the lease, notices cancellation and flushes metrics.
+
+    Database outages are ridden out: rows stay buffered and the next tick retries. If the lease is
+    found lost (the reaper gave the job to another attempt), ``should_stop`` turns True.
+    """
+
+    def __init__(self, factory: sessionmaker[Session], settings: Settings, job_id: str, attempt: int):
+        self.factory, self.settings = factory, settings
+        self.job_id, self.attempt = job_id, attempt
+        self.cancel_requested = threading.Event()
+        self.lease_lost = threading.Event()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._metrics: dict[tuple[int, str], float] = {}
+        self._events: list[dict[str, Any]] = []
+        self._progress: dict[str, Any] | None = None
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"monitor-{job_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and write what is buffered; safe to call more than once."""
+        if self._done.is_set():
+            return
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._flush()
+
+    def should_stop(self) -> bool:
+        return self.cancel_requested.is_set() or self.lease_lost.is_set()
+
+    def on_progress(self, progress: Progress) -> None:
+        elapsed = time.monotonic() - self._started
+        info: dict[str, Any] = {"step": progress.step, "total": progress.total}
+        if progress.total:
+            fraction = min(1.0, progress.step / progress.total)
+            info["fraction"] = round(fraction, 4)
+            if fraction > 0:
+                info["eta_s"] = round(elapsed * (1 - fraction) / fraction, 1)
+        with self._lock:
+            self._progress = info
+            for name, value in progress.metrics.items():
+                self._metrics[(progress.step, name)] = float(value)
+            if len(self._metrics) > MAX_BUFFERED_ROWS:  # a long outage: keep the newest
+                for key in list(self._metrics)[: len(self._metrics) - MAX_BUFFERED_ROWS]:
+                    del self._metrics[key]
+
+    def on_event(self, message: str, data: Mapping[str, Any] | None = None, level: str = "info") -> None:
+        log.info("%s", message)
+        with self._lock:
+            self._events.append(
+                {"message": message, "data": dict(data or {}), "level": level, "at": utcnow()}
+            )
+
+    def _run(self) -> None:
+        tick = min(1.0, self.settings.heartbeat_seconds)
+        last_flush = time.monotonic()
+        while not self._done.wait(tick):
+            try:
+                with self.factory() as session:
+                    status = service.heartbeat(
+                        session=session,
+                        job_id=self.job_id,
+                        attempt=self.attempt,
+                        lease_s=self.settings.job_lease_seconds,
+                    )
+                if status is None:
+                    log.warning("lease lost: another attempt owns this job now")
+                    self.lease_lost.set()
+                elif status == JobStatus.cancelling:
+                    self.cancel_requested.set()
+            except DBAPIError:
+                log.warning("heartbeat failed; will retry", exc_info=True)
+            if time.monotonic() - last_flush >= self.settings.metrics_flush_seconds:
+                self._flush()
+                last_flush = time.monotonic()
+
+    def _flush(self) -> None:
+        with self._lock:
+            metrics, events, progress = self._metrics, self._events, self._progress
+            self._metrics, self._events, self._progress = {}, [], None
+        if not (metrics or events or progress):
+            return
+        try:
+            with session_scope(self.factory) as session:
+                for event in events:
+                    service.add_event(session=session, job_id=self.job_id, attempt=self.attempt, **event)
+                rows = [(step, name, value) for (step, name), value in metrics.items()]
+                service.record_metrics(
+                    session=session, job_id=self.job_id, attempt=self.attempt, rows=rows
+                )
+                if progress is not None:
+                    session.query(Job).filter(
+                        Job.id == self.job_id, Job.attempt == self.attempt
+                    ).update({"progress": progress}, synchronize_session=False)
+        except DBAPIError:
+            log.warning("could not write metrics; keeping them for the next try", exc_info=True)
+            with self._lock:
+                self._metrics = {**metrics, **self._metrics}
+                self._events = events + self._events
+                self._progress = self._progress or progress
+
+
+def run_paths(store: LocalStore, job_id: str) -> RunPaths:
+    """The job's folders. ``work`` survives attempts (checkpoints); ``output`` starts empty."""
+    work = store.local_path(f"jobs/{job_id}/work")
+    output = store.local_path(f"jobs/{job_id}/output")
+    shutil.rmtree(output, ignore_errors=True)
+    for folder in (work, output, store.local_path("cache")):
+        folder.mkdir(parents=True, exist_ok=True)
+    return RunPaths(work_dir=work, output_dir=output, cache_dir=store.local_path("cache"))
+
+
+def execute(
+    job_id: str,
+    *,
+    worker: str,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    store: LocalStore,
+) -> str | None:
+    """Run one job if this delivery wins the claim. Returns the final status it wrote, if any."""
+    with session_factory() as session:
+        attempt = service.claim_job(
+            session=session, job_id=job_id, worker_id=worker, lease_s=settings.job_lease_seconds
+        )
+        if attempt is None:
+            log.info("job %s: duplicate or stale delivery ignored", job_id)
+            return None
+        job = session.get_one(Job, job_id)
+        tenant_id, job_type, params = job.tenant_id, job.type, dict(job.params)
+    with bind(job_id=job_id, attempt=attempt, job_type=job_type):
+        monitor = JobMonitor(session_factory, settings, job_id, attempt)
+        monitor.on_event(f"attempt {attempt} started on {worker}", {"worker": worker})
+        monitor.start()
+        ctx = JobContext(
+            job_id=job_id,
+            tenant_id=tenant_id,
+            job_type=job_type,
+            params=params,
+            attempt=attempt,
+            paths=run_paths(store, job_id),
+            hooks=Hooks(monitor.on_progress, monitor.on_event, monitor.should_stop),
+            store=store,
+            settings=settings,
+            session_factory=session_factory,
+        )
+        try:
+            return _run_and_finish(ctx, monitor)
+        finally:
+            monitor.stop()
+
+
+def _run_and_finish(ctx: JobContext, monitor: JobMonitor) -> str | None:
+    try:
+        outcome = handler_for(ctx.job_type)(ctx)
+    except StageCancelled:
+        if monitor.lease_lost.is_set():
+            return None
+        return _finish(ctx, monitor, JobStatus.cancelled)
+    except PipelineError as err:
+        return _finish(ctx, monitor, JobStatus.failed, error_code=err.code, error_message=err.message)
+    except OperationalError:
+        # The database went away mid-job: leave the job running; if we cannot heartbeat, the
+        # lease expires and the reaper gives the job another attempt.
+        log.exception("database unavailable while running the job")
+        return None
+    except Exception as exc:
+        log.exception("job crashed")
+        message = f"{type(exc).__name__}: {exc}"[:2000]
+        return _finish(
+            ctx, monitor, JobStatus.failed, error_code="internal_error", error_message=message
+        )
+    return _finish(ctx, monitor, JobStatus.succeeded, outcome=outcome)
+
+
+def _finish(
+    ctx: JobContext,
+    monitor: JobMonitor,
+    status: JobStatus,
+    *,
+    outcome: Outcome | None = None,
+    **values: Any,
+) -> str | None:
+    """Write the final state, retrying through short database outages for up to one lease."""
+    monitor.stop()
+    deadline = time.monotonic() + ctx.settings.job_lease_seconds
+    delay = 0.5
+    while True:
+        try:
+            return _write_final(ctx, status, outcome, values)
+        except OperationalError:
+            if time.monotonic() > deadline:
+                log.exception("could not record the job's end; the reaper will retry it")
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _write_final(
+    ctx: JobContext, status: JobStatus, outcome: Outcome | None, values: dict[str, Any]
+) -> str | None:
+    with session_scope(ctx.session_factory) as session:
+        if outcome is not None:
+            values["result"] = outcome.result
+        changed = service.transition(
+            session=session, job_id=ctx.job_id, to=status, fence_attempt=ctx.attempt, **values
+        )
+        if not changed:
+            # Cancelled while finishing, or a newer attempt owns it: write nothing.
+            session.rollback()
+            log.warning("job no longer ours to finish as %s", status.value)
+            return None
+        if outcome is not None and outcome.commit is not None:
+            outcome.commit(session)
+        message = f"job {status.value}"
+        if values.get("error_message"):
+            message += f": {values['error_message']}"
+        level = "error" if status == JobStatus.failed else "info"
+        service.add_event(
+            session=session, job_id=ctx.job_id, attempt=ctx.attempt, message=message, level=level
+        )
+    log.info("job finished: %s", status.value)
+    return status.value
+

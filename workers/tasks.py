@@ -1,0 +1,62 @@
+"""The only Celery-aware module of the job layer: thin tasks that forward to the runner."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import make_engine, make_session_factory
+from app.settings import Settings, get_settings
+from app.storage import LocalStore
+from workers import runner
+from workers.celery_app import RUN_JOB
+from workers.queue import enqueue
+from workers.reaper import ReaperThread
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache
+def resources() -> tuple[Settings, sessionmaker[Session], LocalStore]:
+    """Per-process database and store handles, made after the pool forks."""
+    settings = get_settings()
+    factory = make_session_factory(make_engine(settings.resolved_database_url))
+    return settings, factory, LocalStore(settings.resolved_storage_dir)
+
+
+def register(app: Celery) -> None:
+    @app.task(name=RUN_JOB, ignore_result=True)  # type: ignore[untyped-decorator]
+    def run_job(job_id: str) -> None:
+        settings, factory, store = resources()
+        runner.execute(
+            job_id, worker=runner.worker_id(), settings=settings, session_factory=factory, store=store
+        )
+
+
+_reaper: ReaperThread | None = None
+
+
+@worker_process_init.connect
+def _fresh_child(**_: Any) -> None:
+    resources.cache_clear()  # never share a parent's connections with a forked child
+
+
+@worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    """Reap once at start (jobs a crashed predecessor left behind), then on a timer."""
+    global _reaper
+    settings = get_settings()
+    factory = make_session_factory(make_engine(settings.resolved_database_url))
+    _reaper = ReaperThread(factory, settings, enqueue)
+    _reaper.start()
+
+
+@worker_shutting_down.connect
+def _stop_reaper(**_: Any) -> None:
+    if _reaper is not None:
+        _reaper.stop()
