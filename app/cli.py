@@ -23,7 +23,10 @@ log = logging.getLogger("gristmill")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="gristmill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("serve", "embedded: migrate, API and one worker"), ("api", "HTTP API")):
+    for name, help_text in (
+        ("serve", "embedded: migrate, API and one worker"),
+        ("api", "HTTP API"),
+    ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--host", default="127.0.0.1")
         cmd.add_argument("--port", type=int, default=8000)
@@ -121,7 +124,16 @@ class WorkerSupervisor:
         threading.Thread(target=self._watch, name="worker-supervisor", daemon=True).start()
 
     def _spawn(self) -> None:
-        cmd = [sys.executable, "-m", "app.cli", "worker", "--queues", "cpu,gpu", "--concurrency", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "worker",
+            "--queues",
+            "cpu,gpu",
+            "--concurrency",
+            "1",
+        ]
         self.process = subprocess.Popen(cmd, start_new_session=True)
 
     def _watch(self) -> None:
@@ -147,7 +159,10 @@ def serve(settings: Settings, host: str, port: int) -> None:
     supervisor = WorkerSupervisor()
     supervisor.start()
     try:
-        print(f"Gristmill on http://{host}:{port} (docs at /docs); data in {Path(settings.data_dir).resolve()}")
+        print(
+            f"Gristmill on http://{host}:{port} (docs at /docs); "
+            f"data in {Path(settings.data_dir).resolve()}"
+        )
         run_api(settings, host, port)
     finally:
         supervisor.stop()

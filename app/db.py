@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import JSON, DateTime, Engine, MetaData, Select, create_engine, event
 from sqlalchemy.engine import Dialect
@@ -44,7 +44,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+    }
 
 
 def utcnow() -> datetime:
@@ -89,7 +92,7 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
 R = TypeVar("R")
 
 
-def paginate(session: Session, stmt: Select[tuple[R]], *, limit: int) -> tuple[list[R], bool]:
+def paginate(session: Session, stmt: Select[R], *, limit: int) -> tuple[list[R], bool]:
     """Run a list query for one page: the rows, and whether more follow."""
     rows = list(session.scalars(stmt.limit(limit + 1)))
     return rows[:limit], len(rows) > limit

@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     """Celery broker URL; default a filesystem broker under ``<data_dir>/broker``."""
     storage_dir: Path | None = None
-    """Artifact store root, a path every API and worker machine mounts; default ``<data_dir>/store``."""
+    """Artifact store root that all API and worker machines mount; default <data_dir>/store."""
 
     job_lease_seconds: float = Field(60.0, gt=0)
     """A running job's lease; a worker that misses heartbeats this long is presumed dead."""

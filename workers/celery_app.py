@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from app.settings import Settings, get_settings
 
@@ -56,7 +56,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        task_queues=[Queue(name) for name in QUEUES],
+        task_queues=[Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
         task_default_queue="cpu",
         task_acks_late=False,
         task_ignore_result=True,

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
@@ -63,28 +64,11 @@ def _expire_leases(
             )
         ).all()
         for job_id, status, attempt, max_attempts, queue in expired:
-            if status == JobStatus.cancelling:
-                target, values = JobStatus.cancelled, {}
-            elif attempt >= max_attempts:
-                target, values = JobStatus.failed, {
-                    "error_code": "job.worker_lost",
-                    "error_message": (
-                        f"The worker running this job stopped responding on each of its "
-                        f"{attempt} attempts; giving up."
-                    ),
-                }
-            else:
-                target = JobStatus.queued
-                values = {"lease_owner": None, "lease_expires_at": None, "enqueued_at": now}
+            target, values, message = _after_lost_worker(JobStatus(status), attempt, max_attempts)
             if not service.transition(
                 session=session, job_id=job_id, to=target, fence_attempt=attempt, **values
             ):
-                continue
-            message = {
-                JobStatus.cancelled: "worker lost while cancelling; job cancelled",
-                JobStatus.failed: "worker lost; no attempts left",
-                JobStatus.queued: f"worker lost; re-queued for attempt {attempt + 1} of {max_attempts}",
-            }[target]
+                continue  # the worker came back, or another reaper got there first
             level = "error" if target == JobStatus.failed else "warning"
             service.add_event(
                 session=session, job_id=job_id, attempt=attempt, message=message, level=level
@@ -99,6 +83,23 @@ def _expire_leases(
                 report.cancelled += 1
 
 
+def _after_lost_worker(
+    status: JobStatus, attempt: int, max_attempts: int
+) -> tuple[JobStatus, dict[str, Any], str]:
+    """Where a job goes when its worker is gone: cancelled, failed, or queued to try again."""
+    if status == JobStatus.cancelling:
+        return JobStatus.cancelled, {}, "worker lost while cancelling; job cancelled"
+    if attempt >= max_attempts:
+        error = (
+            f"The worker running this job stopped responding on each of its {attempt} attempts; "
+            "giving up."
+        )
+        values: dict[str, Any] = {"error_code": "job.worker_lost", "error_message": error}
+        return JobStatus.failed, values, "worker lost; no attempts left"
+    requeue = {"lease_owner": None, "lease_expires_at": None, "enqueued_at": utcnow()}
+    return JobStatus.queued, requeue, f"worker lost; attempt {attempt + 1}/{max_attempts} queued"
+
+
 def _resend_stale(
     factory: sessionmaker[Session], settings: Settings, enqueue: Enqueue, report: ReapReport
 ) -> None:
@@ -111,19 +112,14 @@ def _resend_stale(
             .limit(500)
         ).all()
         for job_id, queue, enqueued_at in stale:
-            # Claim the re-send itself, so two reapers do not both send it.
-            claimed = session.execute(
-                Job.__table__.update()
-                .where(Job.id == job_id, Job.status == "queued", Job.enqueued_at == enqueued_at)
-                .values(enqueued_at=utcnow())
-            ).rowcount
+            claimed = service.mark_enqueued(session=session, job_id=job_id, seen=enqueued_at)
             session.commit()
             if claimed and enqueue(job_id, queue):
                 report.resent += 1
 
 
 class ReaperThread:
-    """Runs ``reap`` every ``reaper_interval_seconds`` until stopped; errors are logged, not fatal."""
+    """Runs ``reap`` every ``reaper_interval_seconds`` until stopped; errors are only logged."""
 
     def __init__(self, factory: sessionmaker[Session], settings: Settings, enqueue: Enqueue):
         self.factory, self.settings, self.enqueue = factory, settings, enqueue

@@ -40,13 +40,15 @@ def worker_id() -> str:
 
 
 class JobMonitor:
-    """A thread that, about once a second, renews the lease, notices cancellation and flushes metrics.
+    """A thread that about once a second renews the lease, notices cancellation, flushes metrics.
 
     Database outages are ridden out: rows stay buffered and the next tick retries. If the lease is
     found lost (the reaper gave the job to another attempt), ``should_stop`` turns True.
     """
 
-    def __init__(self, factory: sessionmaker[Session], settings: Settings, job_id: str, attempt: int):
+    def __init__(
+        self, factory: sessionmaker[Session], settings: Settings, job_id: str, attempt: int
+    ):
         self.factory, self.settings = factory, settings
         self.job_id, self.attempt = job_id, attempt
         self.cancel_requested = threading.Event()
@@ -90,7 +92,9 @@ class JobMonitor:
                 for key in list(self._metrics)[: len(self._metrics) - MAX_BUFFERED_ROWS]:
                     del self._metrics[key]
 
-    def on_event(self, message: str, data: Mapping[str, Any] | None = None, level: str = "info") -> None:
+    def on_event(
+        self, message: str, data: Mapping[str, Any] | None = None, level: str = "info"
+    ) -> None:
         log.info("%s", message)
         with self._lock:
             self._events.append(
@@ -129,7 +133,9 @@ class JobMonitor:
         try:
             with session_scope(self.factory) as session:
                 for event in events:
-                    service.add_event(session=session, job_id=self.job_id, attempt=self.attempt, **event)
+                    service.add_event(
+                        session=session, job_id=self.job_id, attempt=self.attempt, **event
+                    )
                 rows = [(step, name, value) for (step, name), value in metrics.items()]
                 service.record_metrics(
                     session=session, job_id=self.job_id, attempt=self.attempt, rows=rows
@@ -204,7 +210,9 @@ def _run_and_finish(ctx: JobContext, monitor: JobMonitor) -> str | None:
             return None
         return _finish(ctx, monitor, JobStatus.cancelled)
     except PipelineError as err:
-        return _finish(ctx, monitor, JobStatus.failed, error_code=err.code, error_message=err.message)
+        return _finish(
+            ctx, monitor, JobStatus.failed, error_code=err.code, error_message=err.message
+        )
     except OperationalError:
         # The database went away mid-job: leave the job running; if we cannot heartbeat, the
         # lease expires and the reaper gives the job another attempt.
@@ -267,4 +275,3 @@ def _write_final(
         )
     log.info("job finished: %s", status.value)
     return status.value
-

@@ -30,11 +30,15 @@ def resources() -> tuple[Settings, sessionmaker[Session], LocalStore]:
 
 
 def register(app: Celery) -> None:
-    @app.task(name=RUN_JOB, ignore_result=True)  # type: ignore[untyped-decorator]
+    @app.task(name=RUN_JOB, ignore_result=True)
     def run_job(job_id: str) -> None:
         settings, factory, store = resources()
         runner.execute(
-            job_id, worker=runner.worker_id(), settings=settings, session_factory=factory, store=store
+            job_id,
+            worker=runner.worker_id(),
+            settings=settings,
+            session_factory=factory,
+            store=store,
         )
 
 

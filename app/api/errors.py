@@ -78,7 +78,11 @@ def _status_for(exc: errors.GristmillError) -> int:
 
 def _validation_param(error: dict[str, Any]) -> str | None:
     ctx_error = (error.get("ctx") or {}).get("error")
-    loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    loc = [
+        str(part)
+        for part in error.get("loc", ())
+        if part not in ("body", "query", "path", "header")
+    ]
     if isinstance(ctx_error, ConfigError):
         loc = [*[p for p in loc if p == "params"], ctx_error.field]
     return ".".join(loc) or None
@@ -117,24 +121,28 @@ def install(app: FastAPI) -> None:
         return render(exc.status_code, message, code=code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(DBAPIError)
-    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
         if exc.connection_invalidated or _is_connectivity(exc):
             log.warning("database unavailable: %s", exc.orig)
             return render(503, "The database is unavailable; retry shortly.", code="db_unavailable")
-        return _internal(exc)
+        return _internal(request, exc)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return _internal(exc)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _internal(request, exc)
 
 
-def _internal(exc: Exception) -> JSONResponse:
-    request_id = current_context().get("request_id", "unknown")
-    log.error("unhandled error", exc_info=exc)
+def _internal(request: Request, exc: Exception) -> JSONResponse:
+    # This handler runs outside the middleware that binds the request id: read it from the scope.
+    request_id = getattr(request.state, "request_id", None) or current_context().get(
+        "request_id", "unknown"
+    )
+    log.error("unhandled error (request %s)", request_id, exc_info=exc)
     return render(
         500,
         f"Internal error; quote request id {request_id} when reporting it.",
         code="internal_error",
+        headers={"X-Request-ID": request_id},
     )
 
 

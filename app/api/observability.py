@@ -31,7 +31,9 @@ class JobCollector(Collector):
         self.factory = factory
 
     def collect(self) -> Iterator[Metric]:
-        jobs = GaugeMetricFamily("gristmill_jobs", "Jobs by type and status", labels=["type", "status"])
+        jobs = GaugeMetricFamily(
+            "gristmill_jobs", "Jobs by type and status", labels=["type", "status"]
+        )
         waiting = GaugeMetricFamily(
             "gristmill_queue_wait_seconds",
             "Queue wait of jobs started in the last hour (start minus submission)",
@@ -61,9 +63,10 @@ class JobCollector(Collector):
 def _recent_waits(session: Session) -> list[float]:
     since = utcnow().timestamp() - 3600
     rows = session.execute(
-        select(Job.created_at, Job.started_at).where(Job.started_at.is_not(None)).order_by(
-            Job.started_at.desc()
-        ).limit(1000)
+        select(Job.created_at, Job.started_at)
+        .where(Job.started_at.is_not(None))
+        .order_by(Job.started_at.desc())
+        .limit(1000)
     ).all()
     return sorted(
         (started - created).total_seconds()
@@ -87,6 +90,7 @@ def install(app: FastAPI, factory: sessionmaker[Session]) -> None:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+        request.state.request_id = request_id
         started = time.perf_counter()
         with bind(request_id=request_id):
             response = await call_next(request)
@@ -96,7 +100,11 @@ def install(app: FastAPI, factory: sessionmaker[Session]) -> None:
         latency.labels(request.method, path, str(response.status_code)).observe(elapsed)
         response.headers["X-Request-ID"] = request_id
         log.info(
-            "%s %s %s %.1fms", request.method, path, response.status_code, elapsed * 1000,
+            "%s %s %s %.1fms",
+            request.method,
+            path,
+            response.status_code,
+            elapsed * 1000,
             extra={"request_id": request_id},
         )
         return response

@@ -74,7 +74,9 @@ class JobRead(BaseModel):
             error = None
             if data.error_code:
                 error = {"code": data.error_code, "message": data.error_message or ""}
-            fields = {name: getattr(data, name, None) for name in cls.model_fields if name != "error"}
+            fields = {
+                name: getattr(data, name, None) for name in cls.model_fields if name != "error"
+            }
             fields.pop("object", None)
             return {**fields, "error": error}
         return data

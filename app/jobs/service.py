@@ -129,15 +129,18 @@ def transition(
     job_id: str,
     to: JobStatus,
     fence_attempt: int | None = None,
+    only_from: frozenset[JobStatus] | None = None,
     **values: Any,
 ) -> bool:
     """Move a job to ``to`` if the state machine allows it from its current state.
 
-    ``fence_attempt`` limits the write to one run (attempt) of the job. Returns whether a row changed; the caller
-    commits.
+    ``fence_attempt`` limits the write to one run (attempt) of the job; ``only_from`` narrows the
+    allowed source states further (a user's cancel ends only a queued job outright). Returns
+    whether a row changed; the caller commits.
     """
     now = utcnow()
-    stmt = update(Job).where(Job.id == job_id, Job.status.in_([s.value for s in sources_of(to)]))
+    sources = sources_of(to) if only_from is None else sources_of(to) & only_from
+    stmt = update(Job).where(Job.id == job_id, Job.status.in_([s.value for s in sources]))
     if fence_attempt is not None:
         stmt = stmt.where(Job.attempt == fence_attempt)
     if to in FINAL_STATES:
@@ -176,6 +179,17 @@ def claim_job(*, session: Session, job_id: str, worker_id: str, lease_s: float) 
     return current + 1 if claimed else None
 
 
+def mark_enqueued(*, session: Session, job_id: str, seen: datetime | None) -> bool:
+    """Record a re-send of a queued job, unless another reaper already did (compare-and-set)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued.value, Job.enqueued_at == seen)
+        .values(enqueued_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
 def heartbeat(*, session: Session, job_id: str, attempt: int, lease_s: float) -> JobStatus | None:
     """Extend the lease of this attempt. Returns the job's status, or None if the lease is lost."""
     result = session.execute(
@@ -207,7 +221,8 @@ def cancel_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
             code="job.not_cancellable",
             param="job_id",
         )
-    if not transition(session=session, job_id=job_id, to=JobStatus.cancelled):
+    queued = frozenset({JobStatus.queued})
+    if not transition(session=session, job_id=job_id, to=JobStatus.cancelled, only_from=queued):
         transition(session=session, job_id=job_id, to=JobStatus.cancelling)
     session.commit()
     session.refresh(job)
@@ -251,7 +266,14 @@ def record_metrics(
 ) -> None:
     """Upsert (step, name, value) rows in one statement: a resumed attempt overwrites its steps."""
     values = [
-        {"job_id": job_id, "attempt": attempt, "step": s, "name": n, "value": v, "created_at": utcnow()}
+        {
+            "job_id": job_id,
+            "attempt": attempt,
+            "step": s,
+            "name": n,
+            "value": v,
+            "created_at": utcnow(),
+        }
         for s, n, v in rows
     ]
     if not values:

@@ -1,10 +1,10 @@
 """The job state machine, and nowhere else.
 
-    queued ──► running ──► succeeded | failed | cancelled
-       │          │  ▲
-       │          ▼  │ (lease expired: back to queued to resume)
-       │      cancelling ──► cancelled | succeeded | failed
-       └──► cancelled | failed
+queued ──► running ──► succeeded | failed | cancelled
+   │          │  ▲
+   │          ▼  │ (lease expired: back to queued to resume)
+   │      cancelling ──► cancelled | succeeded | failed
+   └──► cancelled | failed
 """
 
 from __future__ import annotations

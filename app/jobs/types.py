@@ -21,7 +21,5 @@ class JobType:
 
 JOB_TYPES: dict[str, JobType] = {
     jt.name: jt
-    for jt in (
-        JobType("probe", ProbeConfig, "Diagnostic: report the device and measure GFLOP/s."),
-    )
+    for jt in (JobType("probe", ProbeConfig, "Diagnostic: report the device and measure GFLOP/s."),)
 }

@@ -23,12 +23,12 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
 _FORMAT = 1
 _TOKENIZER_FILES = (
@@ -162,7 +162,8 @@ def _torch_rng_tensors() -> dict[str, torch.Tensor]:
 
 
 def _numpy_rng_state() -> dict[str, Any]:
-    state = cast(dict[str, Any], np.random.get_state(legacy=False))
+    state = np.random.get_state(legacy=False)
+    assert isinstance(state, dict)
     state["state"] = {**state["state"], "key": state["state"]["key"].tolist()}
     return state
 
@@ -188,9 +189,10 @@ def export_hf(
 ) -> None:
     """Write a Hugging Face model directory: safetensors weights, config, generation config and
     the tokenizer files, loadable with ``from_pretrained`` offline and without custom code."""
-    model.generation_config = GenerationConfig(
-        bos_token_id=special["bos"], eos_token_id=special["eos"], pad_token_id=special["pad"]
-    )
+    generation = model.generation_config
+    generation.bos_token_id = special["bos"]
+    generation.eos_token_id = special["eos"]
+    generation.pad_token_id = special["pad"]
     # transformers 5 always writes safetensors (the safe_serialization flag is gone).
     model.save_pretrained(str(output_dir))
     for name in _TOKENIZER_FILES:

@@ -194,15 +194,18 @@ def get_batch(
 def eval_batches(
     tokens: npt.NDArray[np.unsignedinteger], spec: BatchSpec, *, batches: int, rank: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The same ``batches`` validation micro-batches at every evaluation, split across ranks."""
+    """This rank's share of the same ``batches`` validation micro-batches at every evaluation.
+
+    The windows do not depend on the world size, so 1 and N processes measure the same loss.
+    """
     high = tokens.size - spec.context - 1
     if high <= 0:
         raise PipelineError("dataset.too_small", "the validation split is shorter than a sequence")
     # A fixed seed independent of the step, so evaluations are comparable with each other.
     rng = np.random.Generator(np.random.PCG64([spec.seed, 2**32 + 1]))
-    offsets = rng.integers(0, high, size=(batches, spec.world, spec.micro_batch))
-    for row in offsets:
-        yield _windows(tokens, row[rank], spec.context)
+    offsets = rng.integers(0, high, size=(batches, spec.micro_batch))
+    for row in offsets[rank :: spec.world]:
+        yield _windows(tokens, row, spec.context)
 
 
 def _windows(

@@ -85,7 +85,7 @@ def top_ngram_fraction(spans: WordSpans, n: int) -> float:
     if spans.words < n + 1:
         return 0.0
     hashes, lengths = spans.ngrams(n)
-    uniq, first, counts = np.unique(hashes, return_index=True, return_counts=True)
+    _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
     top = int(np.argmax(counts))
     if counts[top] < 2:
         return 0.0
@@ -111,7 +111,11 @@ def minhash(shingles: U64, perms: tuple[U64, U64]) -> U64:
         for i in range(0, max(1, len(shingles)), _BLOCK):
             block = shingles[i : i + _BLOCK]
             if len(block):
-                np.minimum(sig, (a[:, None] * block[None, :] + b[:, None]).min(axis=1), out=sig)
+                # (shingle, perm) layout with an in-place add: reducing over axis 0 is ~6x
+                # faster in numpy than the (perm, shingle) layout reduced over axis 1.
+                permuted = block[:, None] * a[None, :]
+                permuted += b
+                np.minimum(sig, permuted.min(axis=0), out=sig)
     return sig >> np.uint64(32)
 
 

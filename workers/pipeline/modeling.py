@@ -7,7 +7,7 @@ standard checkpoint every inference stack (transformers, vLLM, llama.cpp) loads 
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from workers.pipeline.configs.training import ModelShape
 
@@ -64,7 +64,7 @@ def build_model(
     return LlamaForCausalLM(config)
 
 
-def count_parameters(model: torch.nn.Module, *, non_embedding: bool = False) -> int:
+def count_parameters(model: PreTrainedModel, *, non_embedding: bool = False) -> int:
     """Unique parameters (tied weights counted once); optionally without token embeddings."""
     seen = {id(p): p for p in model.parameters()}
     total = sum(p.numel() for p in seen.values())

@@ -24,34 +24,49 @@ PLACEHOLDERS = {
     "secret": "<SECRET>",
 }
 
-# Secrets come first: they contain digits and dots that other patterns would half-match.
-_SECRET = re.compile(
-    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]{0,20000}?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
-    r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"
-    r"|\bgh[pousr]_[A-Za-z0-9]{36,255}\b|\bgithub_pat_[A-Za-z0-9_]{60,255}\b"
-    r"|\bxox[abprs]-[A-Za-z0-9-]{10,250}"
-    r"|\bAIza[0-9A-Za-z_\-]{35}"
-    r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
+# Secrets come first: they contain digits and dots that other patterns would half-match. Each
+# pattern runs only when one of its literal needles occurs (a substring test is ~100x cheaper).
+_SECRETS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
+    (
+        ("PRIVATE KEY-----",),
+        re.compile(
+            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]{0,20000}?"
+            r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+        ),
+    ),
+    (("AKIA", "ASIA"), re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    (
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b|\bgithub_pat_[A-Za-z0-9_]{60,255}\b"),
+    ),
+    (("xox",), re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,250}")),
+    (("AIza",), re.compile(r"\bAIza[0-9A-Za-z_\-]{35}")),
+    (("eyJ",), re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
 )
 # Only the token is replaced; the context words stay so the text still reads naturally.
-_SECRET_IN_CONTEXT = re.compile(
-    r"(?i:\bbearer\s+)([A-Za-z0-9._~+/\-]{16,}=*)"
-    r"|(?i:aws.{0,20}?secret.{0,20}?)[\s:=\"']+([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"
+_SECRET_IN_CONTEXT: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
+    (("earer", "EARER"), re.compile(r"(?i:\bbearer\s+)([A-Za-z0-9._~+/\-]{16,}=*)")),
+    (
+        ("ecret", "ECRET"),
+        re.compile(r"(?i:aws.{0,20}?secret.{0,20}?)[\s:=\"']+([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"),
+    ),
 )
+# Patterns start with a plain character class (lookbehinds come after the first character):
+# Python's re can then skip ahead quickly, which makes them 3-4x faster on prose.
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}\b")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-_CARD = re.compile(r"(?<![\d.-])\d(?:[ -]?\d){12,18}(?![\d-]|\.\d)")
-_SSN = re.compile(r"(?<![\d-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\d-])")
-_IPV4 = re.compile(
-    r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.]|\.\w)"
-)
+_IBAN = re.compile(r"[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+_CARD = re.compile(r"\d(?<![\d.-]\d)(?:[ -]?\d){12,18}(?![\d-]|\.\d)")
+_SSN = re.compile(r"(\d(?<![\d-]\d)\d\d)([- ])(\d{2})\2(\d{4})(?![\d-])")
+_IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}(?:\.\d{1,3}){3}(?![\w.]|\.\w)")
 _IPV6 = re.compile(
     r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f:]*[0-9A-Fa-f]{1,4}(?![\w:])|(?<![\w:])::1\b"
 )
 _VERSION_CONTEXT = re.compile(r"(?i)(?:version|ver\.?|v|release|build|firmware|rev\.?)\s*$")
+# Phones: a loose scan finds digit runs, the strict pattern then runs on each (short) run.
+_PHONE_CANDIDATE = re.compile(r"[\d+(](?<![\w+.-][\d+(])[\d ().+-]{7,24}\d")
 _PHONE = re.compile(
-    r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}(?![\w-]|\.\d)"
-    r"|(?<![\w+])\+\d{1,3}[ .-]?\d{6,12}(?!\w)"
+    r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}(?![\w-]|\.\d)"
+    r"|\+\d{1,3}[ .-]?\d{6,12}(?!\w)"
 )
 _DIGIT = re.compile(r"\d")
 
@@ -96,6 +111,8 @@ def _card(m: re.Match[str]) -> bool:
 
 
 def _ipv4(m: re.Match[str]) -> bool:
+    if any(int(octet) > 255 for octet in m.group().split(".")):
+        return False
     before = m.string[max(0, m.start() - 12) : m.start()]
     return not _VERSION_CONTEXT.search(before)
 
@@ -108,7 +125,7 @@ def _ipv6(m: re.Match[str]) -> bool:
     return True
 
 
-def _phone(m: re.Match[str]) -> bool:
+def _phone_digits(m: re.Match[str]) -> bool:
     digits = sum(ch.isdigit() for ch in m.group())
     return 9 <= digits <= 15
 
@@ -135,7 +152,6 @@ _RULES: tuple[tuple[str, Callable[[str], bool], re.Pattern[str], Check], ...] = 
     ("us_ssn", lambda t: True, _SSN, _ssn),
     ("ip_address", lambda t: "." in t, _IPV4, _ipv4),
     ("ip_address", lambda t: "::" in t or t.count(":") > 4, _IPV6, _ipv6),
-    ("phone", lambda t: True, _PHONE, _phone),
 )
 
 
@@ -152,6 +168,12 @@ def scrub_pii(text: str, types: Collection[str]) -> tuple[str, Counter[str]]:
     for kind, precondition, pattern, check in _RULES:
         if kind in types and precondition(text):
             text = _sub(text, pattern, check, kind, found)
+    if "phone" in types:
+
+        def phones_in(m: re.Match[str]) -> str:
+            return _sub(m.group(), _PHONE, _phone_digits, "phone", found)
+
+        text = _PHONE_CANDIDATE.sub(phones_in, text)
     return text, found
 
 
@@ -168,14 +190,17 @@ def _sub(text: str, pattern: re.Pattern[str], check: Check, kind: str, found: Co
 
 
 def _sub_secrets(text: str, found: Counter[str]) -> str:
-    text = _sub(text, _SECRET, _always, "secret", found)
+    for needles, pattern in _SECRETS:
+        if any(n in text for n in needles):
+            text = _sub(text, pattern, _always, "secret", found)
 
     def keep_context(m: re.Match[str]) -> str:
-        group = 1 if m.group(1) is not None else 2
         found["secret"] += 1
-        start, end = m.span(group)
-        whole = m.group()
+        start, end = m.span(1)
         offset = m.start()
-        return whole[: start - offset] + PLACEHOLDERS["secret"] + whole[end - offset :]
+        return m.group()[: start - offset] + PLACEHOLDERS["secret"] + m.group()[end - offset :]
 
-    return _SECRET_IN_CONTEXT.sub(keep_context, text)
+    for needles, pattern in _SECRET_IN_CONTEXT:
+        if any(n in text for n in needles):
+            text = pattern.sub(keep_context, text)
+    return text

@@ -13,7 +13,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -167,7 +167,8 @@ def run_pretrain(
         bos_id=special["bos"],
         eos_id=special["eos"],
         pad_id=special["pad"],
-    ).to(device)
+    )
+    cast(nn.Module, raw_model).to(device)  # in place; transformers' typing of .to is off
     optimizer = build_optimizer(raw_model, config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     checkpoint_dir = paths.work_dir / "checkpoints"
@@ -193,7 +194,10 @@ def run_pretrain(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     n_params = count_parameters(raw_model)
-    embed = 0 if shape.tied_embeddings else raw_model.get_input_embeddings().weight.numel()
+    # Untied input embeddings are a lookup, not a matmul: they cost no FLOPs.
+    embed = (
+        0 if shape.tied_embeddings else n_params - count_parameters(raw_model, non_embedding=True)
+    )
     run = _Run(
         config,
         hooks,
@@ -249,7 +253,6 @@ def _fit(run: _Run, step: int) -> None:
     """The training loop: from ``step`` (completed optimiser steps) to the configured total."""
     cfg, model, optimizer, spec = run.config, run.model, run.optimizer, run.spec
     total = cfg.total_steps()
-    ddp = isinstance(model, DistributedDataParallel)
     model.train()
     step_s = data_s = 0.0
     steps_timed = 0
@@ -268,12 +271,12 @@ def _fit(run: _Run, step: int) -> None:
             x = x.to(run.device, non_blocking=True)
             y = y.to(run.device, non_blocking=True)
             data_s += time.perf_counter() - t0
-            if ddp:
+            if isinstance(model, DistributedDataParallel):
                 model.require_backward_grad_sync = micro == spec.accum - 1
             with autocast(run.device, run.dtype):
                 loss = lm_loss(model, x, y) / spec.accum  # scaled: the grads sum over micros
             loss_sum += loss.detach()
-            run.scaler.scale(loss).backward()
+            torch.autograd.backward(run.scaler.scale(loss))  # Tensor.backward is untyped
 
         # One collective per step carries both the rank-mean loss and rank 0's stop decision,
         # so every rank diverges, stops and finishes on the same step.
@@ -348,11 +351,11 @@ def _evaluate(run: _Run, step: int) -> None:
     batches = eval_batches(
         run.val_tokens, run.spec, batches=run.config.eval_batches, rank=run.dist.rank
     )
-    val = evaluate(run.model, batches, device=run.device, dtype=run.dtype)
+    loss_sum, count = evaluate(run.model, batches, device=run.device, dtype=run.dtype)
     if run.dist.world_size > 1:
-        dist.all_reduce(val)
-        val /= run.dist.world_size
-    run.last_val_loss = float(val)
+        dist.all_reduce(loss_sum)
+        dist.all_reduce(count)
+    run.last_val_loss = float(loss_sum / count)
     if not run.dist.is_main:
         return
     metrics = {
@@ -439,6 +442,29 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def prepare_tokenizer(
+    tokenizer_config: TokenizerConfig,
+    paths: RunPaths,
+    hooks: Hooks = Hooks(),  # noqa: B008 (frozen, so a shared default is safe)
+    *,
+    train: DatasetFile,
+) -> tuple[Path, TokenizerResult | None]:
+    """Train a job's inline tokenizer into ``work_dir/tokenizer`` unless an earlier attempt did.
+
+    Reusing it keeps a retried job's checkpoints valid (they record the tokenizer's sha256).
+    Returns the directory and the training report (None when reused). Call it on rank 0 only.
+    """
+    tokenizer_dir = paths.work_dir / "tokenizer"
+    if (tokenizer_dir / "tokenizer.json").exists():
+        return tokenizer_dir, None
+    staging = paths.work_dir / "tokenizer.tmp"
+    staging.mkdir(parents=True, exist_ok=True)
+    tok_paths = RunPaths(work_dir=paths.work_dir, output_dir=staging, cache_dir=paths.cache_dir)
+    result = train_tokenizer(tokenizer_config, train, tok_paths, hooks)
+    staging.replace(tokenizer_dir)  # all files appear at once, or none
+    return tokenizer_dir, result
+
+
 def train_tokenizer_then_pretrain(
     tokenizer_config: TokenizerConfig,
     config: PretrainConfig,
@@ -448,19 +474,8 @@ def train_tokenizer_then_pretrain(
     train: DatasetFile,
     validation: DatasetFile | None,
 ) -> tuple[TokenizerResult | None, PretrainResult]:
-    """For jobs with an inline tokenizer: train it into ``work_dir/tokenizer``, then pretrain.
-
-    A retried attempt reuses the tokenizer already in work_dir (so its checkpoints still match);
-    the first element is None then.
-    """
-    tokenizer_dir = paths.work_dir / "tokenizer"
-    tok_result = None
-    if not (tokenizer_dir / "tokenizer.json").exists():
-        staging = paths.work_dir / "tokenizer.tmp"
-        staging.mkdir(parents=True, exist_ok=True)
-        tok_paths = RunPaths(work_dir=paths.work_dir, output_dir=staging, cache_dir=paths.cache_dir)
-        tok_result = train_tokenizer(tokenizer_config, train, tok_paths, hooks)
-        staging.replace(tokenizer_dir)  # all files appear at once, or none
+    """The job layer's entry for jobs with an inline tokenizer config (single process)."""
+    tokenizer_dir, tok_result = prepare_tokenizer(tokenizer_config, paths, hooks, train=train)
     result = run_pretrain(
         config, paths, hooks, train=train, validation=validation, tokenizer_dir=tokenizer_dir
     )

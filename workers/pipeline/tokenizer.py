@@ -115,7 +115,7 @@ def train_tokenizer(
 
 def _save_hf(tokenizer: Tokenizer, config: TokenizerConfig, out: Path) -> None:
     """Write tokenizer.json, tokenizer_config.json (+ chat template) and special_tokens_map.json."""
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         bos_token=config.bos_token,
         eos_token=config.eos_token,

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedModel
 
 from workers.pipeline.configs.training import PretrainConfig
 
@@ -33,7 +34,7 @@ def lr_at(step: int, config: PretrainConfig) -> float:
 
 
 def build_optimizer(
-    model: nn.Module, config: PretrainConfig, device: torch.device
+    model: PreTrainedModel, config: PretrainConfig, device: torch.device
 ) -> torch.optim.AdamW:
     """AdamW with decay on matmul weights only: norms, biases and embeddings are not decayed.
 
@@ -76,7 +77,7 @@ def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy; x and y are (B, T), y being x shifted by one."""
     logits = model(input_ids=x, use_cache=False).logits  # (B, T, V)
     # Upcast: cross-entropy over a large vocabulary in bf16 loses the small probabilities.
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
 
 
 @torch.no_grad()
@@ -87,15 +88,19 @@ def evaluate(
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Mean loss over ``batches`` as a 0-dim tensor on ``device`` (ranks all-reduce it)."""
+    """(sum of batch losses, number of batches) as a tensor on ``device``.
+
+    Sums, not a mean, so ranks holding different numbers of batches can all-reduce them.
+    """
     was_training = model.training
     model.eval()
-    losses = []
+    total = torch.zeros(2, device=device)
     for x, y in batches:
         with autocast(device, dtype):
-            losses.append(lm_loss(model, x.to(device), y.to(device)))
+            total[0] += lm_loss(model, x.to(device), y.to(device)).float()
+        total[1] += 1
     model.train(was_training)
-    return torch.stack(losses).mean()
+    return total
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""What every pipeline stage takes and gives back: paths in, hooks for progress and stop, typed errors.
+"""What every pipeline stage takes and gives back: paths, hooks for progress and stop, errors.
 
 A stage is a plain function ``run_<stage>(config, paths, hooks=Hooks()) -> <Stage>Result``. It knows
 nothing of the database, the broker or HTTP: the job layer (``workers.runner``) turns ``hooks`` into
@@ -31,8 +31,8 @@ class RunPaths:
     """Where a stage reads and writes.
 
     ``work_dir`` is stable across attempts of the same job, so checkpoints written there survive a
-    killed worker and let the next attempt resume. ``output_dir`` receives the finished products; the
-    job layer registers what it finds there. Both exist before the stage is called.
+    killed worker and let the next attempt resume. ``output_dir`` receives the finished products;
+    the job layer registers what it finds there. Both exist before the stage is called.
     """
 
     work_dir: Path

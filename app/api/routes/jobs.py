@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
@@ -12,7 +12,7 @@ from app.jobs.states import JobStatus
 from workers.queue import enqueue, queue_for
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses={401: {"model": ErrorResponse}})
-NOT_FOUND = {404: {"model": ErrorResponse}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
 
 
 @router.post(
@@ -99,7 +99,9 @@ def list_job_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Page[JobEventRead]:
     rows, has_more = service.list_events(session=session, job_id=job.id, after=after, limit=limit)
-    return Page[JobEventRead](data=[JobEventRead.model_validate(r) for r in rows], has_more=has_more)
+    return Page[JobEventRead](
+        data=[JobEventRead.model_validate(r) for r in rows], has_more=has_more
+    )
 
 
 @router.get(

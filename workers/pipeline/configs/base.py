@@ -14,7 +14,7 @@ PYDANTIC_CONFIG: Final[dict[str, Any]] = {"extra": "forbid", "use_attribute_docs
 
 
 class ConfigError(ValueError):
-    """An invalid parameter value. ``field`` names the offending parameter for the API's error body."""
+    """An invalid parameter value; ``field`` names the parameter for the API's error body."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")

@@ -21,7 +21,7 @@ class ProbeConfig:
     device: Literal["cpu", "cuda"] = "cpu"
     """Where to measure; ``cuda`` sends the job to the gpu queue."""
     fail_with: str | None = None
-    """Raise this error code after the first measurement (for failure drills); null to run normally."""
+    """Fail with this code after the first measurement (failure drills); null runs normally."""
 
     def __post_init__(self) -> None:
         check_range("duration_s", self.duration_s, 0, 3600)

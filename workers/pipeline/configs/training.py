@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from workers.pipeline.configs.base import PYDANTIC_CONFIG, ConfigError, check_range
 
@@ -115,6 +115,8 @@ class ModelConfig:
         return ModelShape(**{**base, **overrides})
 
     def __post_init__(self) -> None:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError("preset", f"unknown preset; choose one of {sorted(PRESETS)}")
         if self.preset is None:
             for name, value in asdict(self).items():
                 if value is None and name != "preset":
@@ -205,6 +207,8 @@ class PretrainConfig:
             check_range("max_steps", self.max_steps, 1, 10_000_000)
         if self.max_tokens is not None:
             check_range("max_tokens", self.max_tokens, 1, 1e15)
+        if self.precision not in get_args(Precision):
+            raise ConfigError("precision", f"must be one of {get_args(Precision)}")
         check_range("micro_batch_size", self.micro_batch_size, 1, 4096)
         check_range("devices", self.devices, 1, 1024)
         per_pass = self.micro_batch_size * self.model.shape().context_length * self.devices

@@ -1,0 +1,160 @@
+"""The jobs API as a client sees it: submit, read, list, cancel, events, metrics, idempotency."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.jobs.tables import Job
+from tests.conftest import TEST_BROKER_URL
+
+PROBE = {"type": "probe", "params": {"duration_s": 1, "matmul_size": 64}}
+
+
+def test_submit_returns_202_with_the_queued_job_and_rings_the_broker(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    response = client.post("/v1/jobs", json=PROBE, headers=auth)
+
+    assert response.status_code == 202
+    job = response.json()
+    assert job["id"].startswith("job_")
+    assert job["status"] == "queued"
+    assert job["params"] == {
+        "duration_s": 1.0,
+        "matmul_size": 64,
+        "device": "cpu",
+        "fail_with": None,
+    }
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert redis.Redis.from_url(TEST_BROKER_URL).llen("cpu") == 1
+
+
+def test_gpu_probe_goes_to_the_gpu_queue(client: TestClient, auth: dict[str, str]) -> None:
+    client.post("/v1/jobs", json={"type": "probe", "params": {"device": "cuda"}}, headers=auth)
+
+    assert redis.Redis.from_url(TEST_BROKER_URL).llen("gpu") == 1
+
+
+def test_read_job_by_id(client: TestClient, auth: dict[str, str]) -> None:
+    job = client.post("/v1/jobs", json=PROBE, headers=auth).json()
+
+    response = client.get(f"/v1/jobs/{job['id']}", headers=auth)
+
+    assert response.status_code == 200
+    assert response.json()["id"] == job["id"]
+
+
+def test_list_pages_newest_first_with_cursor(client: TestClient, auth: dict[str, str]) -> None:
+    ids = [client.post("/v1/jobs", json=PROBE, headers=auth).json()["id"] for _ in range(5)]
+
+    first = client.get("/v1/jobs?limit=2", headers=auth).json()
+    second = client.get(f"/v1/jobs?limit=2&after={first['data'][-1]['id']}", headers=auth).json()
+    last = client.get(f"/v1/jobs?limit=2&after={second['data'][-1]['id']}", headers=auth).json()
+
+    assert first["object"] == "list"
+    assert [j["id"] for j in first["data"] + second["data"] + last["data"]] == ids[::-1]
+    assert first["has_more"] and second["has_more"] and not last["has_more"]
+
+
+def test_list_filters_by_type_and_status(client: TestClient, auth: dict[str, str]) -> None:
+    kept = client.post("/v1/jobs", json=PROBE, headers=auth).json()
+    gone = client.post("/v1/jobs", json=PROBE, headers=auth).json()
+    client.post(f"/v1/jobs/{gone['id']}/cancel", headers=auth)
+
+    queued = client.get("/v1/jobs?type=probe&status=queued", headers=auth).json()["data"]
+    cancelled = client.get("/v1/jobs?status=cancelled", headers=auth).json()["data"]
+
+    assert [j["id"] for j in queued] == [kept["id"]]
+    assert [j["id"] for j in cancelled] == [gone["id"]]
+    assert client.get("/v1/jobs?type=pretrain", headers=auth).json()["data"] == []
+
+
+def test_cancel_queued_job_ends_it_at_once(client: TestClient, auth: dict[str, str]) -> None:
+    job = client.post("/v1/jobs", json=PROBE, headers=auth).json()
+
+    response = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    assert response.json()["finished_at"] is not None
+
+
+def test_cancel_finished_job_is_a_400(client: TestClient, auth: dict[str, str]) -> None:
+    job = client.post("/v1/jobs", json=PROBE, headers=auth).json()
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+
+    response = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "job.not_cancellable"
+
+
+def test_events_and_metrics_of_a_new_job_are_empty_lists(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    job = client.post("/v1/jobs", json=PROBE, headers=auth).json()
+
+    events = client.get(f"/v1/jobs/{job['id']}/events?after=0", headers=auth).json()
+    metrics = client.get(f"/v1/jobs/{job['id']}/metrics?name=gflops&after_step=0", headers=auth)
+
+    assert events == {"object": "list", "data": [], "has_more": False}
+    assert metrics.json()["data"] == []
+
+
+def test_idempotency_key_replays_the_same_job(client: TestClient, auth: dict[str, str]) -> None:
+    headers = {**auth, "Idempotency-Key": "order-42"}
+    first = client.post("/v1/jobs", json=PROBE, headers=headers)
+    again = client.post("/v1/jobs", json=PROBE, headers=headers)
+
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert redis.Redis.from_url(TEST_BROKER_URL).llen("cpu") == 1
+
+
+def test_idempotency_key_with_a_different_body_is_refused(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    headers = {**auth, "Idempotency-Key": "order-43"}
+    client.post("/v1/jobs", json=PROBE, headers=headers)
+
+    other = {"type": "probe", "params": {"duration_s": 2}}
+    response = client.post("/v1/jobs", json=other, headers=headers)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "idempotency_key.reused"
+
+
+def test_concurrent_requests_with_one_idempotency_key_make_one_job(
+    client: TestClient, auth: dict[str, str], factory: sessionmaker[Session]
+) -> None:
+    headers = {**auth, "Idempotency-Key": "burst"}
+    results: list[str] = []
+
+    def submit() -> None:
+        results.append(client.post("/v1/jobs", json=PROBE, headers=headers).json()["id"])
+
+    threads = [threading.Thread(target=submit) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert len(set(results)) == 1
+    with factory() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_idempotency_keys_are_per_tenant(
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str]
+) -> None:
+    mine = client.post("/v1/jobs", json=PROBE, headers={**auth, "Idempotency-Key": "k"}).json()
+    theirs = client.post("/v1/jobs", json=PROBE, headers={**other_auth, "Idempotency-Key": "k"})
+
+    assert theirs.status_code == 202
+    assert theirs.json()["id"] != mine["id"]

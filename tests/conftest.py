@@ -1,0 +1,90 @@
+"""Test settings and the real services behind them.
+
+Tests run against real Postgres (a database of their own, built by ``alembic upgrade head``) and a
+Redis database number of their own. Tables are truncated between tests rather than rolled back,
+because the job layer writes from background threads on connections of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get(
+    "GRISTMILL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+TEST_DB = os.environ.get("GRISTMILL_TEST_DB", "gristmill_test")
+TEST_DATABASE_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + TEST_DB
+TEST_BROKER_URL = os.environ.get("GRISTMILL_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
+_DATA_DIR = tempfile.mkdtemp(prefix="gristmill-test-")
+
+# Set before any app module reads settings (get_settings and get_celery are cached per process).
+os.environ["GRISTMILL_DATABASE_URL"] = TEST_DATABASE_URL
+os.environ["GRISTMILL_BROKER_URL"] = TEST_BROKER_URL
+os.environ["GRISTMILL_DATA_DIR"] = _DATA_DIR
+os.environ["GRISTMILL_JOB_LEASE_SECONDS"] = "5"
+os.environ["GRISTMILL_REAPER_INTERVAL_SECONDS"] = "1"
+os.environ["GRISTMILL_REQUEUE_AFTER_SECONDS"] = "3"
+os.environ["GRISTMILL_METRICS_FLUSH_SECONDS"] = "0.5"
+
+from sqlalchemy import Engine, text  # noqa: E402
+from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
+
+from app.db import make_engine, make_session_factory  # noqa: E402
+from app.settings import Settings, get_settings  # noqa: E402
+
+
+def recreate_database(admin_url: str, name: str) -> None:
+    admin = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[Engine]:
+    from app.migrate import upgrade
+
+    recreate_database(PG_ADMIN_URL, TEST_DB)
+    upgrade(TEST_DATABASE_URL)
+    engine = make_engine(TEST_DATABASE_URL)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
+    yield make_session_factory(engine)
+    with engine.begin() as conn:
+        tables = ", ".join(
+            t.name for t in reversed(_metadata().sorted_tables) if t.name != "alembic_version"
+        )
+        conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+
+
+def _metadata():  # type: ignore[no-untyped-def]
+    import app.tables  # noqa: F401
+    from app.db import Base
+
+    return Base.metadata
+
+
+@pytest.fixture
+def session(factory: sessionmaker[Session]) -> Iterator[Session]:
+    with factory() as session:
+        yield session
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return Path(_DATA_DIR)

@@ -1,0 +1,136 @@
+"""The job layer without Celery: ``runner.execute`` against the real database."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.jobs import service
+from app.jobs.tables import Job, JobEvent, JobMetric
+from app.settings import Settings
+from app.storage import LocalStore
+from tests.factories import make_job, make_key
+from workers import runner
+
+
+@pytest.fixture
+def tenant(factory: sessionmaker[Session]) -> str:
+    return make_key(factory).tenant_id
+
+
+@pytest.fixture
+def run(factory: sessionmaker[Session], settings: Settings):  # type: ignore[no-untyped-def]
+    store = LocalStore(settings.resolved_storage_dir)
+
+    def run(job_id: str, worker: str = "test-worker") -> str | None:
+        return runner.execute(
+            job_id, worker=worker, settings=settings, session_factory=factory, store=store
+        )
+
+    return run
+
+
+def job_row(factory: sessionmaker[Session], job_id: str) -> Job:
+    with factory() as session:
+        return session.get_one(Job, job_id)
+
+
+def test_a_probe_job_succeeds_with_events_metrics_and_result(
+    factory: sessionmaker[Session], tenant: str, run
+) -> None:
+    job = make_job(factory, tenant, params={"duration_s": 1.5})
+
+    assert run(job.id) == "succeeded"
+
+    row = job_row(factory, job.id)
+    assert (row.status, row.attempt, row.error_code) == ("succeeded", 1, None)
+    assert row.result is not None and row.result["mean_gflops"] > 0
+    assert row.progress is not None and row.progress["fraction"] == 1.0
+    with factory() as session:
+        messages = list(session.scalars(select(JobEvent.message).where(JobEvent.job_id == job.id)))
+        steps = list(session.scalars(select(JobMetric.step).where(JobMetric.job_id == job.id)))
+    assert messages[0].startswith("attempt 1 started")
+    assert any(m.startswith("probe on cpu") for m in messages)
+    assert messages[-1] == "job succeeded"
+    assert steps == sorted(set(steps)) and len(steps) >= 1
+
+
+def test_a_second_delivery_of_the_same_job_does_nothing(
+    factory: sessionmaker[Session], tenant: str, run
+) -> None:
+    job = make_job(factory, tenant)
+
+    assert run(job.id) == "succeeded"
+    assert run(job.id) is None
+
+    assert job_row(factory, job.id).attempt == 1
+
+
+def test_concurrent_deliveries_run_the_job_once(
+    factory: sessionmaker[Session], tenant: str, run
+) -> None:
+    job = make_job(factory, tenant, params={"duration_s": 1})
+    outcomes: list[str | None] = []
+    threads = [
+        threading.Thread(target=lambda i=i: outcomes.append(run(job.id, f"w{i}"))) for i in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert sorted(outcomes, key=str) == [None, None, "succeeded"]
+    with factory() as session:
+        starts = session.scalar(
+            select(func.count()).where(JobEvent.job_id == job.id, JobEvent.message.like("attempt%"))
+        )
+    assert starts == 1
+
+
+def test_cancelling_a_running_job_stops_it_within_seconds(
+    factory: sessionmaker[Session], tenant: str, run
+) -> None:
+    job = make_job(factory, tenant, params={"duration_s": 60})
+    result: list[str | None] = []
+    worker = threading.Thread(target=lambda: result.append(run(job.id)))
+    worker.start()
+    while job_row(factory, job.id).status != "running":
+        time.sleep(0.05)
+    time.sleep(1)
+
+    asked = time.monotonic()
+    with factory() as session:
+        service.cancel_job(session=session, tenant_id=tenant, job_id=job.id)
+    worker.join(timeout=10)
+
+    assert result == ["cancelled"]
+    assert time.monotonic() - asked < 4
+    assert job_row(factory, job.id).status == "cancelled"
+
+
+def test_a_pipeline_error_fails_the_job_with_its_code_and_no_retry(
+    factory: sessionmaker[Session], tenant: str, run
+) -> None:
+    job = make_job(factory, tenant, params={"fail_with": "probe.drill"})
+
+    assert run(job.id) == "failed"
+
+    row = job_row(factory, job.id)
+    assert (row.error_code, row.attempt) == ("probe.drill", 1)
+    assert "probe.drill" in (row.error_message or "")
+
+
+def test_an_unknown_crash_fails_the_job_as_internal_error(
+    factory: sessionmaker[Session], tenant: str, run
+) -> None:
+    job = make_job(factory, tenant, params={"matmul_size": "not a number"})
+
+    assert run(job.id) == "failed"
+
+    row = job_row(factory, job.id)
+    assert row.error_code == "internal_error"
+    assert row.finished_at is not None

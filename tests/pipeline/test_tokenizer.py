@@ -1,0 +1,73 @@
+"""Tokenizer training: trained here from the shipped corpus, loaded back through transformers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from workers.pipeline.configs.base import ConfigError
+from workers.pipeline.configs.training import TokenizerConfig
+from workers.pipeline.tokenizer import train_tokenizer
+from workers.pipeline.types import DatasetFile, PipelineError, RunPaths
+
+CHAT = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eos|>{% endfor %}"
+
+
+def _paths(tmp_path: Path) -> RunPaths:
+    return RunPaths(work_dir=tmp_path, output_dir=tmp_path)
+
+
+def test_tokenizer_trains_from_dataset_file_and_loads_with_autotokenizer(
+    tmp_path: Path, corpus_file: DatasetFile
+) -> None:
+    config = TokenizerConfig(vocab_size=600, chat_template=CHAT, extra_special_tokens=("<|user|>",))
+    result = train_tokenizer(config, corpus_file, _paths(tmp_path))
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "special_tokens_map.json").read_text())["eos_token"] == "<|eos|>"
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2)
+    assert len(tok) == result.vocab_size == 600
+    # Byte-level: text far from the training corpus still round-trips exactly.
+    text = "Zoë's café — 東京 🚀\n\ttabs"
+    assert tok.decode(tok(text)["input_ids"]) == text
+    assert tok.convert_tokens_to_ids("<|user|>") == 3
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert chat == "<|user|>hi<|eos|>"
+
+
+def test_tokenizer_report_has_sane_bytes_per_token(tmp_path: Path, corpus_texts: list[str]) -> None:
+    small = train_tokenizer(TokenizerConfig(vocab_size=300), corpus_texts, _paths(tmp_path / "a"))
+    large = train_tokenizer(TokenizerConfig(vocab_size=1000), corpus_texts, _paths(tmp_path / "b"))
+
+    assert small.bytes_per_token is not None and large.bytes_per_token is not None
+    assert 1.0 < small.bytes_per_token < large.bytes_per_token < 8.0
+    assert large.heldout_vocab_used is not None and 100 < large.heldout_vocab_used <= 1000
+    assert large.training_bytes > 500_000 and large.training_seconds > 0
+    assert len(large.sha256) == 64
+
+
+def test_tokenizer_fails_with_dataset_empty_on_blank_text(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError) as info:
+        train_tokenizer(TokenizerConfig(vocab_size=300), ["", "   ", "\n"], _paths(tmp_path))
+    assert info.value.code == "dataset.empty"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"vocab_size": 258}, "vocab_size"),  # 256 bytes + 3 specials do not fit
+        ({"vocab_size": 300_000}, "vocab_size"),
+        ({"min_frequency": 0}, "min_frequency"),
+        ({"heldout_fraction": 0.9}, "heldout_fraction"),
+        ({"extra_special_tokens": ("<|eos|>",)}, "extra_special_tokens"),
+    ],
+)
+def test_tokenizer_config_errors_name_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        TokenizerConfig(**kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field

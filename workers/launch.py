@@ -1,0 +1,127 @@
+"""Run a pipeline stage on several GPUs: torchrun in a subprocess, talking through files.
+
+The job layer calls :func:`run_distributed` exactly where it would call the stage in-process.
+It writes ``run.json``, starts ``torchrun --standalone --nproc-per-node N -m workers.pipeline
+<stage>``, forwards each line rank 0 appends to ``progress.jsonl`` to the job's hooks, writes a
+``STOP`` file once ``hooks.should_stop()`` answers True, and returns (or raises) what rank 0
+wrote to ``result.json``. The database never enters a torchrun child. DB-free, so it is
+testable on CPU with gloo.
+
+Multi-node (not built; what it would take): replace ``--standalone`` with a rendezvous every
+node can reach and start the same command on each node::
+
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
+        --rdzv-endpoint <node0-host>:29400 --rdzv-id <job_id> -m workers.pipeline pretrain ...
+
+``--rdzv-id`` must be unique per job attempt (use the job id + attempt) so a retried job never
+joins a stale group; ``work_dir`` and ``cache_dir`` must be on storage all nodes share (only
+global rank 0 writes checkpoints, results and progress, and every rank reads the token cache);
+set ``NCCL_SOCKET_IFNAME`` / ``NCCL_IB_HCA`` for the cluster fabric, and give ``--max-restarts 0``
+so a lost node fails the attempt and the reaper resumes it from the last checkpoint instead of
+torchrun restarting the ranks in place. ``PretrainConfig.devices`` is then nodes × GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from workers.pipeline.types import Hooks, PipelineError, Progress, RunPaths, StageCancelled
+
+_POLL_S = 0.2
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_distributed(
+    stage: str, payload: dict[str, Any], paths: RunPaths, hooks: Hooks, nproc: int
+) -> dict[str, Any]:
+    """Run ``stage`` on ``nproc`` local processes and return rank 0's result as a dict.
+
+    Raises:
+        PipelineError: the stage failed with a user-facing error (mirrored from result.json).
+        StageCancelled: the stage stopped after ``hooks.should_stop()`` (checkpoint saved).
+        RuntimeError: the processes died without a result (crash, OOM kill): retryable.
+    """
+    work = paths.work_dir
+    for stale in ("STOP", "result.json", "progress.jsonl"):
+        (work / stale).unlink(missing_ok=True)
+    run_json = work / "run.json"
+    run_json.write_text(json.dumps({**payload, "paths": _paths_dict(paths)}, default=str))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc-per-node={nproc}", "--max-restarts=0",
+        "-m", "workers.pipeline", stage, "--config", str(run_json),
+    ]  # fmt: skip
+    # The children must import this checkout's `workers`, wherever the worker's cwd is.
+    pythonpath = [str(_REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
+    log_path = work / "launch.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(cmd, cwd=_REPO_ROOT, env=env, stdout=log, stderr=log)
+        try:
+            _follow(process, work, hooks)
+        finally:
+            if process.poll() is None:  # we are being torn down: do not leave ranks running
+                process.terminate()
+                process.wait(timeout=30)
+    return _read_result(work, process.returncode, log_path)
+
+
+def _follow(process: subprocess.Popen[bytes], work: Path, hooks: Hooks) -> None:
+    """Forward progress lines until the process exits; write STOP when asked to stop."""
+    progress = work / "progress.jsonl"
+    offset = 0
+    stop_written = False
+    while True:
+        exited = process.poll() is not None
+        offset = _forward_new_lines(progress, offset, hooks)
+        if exited:
+            return
+        if not stop_written and hooks.should_stop():
+            (work / "STOP").touch()
+            stop_written = True
+        time.sleep(_POLL_S)
+
+
+def _forward_new_lines(progress: Path, offset: int, hooks: Hooks) -> int:
+    if not progress.exists():
+        return offset
+    with progress.open("rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    # Only complete lines: rank 0 may be halfway through writing the last one.
+    end = chunk.rfind(b"\n") + 1
+    for line in chunk[:end].splitlines():
+        record = json.loads(line)
+        if record["kind"] == "progress":
+            hooks.on_progress(Progress(record["step"], record["total"], record["metrics"]))
+        else:
+            hooks.on_event(record["message"], record["data"], record["level"])
+    return offset + end
+
+
+def _read_result(work: Path, returncode: int, log_path: Path) -> dict[str, Any]:
+    result_path = work / "result.json"
+    if not result_path.exists():
+        tail = log_path.read_bytes()[-4000:].decode("utf-8", "replace")
+        raise RuntimeError(f"torchrun exited with {returncode} and no result:\n{tail}")
+    outcome: Mapping[str, Any] = json.loads(result_path.read_text())
+    if outcome["status"] == "failed":
+        raise PipelineError(outcome["code"], outcome["message"])
+    if outcome["status"] == "cancelled":
+        raise StageCancelled(outcome["message"])
+    return dict(outcome["result"])
+
+
+def _paths_dict(paths: RunPaths) -> dict[str, str | None]:
+    return {
+        "work_dir": str(paths.work_dir),
+        "output_dir": str(paths.output_dir),
+        "cache_dir": str(paths.cache_dir) if paths.cache_dir is not None else None,
+    }

@@ -1,0 +1,199 @@
+"""The ``prepare`` stage: turn an uploaded dataset into clean, deduplicated train/validation JSONL.
+
+Steps, in order: normalise → length/quality filters → exact dedup → MinHash LSH near-dup → PII
+scrub → contamination check → split by content hash. Per-record work runs in worker processes
+(:mod:`workers.pipeline.prepare_worker`) over chunks read in file order; results come back in that
+order, so the main process decides "first occurrence wins" deterministically and the output is
+byte-identical on a re-run. The source is streamed once and never modified; memory is bounded by
+the dedup keys and the LSH index, not by the corpus. Outputs are written to ``*.tmp`` and renamed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workers.pipeline.configs.data import PrepareConfig
+from workers.pipeline.dedup import WordSpans, canonical
+from workers.pipeline.formats import RecordReader, iter_records
+from workers.pipeline.prepare_state import State
+from workers.pipeline.prepare_worker import ChunkResult, WorkerSettings, init_worker, process_chunk
+from workers.pipeline.quality import normalise
+from workers.pipeline.records import Record
+from workers.pipeline.types import DatasetFile, Hooks, PipelineError, RunPaths
+
+_CHUNK_RECORDS = 256
+_CHUNK_CHARS = 2_000_000
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    train_path: Path
+    validation_path: Path | None
+    kind: str
+    records_in: int
+    records_out: int
+    bytes_in: int
+    bytes_out: int
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def run_prepare(
+    config: PrepareConfig,
+    source: DatasetFile,
+    paths: RunPaths,
+    hooks: Hooks = Hooks(),  # noqa: B008
+    *,
+    eval_file: DatasetFile | None = None,
+) -> PrepareResult:
+    """Clean ``source`` into ``output_dir/train.jsonl`` (+ ``validation.jsonl``, ``report.json``).
+
+    Raises:
+        PipelineError: ``dataset.*`` for unreadable input, ``prepare.nothing_left`` when every
+            record was removed.
+        StageCancelled: when ``hooks.should_stop`` answers True (partial outputs are deleted).
+    """
+    started = time.perf_counter()
+    eval_grams, gram_docs, eval_docs = _eval_ngrams(config, eval_file)
+    state = State(config, eval_docs)
+    outputs = _Outputs(paths.output_dir, config.validation_fraction > 0)
+    settings = WorkerSettings(config, eval_grams)
+    try:
+        with RecordReader(source, config.limits) as reader:
+            for chunk in _run_chunks(settings, _chunks(reader, state)):
+                for stage, spent in chunk.seconds.items():
+                    state.seconds[stage] += spent
+                t0 = time.perf_counter()
+                for doc in chunk.docs:
+                    state.decide(doc, outputs)
+                state.seconds["dedup_and_write"] += time.perf_counter() - t0
+                state.tick(hooks)
+        if state.records_out == 0:
+            raise PipelineError("prepare.nothing_left", "Every record was invalid or removed.")
+        report = state.report(gram_docs, time.perf_counter() - started)
+        outputs.commit(report)
+    except BaseException:
+        outputs.discard()
+        raise
+    return PrepareResult(
+        train_path=outputs.train_path,
+        validation_path=outputs.validation_path,
+        kind=state.kind or "text",
+        records_in=state.records_in,
+        records_out=state.records_out,
+        bytes_in=state.bytes_in,
+        bytes_out=state.bytes_out,
+        report=report,
+    )
+
+
+def _eval_ngrams(
+    config: PrepareConfig, eval_file: DatasetFile | None
+) -> tuple[np.ndarray[Any, np.dtype[np.uint64]], dict[int, list[int]], int]:
+    """(sorted unique eval n-gram hashes, hash -> eval docs holding it, number of eval docs)."""
+    gram_docs: dict[int, list[int]] = {}
+    count = 0
+    if eval_file is not None:
+        for i, text in enumerate(_texts(iter_records(eval_file, config.limits), config)):
+            count += 1
+            spans = WordSpans.of(canonical(text))
+            if spans.words >= config.contamination_ngram:
+                for h in np.unique(spans.ngrams(config.contamination_ngram)[0]).tolist():
+                    gram_docs.setdefault(int(h), []).append(i)
+    grams = np.array(sorted(gram_docs), dtype=np.uint64)
+    return grams, gram_docs, count
+
+
+def _texts(records: Iterable[Record], config: PrepareConfig) -> Iterator[str]:
+    for record in records:
+        text = record.training_text()
+        yield normalise(text, config.normalise, strip=True)[0] if config.normalise.enabled else text
+
+
+def _chunks(reader: RecordReader, state: State) -> Iterator[list[Record]]:
+    """Valid records in chunks of bounded size; invalid ones are logged in the report."""
+    chunk: list[Record] = []
+    chars = 0
+    t0 = time.perf_counter()
+    for item in reader:
+        if not isinstance(item, Record):
+            state.invalid.add("invalid", {"line": item.line, "reason": item.reason})
+            continue
+        state.kind = state.kind or item.kind
+        chunk.append(item)
+        chars += sum(map(len, item.contents()))
+        if len(chunk) >= _CHUNK_RECORDS or chars >= _CHUNK_CHARS:
+            state.seconds["read_parse"] += time.perf_counter() - t0
+            yield chunk
+            chunk, chars = [], 0
+            t0 = time.perf_counter()
+    state.seconds["read_parse"] += time.perf_counter() - t0
+    if chunk:
+        yield chunk
+
+
+def _run_chunks(settings: WorkerSettings, chunks: Iterator[list[Record]]) -> Iterator[ChunkResult]:
+    """Process chunks in worker processes (or in-process for ``workers=1``), in input order."""
+    workers = settings.config.workers or os.cpu_count() or 1
+    init_worker(settings)
+    if workers == 1:
+        yield from map(process_chunk, chunks)
+        return
+    # spawn, not fork: the caller (a Celery worker) may hold threads and locks a fork would copy.
+    context = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(workers, context, init_worker, (settings,)) as pool:
+        pending: deque[cf.Future[ChunkResult]] = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(process_chunk, chunk))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+class _Outputs:
+    """train/validation JSONL written to ``*.tmp`` and renamed into place only on success."""
+
+    def __init__(self, output_dir: Path, split: bool) -> None:
+        self.train_path = output_dir / "train.jsonl"
+        self.validation_path = output_dir / "validation.jsonl" if split else None
+        self.report_path = output_dir / "report.json"
+        self._final = [p for p in (self.train_path, self.validation_path) if p is not None]
+        self._files = {p: _tmp(p).open("w", encoding="utf-8") for p in self._final}
+
+    def write(self, record: Record, validation: bool) -> int:
+        target = self.validation_path if validation and self.validation_path else self.train_path
+        line = json.dumps(record.to_json(), ensure_ascii=False) + "\n"
+        self._files[target].write(line)
+        return len(line.encode("utf-8", "surrogatepass"))
+
+    def commit(self, report: dict[str, Any]) -> None:
+        for f in self._files.values():
+            f.close()
+        _tmp(self.report_path).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        for p in [*self._final, self.report_path]:
+            os.replace(_tmp(p), p)
+
+    def discard(self) -> None:
+        for p, f in self._files.items():
+            f.close()
+            _tmp(p).unlink(missing_ok=True)
+        _tmp(self.report_path).unlink(missing_ok=True)
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")

@@ -1,0 +1,144 @@
+"""The per-record half of ``prepare``, run in worker processes over chunks of records.
+
+Everything that needs only one record happens here (normalise, quality filters, hashing, MinHash,
+PII scrubbing, eval n-gram lookup), so it spreads over all cores; the order-dependent decisions
+(which duplicate is first) stay in the main process. Settings reach the workers once, through the
+pool initializer, because the eval n-gram table can be large.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from workers.pipeline.configs.data import PrepareConfig
+from workers.pipeline.dedup import U64, WordSpans, canonical, minhash, permutations
+from workers.pipeline.pii import scrub_pii
+from workers.pipeline.quality import normalise, quality_reason
+from workers.pipeline.records import Record
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    config: PrepareConfig
+    eval_grams: U64  # sorted unique hashes of the eval set's n-grams (empty: no check)
+
+
+@dataclass
+class DocResult:
+    """What the main process needs to decide about one record, and to report on it."""
+
+    record: Record | None  # normalised and scrubbed; None when a filter removed it
+    line: int
+    chars_in: int
+    bytes_in: int
+    snippet: str  # start of the original text, for report examples
+    removed: str | None = None
+    changes: list[str] = field(default_factory=list)
+    key: bytes = b""  # exact-duplicate key of the normalised content
+    signature: U64 | None = None
+    pii: Counter[str] = field(default_factory=Counter)
+    eval_hits: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ChunkResult:
+    docs: list[DocResult]
+    seconds: defaultdict[str, float]
+
+
+_STATE: dict[str, WorkerSettings] = {}  # per process, set by init_worker
+
+
+def init_worker(settings: WorkerSettings) -> None:
+    """Pool initializer (also called in-process when running without workers)."""
+    _STATE["settings"] = settings
+
+
+def process_chunk(records: list[Record]) -> ChunkResult:
+    settings = _STATE["settings"]
+    perms = permutations(settings.config.dedup.num_perm)
+    seconds: defaultdict[str, float] = defaultdict(float)
+    docs = [_process(record, settings, perms, seconds) for record in records]
+    return ChunkResult(docs, seconds)
+
+
+def snippet(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _process(
+    record: Record,
+    settings: WorkerSettings,
+    perms: tuple[U64, U64],
+    seconds: defaultdict[str, float],
+) -> DocResult:
+    cfg = settings.config
+    original = record.training_text()
+    doc = DocResult(
+        None, record.line, len(original), len(original.encode("utf-8", "surrogatepass")),
+        snippet(original),
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    if cfg.normalise.enabled:
+        contents: list[str] = []
+        for text in record.contents():
+            fixed, changes = normalise(text, cfg.normalise, strip=record.kind == "text")
+            contents.append(fixed)
+            doc.changes.extend(c for c in changes if c not in doc.changes)
+        record = record.with_contents(contents)
+    text = record.training_text()
+    t1 = time.perf_counter()
+    spans = WordSpans.of(canonical(text))
+    if cfg.quality.enabled:
+        conversational = record.kind != "text"
+        doc.removed = quality_reason(text, spans, cfg.quality, conversational=conversational)
+    t2 = time.perf_counter()
+    seconds["normalise"] += t1 - t0
+    seconds["quality"] += t2 - t1
+    if doc.removed is not None:
+        return doc
+    doc.key = _content_key(record)
+    if cfg.dedup.near:
+        doc.signature = minhash(spans.ngrams(cfg.dedup.shingle_words)[0], perms)
+    t3 = time.perf_counter()
+    if len(settings.eval_grams):
+        doc.eval_hits = _eval_hits(spans, cfg.contamination_ngram, settings.eval_grams)
+    t4 = time.perf_counter()
+    if cfg.pii.enabled:
+        scrubbed = []
+        for content in record.contents():
+            clean, found = scrub_pii(content, cfg.pii.types)
+            scrubbed.append(clean)
+            doc.pii.update(found)
+        if doc.pii:
+            record = record.with_contents(scrubbed)
+    seconds["hash_minhash"] += t3 - t2
+    seconds["contamination"] += t4 - t3
+    seconds["pii"] += time.perf_counter() - t4
+    doc.record = record
+    return doc
+
+
+def _content_key(record: Record) -> bytes:
+    """Exact-duplicate key: the roles matter for chat, so they are part of the key."""
+    if record.kind == "chat":
+        body = "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in record.messages or [])
+    else:
+        body = "\x1e".join(record.contents())
+    return hashlib.blake2b(body.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _eval_hits(spans: WordSpans, n: int, eval_grams: U64) -> list[int]:
+    """Hashes of this document's n-grams that also occur in the eval set."""
+    if spans.words < n:
+        return []
+    hashes, _ = spans.ngrams(n)
+    at = np.searchsorted(eval_grams, hashes).clip(0, len(eval_grams) - 1)
+    hits: npt.NDArray[np.uint64] = np.unique(hashes[eval_grams[at] == hashes])
+    return [int(h) for h in hits]
