@@ -13,9 +13,10 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import errors, observability
-from app.api.routes import health, jobs
+from app.api.routes import datasets, health, jobs
 from app.db import make_engine, make_session_factory
 from app.settings import Settings, get_settings
+from app.storage import LocalStore
 
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
@@ -56,9 +57,10 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     )
     app.state.settings = settings
     app.state.session_factory = factory
+    app.state.store = LocalStore(settings.resolved_storage_dir)
     errors.install(app)
     observability.install(app, factory)
-    for router in (health.router, jobs.router):
+    for router in (health.router, jobs.router, datasets.router):
         app.include_router(router, prefix="/v1")
     _install_docs(app)
     return app

@@ -1,7 +1,8 @@
 """Imports every ORM module so ``Base.metadata`` is complete (for Alembic and the ORM mappers)."""
 
 from app.artifacts import tables as artifacts
+from app.datasets import tables as datasets
 from app.jobs import tables as jobs
 from app.tenants import tables as tenants
 
-__all__ = ["artifacts", "jobs", "tenants"]
+__all__ = ["artifacts", "datasets", "jobs", "tenants"]

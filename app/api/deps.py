@@ -13,6 +13,7 @@ from app.errors import Unauthorized
 from app.jobs import service as jobs
 from app.jobs.tables import Job
 from app.settings import Settings
+from app.storage import LocalStore
 from app.tenants.service import authenticate
 
 
@@ -26,8 +27,14 @@ def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
+def get_store(request: Request) -> LocalStore:
+    store: LocalStore = request.app.state.store
+    return store
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+StoreDep = Annotated[LocalStore, Depends(get_store)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer gm_…`")
 

@@ -106,7 +106,7 @@ def install(app: FastAPI) -> None:
         first: dict[str, Any] = dict(exc.errors()[0]) if exc.errors() else {}
         if first.get("type") == "json_invalid":
             return render(400, "The request body is not valid JSON.", code="invalid_json")
-        param = _strip_tag(first, _validation_param(first))
+        param = _validation_param(_without_union_tag(first, exc.body))
         return render(
             422,
             _validation_message(first, param),
@@ -152,11 +152,9 @@ def _is_connectivity(exc: DBAPIError) -> bool:
     return isinstance(exc, OperationalError | InterfaceError)
 
 
-def _strip_tag(error: dict[str, Any], param: str | None) -> str | None:
-    """'probe.params.duration_s' → 'params.duration_s' (pydantic puts the union tag in loc)."""
-    if param is None:
-        return None
-    parts = param.split(".")
-    if len(parts) > 1 and parts[1] == "params" and parts[0] != "params":
-        parts = parts[1:]
-    return ".".join(parts)
+def _without_union_tag(error: dict[str, Any], body: Any) -> dict[str, Any]:
+    """A discriminated union puts the tag in the location (body.probe.params.x): drop it."""
+    loc = tuple(error.get("loc", ()))
+    if len(loc) > 1 and loc[0] == "body" and isinstance(body, dict) and loc[1] == body.get("type"):
+        return {**error, "loc": (loc[0], *loc[2:])}
+    return error

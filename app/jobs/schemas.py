@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.jobs.states import JobStatus
+from workers.pipeline.configs.data import PrepareConfig
 from workers.pipeline.configs.probe import ProbeConfig
 
 
@@ -36,12 +38,32 @@ class RequestModel(BaseModel):
 
 
 class ProbeJobCreate(RequestModel):
+    """Diagnostic: report the device and measure GFLOP/s for a while."""
+
     type: Literal["probe"]
     params: ProbeConfig = Field(default_factory=ProbeConfig)
 
 
-# One model per job type; a discriminated union on ``type`` once there are several.
-JobCreate = ProbeJobCreate
+@dataclass(frozen=True)
+class PrepareParams(PrepareConfig):
+    dataset_id: str = field(kw_only=True)
+    """The ready dataset to clean; it is never modified (a new dataset is written)."""
+
+
+class PrepareJobCreate(RequestModel):
+    """Clean a dataset: normalise, filter, deduplicate, scrub PII, check contamination, split."""
+
+    type: Literal["prepare"]
+    params: PrepareParams
+
+
+JobCreate = Annotated[ProbeJobCreate | PrepareJobCreate, Field(discriminator="type")]
+
+
+def referenced_datasets(job_type: str, params: dict[str, Any]) -> list[tuple[str, str]]:
+    """(parameter name, dataset id) of every dataset a job of this type reads."""
+    names = {"prepare": ("dataset_id", "eval_dataset_id")}.get(job_type, ())
+    return [(f"params.{name}", params[name]) for name in names if params.get(name)]
 
 
 class JobError(BaseModel):

@@ -24,7 +24,7 @@ from app.db import paginate, utcnow
 from app.errors import InvalidInput, InvalidState, NotFound
 from app.ids import new_id
 from app.jobs.states import FINAL_STATES, JobStatus, sources_of
-from app.jobs.tables import Job, JobEvent, JobMetric
+from app.jobs.tables import Job, JobEvent, JobInput, JobMetric
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,9 @@ def submit_job(
     queue: str,
     max_attempts: int,
     idempotency_key: str | None = None,
+    inputs: Sequence[str] = (),
 ) -> Submitted:
-    """Write a queued job and commit it. The caller enqueues its id afterwards.
+    """Write a queued job (and the ids of the objects it reads) and commit. Then enqueue its id.
 
     Raises:
         InvalidInput: the Idempotency-Key was already used with a different request.
@@ -58,20 +59,18 @@ def submit_job(
         earlier = _replay(session, tenant_id, idempotency_key, digest)
         if earlier is not None:
             return Submitted(earlier, created=False)
-    job = Job(
-        id=new_id("job"),
-        tenant_id=tenant_id,
-        type=job_type,
-        status=JobStatus.queued,
-        queue=queue,
-        params=params,
-        max_attempts=max_attempts,
-        idempotency_key=idempotency_key,
-        request_hash=digest,
-        enqueued_at=utcnow(),
-    )
-    session.add(job)
     try:
+        job = add_job(
+            session=session,
+            tenant_id=tenant_id,
+            job_type=job_type,
+            params=params,
+            queue=queue,
+            max_attempts=max_attempts,
+            inputs=inputs,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+        )
         session.commit()
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its job.
@@ -83,6 +82,38 @@ def submit_job(
             raise
         return Submitted(earlier, created=False)
     return Submitted(job, created=True)
+
+
+def add_job(
+    *,
+    session: Session,
+    tenant_id: str,
+    job_type: str,
+    params: dict[str, Any],
+    queue: str,
+    max_attempts: int,
+    inputs: Sequence[str] = (),
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Job:
+    """Add a queued job to the session without committing (for callers that write more with it)."""
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        type=job_type,
+        status=JobStatus.queued,
+        queue=queue,
+        params=params,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        enqueued_at=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    for object_id in dict.fromkeys(inputs):
+        session.add(JobInput(job_id=job.id, object_id=object_id))
+    return job
 
 
 def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | None:

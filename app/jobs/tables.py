@@ -71,3 +71,14 @@ class JobMetric(Base):
     value: Mapped[float] = mapped_column(Float)
     attempt: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobInput(Base):
+    """Which stored objects (datasets, tokenizers, models) a job reads: guards their deletion."""
+
+    __tablename__ = "job_input"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("job.id", ondelete="CASCADE"), primary_key=True
+    )
+    object_id: Mapped[str] = mapped_column(String(40), primary_key=True, index=True)

@@ -6,12 +6,14 @@ import importlib
 
 from workers.handlers.base import Handler
 
-_MODULES = {
-    "probe": "workers.handlers.probe",
+_HANDLERS = {
+    "probe": ("workers.handlers.probe", "handle"),
+    "validate": ("workers.handlers.datasets", "handle_validate"),
+    "prepare": ("workers.handlers.datasets", "handle_prepare"),
 }
 
 
 def handler_for(job_type: str) -> Handler:
-    module = importlib.import_module(_MODULES[job_type])
-    handle: Handler = module.handle
+    module_name, function = _HANDLERS[job_type]
+    handle: Handler = getattr(importlib.import_module(module_name), function)
     return handle

@@ -7,7 +7,15 @@ from fastapi import APIRouter, Header, Query, Response, status
 from app.api.deps import JobDep, PageDep, SessionDep, SettingsDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.jobs import service
-from app.jobs.schemas import JobCreate, JobEventRead, JobMetricRead, JobRead, Page
+from app.datasets.service import require_ready
+from app.jobs.schemas import (
+    JobCreate,
+    JobEventRead,
+    JobMetricRead,
+    JobRead,
+    Page,
+    referenced_datasets,
+)
 from app.jobs.states import JobStatus
 from workers.queue import enqueue, queue_for
 
@@ -33,6 +41,10 @@ def create_job(
     """Write the job, commit, then ring the broker with its id. Same Idempotency-Key, same job."""
     params = body.model_dump(mode="json")["params"]
     queue = queue_for(body.type, params)
+    inputs = [
+        require_ready(session=session, tenant_id=tenant_id, dataset_id=dataset_id, param=param).id
+        for param, dataset_id in referenced_datasets(body.type, params)
+    ]
     submitted = service.submit_job(
         session=session,
         tenant_id=tenant_id,
@@ -41,6 +53,7 @@ def create_job(
         queue=queue,
         max_attempts=settings.max_attempts,
         idempotency_key=idempotency_key,
+        inputs=inputs,
     )
     if submitted.created:
         enqueue(submitted.job.id, queue)

@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, status
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from app.api.deps import PageDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.errors import ErrorResponse
+from app.datasets import service, upload
+from app.datasets.schemas import DatasetRead, DatasetReport
+from app.datasets.tables import Dataset
+from app.errors import InvalidInput, PayloadTooLarge
+from app.ids import new_id
+from app.jobs.schemas import Page
+from workers.queue import enqueue
+
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses={401: {"model": ErrorResponse}})
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
+
+
+def valid_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) -> Dataset:
+    return service.get_dataset(session=session, tenant_id=tenant_id, dataset_id=dataset_id)
+
+
+DatasetDep = Annotated[Dataset, Depends(valid_dataset)]
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "name": {"type": "string", "maxLength": 255},
+                        "split": {"type": "string", "enum": list(service.SPLITS)},
+                        "column": {"type": "string", "description": "CSV/Parquet text column"},
+                        "sha256": {"type": "string", "description": "Checked against the upload"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DatasetRead,
+    responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}},
+    openapi_extra=UPLOAD_BODY,
+    summary="Upload a dataset (multipart, streamed)",
+)
+async def create_dataset(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    tenant_id: TenantDep,
+    content_length: Annotated[int | None, Header(ge=0)] = None,
+) -> DatasetRead:
+    """Stream the file to storage, then validate it in the background (`validating` → `ready`)."""
+    limit = settings.max_upload_bytes
+    if content_length is not None and content_length > limit + MULTIPART_SLACK:
+        raise PayloadTooLarge(f"The upload is larger than the limit of {limit} bytes.")
+    dataset_id = new_id("ds")
+    with store.open_write(service.data_key(dataset_id)) as writer:
+        try:
+            received = await upload.receive(
+                request.stream(),
+                content_type=request.headers.get("content-type", ""),
+                writer=writer,
+                max_bytes=limit,
+            )
+        except ClientDisconnect:
+            raise InvalidInput("The client disconnected before the upload finished.") from None
+        fields = received.fields
+        options = service.parse_options(fields)
+        name = service.check_name(fields.get("name") or received.filename or "dataset")
+        if "sha256" in fields and fields["sha256"].lower() != writer.sha256:
+            raise InvalidInput(
+                f"The upload's SHA-256 is {writer.sha256}, not the declared {fields['sha256']}.",
+                code="dataset.checksum_mismatch",
+                param="sha256",
+            )
+        await run_in_threadpool(writer.commit)
+    try:
+        dataset, job = await run_in_threadpool(
+            lambda: service.register_upload(
+                session=session,
+                tenant_id=tenant_id,
+                dataset_id=dataset_id,
+                name=name,
+                filename=received.filename,
+                options=options,
+                size_bytes=writer.size,
+                sha256=writer.sha256,
+                max_attempts=settings.max_attempts,
+            )
+        )
+    except BaseException:
+        store.delete(f"datasets/{dataset_id}")
+        raise
+    enqueue(job.id, job.queue)
+    views = await run_in_threadpool(service.to_read, session, [dataset])
+    return views[0]
+
+
+@router.get("", response_model=Page[DatasetRead], summary="List datasets, newest first")
+def list_datasets(session: SessionDep, tenant_id: TenantDep, page: PageDep) -> Page[DatasetRead]:
+    rows, has_more = service.list_datasets(
+        session=session, tenant_id=tenant_id, limit=page.limit, after=page.after
+    )
+    return Page[DatasetRead](data=service.to_read(session, rows), has_more=has_more)
+
+
+@router.get("/{dataset_id}", response_model=DatasetRead, responses=NOT_FOUND, summary="Get a dataset")
+def read_dataset(dataset: DatasetDep, session: SessionDep) -> DatasetRead:
+    return service.to_read(session, [dataset])[0]
+
+
+@router.get(
+    "/{dataset_id}/content",
+    response_class=FileResponse,
+    responses=NOT_FOUND,
+    summary="Download a dataset's bytes",
+)
+def download_dataset(dataset: DatasetDep, store: StoreDep) -> FileResponse:
+    return FileResponse(
+        store.local_path(dataset.storage_key),
+        media_type="application/octet-stream",
+        filename=dataset.filename or f"{dataset.id}.bin",
+        headers={"X-Content-SHA256": dataset.sha256},
+    )
+
+
+@router.get(
+    "/{dataset_id}/report",
+    response_model=DatasetReport,
+    responses=NOT_FOUND,
+    summary="What validation and preparation found",
+)
+def read_dataset_report(dataset: DatasetDep, session: SessionDep, store: StoreDep) -> DatasetReport:
+    view = service.to_read(session, [dataset])[0]
+    validation = {
+        "format": view.format,
+        "compression": view.compression,
+        "kind": view.kind,
+        "records": view.records,
+        "text_bytes": view.text_bytes,
+        "errors": view.errors or [],
+    }
+    return DatasetReport(
+        dataset_id=dataset.id,
+        status=view.status,
+        validation=validation,
+        preparation=service.read_report(store=store, dataset=dataset),
+    )
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, 409: {"model": ErrorResponse}},
+    summary="Delete a dataset",
+)
+def delete_dataset(
+    dataset: DatasetDep, session: SessionDep, store: StoreDep, tenant_id: TenantDep
+) -> None:
+    """Refused while a queued or running job reads it."""
+    service.delete_dataset(session=session, store=store, tenant_id=tenant_id, dataset_id=dataset.id)
