@@ -154,6 +154,8 @@ class WorkerSupervisor:
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
+    # uvicorn re-raises SIGTERM after its graceful shutdown: exit via SystemExit, so `finally` runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     migrate(settings)
     ensure_default_key(settings)
     supervisor = WorkerSupervisor()

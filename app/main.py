@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import errors, observability
-from app.api.routes import datasets, health, jobs
+from app.api.routes import artifacts, datasets, health, jobs
 from app.db import make_engine, make_session_factory
 from app.settings import Settings, get_settings
 from app.storage import LocalStore
@@ -60,7 +60,13 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.state.store = LocalStore(settings.resolved_storage_dir)
     errors.install(app)
     observability.install(app, factory)
-    for router in (health.router, jobs.router, datasets.router):
+    for router in (
+        health.router,
+        jobs.router,
+        datasets.router,
+        artifacts.tokenizers,
+        artifacts.models,
+    ):
         app.include_router(router, prefix="/v1")
     _install_docs(app)
     return app

@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     """Largest dataset upload accepted."""
 
     log_format: Literal["text", "json"] = "text"
+    """``json`` prints one JSON object per log line (with job_id, attempt, request_id)."""
     log_level: str = "INFO"
+    """Python logging level."""
 
     @property
     def resolved_database_url(self) -> str:

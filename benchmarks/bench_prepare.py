@@ -41,12 +41,15 @@ def main() -> None:
             (root / name).mkdir()
         paths = RunPaths(work_dir=root / "work", output_dir=root / "out")
         config = PrepareConfig(validation_fraction=0.01, workers=args.workers)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_before = usage.ru_utime + usage.ru_stime
         t0 = time.perf_counter()
         result = run_prepare(config, detect_format(source, {}), paths)
         wall = time.perf_counter() - t0
     mb = result.bytes_in / 1e6
     steps = result.report["steps"]
-    print(f"records {result.records_in} -> {result.records_out}; MB {mb:.1f} -> {result.bytes_out / 1e6:.1f}")
+    out_mb = result.bytes_out / 1e6
+    print(f"records {result.records_in} -> {result.records_out}; MB {mb:.1f} -> {out_mb:.1f}")
     print(
         "removed: quality",
         sum(v["count"] for v in steps["quality"]["removed"].values()),
@@ -62,9 +65,12 @@ def main() -> None:
     for stage, seconds in result.report["timings_s"].items():
         rate = mb / seconds if seconds else float("inf")
         print(f"  {stage:16s} {seconds:8.2f} s  {rate:9.1f} MB/s")
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak RSS: main {own:.0f} MiB, largest worker {children:.0f} MiB")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime - cpu_before
+    print(f"cpu: {cpu:.1f} s in all processes ({mb / cpu:.2f} MB per CPU-second)")
+    main_mib, worker_mib = own.ru_maxrss / 1024, children.ru_maxrss / 1024
+    print(f"peak RSS: main {main_mib:.0f} MiB, largest worker {worker_mib:.0f} MiB")
 
 
 if __name__ == "__main__":

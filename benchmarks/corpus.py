@@ -16,7 +16,26 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-_ONSETS = ["", "b", "c", "d", "f", "g", "h", "l", "m", "n", "p", "r", "s", "t", "v", "st", "tr", "pl"]
+_ONSETS = [
+    "",
+    "b",
+    "c",
+    "d",
+    "f",
+    "g",
+    "h",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "st",
+    "tr",
+    "pl",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou"]
 _CODAS = ["", "", "n", "r", "s", "t", "l", "nd", "st"]
 
@@ -53,7 +72,9 @@ class Prose:
         )
 
     def sentence(self) -> str:
-        words = self.rng.choices(self.words, cum_weights=self.cum_weights, k=self.rng.randint(6, 22))
+        words = self.rng.choices(
+            self.words, cum_weights=self.cum_weights, k=self.rng.randint(6, 22)
+        )
         if self.rng.random() < 0.3:
             words.insert(self.rng.randrange(len(words)), str(self.rng.randint(2, 999)))
         words[0] = words[0].capitalize()
@@ -126,7 +147,7 @@ def generate(path: Path, target_bytes: int, seed: int = 0) -> Manifest:
                 if roll < 0.18:
                     text += " " + prose.pii_sentence()
                     manifest.pii_documents += 1
-                recent = (recent + [text])[-500:]
+                recent = [*recent[-499:], text]
             line = json.dumps({"text": text}, ensure_ascii=False) + "\n"
             out.write(line)
             manifest.documents += 1

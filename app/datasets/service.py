@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
 from app.db import paginate
-from app.errors import Conflict, InvalidInput, InvalidState, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.jobs import service as jobs
 from app.jobs.states import FINAL_STATES, JobStatus
 from app.jobs.tables import Job, JobInput

@@ -115,7 +115,9 @@ class _Receiver:
             try:
                 value = self.field_value.decode("utf-8")
             except UnicodeDecodeError:
-                raise InvalidInput(f"Form field '{self.part}' is not UTF-8.", param=self.part) from None
+                raise InvalidInput(
+                    f"Form field '{self.part}' is not UTF-8.", param=self.part
+                ) from None
             if "\x00" in value:
                 raise InvalidInput(f"Form field '{self.part}' contains NUL.", param=self.part)
             self.upload.fields[self.part] = value
@@ -139,7 +141,9 @@ async def receive(
     upload = Upload(writer=writer)
     receiver = _Receiver(upload, max_bytes)
     parser = MultipartParser(
-        boundary, receiver.callbacks(), max_header_size=MAX_HEADER_BYTES  # type: ignore[arg-type]
+        boundary,
+        receiver.callbacks(),  # type: ignore[arg-type]
+        max_header_size=MAX_HEADER_BYTES,
     )
     try:
         async for chunk in chunks:

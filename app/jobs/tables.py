@@ -78,7 +78,5 @@ class JobInput(Base):
 
     __tablename__ = "job_input"
 
-    job_id: Mapped[str] = mapped_column(
-        ForeignKey("job.id", ondelete="CASCADE"), primary_key=True
-    )
+    job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), primary_key=True)
     object_id: Mapped[str] = mapped_column(String(40), primary_key=True, index=True)

@@ -33,7 +33,9 @@ def validate(factory: sessionmaker[Session], settings: Settings):  # type: ignor
     return run
 
 
-def upload(client: TestClient, auth: dict[str, str], data: bytes, filename: str = "d.jsonl", **fields: str):  # type: ignore[no-untyped-def]
+def upload(
+    client: TestClient, auth: dict[str, str], data: bytes, filename: str = "d.jsonl", **fields: str
+):  # type: ignore[no-untyped-def]
     return client.post(
         "/v1/datasets", files={"file": (filename, io.BytesIO(data))}, data=fields, headers=auth
     )
@@ -44,6 +46,11 @@ def jsonl(n: int) -> bytes:
         json.dumps({"text": f"Document number {i} talks about mills and grain."}).encode() + b"\n"
         for i in range(n)
     )
+
+
+def part_header(boundary: str, filename: str) -> bytes:
+    disposition = f'Content-Disposition: form-data; name="file"; filename="{filename}"'
+    return f"--{boundary}\r\n{disposition}\r\n\r\n".encode()
 
 
 def dataset_rows(factory: sessionmaker[Session]) -> int:
@@ -82,7 +89,9 @@ def test_download_returns_the_same_bytes(client: TestClient, auth: dict[str, str
     assert response.headers["X-Content-SHA256"] == hashlib.sha256(data).hexdigest()
 
 
-def test_list_get_and_delete(client: TestClient, auth: dict[str, str], validate, settings: Settings) -> None:
+def test_list_get_and_delete(
+    client: TestClient, auth: dict[str, str], validate, settings: Settings
+) -> None:
     first = upload(client, auth, jsonl(3)).json()
     second = upload(client, auth, jsonl(4)).json()
     validate(client, auth, first["id"])
@@ -148,7 +157,8 @@ def test_gzip_bomb_is_stopped(client: TestClient, auth: dict[str, str], validate
 
 
 @pytest.mark.parametrize(
-    "filename", ["../../etc/passwd", "a\x00b.jsonl", "..\\..\\w.txt", "x" * 10_000, "\u202eevil.txt"]
+    "filename",
+    ["../../etc/passwd", "a\x00b.jsonl", "..\\..\\w.txt", "x" * 10_000, "\u202eevil.txt"],
 )
 def test_hostile_filenames_are_only_metadata(
     client: TestClient, auth: dict[str, str], settings: Settings, filename: str
@@ -181,7 +191,7 @@ def test_streamed_upload_over_the_limit_is_stopped_and_leaves_nothing(
     boundary = "gristmillboundary"
 
     def body() -> Iterator[bytes]:  # chunked: no Content-Length to check up front
-        yield f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big"\r\n\r\n'.encode()
+        yield part_header(boundary, "big")
         for _ in range(50):
             yield b"y" * 10_000
         yield f"\r\n--{boundary}--\r\n".encode()
@@ -204,7 +214,7 @@ def test_upload_cut_off_mid_stream_leaves_nothing(
     boundary = "cut"
 
     def body() -> Iterator[bytes]:
-        yield f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d"\r\n\r\n'.encode()
+        yield part_header(boundary, "d")
         yield jsonl(100)  # ... and the closing boundary never comes
 
     before = store_files(settings)
@@ -219,7 +229,9 @@ def test_upload_cut_off_mid_stream_leaves_nothing(
     assert store_files(settings) == before
 
 
-def test_declared_checksum_must_match(client: TestClient, auth: dict[str, str], factory: sessionmaker[Session]) -> None:
+def test_declared_checksum_must_match(
+    client: TestClient, auth: dict[str, str], factory: sessionmaker[Session]
+) -> None:
     response = upload(client, auth, jsonl(2), sha256="0" * 64)
 
     error = response.json()["error"]
@@ -237,7 +249,11 @@ def test_declared_checksum_must_match(client: TestClient, auth: dict[str, str], 
     ],
 )
 def test_bad_form_fields_are_400(
-    client: TestClient, auth: dict[str, str], kwargs: dict, param: str, factory: sessionmaker[Session]
+    client: TestClient,
+    auth: dict[str, str],
+    kwargs: dict,
+    param: str,
+    factory: sessionmaker[Session],
 ) -> None:
     response = upload(client, auth, jsonl(2), **kwargs)
     assert response.status_code == 400
@@ -257,7 +273,10 @@ def test_prepare_refuses_unready_and_foreign_datasets(
     theirs = upload(client, other_auth, jsonl(3)).json()
     validate(client, other_auth, theirs["id"])
 
-    for dataset_id, code in [(unready["id"], "dataset.not_ready"), (theirs["id"], "dataset.not_found")]:
+    for dataset_id, code in [
+        (unready["id"], "dataset.not_ready"),
+        (theirs["id"], "dataset.not_found"),
+    ]:
         body = {"type": "prepare", "params": {"dataset_id": dataset_id}}
         response = client.post("/v1/jobs", json=body, headers=auth)
         assert response.status_code == 400
@@ -273,6 +292,50 @@ def test_another_tenants_dataset_is_404(
 ) -> None:
     dataset = upload(client, auth, jsonl(2)).json()
     for method, suffix in [("GET", ""), ("GET", "/content"), ("GET", "/report"), ("DELETE", "")]:
-        response = client.request(method, f"/v1/datasets/{dataset['id']}{suffix}", headers=other_auth)
+        response = client.request(
+            method, f"/v1/datasets/{dataset['id']}{suffix}", headers=other_auth
+        )
         assert response.status_code == 404
     assert client.get("/v1/datasets", headers=other_auth).json()["data"] == []
+
+
+def run_job(factory: sessionmaker[Session], settings: Settings, job_id: str) -> None:
+    store = LocalStore(settings.resolved_storage_dir)
+    runner.execute(job_id, worker="t", settings=settings, session_factory=factory, store=store)
+
+
+def test_prepare_writes_a_cleaned_child_dataset_with_a_report(
+    client: TestClient,
+    auth: dict[str, str],
+    validate,
+    factory: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    words = "grain mill river stone wheel flour miller water bread village market harvest".split()  # noqa: SIM905
+    docs = [
+        " ".join(words[(i * 7 + j * 3) % len(words)] + f"{(i * 31 + j) % 97}" for j in range(80))
+        for i in range(40)
+    ]
+    docs += docs[:5]  # five exact duplicates
+    docs.append("Write to ada@example.com today. " + docs[6])  # PII, and a near-duplicate
+    data = b"".join(json.dumps({"text": d}).encode() + b"\n" for d in docs)
+    source = validate(client, auth, upload(client, auth, data, name="mill").json()["id"])
+
+    body = {"type": "prepare", "params": {"dataset_id": source["id"], "validation_fraction": 0.1}}
+    job = client.post("/v1/jobs", json=body, headers=auth).json()
+    run_job(factory, settings, job["id"])
+
+    finished = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
+    assert finished["status"] == "succeeded", finished["error"]
+    children = finished["result"]["dataset_ids"]
+    train = client.get(f"/v1/datasets/{children['train']}", headers=auth).json()
+    held_out = client.get(f"/v1/datasets/{children['validation']}", headers=auth).json()
+    assert train["parent_id"] == held_out["parent_id"] == source["id"]
+    assert train["status"] == "ready" and train["kind"] == "text"
+    assert train["records"] + held_out["records"] == finished["result"]["records_out"]
+    assert finished["result"]["records_out"] < len(docs) - 4
+    report = client.get(f"/v1/datasets/{children['train']}/report", headers=auth).json()
+    assert report["preparation"] is not None
+    content = client.get(f"/v1/datasets/{children['train']}/content", headers=auth).content
+    assert b"ada@example.com" not in content
+    assert client.get(f"/v1/datasets/{source['id']}/content", headers=auth).content == data

@@ -139,7 +139,6 @@ def test_error_envelope_shape() -> None:
     response = render(409, "clash", code="conflict", param="x")
     assert response.status_code == 409
     assert (
-        response.body
-        == b'{"error":{"message":"clash","type":"invalid_request_error",'
+        response.body == b'{"error":{"message":"clash","type":"invalid_request_error",'
         b'"param":"x","code":"conflict"}}'
     )

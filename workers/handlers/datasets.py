@@ -116,7 +116,7 @@ def handle_prepare(ctx: JobContext) -> Outcome:
 def _child_dataset(
     ctx: JobContext, source: Dataset, split: str, path: Path, kind: str, report: Path
 ) -> Dataset:
-    """Move a prepared file into the store as a new ready dataset (its row is written on success)."""
+    """Move a prepared file into the store as a new ready dataset (its row comes on success)."""
     dataset_id = new_id("ds")
     target = ctx.store.local_path(data_key(dataset_id))
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,8 @@ _HANDLERS = {
     "probe": ("workers.handlers.probe", "handle"),
     "validate": ("workers.handlers.datasets", "handle_validate"),
     "prepare": ("workers.handlers.datasets", "handle_prepare"),
+    "tokenizer": ("workers.handlers.training", "handle_tokenizer"),
+    "pretrain": ("workers.handlers.training", "handle_pretrain"),
 }
 
 

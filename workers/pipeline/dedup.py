@@ -2,7 +2,7 @@
 
 Hashing every shingle in a Python loop (datasketch's ``MinHash.update``) runs at well under
 1 MB/s. Here a document's words are hashed all at once with numpy: a polynomial prefix hash over
-the UTF-32 code points of the canonical text gives the hash of any word span in O(1), so every
+the UTF-32 code points of the lower-cased text gives the hash of any word in O(1), so every
 n-gram of every size costs a few vectorised operations. The same hashes serve the quality
 filter's repeated n-grams, MinHash shingles and the contamination check. datasketch is used only
 for the LSH index, which is what it is best at.
@@ -11,7 +11,6 @@ for the LSH index, which is what it is best at.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,62 +18,127 @@ import numpy.typing as npt
 from datasketch import LeanMinHash, MinHashLSH
 
 U64 = npt.NDArray[np.uint64]
-_WORD = re.compile(r"\w+")
+I64 = npt.NDArray[np.int64]
 _BASE = 0x100000001B3  # odd, so it has an inverse modulo 2**64
 _BASE_INV = pow(_BASE, -1, 1 << 64)
 _BLOCK = 2048  # shingles per block when taking the minimum (bounds memory on huge documents)
+_SPACE, _LETTER, _ALNUM, _OTHER = 0, 1, 2, 3
+_ASCII_CLASS = np.array(
+    [
+        _SPACE if chr(c).isspace() else _LETTER if chr(c).isalpha() else
+        _ALNUM if chr(c).isalnum() or c == 95 else _OTHER
+        for c in range(128)
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
 
 
-def canonical(text: str) -> str:
-    """Lower-cased words joined by single spaces: punctuation and layout do not make text new."""
-    return " ".join(_WORD.findall(text.lower()))
+def _classify(codes: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint8]:
+    """Space / letter / other word character (digit, '_') / anything else, per code point."""
+    classes = _ASCII_CLASS[np.minimum(codes, 127)]
+    wide = codes >= 128
+    if wide.any():
+        uniq, inverse = np.unique(codes[wide], return_inverse=True)
+        table = np.array([_char_class(chr(c)) for c in uniq.tolist()], dtype=np.uint8)
+        classes[wide] = table[inverse]
+    return classes
+
+
+def _char_class(ch: str) -> int:
+    if ch.isspace():
+        return _SPACE
+    if ch.isalpha():
+        return _LETTER
+    return _ALNUM if ch.isalnum() else _OTHER
+
+
+_POWERS: dict[int, U64] = {}  # per-process memo: base -> base**0..k (mod 2**64), grown on demand
+
+
+def _powers(base: int, n: int) -> U64:
+    """``base**i mod 2**64`` for i < n, cut from a table that doubles when too short."""
+    table = _POWERS.get(base)
+    if table is None or len(table) < n:
+        size = max(n, 2 * len(table) if table is not None else 65536)
+        table = np.full(size, base, dtype=np.uint64)
+        table[0] = 1
+        with np.errstate(over="ignore"):
+            table = np.cumprod(table, dtype=np.uint64)  # wraps modulo 2**64 on purpose
+        _POWERS[base] = table
+    return table[:n]
+
+
+def _mix(h: U64) -> U64:
+    with np.errstate(over="ignore"):
+        h ^= h >> np.uint64(31)  # so the low bits depend on every input bit
+        h *= np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+    return h
+
+
+def _runs(mask: npt.NDArray[np.bool_]) -> tuple[I64, I64]:
+    """Start and end indices of the runs of True in ``mask``."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+    return edges[0::2].astype(np.int64), edges[1::2].astype(np.int64)
 
 
 @dataclass(frozen=True)
 class WordSpans:
-    """Prefix hashes of one canonical text, from which any run of words hashes in O(1)."""
+    """Per-document word statistics and word hashes, all computed with numpy in one go.
 
-    prefix: U64  # prefix[i] = sum_{j<i} (c_j + 1) * BASE**j  (mod 2**64)
-    inverse: U64  # inverse[i] = BASE**-i  (mod 2**64)
-    starts: npt.NDArray[np.int64]
-    ends: npt.NDArray[np.int64]
+    Words for hashing are runs of word characters of the lower-cased text (punctuation and layout
+    do not make text new); words for the Gopher statistics are whitespace-separated tokens.
+    """
+
+    word_hashes: U64  # one per word-character run
+    word_lengths: I64
+    word_prefix: U64  # word_prefix[i] = sum_{j<i} word_hashes[j] * BASE**j  (mod 2**64)
+    length_prefix: I64  # length_prefix[i] = sum_{j<i} word_lengths[j]
+    ws_words: int  # whitespace-separated tokens
+    ws_word_chars: int  # their total length
+    alpha_words: int  # tokens containing at least one letter
 
     @classmethod
-    def of(cls, canon: str) -> WordSpans:
-        codes = np.frombuffer(canon.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-        n = len(codes)
-        powers = np.full(n, _BASE, dtype=np.uint64)
-        inverse = np.full(n + 1, _BASE_INV, dtype=np.uint64)
-        if n:
-            powers[0] = 1
-            inverse[0] = 1
+    def of(cls, text: str) -> WordSpans:
+        codes = np.frombuffer(text.lower().encode("utf-32-le"), dtype=np.uint32)
+        classes = _classify(codes)
+        solid = classes != _SPACE
+        token_start = solid & ~np.concatenate(([False], solid[:-1]))
+        token_id = np.cumsum(token_start) - 1
+        has_letter = np.zeros(max(1, int(token_start.sum())), dtype=np.bool_)
+        has_letter[token_id[classes == _LETTER]] = True
+        alpha = np.count_nonzero(has_letter)
+        starts, ends = _runs((classes == _LETTER) | (classes == _ALNUM))
         with np.errstate(over="ignore"):
-            powers = np.cumprod(powers, dtype=np.uint64)  # wraps modulo 2**64 on purpose
-            inverse = np.cumprod(inverse, dtype=np.uint64)
-            prefix = np.zeros(n + 1, dtype=np.uint64)
-            np.cumsum((codes + np.uint64(1)) * powers, dtype=np.uint64, out=prefix[1:])
-        spaces = np.flatnonzero(codes == 32)
-        starts = np.concatenate(([0], spaces + 1)) if n else np.zeros(0, np.int64)
-        ends = np.concatenate((spaces, [n])) if n else np.zeros(0, np.int64)
-        return cls(prefix, inverse, starts.astype(np.int64), ends.astype(np.int64))
+            weighted = (codes.astype(np.uint64) + np.uint64(1)) * _powers(_BASE, len(codes))
+            prefix = np.concatenate(([np.uint64(0)], np.cumsum(weighted, dtype=np.uint64)))
+            inverse = _powers(_BASE_INV, len(codes) + 1)
+            hashes = _mix((prefix[ends] - prefix[starts]) * inverse[starts])
+            word_prefix = np.zeros(len(hashes) + 1, dtype=np.uint64)
+            np.cumsum(hashes * _powers(_BASE, len(hashes)), dtype=np.uint64, out=word_prefix[1:])
+        lengths = ends - starts
+        length_prefix = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=length_prefix[1:])
+        return cls(
+            hashes, lengths, word_prefix, length_prefix,
+            int(token_start.sum()), int(solid.sum()), int(alpha),
+        )  # fmt: skip
 
     @property
     def words(self) -> int:
-        return len(self.starts)
+        return len(self.word_hashes)
 
-    def ngrams(self, n: int) -> tuple[U64, npt.NDArray[np.int64]]:
+    def ngrams(self, n: int) -> tuple[U64, I64]:
         """Hashes of every run of ``n`` words (one run of all words if there are fewer) and
-        their lengths in characters."""
+        their lengths in characters (spaces not counted)."""
         if self.words == 0:
             return np.zeros(0, np.uint64), np.zeros(0, np.int64)
         n = min(n, self.words)
-        s, e = self.starts[: self.words - n + 1], self.ends[n - 1 :]
+        count = self.words - n + 1
+        prefix, lengths = self.word_prefix, self.length_prefix
         with np.errstate(over="ignore"):
-            h = (self.prefix[e] - self.prefix[s]) * self.inverse[s]
-            h ^= h >> np.uint64(31)  # mix so the low bits depend on every character
-            h *= np.uint64(0x9E3779B97F4A7C15)
-            h ^= h >> np.uint64(29)
-        return h, e - s
+            h = _mix((prefix[n : n + count] - prefix[:count]) * _powers(_BASE_INV, count))
+        return h, lengths[n : n + count] - lengths[:count]
 
 
 def top_ngram_fraction(spans: WordSpans, n: int) -> float:
@@ -85,12 +149,14 @@ def top_ngram_fraction(spans: WordSpans, n: int) -> float:
     if spans.words < n + 1:
         return 0.0
     hashes, lengths = spans.ngrams(n)
-    _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
+    # Plain sort (not the stable argsort behind return_index): ~2x faster on every document.
+    uniq, counts = np.unique(hashes, return_counts=True)
     top = int(np.argmax(counts))
     if counts[top] < 2:
         return 0.0
-    total = int(spans.ends[-1]) - spans.words + 1  # characters without spaces
-    chars = (int(lengths[first[top]]) - n + 1) * int(counts[top])
+    first = int(np.argmax(hashes == uniq[top]))
+    total = int(spans.length_prefix[-1])
+    chars = int(lengths[first]) * int(counts[top])
     return min(1.0, chars / max(1, total))
 
 

@@ -177,7 +177,7 @@ class ValidationResult:
 def validate_dataset(
     file: DatasetFile,
     config: ValidateConfig,
-    hooks: Hooks = Hooks(),  # noqa: B008
+    hooks: Hooks = Hooks(),
 ) -> ValidationResult:
     """Parse the whole dataset and say whether it is usable, listing bad records by line.
 

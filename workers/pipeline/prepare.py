@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from workers.pipeline.configs.data import PrepareConfig
-from workers.pipeline.dedup import WordSpans, canonical
+from workers.pipeline.dedup import WordSpans
 from workers.pipeline.formats import RecordReader, iter_records
 from workers.pipeline.prepare_state import State
 from workers.pipeline.prepare_worker import ChunkResult, WorkerSettings, init_worker, process_chunk
@@ -52,7 +52,7 @@ def run_prepare(
     config: PrepareConfig,
     source: DatasetFile,
     paths: RunPaths,
-    hooks: Hooks = Hooks(),  # noqa: B008
+    hooks: Hooks = Hooks(),
     *,
     eval_file: DatasetFile | None = None,
 ) -> PrepareResult:
@@ -106,7 +106,7 @@ def _eval_ngrams(
     if eval_file is not None:
         for i, text in enumerate(_texts(iter_records(eval_file, config.limits), config)):
             count += 1
-            spans = WordSpans.of(canonical(text))
+            spans = WordSpans.of(text)
             if spans.words >= config.contamination_ngram:
                 for h in np.unique(spans.ngrams(config.contamination_ngram)[0]).tolist():
                     gram_docs.setdefault(int(h), []).append(i)
@@ -144,7 +144,8 @@ def _chunks(reader: RecordReader, state: State) -> Iterator[list[Record]]:
 
 def _run_chunks(settings: WorkerSettings, chunks: Iterator[list[Record]]) -> Iterator[ChunkResult]:
     """Process chunks in worker processes (or in-process for ``workers=1``), in input order."""
-    workers = settings.config.workers or os.cpu_count() or 1
+    # sched_getaffinity respects CPU pinning (containers, taskset); cpu_count() would not.
+    workers = settings.config.workers or len(os.sched_getaffinity(0)) or 1
     init_worker(settings)
     if workers == 1:
         yield from map(process_chunk, chunks)
@@ -175,9 +176,8 @@ class _Outputs:
         self._final = [p for p in (self.train_path, self.validation_path) if p is not None]
         self._files = {p: _tmp(p).open("w", encoding="utf-8") for p in self._final}
 
-    def write(self, record: Record, validation: bool) -> int:
+    def write(self, line: str, validation: bool) -> int:
         target = self.validation_path if validation and self.validation_path else self.train_path
-        line = json.dumps(record.to_json(), ensure_ascii=False) + "\n"
         self._files[target].write(line)
         return len(line.encode("utf-8", "surrogatepass"))
 

@@ -14,14 +14,13 @@ from workers.pipeline.configs.data import PrepareConfig
 from workers.pipeline.dedup import NearDupIndex
 from workers.pipeline.prepare_report import LENGTH_EDGES, ReasonLog, Sample, bucket, diversity
 from workers.pipeline.prepare_worker import DocResult, snippet
-from workers.pipeline.records import Record
 from workers.pipeline.types import Hooks, Progress, StageCancelled
 
 _TOP_CLUSTERS = 10
 
 
 class Sink(Protocol):
-    def write(self, record: Record, validation: bool) -> int: ...
+    def write(self, line: str, validation: bool) -> int: ...
 
 
 class State:
@@ -60,13 +59,12 @@ class State:
         self.hist_in[bucket(doc.chars_in)] += 1
         for change in doc.changes:
             self.normalised.add(change, {"line": doc.line, "text": doc.snippet})
-        if doc.removed is not None or doc.record is None:
+        if doc.removed is not None or doc.output is None:
             self.filtered.add(doc.removed or "removed", {"line": doc.line, "text": doc.snippet})
             return
         if self._is_duplicate(doc):
             return
-        record = doc.record
-        text = record.training_text()
+        text = doc.head
         if doc.pii:
             self.pii_found.update(doc.pii)
             self.pii_docs.add("scrubbed", {"line": doc.line, "text": snippet(text)})
@@ -78,8 +76,8 @@ class State:
         validation = int.from_bytes(doc.key[:8], "big") < self.config.validation_fraction * 2**64
         self.split["validation" if validation else "train"] += 1
         self.records_out += 1
-        self.bytes_out += sink.write(record, validation)
-        self.hist_out[bucket(len(text))] += 1
+        self.bytes_out += sink.write(doc.output, validation)
+        self.hist_out[bucket(doc.chars_out)] += 1
         self.sample.offer(text)
 
     def _is_duplicate(self, doc: DocResult) -> bool:
@@ -121,9 +119,7 @@ class State:
         )
 
     def report(self, gram_docs: dict[int, list[int]], wall_s: float) -> dict[str, Any]:
-        contaminated_eval = {d for h in self.eval_hits for d in gram_docs.get(h, [])}
-        sizes = sorted(self.exact_clusters.values(), reverse=True)
-        near_sizes = sorted(self.near_clusters.values(), reverse=True)
+        """The JSON-serialisable report: per-step counts with examples, histograms, diversity."""
         return {
             "kind": self.kind,
             "records_in": self.records_in,
@@ -134,35 +130,14 @@ class State:
             "steps": {
                 "normalise": {"modified": self.normalised.as_dict()},
                 "quality": {"removed": self.filtered.as_dict()},
-                "exact_dedup": {
-                    "removed": self.exact.total(),
-                    "clusters": len(sizes),
-                    "largest_cluster_sizes": [s + 1 for s in sizes[:_TOP_CLUSTERS]],
-                    "examples": self.exact.examples.get("exact_duplicate", []),
-                },
-                "near_dedup": {
-                    "removed": self.near.total(),
-                    "clusters": len(near_sizes),
-                    "largest_cluster_sizes": [s + 1 for s in near_sizes[:_TOP_CLUSTERS]],
-                    "examples": self.near.examples.get("near_duplicate", []),
-                },
+                "exact_dedup": _clusters(self.exact, self.exact_clusters, "exact_duplicate"),
+                "near_dedup": _clusters(self.near, self.near_clusters, "near_duplicate"),
                 "pii": {
                     "documents_modified": self.pii_docs.total(),
                     "found": dict(sorted(self.pii_found.items())),
                     "examples": self.pii_docs.examples.get("scrubbed", []),
                 },
-                "contamination": {
-                    "checked": self.eval_docs > 0,
-                    "ngram": self.config.contamination_ngram,
-                    "eval_docs": self.eval_docs,
-                    "eval_docs_contaminated": len(contaminated_eval),
-                    "eval_contaminated_share": len(contaminated_eval) / max(1, self.eval_docs),
-                    "train_docs_flagged": self.contaminated.total(),
-                    "train_docs_dropped": self.contaminated.total()
-                    if self.config.drop_contaminated
-                    else 0,
-                    "examples": self.contaminated.examples.get("shares_eval_ngram", []),
-                },
+                "contamination": self._contamination(gram_docs),
                 "split": dict(sorted(self.split.items())),
             },
             "length_histogram": {
@@ -176,3 +151,28 @@ class State:
                 **{k: round(v, 3) for k, v in sorted(self.seconds.items())},
             },
         }
+
+    def _contamination(self, gram_docs: dict[int, list[int]]) -> dict[str, Any]:
+        contaminated_eval = {d for h in self.eval_hits for d in gram_docs.get(h, [])}
+        flagged = self.contaminated.total()
+        return {
+            "checked": self.eval_docs > 0,
+            "ngram": self.config.contamination_ngram,
+            "eval_docs": self.eval_docs,
+            "eval_docs_contaminated": len(contaminated_eval),
+            "eval_contaminated_share": len(contaminated_eval) / max(1, self.eval_docs),
+            "train_docs_flagged": flagged,
+            "train_docs_dropped": flagged if self.config.drop_contaminated else 0,
+            "examples": self.contaminated.examples.get("shares_eval_ngram", []),
+        }
+
+
+def _clusters(log: ReasonLog, sizes: Counter[Any], reason: str) -> dict[str, Any]:
+    """Removed count, cluster count and the largest clusters (sizes include the kept original)."""
+    largest = sorted(sizes.values(), reverse=True)[:_TOP_CLUSTERS]
+    return {
+        "removed": log.total(),
+        "clusters": len(sizes),
+        "largest_cluster_sizes": [s + 1 for s in largest],
+        "examples": log.examples.get(reason, []),
+    }

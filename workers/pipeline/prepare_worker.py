@@ -9,6 +9,7 @@ pool initializer, because the eval n-gram table can be large.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -17,10 +18,12 @@ import numpy as np
 import numpy.typing as npt
 
 from workers.pipeline.configs.data import PrepareConfig
-from workers.pipeline.dedup import U64, WordSpans, canonical, minhash, permutations
+from workers.pipeline.dedup import U64, WordSpans, minhash, permutations
 from workers.pipeline.pii import scrub_pii
 from workers.pipeline.quality import normalise, quality_reason
 from workers.pipeline.records import Record
+
+HEAD_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class WorkerSettings:
 class DocResult:
     """What the main process needs to decide about one record, and to report on it."""
 
-    record: Record | None  # normalised and scrubbed; None when a filter removed it
+    output: str | None  # the JSONL line to write (normalised, scrubbed); None when filtered
     line: int
     chars_in: int
     bytes_in: int
@@ -44,6 +47,8 @@ class DocResult:
     signature: U64 | None = None
     pii: Counter[str] = field(default_factory=Counter)
     eval_hits: list[int] = field(default_factory=list)
+    chars_out: int = 0
+    head: str = ""  # start of the output text, for the diversity sample and examples
 
 
 @dataclass
@@ -86,15 +91,10 @@ def _process(
     )  # fmt: skip
     t0 = time.perf_counter()
     if cfg.normalise.enabled:
-        contents: list[str] = []
-        for text in record.contents():
-            fixed, changes = normalise(text, cfg.normalise, strip=record.kind == "text")
-            contents.append(fixed)
-            doc.changes.extend(c for c in changes if c not in doc.changes)
-        record = record.with_contents(contents)
+        record = _normalise(record, cfg, doc)
     text = record.training_text()
     t1 = time.perf_counter()
-    spans = WordSpans.of(canonical(text))
+    spans = WordSpans.of(text)
     if cfg.quality.enabled:
         conversational = record.kind != "text"
         doc.removed = quality_reason(text, spans, cfg.quality, conversational=conversational)
@@ -111,18 +111,36 @@ def _process(
         doc.eval_hits = _eval_hits(spans, cfg.contamination_ngram, settings.eval_grams)
     t4 = time.perf_counter()
     if cfg.pii.enabled:
-        scrubbed = []
-        for content in record.contents():
-            clean, found = scrub_pii(content, cfg.pii.types)
-            scrubbed.append(clean)
-            doc.pii.update(found)
-        if doc.pii:
-            record = record.with_contents(scrubbed)
+        record = _scrub(record, cfg, doc)
     seconds["hash_minhash"] += t3 - t2
     seconds["contamination"] += t4 - t3
     seconds["pii"] += time.perf_counter() - t4
-    doc.record = record
+    # Serialised here rather than in the main process, which is the serial bottleneck.
+    doc.output = json.dumps(record.to_json(), ensure_ascii=False) + "\n"
+    text = record.training_text()
+    doc.chars_out = len(text)
+    doc.head = text[:HEAD_CHARS]
     return doc
+
+
+def _normalise(record: Record, cfg: PrepareConfig, doc: DocResult) -> Record:
+    """Normalise every free-text field, noting which repairs applied on ``doc``."""
+    contents: list[str] = []
+    for text in record.contents():
+        fixed, changes = normalise(text, cfg.normalise, strip=record.kind == "text")
+        contents.append(fixed)
+        doc.changes.extend(c for c in changes if c not in doc.changes)
+    return record.with_contents(contents)
+
+
+def _scrub(record: Record, cfg: PrepareConfig, doc: DocResult) -> Record:
+    """Scrub PII from every free-text field (each chat message separately), counting on ``doc``."""
+    scrubbed = []
+    for content in record.contents():
+        clean, found = scrub_pii(content, cfg.pii.types)
+        scrubbed.append(clean)
+        doc.pii.update(found)
+    return record.with_contents(scrubbed) if doc.pii else record
 
 
 def _content_key(record: Record) -> bytes:

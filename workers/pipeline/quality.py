@@ -21,11 +21,8 @@ from workers.pipeline.dedup import WordSpans, top_ngram_fraction
 _MOJIBAKE = re.compile("Ã.|Â|â€|\ufffd")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200d\u2060\ufeff]")
 _SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
-_TRAILING = re.compile(r"[ \t]+(?=\n|\Z)")
 _BLANK_RUNS = re.compile(r"\n{3,}")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
-# A whitespace-delimited token with no letter in it (numbers, punctuation, symbols).
-_NON_ALPHA_WORD = re.compile(r"(?<!\S)(?:[^\w\s]|[\d_])+(?!\S)")
 
 
 def normalise(text: str, config: NormaliseConfig, *, strip: bool) -> tuple[str, list[str]]:
@@ -35,19 +32,20 @@ def normalise(text: str, config: NormaliseConfig, *, strip: bool) -> tuple[str, 
     leading space is part of what the model should learn to produce.
     """
     changes: list[str] = []
-    if config.fix_mojibake and _MOJIBAKE.search(text):
+    ascii_only = text.isascii()  # then NFC, mojibake and exotic spaces cannot occur
+    if config.fix_mojibake and not ascii_only and _MOJIBAKE.search(text):
         fixed = ftfy.fix_text(text, normalization=None)
         if fixed != text:
             text = fixed
             changes.append("mojibake")
-    if config.unicode_nfc and not unicodedata.is_normalized("NFC", text):
+    if config.unicode_nfc and not ascii_only and not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
         changes.append("nfc")
     if config.control_chars and _CONTROL.search(text):
         text = _CONTROL.sub("", text)
         changes.append("control_chars")
     if config.whitespace:
-        fixed = _whitespace(text)
+        fixed = _whitespace(text, ascii_only)
         if strip:
             fixed = fixed.strip()
         if fixed != text:
@@ -56,12 +54,15 @@ def normalise(text: str, config: NormaliseConfig, *, strip: bool) -> tuple[str, 
     return text, changes
 
 
-def _whitespace(text: str) -> str:
+def _whitespace(text: str, ascii_only: bool) -> str:
+    """Each rewrite is guarded by a substring test: regexes are slow on text they won't change."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _SPACES.sub(" ", text)
-    text = _TRAILING.sub("", text)
-    return _BLANK_RUNS.sub("\n\n", text)
+    if not ascii_only:
+        text = _SPACES.sub(" ", text)
+    if " \n" in text or "\t\n" in text or text.endswith((" ", "\t")):
+        text = "\n".join(line.rstrip(" \t") for line in text.split("\n"))
+    return _BLANK_RUNS.sub("\n\n", text) if "\n\n\n" in text else text
 
 
 def quality_reason(
@@ -69,26 +70,25 @@ def quality_reason(
 ) -> str | None:
     """The first rule ``text`` breaks, as a stable reason code, or None if it passes.
 
-    ``spans`` are the word hashes of the canonical text (shared with MinHash).
+    ``spans`` holds the word statistics and hashes of ``text`` (shared with MinHash).
     """
     if len(text) < config.min_chars:
         return "too_short"
     if len(text) > config.max_chars:
         return "too_long"
-    words = text.split()
-    n = len(words)
+    n = spans.ws_words
     floor = config.min_words_conversational if conversational else config.min_words
     if n < max(1, floor):
         return "too_few_words"
     if n > config.max_words:
         return "too_many_words"
-    mean = sum(map(len, words)) / n
+    mean = spans.ws_word_chars / n
     if not config.min_mean_word_length <= mean <= config.max_mean_word_length:
         return "mean_word_length"
     symbols = text.count("#") + text.count("...") + text.count("…")
     if symbols / n > config.max_symbol_word_ratio:
         return "symbol_ratio"
-    if 1 - len(_NON_ALPHA_WORD.findall(text)) / n < config.min_alpha_word_fraction:
+    if spans.alpha_words / n < config.min_alpha_word_fraction:
         return "non_alphabetic"
     return _repetition_reason(text, spans, config)
 

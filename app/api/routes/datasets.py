@@ -121,7 +121,9 @@ def list_datasets(session: SessionDep, tenant_id: TenantDep, page: PageDep) -> P
     return Page[DatasetRead](data=service.to_read(session, rows), has_more=has_more)
 
 
-@router.get("/{dataset_id}", response_model=DatasetRead, responses=NOT_FOUND, summary="Get a dataset")
+@router.get(
+    "/{dataset_id}", response_model=DatasetRead, responses=NOT_FOUND, summary="Get a dataset"
+)
 def read_dataset(dataset: DatasetDep, session: SessionDep) -> DatasetRead:
     return service.to_read(session, [dataset])[0]
 
