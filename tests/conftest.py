@@ -31,11 +31,15 @@ os.environ["GRISTMILL_REAPER_INTERVAL_SECONDS"] = "1"
 os.environ["GRISTMILL_REQUEUE_AFTER_SECONDS"] = "3"
 os.environ["GRISTMILL_METRICS_FLUSH_SECONDS"] = "0.5"
 
+import redis  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import Engine, text  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from app.db import make_engine, make_session_factory  # noqa: E402
+from app.main import create_app  # noqa: E402
 from app.settings import Settings, get_settings  # noqa: E402
+from tests.factories import make_key  # noqa: E402
 
 
 def recreate_database(admin_url: str, name: str) -> None:
@@ -88,3 +92,26 @@ def session(factory: sessionmaker[Session]) -> Iterator[Session]:
 @pytest.fixture
 def data_dir() -> Path:
     return Path(_DATA_DIR)
+
+
+@pytest.fixture
+def client(settings: Settings, factory: sessionmaker[Session]) -> Iterator[TestClient]:
+    redis.Redis.from_url(TEST_BROKER_URL).flushdb()
+    app = create_app(settings, run_reaper=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def key(factory: sessionmaker[Session]) -> str:
+    return make_key(factory, "acme").key
+
+
+@pytest.fixture
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def other_auth(factory: sessionmaker[Session]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_key(factory, 'globex').key}"}

@@ -83,8 +83,8 @@ def _validation_param(error: dict[str, Any]) -> str | None:
         for part in error.get("loc", ())
         if part not in ("body", "query", "path", "header")
     ]
-    if isinstance(ctx_error, ConfigError):
-        loc = [*[p for p in loc if p == "params"], ctx_error.field]
+    if isinstance(ctx_error, ConfigError):  # raised by the config object at ``loc``
+        loc = [*loc, ctx_error.field]
     return ".".join(loc) or None
 
 

@@ -120,14 +120,14 @@ def test_stop_then_resume_matches_uninterrupted_run_bit_for_bit(
     shared_cache: Path,
 ) -> None:
     paths = make_paths(tmp_path, shared_cache)
-    first = Recorder(stop_at=17)
+    first = Recorder(stop_at=17)  # read one step late: stops after step 18
     with pytest.raises(StageCancelled):
         _pretrain(tiny_config(), paths, first, corpus_file, tiny_tokenizer_dir)
-    assert (paths.work_dir / "checkpoints" / "step_00000017" / "state.json").exists()
+    assert (paths.work_dir / "checkpoints" / "step_00000018" / "state.json").exists()
 
     second = Recorder()
     result = _pretrain(tiny_config(), paths, second, corpus_file, tiny_tokenizer_dir)
-    assert result.resumed_from_step == 17
+    assert result.resumed_from_step == 18
     _assert_same_run(baseline, {**first.losses, **second.losses}, paths.output_dir)
 
 

@@ -32,8 +32,8 @@ import torch.distributed as dist
 
 from workers.pipeline.configs.training import pretrain_config_from_dict, tokenizer_config_from_dict
 from workers.pipeline.device import init_distributed, teardown_distributed
-from workers.pipeline.pretrain import prepare_tokenizer, run_pretrain
-from workers.pipeline.tokenizer import train_tokenizer
+from workers.pipeline.pretrain import run_pretrain
+from workers.pipeline.tokenizer import prepare_tokenizer, train_tokenizer
 from workers.pipeline.types import (
     DatasetFile,
     Hooks,

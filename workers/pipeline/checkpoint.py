@@ -30,6 +30,8 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import PreTrainedModel
 
+from workers.pipeline.types import PipelineError
+
 _FORMAT = 1
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -135,6 +137,21 @@ def restore_checkpoint(
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
+
+
+def check_resumable(
+    saved: dict[str, Any], current: dict[str, Any], *, cosmetic: frozenset[str]
+) -> None:
+    """Refuse to resume under a different tokenizer or trajectory-changing config."""
+    if saved.get("tokenizer_sha256") != current["tokenizer_sha256"]:
+        raise PipelineError("train.checkpoint_mismatch", "the checkpoint used another tokenizer")
+    before, now = saved["config"], current["config"]
+    changed = sorted(k for k in now if k not in cosmetic and before.get(k) != now[k])
+    if changed:
+        raise PipelineError(
+            "train.checkpoint_mismatch",
+            f"cannot resume: {', '.join(changed)} differ from the checkpoint's config",
+        )
 
 
 def _flatten_optimizer(

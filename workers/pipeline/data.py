@@ -56,7 +56,7 @@ def tokenize_dataset(
     file: DatasetFile,
     tokenizer_dir: Path,
     cache_root: Path,
-    hooks: Hooks = Hooks(),  # noqa: B008
+    hooks: Hooks = Hooks(),
 ) -> TokenShard:
     """Tokenise ``file`` into ``cache_root/tokens/<key>/`` unless a finished shard is already there.
 

@@ -50,7 +50,7 @@ from workers.pipeline.modeling import (
     model_flops_utilisation,
     peak_flops,
 )
-from workers.pipeline.tokenizer import TokenizerResult, train_tokenizer
+from workers.pipeline.tokenizer import TokenizerResult, prepare_tokenizer
 from workers.pipeline.training import (
     autocast,
     build_optimizer,
@@ -100,6 +100,15 @@ class PretrainResult:
 
 
 @dataclass
+class _Interval:
+    """Time spent since the last progress report (for tokens/s and the data share)."""
+
+    step_s: float = 0.0
+    data_s: float = 0.0
+    steps: int = 0
+
+
+@dataclass
 class _Run:
     """Everything the loop touches, built once by run_pretrain."""
 
@@ -121,6 +130,7 @@ class _Run:
     checkpoint_state: dict[str, Any]
     flops_per_token: float
     peak_flops: float | None
+    interval: _Interval = field(default_factory=lambda: _Interval())
     last_train_loss: float | None = None
     last_val_loss: float = math.nan
     metrics: dict[str, float] = field(default_factory=dict)
@@ -129,7 +139,7 @@ class _Run:
 def run_pretrain(
     config: PretrainConfig,
     paths: RunPaths,
-    hooks: Hooks = Hooks(),  # noqa: B008 (frozen, so a shared default is safe)
+    hooks: Hooks = Hooks(),
     *,
     train: DatasetFile,
     validation: DatasetFile | None,
@@ -151,6 +161,46 @@ def run_pretrain(
         raise PipelineError(
             "train.devices_mismatch", f"config.devices={config.devices}, world={info.world_size}"
         )
+    run, latest = _setup(config, paths, hooks, info, train, validation, tokenizer_dir)
+    special = special_ids(tokenizer_dir)
+    train_tokens, val_tokens, tokenizer = run.train_tokens, run.val_tokens, run.tokenizer
+    n_params = count_parameters(run.raw_model)
+    raw_model = run.raw_model
+    start = latest.step if latest is not None else 0
+    _fit(run, start)
+    if start >= config.total_steps():  # resumed a finished run: measure it for the result
+        _evaluate(run, start)
+
+    unigram = unigram_perplexity(train_tokens, val_tokens, tokenizer.get_vocab_size())
+    if info.is_main:
+        ckpt.export_hf(
+            raw_model, tokenizer_dir=tokenizer_dir, output_dir=paths.output_dir, special=special
+        )
+    _barrier(info)
+    total = config.total_steps()
+    return PretrainResult(
+        steps=total,
+        tokens_seen=total * config.global_batch_tokens,
+        final_train_loss=run.last_train_loss,
+        final_val_loss=run.last_val_loss,
+        final_val_perplexity=math.exp(min(run.last_val_loss, 700.0)),
+        unigram_val_perplexity=unigram,
+        params=n_params,
+        output_dir=paths.output_dir,
+        resumed_from_step=start if latest is not None else None,
+    )
+
+
+def _setup(
+    config: PretrainConfig,
+    paths: RunPaths,
+    hooks: Hooks,
+    info: DistInfo,
+    train: DatasetFile,
+    validation: DatasetFile | None,
+    tokenizer_dir: Path,
+) -> tuple[_Run, ckpt.Checkpoint | None]:
+    """Tokens, model, optimiser, restored checkpoint (if any), wrapped for compile/DDP."""
     device = choose_device(info)
     dtype = resolve_dtype(config.precision, device)
     train_tokens, val_tokens = _load_tokens(
@@ -181,7 +231,7 @@ def run_pretrain(
     }
     latest = ckpt.latest_checkpoint(checkpoint_dir)
     if latest is not None:
-        _check_resumable(latest.state, checkpoint_state)
+        ckpt.check_resumable(latest.state, checkpoint_state, cosmetic=_COSMETIC_FIELDS)
         ckpt.restore_checkpoint(latest, model=raw_model, optimizer=optimizer)
         scaler.load_state_dict(latest.state["scaler"])
         hooks.on_event("resumed", {"step": latest.step})
@@ -224,29 +274,7 @@ def run_pretrain(
         flops_per_token(n_params - embed, shape),
         peak_flops(device),
     )
-    start = latest.step if latest is not None else 0
-    _fit(run, start)
-    if start >= config.total_steps():  # resumed a finished run: measure it for the result
-        _evaluate(run, start)
-
-    unigram = unigram_perplexity(train_tokens, val_tokens, tokenizer.get_vocab_size())
-    if info.is_main:
-        ckpt.export_hf(
-            raw_model, tokenizer_dir=tokenizer_dir, output_dir=paths.output_dir, special=special
-        )
-    _barrier(info)
-    total = config.total_steps()
-    return PretrainResult(
-        steps=total,
-        tokens_seen=total * config.global_batch_tokens,
-        final_train_loss=run.last_train_loss,
-        final_val_loss=run.last_val_loss,
-        final_val_perplexity=math.exp(min(run.last_val_loss, 700.0)),
-        unigram_val_perplexity=unigram,
-        params=n_params,
-        output_dir=paths.output_dir,
-        resumed_from_step=start if latest is not None else None,
-    )
+    return run, latest
 
 
 def _fit(run: _Run, step: int) -> None:
@@ -254,8 +282,8 @@ def _fit(run: _Run, step: int) -> None:
     cfg, model, optimizer, spec = run.config, run.model, run.optimizer, run.spec
     total = cfg.total_steps()
     model.train()
-    step_s = data_s = 0.0
-    steps_timed = 0
+    pending: _Pending | None = None
+    stop = False
     while step < total:
         started = time.perf_counter()
         lr = lr_at(step, cfg)
@@ -270,7 +298,7 @@ def _fit(run: _Run, step: int) -> None:
             x, y = get_batch(run.train_tokens, spec, step=step, micro=micro, rank=run.dist.rank)
             x = x.to(run.device, non_blocking=True)
             y = y.to(run.device, non_blocking=True)
-            data_s += time.perf_counter() - t0
+            run.interval.data_s += time.perf_counter() - t0
             if isinstance(model, DistributedDataParallel):
                 model.require_backward_grad_sync = micro == spec.accum - 1
             with autocast(run.device, run.dtype):
@@ -279,19 +307,12 @@ def _fit(run: _Run, step: int) -> None:
             torch.autograd.backward(run.scaler.scale(loss))  # Tensor.backward is untyped
 
         # One collective per step carries both the rank-mean loss and rank 0's stop decision,
-        # so every rank diverges, stops and finishes on the same step.
+        # so every rank diverges, stops and finishes on the same step. torch.full, not
+        # torch.tensor: a fill kernel instead of a host-to-device copy.
         stop_flag = float(run.dist.is_main and run.hooks.should_stop())
-        flags = torch.stack([loss_sum, torch.tensor(stop_flag, device=run.device)])
+        flags = torch.stack([loss_sum, torch.full((), stop_flag, device=run.device)])
         if run.dist.world_size > 1:
             dist.all_reduce(flags)
-            flags[0] /= run.dist.world_size
-        train_loss, stop = flags.tolist()  # the step's only host sync
-        if not math.isfinite(train_loss):
-            # Raise before optimizer.step(): the weights, and the checkpoint on disk, stay good.
-            raise PipelineError(
-                "train.diverged",
-                f"loss became {train_loss} at step {step + 1}; try a lower lr or more warmup",
-            )
 
         run.scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
@@ -300,17 +321,24 @@ def _fit(run: _Run, step: int) -> None:
         run.scaler.update()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        run.last_train_loss = train_loss
-        step_s += time.perf_counter() - started
-        steps_timed += 1
+        run.interval.step_s += time.perf_counter() - started
+        run.interval.steps += 1
 
-        if step % cfg.log_interval == 0 or step == total:
-            metrics = _train_metrics(run, train_loss, lr, grad_norm, step_s, data_s, steps_timed)
-            run.metrics = metrics
-            step_s = data_s = 0.0
-            steps_timed = 0
-            if run.dist.is_main:
-                run.hooks.on_progress(Progress(step, total, metrics))
+        # The host reads a step's loss one step late: by then the GPU has finished it, so the
+        # read does not wait and the GPU queue never drains (a sync every step cost ~10% of
+        # throughput on an H200). Before anything that measures or persists the weights, it
+        # catches up, so a NaN is caught before it can reach a checkpoint.
+        unread = [pending] if pending is not None else []
+        pending = _Pending(step, lr, flags, grad_norm)
+        if step % cfg.eval_interval == 0 or step % cfg.checkpoint_interval == 0 or step == total:
+            unread.append(pending)
+            pending = None
+        for item in unread:
+            stop = _read_step(run, item) or stop
+        if stop and pending is not None:
+            _read_step(run, pending)  # report it: the resumed run starts after it
+            pending = None
+
         if step % cfg.eval_interval == 0 or step == total:
             _evaluate(run, step)
         if step % cfg.checkpoint_interval == 0 or stop:
@@ -320,15 +348,42 @@ def _fit(run: _Run, step: int) -> None:
             raise StageCancelled(f"stopped at step {step}; checkpoint saved")
 
 
-def _train_metrics(
-    run: _Run,
-    loss: float,
-    lr: float,
-    grad_norm: torch.Tensor,
-    step_s: float,
-    data_s: float,
-    steps: int,
-) -> dict[str, float]:
+@dataclass(frozen=True)
+class _Pending:
+    """A finished step whose loss and stop flag (``flags``, on the device) are not read yet."""
+
+    step: int
+    lr: float
+    flags: torch.Tensor
+    grad_norm: torch.Tensor
+
+
+def _read_step(run: _Run, item: _Pending) -> bool:
+    """Check the step's loss, report it on log steps; returns rank 0's stop request.
+
+    Raises:
+        PipelineError: ``train.diverged`` when the loss is NaN/inf.
+    """
+    loss_sum, stop = item.flags.tolist()
+    train_loss = loss_sum / run.dist.world_size
+    if not math.isfinite(train_loss):
+        raise PipelineError(
+            "train.diverged",
+            f"loss became {train_loss} at step {item.step}; try a lower lr or more warmup",
+        )
+    run.last_train_loss = train_loss
+    total = run.config.total_steps()
+    if item.step % run.config.log_interval == 0 or item.step == total:
+        run.metrics = _train_metrics(run, train_loss, item.lr, item.grad_norm)
+        if run.dist.is_main:
+            run.hooks.on_progress(Progress(item.step, total, run.metrics))
+    return bool(stop > 0)
+
+
+def _train_metrics(run: _Run, loss: float, lr: float, grad_norm: torch.Tensor) -> dict[str, float]:
+    """Throughput and data share over the steps since the last report, which it resets."""
+    step_s, data_s, steps = run.interval.step_s, run.interval.data_s, run.interval.steps
+    run.interval = _Interval()
     tokens_per_s = run.config.global_batch_tokens * steps / max(step_s, 1e-9)
     metrics = {
         "train_loss": loss,
@@ -351,11 +406,11 @@ def _evaluate(run: _Run, step: int) -> None:
     batches = eval_batches(
         run.val_tokens, run.spec, batches=run.config.eval_batches, rank=run.dist.rank
     )
-    loss_sum, count = evaluate(run.model, batches, device=run.device, dtype=run.dtype)
+    totals = evaluate(run.model, batches, device=run.device, dtype=run.dtype)
     if run.dist.world_size > 1:
-        dist.all_reduce(loss_sum)
-        dist.all_reduce(count)
-    run.last_val_loss = float(loss_sum / count)
+        dist.all_reduce(totals)
+    loss_sum, count = totals.tolist()
+    run.last_val_loss = loss_sum / count
     if not run.dist.is_main:
         return
     metrics = {
@@ -419,18 +474,6 @@ def _load_tokens(
     return split_validation(train_shard.tokens, config.validation_fraction)
 
 
-def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    if saved.get("tokenizer_sha256") != current["tokenizer_sha256"]:
-        raise PipelineError("train.checkpoint_mismatch", "the checkpoint used another tokenizer")
-    before, now = saved["config"], current["config"]
-    changed = sorted(k for k in now if k not in _COSMETIC_FIELDS and before.get(k) != now[k])
-    if changed:
-        raise PipelineError(
-            "train.checkpoint_mismatch",
-            f"cannot resume: {', '.join(changed)} differ from the checkpoint's config",
-        )
-
-
 def _barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()
@@ -442,34 +485,11 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def prepare_tokenizer(
-    tokenizer_config: TokenizerConfig,
-    paths: RunPaths,
-    hooks: Hooks = Hooks(),  # noqa: B008 (frozen, so a shared default is safe)
-    *,
-    train: DatasetFile,
-) -> tuple[Path, TokenizerResult | None]:
-    """Train a job's inline tokenizer into ``work_dir/tokenizer`` unless an earlier attempt did.
-
-    Reusing it keeps a retried job's checkpoints valid (they record the tokenizer's sha256).
-    Returns the directory and the training report (None when reused). Call it on rank 0 only.
-    """
-    tokenizer_dir = paths.work_dir / "tokenizer"
-    if (tokenizer_dir / "tokenizer.json").exists():
-        return tokenizer_dir, None
-    staging = paths.work_dir / "tokenizer.tmp"
-    staging.mkdir(parents=True, exist_ok=True)
-    tok_paths = RunPaths(work_dir=paths.work_dir, output_dir=staging, cache_dir=paths.cache_dir)
-    result = train_tokenizer(tokenizer_config, train, tok_paths, hooks)
-    staging.replace(tokenizer_dir)  # all files appear at once, or none
-    return tokenizer_dir, result
-
-
 def train_tokenizer_then_pretrain(
     tokenizer_config: TokenizerConfig,
     config: PretrainConfig,
     paths: RunPaths,
-    hooks: Hooks = Hooks(),  # noqa: B008 (frozen, so a shared default is safe)
+    hooks: Hooks = Hooks(),
     *,
     train: DatasetFile,
     validation: DatasetFile | None,

@@ -71,7 +71,7 @@ def train_tokenizer(
     config: TokenizerConfig,
     texts: Iterable[str] | DatasetFile,
     paths: RunPaths,
-    hooks: Hooks = Hooks(),  # noqa: B008 (frozen, so a shared default is safe)
+    hooks: Hooks = Hooks(),
 ) -> TokenizerResult:
     """Train BPE on ``texts`` and write tokenizer files to ``paths.output_dir``.
 
@@ -147,3 +147,26 @@ def _heldout_stats(tokenizer: Tokenizer, heldout: list[str]) -> tuple[float | No
         n_tokens += len(encoding.ids)
     n_bytes = sum(len(text.encode("utf-8")) for text in heldout)
     return n_bytes / max(n_tokens, 1), len(ids)
+
+
+def prepare_tokenizer(
+    tokenizer_config: TokenizerConfig,
+    paths: RunPaths,
+    hooks: Hooks = Hooks(),
+    *,
+    train: DatasetFile,
+) -> tuple[Path, TokenizerResult | None]:
+    """Train a job's inline tokenizer into ``work_dir/tokenizer`` unless an earlier attempt did.
+
+    Reusing it keeps a retried job's checkpoints valid (they record the tokenizer's sha256).
+    Returns the directory and the training report (None when reused). Call it on rank 0 only.
+    """
+    tokenizer_dir = paths.work_dir / "tokenizer"
+    if (tokenizer_dir / "tokenizer.json").exists():
+        return tokenizer_dir, None
+    staging = paths.work_dir / "tokenizer.tmp"
+    staging.mkdir(parents=True, exist_ok=True)
+    tok_paths = RunPaths(work_dir=paths.work_dir, output_dir=staging, cache_dir=paths.cache_dir)
+    result = train_tokenizer(tokenizer_config, train, tok_paths, hooks)
+    staging.replace(tokenizer_dir)  # all files appear at once, or none
+    return tokenizer_dir, result
