@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 from functools import lru_cache
 from typing import Any
 
@@ -48,6 +50,13 @@ _reaper: ReaperThread | None = None
 @worker_process_init.connect
 def _fresh_child(**_: Any) -> None:
     resources.cache_clear()  # never share a parent's connections with a forked child
+    # Pool children are marked daemonic, and daemonic processes may not start processes; but
+    # pipeline stages use process pools (data preparation on every core). The stage shuts its
+    # pool down itself, so lift the flag. The key is billiard's type, which the standard library
+    # refuses to pickle when it spawns: give the process a standard one.
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
+    config["daemon"] = False
+    config["authkey"] = multiprocessing.process.AuthenticationString(os.urandom(32))  # type: ignore[attr-defined]
 
 
 @worker_ready.connect
