@@ -1,4 +1,5 @@
-"""Helpers for end-to-end tests: real processes, a private Redis, a cuttable TCP proxy, an API client.
+"""Helpers for end-to-end tests: real processes, a private Redis, a cuttable TCP proxy, an HTTP
+client, and ``Stack`` (an API plus workers sharing a database, a broker and a data directory).
 
 Every process a test starts is recorded here (``STARTED``) with its log file, so the e2e conftest
 can attach log tails to a failing test's report and kill whatever a test left behind. Processes
@@ -8,6 +9,7 @@ group, and nothing else on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,10 +25,15 @@ from typing import Any, TypeVar
 
 import httpx
 import psutil
+from sqlalchemy import text
+
+from app.db import make_engine
+from app.jobs.states import FINAL_STATES as JOB_FINAL_STATES
+from tests.conftest import PG_ADMIN_URL
 
 GRISTMILL = str(Path(sys.executable).with_name("gristmill"))
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
-FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+FINAL_STATES = frozenset(status.value for status in JOB_FINAL_STATES)
 LOG_TAIL_LINES = 60
 
 T = TypeVar("T")
@@ -67,7 +74,9 @@ def wait_for(
             return last
         if time.monotonic() > deadline:
             tails = "\n".join(proc.tail() for proc in logs)
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}\n{tails}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what}; last={last!r}\n{tails}"
+            )
         time.sleep(interval)
 
 
@@ -105,20 +114,16 @@ class Proc:
             return []
 
     def signal_group(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group, then SIGKILL it (and any straggling descendant)."""
         family = self.descendants()
         if self.alive():
             self.signal_group(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill(family)
 
     def kill(self, family: list[psutil.Process] | None = None) -> None:
@@ -126,10 +131,8 @@ class Proc:
         family = (family or []) + self.descendants()
         self.signal_group(signal.SIGKILL)
         for child in family:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
-            except psutil.NoSuchProcess:
-                pass
         self.popen.wait(timeout=10)
         psutil.wait_procs(family, timeout=5)
 
@@ -291,10 +294,8 @@ class TcpProxy:
 
 
 def _close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()
 
 
@@ -366,7 +367,9 @@ class Api:
                 raise AssertionError(f"job {job_id} ended {job['status']}, wanted {wanted}: {job}")
             return None
 
-        return wait_for(reached, timeout=timeout, interval=0.25, what=f"{job_id} {wanted}", logs=logs)
+        return wait_for(
+            reached, timeout=timeout, interval=0.25, what=f"{job_id} {wanted}", logs=logs
+        )
 
     def wait_ready(self, *, timeout: float = 30, logs: Iterable[Proc] = ()) -> None:
         wait_for(
@@ -375,3 +378,116 @@ class Api:
 
     def close(self) -> None:
         self.client.close()
+
+
+# --- A stack: an API and workers on the e2e database and a private Redis ----------------------
+
+E2E_DB = "gristmill_e2e"
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+# Short timings, so faults are detected and recovered from within seconds.
+FAST_TIMINGS: dict[str, Any] = {
+    "job_lease_seconds": 4,
+    "reaper_interval_seconds": 1,
+    "requeue_after_seconds": 2,
+    "metrics_flush_seconds": 0.5,
+    "broker_visibility_timeout_seconds": 3600,
+}
+
+
+def database_url(port: int = PG_PORT) -> str:
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].rsplit("@", 1)[0]
+    return f"{base}@{PG_HOST}:{port}/{E2E_DB}"
+
+
+def truncate_jobs(url: str) -> None:
+    """Forget every job, so a later test's reaper never picks up an earlier test's leftovers."""
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE job CASCADE"))  # and every table that refers to a job
+    engine.dispose()
+
+
+@dataclass
+class Stack:
+    """An API and any number of workers sharing one database, broker and data directory."""
+
+    root: Path
+    settings: dict[str, Any]
+    key: str
+    api_port: int = field(default_factory=free_port)
+    api_proc: Proc | None = None
+    workers: list[Proc] = field(default_factory=list)
+    started: list[Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.api = Api(f"http://127.0.0.1:{self.api_port}", self.key)
+
+    @property
+    def worker(self) -> Proc:
+        assert self.workers, "no worker started"
+        return self.workers[-1]
+
+    @property
+    def logs(self) -> list[Proc]:
+        return list(self.started)
+
+    def env(self) -> dict[str, str]:
+        return clean_env(data_dir=self.root / "data", **self.settings)
+
+    def start_api(self) -> Proc:
+        args = [GRISTMILL, "api", "--host", "127.0.0.1", "--port", str(self.api_port)]
+        self.api_proc = self._start("api", args)
+        self.api.wait_ready(logs=self.logs)
+        return self.api_proc
+
+    def start_worker(self, queues: str = "cpu,gpu") -> Proc:
+        """Start a worker (concurrency 1) and wait until Celery says it is ready."""
+        proc = self._start(
+            "worker", [GRISTMILL, "worker", "--queues", queues, "--concurrency", "1"]
+        )
+        self.workers.append(proc)
+        wait_for(
+            lambda: " ready." in proc.log() or not proc.alive(),
+            timeout=60,
+            what="worker ready",
+            logs=[proc],
+        )
+        assert proc.alive(), proc.tail()
+        return proc
+
+    def pool_child(self, worker: Proc | None = None) -> int:
+        """The pid of the worker's (single) prefork pool process."""
+        worker = worker or self.worker
+        children = wait_for(
+            lambda: [p.pid for p in worker.descendants()],
+            timeout=10,
+            what="a pool child",
+            logs=[worker],
+        )
+        assert len(children) == 1, children
+        return int(children[0])
+
+    def kill_worker(self, worker: Proc | None = None) -> None:
+        """SIGKILL the worker's main process and every child: no chance to clean up."""
+        worker = worker or self.worker
+        family = worker.descendants()
+        worker.signal_group(signal.SIGKILL)
+        worker.kill(family)
+
+    def _start(self, name: str, args: list[str]) -> Proc:
+        proc = start(name, args, env=self.env(), log_dir=self.root / "logs")
+        self.started.append(proc)
+        return proc
+
+    def close(self) -> None:
+        self.api.close()
+        stop_all(self.started)
+
+
+StackFactory = Callable[..., Stack]
+
+
+def build_stack(root: Path, key: str, **settings: Any) -> Stack:
+    root.mkdir(parents=True, exist_ok=True)
+    return Stack(root=root, settings={**FAST_TIMINGS, **settings}, key=key)

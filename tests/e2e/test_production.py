@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Stack, build_stack, truncate_jobs
-from tests.e2e.procs import FINAL_STATES, RedisServer, wait_for
+from tests.e2e.procs import FINAL_STATES, RedisServer, Stack, build_stack, truncate_jobs, wait_for
 
 pytestmark = pytest.mark.slow
 

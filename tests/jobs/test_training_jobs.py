@@ -123,7 +123,8 @@ def test_pretrain_job_produces_a_model_that_loads_anywhere(
     assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
     load = (
         "import sys; from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+        "t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
         "ids = t('Once upon a time', return_tensors='pt').input_ids\n"
         "print(t.decode(m.generate(ids, max_new_tokens=5, do_sample=False)[0]))\n"
     )

@@ -1,0 +1,119 @@
+"""Training through real API and worker processes: data preparation in a worker's pool process,
+and a pretraining run whose worker is killed mid-training resuming to the very same result."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.procs import Api, Stack, StackFactory, wait_for
+
+pytestmark = pytest.mark.slow
+
+CORPUS = Path(__file__).parents[1] / "fixtures" / "corpus" / "stories.jsonl"
+LEASE_S = 4
+PRETRAIN: dict[str, Any] = {
+    "model": {"preset": "small", "context_length": 128},
+    "max_steps": 120,
+    "global_batch_tokens": 1024,
+    "micro_batch_size": 8,
+    "lr": 2e-3,
+    "warmup_steps": 10,
+    "log_interval": 5,
+    "eval_interval": 120,
+    "eval_batches": 2,
+    "checkpoint_interval": 40,
+    "sample_tokens": 0,
+}
+
+
+def post(api: Api, path: str, **kwargs: Any) -> dict[str, Any]:
+    response = api.client.post(path, headers=api.auth, **kwargs)
+    assert response.status_code in (200, 202), response.text
+    return dict(response.json())
+
+
+def get(api: Api, path: str) -> dict[str, Any]:
+    response = api.client.get(path, headers=api.auth)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def upload_ready(api: Api, data: bytes, logs: list) -> str:  # type: ignore[type-arg]
+    dataset = post(api, "/v1/datasets", files={"file": ("stories.jsonl", data)})
+    wait_for(
+        lambda: get(api, f"/v1/datasets/{dataset['id']}")["status"] == "ready",
+        timeout=60,
+        what="dataset ready",
+        logs=logs,
+    )
+    return str(dataset["id"])
+
+
+def run_job(
+    api: Api, job_type: str, params: dict[str, Any], logs: list, timeout: float = 180
+) -> dict[str, Any]:  # type: ignore[type-arg]
+    job = post(api, "/v1/jobs", json={"type": job_type, "params": params})
+    return api.wait_status(job["id"], "succeeded", timeout=timeout, logs=logs)
+
+
+@pytest.fixture
+def stack(make_stack: StackFactory) -> Stack:
+    stack = make_stack(job_lease_seconds=LEASE_S)
+    stack.start_api()
+    stack.start_worker()
+    return stack
+
+
+def test_prepare_runs_its_process_pool_inside_a_worker(stack: Stack) -> None:
+    """A prepare job in a real Celery pool process → it may start its own worker processes and
+    succeeds with a cleaned child dataset."""
+    lines = CORPUS.read_bytes().splitlines(keepends=True)[:600]
+    source = upload_ready(stack.api, b"".join(lines), stack.logs)
+    done = run_job(
+        stack.api, "prepare", {"dataset_id": source, "validation_fraction": 0.1}, stack.logs
+    )
+
+    children = done["result"]["dataset_ids"]
+    train = get(stack.api, f"/v1/datasets/{children['train']}")
+    assert train["status"] == "ready" and train["parent_id"] == source
+
+
+def test_killed_pretraining_resumes_to_the_same_final_loss(stack: Stack) -> None:
+    """SIGKILL of the worker's pool process after the step-40 checkpoint → the reaper re-queues
+    the job, attempt 2 resumes from that checkpoint, and the run ends exactly where an
+    uninterrupted run with the same settings ends."""
+    lines = CORPUS.read_bytes().splitlines(keepends=True)[:1500]
+    dataset = upload_ready(stack.api, b"".join(lines), stack.logs)
+    tokenizer = run_job(
+        stack.api, "tokenizer", {"dataset_id": dataset, "vocab_size": 400}, stack.logs
+    )
+    params = {
+        "dataset_id": dataset,
+        "tokenizer_id": tokenizer["result"]["tokenizer_id"],
+        **PRETRAIN,
+    }
+
+    baseline = run_job(stack.api, "pretrain", params, stack.logs)
+
+    job = post(stack.api, "/v1/jobs", json={"type": "pretrain", "params": params})
+    wait_for(
+        lambda: (stack.api.job(job["id"])["progress"] or {}).get("step", 0) >= 50,
+        timeout=120,
+        interval=0.1,
+        what="training past the step-40 checkpoint",
+        logs=stack.logs,
+    )
+    os.kill(stack.pool_child(), signal.SIGKILL)
+    resumed = stack.api.wait_status(job["id"], "succeeded", timeout=180, logs=stack.logs)
+
+    assert resumed["attempt"] == 2
+    assert resumed["result"]["resumed_from_step"] in (40, 80)
+    for key in ("final_train_loss", "final_val_loss", "steps", "tokens_seen"):
+        assert resumed["result"][key] == baseline["result"][key], key
+    steps = [m["step"] for m in stack.api.metrics(job["id"]) if m["name"] == "train_loss"]
+    assert steps == list(range(5, 121, 5))  # every step once, none twice
