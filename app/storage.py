@@ -50,7 +50,7 @@ class AtomicWriter:
         self.size = 0
         self.committed = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self._file.write(data)
         self._hash.update(data)
         self.size += len(data)

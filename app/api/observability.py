@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.db import utcnow
 from app.jobs import service
@@ -75,6 +76,46 @@ def _recent_waits(session: Session) -> list[float]:
     )
 
 
+class RequestObserver:
+    """Pure ASGI middleware: a request id bound to every log line, latency, an access log line.
+
+    Not ``@app.middleware("http")``: that wraps every ``receive()`` of a streamed upload in a task
+    group, which costs about as much as parsing the upload itself.
+    """
+
+    def __init__(self, app: ASGIApp, latency: Histogram) -> None:
+        self.app, self.latency = app, latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"")[:64].decode("latin-1")
+        request_id = given or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            with bind(request_id=request_id):
+                await self.app(scope, receive, send_with_id)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            elapsed = time.perf_counter() - started
+            self.latency.labels(scope["method"], path, str(status)).observe(elapsed)
+            log.info("%s %s %s %.1fms", scope["method"], path, status, elapsed * 1000)
+
+
 def install(app: FastAPI, factory: sessionmaker[Session]) -> None:
     registry = CollectorRegistry()
     registry.register(JobCollector(factory))
@@ -84,30 +125,7 @@ def install(app: FastAPI, factory: sessionmaker[Session]) -> None:
         ["method", "route", "status"],
         registry=registry,
     )
-
-    @app.middleware("http")
-    async def _observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
-        request.state.request_id = request_id
-        started = time.perf_counter()
-        with bind(request_id=request_id):
-            response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        elapsed = time.perf_counter() - started
-        latency.labels(request.method, path, str(response.status_code)).observe(elapsed)
-        response.headers["X-Request-ID"] = request_id
-        log.info(
-            "%s %s %s %.1fms",
-            request.method,
-            path,
-            response.status_code,
-            elapsed * 1000,
-            extra={"request_id": request_id},
-        )
-        return response
+    app.add_middleware(RequestObserver, latency=latency)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

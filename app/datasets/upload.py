@@ -9,6 +9,8 @@ the whole body arrived and the caller commits it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -56,7 +58,8 @@ class _Receiver:
         self.disposition = b""
         self.part: str | None = None
         self.field_value = bytearray()
-        self.pending = bytearray()
+        self.pending: list[bytes | memoryview] = []
+        self.pending_bytes = 0
         self.file_bytes = 0
 
     def callbacks(self) -> dict[str, object]:
@@ -104,11 +107,21 @@ class _Receiver:
                 raise PayloadTooLarge(
                     f"The file is larger than the limit of {self.max_bytes} bytes.", param="file"
                 )
-            self.pending.extend(data[start:end])
+            # Keep a view of the caller's chunk rather than copying it. The parser sometimes hands
+            # over its own reusable buffer (a partial boundary that was not one): copy that.
+            if isinstance(data, bytes):
+                self.pending.append(memoryview(data)[start:end])
+            else:
+                self.pending.append(bytes(data[start:end]))
+            self.pending_bytes += end - start
         else:
             self.field_value.extend(data[start:end])
             if len(self.field_value) > MAX_FIELD_BYTES:
                 raise InvalidInput(f"Form field '{self.part}' is too long.", param=self.part)
+
+    def take(self) -> list[bytes | memoryview]:
+        pieces, self.pending, self.pending_bytes = self.pending, [], 0
+        return pieces
 
     def on_part_end(self) -> None:
         if self.part in TEXT_FIELDS:
@@ -145,15 +158,19 @@ async def receive(
         receiver.callbacks(),  # type: ignore[arg-type]
         max_header_size=MAX_HEADER_BYTES,
     )
+    writes = _BackgroundWrites(writer)
     try:
         async for chunk in chunks:
             parser.write(chunk)
-            if len(receiver.pending) >= FLUSH_BYTES:
-                await _flush(receiver)
+            if receiver.pending_bytes >= FLUSH_BYTES:
+                await writes.submit(receiver.take())
         parser.finalize()
+        await writes.submit(receiver.take())
+        await writes.wait()
     except FormParserError as err:
         raise InvalidInput(f"Malformed multipart body: {err}") from None
-    await _flush(receiver)
+    finally:
+        await writes.drain()
     if not upload.complete:
         raise InvalidInput("The upload ended before the multipart body was complete.")
     if not upload.saw_file:
@@ -161,8 +178,33 @@ async def receive(
     return upload
 
 
-async def _flush(receiver: _Receiver) -> None:
-    if receiver.pending:
-        data = bytes(receiver.pending)
-        receiver.pending.clear()
-        await anyio.to_thread.run_sync(receiver.upload.writer.write, data)
+class _BackgroundWrites:
+    """Disk writes (and hashing) in a worker thread, one batch in flight while parsing goes on.
+
+    At most two batches of ``FLUSH_BYTES`` are held at once, so memory stays flat whatever the
+    upload's size.
+    """
+
+    def __init__(self, writer: AtomicWriter) -> None:
+        self.writer = writer
+        self.in_flight: asyncio.Future[None] | None = None
+
+    def _write(self, pieces: list[bytes | memoryview]) -> None:
+        for piece in pieces:
+            self.writer.write(piece)
+
+    async def submit(self, pieces: list[bytes | memoryview]) -> None:
+        await self.wait()
+        if pieces:
+            self.in_flight = asyncio.ensure_future(anyio.to_thread.run_sync(self._write, pieces))
+
+    async def wait(self) -> None:
+        in_flight, self.in_flight = self.in_flight, None
+        if in_flight is not None:
+            await in_flight
+
+    async def drain(self) -> None:
+        """On the way out, even when failing: never leave a write running into an aborted file."""
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await self.wait()
