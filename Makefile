@@ -46,9 +46,10 @@ migrate: $(VENV)/.installed-run
 worker: $(VENV)/.installed-run
 	$(BIN)/gristmill worker
 
-bench: $(VENV)/.installed-dev
-	$(BIN)/python benchmarks/bench_prepare.py
-	$(BIN)/python benchmarks/bench_pretrain.py
+bench: $(VENV)/.installed-dev  ## print speed and memory figures against in-run baselines
+	$(BIN)/python -m benchmarks.bench_upload --mb 1024
+	$(BIN)/python -m benchmarks.bench_prepare --mb 300
+	$(BIN)/python -m benchmarks.bench_pretrain
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -273,5 +273,8 @@ def _write_final(
         service.add_event(
             session=session, job_id=ctx.job_id, attempt=ctx.attempt, message=message, level=level
         )
+    if status == JobStatus.succeeded:
+        # Checkpoints and scratch only serve a resume. (A failed job keeps its last good one.)
+        shutil.rmtree(ctx.paths.work_dir.parent, ignore_errors=True)
     log.info("job finished: %s", status.value)
     return status.value

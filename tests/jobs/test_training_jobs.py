@@ -83,7 +83,7 @@ def test_tokenizer_job_registers_a_loadable_tokenizer(
 
 
 def test_pretrain_job_produces_a_model_that_loads_anywhere(
-    client: TestClient, auth: dict[str, str], stories: str, run, tmp_path: Path
+    client: TestClient, auth: dict[str, str], stories: str, run, tmp_path: Path, settings: Settings
 ) -> None:
     tok = run(
         client,
@@ -102,6 +102,7 @@ def test_pretrain_job_produces_a_model_that_loads_anywhere(
     result = done["result"]
     assert result["final_val_perplexity"] < result["unigram_val_perplexity"]
     assert done["progress"]["step"] == 30
+    assert not (settings.resolved_storage_dir / "jobs" / job["id"]).exists()  # checkpoints gone
     losses = client.get(f"/v1/jobs/{job['id']}/metrics?name=train_loss", headers=auth).json()[
         "data"
     ]
