@@ -200,3 +200,20 @@ def test_pretrain_refuses_another_tenants_tokenizer(
         ).status_code
         == 404
     )
+
+
+@pytest.mark.slow
+def test_pretrain_on_two_processes_runs_under_torchrun(
+    client: TestClient, auth: dict[str, str], stories: str, run
+) -> None:
+    """``devices: 2`` → the job runs under torchrun (gloo on CPU), rank 0 reports through files,
+    and the model is registered like any other."""
+    params = {"dataset_id": stories, "tokenizer": {"vocab_size": 400}, **TINY, "devices": 2}
+    params["global_batch_tokens"] = 2 * 8 * 64
+
+    done = run(client, auth, submit(client, auth, "pretrain", params)["id"])
+
+    assert done["status"] == "succeeded", done["error"]
+    assert done["progress"]["step"] == TINY["max_steps"]
+    model = client.get(f"/v1/models/{done['result']['model_id']}", headers=auth).json()
+    assert model["lineage"]["tokenizer_id"] == done["result"]["tokenizer_id"]
