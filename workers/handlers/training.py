@@ -112,8 +112,8 @@ def _train(
             "validation": _file_dict(validation) if validation else None,
             "tokenizer_dir": str(tokenizer_dir),
         }
-        result = run_distributed("pretrain", payload, ctx.paths, ctx.hooks, nproc=config.devices)
-        return {k: v for k, v in result.items() if k != "output_dir"}
+        ranks = run_distributed("pretrain", payload, ctx.paths, ctx.hooks, nproc=config.devices)
+        return {k: v for k, v in ranks.items() if k != "output_dir"}
     result = run_pretrain(
         config,
         ctx.paths,
