@@ -151,11 +151,12 @@ def main() -> None:
     parser.add_argument("--cuda", action="store_true")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--micro", type=int, default=16, help="sequences per step (--cuda)")
     args = parser.parse_args()
     if args.cuda:
         assert torch.cuda.is_available(), "--cuda needs a GPU"
         model = ModelConfig(preset="gpt2-small")
-        micro, vocab_target, compile_ = 16, 32768, True
+        micro, vocab_target, compile_ = args.micro, 32768, True
         torch.backends.cuda.matmul.allow_tf32 = True
     else:
         torch.set_num_threads(2)
