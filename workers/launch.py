@@ -32,7 +32,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from workers.pipeline.types import Hooks, PipelineError, Progress, RunPaths, StageCancelled
+from workers.pipeline.types import (
+    Hooks,
+    PipelineError,
+    Progress,
+    RetryableError,
+    RunPaths,
+    StageCancelled,
+)
 
 _POLL_S = 0.2
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +53,7 @@ def run_distributed(
     Raises:
         PipelineError: the stage failed with a user-facing error (mirrored from result.json).
         StageCancelled: the stage stopped after ``hooks.should_stop()`` (checkpoint saved).
-        RuntimeError: the processes died without a result (crash, OOM kill): retryable.
+        RetryableError: the processes died without a result (crash, OOM kill).
     """
     work = paths.work_dir
     for stale in ("STOP", "result.json", "progress.jsonl"):
@@ -110,7 +117,7 @@ def _read_result(work: Path, returncode: int, log_path: Path) -> dict[str, Any]:
     result_path = work / "result.json"
     if not result_path.exists():
         tail = log_path.read_bytes()[-4000:].decode("utf-8", "replace")
-        raise RuntimeError(f"torchrun exited with {returncode} and no result:\n{tail}")
+        raise RetryableError(f"torchrun exited with {returncode} and no result:\n{tail}")
     outcome: Mapping[str, Any] = json.loads(result_path.read_text())
     if outcome["status"] == "failed":
         raise PipelineError(outcome["code"], outcome["message"])

@@ -28,7 +28,15 @@ from app.settings import Settings
 from app.storage import LocalStore
 from workers.handlers.base import JobContext, Outcome
 from workers.handlers.registry import handler_for
-from workers.pipeline.types import Hooks, PipelineError, Progress, RunPaths, StageCancelled
+from workers.pipeline.types import (
+    Hooks,
+    PipelineError,
+    Progress,
+    RetryableError,
+    RunPaths,
+    StageCancelled,
+)
+from workers.queue import enqueue
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +221,9 @@ def _run_and_finish(ctx: JobContext, monitor: JobMonitor) -> str | None:
         return _finish(
             ctx, monitor, JobStatus.failed, error_code=err.code, error_message=err.message
         )
+    except RetryableError as err:
+        log.warning("attempt failed, another may not: %s", err)
+        return _retry_or_fail(ctx, monitor, str(err))
     except OperationalError:
         # The database went away mid-job: leave the job running; if we cannot heartbeat, the
         # lease expires and the reaper gives the job another attempt.
@@ -225,6 +236,45 @@ def _run_and_finish(ctx: JobContext, monitor: JobMonitor) -> str | None:
             ctx, monitor, JobStatus.failed, error_code="internal_error", error_message=message
         )
     return _finish(ctx, monitor, JobStatus.succeeded, outcome=outcome)
+
+
+def _retry_or_fail(ctx: JobContext, monitor: JobMonitor, reason: str) -> str | None:
+    """Queue the job again (it resumes from its checkpoints), or fail it if no attempt is left."""
+    with ctx.session_factory() as session:
+        job = session.get_one(Job, ctx.job_id)
+        max_attempts, queue = job.max_attempts, job.queue
+    if ctx.attempt >= max_attempts:
+        message = f"Attempt {ctx.attempt} of {max_attempts} failed and none is left: {reason}"
+        return _finish(
+            ctx,
+            monitor,
+            JobStatus.failed,
+            error_code="job.attempts_exhausted",
+            error_message=message[:2000],
+        )
+    monitor.stop()
+    with session_scope(ctx.session_factory) as session:
+        requeued = service.transition(
+            session=session,
+            job_id=ctx.job_id,
+            to=JobStatus.queued,
+            fence_attempt=ctx.attempt,
+            lease_owner=None,
+            lease_expires_at=None,
+            enqueued_at=utcnow(),
+        )
+        if requeued:
+            service.add_event(
+                session=session,
+                job_id=ctx.job_id,
+                attempt=ctx.attempt,
+                level="warning",
+                message=f"attempt {ctx.attempt} failed ({reason[:500]}); queued again",
+            )
+    if not requeued:
+        return None
+    enqueue(ctx.job_id, queue)
+    return JobStatus.queued.value
 
 
 def _finish(

@@ -15,6 +15,7 @@ from app.settings import Settings
 from app.storage import LocalStore
 from tests.factories import make_job, make_key
 from workers import runner
+from workers.pipeline.types import RetryableError
 
 
 @pytest.fixture
@@ -134,3 +135,25 @@ def test_an_unknown_crash_fails_the_job_as_internal_error(
     row = job_row(factory, job.id)
     assert row.error_code == "internal_error"
     assert row.finished_at is not None
+
+
+def test_a_crashed_process_gets_another_attempt_until_none_is_left(
+    factory: sessionmaker[Session], tenant: str, run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage whose processes died (RetryableError) → queued again, then failed when attempts
+    run out; a deterministic error would have failed at once."""
+
+    def crashing_stage(ctx: object) -> None:
+        raise RetryableError("torchrun exited with -9 and no result")
+
+    monkeypatch.setattr(runner, "handler_for", lambda job_type: crashing_stage)
+    job = make_job(factory, tenant, max_attempts=2)
+
+    assert run(job.id) == "queued"
+    row = job_row(factory, job.id)
+    assert (row.status, row.attempt, row.lease_owner) == ("queued", 1, None)
+
+    assert run(job.id) == "failed"
+    row = job_row(factory, job.id)
+    assert (row.attempt, row.error_code) == (2, "job.attempts_exhausted")
+    assert "torchrun exited with -9" in (row.error_message or "")

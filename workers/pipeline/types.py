@@ -89,5 +89,13 @@ class PipelineError(Exception):
         self.message = message
 
 
+class RetryableError(Exception):
+    """An infrastructure failure another attempt may not meet (a crashed or OOM-killed process).
+
+    The job layer gives the job another attempt, resuming from its checkpoints, until the job's
+    attempts run out.
+    """
+
+
 class StageCancelled(Exception):
     """Raised by a stage after ``should_stop`` answered True and its state was saved."""
