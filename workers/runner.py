@@ -11,9 +11,11 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -47,20 +49,37 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def drain_marker(worker_pid: int) -> Path:
+    """A file whose presence tells a worker's pool processes that the worker is shutting down."""
+    return Path(tempfile.gettempdir()) / "gristmill-drain" / str(worker_pid)
+
+
+def parent_draining() -> bool:
+    return drain_marker(os.getppid()).exists()
+
+
 class JobMonitor:
     """A thread that about once a second renews the lease, notices cancellation, flushes metrics.
 
-    Database outages are ridden out: rows stay buffered and the next tick retries. If the lease is
-    found lost (the reaper gave the job to another attempt), ``should_stop`` turns True.
+    Database outages are ridden out: rows stay buffered and the next tick retries. ``should_stop``
+    turns True when the job is cancelled, when its lease is found lost (the reaper gave the job to
+    another attempt), or when the worker is shutting down (``draining``).
     """
 
     def __init__(
-        self, factory: sessionmaker[Session], settings: Settings, job_id: str, attempt: int
+        self,
+        factory: sessionmaker[Session],
+        settings: Settings,
+        job_id: str,
+        attempt: int,
+        draining: Callable[[], bool] = parent_draining,
     ):
         self.factory, self.settings = factory, settings
         self.job_id, self.attempt = job_id, attempt
+        self.draining = draining
         self.cancel_requested = threading.Event()
         self.lease_lost = threading.Event()
+        self.preempted = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._metrics: dict[tuple[int, str], float] = {}
@@ -82,7 +101,7 @@ class JobMonitor:
         self._flush()
 
     def should_stop(self) -> bool:
-        return self.cancel_requested.is_set() or self.lease_lost.is_set()
+        return any(e.is_set() for e in (self.cancel_requested, self.lease_lost, self.preempted))
 
     def on_progress(self, progress: Progress) -> None:
         elapsed = time.monotonic() - self._started
@@ -113,6 +132,9 @@ class JobMonitor:
         tick = min(1.0, self.settings.heartbeat_seconds)
         last_flush = time.monotonic()
         while not self._done.wait(tick):
+            if self.draining() and not self.preempted.is_set():
+                log.warning("worker shutting down: stopping the job to resume elsewhere")
+                self.preempted.set()
             try:
                 with self.factory() as session:
                     status = service.heartbeat(
@@ -216,6 +238,8 @@ def _run_and_finish(ctx: JobContext, monitor: JobMonitor) -> str | None:
     except StageCancelled:
         if monitor.lease_lost.is_set():
             return None
+        if monitor.preempted.is_set() and not monitor.cancel_requested.is_set():
+            return _requeue(ctx, monitor, "the worker shut down", preempted=True)
         return _finish(ctx, monitor, JobStatus.cancelled)
     except PipelineError as err:
         return _finish(
@@ -223,7 +247,7 @@ def _run_and_finish(ctx: JobContext, monitor: JobMonitor) -> str | None:
         )
     except RetryableError as err:
         log.warning("attempt failed, another may not: %s", err)
-        return _retry_or_fail(ctx, monitor, str(err))
+        return _requeue(ctx, monitor, str(err))
     except OperationalError:
         # The database went away mid-job: leave the job running; if we cannot heartbeat, the
         # lease expires and the reaper gives the job another attempt.
@@ -238,12 +262,18 @@ def _run_and_finish(ctx: JobContext, monitor: JobMonitor) -> str | None:
     return _finish(ctx, monitor, JobStatus.succeeded, outcome=outcome)
 
 
-def _retry_or_fail(ctx: JobContext, monitor: JobMonitor, reason: str) -> str | None:
-    """Queue the job again (it resumes from its checkpoints), or fail it if no attempt is left."""
+def _requeue(
+    ctx: JobContext, monitor: JobMonitor, reason: str, *, preempted: bool = False
+) -> str | None:
+    """Queue the job again: it resumes from its checkpoints on the next worker.
+
+    A crashed attempt counts, and fails the job when none is left. A preempted one (its worker
+    shut down, as in a deploy) does not: the job gets one more attempt in its place.
+    """
     with ctx.session_factory() as session:
         job = session.get_one(Job, ctx.job_id)
         max_attempts, queue = job.max_attempts, job.queue
-    if ctx.attempt >= max_attempts:
+    if not preempted and ctx.attempt >= max_attempts:
         message = f"Attempt {ctx.attempt} of {max_attempts} failed and none is left: {reason}"
         return _finish(
             ctx,
@@ -253,15 +283,20 @@ def _retry_or_fail(ctx: JobContext, monitor: JobMonitor, reason: str) -> str | N
             error_message=message[:2000],
         )
     monitor.stop()
+    values: dict[str, Any] = {
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "enqueued_at": utcnow(),
+    }
+    if preempted:
+        values["max_attempts"] = Job.max_attempts + 1
     with session_scope(ctx.session_factory) as session:
         requeued = service.transition(
             session=session,
             job_id=ctx.job_id,
             to=JobStatus.queued,
             fence_attempt=ctx.attempt,
-            lease_owner=None,
-            lease_expires_at=None,
-            enqueued_at=utcnow(),
+            **values,
         )
         if requeued:
             service.add_event(
@@ -269,7 +304,7 @@ def _retry_or_fail(ctx: JobContext, monitor: JobMonitor, reason: str) -> str | N
                 job_id=ctx.job_id,
                 attempt=ctx.attempt,
                 level="warning",
-                message=f"attempt {ctx.attempt} failed ({reason[:500]}); queued again",
+                message=f"attempt {ctx.attempt} stopped ({reason[:500]}); queued again",
             )
     if not requeued:
         return None

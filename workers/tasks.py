@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_session_factory
@@ -63,6 +63,7 @@ def _fresh_child(**_: Any) -> None:
 def _start_reaper(**_: Any) -> None:
     """Reap once at start (jobs a crashed predecessor left behind), then on a timer."""
     global _reaper
+    runner.drain_marker(os.getpid()).unlink(missing_ok=True)  # a stale one from a dead namesake
     settings = get_settings()
     factory = make_session_factory(make_engine(settings.resolved_database_url))
     _reaper = ReaperThread(factory, settings, enqueue)
@@ -70,6 +71,16 @@ def _start_reaper(**_: Any) -> None:
 
 
 @worker_shutting_down.connect
-def _stop_reaper(**_: Any) -> None:
+def _drain(**_: Any) -> None:
+    """Warm shutdown (SIGTERM, a deploy): running jobs save a checkpoint and go back to the queue
+    instead of holding the shutdown until they finish."""
     if _reaper is not None:
         _reaper.stop()
+    marker = runner.drain_marker(os.getpid())
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+@worker_shutdown.connect
+def _drained(**_: Any) -> None:
+    runner.drain_marker(os.getpid()).unlink(missing_ok=True)

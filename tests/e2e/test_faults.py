@@ -116,6 +116,32 @@ def test_job_completes_when_the_whole_worker_is_killed_and_restarted(stack: Stac
     assert job["attempt"] == 2
 
 
+def test_sigterm_sends_the_running_job_back_to_the_queue_without_costing_an_attempt(
+    make_stack: StackFactory,
+) -> None:
+    """A deploy: SIGTERM the worker mid-probe (``max_attempts=1``) → the job stops at its next
+    step and is queued again with one more attempt allowed, the worker exits promptly, and a new
+    worker takes the job up as attempt 2 (then cancelled, to keep the test short)."""
+    stack = make_stack(job_lease_seconds=LEASE_S, max_attempts=1)
+    stack.start_api()
+    stack.start_worker()
+    job_id = stack.api.submit(duration_s=60)["id"]
+    wait_running_with_progress(stack, job_id)
+
+    os.kill(stack.worker.pid, signal.SIGTERM)
+
+    queued = stack.api.wait_status(job_id, "queued", timeout=10, logs=stack.logs)
+    assert (queued["attempt"], queued["max_attempts"]) == (1, 2)
+    wait_for(
+        lambda: not stack.worker.alive(), timeout=20, what="the worker to exit", logs=stack.logs
+    )
+    stack.start_worker()
+    job = stack.api.wait_status(job_id, "running", timeout=20, logs=stack.logs)
+    assert job["attempt"] == 2
+    stack.api.cancel(job_id)
+    assert stack.api.wait_status(job_id, "cancelled", timeout=10, logs=stack.logs)["attempt"] == 2
+
+
 def test_job_fails_as_worker_lost_when_no_attempts_are_left(make_stack: StackFactory) -> None:
     """With ``max_attempts=1``, SIGKILL the pool child mid-probe → the reaper fails the job with
     ``job.worker_lost`` instead of re-queueing it; it is never left ``running``."""
