@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.worker import state as worker_state
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_session_factory
@@ -19,6 +21,7 @@ from workers import runner
 from workers.celery_app import RUN_JOB
 from workers.queue import enqueue
 from workers.reaper import ReaperThread
+from workers.watchdog import DeafnessWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,13 @@ def register(app: Celery) -> None:
 
 
 _reaper: ReaperThread | None = None
+_watchdog: DeafnessWatchdog | None = None
+CONSUMED_QUEUES: list[str] = ["cpu", "gpu"]  # set by `gristmill worker --queues`
+
+
+def _idle() -> bool:
+    """No task running or prefetched in this worker (Celery's own bookkeeping, main process)."""
+    return not worker_state.active_requests and not worker_state.reserved_requests
 
 
 @worker_process_init.connect
@@ -68,6 +78,15 @@ def _start_reaper(**_: Any) -> None:
     factory = make_session_factory(make_engine(settings.resolved_database_url))
     _reaper = ReaperThread(factory, settings, enqueue)
     _reaper.start()
+    global _watchdog
+    _watchdog = DeafnessWatchdog(
+        factory,
+        settings,
+        CONSUMED_QUEUES,
+        is_idle=_idle,
+        on_deaf=lambda: os.kill(os.getpid(), signal.SIGTERM),
+    )
+    _watchdog.start()
 
 
 @worker_shutting_down.connect
@@ -76,6 +95,8 @@ def _drain(**_: Any) -> None:
     instead of holding the shutdown until they finish."""
     if _reaper is not None:
         _reaper.stop()
+    if _watchdog is not None:
+        _watchdog.stop()
     marker = runner.drain_marker(os.getpid())
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()

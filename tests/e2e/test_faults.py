@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 import redis
@@ -162,6 +164,33 @@ def test_job_fails_as_worker_lost_when_no_attempts_are_left(make_stack: StackFac
     assert len(attempt_starts(stack, job_id)) == 1
 
 
+def test_a_worker_that_stops_consuming_restarts_itself(
+    stack: Stack, redis_server: RedisServer
+) -> None:
+    """A live, idle worker that no longer takes messages (here: told to cancel its consumer, as
+    Celery's reconnect bug leaves it) while a job waits → its watchdog shuts it down within the
+    deafness window; a restarted worker runs the job."""
+    celery = create_celery(Settings(broker_url=redis_server.url))
+    try:
+        hostname = f"gristmill@{socket.gethostname()}-{stack.worker.pid}"
+        replies = celery.control.cancel_consumer("cpu", destination=[hostname], reply=True)
+        assert replies, "the worker did not answer the remote-control call"
+    finally:
+        celery.close()
+    job_id = stack.api.submit(duration_s=0.5)["id"]
+
+    wait_for(
+        lambda: not stack.worker.alive(),
+        timeout=60,
+        what="the deaf worker to exit",
+        logs=stack.logs,
+    )
+    assert "not receiving from the broker" in stack.worker.log()
+    assert stack.api.job(job_id)["status"] == "queued"
+    stack.start_worker()
+    stack.api.wait_status(job_id, "succeeded", timeout=30, logs=stack.logs)
+
+
 # --- (c) Redis loses its data --------------------------------------------------------------------
 
 
@@ -199,8 +228,10 @@ def test_live_worker_finishes_its_job_and_keeps_consuming_after_redis_restarts_e
     stack: Stack, restartable_redis: RedisServer
 ) -> None:
     """Redis ``SHUTDOWN NOSAVE`` and a restart while the worker runs one job and two wait → the
-    running job is not interrupted (attempt 1), the worker reconnects, and the lost queued jobs
-    and a job submitted after the restart all succeed (guards celery#8030-style stalls)."""
+    running job is not interrupted (attempt 1), and the lost queued jobs and a job submitted
+    after the restart all succeed within 90 s. Celery sometimes stops consuming after such a
+    reconnect (celery#8030); the worker's deafness watchdog then shuts it down, and the test
+    restarts it the way a supervisor would."""
     running = stack.api.submit(duration_s=4)["id"]
     wait_running_with_progress(stack, running)
     waiting = [stack.api.submit(duration_s=0.5)["id"] for _ in range(2)]
@@ -210,9 +241,14 @@ def test_live_worker_finishes_its_job_and_keeps_consuming_after_redis_restarts_e
     later = stack.api.submit(duration_s=0.5)["id"]
 
     assert stack.api.wait_status(running, "succeeded", logs=stack.logs)["attempt"] == 1
+
+    def supervised_status(job_id: str) -> bool:
+        if not stack.worker.alive():
+            stack.start_worker()
+        return bool(stack.api.job(job_id)["status"] == "succeeded")
+
     for job_id in [*waiting, later]:
-        stack.api.wait_status(job_id, "succeeded", timeout=40, logs=stack.logs)
-    assert stack.worker.alive()
+        wait_for(partial(supervised_status, job_id), timeout=90, what=job_id, logs=stack.logs)
 
 
 # --- (d) Postgres goes away ----------------------------------------------------------------------
