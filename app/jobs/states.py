@@ -22,7 +22,6 @@ class JobStatus(StrEnum):
 
 
 FINAL_STATES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
-ACTIVE_STATES = frozenset({JobStatus.running, JobStatus.cancelling})
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled, JobStatus.failed}),
