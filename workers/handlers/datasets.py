@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import asdict
@@ -16,7 +17,7 @@ from app.datasets.service import data_key
 from app.datasets.tables import Dataset
 from app.db import utcnow
 from app.ids import new_id
-from app.storage import LocalStore, sha256_of
+from app.storage import CHUNK, LocalStore
 from workers.handlers.base import JobContext, Outcome
 from workers.pipeline.configs.data import PrepareConfig, ValidateConfig
 from workers.pipeline.formats import detect_format, validate_dataset
@@ -123,7 +124,7 @@ def _child_dataset(
     shutil.move(path, target)
     report_key = f"datasets/{dataset_id}/report.json"
     shutil.copyfile(report, ctx.store.local_path(report_key))
-    records = sum(1 for _ in target.open("rb"))
+    digest, records = _hash_and_count_lines(target)
     return Dataset(
         id=dataset_id,
         tenant_id=ctx.tenant_id,
@@ -133,7 +134,7 @@ def _child_dataset(
         options={},
         storage_key=data_key(dataset_id),
         size_bytes=target.stat().st_size,
-        sha256=sha256_of(target),
+        sha256=digest,
         format="jsonl",
         compression=None,
         kind=kind,
@@ -143,3 +144,13 @@ def _child_dataset(
         parent_id=source.id,
         job_id=ctx.job_id,
     )
+
+
+def _hash_and_count_lines(path: Path) -> tuple[str, int]:
+    """SHA-256 and JSONL record count of a file, in one read."""
+    digest, lines = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        while data := handle.read(CHUNK):
+            digest.update(data)
+            lines += data.count(b"\n")
+    return digest.hexdigest(), lines

@@ -108,8 +108,8 @@ def _train(
     if config.devices > 1:
         payload = {
             "config": dataclasses.asdict(config),
-            "train": _file_dict(train),
-            "validation": _file_dict(validation) if validation else None,
+            "train": train.to_json(),
+            "validation": validation.to_json() if validation else None,
             "tokenizer_dir": str(tokenizer_dir),
         }
         ranks = run_distributed("pretrain", payload, ctx.paths, ctx.hooks, nproc=config.devices)
@@ -177,13 +177,4 @@ def _details(result: Any) -> dict[str, Any]:
         k: v
         for k, v in dataclasses.asdict(result).items()
         if not isinstance(v, Path) and k not in ("output_dir",)
-    }
-
-
-def _file_dict(file: DatasetFile) -> dict[str, Any]:
-    return {
-        "path": str(file.path),
-        "format": file.format,
-        "compression": file.compression,
-        "options": dict(file.options),
     }

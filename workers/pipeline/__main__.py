@@ -66,14 +66,7 @@ def file_hooks(work_dir: Path) -> Hooks:
 
 
 def _dataset(data: Mapping[str, Any] | None) -> DatasetFile | None:
-    if data is None:
-        return None
-    return DatasetFile(
-        path=Path(data["path"]),
-        format=data["format"],
-        compression=data.get("compression"),
-        options=data.get("options", {}),
-    )
+    return None if data is None else DatasetFile.from_json(data)
 
 
 def _run_stage(stage: str, payload: Mapping[str, Any], hooks: Hooks, is_main: bool) -> Any:

@@ -21,9 +21,26 @@ class DatasetFile:
     path: Path
     format: str  # "text" | "jsonl" | "csv" | "parquet"
     compression: str | None = None  # "gzip" | None
-    options: Mapping[str, str] = field(
-        default_factory=dict
-    )  # e.g. {"split": "line"}, {"column": "body"}
+    # e.g. {"split": "line"}, {"column": "body"}
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The form ``run.json`` carries to torchrun children."""
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "compression": self.compression,
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DatasetFile:
+        return cls(
+            path=Path(data["path"]),
+            format=data["format"],
+            compression=data.get("compression"),
+            options=data.get("options", {}),
+        )
 
 
 @dataclass(frozen=True)
