@@ -8,7 +8,12 @@ because the job layer writes from background threads on connections of its own.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +22,22 @@ import pytest
 PG_ADMIN_URL = os.environ.get(
     "GRISTMILL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-TEST_DB = os.environ.get("GRISTMILL_TEST_DB", "gristmill_test")
+# A database name of this run's own: two runs on one host never drop each other's database.
+RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
+TEST_DB = os.environ.get("GRISTMILL_TEST_DB", f"gristmill_test_{RUN_ID}")
 TEST_DATABASE_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + TEST_DB
-TEST_BROKER_URL = os.environ.get("GRISTMILL_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# A private redis-server for this run (started by the ``_redis`` fixture), so queue lengths the
+# API tests assert are never another run's messages.
+_REDIS_PORT = _free_port()
+TEST_BROKER_URL = os.environ.get("GRISTMILL_TEST_BROKER_URL", f"redis://127.0.0.1:{_REDIS_PORT}/0")
 _DATA_DIR = tempfile.mkdtemp(prefix="gristmill-test-")
 
 # Set before any app module reads settings (get_settings and get_celery are cached per process).
@@ -43,11 +61,38 @@ from tests.factories import make_key  # noqa: E402
 
 
 def recreate_database(admin_url: str, name: str) -> None:
+    drop_database(admin_url, name)
+    admin = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+
+
+def drop_database(admin_url: str, name: str) -> None:
     admin = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis() -> Iterator[None]:
+    if "GRISTMILL_TEST_BROKER_URL" in os.environ:
+        yield
+        return
+    args = [shutil.which("redis-server") or "redis-server", "--port", str(_REDIS_PORT)]
+    args += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True)
+    client = redis.Redis.from_url(TEST_BROKER_URL)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    yield
+    server.terminate()
+    server.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +109,7 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine = make_engine(TEST_DATABASE_URL)
     yield engine
     engine.dispose()
+    drop_database(PG_ADMIN_URL, TEST_DB)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """End-to-end fixtures: real ``gristmill api`` and ``gristmill worker`` processes.
 
-Each module gets a Postgres database of its own (``gristmill_e2e``, recreated and migrated with
-``gristmill migrate``), a private ``redis-server`` on a free port and an API key made with
+Each module gets a Postgres database of its own (``gristmill_e2e_<run>``, recreated and migrated
+with ``gristmill migrate``), a private ``redis-server`` on a free port and an API key made with
 ``gristmill keys create``. Processes get an environment built from scratch (no ``GRISTMILL_*``
 inherited from the in-process test settings) with short leases and reaper periods. When a test
 fails, the tail of every process log is attached to its report.
@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
-from app.db import make_engine
-from tests.conftest import PG_ADMIN_URL, recreate_database
+from tests.conftest import PG_ADMIN_URL, drop_database, recreate_database
 from tests.e2e import procs
 from tests.e2e.procs import (
     E2E_DB,
@@ -64,15 +62,12 @@ def redis_server(e2e_dir: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def e2e_database() -> Iterator[str]:
-    """A fresh ``gristmill_e2e`` database, built by ``gristmill migrate`` as an operator would."""
+    """A fresh database of this run, built by ``gristmill migrate`` as an operator would."""
     url = database_url()
     recreate_database(PG_ADMIN_URL, E2E_DB)
     procs.run_cli(["migrate"], env=procs.clean_env(database_url=url))
     yield url
-    admin = make_engine(PG_ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{E2E_DB}" WITH (FORCE)'))
-    admin.dispose()
+    drop_database(PG_ADMIN_URL, E2E_DB)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from sqlalchemy import text
 
 from app.db import make_engine
 from app.jobs.states import FINAL_STATES as JOB_FINAL_STATES
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, RUN_ID
 
 GRISTMILL = str(Path(sys.executable).with_name("gristmill"))
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
@@ -382,7 +382,7 @@ class Api:
 
 # --- A stack: an API and workers on the e2e database and a private Redis ----------------------
 
-E2E_DB = "gristmill_e2e"
+E2E_DB = f"gristmill_e2e_{RUN_ID}"
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
 # Short timings, so faults are detected and recovered from within seconds.

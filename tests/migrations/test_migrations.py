@@ -9,27 +9,22 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect
 
 import app.tables  # noqa: F401  (registers every table on Base.metadata)
 from app.db import Base, make_engine
 from app.migrate import downgrade, upgrade
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, RUN_ID, drop_database, recreate_database
 
-MIGRATIONS_DB = "gristmill_test_migrations"
+MIGRATIONS_DB = f"gristmill_migrations_{RUN_ID}"
 EXPECTED_TABLES = set(Base.metadata.tables)
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    admin = make_engine(PG_ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{MIGRATIONS_DB}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{MIGRATIONS_DB}"'))
+    recreate_database(PG_ADMIN_URL, MIGRATIONS_DB)
     yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + MIGRATIONS_DB
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{MIGRATIONS_DB}" WITH (FORCE)'))
-    admin.dispose()
+    drop_database(PG_ADMIN_URL, MIGRATIONS_DB)
 
 
 @pytest.fixture
