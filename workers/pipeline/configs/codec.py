@@ -1,0 +1,36 @@
+"""The one codec for stage configs and inputs: JSON ⇄ frozen dataclasses, with their validation.
+
+The API decodes a job's parameters with it, the handler decodes the stored parameters with it,
+and the launcher encodes ``run.json`` for torchrun children, which decode it again: the same
+rules (``__post_init__`` checks, unknown keys refused, tuples from JSON lists) apply everywhere.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, TypeVar
+
+from pydantic import TypeAdapter
+
+T = TypeVar("T")
+
+
+@cache
+def _adapter(cls: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(cls)
+
+
+def decode(cls: type[T], data: Any) -> T:
+    """Validate JSON-like ``data`` into ``cls``.
+
+    Raises:
+        pydantic.ValidationError: a value is missing, of the wrong type, or refused by the
+            dataclass's own checks (whose ``ConfigError`` names the field).
+    """
+    value: T = _adapter(cls).validate_python(data)
+    return value
+
+
+def encode(value: Any) -> Any:
+    """A dataclass (or any value pydantic knows) as plain JSON data."""
+    return _adapter(type(value)).dump_python(value, mode="json")
