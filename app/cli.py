@@ -79,8 +79,8 @@ def run_api(settings: Settings, host: str, port: int) -> None:
 
 
 def run_worker(queues: str, concurrency: int, max_tasks_per_child: int) -> None:
+    from app.broker import get_celery
     from workers import tasks
-    from workers.celery_app import get_celery
 
     tasks.CONSUMED_QUEUES = [q.strip() for q in queues.split(",") if q.strip()]
     app = get_celery()

@@ -14,7 +14,9 @@ from fastapi.staticfiles import StaticFiles
 
 from app.api import errors, observability
 from app.api.routes import artifacts, datasets, health, jobs
+from app.broker import enqueue
 from app.db import make_engine, make_session_factory
+from app.jobs.reaper import ReaperThread
 from app.settings import Settings, get_settings
 from app.storage import LocalStore
 
@@ -36,9 +38,6 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         reaper = None
         if run_reaper:
-            from workers.queue import enqueue
-            from workers.reaper import ReaperThread
-
             reaper = ReaperThread(factory, settings, enqueue)
             reaper.start()
         yield

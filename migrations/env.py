@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-import app.tables  # noqa: F401  (registers every table on Base.metadata)
+import app.metadata  # noqa: F401  (registers every table on Base.metadata)
 from app.db import Base, make_engine
 from app.settings import get_settings
 

@@ -123,7 +123,7 @@ def factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
 
 
 def _metadata():  # type: ignore[no-untyped-def]
-    import app.tables  # noqa: F401
+    import app.metadata  # noqa: F401
     from app.db import Base
 
     return Base.metadata

@@ -8,8 +8,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
 from app.jobs import service
+from app.jobs.kinds import get_kind
 from app.jobs.tables import Job
+from app.settings import get_settings
+from app.storage import LocalStore
 from app.tenants.service import CreatedKey, create_api_key
+from workers.pipeline.configs.codec import decode
 
 
 def make_key(factory: sessionmaker[Session], tenant: str = "acme") -> CreatedKey:
@@ -25,13 +29,15 @@ def make_job(
     params: dict[str, Any] | None = None,
     max_attempts: int = 3,
 ) -> Job:
-    defaults = {"duration_s": 0.5, "matmul_size": 64, "device": "cpu", "fail_with": None}
+    """A queued job submitted as the API would: parameters decoded and inputs checked."""
+    defaults = {"duration_s": 0.5, "matmul_size": 64} if job_type == "probe" else {}
+    kind = get_kind(job_type)
     with factory() as session:
         return service.submit_job(
             session=session,
+            store=LocalStore(get_settings().resolved_storage_dir),
             tenant_id=tenant_id,
-            job_type=job_type,
-            params={**defaults, **(params or {})},
-            queue="cpu",
+            kind=kind,
+            params=decode(kind.params, {**defaults, **(params or {})}),
             max_attempts=max_attempts,
         ).job

@@ -7,6 +7,7 @@ cannot change a job that another attempt now owns.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -15,21 +16,33 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import layout
+from app.artifacts.service import NewArtifact, place_artifact
+from app.artifacts.tables import Artifact
+from app.broker import enqueue
+from app.datasets.service import NewDataset, ValidationVerdict, place_dataset, record_verdict
+from app.datasets.tables import Dataset
 from app.db import session_scope, utcnow
+from app.errors import GristmillError
 from app.jobs import service
+from app.jobs.inputs import load_inputs
+from app.jobs.kinds import KINDS
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.logging import bind
 from app.settings import Settings
 from app.storage import LocalStore
-from workers.handlers.base import JobContext, Outcome
-from workers.handlers.registry import handler_for
+from workers.handlers.base import Handler, JobContext, Outcome
+from workers.pipeline.configs.codec import decode
 from workers.pipeline.types import (
     Hooks,
     PipelineError,
@@ -38,14 +51,14 @@ from workers.pipeline.types import (
     RunPaths,
     StageCancelled,
 )
-from workers.queue import enqueue
 
 log = logging.getLogger(__name__)
 
 MAX_BUFFERED_ROWS = 100_000
 
 
-def worker_id() -> str:
+def lease_owner_id() -> str:
+    """Who holds a running job's lease: this process, on this host (kept in logs, not shown)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -171,9 +184,12 @@ class JobMonitor:
                     session=session, job_id=self.job_id, attempt=self.attempt, rows=rows
                 )
                 if progress is not None:
-                    session.query(Job).filter(
-                        Job.id == self.job_id, Job.attempt == self.attempt
-                    ).update({"progress": progress}, synchronize_session=False)
+                    session.execute(
+                        update(Job)
+                        .where(Job.id == self.job_id, Job.attempt == self.attempt)
+                        .values(progress=progress)
+                        .execution_options(synchronize_session=False)
+                    )
         except DBAPIError:
             log.warning("could not write metrics; keeping them for the next try", exc_info=True)
             with self._lock:
@@ -182,20 +198,28 @@ class JobMonitor:
                 self._progress = self._progress or progress
 
 
-def run_paths(store: LocalStore, job_id: str) -> RunPaths:
-    """The job's folders. ``work`` survives attempts (checkpoints); ``output`` starts empty."""
-    work = store.local_path(f"jobs/{job_id}/work")
-    output = store.local_path(f"jobs/{job_id}/output")
+def run_paths(store: LocalStore, tenant_id: str, job_id: str) -> RunPaths:
+    """The job's folders. ``work`` survives attempts (checkpoints); ``output`` starts empty; the
+    cache is the tenant's own, so no tenant can learn what another trained on."""
+    work = store.local_path(layout.job_work(job_id))
+    output = store.local_path(layout.job_output(job_id))
+    cache = store.local_path(layout.cache(tenant_id))
     shutil.rmtree(output, ignore_errors=True)
-    for folder in (work, output, store.local_path("cache")):
+    for folder in (work, output, cache):
         folder.mkdir(parents=True, exist_ok=True)
-    return RunPaths(work_dir=work, output_dir=output, cache_dir=store.local_path("cache"))
+    return RunPaths(work_dir=work, output_dir=output, cache_dir=cache)
+
+
+def handler_for(name: str) -> Handler:
+    module, function = name.split(":")
+    handler: Handler = getattr(importlib.import_module(module), function)
+    return handler
 
 
 def execute(
     job_id: str,
     *,
-    worker: str,
+    owner: str,
     settings: Settings,
     session_factory: sessionmaker[Session],
     store: LocalStore,
@@ -203,85 +227,138 @@ def execute(
     """Run one job if this delivery wins the claim. Returns the final status it wrote, if any."""
     with session_factory() as session:
         attempt = service.claim_job(
-            session=session, job_id=job_id, worker_id=worker, lease_s=settings.job_lease_seconds
+            session=session, job_id=job_id, owner=owner, lease_s=settings.job_lease_seconds
         )
         if attempt is None:
             log.info("job %s: duplicate or stale delivery ignored", job_id)
             return None
         job = session.get_one(Job, job_id)
-        tenant_id, job_type, params = job.tenant_id, job.type, dict(job.params)
+        tenant_id, job_type, raw_params = job.tenant_id, job.type, dict(job.params)
     with bind(job_id=job_id, attempt=attempt, job_type=job_type):
         monitor = JobMonitor(session_factory, settings, job_id, attempt)
-        monitor.on_event(f"attempt {attempt} started on {worker}", {"worker": worker})
+        monitor.on_event(f"attempt {attempt} started")
+        log.info("attempt %s started on %s", attempt, owner)
         monitor.start()
-        ctx = JobContext(
-            job_id=job_id,
-            tenant_id=tenant_id,
-            job_type=job_type,
-            params=params,
-            attempt=attempt,
-            paths=run_paths(store, job_id),
-            hooks=Hooks(monitor.on_progress, monitor.on_event, monitor.should_stop),
-            store=store,
-            settings=settings,
-            session_factory=session_factory,
-        )
         try:
-            return _run_and_finish(ctx, monitor)
+            ctx = _context(
+                job_id, tenant_id, job_type, raw_params, attempt, monitor, settings, store,
+                session_factory,
+            )  # fmt: skip
+        except GristmillError as err:  # an input was deleted since submission
+            att = _Attempt(job_id, tenant_id, attempt, settings, store, session_factory)
+            return _finish(
+                att, monitor, JobStatus.failed, error_code=err.code, error_message=err.message
+            )
+        try:
+            return _run_and_finish(ctx, monitor, store, session_factory)
         finally:
             monitor.stop()
 
 
-def _run_and_finish(ctx: JobContext, monitor: JobMonitor) -> str | None:
+def _context(
+    job_id: str,
+    tenant_id: str,
+    job_type: str,
+    raw_params: dict[str, Any],
+    attempt: int,
+    monitor: JobMonitor,
+    settings: Settings,
+    store: LocalStore,
+    session_factory: sessionmaker[Session],
+) -> JobContext[Any]:
+    """Decode the stored parameters and resolve the inputs they name (tenant-checked again)."""
+    kind = KINDS[job_type]
     try:
-        outcome = handler_for(ctx.job_type)(ctx)
+        params = decode(kind.params, raw_params)
+    except ValidationError as err:  # stored by an older release with other rules
+        raise GristmillError(f"The job's parameters are no longer valid: {err}",
+                             code="job.invalid_params") from None  # fmt: skip
+    with session_factory() as session:
+        inputs = load_inputs(
+            session=session, store=store, tenant_id=tenant_id, kind=kind, params=params
+        )
+    return JobContext(
+        job_id=job_id,
+        tenant_id=tenant_id,
+        kind=kind,
+        params=params,
+        inputs=inputs,
+        attempt=attempt,
+        paths=run_paths(store, tenant_id, job_id),
+        hooks=Hooks(monitor.on_progress, monitor.on_event, monitor.should_stop),
+        settings=settings,
+    )
+
+
+def _run_and_finish(
+    ctx: JobContext[Any],
+    monitor: JobMonitor,
+    store: LocalStore,
+    factory: sessionmaker[Session],
+) -> str | None:
+    att = _Attempt(ctx.job_id, ctx.tenant_id, ctx.attempt, ctx.settings, store, factory)
+    try:
+        outcome = handler_for(ctx.kind.handler)(ctx)
     except StageCancelled:
         if monitor.lease_lost.is_set():
             return None
         if monitor.preempted.is_set() and not monitor.cancel_requested.is_set():
-            return _requeue(ctx, monitor, "the worker shut down", preempted=True)
-        return _finish(ctx, monitor, JobStatus.cancelled)
+            return _requeue(att, monitor, "the worker shut down", preempted=True)
+        return _finish(att, monitor, JobStatus.cancelled)
     except PipelineError as err:
         return _finish(
-            ctx, monitor, JobStatus.failed, error_code=err.code, error_message=err.message
+            att, monitor, JobStatus.failed, error_code=err.code, error_message=err.message
         )
     except RetryableError as err:
         log.warning("attempt failed, another may not: %s", err)
-        return _requeue(ctx, monitor, str(err))
+        return _requeue(att, monitor, "its processes stopped without a result")
     except OperationalError:
         # The database went away mid-job: leave the job running; if we cannot heartbeat, the
         # lease expires and the reaper gives the job another attempt.
         log.exception("database unavailable while running the job")
         return None
-    except Exception as exc:
+    except Exception:
+        # Details (exception text, paths) go to the log; the user gets a stable message.
         log.exception("job crashed")
-        message = f"{type(exc).__name__}: {exc}"[:2000]
-        return _finish(
-            ctx, monitor, JobStatus.failed, error_code="internal_error", error_message=message
+        message = (
+            f"The job stopped on an internal error (job {ctx.job_id}, attempt {ctx.attempt}); "
+            "the operator's logs have the details."
         )
-    return _finish(ctx, monitor, JobStatus.succeeded, outcome=outcome)
+        return _finish(
+            att, monitor, JobStatus.failed, error_code="internal_error", error_message=message
+        )
+    return _finish(att, monitor, JobStatus.succeeded, outcome=outcome)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One claimed run of a job: what writing its end needs."""
+
+    job_id: str
+    tenant_id: str
+    attempt: int
+    settings: Settings
+    store: LocalStore
+    factory: sessionmaker[Session]
 
 
 def _requeue(
-    ctx: JobContext, monitor: JobMonitor, reason: str, *, preempted: bool = False
+    att: _Attempt, monitor: JobMonitor, reason: str, *, preempted: bool = False
 ) -> str | None:
     """Queue the job again: it resumes from its checkpoints on the next worker.
 
     A crashed attempt counts, and fails the job when none is left. A preempted one (its worker
     shut down, as in a deploy) does not: the job gets one more attempt in its place.
     """
-    with ctx.session_factory() as session:
-        job = session.get_one(Job, ctx.job_id)
+    with att.factory() as session:
+        job = session.get_one(Job, att.job_id)
         max_attempts, queue = job.max_attempts, job.queue
-    if not preempted and ctx.attempt >= max_attempts:
-        message = f"Attempt {ctx.attempt} of {max_attempts} failed and none is left: {reason}"
+    if not preempted and att.attempt >= max_attempts:
+        message = f"Attempt {att.attempt} of {max_attempts} failed and none is left: {reason}."
         return _finish(
-            ctx,
-            monitor,
-            JobStatus.failed,
-            error_code="job.attempts_exhausted",
-            error_message=message[:2000],
-        )
+            att, monitor, JobStatus.failed, error_code="job.attempts_exhausted",
+            error_message=message,
+        )  # fmt: skip
     monitor.stop()
     values: dict[str, Any] = {
         "lease_owner": None,
@@ -290,30 +367,30 @@ def _requeue(
     }
     if preempted:
         values["max_attempts"] = Job.max_attempts + 1
-    with session_scope(ctx.session_factory) as session:
+    with session_scope(att.factory) as session:
         requeued = service.transition(
             session=session,
-            job_id=ctx.job_id,
+            job_id=att.job_id,
             to=JobStatus.queued,
-            fence_attempt=ctx.attempt,
+            fence_attempt=att.attempt,
             **values,
         )
         if requeued:
             service.add_event(
                 session=session,
-                job_id=ctx.job_id,
-                attempt=ctx.attempt,
+                job_id=att.job_id,
+                attempt=att.attempt,
                 level="warning",
-                message=f"attempt {ctx.attempt} stopped ({reason[:500]}); queued again",
+                message=f"attempt {att.attempt} stopped ({reason}); queued again",
             )
     if not requeued:
         return None
-    enqueue(ctx.job_id, queue)
+    enqueue(att.job_id, queue)
     return JobStatus.queued.value
 
 
 def _finish(
-    ctx: JobContext,
+    att: _Attempt,
     monitor: JobMonitor,
     status: JobStatus,
     *,
@@ -322,44 +399,87 @@ def _finish(
 ) -> str | None:
     """Write the final state, retrying through short database outages for up to one lease."""
     monitor.stop()
-    deadline = time.monotonic() + ctx.settings.job_lease_seconds
+    placed = _place_outputs(att, outcome) if outcome is not None else []
+    deadline = time.monotonic() + att.settings.job_lease_seconds
     delay = 0.5
     while True:
         try:
-            return _write_final(ctx, status, outcome, values)
+            written = _write_final(att, status, outcome, placed, values)
+            break
         except OperationalError:
             if time.monotonic() > deadline:
                 log.exception("could not record the job's end; the reaper will retry it")
                 return None
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+    if written is None:
+        _discard(att.store, placed)
+        return None
+    if status == JobStatus.succeeded:
+        # Checkpoints and scratch only serve a resume. (A failed job keeps its last good one.)
+        shutil.rmtree(att.store.local_path(layout.job(att.job_id)), ignore_errors=True)
+    log.info("job finished: %s", status.value)
+    return written
+
+
+Placed = list[Any]  # ORM rows to add, and verdicts to apply, in the finishing transaction
+
+
+def _place_outputs(att: _Attempt, outcome: Outcome) -> Placed:
+    """Move the outputs' files into the store (rows come with the final state)."""
+    placed: Placed = []
+    store, tenant_id, job_id = att.store, att.tenant_id, att.job_id
+    for output in outcome.outputs:
+        if isinstance(output, NewArtifact):
+            placed.append(
+                place_artifact(store=store, tenant_id=tenant_id, job_id=job_id, output=output)
+            )
+        elif isinstance(output, NewDataset):
+            placed.append(
+                place_dataset(store=store, tenant_id=tenant_id, job_id=job_id, output=output)
+            )
+        else:
+            placed.append(output)
+    return placed
+
+
+def _discard(store: LocalStore, placed: Placed) -> None:
+    """The job ended otherwise (cancelled while finishing): its outputs never become visible."""
+    for row in placed:
+        if isinstance(row, Artifact):
+            store.delete(row.uri)
+        elif isinstance(row, Dataset):
+            store.delete(layout.dataset(row.id))
 
 
 def _write_final(
-    ctx: JobContext, status: JobStatus, outcome: Outcome | None, values: dict[str, Any]
+    att: _Attempt,
+    status: JobStatus,
+    outcome: Outcome | None,
+    placed: Placed,
+    values: dict[str, Any],
 ) -> str | None:
-    with session_scope(ctx.session_factory) as session:
+    with session_scope(att.factory) as session:
         if outcome is not None:
             values["result"] = outcome.result
         changed = service.transition(
-            session=session, job_id=ctx.job_id, to=status, fence_attempt=ctx.attempt, **values
+            session=session, job_id=att.job_id, to=status, fence_attempt=att.attempt, **values
         )
         if not changed:
             # Cancelled while finishing, or a newer attempt owns it: write nothing.
             session.rollback()
             log.warning("job no longer ours to finish as %s", status.value)
             return None
-        if outcome is not None and outcome.commit is not None:
-            outcome.commit(session)
+        for item in placed:
+            if isinstance(item, ValidationVerdict):
+                record_verdict(session=session, verdict=item)
+            else:
+                session.add(item)
         message = f"job {status.value}"
         if values.get("error_message"):
             message += f": {values['error_message']}"
         level = "error" if status == JobStatus.failed else "info"
         service.add_event(
-            session=session, job_id=ctx.job_id, attempt=ctx.attempt, message=message, level=level
+            session=session, job_id=att.job_id, attempt=att.attempt, message=message, level=level
         )
-    if status == JobStatus.succeeded:
-        # Checkpoints and scratch only serve a resume. (A failed job keeps its last good one.)
-        shutil.rmtree(ctx.paths.work_dir.parent, ignore_errors=True)
-    log.info("job finished: %s", status.value)
     return status.value

@@ -14,13 +14,12 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown, w
 from celery.worker import state as worker_state
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.broker import RUN_JOB, enqueue
 from app.db import make_engine, make_session_factory
+from app.jobs.reaper import ReaperThread
 from app.settings import Settings, get_settings
 from app.storage import LocalStore
 from workers import runner
-from workers.celery_app import RUN_JOB
-from workers.queue import enqueue
-from workers.reaper import ReaperThread
 from workers.watchdog import DeafnessWatchdog
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ def register(app: Celery) -> None:
         settings, factory, store = resources()
         runner.execute(
             job_id,
-            worker=runner.worker_id(),
+            owner=runner.lease_owner_id(),
             settings=settings,
             session_factory=factory,
             store=store,

@@ -4,22 +4,77 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import layout
 from app.artifacts.schemas import ArtifactFile, ArtifactRead, Lineage
 from app.artifacts.tables import Artifact
 from app.db import paginate
-from app.errors import InvalidInput, NotFound
+from app.errors import NotFound
+from app.ids import new_id
 from app.storage import CHUNK, LocalStore, sha256_of
 
-PREFIXES = {"tokenizer": "tok", "model": "mdl"}
+Category = Literal["tokenizer", "model"]
+PREFIXES: dict[Category, str] = {"tokenizer": "tok", "model": "mdl"}
 MANIFEST = "manifest.json"
+
+
+def new_artifact_id(category: Category) -> str:
+    return new_id(PREFIXES[category])
+
+
+@dataclass(frozen=True)
+class NewArtifact:
+    """A finished folder a job hands over to become a registered tokenizer or model.
+
+    ``format`` says how to read it (``huggingface``, ``peft-adapter``, ``gguf``, ``gptq``, ...).
+    ``copy`` keeps the source folder in place, for a job that still reads it.
+    """
+
+    id: str
+    category: Category
+    folder: Path
+    name: str
+    format: str = "huggingface"
+    lineage: Mapping[str, str | None] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+    copy: bool = False
+
+
+def place_artifact(
+    *, store: LocalStore, tenant_id: str, job_id: str | None, output: NewArtifact
+) -> Artifact:
+    """Move (or copy) the folder into the store; the returned row is added by the caller in the
+    transaction that finishes the job, so an artifact exists exactly when its job succeeded."""
+    key = layout.artifact(output.category, output.id)
+    target = store.local_path(key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if output.copy:
+        shutil.copytree(output.folder, target)
+    else:
+        shutil.move(output.folder, target)
+    size, digest = write_manifest(target)
+    return Artifact(
+        id=output.id,
+        tenant_id=tenant_id,
+        job_id=job_id,
+        category=output.category,
+        name=output.name[:255],
+        uri=key,
+        format=output.format,
+        size_bytes=size,
+        sha256=digest,
+        lineage={k: v for k, v in output.lineage.items() if v is not None},
+        details=dict(output.details),
+    )
 
 
 def manifest(folder: Path) -> list[dict[str, Any]]:
@@ -46,7 +101,7 @@ def write_manifest(folder: Path) -> tuple[int, str]:
 def to_read(artifact: Artifact) -> ArtifactRead:
     return ArtifactRead(
         id=artifact.id,
-        object=artifact.kind,
+        object=artifact.category,
         name=artifact.name,
         format=artifact.format,
         size_bytes=artifact.size_bytes,
@@ -57,29 +112,22 @@ def to_read(artifact: Artifact) -> ArtifactRead:
     )
 
 
-def get_artifact(*, session: Session, tenant_id: str, kind: str, artifact_id: str) -> Artifact:
+def get_artifact(*, session: Session, tenant_id: str, category: str, artifact_id: str) -> Artifact:
+    """The tenant's artifact of this category: another tenant's looks exactly like a missing one.
+
+    Raises:
+        NotFound: no such artifact for this tenant.
+    """
     artifact = session.get(Artifact, artifact_id)
-    if artifact is None or artifact.tenant_id != tenant_id or artifact.kind != kind:
-        raise NotFound(f"No {kind} with id '{artifact_id}'.", code=f"{kind}.not_found")
+    if artifact is None or artifact.tenant_id != tenant_id or artifact.category != category:
+        raise NotFound(f"No {category} with id '{artifact_id}'.", code=f"{category}.not_found")
     return artifact
 
 
-def require_artifact(
-    *, session: Session, tenant_id: str, kind: str, artifact_id: str, param: str
-) -> Artifact:
-    """An artifact a job may read; unknown and foreign ids are the same 400."""
-    try:
-        return get_artifact(
-            session=session, tenant_id=tenant_id, kind=kind, artifact_id=artifact_id
-        )
-    except NotFound as err:
-        raise InvalidInput(err.message, code=err.code, param=param) from None
-
-
 def list_artifacts(
-    *, session: Session, tenant_id: str, kind: str, limit: int, after: str | None
+    *, session: Session, tenant_id: str, category: str, limit: int, after: str | None
 ) -> tuple[list[Artifact], bool]:
-    stmt = select(Artifact).where(Artifact.tenant_id == tenant_id, Artifact.kind == kind)
+    stmt = select(Artifact).where(Artifact.tenant_id == tenant_id, Artifact.category == category)
     if after is not None:
         stmt = stmt.where(Artifact.id < after)
     return paginate(session, stmt.order_by(Artifact.id.desc()), limit=limit)

@@ -17,17 +17,17 @@ class Artifact(Base):
     """
 
     __tablename__ = "artifact"
-    __table_args__ = (Index("ix_artifact_tenant_id_kind_id", "tenant_id", "kind", "id"),)
+    __table_args__ = (Index("ix_artifact_tenant_id_category_id", "tenant_id", "category", "id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
     job_id: Mapped[str | None] = mapped_column(
         ForeignKey("job.id", ondelete="SET NULL"), index=True, default=None
     )
-    kind: Mapped[str] = mapped_column(String(40))  # tokenizer | model
+    category: Mapped[str] = mapped_column(String(40))  # tokenizer | model
     name: Mapped[str] = mapped_column(String(255), default="")
     uri: Mapped[str] = mapped_column(Text)
-    format: Mapped[str] = mapped_column(String(40))
+    format: Mapped[str] = mapped_column(String(40))  # huggingface | peft-adapter | gguf | ...
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     lineage: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -12,7 +12,7 @@ class DatasetRead(BaseModel):
     name: str
     status: Literal["validating", "ready", "failed"]
     filename: str | None
-    kind: str | None
+    record_type: str | None
     format: str | None
     compression: str | None
     options: dict[str, Any]

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
+from app import layout
 from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
-from app.db import paginate
+from app.db import paginate, utcnow
 from app.errors import Conflict, InvalidInput, NotFound
+from app.ids import new_id
 from app.jobs import service as jobs
 from app.jobs.states import FINAL_STATES, JobStatus
 from app.jobs.tables import Job, JobInput
-from app.storage import LocalStore
+from app.storage import CHUNK, LocalStore
 
 SPLITS = ("file", "paragraph", "line")
-
-
-def data_key(dataset_id: str) -> str:
-    return f"datasets/{dataset_id}/data"
 
 
 def parse_options(fields: dict[str, str]) -> dict[str, str]:
@@ -47,31 +49,30 @@ def check_name(name: str) -> str:
     return name
 
 
-def get_dataset(*, session: Session, tenant_id: str, dataset_id: str) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
+def get_dataset(
+    *, session: Session, tenant_id: str, dataset_id: str, lock: bool = False
+) -> Dataset:
+    """The tenant's dataset: another tenant's looks exactly like a missing one.
+
+    ``lock`` takes a shared row lock until commit (a job about to read it is being submitted).
+
+    Raises:
+        NotFound: no such dataset for this tenant.
+    """
+    dataset = session.get(Dataset, dataset_id, with_for_update={"read": True} if lock else None)
     if dataset is None or dataset.tenant_id != tenant_id:
         raise NotFound(f"No dataset with id '{dataset_id}'.", code="dataset.not_found")
     return dataset
 
 
-def require_ready(*, session: Session, tenant_id: str, dataset_id: str, param: str) -> Dataset:
-    """A dataset a job may read: the caller's own and validated.
-
-    Raises:
-        InvalidInput: unknown id, another tenant's id (indistinguishable), or not ready yet.
-    """
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.tenant_id != tenant_id:
-        raise InvalidInput(
-            f"No dataset with id '{dataset_id}'.", code="dataset.not_found", param=param
-        )
+def check_ready(dataset: Dataset, *, param: str) -> None:
+    """Raises InvalidInput unless the dataset passed validation (a job may read it)."""
     if dataset.status != "ready":
         raise InvalidInput(
-            f"Dataset '{dataset_id}' is {dataset.status}, not ready.",
+            f"Dataset '{dataset.id}' is {dataset.status}, not ready.",
             code="dataset.not_ready",
             param=param,
         )
-    return dataset
 
 
 def list_datasets(
@@ -115,6 +116,8 @@ def delete_dataset(*, session: Session, store: LocalStore, tenant_id: str, datas
         Conflict: a job that has not finished uses it.
     """
     dataset = get_dataset(session=session, tenant_id=tenant_id, dataset_id=dataset_id)
+    # Exclusive row lock: a submission that holds (or waits for) its shared lock is seen below.
+    session.get(Dataset, dataset_id, with_for_update=True, populate_existing=True)
     busy = session.scalar(
         select(
             exists().where(
@@ -136,7 +139,7 @@ def delete_dataset(*, session: Session, store: LocalStore, tenant_id: str, datas
     for key in keys:
         if key:
             store.delete(key)
-    store.delete(f"datasets/{dataset_id}")
+    store.delete(layout.dataset(dataset_id))
 
 
 def read_report(*, store: LocalStore, dataset: Dataset) -> dict[str, Any] | None:
@@ -163,7 +166,7 @@ def register_upload(
     job = jobs.add_job(
         session=session,
         tenant_id=tenant_id,
-        job_type="validate",
+        job_type="validate",  # created by the service only (not submittable)
         params={"dataset_id": dataset_id},
         queue="cpu",
         max_attempts=max_attempts,
@@ -176,7 +179,7 @@ def register_upload(
         status="validating",
         filename=filename,
         options=options,
-        storage_key=data_key(dataset_id),
+        storage_key=layout.dataset_data(dataset_id),
         size_bytes=size_bytes,
         sha256=sha256,
         job_id=job.id,
@@ -184,3 +187,83 @@ def register_upload(
     session.add(dataset)
     session.commit()
     return dataset, job
+
+
+def new_dataset_id() -> str:
+    return new_id("ds")
+
+
+@dataclass(frozen=True)
+class NewDataset:
+    """A file a job wrote (a prepared split) that becomes a new ready dataset of the tenant."""
+
+    id: str
+    path: Path
+    name: str
+    filename: str
+    record_type: str
+    parent_id: str
+    report: Path | None = None
+
+
+@dataclass(frozen=True)
+class ValidationVerdict:
+    """What validation found about an uploaded dataset: its status, format, counts, errors."""
+
+    dataset_id: str
+    values: dict[str, Any]
+
+
+def place_dataset(
+    *, store: LocalStore, tenant_id: str, job_id: str | None, output: NewDataset
+) -> Dataset:
+    """Move a written JSONL file into the store as a new dataset; the caller adds the row in the
+    transaction that finishes the job."""
+    dataset_id = output.id
+    target = store.local_path(layout.dataset_data(dataset_id))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(output.path, target)
+    report_key = None
+    if output.report is not None:
+        report_key = layout.dataset_report(dataset_id)
+        shutil.copyfile(output.report, store.local_path(report_key))
+    digest, records = _hash_and_count_lines(target)
+    size = target.stat().st_size
+    return Dataset(
+        id=dataset_id,
+        tenant_id=tenant_id,
+        name=output.name[:255],
+        status="ready",
+        filename=output.filename,
+        options={},
+        storage_key=layout.dataset_data(dataset_id),
+        size_bytes=size,
+        sha256=digest,
+        format="jsonl",
+        compression=None,
+        record_type=output.record_type,
+        records=records,
+        text_bytes=size,
+        report_key=report_key,
+        parent_id=output.parent_id,
+        job_id=job_id,
+    )
+
+
+def record_verdict(*, session: Session, verdict: ValidationVerdict) -> None:
+    session.execute(
+        update(Dataset)
+        .where(Dataset.id == verdict.dataset_id)
+        .values(**verdict.values, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _hash_and_count_lines(path: Path) -> tuple[str, int]:
+    """SHA-256 and JSONL record count of a file, in one read."""
+    digest, lines = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        while data := handle.read(CHUNK):
+            digest.update(data)
+            lines += data.count(b"\n")
+    return digest.hexdigest(), lines

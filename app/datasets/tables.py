@@ -26,7 +26,7 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     format: Mapped[str | None] = mapped_column(String(20), default=None)
     compression: Mapped[str | None] = mapped_column(String(20), default=None)
-    kind: Mapped[str | None] = mapped_column(String(40), default=None)
+    record_type: Mapped[str | None] = mapped_column(String(40), default=None)  # text | chat | ...
     records: Mapped[int | None] = mapped_column(BigInteger, default=None)
     text_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     errors: Mapped[list[dict[str, Any]] | None] = mapped_column(default=None)

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, fields
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from app.jobs.kinds import JobKind, submittable
 from app.jobs.states import JobStatus
-from workers.pipeline.configs.base import ConfigError
-from workers.pipeline.configs.data import PrepareConfig
-from workers.pipeline.configs.probe import ProbeConfig
-from workers.pipeline.configs.training import (
-    PretrainConfig,
-    TokenizerConfig,
-    estimate_memory_bytes,
-)
-
-# The largest accelerator memory a single device offers (an 80 GB H100/A100); shapes that need
-# more per device are refused at submission rather than after a GPU was found for them.
-MAX_DEVICE_MEMORY_BYTES = 80 * 10**9
 
 
 def reject_nul(value: Any) -> Any:
@@ -47,95 +36,34 @@ class RequestModel(BaseModel):
         return reject_nul(data)
 
 
-class ProbeJobCreate(RequestModel):
-    """Diagnostic: report the device and measure GFLOP/s for a while."""
+class JobCreateBase(RequestModel):
+    """What every job request has; each kind narrows ``type`` and ``params``."""
 
-    type: Literal["probe"]
-    params: ProbeConfig = Field(default_factory=ProbeConfig)
-
-
-@dataclass(frozen=True)
-class PrepareParams(PrepareConfig):
-    dataset_id: str = field(kw_only=True)
-    """The ready dataset to clean; it is never modified (a new dataset is written)."""
+    type: str
+    params: Any
 
 
-class PrepareJobCreate(RequestModel):
-    """Clean a dataset: normalise, filter, deduplicate, scrub PII, check contamination, split."""
-
-    type: Literal["prepare"]
-    params: PrepareParams
-
-
-@dataclass(frozen=True)
-class TokenizerParams(TokenizerConfig):
-    dataset_id: str = field(kw_only=True)
-    """The ready dataset whose text the tokenizer learns from."""
-
-
-class TokenizerJobCreate(RequestModel):
-    """Train a byte-level BPE tokenizer (Hugging Face format) on a dataset."""
-
-    type: Literal["tokenizer"]
-    params: TokenizerParams
+def _create_model(kind: JobKind) -> type[JobCreateBase]:
+    """``{"type": <name>, "params": <the kind's params>}``, documented by the kind's summary."""
+    required = any(
+        f.default is MISSING and f.default_factory is MISSING for f in fields(kind.params)
+    )
+    default = ... if required else Field(default_factory=kind.params)
+    model: type[JobCreateBase] = create_model(
+        "".join(part.title() for part in kind.name.split("_")) + "JobCreate",
+        __base__=JobCreateBase,
+        __doc__=kind.summary,
+        type=(Literal[kind.name], ...),  # type: ignore[arg-type]
+        params=(kind.params, default),
+    )
+    return model
 
 
-@dataclass(frozen=True)
-class PretrainParams(PretrainConfig):
-    dataset_id: str = field(kw_only=True)
-    """The ready dataset to train on."""
-    validation_dataset_id: str | None = field(default=None, kw_only=True)
-    """A ready dataset to measure validation loss on; null holds out validation_fraction."""
-    tokenizer_id: str | None = field(default=None, kw_only=True)
-    """A trained tokenizer to use; null trains one first (see ``tokenizer``)."""
-    tokenizer: TokenizerConfig | None = field(default=None, kw_only=True)
-    """Settings of the tokenizer trained first when tokenizer_id is null (defaults if null)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.tokenizer_id is not None and self.tokenizer is not None:
-            raise ConfigError("tokenizer", "give tokenizer_id or an inline tokenizer, not both")
-        vocab = self.tokenizer.vocab_size if self.tokenizer else TokenizerConfig().vocab_size
-        need = estimate_memory_bytes(self.model, self, vocab_size=vocab)
-        if need > MAX_DEVICE_MEMORY_BYTES:
-            raise ConfigError(
-                "micro_batch_size",
-                f"this shape and micro batch need about {need / 1e9:.0f} GB per device, more "
-                f"than {MAX_DEVICE_MEMORY_BYTES / 1e9:.0f} GB; lower micro_batch_size, "
-                "the context length or the model size",
-            )
-
-
-class PretrainJobCreate(RequestModel):
-    """Pretrain a Llama-architecture model from scratch (tokenizer trained first if needed)."""
-
-    type: Literal["pretrain"]
-    params: PretrainParams
-
-
-JobCreate = Annotated[
-    ProbeJobCreate | PrepareJobCreate | TokenizerJobCreate | PretrainJobCreate,
-    Field(discriminator="type"),
-]
-
-_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "prepare": (("dataset_id", "dataset"), ("eval_dataset_id", "dataset")),
-    "tokenizer": (("dataset_id", "dataset"),),
-    "pretrain": (
-        ("dataset_id", "dataset"),
-        ("validation_dataset_id", "dataset"),
-        ("tokenizer_id", "tokenizer"),
-    ),
-}
-
-
-def referenced_inputs(job_type: str, params: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(parameter name, kind, id) of every stored object a job of this type reads."""
-    return [
-        (f"params.{name}", kind, params[name])
-        for name, kind in _INPUTS.get(job_type, ())
-        if params.get(name)
-    ]
+JOB_CREATE_MODELS = [_create_model(kind) for kind in submittable()]
+if TYPE_CHECKING:
+    JobCreate = JobCreateBase
+else:
+    JobCreate = Annotated[Union[tuple(JOB_CREATE_MODELS)], Field(discriminator="type")]  # noqa: UP007
 
 
 class JobError(BaseModel):

@@ -23,8 +23,12 @@ from sqlalchemy.orm import Session
 from app.db import paginate, utcnow
 from app.errors import InvalidInput, InvalidState, NotFound
 from app.ids import new_id
+from app.jobs.inputs import load_inputs
+from app.jobs.kinds import JobKind
 from app.jobs.states import FINAL_STATES, JobStatus, sources_of
 from app.jobs.tables import Job, JobEvent, JobInput, JobMetric
+from app.storage import LocalStore
+from workers.pipeline.configs.codec import encode
 
 
 @dataclass(frozen=True)
@@ -41,33 +45,38 @@ def request_hash(job_type: str, params: dict[str, Any]) -> str:
 def submit_job(
     *,
     session: Session,
+    store: LocalStore,
     tenant_id: str,
-    job_type: str,
-    params: dict[str, Any],
-    queue: str,
+    kind: JobKind,
+    params: Any,
     max_attempts: int,
     idempotency_key: str | None = None,
-    inputs: Sequence[str] = (),
 ) -> Submitted:
-    """Write a queued job (and the ids of the objects it reads) and commit. Then enqueue its id.
+    """Check the job's inputs, write it queued (with the ids of what it reads) and commit.
+    The caller then enqueues its id.
 
     Raises:
-        InvalidInput: the Idempotency-Key was already used with a different request.
+        InvalidInput: an input is unknown, foreign or not ready; or the Idempotency-Key was
+            already used with a different request.
     """
-    digest = request_hash(job_type, params)
+    params_json = encode(params)
+    digest = request_hash(kind.name, params_json)
     if idempotency_key is not None:
         earlier = _replay(session, tenant_id, idempotency_key, digest)
         if earlier is not None:
             return Submitted(earlier, created=False)
+    inputs = load_inputs(
+        session=session, store=store, tenant_id=tenant_id, kind=kind, params=params, lock=True
+    )
     try:
         job = add_job(
             session=session,
             tenant_id=tenant_id,
-            job_type=job_type,
-            params=params,
-            queue=queue,
+            job_type=kind.name,
+            params=params_json,
+            queue=kind.queue_for(params),
             max_attempts=max_attempts,
-            inputs=inputs,
+            inputs=[resolved.id for resolved in inputs.values()],
             idempotency_key=idempotency_key,
             request_hash=digest,
         )
@@ -186,7 +195,7 @@ def transition(
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def claim_job(*, session: Session, job_id: str, worker_id: str, lease_s: float) -> int | None:
+def claim_job(*, session: Session, job_id: str, owner: str, lease_s: float) -> int | None:
     """Atomically take a queued job for this worker. Returns the new attempt number, or None.
 
     Only one of any number of concurrent deliveries of the same job id can match the
@@ -202,7 +211,7 @@ def claim_job(*, session: Session, job_id: str, worker_id: str, lease_s: float) 
         to=JobStatus.running,
         fence_attempt=current,
         attempt=current + 1,
-        lease_owner=worker_id,
+        lease_owner=owner,
         lease_expires_at=now + timedelta(seconds=lease_s),
         started_at=func.coalesce(Job.started_at, now),
     )

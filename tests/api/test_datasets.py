@@ -27,7 +27,7 @@ def validate(factory: sessionmaker[Session], settings: Settings):  # type: ignor
 
     def run(client: TestClient, auth: dict[str, str], dataset_id: str) -> dict:
         job_id = client.get(f"/v1/datasets/{dataset_id}", headers=auth).json()["job_id"]
-        runner.execute(job_id, worker="t", settings=settings, session_factory=factory, store=store)
+        runner.execute(job_id, owner="t", settings=settings, session_factory=factory, store=store)
         return client.get(f"/v1/datasets/{dataset_id}", headers=auth).json()
 
     return run
@@ -76,7 +76,7 @@ def test_upload_validates_to_ready(client: TestClient, auth: dict[str, str], val
 
     ready = validate(client, auth, dataset["id"])
     assert ready["status"] == "ready"
-    assert (ready["format"], ready["kind"], ready["records"]) == ("jsonl", "text", 20)
+    assert (ready["format"], ready["record_type"], ready["records"]) == ("jsonl", "text", 20)
 
 
 def test_download_returns_the_same_bytes(client: TestClient, auth: dict[str, str]) -> None:
@@ -301,7 +301,7 @@ def test_another_tenants_dataset_is_404(
 
 def run_job(factory: sessionmaker[Session], settings: Settings, job_id: str) -> None:
     store = LocalStore(settings.resolved_storage_dir)
-    runner.execute(job_id, worker="t", settings=settings, session_factory=factory, store=store)
+    runner.execute(job_id, owner="t", settings=settings, session_factory=factory, store=store)
 
 
 def test_prepare_writes_a_cleaned_child_dataset_with_a_report(
@@ -331,7 +331,7 @@ def test_prepare_writes_a_cleaned_child_dataset_with_a_report(
     train = client.get(f"/v1/datasets/{children['train']}", headers=auth).json()
     held_out = client.get(f"/v1/datasets/{children['validation']}", headers=auth).json()
     assert train["parent_id"] == held_out["parent_id"] == source["id"]
-    assert train["status"] == "ready" and train["kind"] == "text"
+    assert train["status"] == "ready" and train["record_type"] == "text"
     assert train["records"] + held_out["records"] == finished["result"]["records_out"]
     assert finished["result"]["records_out"] < len(docs) - 4
     report = client.get(f"/v1/datasets/{children['train']}/report", headers=auth).json()

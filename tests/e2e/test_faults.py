@@ -14,9 +14,9 @@ from functools import partial
 import pytest
 import redis
 
+from app.broker import RUN_JOB, create_celery
 from app.settings import Settings
 from tests.e2e.procs import RedisServer, Stack, StackFactory, TcpProxy, database_url, wait_for
-from workers.celery_app import RUN_JOB, create_celery
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import utcnow
 from app.jobs import service
+from app.jobs.reaper import reap
 from app.jobs.tables import Job
 from app.settings import Settings
 from tests.factories import make_job, make_key
-from workers.reaper import reap
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def age(factory: sessionmaker[Session], job_id: str, **columns: object) -> None:
 
 def claim(factory: sessionmaker[Session], job_id: str) -> None:
     with factory() as session:
-        assert service.claim_job(session=session, job_id=job_id, worker_id="dead", lease_s=5)
+        assert service.claim_job(session=session, job_id=job_id, owner="dead", lease_s=5)
 
 
 def status(factory: sessionmaker[Session], job_id: str) -> tuple[str, int, str | None]:

@@ -29,7 +29,7 @@ def run(factory: sessionmaker[Session], settings: Settings):  # type: ignore[no-
 
     def run(job_id: str, worker: str = "test-worker") -> str | None:
         return runner.execute(
-            job_id, worker=worker, settings=settings, session_factory=factory, store=store
+            job_id, owner=worker, settings=settings, session_factory=factory, store=store
         )
 
     return run

@@ -34,9 +34,7 @@ def test_only_one_of_many_concurrent_claims_wins(
     def claim(i: int) -> None:
         with factory() as session:
             barrier.wait()
-            won.append(
-                service.claim_job(session=session, job_id=job.id, worker_id=f"w{i}", lease_s=5)
-            )
+            won.append(service.claim_job(session=session, job_id=job.id, owner=f"w{i}", lease_s=5))
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
     for t in threads:
@@ -54,7 +52,7 @@ def test_a_cancelled_job_cannot_be_claimed(factory: sessionmaker[Session], tenan
     job = make_job(factory, tenant)
     with factory() as session:
         service.cancel_job(session=session, tenant_id=tenant, job_id=job.id)
-        assert service.claim_job(session=session, job_id=job.id, worker_id="w", lease_s=5) is None
+        assert service.claim_job(session=session, job_id=job.id, owner="w", lease_s=5) is None
 
 
 def test_writes_fenced_by_an_old_attempt_change_nothing(
@@ -62,13 +60,13 @@ def test_writes_fenced_by_an_old_attempt_change_nothing(
 ) -> None:
     job = make_job(factory, tenant)
     with factory() as session:
-        attempt = service.claim_job(session=session, job_id=job.id, worker_id="w", lease_s=5)
+        attempt = service.claim_job(session=session, job_id=job.id, owner="w", lease_s=5)
         assert attempt == 1
         assert service.transition(
             session=session, job_id=job.id, to=JobStatus.queued, fence_attempt=1
         )
         session.commit()
-        assert service.claim_job(session=session, job_id=job.id, worker_id="w2", lease_s=5) == 2
+        assert service.claim_job(session=session, job_id=job.id, owner="w2", lease_s=5) == 2
         # The first attempt comes back from the dead: its heartbeat and its finish both miss.
         assert service.heartbeat(session=session, job_id=job.id, attempt=1, lease_s=5) is None
         assert not service.transition(
@@ -91,7 +89,7 @@ def test_cancel_of_a_running_job_asks_it_to_stop(
 ) -> None:
     job = make_job(factory, tenant)
     with factory() as session:
-        service.claim_job(session=session, job_id=job.id, worker_id="w", lease_s=5)
+        service.claim_job(session=session, job_id=job.id, owner="w", lease_s=5)
         assert (
             service.cancel_job(session=session, tenant_id=tenant, job_id=job.id).status
             == "cancelling"

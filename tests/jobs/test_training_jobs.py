@@ -37,7 +37,7 @@ def run(factory: sessionmaker[Session], settings: Settings):  # type: ignore[no-
     store = LocalStore(settings.resolved_storage_dir)
 
     def run(client: TestClient, auth: dict[str, str], job_id: str) -> dict:
-        runner.execute(job_id, worker="t", settings=settings, session_factory=factory, store=store)
+        runner.execute(job_id, owner="t", settings=settings, session_factory=factory, store=store)
         return client.get(f"/v1/jobs/{job_id}", headers=auth).json()
 
     return run

@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-import app.tables  # noqa: F401  (registers every table on Base.metadata)
+import app.metadata  # noqa: F401  (registers every table on Base.metadata)
 from app.db import Base, make_engine
 from app.migrate import downgrade, upgrade
 from tests.conftest import PG_ADMIN_URL, RUN_ID, drop_database, recreate_database

@@ -1,14 +1,11 @@
+"""``probe``: diagnostics, to prove the whole job path end to end."""
+
 from __future__ import annotations
 
-from dataclasses import asdict
-
-from pydantic import TypeAdapter
-
-from workers.handlers.base import JobContext, Outcome
+from workers.handlers.base import JobContext, Outcome, run_stage
 from workers.pipeline.configs.probe import ProbeConfig
-from workers.pipeline.probe import run_probe
+from workers.pipeline.probe import ProbeInputs
 
 
-def handle(ctx: JobContext) -> Outcome:
-    config = TypeAdapter(ProbeConfig).validate_python(ctx.params)
-    return Outcome(result=asdict(run_probe(config, ctx.hooks)))
+def handle_probe(ctx: JobContext[ProbeConfig]) -> Outcome:
+    return Outcome(result=run_stage(ctx, ctx.params, ProbeInputs()))

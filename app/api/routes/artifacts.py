@@ -26,7 +26,7 @@ def make_router(kind: str, plural: str) -> APIRouter:
 
     def valid(artifact_id: str, session: SessionDep, tenant_id: TenantDep) -> Artifact:
         return service.get_artifact(
-            session=session, tenant_id=tenant_id, kind=kind, artifact_id=artifact_id
+            session=session, tenant_id=tenant_id, category=kind, artifact_id=artifact_id
         )
 
     ArtifactDep = Annotated[Artifact, Depends(valid)]
@@ -36,7 +36,11 @@ def make_router(kind: str, plural: str) -> APIRouter:
         session: SessionDep, tenant_id: TenantDep, page: PageDep
     ) -> Page[ArtifactRead]:
         rows, has_more = service.list_artifacts(
-            session=session, tenant_id=tenant_id, kind=kind, limit=page.limit, after=page.after
+            session=session,
+            tenant_id=tenant_id,
+            category=kind,
+            limit=page.limit,
+            after=page.after,
         )
         return Page[ArtifactRead](data=[service.to_read(r) for r in rows], has_more=has_more)
 

@@ -7,15 +7,15 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from app import layout
 from app.api.deps import PageDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
+from app.broker import enqueue
 from app.datasets import service, upload
 from app.datasets.schemas import DatasetRead, DatasetReport
 from app.datasets.tables import Dataset
 from app.errors import InvalidInput, PayloadTooLarge
-from app.ids import new_id
 from app.jobs.schemas import Page
-from workers.queue import enqueue
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses={401: {"model": ErrorResponse}})
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
@@ -70,8 +70,8 @@ async def create_dataset(
     limit = settings.max_upload_bytes
     if content_length is not None and content_length > limit + MULTIPART_SLACK:
         raise PayloadTooLarge(f"The upload is larger than the limit of {limit} bytes.")
-    dataset_id = new_id("ds")
-    with store.open_write(service.data_key(dataset_id)) as writer:
+    dataset_id = service.new_dataset_id()
+    with store.open_write(layout.dataset_data(dataset_id)) as writer:
         try:
             received = await upload.receive(
                 request.stream(),
@@ -106,7 +106,7 @@ async def create_dataset(
             )
         )
     except BaseException:
-        store.delete(f"datasets/{dataset_id}")
+        store.delete(layout.dataset(dataset_id))
         raise
     enqueue(job.id, job.queue)
     views = await run_in_threadpool(service.to_read, session, [dataset])
@@ -154,7 +154,7 @@ def read_dataset_report(dataset: DatasetDep, session: SessionDep, store: StoreDe
     validation = {
         "format": view.format,
         "compression": view.compression,
-        "kind": view.kind,
+        "record_type": view.record_type,
         "records": view.records,
         "text_bytes": view.text_bytes,
         "errors": view.errors or [],

@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from app.api.deps import SessionDep
 from app.api.errors import ErrorResponse, render
-from workers.queue import broker_reachable
+from app.broker import broker_reachable
 
 router = APIRouter(tags=["health"])
 

@@ -4,21 +4,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from app.api.deps import JobDep, PageDep, SessionDep, SettingsDep, TenantDep
+from app.api.deps import JobDep, PageDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
-from app.artifacts.service import require_artifact
-from app.datasets.service import require_ready
+from app.broker import enqueue
 from app.jobs import service
-from app.jobs.schemas import (
-    JobCreate,
-    JobEventRead,
-    JobMetricRead,
-    JobRead,
-    Page,
-    referenced_inputs,
-)
+from app.jobs.kinds import get_kind
+from app.jobs.schemas import JobCreate, JobEventRead, JobMetricRead, JobRead, Page
 from app.jobs.states import JobStatus
-from workers.queue import enqueue, queue_for
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses={401: {"model": ErrorResponse}})
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
@@ -36,45 +28,26 @@ def create_job(
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
+    store: StoreDep,
     tenant_id: TenantDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobRead:
     """Write the job, commit, then ring the broker with its id. Same Idempotency-Key, same job."""
-    params = body.model_dump(mode="json")["params"]
-    queue = queue_for(body.type, params)
-    inputs = check_inputs(session=session, tenant_id=tenant_id, job_type=body.type, params=params)
     submitted = service.submit_job(
         session=session,
+        store=store,
         tenant_id=tenant_id,
-        job_type=body.type,
-        params=params,
-        queue=queue,
+        kind=get_kind(body.type),
+        params=body.params,
         max_attempts=settings.max_attempts,
         idempotency_key=idempotency_key,
-        inputs=inputs,
     )
     if submitted.created:
-        enqueue(submitted.job.id, queue)
+        enqueue(submitted.job.id, submitted.job.queue)
     else:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
     return JobRead.model_validate(submitted.job)
-
-
-def check_inputs(
-    *, session: SessionDep, tenant_id: str, job_type: str, params: dict[str, Any]
-) -> list[str]:
-    """Every dataset, tokenizer or model the job reads must be the tenant's own (and ready)."""
-    ids = []
-    for param, kind, object_id in referenced_inputs(job_type, params):
-        if kind == "dataset":
-            require_ready(session=session, tenant_id=tenant_id, dataset_id=object_id, param=param)
-        else:
-            require_artifact(
-                session=session, tenant_id=tenant_id, kind=kind, artifact_id=object_id, param=param
-            )
-        ids.append(object_id)
-    return ids
 
 
 @router.get("", response_model=Page[JobRead], summary="List jobs, newest first")

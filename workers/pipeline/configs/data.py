@@ -178,8 +178,6 @@ class PrepareConfig:
     """PII scrubbing."""
     validation_fraction: float = 0.0
     """Share of records routed to validation.jsonl by content hash (0 = no split)."""
-    eval_dataset_id: str | None = None
-    """Dataset to check for train/eval overlap (13-gram contamination); null to skip."""
     drop_contaminated: bool = False
     """Drop training records that share an n-gram with the eval dataset."""
     contamination_ngram: int = 13

@@ -1,4 +1,4 @@
-"""Imports every ORM module so ``Base.metadata`` is complete (for Alembic and the ORM mappers)."""
+"""Completes ``Base.metadata``: imports every ORM module (for Alembic and the ORM mappers)."""
 
 from app.artifacts import tables as artifacts
 from app.datasets import tables as datasets

@@ -1,4 +1,5 @@
-"""The Celery application: a doorbell that carries job ids, never job state.
+"""The doorbell: the Celery application, which carries job ids and never job state, and the one
+place that sends them. The API and the workers both ring it; only workers consume.
 
 Why these settings (see docs/architecture in the README):
 - Early acknowledgement (``task_acks_late=False``) with a prefetch of one: a message is
@@ -13,6 +14,7 @@ Why these settings (see docs/architecture in the README):
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -20,6 +22,8 @@ from celery import Celery
 from kombu.entity import Queue
 
 from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 RUN_JOB = "gristmill.jobs.run"
 QUEUES = ("cpu", "gpu")
@@ -77,3 +81,29 @@ def create_celery(settings: Settings | None = None) -> Celery:
 def get_celery() -> Celery:
     """The process's Celery app, built from the environment's settings on first use."""
     return create_celery()
+
+
+def enqueue(job_id: str, queue: str) -> bool:
+    """Send the job's id to its queue. Returns False when the broker is unreachable.
+
+    A failure here loses nothing: the job is committed as ``queued`` and the reaper sends it again.
+    """
+    try:
+        get_celery().send_task(RUN_JOB, args=[job_id], queue=queue, retry=False)
+    except Exception:
+        log.warning("broker unreachable; job %s stays queued for the reaper", job_id, exc_info=True)
+        return False
+    return True
+
+
+def broker_reachable(timeout_s: float = 2.0) -> bool:
+    """Whether a connection to the broker can be opened now (for readiness checks)."""
+    try:
+        with get_celery().connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout_s)
+            if conn.transport_cls == "filesystem" or "filesystem" in conn.transport.driver_type:
+                return True
+            conn.default_channel  # noqa: B018  (opens a channel: proves the server answers)
+    except Exception:
+        return False
+    return True

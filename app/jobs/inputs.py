@@ -1,0 +1,102 @@
+"""The stored objects a job reads: found, tenant-checked and located in one place.
+
+The API calls :func:`load_inputs` before it queues a job (an unknown, foreign or unready input is a
+400 naming the parameter), and the runner calls it again before the handler runs (the object may
+have been deleted meanwhile), so both apply the same rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.artifacts import service as artifacts
+from app.datasets import service as datasets
+from app.errors import InvalidInput, NotFound
+from app.jobs.kinds import InputKind, InputRef, JobKind
+from app.storage import LocalStore
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An input as a handler uses it: where its bytes are and how to read them."""
+
+    id: str
+    kind: InputKind
+    name: str
+    path: Path
+    """A dataset's file, or a tokenizer's or model's folder."""
+    format: str | None
+    compression: str | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+    lineage: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def load_inputs(
+    *,
+    session: Session,
+    store: LocalStore,
+    tenant_id: str,
+    kind: JobKind,
+    params: Any,
+    lock: bool = False,
+) -> dict[str, Resolved]:
+    """Every input the parameters name, by parameter name.
+
+    ``lock`` holds a shared row lock on each dataset until the caller commits, so a concurrent
+    delete waits and then sees the new job as a reader (and refuses) instead of racing it.
+
+    Raises:
+        InvalidInput: an input is unknown, another tenant's (indistinguishable), or not ready;
+            ``param`` names it as ``params.<name>``.
+    """
+    return {
+        item.param: _load(session, store, tenant_id, item, object_id, lock)
+        for item, object_id in kind.referenced(params)
+    }
+
+
+def _load(
+    session: Session,
+    store: LocalStore,
+    tenant_id: str,
+    item: InputRef,
+    object_id: str,
+    lock: bool,
+) -> Resolved:
+    param = f"params.{item.param}"
+    try:
+        if item.kind == "dataset":
+            dataset = datasets.get_dataset(
+                session=session, tenant_id=tenant_id, dataset_id=object_id, lock=lock
+            )
+            if item.ready:
+                datasets.check_ready(dataset, param=param)
+            return Resolved(
+                id=dataset.id,
+                kind="dataset",
+                name=dataset.name,
+                path=store.local_path(dataset.storage_key),
+                format=dataset.format,
+                compression=dataset.compression,
+                options=dict(dataset.options),
+            )
+        artifact = artifacts.get_artifact(
+            session=session, tenant_id=tenant_id, category=item.kind, artifact_id=object_id
+        )
+    except NotFound as err:
+        raise InvalidInput(err.message, code=err.code, param=param) from None
+    return Resolved(
+        id=artifact.id,
+        kind=item.kind,
+        name=artifact.name,
+        path=store.local_path(artifact.uri),
+        format=artifact.format,
+        lineage=dict(artifact.lineage),
+        details=dict(artifact.details),
+    )

@@ -1,0 +1,40 @@
+"""Where everything lives in the artifact store: the one place that spells out storage keys."""
+
+from __future__ import annotations
+
+
+def dataset(dataset_id: str) -> str:
+    """A dataset's folder: its bytes and, for a prepared one, its report."""
+    return f"datasets/{dataset_id}"
+
+
+def dataset_data(dataset_id: str) -> str:
+    return f"{dataset(dataset_id)}/data"
+
+
+def dataset_report(dataset_id: str) -> str:
+    return f"{dataset(dataset_id)}/report.json"
+
+
+def artifact(category: str, artifact_id: str) -> str:
+    """A tokenizer's or model's folder (``tokenizers/tok_…``, ``models/mdl_…``)."""
+    return f"{category}s/{artifact_id}"
+
+
+def job(job_id: str) -> str:
+    return f"jobs/{job_id}"
+
+
+def job_work(job_id: str) -> str:
+    """Checkpoints and scratch: kept across attempts so a retry resumes."""
+    return f"{job(job_id)}/work"
+
+
+def job_output(job_id: str) -> str:
+    """Finished products of one attempt, before they are registered."""
+    return f"{job(job_id)}/output"
+
+
+def cache(tenant_id: str) -> str:
+    """Derived data (token shards) a tenant's jobs reuse; never shared across tenants."""
+    return f"cache/{tenant_id}"
