@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     """A job still ``queued`` this long after its last enqueue is sent to the broker again."""
     max_attempts: int = Field(3, ge=1, le=100)
     """Attempts a job gets when workers die under it, before it fails."""
+    job_stall_seconds: float = Field(1800.0, gt=0)
+    """A running job's lease is renewed only while its stage reported progress within this long;
+    a hung stage loses its lease, and its process is ended, so it never holds a job for ever."""
+    job_time_limit_grace_seconds: float = Field(60.0, ge=0)
+    """After a job's time limit its stage is asked to stop (saving a checkpoint); this long
+    after that the job is failed and its processes are killed."""
     metrics_flush_seconds: float = Field(2.0, gt=0)
     """How often a running job writes its buffered metrics."""
     broker_visibility_timeout_seconds: int = Field(3600, ge=10)

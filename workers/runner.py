@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -36,12 +38,14 @@ from app.errors import GristmillError
 from app.jobs import service
 from app.jobs.inputs import load_inputs
 from app.jobs.kinds import KINDS
+from app.jobs.reaper import TIME_LIMIT_MESSAGE
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.logging import bind
 from app.settings import Settings
 from app.storage import LocalStore
 from workers.handlers.base import Handler, JobContext, Outcome
+from workers.launch import kill_launched_groups
 from workers.pipeline.configs.codec import decode
 from workers.pipeline.types import (
     Hooks,
@@ -71,12 +75,22 @@ def parent_draining() -> bool:
     return drain_marker(os.getppid()).exists()
 
 
+def end_this_process() -> None:
+    """The last resort for a stage that ignores every request to stop: kill its process group
+    (torchrun ranks included) and this process. The pool replaces the process."""
+    kill_launched_groups()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 class JobMonitor:
     """A thread that about once a second renews the lease, notices cancellation, flushes metrics.
 
     Database outages are ridden out: rows stay buffered and the next tick retries. ``should_stop``
     turns True when the job is cancelled, when its lease is found lost (the reaper gave the job to
-    another attempt), or when the worker is shutting down (``draining``).
+    another attempt), when the worker is shutting down (``draining``), or when the job's time
+    limit has passed. The lease is renewed only while the stage shows signs of life (progress or
+    events within ``job_stall_seconds``), so a hung stage cannot hold its job for ever; one that
+    stays hung past its lease, or past the time limit's grace, has its process ended (``on_hung``).
     """
 
     def __init__(
@@ -86,13 +100,20 @@ class JobMonitor:
         job_id: str,
         attempt: int,
         draining: Callable[[], bool] = parent_draining,
+        *,
+        time_left_s: float = math.inf,
+        on_hung: Callable[[], None] = end_this_process,
     ):
         self.factory, self.settings = factory, settings
         self.job_id, self.attempt = job_id, attempt
         self.draining = draining
+        self.on_hung = on_hung
         self.cancel_requested = threading.Event()
         self.lease_lost = threading.Event()
         self.preempted = threading.Event()
+        self.time_limited = threading.Event()
+        self.deadline = time.monotonic() + time_left_s
+        self._last_sign = time.monotonic()
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._metrics: dict[tuple[int, str], float] = {}
@@ -114,9 +135,13 @@ class JobMonitor:
         self._flush()
 
     def should_stop(self) -> bool:
-        return any(e.is_set() for e in (self.cancel_requested, self.lease_lost, self.preempted))
+        return any(
+            e.is_set()
+            for e in (self.cancel_requested, self.lease_lost, self.preempted, self.time_limited)
+        )
 
     def on_progress(self, progress: Progress) -> None:
+        self._last_sign = time.monotonic()
         elapsed = time.monotonic() - self._started
         info: dict[str, Any] = {"step": progress.step, "total": progress.total}
         if progress.total:
@@ -135,6 +160,7 @@ class JobMonitor:
     def on_event(
         self, message: str, data: Mapping[str, Any] | None = None, level: str = "info"
     ) -> None:
+        self._last_sign = time.monotonic()
         log.info("%s", message)
         with self._lock:
             self._events.append(
@@ -148,6 +174,9 @@ class JobMonitor:
             if self.draining() and not self.preempted.is_set():
                 log.warning("worker shutting down: stopping the job to resume elsewhere")
                 self.preempted.set()
+            if self._past_limits():
+                return
+            stalled = time.monotonic() - self._last_sign > self.settings.job_stall_seconds
             try:
                 with self.factory() as session:
                     status = service.heartbeat(
@@ -155,6 +184,7 @@ class JobMonitor:
                         job_id=self.job_id,
                         attempt=self.attempt,
                         lease_s=self.settings.job_lease_seconds,
+                        renew=not stalled,
                     )
                 if status is None:
                     log.warning("lease lost: another attempt owns this job now")
@@ -163,9 +193,40 @@ class JobMonitor:
                     self.cancel_requested.set()
             except DBAPIError:
                 log.warning("heartbeat failed; will retry", exc_info=True)
+            if stalled and self.lease_lost.is_set():
+                log.error("the stage reported nothing for %.0f s and lost its lease; ending it",
+                          time.monotonic() - self._last_sign)  # fmt: skip
+                self._flush()
+                self.on_hung()
+                return
             if time.monotonic() - last_flush >= self.settings.metrics_flush_seconds:
                 self._flush()
                 last_flush = time.monotonic()
+
+    def _past_limits(self) -> bool:
+        """Ask the stage to stop at the time limit; end it if it has not stopped after the grace.
+        Returns True when the monitor has nothing left to do."""
+        now = time.monotonic()
+        if now < self.deadline:
+            return False
+        if not self.time_limited.is_set():
+            self.time_limited.set()
+            self.on_event("time limit reached; stopping", level="warning")
+        if now < self.deadline + self.settings.job_time_limit_grace_seconds:
+            return False
+        log.error("the stage did not stop within the grace after its time limit; ending it")
+        self._flush()
+        with session_scope(self.factory) as session:
+            service.transition(
+                session=session,
+                job_id=self.job_id,
+                to=JobStatus.failed,
+                fence_attempt=self.attempt,
+                error_code="job.time_limit",
+                error_message=TIME_LIMIT_MESSAGE,
+            )
+        self.on_hung()
+        return True
 
     def _flush(self) -> None:
         with self._lock:
@@ -223,8 +284,13 @@ def execute(
     settings: Settings,
     session_factory: sessionmaker[Session],
     store: LocalStore,
+    on_hung: Callable[[], None] = end_this_process,
 ) -> str | None:
-    """Run one job if this delivery wins the claim. Returns the final status it wrote, if any."""
+    """Run one job if this delivery wins the claim. Returns the final status it wrote, if any.
+
+    ``on_hung`` ends a stage that ignores its time limit or hangs past its lease (tests pass a
+    harmless one; in a worker it kills the pool process, which the pool replaces).
+    """
     with session_factory() as session:
         attempt = service.claim_job(
             session=session, job_id=job_id, owner=owner, lease_s=settings.job_lease_seconds
@@ -234,8 +300,12 @@ def execute(
             return None
         job = session.get_one(Job, job_id)
         tenant_id, job_type, raw_params = job.tenant_id, job.type, dict(job.params)
+        started = job.started_at or utcnow()
+        time_left = job.time_limit_s - (utcnow() - started).total_seconds()
     with bind(job_id=job_id, attempt=attempt, job_type=job_type):
-        monitor = JobMonitor(session_factory, settings, job_id, attempt)
+        monitor = JobMonitor(
+            session_factory, settings, job_id, attempt, time_left_s=time_left, on_hung=on_hung
+        )
         monitor.on_event(f"attempt {attempt} started")
         log.info("attempt %s started on %s", attempt, owner)
         monitor.start()
@@ -302,6 +372,9 @@ def _run_and_finish(
     except StageCancelled:
         if monitor.lease_lost.is_set():
             return None
+        if monitor.time_limited.is_set() and not monitor.cancel_requested.is_set():
+            return _finish(att, monitor, JobStatus.failed, error_code="job.time_limit",
+                           error_message=TIME_LIMIT_MESSAGE)  # fmt: skip
         if monitor.preempted.is_set() and not monitor.cancel_requested.is_set():
             return _requeue(att, monitor, "the worker shut down", preempted=True)
         return _finish(att, monitor, JobStatus.cancelled)

@@ -33,6 +33,8 @@ Queue = Literal["cpu", "gpu"]
 # The largest accelerator memory a single device offers (an 80 GB H100/A100); shapes that need
 # more per device are refused at submission rather than after a GPU was found for them.
 MAX_DEVICE_MEMORY_BYTES = 80 * 10**9
+HOUR = 3600.0
+DAY = 24 * HOUR
 
 
 def ref(kind: InputKind, *, optional: bool = False, ready: bool = True) -> Any:
@@ -66,9 +68,13 @@ class JobKind:
     outputs: tuple[OutputKind, ...] = ()
     queue: Queue | Callable[[Any], Queue] = "cpu"
     stage: str | None = None
-    """The pipeline entry torchrun children run when the job asks for several devices."""
+    """The pipeline entry the handler runs: in its process, or in every torchrun child when the
+    job asks for several devices."""
     submittable: bool = True
     """False for kinds only the service itself creates (validation after an upload)."""
+    time_limit_s: float = DAY
+    """The longest a job of this kind may run (from its first start); a job's own
+    ``max_runtime_s`` may only lower it."""
 
     def queue_for(self, params: Any) -> Queue:
         return self.queue if isinstance(self.queue, str) else self.queue(params)
@@ -153,12 +159,15 @@ KINDS: dict[str, JobKind] = {
             params=ProbeConfig,
             queue=_probe_queue,
             handler="workers.handlers.probe:handle_probe",
+            time_limit_s=2 * HOUR,
+            stage="workers.pipeline.probe:run_probe",
         ),
         JobKind(
             name="validate",
             summary="Check an uploaded dataset: format, compression, records, errors by line.",
             params=ValidateParams,
             handler="workers.handlers.datasets:handle_validate",
+            stage="workers.pipeline.validate:run_validate",
             submittable=False,
         ),
         JobKind(
@@ -170,6 +179,7 @@ KINDS: dict[str, JobKind] = {
             params=PrepareParams,
             outputs=("dataset",),
             handler="workers.handlers.datasets:handle_prepare",
+            stage="workers.pipeline.prepare:run_prepare",
         ),
         JobKind(
             name="tokenizer",
@@ -177,6 +187,7 @@ KINDS: dict[str, JobKind] = {
             params=TokenizerParams,
             outputs=("tokenizer",),
             handler="workers.handlers.training:handle_tokenizer",
+            stage="workers.pipeline.tokenizer:run_tokenizer",
         ),
         JobKind(
             name="pretrain",
@@ -188,6 +199,7 @@ KINDS: dict[str, JobKind] = {
             outputs=("tokenizer", "model"),
             queue="gpu",
             handler="workers.handlers.training:handle_pretrain",
+            time_limit_s=30 * DAY,
             stage="workers.pipeline.pretrain:run_pretrain",
         ),
     )

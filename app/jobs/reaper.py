@@ -32,6 +32,8 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
+TIME_LIMIT_MESSAGE = "The job ran past its time limit (max_runtime_s or its kind's limit)."
+
 Enqueue = Callable[[str, str], bool]
 
 
@@ -57,14 +59,19 @@ def _expire_leases(
 ) -> None:
     now = utcnow()
     with factory() as session:
-        expired = session.execute(
-            select(Job.id, Job.status, Job.attempt, Job.max_attempts, Job.queue).where(
-                Job.status.in_([JobStatus.running.value, JobStatus.cancelling.value]),
-                Job.lease_expires_at < now,
+        expired = (
+            session.execute(
+                select(Job).where(
+                    Job.status.in_([JobStatus.running.value, JobStatus.cancelling.value]),
+                    Job.lease_expires_at < now,
+                )
             )
-        ).all()
-        for job_id, status, attempt, max_attempts, queue in expired:
-            target, values, message = _after_lost_worker(JobStatus(status), attempt, max_attempts)
+            .scalars()
+            .all()
+        )
+        for job in expired:
+            job_id, attempt, queue = job.id, job.attempt, job.queue
+            target, values, message = _after_lost_worker(job)
             if not service.transition(
                 session=session, job_id=job_id, to=target, fence_attempt=attempt, **values
             ):
@@ -83,12 +90,15 @@ def _expire_leases(
                 report.cancelled += 1
 
 
-def _after_lost_worker(
-    status: JobStatus, attempt: int, max_attempts: int
-) -> tuple[JobStatus, dict[str, Any], str]:
+def _after_lost_worker(job: Job) -> tuple[JobStatus, dict[str, Any], str]:
     """Where a job goes when its worker is gone: cancelled, failed, or queued to try again."""
-    if status == JobStatus.cancelling:
+    attempt, max_attempts = job.attempt, job.max_attempts
+    if job.status == JobStatus.cancelling:
         return JobStatus.cancelled, {}, "worker lost while cancelling; job cancelled"
+    started = job.started_at or utcnow()
+    if (utcnow() - started).total_seconds() > job.time_limit_s:
+        limit = {"error_code": "job.time_limit", "error_message": TIME_LIMIT_MESSAGE}
+        return JobStatus.failed, limit, "worker lost after the time limit; job failed"
     if attempt >= max_attempts:
         error = (
             f"The worker running this job stopped responding on each of its {attempt} attempts; "

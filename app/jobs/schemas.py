@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Uni
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from app.jobs.kinds import JobKind, submittable
+from app.jobs.kinds import DAY, JobKind, submittable
 from app.jobs.states import JobStatus
 
 
@@ -41,6 +41,13 @@ class JobCreateBase(RequestModel):
 
     type: str
     params: Any
+    max_runtime_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=30 * DAY,
+        description="Fail the job (job.time_limit) after it has run this long; at most the "
+        "limit of its kind.",
+    )
 
 
 def _create_model(kind: JobKind) -> type[JobCreateBase]:
@@ -81,6 +88,7 @@ class JobRead(BaseModel):
     params: dict[str, Any]
     attempt: int
     max_attempts: int
+    time_limit_s: float
     progress: dict[str, Any] | None
     result: dict[str, Any] | None
     error: JobError | None

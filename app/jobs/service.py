@@ -50,6 +50,7 @@ def submit_job(
     kind: JobKind,
     params: Any,
     max_attempts: int,
+    max_runtime_s: float | None = None,
     idempotency_key: str | None = None,
 ) -> Submitted:
     """Check the job's inputs, write it queued (with the ids of what it reads) and commit.
@@ -60,7 +61,8 @@ def submit_job(
             already used with a different request.
     """
     params_json = encode(params)
-    digest = request_hash(kind.name, params_json)
+    time_limit = min(max_runtime_s or kind.time_limit_s, kind.time_limit_s)
+    digest = request_hash(kind.name, {"params": params_json, "max_runtime_s": max_runtime_s})
     if idempotency_key is not None:
         earlier = _replay(session, tenant_id, idempotency_key, digest)
         if earlier is not None:
@@ -76,6 +78,7 @@ def submit_job(
             params=params_json,
             queue=kind.queue_for(params),
             max_attempts=max_attempts,
+            time_limit_s=time_limit,
             inputs=[resolved.id for resolved in inputs.values()],
             idempotency_key=idempotency_key,
             request_hash=digest,
@@ -101,6 +104,7 @@ def add_job(
     params: dict[str, Any],
     queue: str,
     max_attempts: int,
+    time_limit_s: float = 86400.0,
     inputs: Sequence[str] = (),
     idempotency_key: str | None = None,
     request_hash: str | None = None,
@@ -114,6 +118,7 @@ def add_job(
         queue=queue,
         params=params,
         max_attempts=max_attempts,
+        time_limit_s=time_limit_s,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         enqueued_at=utcnow(),
@@ -230,15 +235,23 @@ def mark_enqueued(*, session: Session, job_id: str, seen: datetime | None) -> bo
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def heartbeat(*, session: Session, job_id: str, attempt: int, lease_s: float) -> JobStatus | None:
-    """Extend the lease of this attempt. Returns the job's status, or None if the lease is lost."""
+def heartbeat(
+    *, session: Session, job_id: str, attempt: int, lease_s: float, renew: bool = True
+) -> JobStatus | None:
+    """Extend the lease of this attempt (or, with ``renew=False``, only look at it). Returns the
+    job's status, or None if the lease is lost (another attempt owns the job, or it expired)."""
+    owned = [
+        Job.id == job_id,
+        Job.attempt == attempt,
+        Job.status.in_([JobStatus.running.value, JobStatus.cancelling.value]),
+    ]
+    if not renew:
+        status = session.scalar(select(Job.status).where(*owned, Job.lease_expires_at > utcnow()))
+        session.commit()
+        return JobStatus(status) if status is not None else None
     result = session.execute(
         update(Job)
-        .where(
-            Job.id == job_id,
-            Job.attempt == attempt,
-            Job.status.in_([JobStatus.running.value, JobStatus.cancelling.value]),
-        )
+        .where(*owned)
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
         .returning(Job.status)
     )

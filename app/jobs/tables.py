@@ -28,6 +28,7 @@ class Job(Base):
     params: Mapped[dict[str, Any]]
     attempt: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int]
+    time_limit_s: Mapped[float] = mapped_column(Float, default=86400.0)
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     progress: Mapped[dict[str, Any] | None] = mapped_column(default=None)

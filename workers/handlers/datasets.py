@@ -10,9 +10,9 @@ from app.datasets.service import NewDataset, ValidationVerdict, new_dataset_id
 from app.jobs.kinds import PrepareParams, ValidateParams
 from workers.handlers.base import JobContext, Outcome, Output, run_stage, stage_config
 from workers.pipeline.configs.data import PrepareConfig, ValidateConfig
-from workers.pipeline.formats import ValidateInputs
 from workers.pipeline.prepare import PrepareInputs
 from workers.pipeline.types import PipelineError
+from workers.pipeline.validate import ValidateInputs
 
 
 def handle_validate(ctx: JobContext[ValidateParams]) -> Outcome:
@@ -20,7 +20,8 @@ def handle_validate(ctx: JobContext[ValidateParams]) -> Outcome:
     dataset = ctx.inputs["dataset_id"]
     values: dict[str, Any]
     try:
-        result = run_stage(ctx, ValidateConfig(), ValidateInputs(file=ctx.dataset("dataset_id")))
+        inputs = ValidateInputs(upload=dataset.path, options=dataset.options)
+        result = run_stage(ctx, ValidateConfig(), inputs)
     except PipelineError as err:
         values = {"status": "failed", "errors": [{"code": err.code, "reason": err.message}]}
     else:

@@ -35,7 +35,7 @@ def handle_pretrain(ctx: JobContext[PretrainParams]) -> Outcome:
     else:
         # Trained here, before any launch, so every rank of a multi-process run reads one copy.
         tokenizer_dir, trained = ensure_tokenizer(
-            params.tokenizer or TokenizerConfig(), ctx.paths, ctx.hooks, train=train
+            params.tokenizer or TokenizerConfig(), TokenizerInputs(train), ctx.paths, ctx.hooks
         )
         tokenizer = NewArtifact(
             id=new_artifact_id("tokenizer"),

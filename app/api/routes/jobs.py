@@ -40,6 +40,7 @@ def create_job(
         kind=get_kind(body.type),
         params=body.params,
         max_attempts=settings.max_attempts,
+        max_runtime_s=body.max_runtime_s,
         idempotency_key=idempotency_key,
     )
     if submitted.created:

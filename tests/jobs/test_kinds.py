@@ -1,0 +1,70 @@
+"""Every job kind is declared once and everything else derives from it: walk the registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import typing
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.jobs.kinds import KINDS, JobKind
+from workers.pipeline.configs.codec import decode, encode
+from workers.pipeline.types import Hooks, RunPaths
+from workers.runner import handler_for
+
+PLACEHOLDER_ID = "ds_01JAAAAAAAAAAAAAAAAAAAAAAA"
+
+
+def example_params(kind: JobKind) -> dict[str, object]:
+    """The smallest valid parameters: every required field is an input reference."""
+    required = [
+        f
+        for f in dataclasses.fields(kind.params)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    assert all("ref" in f.metadata for f in required), "required fields must be input references"
+    return {f.name: PLACEHOLDER_ID for f in required}
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=list(KINDS))
+def test_every_kind_validates_an_example_routes_and_finds_its_handler_and_stage(
+    kind: JobKind,
+) -> None:
+    params = decode(kind.params, example_params(kind))
+    assert decode(kind.params, encode(params)) == params  # the codec round-trips
+    assert kind.queue_for(params) in ("cpu", "gpu")
+    assert callable(handler_for(kind.handler))
+    assert kind.stage is not None and kind.stage.startswith("workers.pipeline.")
+    module, function = kind.stage.split(":")
+    stage = getattr(importlib.import_module(module), function)
+    hints = typing.get_type_hints(stage)
+    assert list(inspect.signature(stage).parameters)[:4] == ["config", "inputs", "paths", "hooks"]
+    assert (hints["paths"], hints["hooks"]) == (RunPaths, Hooks)
+    assert dataclasses.is_dataclass(hints["config"]) and dataclasses.is_dataclass(hints["inputs"])
+    for item in kind.inputs:
+        assert item.kind in ("dataset", "tokenizer", "model")
+
+
+def test_the_request_schema_lists_every_submittable_kind(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    submittable = {name for name, kind in KINDS.items() if kind.submittable}
+    declared = {
+        schema[name]["properties"]["type"]["const"]
+        for name in schema
+        if name.endswith("JobCreate") and name != "JobCreateBase"
+    }
+    assert declared == submittable
+    assert "validate" not in declared  # created by uploads only
+
+
+def test_input_references_come_from_the_params_dataclass_alone() -> None:
+    pretrain = KINDS["pretrain"]
+    assert [(i.param, i.kind) for i in pretrain.inputs] == [
+        ("dataset_id", "dataset"),
+        ("validation_dataset_id", "dataset"),
+        ("tokenizer_id", "tokenizer"),
+    ]
+    assert not KINDS["validate"].inputs[0].ready  # validation reads a dataset not ready yet
