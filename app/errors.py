@@ -18,6 +18,12 @@ class InvalidInput(GristmillError):
     code = "invalid_input"
 
 
+class InvalidParameter(InvalidInput):
+    """A job parameter that is well-formed but impossible here (too big for the queue's devices)."""
+
+    code = "invalid_parameter"
+
+
 class NotFound(GristmillError):
     code = "not_found"
 

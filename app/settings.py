@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     broker_visibility_timeout_seconds: int = Field(3600, ge=10)
     """Redis: when an unacknowledged (prefetched, not yet started) message is handed out again."""
 
+    queue_devices: dict[str, int] = Field(default_factory=dict)
+    """Devices one worker of each queue offers a job (GPUs, or processes on a CPU-only worker),
+    e.g. ``{"gpu": 8}``; a job asking for more is refused. Queues not listed offer 1."""
+    queue_device_memory_gb: dict[str, float] = Field(default_factory=dict)
+    """Memory of one device of each queue's device class in GB, e.g. ``{"gpu": 141}``; the
+    memory pre-flight refuses jobs that would not fit. Unlisted: this machine's RAM for the
+    ``cpu`` queue and in the embedded profile (whose worker runs every queue on the CPU),
+    80 GB for ``gpu`` in production."""
+    queue_accelerated: dict[str, bool] = Field(default_factory=dict)
+    """Whether a queue's workers have CUDA devices. Unlisted: ``gpu`` in production only."""
+
     max_upload_bytes: int = Field(20 * 1024**3, gt=0)
     """Largest dataset upload accepted."""
 

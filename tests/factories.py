@@ -28,6 +28,7 @@ def make_job(
     job_type: str = "probe",
     params: dict[str, Any] | None = None,
     max_attempts: int = 3,
+    max_runtime_s: float | None = None,
 ) -> Job:
     """A queued job submitted as the API would: parameters decoded and inputs checked."""
     defaults = {"duration_s": 0.5, "matmul_size": 64} if job_type == "probe" else {}
@@ -40,4 +41,5 @@ def make_job(
             kind=kind,
             params=decode(kind.params, {**defaults, **(params or {})}),
             max_attempts=max_attempts,
+            max_runtime_s=max_runtime_s,
         ).job

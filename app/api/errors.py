@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 STATUS: dict[type[errors.GristmillError], int] = {
     errors.InvalidInput: 400,
+    errors.InvalidParameter: 422,
     errors.InvalidState: 400,
     errors.Unauthorized: 401,
     errors.NotFound: 404,

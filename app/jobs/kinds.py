@@ -13,10 +13,12 @@ A test walks every kind and resolves both paths, so a misspelt one fails in CI, 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.settings import Settings
 from workers.pipeline.configs.base import ConfigError
 from workers.pipeline.configs.data import PrepareConfig
 from workers.pipeline.configs.probe import ProbeConfig
@@ -30,9 +32,8 @@ InputKind = Literal["dataset", "tokenizer", "model"]
 OutputKind = Literal["dataset", "tokenizer", "model"]
 Queue = Literal["cpu", "gpu"]
 
-# The largest accelerator memory a single device offers (an 80 GB H100/A100); shapes that need
-# more per device are refused at submission rather than after a GPU was found for them.
-MAX_DEVICE_MEMORY_BYTES = 80 * 10**9
+# Device memory assumed for the gpu queue in production when the operator names none (H100/A100).
+DEFAULT_GPU_MEMORY_GB = 80.0
 HOUR = 3600.0
 DAY = 24 * HOUR
 
@@ -48,6 +49,32 @@ def ref(kind: InputKind, *, optional: bool = False, ready: bool = True) -> Any:
     if optional:
         return field(default=None, kw_only=True, metadata=meta)
     return field(kw_only=True, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What one worker of a queue offers one job: checked before the job is queued."""
+
+    devices: int
+    device_memory_bytes: int
+    accelerated: bool
+
+
+def queue_capacity(settings: Settings, queue: str) -> Capacity:
+    on_cpu = queue == "cpu" or settings.is_embedded
+    accelerated = settings.queue_accelerated.get(queue, not on_cpu)
+    memory_gb = settings.queue_device_memory_gb.get(queue)
+    if memory_gb is None:
+        memory_gb = _ram_gb() if on_cpu else DEFAULT_GPU_MEMORY_GB
+    return Capacity(
+        devices=settings.queue_devices.get(queue, 1),
+        device_memory_bytes=int(memory_gb * 1e9),
+        accelerated=accelerated,
+    )
+
+
+def _ram_gb() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
 
 
 @dataclass(frozen=True)
@@ -75,6 +102,9 @@ class JobKind:
     time_limit_s: float = DAY
     """The longest a job of this kind may run (from its first start); a job's own
     ``max_runtime_s`` may only lower it."""
+    preflight: Callable[[Any, Capacity], None] | None = None
+    """Checks the parameters against what the queue's workers offer (devices, memory); raises
+    ``ConfigError`` naming the parameter."""
 
     def queue_for(self, params: Any) -> Queue:
         return self.queue if isinstance(self.queue, str) else self.queue(params)
@@ -133,15 +163,29 @@ class PretrainParams(PretrainConfig):
         super().__post_init__()
         if self.tokenizer_id is not None and self.tokenizer is not None:
             raise ConfigError("tokenizer", "give tokenizer_id or an inline tokenizer, not both")
-        vocab = self.tokenizer.vocab_size if self.tokenizer else TokenizerConfig().vocab_size
-        need = estimate_memory_bytes(self.model, self, vocab_size=vocab)
-        if need > MAX_DEVICE_MEMORY_BYTES:
-            raise ConfigError(
-                "micro_batch_size",
-                f"this shape and micro batch need about {need / 1e9:.0f} GB per device, more "
-                f"than {MAX_DEVICE_MEMORY_BYTES / 1e9:.0f} GB; lower micro_batch_size, "
-                "the context length or the model size",
-            )
+
+
+def check_devices(devices: int, capacity: Capacity) -> None:
+    if devices > capacity.devices:
+        raise ConfigError(
+            "devices",
+            f"{devices} devices asked for; this queue's workers offer {capacity.devices}",
+        )
+
+
+def _pretrain_preflight(params: PretrainParams, capacity: Capacity) -> None:
+    check_devices(params.devices, capacity)
+    if params.compile and not capacity.accelerated:
+        raise ConfigError("compile", "torch.compile is for CUDA workers; this queue runs on CPU")
+    vocab = params.tokenizer.vocab_size if params.tokenizer else TokenizerConfig().vocab_size
+    need = estimate_memory_bytes(params.model, params, vocab_size=vocab)
+    if need > capacity.device_memory_bytes:
+        raise ConfigError(
+            "micro_batch_size",
+            f"this shape and micro batch need about {need / 1e9:.1f} GB per device, more than "
+            f"the {capacity.device_memory_bytes / 1e9:.0f} GB this queue's devices have; lower "
+            "micro_batch_size, the context length or the model size",
+        )
 
 
 def _probe_queue(params: ProbeConfig) -> Queue:
@@ -200,6 +244,7 @@ KINDS: dict[str, JobKind] = {
             queue="gpu",
             handler="workers.handlers.training:handle_pretrain",
             time_limit_s=30 * DAY,
+            preflight=_pretrain_preflight,
             stage="workers.pipeline.pretrain:run_pretrain",
         ),
     )

@@ -21,13 +21,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import paginate, utcnow
-from app.errors import InvalidInput, InvalidState, NotFound
+from app.errors import InvalidInput, InvalidParameter, InvalidState, NotFound
 from app.ids import new_id
 from app.jobs.inputs import load_inputs
-from app.jobs.kinds import JobKind
+from app.jobs.kinds import Capacity, JobKind
 from app.jobs.states import FINAL_STATES, JobStatus, sources_of
 from app.jobs.tables import Job, JobEvent, JobInput, JobMetric
 from app.storage import LocalStore
+from workers.pipeline.configs.base import ConfigError
 from workers.pipeline.configs.codec import encode
 
 
@@ -50,6 +51,7 @@ def submit_job(
     kind: JobKind,
     params: Any,
     max_attempts: int,
+    capacity: Capacity | None = None,
     max_runtime_s: float | None = None,
     idempotency_key: str | None = None,
 ) -> Submitted:
@@ -59,7 +61,16 @@ def submit_job(
     Raises:
         InvalidInput: an input is unknown, foreign or not ready; or the Idempotency-Key was
             already used with a different request.
+        InvalidParameter: the parameters ask for more than the queue's workers offer.
     """
+    if kind.preflight is not None and capacity is not None:
+        try:
+            kind.preflight(params, capacity)
+        except ConfigError as err:
+            raise InvalidParameter(
+                f"Invalid value for 'params.{err.field}': {err.message}",
+                param=f"params.{err.field}",
+            ) from None
     params_json = encode(params)
     time_limit = min(max_runtime_s or kind.time_limit_s, kind.time_limit_s)
     digest = request_hash(kind.name, {"params": params_json, "max_runtime_s": max_runtime_s})

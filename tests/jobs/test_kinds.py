@@ -68,3 +68,38 @@ def test_input_references_come_from_the_params_dataclass_alone() -> None:
         ("tokenizer_id", "tokenizer"),
     ]
     assert not KINDS["validate"].inputs[0].ready  # validation reads a dataset not ready yet
+
+
+def test_the_memory_preflight_uses_the_queue_device_class() -> None:
+    """The same shape is refused on an 80 GB device class and accepted on a 141 GB one."""
+    from app.jobs.kinds import Capacity
+    from workers.pipeline.configs.base import ConfigError
+    from workers.pipeline.configs.training import estimate_memory_bytes
+
+    pretrain = KINDS["pretrain"]
+    params = decode(
+        pretrain.params,
+        {
+            "dataset_id": PLACEHOLDER_ID,
+            "model": {"preset": "gpt2-small"},
+            "micro_batch_size": 64,
+            "global_batch_tokens": 65536,
+            "tokenizer": {"vocab_size": 16384},
+        },
+    )
+    need = estimate_memory_bytes(params.model, params, vocab_size=16384)
+    assert 80e9 < need < 141e9
+    assert pretrain.preflight is not None
+    h200 = Capacity(devices=1, device_memory_bytes=141 * 10**9, accelerated=True)
+    h100 = Capacity(devices=1, device_memory_bytes=80 * 10**9, accelerated=True)
+    pretrain.preflight(params, h200)
+    with pytest.raises(ConfigError) as refused:
+        pretrain.preflight(params, h100)
+    assert refused.value.field == "micro_batch_size"
+    with pytest.raises(ConfigError, match="devices"):
+        two = decode(pretrain.params, {**pretrain_example(), "devices": 2})
+        pretrain.preflight(two, h200)
+
+
+def pretrain_example() -> dict[str, object]:
+    return {"dataset_id": PLACEHOLDER_ID, "model": {"preset": "tiny"}, "global_batch_tokens": 2048}

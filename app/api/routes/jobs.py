@@ -8,7 +8,7 @@ from app.api.deps import JobDep, PageDep, SessionDep, SettingsDep, StoreDep, Ten
 from app.api.errors import ErrorResponse
 from app.broker import enqueue
 from app.jobs import service
-from app.jobs.kinds import get_kind
+from app.jobs.kinds import get_kind, queue_capacity
 from app.jobs.schemas import JobCreate, JobEventRead, JobMetricRead, JobRead, Page
 from app.jobs.states import JobStatus
 
@@ -33,13 +33,15 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobRead:
     """Write the job, commit, then ring the broker with its id. Same Idempotency-Key, same job."""
+    kind = get_kind(body.type)
     submitted = service.submit_job(
         session=session,
         store=store,
         tenant_id=tenant_id,
-        kind=get_kind(body.type),
+        kind=kind,
         params=body.params,
         max_attempts=settings.max_attempts,
+        capacity=queue_capacity(settings, kind.queue_for(body.params)),
         max_runtime_s=body.max_runtime_s,
         idempotency_key=idempotency_key,
     )
