@@ -20,9 +20,10 @@ from app.ids import new_id
 from app.storage import CHUNK, LocalStore
 from workers.handlers.base import JobContext, Outcome
 from workers.pipeline.configs.data import PrepareConfig, ValidateConfig
-from workers.pipeline.formats import detect_format, validate_dataset
-from workers.pipeline.prepare import run_prepare
+from workers.pipeline.formats import detect_format
+from workers.pipeline.prepare import PrepareInputs, run_prepare
 from workers.pipeline.types import DatasetFile, PipelineError
+from workers.pipeline.validate import ValidateInputs, run_validate
 
 
 def load_dataset(ctx: JobContext, dataset_id: str) -> Dataset:
@@ -47,11 +48,10 @@ def dataset_file(store: LocalStore, dataset: Dataset) -> DatasetFile:
 
 def handle_validate(ctx: JobContext) -> Outcome:
     dataset = load_dataset(ctx, ctx.params["dataset_id"])
-    path = ctx.store.local_path(dataset.storage_key)
+    inputs = ValidateInputs(ctx.store.local_path(dataset.storage_key), dataset.options)
     values: dict[str, Any]
     try:
-        file = detect_format(path, dataset.options)
-        result = validate_dataset(file, ValidateConfig(), ctx.hooks)
+        result = run_validate(ValidateConfig(), inputs, ctx.paths, ctx.hooks)
     except PipelineError as err:
         values = {"status": "failed", "errors": [{"code": err.code, "reason": err.message}]}
     else:
@@ -86,9 +86,8 @@ def handle_prepare(ctx: JobContext) -> Outcome:
     eval_file = None
     if config.eval_dataset_id:
         eval_file = dataset_file(ctx.store, load_dataset(ctx, config.eval_dataset_id))
-    result = run_prepare(
-        config, dataset_file(ctx.store, source), ctx.paths, ctx.hooks, eval_file=eval_file
-    )
+    inputs = PrepareInputs(dataset_file(ctx.store, source), eval_file)
+    result = run_prepare(config, inputs, ctx.paths, ctx.hooks)
     report_path = ctx.paths.output_dir / "report.json"
     if not report_path.exists():
         report_path.write_text(json.dumps(result.report))

@@ -17,8 +17,8 @@ from workers.handlers.base import JobContext, Outcome
 from workers.handlers.datasets import dataset_file, load_dataset
 from workers.launch import run_distributed
 from workers.pipeline.configs.training import PretrainConfig, TokenizerConfig
-from workers.pipeline.pretrain import run_pretrain
-from workers.pipeline.tokenizer import prepare_tokenizer, train_tokenizer
+from workers.pipeline.pretrain import PretrainInputs, run_pretrain
+from workers.pipeline.tokenizer import TokenizerInputs, ensure_tokenizer, run_tokenizer
 from workers.pipeline.types import DatasetFile, PipelineError
 
 PRETRAIN_INPUTS = ("dataset_id", "validation_dataset_id", "tokenizer_id", "tokenizer")
@@ -28,7 +28,8 @@ def handle_tokenizer(ctx: JobContext) -> Outcome:
     params = dict(ctx.params)
     dataset = load_dataset(ctx, params.pop("dataset_id"))
     config = TypeAdapter(TokenizerConfig).validate_python(params)
-    result = train_tokenizer(config, dataset_file(ctx.store, dataset), ctx.paths, ctx.hooks)
+    inputs = TokenizerInputs(dataset_file(ctx.store, dataset))
+    result = run_tokenizer(config, inputs, ctx.paths, ctx.hooks)
     artifact = register(
         ctx,
         "tokenizer",
@@ -59,7 +60,9 @@ def handle_pretrain(ctx: JobContext) -> Outcome:
         tokenizer_dir = _artifact_dir(ctx, "tokenizer", tokenizer_id)
     else:
         tok_config = TypeAdapter(TokenizerConfig).validate_python(inputs["tokenizer"] or {})
-        tokenizer_dir, trained = prepare_tokenizer(tok_config, ctx.paths, ctx.hooks, train=train)
+        tokenizer_dir, trained = ensure_tokenizer(
+            tok_config, TokenizerInputs(train), ctx.paths, ctx.hooks
+        )
         tokenizer = register(
             ctx,
             "tokenizer",
@@ -114,14 +117,8 @@ def _train(
         }
         ranks = run_distributed("pretrain", payload, ctx.paths, ctx.hooks, nproc=config.devices)
         return {k: v for k, v in ranks.items() if k != "output_dir"}
-    result = run_pretrain(
-        config,
-        ctx.paths,
-        ctx.hooks,
-        train=train,
-        validation=validation,
-        tokenizer_dir=tokenizer_dir,
-    )
+    inputs = PretrainInputs(train, validation, tokenizer_dir)
+    result = run_pretrain(config, inputs, ctx.paths, ctx.hooks)
     return _details(result)
 
 
