@@ -45,8 +45,8 @@ from workers.pipeline.modeling import (
     model_flops_utilisation,
     peak_flops,
 )
-from workers.pipeline.pretrain import run_pretrain
-from workers.pipeline.tokenizer import train_tokenizer
+from workers.pipeline.pretrain import PretrainInputs, run_pretrain
+from workers.pipeline.tokenizer import TokenizerInputs, run_tokenizer
 from workers.pipeline.training import autocast, build_optimizer, lm_loss, lr_at
 from workers.pipeline.types import DatasetFile, Hooks, Progress, RunPaths
 
@@ -80,11 +80,9 @@ def bench_pipeline(
         p.mkdir(parents=True, exist_ok=True)
     run_pretrain(
         cfg,
+        PretrainInputs(corpus, None, tok),
         paths,
         Hooks(hooks.on_progress, hooks.on_event, hooks.should_stop),
-        train=corpus,
-        validation=None,
-        tokenizer_dir=tok,
     )
     # Skip the first report (compile/warm-up); the last one also includes the final eval.
     (t0, s0, _), (t1, s1, m1) = hooks.reports[1], hooks.reports[-3]
@@ -179,7 +177,9 @@ def main() -> None:
         tok = root / "tok"
         tok.mkdir()
         t = time.perf_counter()
-        train_tokenizer(TokenizerConfig(vocab_size=vocab_target), corpus, RunPaths(tok, tok))
+        run_tokenizer(
+            TokenizerConfig(vocab_size=vocab_target), TokenizerInputs(corpus), RunPaths(tok, tok)
+        )
         tok_s = time.perf_counter() - t
         t = time.perf_counter()
         shard = tokenize_dataset(corpus, tok, root / "cache")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from workers.pipeline.configs.training import ModelConfig, PretrainConfig, TokenizerConfig
-from workers.pipeline.tokenizer import train_tokenizer
+from workers.pipeline.tokenizer import TokenizerInputs, run_tokenizer
 from workers.pipeline.types import DatasetFile, RunPaths
 
 CORPUS = Path(__file__).parents[1] / "fixtures" / "corpus" / "stories.jsonl"
@@ -31,11 +31,18 @@ def corpus_texts() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, corpus_texts: list[str]) -> Path:
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, corpus_file: DatasetFile) -> Path:
     out = tmp_path_factory.mktemp("tokenizer")
     paths = RunPaths(work_dir=out, output_dir=out)
-    train_tokenizer(TokenizerConfig(vocab_size=512), corpus_texts, paths)
+    run_tokenizer(TokenizerConfig(vocab_size=512), TokenizerInputs(corpus_file), paths)
     return out
+
+
+def text_file(path: Path, texts: list[str]) -> DatasetFile:
+    """Documents as a JSONL dataset, for stages that read files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return DatasetFile(path=path, format="jsonl")
 
 
 @pytest.fixture(scope="session")

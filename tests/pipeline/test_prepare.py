@@ -13,7 +13,7 @@ import pytest
 
 from workers.pipeline.configs.data import PrepareConfig
 from workers.pipeline.formats import detect_format
-from workers.pipeline.prepare import PrepareResult, run_prepare
+from workers.pipeline.prepare import PrepareInputs, PrepareResult, run_prepare
 from workers.pipeline.types import (
     DatasetFile,
     Hooks,
@@ -93,7 +93,7 @@ def _paths(tmp_path: Path, name: str = "run") -> RunPaths:
 def _run(tmp_path: Path, source: DatasetFile, name: str = "run", **overrides: Any) -> PrepareResult:
     eval_file = overrides.pop("eval_file", None)
     config = PrepareConfig(workers=overrides.pop("workers", 1), **overrides)
-    return run_prepare(config, source, _paths(tmp_path, name), eval_file=eval_file)
+    return run_prepare(config, PrepareInputs(source, eval_file), _paths(tmp_path, name))
 
 
 @pytest.fixture
@@ -201,8 +201,8 @@ def test_progress_is_reported_with_throughput(
     clock = iter(range(0, 100_000, 5))
     monkeypatch.setattr("workers.pipeline.prepare_state.time.monotonic", lambda: next(clock))
     seen: list[Progress] = []
-    run_prepare(PrepareConfig(workers=1), detect_format(corpus.path, {}), _paths(tmp_path),
-                Hooks(on_progress=seen.append))  # fmt: skip
+    inputs = PrepareInputs(detect_format(corpus.path, {}))
+    run_prepare(PrepareConfig(workers=1), inputs, _paths(tmp_path), Hooks(on_progress=seen.append))
     assert seen and seen[-1].step > 0
     assert {"docs_per_s", "mb_per_s", "records_out"} <= set(seen[-1].metrics)
 
@@ -214,8 +214,8 @@ def test_cancellation_raises_and_leaves_no_outputs(
     monkeypatch.setattr("workers.pipeline.prepare_state.time.monotonic", lambda: next(clock))
     paths = _paths(tmp_path)
     with pytest.raises(StageCancelled):
-        run_prepare(PrepareConfig(workers=1), detect_format(corpus.path, {}), paths,
-                    Hooks(should_stop=lambda: True))  # fmt: skip
+        inputs = PrepareInputs(detect_format(corpus.path, {}))
+        run_prepare(PrepareConfig(workers=1), inputs, paths, Hooks(should_stop=lambda: True))
     assert list(paths.output_dir.iterdir()) == []
 
 

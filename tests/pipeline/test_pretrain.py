@@ -24,7 +24,7 @@ from workers.pipeline.configs.training import (
     estimate_memory_bytes,
 )
 from workers.pipeline.data import BatchSpec, get_batch, tokenize_dataset
-from workers.pipeline.pretrain import PretrainResult, run_pretrain
+from workers.pipeline.pretrain import PretrainInputs, PretrainResult, run_pretrain
 from workers.pipeline.types import (
     DatasetFile,
     Hooks,
@@ -68,9 +68,7 @@ class Recorder:
 def _pretrain(
     config: PretrainConfig, paths: RunPaths, rec: Recorder, corpus: DatasetFile, tok: Path
 ) -> PretrainResult:
-    return run_pretrain(
-        config, paths, rec.hooks(), train=corpus, validation=None, tokenizer_dir=tok
-    )
+    return run_pretrain(config, PretrainInputs(corpus, None, tok), paths, rec.hooks())
 
 
 @pytest.fixture(scope="module")

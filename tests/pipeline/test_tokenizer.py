@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from tests.pipeline.conftest import text_file
 from workers.pipeline.configs.base import ConfigError
 from workers.pipeline.configs.training import TokenizerConfig
-from workers.pipeline.tokenizer import train_tokenizer
+from workers.pipeline.tokenizer import TokenizerInputs, run_tokenizer
 from workers.pipeline.types import DatasetFile, PipelineError, RunPaths
 
 CHAT = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eos|>{% endfor %}"
@@ -24,7 +25,7 @@ def test_tokenizer_trains_from_dataset_file_and_loads_with_autotokenizer(
     tmp_path: Path, corpus_file: DatasetFile
 ) -> None:
     config = TokenizerConfig(vocab_size=600, chat_template=CHAT, extra_special_tokens=("<|user|>",))
-    result = train_tokenizer(config, corpus_file, _paths(tmp_path))
+    result = run_tokenizer(config, TokenizerInputs(corpus_file), _paths(tmp_path))
 
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         assert (tmp_path / name).is_file(), name
@@ -40,9 +41,12 @@ def test_tokenizer_trains_from_dataset_file_and_loads_with_autotokenizer(
     assert chat == "<|user|>hi<|eos|>"
 
 
-def test_tokenizer_report_has_sane_bytes_per_token(tmp_path: Path, corpus_texts: list[str]) -> None:
-    small = train_tokenizer(TokenizerConfig(vocab_size=300), corpus_texts, _paths(tmp_path / "a"))
-    large = train_tokenizer(TokenizerConfig(vocab_size=1000), corpus_texts, _paths(tmp_path / "b"))
+def test_tokenizer_report_has_sane_bytes_per_token(
+    tmp_path: Path, corpus_file: DatasetFile
+) -> None:
+    inputs = TokenizerInputs(corpus_file)
+    small = run_tokenizer(TokenizerConfig(vocab_size=300), inputs, _paths(tmp_path / "a"))
+    large = run_tokenizer(TokenizerConfig(vocab_size=1000), inputs, _paths(tmp_path / "b"))
 
     assert small.bytes_per_token is not None and large.bytes_per_token is not None
     assert 1.0 < small.bytes_per_token < large.bytes_per_token < 8.0
@@ -53,7 +57,8 @@ def test_tokenizer_report_has_sane_bytes_per_token(tmp_path: Path, corpus_texts:
 
 def test_tokenizer_fails_with_dataset_empty_on_blank_text(tmp_path: Path) -> None:
     with pytest.raises(PipelineError) as info:
-        train_tokenizer(TokenizerConfig(vocab_size=300), ["", "   ", "\n"], _paths(tmp_path))
+        blank = TokenizerInputs(text_file(tmp_path / "blank.jsonl", ["", "   ", "\n"]))
+        run_tokenizer(TokenizerConfig(vocab_size=300), blank, _paths(tmp_path))
     assert info.value.code == "dataset.empty"
 
 

@@ -32,8 +32,8 @@ import torch.distributed as dist
 
 from workers.pipeline.configs.training import pretrain_config_from_dict, tokenizer_config_from_dict
 from workers.pipeline.device import init_distributed, teardown_distributed
-from workers.pipeline.pretrain import run_pretrain
-from workers.pipeline.tokenizer import prepare_tokenizer, train_tokenizer
+from workers.pipeline.pretrain import PretrainInputs, run_pretrain
+from workers.pipeline.tokenizer import TokenizerInputs, ensure_tokenizer, run_tokenizer
 from workers.pipeline.types import (
     DatasetFile,
     Hooks,
@@ -80,24 +80,19 @@ def _run_stage(stage: str, payload: Mapping[str, Any], hooks: Hooks, is_main: bo
     train = _dataset(payload["train"])
     assert train is not None, "run.json needs a train dataset"
     if stage == "tokenizer":
-        return train_tokenizer(tokenizer_config_from_dict(payload["config"]), train, paths, hooks)
+        tok = tokenizer_config_from_dict(payload["config"])
+        return run_tokenizer(tok, TokenizerInputs(train), paths, hooks)
     tokenizer_dir = Path(payload["tokenizer_dir"]) if payload.get("tokenizer_dir") else None
     if tokenizer_dir is None:
         tokenizer_dir = paths.work_dir / "tokenizer"
         if is_main:  # one rank trains; the others wait for its files
             tok_config = tokenizer_config_from_dict(payload["tokenizer"])
-            prepare_tokenizer(tok_config, paths, hooks, train=train)
+            ensure_tokenizer(tok_config, TokenizerInputs(train), paths, hooks)
         if dist.is_initialized():
             dist.barrier()
     config = pretrain_config_from_dict(payload["config"])
-    return run_pretrain(
-        config,
-        paths,
-        hooks,
-        train=train,
-        validation=_dataset(payload.get("validation")),
-        tokenizer_dir=tokenizer_dir,
-    )
+    inputs = PretrainInputs(train, _dataset(payload.get("validation")), tokenizer_dir)
+    return run_pretrain(config, inputs, paths, hooks)
 
 
 def _write_result(work_dir: Path, outcome: Mapping[str, Any]) -> None:

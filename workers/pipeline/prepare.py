@@ -37,6 +37,14 @@ _CHUNK_CHARS = 2_000_000
 
 
 @dataclass(frozen=True)
+class PrepareInputs:
+    source: DatasetFile
+    """The dataset to clean (its format already detected by validation)."""
+    eval: DatasetFile | None = None
+    """Held-out evaluation text to check the output for contamination against."""
+
+
+@dataclass(frozen=True)
 class PrepareResult:
     train_path: Path
     validation_path: Path | None
@@ -49,14 +57,9 @@ class PrepareResult:
 
 
 def run_prepare(
-    config: PrepareConfig,
-    source: DatasetFile,
-    paths: RunPaths,
-    hooks: Hooks = Hooks(),
-    *,
-    eval_file: DatasetFile | None = None,
+    config: PrepareConfig, inputs: PrepareInputs, paths: RunPaths, hooks: Hooks = Hooks()
 ) -> PrepareResult:
-    """Clean ``source`` into ``output_dir/train.jsonl`` (+ ``validation.jsonl``, ``report.json``).
+    """Clean ``inputs.source`` into ``output_dir/train.jsonl`` (+ validation.jsonl, report.json).
 
     Raises:
         PipelineError: ``dataset.*`` for unreadable input, ``prepare.nothing_left`` when every
@@ -64,12 +67,12 @@ def run_prepare(
         StageCancelled: when ``hooks.should_stop`` answers True (partial outputs are deleted).
     """
     started = time.perf_counter()
-    eval_grams, gram_docs, eval_docs = _eval_ngrams(config, eval_file)
+    eval_grams, gram_docs, eval_docs = _eval_ngrams(config, inputs.eval)
     state = State(config, eval_docs)
     outputs = _Outputs(paths.output_dir, config.validation_fraction > 0)
     settings = WorkerSettings(config, eval_grams)
     try:
-        with RecordReader(source, config.limits) as reader:
+        with RecordReader(inputs.source, config.limits) as reader:
             for chunk in _run_chunks(settings, _chunks(reader, state)):
                 for stage, spent in chunk.seconds.items():
                     state.seconds[stage] += spent

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel
 
 from workers.pipeline import checkpoint as ckpt
-from workers.pipeline.configs.training import PretrainConfig, TokenizerConfig
+from workers.pipeline.configs.training import PretrainConfig
 from workers.pipeline.data import (
     BatchSpec,
     eval_batches,
@@ -50,7 +50,6 @@ from workers.pipeline.modeling import (
     model_flops_utilisation,
     peak_flops,
 )
-from workers.pipeline.tokenizer import TokenizerResult, prepare_tokenizer
 from workers.pipeline.training import (
     autocast,
     build_optimizer,
@@ -81,6 +80,15 @@ _COSMETIC_FIELDS = frozenset(
         "compile",
     }
 )
+
+
+@dataclass(frozen=True)
+class PretrainInputs:
+    train: DatasetFile
+    validation: DatasetFile | None
+    """Held-out text; None holds out the tail of the training tokens instead."""
+    tokenizer_dir: Path
+    """A Hugging Face tokenizer folder (tokenizer.json); its vocabulary sizes the model."""
 
 
 @dataclass(frozen=True)
@@ -137,13 +145,7 @@ class _Run:
 
 
 def run_pretrain(
-    config: PretrainConfig,
-    paths: RunPaths,
-    hooks: Hooks = Hooks(),
-    *,
-    train: DatasetFile,
-    validation: DatasetFile | None,
-    tokenizer_dir: Path,
+    config: PretrainConfig, inputs: PretrainInputs, paths: RunPaths, hooks: Hooks = Hooks()
 ) -> PretrainResult:
     """Train from scratch, resuming from ``paths.work_dir/checkpoints`` when one is there.
 
@@ -161,7 +163,8 @@ def run_pretrain(
         raise PipelineError(
             "train.devices_mismatch", f"config.devices={config.devices}, world={info.world_size}"
         )
-    run, latest = _setup(config, paths, hooks, info, train, validation, tokenizer_dir)
+    run, latest = _setup(config, inputs, paths, hooks, info)
+    tokenizer_dir = inputs.tokenizer_dir
     special = special_ids(tokenizer_dir)
     train_tokens, val_tokens, tokenizer = run.train_tokens, run.val_tokens, run.tokenizer
     n_params = count_parameters(run.raw_model)
@@ -192,20 +195,13 @@ def run_pretrain(
 
 
 def _setup(
-    config: PretrainConfig,
-    paths: RunPaths,
-    hooks: Hooks,
-    info: DistInfo,
-    train: DatasetFile,
-    validation: DatasetFile | None,
-    tokenizer_dir: Path,
+    config: PretrainConfig, inputs: PretrainInputs, paths: RunPaths, hooks: Hooks, info: DistInfo
 ) -> tuple[_Run, ckpt.Checkpoint | None]:
     """Tokens, model, optimiser, restored checkpoint (if any), wrapped for compile/DDP."""
     device = choose_device(info)
     dtype = resolve_dtype(config.precision, device)
-    train_tokens, val_tokens = _load_tokens(
-        config, paths, hooks, info, train, validation, tokenizer_dir
-    )
+    tokenizer_dir = inputs.tokenizer_dir
+    train_tokens, val_tokens = _load_tokens(config, inputs, paths, hooks, info)
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     special = special_ids(tokenizer_dir)
     shape = config.model.shape()
@@ -453,20 +449,15 @@ def _save(run: _Run, step: int) -> None:
 
 
 def _load_tokens(
-    config: PretrainConfig,
-    paths: RunPaths,
-    hooks: Hooks,
-    info: DistInfo,
-    train: DatasetFile,
-    validation: DatasetFile | None,
-    tokenizer_dir: Path,
+    config: PretrainConfig, inputs: PretrainInputs, paths: RunPaths, hooks: Hooks, info: DistInfo
 ) -> tuple[npt.NDArray[np.unsignedinteger], npt.NDArray[np.unsignedinteger]]:
     """Tokenise (rank 0 first; the others then find the finished cache) and split."""
     cache = paths.cache_dir if paths.cache_dir is not None else paths.work_dir / "cache"
     if not info.is_main:
         _barrier(info)
-    train_shard = tokenize_dataset(train, tokenizer_dir, cache, hooks)
-    val_shard = tokenize_dataset(validation, tokenizer_dir, cache, hooks) if validation else None
+    tok_dir, validation = inputs.tokenizer_dir, inputs.validation
+    train_shard = tokenize_dataset(inputs.train, tok_dir, cache, hooks)
+    val_shard = tokenize_dataset(validation, tok_dir, cache, hooks) if validation else None
     if info.is_main:
         _barrier(info)
     if val_shard is not None:
@@ -483,20 +474,3 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def train_tokenizer_then_pretrain(
-    tokenizer_config: TokenizerConfig,
-    config: PretrainConfig,
-    paths: RunPaths,
-    hooks: Hooks = Hooks(),
-    *,
-    train: DatasetFile,
-    validation: DatasetFile | None,
-) -> tuple[TokenizerResult | None, PretrainResult]:
-    """The job layer's entry for jobs with an inline tokenizer config (single process)."""
-    tokenizer_dir, tok_result = prepare_tokenizer(tokenizer_config, paths, hooks, train=train)
-    result = run_pretrain(
-        config, paths, hooks, train=train, validation=validation, tokenizer_dir=tokenizer_dir
-    )
-    return tok_result, result

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 import torch
 
 from workers.pipeline.configs.probe import ProbeConfig
-from workers.pipeline.types import Hooks, PipelineError, Progress, StageCancelled
+from workers.pipeline.types import Hooks, PipelineError, Progress, RunPaths, StageCancelled
+
+
+@dataclass(frozen=True)
+class ProbeInputs:
+    """The probe reads nothing: it measures the device it runs on."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,9 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def run_probe(config: ProbeConfig, hooks: Hooks = Hooks()) -> ProbeResult:
+def run_probe(
+    config: ProbeConfig, inputs: ProbeInputs, paths: RunPaths, hooks: Hooks = Hooks()
+) -> ProbeResult:
     """Multiply random matrices for ``duration_s`` seconds, reporting GFLOP/s about once a second.
 
     Raises:

@@ -25,6 +25,12 @@ _HELDOUT_MAX_BYTES = 8 << 20  # enough for a stable bytes/token estimate, bounde
 
 
 @dataclass(frozen=True)
+class TokenizerInputs:
+    train: DatasetFile
+    """The text to learn merges from."""
+
+
+@dataclass(frozen=True)
 class TokenizerResult:
     vocab_size: int
     """Tokens in the trained vocabulary (may be below the target on a small corpus)."""
@@ -67,19 +73,16 @@ class _Splitter:
                 return
 
 
-def train_tokenizer(
-    config: TokenizerConfig,
-    texts: Iterable[str] | DatasetFile,
-    paths: RunPaths,
-    hooks: Hooks = Hooks(),
+def run_tokenizer(
+    config: TokenizerConfig, inputs: TokenizerInputs, paths: RunPaths, hooks: Hooks = Hooks()
 ) -> TokenizerResult:
-    """Train BPE on ``texts`` and write tokenizer files to ``paths.output_dir``.
+    """Train BPE on ``inputs.train`` and write tokenizer files to ``paths.output_dir``.
 
     Raises:
         PipelineError: ``dataset.empty`` when there is no non-blank training text.
     """
     started = time.perf_counter()
-    splitter = _Splitter(iter_texts(texts) if isinstance(texts, DatasetFile) else texts, config)
+    splitter = _Splitter(iter_texts(inputs.train), config)
     tokenizer = Tokenizer(models.BPE())
     # ByteLevel maps bytes to printable symbols before splitting on the GPT-2 regex, and the
     # decoder maps them back; add_prefix_space=False so "Hello" encodes the same mid-document.
@@ -149,17 +152,14 @@ def _heldout_stats(tokenizer: Tokenizer, heldout: list[str]) -> tuple[float | No
     return n_bytes / max(n_tokens, 1), len(ids)
 
 
-def prepare_tokenizer(
-    tokenizer_config: TokenizerConfig,
-    paths: RunPaths,
-    hooks: Hooks = Hooks(),
-    *,
-    train: DatasetFile,
+def ensure_tokenizer(
+    config: TokenizerConfig, inputs: TokenizerInputs, paths: RunPaths, hooks: Hooks = Hooks()
 ) -> tuple[Path, TokenizerResult | None]:
     """Train a job's inline tokenizer into ``work_dir/tokenizer`` unless an earlier attempt did.
 
     Reusing it keeps a retried job's checkpoints valid (they record the tokenizer's sha256).
-    Returns the directory and the training report (None when reused). Call it on rank 0 only.
+    Returns the directory and the training report (None when reused). Callers run it once,
+    before launching the training stage, so under torchrun no rank has to train it.
     """
     tokenizer_dir = paths.work_dir / "tokenizer"
     if (tokenizer_dir / "tokenizer.json").exists():
@@ -167,6 +167,6 @@ def prepare_tokenizer(
     staging = paths.work_dir / "tokenizer.tmp"
     staging.mkdir(parents=True, exist_ok=True)
     tok_paths = RunPaths(work_dir=paths.work_dir, output_dir=staging, cache_dir=paths.cache_dir)
-    result = train_tokenizer(tokenizer_config, train, tok_paths, hooks)
+    result = run_tokenizer(config, inputs, tok_paths, hooks)
     staging.replace(tokenizer_dir)  # all files appear at once, or none
     return tokenizer_dir, result
