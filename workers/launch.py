@@ -23,8 +23,10 @@ torchrun restarting the ranks in place. ``PretrainConfig.devices`` is then nodes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -70,13 +72,16 @@ def run_distributed(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
     log_path = work / "launch.log"
     with log_path.open("ab") as log:
-        process = subprocess.Popen(cmd, cwd=_REPO_ROOT, env=env, stdout=log, stderr=log)
+        process = subprocess.Popen(
+            cmd, cwd=_REPO_ROOT, env=env, stdout=log, stderr=log, start_new_session=True
+        )
+        _GROUPS.add(process.pid)
         try:
             _follow(process, work, hooks)
         finally:
             if process.poll() is None:  # we are being torn down: do not leave ranks running
-                process.terminate()
-                process.wait(timeout=30)
+                _end_group(process)
+            _GROUPS.discard(process.pid)
     return _read_result(work, process.returncode, log_path)
 
 
@@ -132,3 +137,26 @@ def _paths_dict(paths: RunPaths) -> dict[str, str | None]:
         "output_dir": str(paths.output_dir),
         "cache_dir": str(paths.cache_dir) if paths.cache_dir is not None else None,
     }
+
+
+# Process groups of the torchrun launches running in this process (one per running job).
+_GROUPS: set[int] = set()
+_TERM_GRACE_S = 30.0
+
+
+def _end_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the whole rank group, then SIGKILL whatever is left after a grace period."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=_TERM_GRACE_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def kill_launched_groups() -> None:
+    """SIGKILL every rank group this process started: the last resort before it ends itself."""
+    for pgid in list(_GROUPS):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)

@@ -15,6 +15,7 @@ from app.storage import LocalStore
 from tests.factories import make_job, make_key
 from workers import runner
 from workers.handlers.base import JobContext, Outcome
+from workers.pipeline.types import StageCancelled
 
 
 @pytest.fixture
@@ -89,8 +90,9 @@ def test_a_silent_stage_loses_its_lease_and_is_ended(
     ended = threading.Event()
 
     def silent(ctx: JobContext[Any]) -> Outcome:
-        ended.wait(60)
-        return Outcome()
+        ended.wait(60)  # hung; in a worker, on_hung kills this process here
+        assert ctx.hooks.should_stop()  # the lease is gone: this attempt must not finish
+        raise StageCancelled("stopped")
 
     monkeypatch.setattr(runner, "handler_for", lambda name: silent)
     quick = settings.model_copy(update={"job_stall_seconds": 0.5, "job_lease_seconds": 2.0})
