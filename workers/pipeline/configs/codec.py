@@ -32,10 +32,10 @@ def decode(cls: type[T], data: Any) -> T:
         pydantic.ValidationError: a value is missing, of the wrong type, or refused by the
             dataclass's own checks (whose ``ConfigError`` names the field).
     """
-    value: T = _adapter(cls).validate_python(data)  # type: ignore[arg-type]
+    value: T = _adapter(cls).validate_python(data)
     return value
 
 
 def encode(value: Any) -> Any:
     """A dataclass (or any value pydantic knows) as plain JSON data."""
-    return _adapter(type(value)).dump_python(value, mode="json")  # type: ignore[arg-type]
+    return _adapter(type(value)).dump_python(value, mode="json")
