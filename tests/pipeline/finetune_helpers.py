@@ -38,7 +38,7 @@ QWEN_TEMPLATE = (
 
 def task(name: str, city: str) -> tuple[str, str]:
     """Instruction → answer in a fixed format the base model has never seen."""
-    return f"Format this record: {name} lives in {city}", f"NAME = {name} ; CITY = {city} ; END"
+    return f"Format: {name} in {city}", f"NAME = {name} ; CITY = {city} ; END"
 
 
 def task_split(seed: int = 0, held_out: int = 24) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

@@ -245,3 +245,25 @@ def _check_auto(name: str, value: int | str, low: int, high: int) -> None:
     if isinstance(value, str) or isinstance(value, bool):
         raise ConfigError(name, "must be an integer or 'auto'")
     check_range(name, value, low, high)
+
+
+@dataclass(frozen=True)
+class ModelImportConfig:
+    """Limits for validating an uploaded model archive."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = PYDANTIC_CONFIG
+
+    max_extracted_bytes: int = 256 << 30
+    """Refuse archives that unpack beyond this many bytes."""
+    max_ratio: float = 100.0
+    """Refuse archives that inflate more than this (weights barely compress)."""
+    max_files: int = 10_000
+    """Refuse archives with more files."""
+    forward_max_parameters: int = 2_000_000_000
+    """Run one forward pass on CPU when the model has at most this many parameters."""
+
+    def __post_init__(self) -> None:
+        check_range("max_extracted_bytes", self.max_extracted_bytes, 1, 1 << 50)
+        check_range("max_ratio", self.max_ratio, 1.0, 1e6)
+        check_range("max_files", self.max_files, 1, 1_000_000)
+        check_range("forward_max_parameters", self.forward_max_parameters, 0, 1 << 50)
