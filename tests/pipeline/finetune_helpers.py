@@ -10,6 +10,7 @@ tokenizer styles, and a synthetic instruction → output-format task.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,7 @@ def build_base(family: str, out: Path, *, seed: int = 0) -> Path:
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": 256,
+        "initializer_range": float(os.environ.get("FT_INIT", "0.02")),
     }
     tokenizer: Any
     if family == "llama":

@@ -19,7 +19,7 @@ from tests.pipeline.finetune_helpers import (
     task_split,
     write_jsonl,
 )
-from workers.pipeline.configs.finetune import FinetuneConfig, LoraSettings
+from workers.pipeline.configs.finetune import DpoSettings, FinetuneConfig, LoraSettings
 from workers.pipeline.finetune.chat import render
 from workers.pipeline.finetune.stage import (
     FinetuneInputs,
@@ -61,6 +61,7 @@ def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def task_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[DatasetFile, DatasetFile]:
     root = tmp_path_factory.mktemp("data")
     train, held_out = task_split()
+    root.mkdir(parents=True, exist_ok=True)
     return (
         DatasetFile(write_jsonl(root / "train.jsonl", chat_rows(train)), "jsonl"),
         DatasetFile(write_jsonl(root / "valid.jsonl", chat_rows(held_out)), "jsonl"),
@@ -131,3 +132,89 @@ def test_finetune_learns_a_held_out_format_task(
         assert result.adapter_dir is not None
         assert (result.adapter_dir / "adapter_model.safetensors").exists()
         assert result.chat_template == "chatml"  # the llama base had none
+
+
+def small_files(root: Path, n_train: int = 48) -> tuple[DatasetFile, DatasetFile]:
+    train, held_out = task_split()
+    root.mkdir(parents=True, exist_ok=True)
+    return (
+        DatasetFile(write_jsonl(root / "train.jsonl", chat_rows(train[:n_train], system=True)), "jsonl"),
+        DatasetFile(write_jsonl(root / "valid.jsonl", chat_rows(held_out[:8])), "jsonl"),
+    )
+
+
+def test_merged_model_logits_equal_adapter_logits(bases: dict[str, Path], tmp_path: Path) -> None:
+    """On the llama base the template added tokens, so embeddings are trained and saved too."""
+    from peft import PeftModel
+
+    result = finetune(
+        bases["llama"], small_files(tmp_path), tmp_path, method="lora", n_epochs=1,
+        batch_size=8, learning_rate=1e-2,
+    )
+    assert result.adapter_dir is not None
+    tok = AutoTokenizer.from_pretrained(str(result.adapter_dir))
+    base = AutoModelForCausalLM.from_pretrained(str(bases["llama"]))
+    base.resize_token_embeddings(len(tok))
+    adapted = PeftModel.from_pretrained(base, str(result.adapter_dir)).eval()
+    merged = AutoModelForCausalLM.from_pretrained(str(result.model_dir)).eval()
+    ids = tok("<|im_start|>user\nFormat: anna in paris<|im_end|>\n", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a, m = adapted(input_ids=ids).logits, merged(input_ids=ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(str(bases["llama"]))
+        plain.resize_token_embeddings(len(tok))
+        b = plain(input_ids=ids).logits
+    assert (a - m).abs().max() < 1e-4
+    assert (a - b).abs().max() > 1e-3  # the adapter did change the model
+
+
+def test_stopped_and_resumed_run_matches_an_uninterrupted_one(
+    bases: dict[str, Path], tmp_path: Path
+) -> None:
+    files = small_files(tmp_path / "data")
+    kw: dict[str, Any] = {"method": "lora", "n_epochs": 2, "batch_size": 8, "learning_rate": 5e-3,
+                          "checkpoint_interval": 4, "lora": LoraSettings(rank=4, dropout=0.1)}
+    straight = Recorder()
+    full = finetune(bases["qwen2"], files, tmp_path / "a", straight.hooks(), **kw)
+    stopper = Recorder(stop_at=5)
+    with pytest.raises(StageCancelled):
+        finetune(bases["qwen2"], files, tmp_path / "b", stopper.hooks(), **kw)
+    assert max(stopper.progress) == 5
+    resumed = Recorder()
+    again = finetune(bases["qwen2"], files, tmp_path / "b", resumed.hooks(), **kw)
+    assert again.resumed_from_step == 5 and min(resumed.progress) == 6
+    for step in range(6, full.steps + 1):
+        assert resumed.progress[step]["train_loss"] == pytest.approx(
+            straight.progress[step]["train_loss"], rel=1e-5
+        )
+    assert again.metrics["full_valid_loss"] == pytest.approx(full.metrics["full_valid_loss"], rel=1e-5)
+
+
+def test_dpo_prefers_the_chosen_format_on_held_out_pairs(
+    bases: dict[str, Path], tmp_path: Path
+) -> None:
+    train, held_out = task_split()
+
+    def pairs(items: list[tuple[str, str]]) -> list[dict[str, str]]:
+        rows = []
+        for n, c in items:
+            prompt, answer = task(n, c)
+            rows.append({"prompt": prompt + "\n", "chosen": answer, "rejected": f"{c} , {n}"})
+        return rows
+
+    files = (
+        DatasetFile(write_jsonl(tmp_path / "p.jsonl", pairs(train[:64])), "jsonl"),
+        DatasetFile(write_jsonl(tmp_path / "v.jsonl", pairs(held_out)), "jsonl"),
+    )
+    for use_lora in (True, False):
+        rec = Recorder()
+        result = finetune(
+            bases["qwen2"], files, tmp_path / f"run{use_lora}", rec.hooks(), method="dpo",
+            n_epochs=2, batch_size=8, learning_rate=5e-3 if use_lora else 1e-3,
+            dpo=DpoSettings(beta=0.1, use_lora=use_lora),
+        )
+        m = result.metrics
+        assert m["full_valid_preference_accuracy"] >= 0.9, m
+        assert m["full_valid_reward_margin"] > 0
+        assert m["full_valid_chosen_reward"] > m["full_valid_rejected_reward"]
+        assert (result.adapter_dir is not None) == use_lora
+        assert (result.model_dir / "model.safetensors").exists()
