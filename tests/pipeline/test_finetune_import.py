@@ -1,0 +1,174 @@
+"""Model import: good archives of two families pass; hostile or unusable ones are refused."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline.conftest import make_paths
+from tests.pipeline.finetune_helpers import build_base
+from workers.pipeline.configs.finetune import ModelImportConfig
+from workers.pipeline.finetune.import_model import ModelImportInputs, run_model_import
+from workers.pipeline.types import PipelineError
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bases")
+    return {family: build_base(family, root / family) for family in ("llama", "qwen2")}
+
+
+def tar_of(folder: Path, out: Path, *, gz: bool = True, extra: dict[str, bytes] | None = None) -> Path:
+    with tarfile.open(out, "w:gz" if gz else "w") as tar:
+        tar.add(str(folder), arcname="my-model")
+        for name, data in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+def zip_of(folder: Path, out: Path, extra: dict[str, bytes] | None = None) -> Path:
+    with zipfile.ZipFile(out, "w") as zf:
+        for path in folder.rglob("*"):
+            zf.write(path, str(path.relative_to(folder)))
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return out
+
+
+def do_import(archive: Path, root: Path, **limits: int) -> object:
+    return run_model_import(
+        ModelImportConfig(**limits), ModelImportInputs(archive), make_paths(root / "run")
+    )
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_good_archives_import(bases: dict[str, Path], tmp_path: Path, family: str) -> None:
+    archive = tar_of(bases[family], tmp_path / "m.tar.gz")
+    result = do_import(archive, tmp_path)
+    assert result.forward_checked and result.parameters > 0  # type: ignore[attr-defined]
+    assert (result.model_dir / "config.json").exists()  # type: ignore[attr-defined]
+    assert result.has_chat_template == (family == "qwen2")  # type: ignore[attr-defined]
+    z = do_import(zip_of(bases[family], tmp_path / "m.zip"), tmp_path / "z")
+    assert z.architecture.endswith("ForCausalLM")  # type: ignore[attr-defined]
+
+
+def _hostile_tar(path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
+    with tarfile.open(path, "w") as tar:
+        tar.addfile(member, io.BytesIO(data) if data else None)
+    return path
+
+
+def _info(name: str, **kw: object) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    for key, value in kw.items():
+        setattr(info, key, value)
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (_info("/etc/evil", size=1), "absolute"),
+        (_info("../evil", size=1), "escapes"),
+        (_info("a/../../evil", size=1), "escapes"),
+        (_info("link", type=tarfile.SYMTYPE, linkname="/etc/passwd"), "link"),
+        (_info("hard", type=tarfile.LNKTYPE, linkname="config.json"), "link"),
+        (_info("dev", type=tarfile.CHRTYPE, devmajor=1, devminor=3), "special"),
+        (_info("fifo", type=tarfile.FIFOTYPE), "special"),
+    ],
+)
+def test_hostile_tar_members_are_refused(
+    tmp_path: Path, member: tarfile.TarInfo, message: str
+) -> None:
+    archive = _hostile_tar(tmp_path / "bad.tar", member, b"x" if member.size else b"")
+    with pytest.raises(PipelineError, match=message) as err:
+        do_import(archive, tmp_path)
+    assert err.value.code == "model.unsafe_archive"
+    assert not (tmp_path / "evil").exists() and not Path("/etc/evil").exists()
+    assert not (tmp_path / "run" / "out" / "model").exists()
+
+
+def test_zip_slip_and_zip_symlink_are_refused(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "slip.zip", "w") as zf:
+        zf.writestr("../../escaped.txt", "x")
+    with pytest.raises(PipelineError, match="escapes"):
+        do_import(tmp_path / "slip.zip", tmp_path)
+    with zipfile.ZipFile(tmp_path / "link.zip", "w") as zf:
+        info = zipfile.ZipInfo("link")
+        info.external_attr = (0o120777) << 16  # a symlink entry
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(PipelineError, match="link"):
+        do_import(tmp_path / "link.zip", tmp_path)
+
+
+def test_size_bomb_is_stopped_while_streaming(tmp_path: Path) -> None:
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("zeros.txt")
+        info.size = 64 << 20
+        tar.addfile(info, io.BytesIO(bytes(64 << 20)))
+    with pytest.raises(PipelineError, match="inflates|beyond") as err:
+        do_import(archive, tmp_path, max_extracted_bytes=1 << 30)
+    assert err.value.code == "model.unsafe_archive"
+    with pytest.raises(PipelineError, match="beyond"):
+        do_import(archive, tmp_path / "2", max_extracted_bytes=1 << 20, max_ratio=1e6)
+
+
+class _Boom:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("pickle executed",))
+
+
+def test_pickles_are_refused_and_never_loaded(
+    bases: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    payload = pickle.dumps(_Boom())
+    for name in ("pytorch_model.bin", "weights.pt", "x.pkl"):
+        archive = tar_of(bases["qwen2"], tmp_path / f"{name}.tar.gz", extra={f"my-model/{name}": payload})
+        with pytest.raises(PipelineError, match="pickle") as err:
+            do_import(archive, tmp_path / name)
+        assert err.value.code == "model.pickle_refused"
+    # Renamed to look harmless: refused by content.
+    archive = tar_of(bases["qwen2"], tmp_path / "hidden.tar.gz", extra={"my-model/notes": payload})
+    with pytest.raises(PipelineError, match="pickled"):
+        do_import(archive, tmp_path / "hidden")
+    assert "pickle executed" not in capsys.readouterr().out
+
+
+def test_unusable_models_are_refused(bases: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(bases["llama"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    cases = {
+        "model.remote_code": {**config, "auto_map": {"AutoModelForCausalLM": "x.Model"}},
+        "model.unsupported_architecture": {**config, "architectures": ["BertModel"], "model_type": "bert"},
+    }
+    for code, bad in cases.items():
+        (folder / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(PipelineError) as err:
+            do_import(zip_of(folder, tmp_path / f"{code}.zip"), tmp_path / code)
+        assert err.value.code == code
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": 128}))
+    with pytest.raises(PipelineError) as err:
+        do_import(zip_of(folder, tmp_path / "shape.zip"), tmp_path / "shape")
+    assert err.value.code == "model.weights_mismatch"
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "modeling_evil.py").write_text("import os")
+    with pytest.raises(PipelineError) as err:
+        do_import(zip_of(folder, tmp_path / "code.zip"), tmp_path / "code")
+    assert err.value.code == "model.remote_code"
+    (folder / "modeling_evil.py").unlink()
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(PipelineError) as err:
+        do_import(zip_of(folder, tmp_path / "noweights.zip"), tmp_path / "nw")
+    assert err.value.code == "model.no_weights"

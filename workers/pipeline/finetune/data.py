@@ -1,0 +1,320 @@
+"""Fine-tuning data: records → token ids with loss labels → packed or padded batches.
+
+Labels are aligned with ``input_ids`` (Hugging Face convention; the loss shifts them) and are
+-100 wherever the model is not trained: prompts and user turns by default, and always the first
+token of an example, so that in a packed row nothing is predicted across an example boundary.
+Labels are assigned by character span on one tokenisation of the whole text (offsets), so the
+tokens trained are exactly those the model sees, whatever the tokenizer does at a boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from workers.pipeline.configs.data import ValidateConfig
+from workers.pipeline.finetune.chat import chat_segments, render
+from workers.pipeline.formats import iter_records
+from workers.pipeline.readers import open_binary
+from workers.pipeline.types import DatasetFile, PipelineError
+
+IGNORE = -100
+KINDS = ("chat", "prompt_completion", "text", "preference")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenised training sequence. ``prompt``/``target`` keep the text for samples and
+    exact-match checks (the last trained turn and what precedes it); empty for plain text."""
+
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+    prompt: str = ""
+    target: str = ""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A DPO preference pair: the same prompt completed the preferred and the other way."""
+
+    chosen: Example
+    rejected: Example
+
+
+@dataclass(frozen=True)
+class DataStats:
+    kind: str
+    examples: int
+    truncated: int
+    dropped: int
+    tokens: int
+    trained_tokens: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows of token ids; ``attention_mask`` is None when packed (the positions delimit)."""
+
+    input_ids: torch.Tensor  # (R, T)
+    labels: torch.Tensor  # (R, T)
+    position_ids: torch.Tensor  # (R, T)
+    attention_mask: torch.Tensor | None  # (R, T) or None
+
+    def rows(self, start: int, stop: int) -> Batch:
+        mask = self.attention_mask[start:stop] if self.attention_mask is not None else None
+        return Batch(
+            self.input_ids[start:stop],
+            self.labels[start:stop],
+            self.position_ids[start:stop],
+            mask,
+        )
+
+
+def read_objects(file: DatasetFile, limits: ValidateConfig | None = None) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSONL file (keeping fields dataset validation drops, such as
+    per-message ``weight`` and preference pairs); other formats yield ``{"text": ...}``.
+
+    Raises:
+        PipelineError: ``dataset.invalid_record`` for a line that is not a JSON object.
+    """
+    limits = limits or ValidateConfig()
+    if file.format != "jsonl":
+        for record in iter_records(file, limits):
+            yield {"text": record.training_text()}
+        return
+    with open_binary(file.path, file.compression, limits) as (stream, _):
+        number = 0
+        while line := stream.readline(limits.max_record_bytes + 1):
+            number += 1
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise PipelineError("dataset.invalid_record", f"line {number}: {exc}") from exc
+            if not isinstance(obj, dict):
+                raise PipelineError("dataset.invalid_record", f"line {number}: not an object")
+            yield obj
+
+
+def kind_of(obj: Mapping[str, Any]) -> str:
+    if "chosen" in obj or "preferred_output" in obj:
+        return "preference"
+    if "messages" in obj:
+        return "chat"
+    if "prompt" in obj:
+        return "prompt_completion"
+    if "text" in obj:
+        return "text"
+    raise PipelineError("dataset.invalid_record", f"unrecognised record with keys {sorted(obj)}")
+
+
+class Encoder:
+    """Turns records into :class:`Example`s for one tokenizer and masking rule."""
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, *, max_seq_len: int, train_on_inputs: str
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.max_seq_len = max_seq_len
+        self.train_on_inputs = train_on_inputs
+        probe = tokenizer("a")["input_ids"]
+        bos = tokenizer.bos_token_id
+        # Prepend BOS only where the tokenizer itself would (Llama does, GPT-2 and Qwen do not).
+        self.bos = [bos] if bos is not None and probe and probe[0] == bos else []
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise PipelineError("tokenizer.invalid", "the tokenizer has no EOS token")
+        self.eos = int(eos)
+
+    def _inputs_trained(self, kind: str) -> bool:
+        if self.train_on_inputs == "auto":
+            return kind == "text"
+        return self.train_on_inputs == "true"
+
+    def segments(self, obj: Mapping[str, Any]) -> tuple[list[tuple[str, bool]], bool]:
+        """(text, trained) pieces and whether an EOS follows (for raw, template-less text)."""
+        kind = kind_of(obj)
+        inputs = self._inputs_trained(kind)
+        if kind == "chat":
+            return chat_segments(self.tokenizer, obj["messages"], train_on_inputs=inputs), False
+        if kind == "prompt_completion":
+            return [(str(obj["prompt"]), inputs), (str(obj["completion"]), True)], True
+        if kind == "text":
+            return [(str(obj["text"]), True)], True
+        raise PipelineError("dataset.invalid_record", f"a {kind} record in supervised data")
+
+    def encode(self, segments: Sequence[tuple[str, bool]], *, add_eos: bool) -> Example:
+        """Tokenise the joined text once; a token is trained when its first character is."""
+        text = "".join(t for t, _ in segments)
+        trained_spans, offset = [], 0
+        for piece, trained in segments:
+            if trained:
+                trained_spans.append((offset, offset + len(piece)))
+            offset += len(piece)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = [*self.bos, *enc["input_ids"]]
+        labels = [IGNORE] * len(self.bos)
+        for token_id, (start, _end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+            hit = any(lo <= start < hi for lo, hi in trained_spans)
+            labels.append(int(token_id) if hit else IGNORE)
+        if add_eos:
+            ids.append(self.eos)
+            labels.append(self.eos if segments[-1][1] else IGNORE)
+        # Nothing predicts an example's first token: in a packed row it would be predicted from
+        # the previous example's last one.
+        labels[0] = IGNORE
+        prompt, target = _last_turn(segments)
+        return Example(tuple(ids), tuple(labels), prompt, target)
+
+    def example(self, obj: Mapping[str, Any]) -> Example:
+        segments, add_eos = self.segments(obj)
+        return self.encode(segments, add_eos=add_eos)
+
+    def pair(self, obj: Mapping[str, Any]) -> Pair:
+        """``{prompt, chosen, rejected}`` (prompt a string or a message list) or OpenAI's
+        ``{input: {messages}, preferred_output, non_preferred_output}``."""
+        if "preferred_output" in obj:
+            prompt: Any = obj["input"]["messages"]
+            chosen = obj["preferred_output"][-1]["content"]
+            rejected = obj["non_preferred_output"][-1]["content"]
+        else:
+            prompt, chosen, rejected = obj["prompt"], obj["chosen"], obj["rejected"]
+        inputs = self.train_on_inputs == "true"
+        out = []
+        for answer in (chosen, rejected):
+            if isinstance(prompt, list):
+                messages = [*prompt, {"role": "assistant", "content": str(answer)}]
+                segs = chat_segments(self.tokenizer, messages, train_on_inputs=inputs)
+                out.append(self.encode(segs, add_eos=False))
+            else:
+                out.append(self.encode([(str(prompt), inputs), (str(answer), True)], add_eos=True))
+        return Pair(out[0], out[1])
+
+    def fit(self, example: Example) -> tuple[Example | None, bool]:
+        """(the example cut to max_seq_len or None if nothing trained is left, truncated?)."""
+        if len(example) <= self.max_seq_len:
+            return example, False
+        labels = example.labels[: self.max_seq_len]
+        if all(label == IGNORE for label in labels):
+            return None, True
+        cut = Example(example.input_ids[: self.max_seq_len], labels, example.prompt, example.target)
+        return cut, True
+
+
+def _last_turn(segments: Sequence[tuple[str, bool]]) -> tuple[str, str]:
+    """The text before the last trained piece, and that piece (for samples and exact match)."""
+    for i in range(len(segments) - 1, 0, -1):
+        if segments[i][1] and not segments[i - 1][1]:
+            return "".join(t for t, _ in segments[:i]), segments[i][0]
+    return "", ""
+
+
+def encode_dataset(
+    objects: Sequence[Mapping[str, Any]], encoder: Encoder
+) -> tuple[list[Example] | list[Pair], DataStats]:
+    """Encode every record, truncating to max_seq_len; examples with nothing left to train on
+    are dropped and counted.
+
+    Raises:
+        PipelineError: ``dataset.mixed_kinds`` or ``dataset.empty`` (nothing survived).
+    """
+    kinds = {kind_of(o) for o in objects}
+    if len(kinds) != 1:
+        raise PipelineError("dataset.mixed_kinds", f"one kind of record per dataset, got {kinds}")
+    kind = kinds.pop()
+    truncated = dropped = tokens = trained = 0
+    out: list[Any] = []
+    for obj in objects:
+        if kind == "preference":
+            pair = encoder.pair(obj)
+            chosen, cut_c = encoder.fit(pair.chosen)
+            rejected, cut_r = encoder.fit(pair.rejected)
+            truncated += cut_c or cut_r
+            if chosen is None or rejected is None:
+                dropped += 1
+                continue
+            out.append(Pair(chosen, rejected))
+            parts = [chosen, rejected]
+        else:
+            example, cut = encoder.fit(encoder.example(obj))
+            truncated += cut
+            if example is None or all(label == IGNORE for label in example.labels):
+                dropped += 1
+                continue
+            out.append(example)
+            parts = [example]
+        tokens += sum(len(p) for p in parts)
+        trained += sum(sum(label != IGNORE for label in p.labels) for p in parts)
+    if not out:
+        raise PipelineError(
+            "dataset.empty", f"no usable examples ({dropped} dropped: nothing left to train on)"
+        )
+    return out, DataStats(kind, len(out), truncated, dropped, tokens, trained)
+
+
+def split_validation(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """A seeded random ``fraction`` held out (at least one item when fraction > 0)."""
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_valid = max(1, round(len(items) * fraction))
+    valid = {*order[:n_valid]}
+    return [x for i, x in enumerate(items) if i not in valid], [items[i] for i in sorted(valid)]
+
+
+def batch_indices(n: int, batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's shuffled batches of example indices: a pure function of (seed, epoch), so a
+    resumed run needs only the step to find its place."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: indices grouped into rows of at most ``capacity`` tokens."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
+
+
+def collate(examples: Sequence[Example], *, packing: bool, capacity: int, pad_id: int) -> Batch:
+    """Rows padded to the longest; packed rows restart position ids at every example, and the
+    padding after them forms its own sequence, so the model's packed-sequence masking (derived
+    from the positions) keeps every example's attention inside the example."""
+    groups = pack([len(e) for e in examples], capacity) if packing else [[i] for i in range(len(examples))]
+    width = max(sum(len(examples[i]) for i in g) for g in groups)
+    ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(groups), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(groups), width), dtype=torch.long)
+    mask = torch.zeros((len(groups), width), dtype=torch.long)
+    for r, group in enumerate(groups):
+        at = 0
+        for i in group:
+            n = len(examples[i])
+            ids[r, at : at + n] = torch.tensor(examples[i].input_ids)
+            labels[r, at : at + n] = torch.tensor(examples[i].labels)
+            positions[r, at : at + n] = torch.arange(n)
+            at += n
+        positions[r, at:] = torch.arange(width - at)
+        mask[r, :at] = 1
+    return Batch(ids, labels, positions, None if packing else mask)

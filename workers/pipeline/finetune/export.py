@@ -1,0 +1,108 @@
+"""Fine-tuning outputs in Hugging Face layout: the model (merged for adapters), the adapter, a card.
+
+Adapters are merged onto a freshly loaded *unquantised* base: merging into 4-bit weights would
+round the update away, and the merged model must equal base + adapter to within float error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from workers.pipeline.finetune.model import load_base
+
+
+def save_full(model: nn.Module, output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    cast(Any, model).save_pretrained(str(output))  # transformers 5 always writes safetensors
+
+
+def save_adapter_and_merge(
+    peft_model: nn.Module, *, base_dir: Path, vocab_size: int, adapter_dir: Path, model_dir: Path
+) -> None:
+    """The peft adapter folder, then base + adapter merged into plain weights (fp32)."""
+    from peft import PeftModel
+
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    cast(Any, peft_model).save_pretrained(str(adapter_dir))
+    base = load_base(base_dir, dtype=torch.float32)
+    if cast(Any, base).get_input_embeddings().weight.size(0) != vocab_size:
+        cast(Any, base).resize_token_embeddings(vocab_size)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(model_dir))
+
+
+def finish_folder(
+    folder: Path, tokenizer: PreTrainedTokenizerBase, *, eos_ids: list[int], card: str
+) -> None:
+    """Tokenizer (with the chat template used in training), generation config, model card."""
+    tokenizer.save_pretrained(str(folder))
+    path = folder / "generation_config.json"
+    generation = (
+        GenerationConfig.from_pretrained(str(folder)) if path.exists() else GenerationConfig()
+    )
+    generation.eos_token_id = eos_ids[0] if len(eos_ids) == 1 else eos_ids
+    generation.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.bos_token_id is not None:
+        generation.bos_token_id = tokenizer.bos_token_id
+    generation.save_pretrained(str(folder))
+    (folder / "README.md").write_text(card)
+
+
+def model_card(
+    *,
+    title: str,
+    base: str,
+    method: str,
+    data: Mapping[str, Any],
+    hyperparameters: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    chat_template: str | None,
+    usage: str,
+) -> str:
+    """A README.md that says what this model is, how it was made, and how well it did."""
+    lines = [
+        "---",
+        f"base_model: {base}",
+        "library_name: " + ("peft" if "PeftModel" in usage else "transformers"),
+        "tags: [gristmill, fine-tuned, " + method + "]",
+        "---",
+        "",
+        f"# {title}",
+        "",
+        f"Fine-tuned from `{base}` with **{method}** by Gristmill.",
+        "",
+        "## Data",
+        "",
+        *[f"- {k}: {v}" for k, v in data.items()],
+        "",
+        "## Hyper-parameters",
+        "",
+        "```json",
+        json.dumps(dict(hyperparameters), indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+        "## Final metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items())],
+        "",
+    ]
+    if chat_template:
+        lines += [
+            "## Chat template",
+            "",
+            f"Trained with the `{chat_template}` template, saved in the tokenizer files; "
+            "generation stops at its end-of-turn token (`generation_config.json`).",
+            "",
+        ]
+    lines += ["## Usage", "", "```python", usage.strip(), "```", ""]
+    return "\n".join(lines)
