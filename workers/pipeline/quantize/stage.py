@@ -200,7 +200,7 @@ def _gguf(
     vocab = read_vocab(inputs.model_dir, info.vocab_size)
     state = source.model.state_dict()
     name = inputs.model_dir.name
-    f32_path = paths.work_dir / f"{name}-f32.gguf"
+    f32_path = paths.work_dir / "model-f32.gguf"
     if any(t not in FLOAT_TYPES for t in options.types):  # llama.cpp quantises from f32
         write_gguf(state, info, vocab, f32_path, "f32", name=name)
     prompts = [
@@ -211,7 +211,7 @@ def _gguf(
     for step, kind in enumerate(options.types, start=1):
         if hooks.should_stop():
             raise StageCancelled
-        out = paths.output_dir / f"{name}-{kind}.gguf"
+        out = paths.output_dir / f"model-{kind}.gguf"
         if kind in FLOAT_TYPES:
             write_gguf(state, info, vocab, out, kind, name=name)
         else:
@@ -250,9 +250,9 @@ def _check_gguf(
         )
         agreement = compare_logits(reference, [llm.logits(p) for p in prompts])
         ppl = perplexity(llm.logits, source.text)
-        speed = None
-        if options.generation_tokens and len(prompts[0]) + options.generation_tokens < n_ctx:
-            speed = llm.generation_speed(prompts[0], options.generation_tokens)
+        # Short-context models generate fewer tokens rather than none.
+        n_gen = min(options.generation_tokens, n_ctx - len(prompts[0]) - 1)
+        speed = llm.generation_speed(prompts[0], n_gen) if n_gen >= 8 else None
         load_seconds = llm.load_seconds
     ratio = ppl.perplexity / source.reference.perplexity
     size = path.stat().st_size

@@ -138,7 +138,9 @@ def read_vocab(model_dir: Path, vocab_size: int) -> GgufVocab:
     prefix = _spm_prefix(data) if spm else None
 
     special = _special(tok, config)
-    rank = {left + right: r for r, (left, right) in enumerate(merges)}
+    rank: dict[str, int] = {}
+    for r, (left, right) in enumerate(merges):
+        rank.setdefault(left + right, r)  # the first merge that makes a token ranks it
     tokens, types, scores = [], [], []
     for i in range(vocab_size):
         text = by_id.get(i)
