@@ -27,7 +27,7 @@ from workers.pipeline.quantize.vocab import QWEN2_REGEX
 
 SAMPLE_TEXT = (
     "Once upon a time, a little fox found 3 shiny stones.\n\n"
-    "  She said: \"It's 12:30 already!\" — naïve café 😀 ünïcode\ttabs and   spaces."
+    '  She said: "It\'s 12:30 already!" — naïve café 😀 ünïcode\ttabs and   spaces.'
 )
 
 

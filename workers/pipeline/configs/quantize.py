@@ -49,7 +49,8 @@ class GgufOptions:
     max_perplexity_ratio: dict[str, float] = field(
         default_factory=lambda: dict(DEFAULT_MAX_PERPLEXITY_RATIO)
     )
-    """Per type: fail when held-out perplexity exceeds full precision's by more than this ratio."""
+    """Per type: fail when held-out perplexity exceeds full precision's by more than this ratio
+    (types left out keep their default)."""
     generation_tokens: int = 64
     """Tokens generated in llama.cpp to measure CPU generation speed (0 skips it)."""
     threads: int = 2

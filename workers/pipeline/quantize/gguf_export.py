@@ -186,7 +186,9 @@ def _encode(array: npt.NDArray[np.float32], kind: str) -> tuple[np.ndarray[Any, 
     return gguf.quants.quantize(array, qtype), qtype
 
 
-def _add_metadata(w: gguf.GGUFWriter, info: ArchInfo, vocab: GgufVocab, kind: str, name: str) -> None:
+def _add_metadata(
+    w: gguf.GGUFWriter, info: ArchInfo, vocab: GgufVocab, kind: str, name: str
+) -> None:
     w.add_name(name)
     w.add_context_length(info.context_length)
     w.add_embedding_length(info.hidden_size)

@@ -86,13 +86,17 @@ def check_group_size(model: PreTrainedModel, options: GptqOptions) -> None:
     if options.group_size == -1:
         return
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in QUANTISED_LINEARS:
-            if module.in_features % options.group_size:
-                raise PipelineError(
-                    "quantize.bad_group_size",
-                    f"group_size {options.group_size} does not divide {name}'s "
-                    f"{module.in_features} inputs; use a divisor or -1",
-                )
+        quantised = name.rsplit(".", 1)[-1] in QUANTISED_LINEARS
+        if (
+            isinstance(module, torch.nn.Linear)
+            and quantised
+            and module.in_features % options.group_size
+        ):
+            raise PipelineError(
+                "quantize.bad_group_size",
+                f"group_size {options.group_size} does not divide {name}'s "
+                f"{module.in_features} inputs; use a divisor or -1",
+            )
 
 
 def run_gptq(

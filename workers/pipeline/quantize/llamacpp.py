@@ -11,6 +11,7 @@ import ctypes
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +22,7 @@ from workers.pipeline.types import PipelineError
 LLAMA_FTYPES = {"q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
 
 
-def _llama_cpp():  # type: ignore[no-untyped-def]
+def _llama_cpp() -> Any:
     try:
         import llama_cpp
     except ImportError as exc:  # the gguf extra is not installed on this worker
@@ -87,13 +88,11 @@ class LlamaCppModel:
     def generation_speed(self, prompt: Sequence[int], n_tokens: int) -> float:
         """Greedy decoding tokens/s after the prompt (prompt processing is not counted)."""
         self.llm.reset()
-        generated = 0
         started = 0.0
-        for _ in self.llm.generate(list(prompt), top_k=1, temp=0.0, reset=True):
+        for generated, _ in enumerate(self.llm.generate(list(prompt), top_k=1, temp=0.0)):
             if generated == 0:
                 started = time.perf_counter()  # the first token includes prompt processing
-            generated += 1
-            if generated > n_tokens:
+            elif generated == n_tokens:
                 break
         return n_tokens / max(time.perf_counter() - started, 1e-9)
 

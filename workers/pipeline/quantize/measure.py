@@ -82,7 +82,8 @@ def torch_logits(model: PreTrainedModel) -> LogitsFn:
     def run(tokens: Sequence[int]) -> npt.NDArray[np.float32]:
         with torch.no_grad():
             out = model(torch.tensor([list(tokens)]), use_cache=False).logits[0]
-        return out.float().numpy()
+        logits: npt.NDArray[np.float32] = out.float().numpy()
+        return logits
 
     return run
 

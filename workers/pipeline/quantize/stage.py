@@ -14,12 +14,12 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from workers.pipeline.configs.quantize import QuantizeConfig
+from workers.pipeline.configs.quantize import DEFAULT_MAX_PERPLEXITY_RATIO, QuantizeConfig
 from workers.pipeline.quantize import gptq as gptq_lib
 from workers.pipeline.quantize.gguf_export import (
     FLOAT_TYPES,
@@ -136,7 +136,7 @@ def run_quantize(
     info = read_arch(inputs.model_dir)  # refuse before loading anything heavy
     tokenizer = AutoTokenizer.from_pretrained(str(inputs.model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(inputs.model_dir), dtype=torch.float32)
-    model.eval()
+    cast(torch.nn.Module, model).eval()  # transformers' typing of eval is missing
     window = min(config.eval_window, info.context_length)
     text = eval_text(
         tokenizer, inputs.heldout, config.prompts, max_tokens=config.eval_tokens, window=window
@@ -203,9 +203,7 @@ def _gguf(
     f32_path = paths.work_dir / "model-f32.gguf"
     if any(t not in FLOAT_TYPES for t in options.types):  # llama.cpp quantises from f32
         write_gguf(state, info, vocab, f32_path, "f32", name=name)
-    prompts = [
-        source.tokenizer(p, add_special_tokens=False)["input_ids"] for p in config.prompts
-    ]
+    prompts = [source.tokenizer(p, add_special_tokens=False)["input_ids"] for p in config.prompts]
     reference = [torch_logits(source.model)(p) for p in prompts]
     reports = []
     for step, kind in enumerate(options.types, start=1):
@@ -280,7 +278,7 @@ def _check_gguf(
         )
     if kind in _EXACT_TYPES and agreement.top1_agreement < 1.0:
         problems.append(f"top-1 agreement {agreement.top1_agreement:.1%} < 100%")
-    limit = options.max_perplexity_ratio.get(kind, math.inf)
+    limit = options.max_perplexity_ratio.get(kind, DEFAULT_MAX_PERPLEXITY_RATIO[kind])
     if not ratio <= limit:
         problems.append(f"perplexity ratio {ratio:.4f} > {limit:g}")
     if problems:
@@ -313,7 +311,9 @@ def _gptq(
     gptq_lib.check_group_size(source.model, options)
     rtn = perplexity(torch_logits(gptq_lib.rtn_model(source.model, options)), source.text)
     hooks.on_event("round-to-nearest measured", {"perplexity": rtn.perplexity})
-    windows = gptq_lib.calibration_windows(source.tokenizer, inputs.calibration, options, config.seed)
+    windows = gptq_lib.calibration_windows(
+        source.tokenizer, inputs.calibration, options, config.seed
+    )
     gptq_lib.run_gptq(
         inputs.model_dir,
         options,
@@ -325,7 +325,7 @@ def _gptq(
     started = time.perf_counter()
     quantised = AutoModelForCausalLM.from_pretrained(str(paths.output_dir), device_map="cpu")
     load_seconds = time.perf_counter() - started
-    quantised.eval()
+    cast(torch.nn.Module, quantised).eval()
     got = perplexity(torch_logits(quantised), source.text)
     size = sum(f.stat().st_size for f in paths.output_dir.glob("*.safetensors"))
     base = source.reference.perplexity

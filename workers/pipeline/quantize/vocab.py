@@ -92,7 +92,7 @@ def _spm_prefix(data: dict[str, Any]) -> bool:
 
 def _merge_pairs(raw: list[Any]) -> list[tuple[str, str]]:
     # tokenizers ≥ 0.20 writes merges as [left, right]; older files as "left right".
-    return [(m[0], m[1]) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in raw]  # type: ignore[misc]
+    return [(m[0], m[1]) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in raw]
 
 
 def _special(tok: PreTrainedTokenizerBase, config: dict[str, Any]) -> dict[str, int]:
