@@ -9,7 +9,6 @@ lands in ``report.json`` next to the outputs and in the result.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
