@@ -55,7 +55,7 @@ def trained_result(
     tmp_path_factory: pytest.TempPathFactory, trained_model: Path, corpus_file: DatasetFile
 ) -> tuple[QuantizeResult, RunPaths]:
     root = tmp_path_factory.mktemp("quantize")
-    return _quantize(root, trained_model, corpus_file, "f16", "q8_0", "q4_k_m")
+    return _quantize(root, trained_model, corpus_file, "f16", "q8_0", "q4_k_m", "q6_k")
 
 
 def test_trained_model_gguf_matches_torch_in_llama_cpp(
@@ -63,7 +63,7 @@ def test_trained_model_gguf_matches_torch_in_llama_cpp(
 ) -> None:
     result, paths = trained_result
     by_type = {r.type: r for r in result.gguf}
-    assert set(by_type) == {"f16", "q8_0", "q4_k_m"}
+    assert set(by_type) == {"f16", "q8_0", "q4_k_m", "q6_k"}
     f16 = by_type["f16"]
     assert f16.max_logit_delta <= 1e-2 and f16.top1_agreement == 1.0
     assert all(r.tokenizer_match for r in result.gguf)
@@ -74,11 +74,12 @@ def test_trained_model_gguf_matches_torch_in_llama_cpp(
     assert 8 < by_type["q8_0"].bits_per_weight < 9 and 15.9 < f16.bits_per_weight < 16.1
     assert result.eval_source == "heldout" and result.reference_perplexity > 1
     report = json.loads((paths.output_dir / "report.json").read_text())
-    assert [g["type"] for g in report["gguf"]] == ["f16", "q8_0", "q4_k_m"]
+    assert [g["type"] for g in report["gguf"]] == ["f16", "q8_0", "q4_k_m", "q6_k"]
     assert report["gguf"][0]["tokens_per_s"] > 0
     assert sorted(p.name for p in paths.output_dir.glob("*")) == [
         "model-f16.gguf",
         "model-q4_k_m.gguf",
+        "model-q6_k.gguf",
         "model-q8_0.gguf",
         "report.json",
     ]
@@ -112,15 +113,19 @@ def test_gguf_reads_back_with_architecture_tokenizer_and_f32_norms(
     assert "output.weight" not in types  # tied: llama.cpp reuses token_embd
 
 
-@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2"])
+# Each model also exercises one more type, so every GGUF type is written and checked somewhere.
+@pytest.mark.parametrize(
+    ("kind", "extra"), [("llama", "q4_0"), ("mistral", "bf16"), ("qwen2", "q5_k_m")]
+)
 def test_imported_models_match_torch_and_tokenize_alike(
-    kind: str, tmp_path: Path, corpus_texts: list[str], corpus_file: DatasetFile
+    kind: str, extra: str, tmp_path: Path, corpus_texts: list[str], corpus_file: DatasetFile
 ) -> None:
     model_dir = save_imported(kind, corpus_texts[:1000], tmp_path / "model")
-    result, _ = _quantize(tmp_path / "q", model_dir, corpus_file, "f16", "q8_0")
+    result, _ = _quantize(tmp_path / "q", model_dir, corpus_file, "f16", "q8_0", extra)
     f16 = result.gguf[0]
     assert f16.max_logit_delta <= 1e-2 and f16.top1_agreement == 1.0
     assert result.gguf[1].perplexity_ratio <= 1.01
+    assert result.gguf[2].type == extra and result.gguf[2].tokenizer_match
     hf = AutoTokenizer.from_pretrained(str(model_dir))
     with loaded(f16.path, n_ctx=128, threads=2) as llm:
         for text in (SAMPLE_TEXT, *corpus_texts[:5]):

@@ -35,7 +35,7 @@ from workers.pipeline.quantize.measure import (
     perplexity,
     torch_logits,
 )
-from workers.pipeline.quantize.vocab import read_vocab
+from workers.pipeline.quantize.vocab import GgufVocab, read_vocab
 from workers.pipeline.types import (
     DatasetFile,
     Hooks,
@@ -112,6 +112,7 @@ class _Source:
     model: PreTrainedModel
     params: int
     weight_bytes: int
+    name: str
     tokenizer: Any
     reference: Perplexity
     text: EvalText
@@ -132,7 +133,9 @@ def run_quantize(
             output failed its check; nothing is left in output_dir), ``quantize.no_calibration``,
             ``quantize.bad_group_size``, ``dataset.too_small``.
     """
-    info = read_arch(inputs.model_dir)  # refuse before loading anything heavy
+    # Refuse an unsupported model or tokenizer before loading anything heavy.
+    info = read_arch(inputs.model_dir)
+    vocab = read_vocab(inputs.model_dir, info.vocab_size) if config.format == "gguf" else None
     tokenizer = AutoTokenizer.from_pretrained(str(inputs.model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(inputs.model_dir), dtype=torch.float32)
     cast(torch.nn.Module, model).eval()  # transformers' typing of eval is missing
@@ -146,6 +149,7 @@ def run_quantize(
         model=model,
         params=sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
         weight_bytes=sum(f.stat().st_size for f in inputs.model_dir.glob("*.safetensors")),
+        name=inputs.model_dir.name,
         tokenizer=tokenizer,
         reference=reference,
         text=text,
@@ -155,12 +159,12 @@ def run_quantize(
         {"perplexity": reference.perplexity, "bits_per_byte": reference.bits_per_byte},
     )
     try:
-        if config.format == "gguf":
-            reports: tuple[GgufReport, ...] = _gguf(config, inputs, paths, hooks, source)
+        if vocab is not None:
+            reports: tuple[GgufReport, ...] = _gguf(config, vocab, paths, hooks, source)
             gptq_report = None
         else:
             reports, gptq_report = (), _gptq(config, inputs, paths, hooks, source)
-    except PipelineError:
+    except (PipelineError, StageCancelled):
         _clear(paths.output_dir)  # a failed check leaves nothing to register
         raise
     result = QuantizeResult(
@@ -190,15 +194,14 @@ def _clear(folder: Path) -> None:
 
 def _gguf(
     config: QuantizeConfig,
-    inputs: QuantizeInputs,
+    vocab: GgufVocab,
     paths: RunPaths,
     hooks: Hooks,
     source: _Source,
 ) -> tuple[GgufReport, ...]:
     info, options = source.info, config.gguf
-    vocab = read_vocab(inputs.model_dir, info.vocab_size)
     state = source.model.state_dict()
-    name = inputs.model_dir.name
+    name = source.name
     f32_path = paths.work_dir / "model-f32.gguf"
     if any(t not in FLOAT_TYPES for t in options.types):  # llama.cpp quantises from f32
         write_gguf(state, info, vocab, f32_path, "f32", name=name)
