@@ -1,0 +1,109 @@
+"""The llama.cpp side of the GGUF check: quantise, load, tokenize, score, and time generation.
+
+Everything goes through ``llama-cpp-python`` (the ``gristmill[gguf]`` extra), so the checks run
+the very C++ code users will run, not a Python re-reading of the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from workers.pipeline.types import PipelineError
+
+# GGUF type -> llama.cpp's llama_ftype, for the types its quantiser makes.
+LLAMA_FTYPES = {"q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
+
+
+def _llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as exc:  # the gguf extra is not installed on this worker
+        raise PipelineError(
+            "quantize.llama_cpp_missing",
+            "llama-cpp-python is not installed on this worker (install gristmill[gguf])",
+        ) from exc
+    return llama_cpp
+
+
+def quantize_file(source: Path, target: Path, kind: str, *, threads: int) -> Path:
+    """Quantise an f32/f16 GGUF to ``kind`` with ``llama_model_quantize`` (atomic).
+
+    Raises:
+        PipelineError: ``quantize.llama_cpp_failed`` when llama.cpp reports an error.
+    """
+    lib = _llama_cpp()
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = LLAMA_FTYPES[kind]
+    params.nthread = threads
+    tmp = target.with_name(target.name + ".tmp")
+    rc = lib.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+    if rc != 0:
+        tmp.unlink(missing_ok=True)
+        raise PipelineError("quantize.llama_cpp_failed", f"llama.cpp could not make {kind}: {rc}")
+    tmp.replace(target)
+    return target
+
+
+class LlamaCppModel:
+    """A GGUF loaded in llama.cpp with per-position logits enabled."""
+
+    def __init__(self, path: Path, *, n_ctx: int, threads: int) -> None:
+        lib = _llama_cpp()
+        started = time.perf_counter()
+        try:
+            self.llm = lib.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                logits_all=True,
+                verbose=False,
+            )
+        except ValueError as exc:  # llama-cpp-python's answer to "failed to load model"
+            raise PipelineError(
+                "quantize.gguf_unloadable", f"llama.cpp cannot load {path.name}: {exc}"
+            ) from exc
+        self.load_seconds = time.perf_counter() - started
+        self.n_vocab = self.llm.n_vocab()
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of plain text, without BOS and with special-token text kept literal."""
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def logits(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Logits at every position of one sequence: (len(tokens), vocab)."""
+        self.llm.reset()
+        self.llm.eval(list(tokens))
+        return np.array(self.llm.scores[: len(tokens)], dtype=np.float32)
+
+    def generation_speed(self, prompt: Sequence[int], n_tokens: int) -> float:
+        """Greedy decoding tokens/s after the prompt (prompt processing is not counted)."""
+        self.llm.reset()
+        started = 0.0
+        for generated, _ in enumerate(self.llm.generate(list(prompt), top_k=1, temp=0.0)):
+            if generated == 0:
+                started = time.perf_counter()  # the first token includes prompt processing
+            elif generated == n_tokens:
+                break
+        return n_tokens / max(time.perf_counter() - started, 1e-9)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+@contextlib.contextmanager
+def loaded(path: Path, *, n_ctx: int, threads: int) -> Iterator[LlamaCppModel]:
+    model = LlamaCppModel(path, n_ctx=n_ctx, threads=threads)
+    try:
+        yield model
+    finally:
+        model.close()
