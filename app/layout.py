@@ -21,6 +21,14 @@ def artifact(category: str, artifact_id: str) -> str:
     return f"{category}s/{artifact_id}"
 
 
+UPLOAD_NAME = ".upload.archive"
+
+
+def model_upload(model_id: str) -> str:
+    """An uploaded model archive, inside the model's folder until the import job unpacks it."""
+    return f"{artifact('model', model_id)}/{UPLOAD_NAME}"
+
+
 def job(job_id: str) -> str:
     return f"jobs/{job_id}"
 

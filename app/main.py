@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import errors, observability
-from app.api.routes import artifacts, datasets, health, jobs
+from app.api.routes import artifacts, datasets, health, jobs, models
 from app.broker import enqueue
 from app.db import make_engine, make_session_factory
 from app.jobs.reaper import ReaperThread
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         jobs.router,
         datasets.router,
         artifacts.tokenizers,
+        models.router,
         artifacts.models,
     ):
         app.include_router(router, prefix="/v1")

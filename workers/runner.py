@@ -28,7 +28,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import layout
-from app.artifacts.service import NewArtifact, place_artifact
+from app.artifacts.service import (
+    ImportVerdict,
+    NewArtifact,
+    place_artifact,
+    place_import,
+    record_import,
+)
 from app.artifacts.tables import Artifact
 from app.broker import enqueue
 from app.datasets.service import NewDataset, ValidationVerdict, place_dataset, record_verdict
@@ -498,6 +504,12 @@ def _finish(
 Placed = list[Any]  # ORM rows to add, and verdicts to apply, in the finishing transaction
 
 
+@dataclass(frozen=True)
+class _PlacedImport:
+    artifact_id: str
+    values: dict[str, Any]
+
+
 def _place_outputs(att: _Attempt, outcome: Outcome) -> Placed:
     """Move the outputs' files into the store (rows come with the final state)."""
     placed: Placed = []
@@ -510,6 +522,10 @@ def _place_outputs(att: _Attempt, outcome: Outcome) -> Placed:
         elif isinstance(output, NewDataset):
             placed.append(
                 place_dataset(store=store, tenant_id=tenant_id, job_id=job_id, output=output)
+            )
+        elif isinstance(output, ImportVerdict):
+            placed.append(
+                _PlacedImport(output.artifact_id, place_import(store=store, verdict=output))
             )
         else:
             placed.append(output)
@@ -546,6 +562,8 @@ def _write_final(
         for item in placed:
             if isinstance(item, ValidationVerdict):
                 record_verdict(session=session, verdict=item)
+            elif isinstance(item, _PlacedImport):
+                record_import(session=session, artifact_id=item.artifact_id, values=item.values)
             else:
                 session.add(item)
         message = f"job {status.value}"

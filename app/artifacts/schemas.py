@@ -12,18 +12,26 @@ class Lineage(BaseModel):
     validation_dataset_id: str | None = None
     tokenizer_id: str | None = None
     parent_model_id: str | None = None
+    """The model this one was made from: a fine-tune's base, a quantisation's source."""
+    source_model_id: str | None = None
 
 
 class ArtifactRead(BaseModel):
     id: str
     object: Literal["tokenizer", "model"]
     name: str
+    status: Literal["validating", "ready", "failed"]
     format: str
     size_bytes: int
     sha256: str
     lineage: Lineage
     details: dict[str, Any]
+    errors: list[dict[str, Any]] | None = None
     created_at: datetime
+    created: int
+    """Unix seconds (the OpenAI SDK's field)."""
+    owned_by: str
+    """The owning tenant's name (the OpenAI SDK's field)."""
 
 
 class ArtifactFile(BaseModel):

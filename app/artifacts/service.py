@@ -18,8 +18,10 @@ from app import layout
 from app.artifacts.schemas import ArtifactFile, ArtifactRead, Lineage
 from app.artifacts.tables import Artifact
 from app.db import paginate
-from app.errors import NotFound
+from app.errors import InvalidInput, NotFound
 from app.ids import new_id
+from app.jobs import service as jobs
+from app.jobs.tables import Job
 from app.storage import CHUNK, LocalStore, sha256_of
 
 Category = Literal["tokenizer", "model"]
@@ -103,12 +105,16 @@ def to_read(artifact: Artifact) -> ArtifactRead:
         id=artifact.id,
         object=artifact.category,
         name=artifact.name,
+        status=artifact.status,
         format=artifact.format,
         size_bytes=artifact.size_bytes,
         sha256=artifact.sha256,
         lineage=Lineage(**artifact.lineage),
         details=artifact.details,
+        errors=artifact.errors,
         created_at=artifact.created_at,
+        created=int(artifact.created_at.timestamp()),
+        owned_by=artifact.tenant_id,
     )
 
 
@@ -162,3 +168,89 @@ def stream_tar(*, store: LocalStore, artifact: Artifact) -> Iterator[bytes]:
         if info.size % tarfile.BLOCKSIZE:
             yield b"\0" * (tarfile.BLOCKSIZE - info.size % tarfile.BLOCKSIZE)
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def check_ready(artifact: Artifact, *, param: str) -> None:
+    """Raises InvalidInput unless the artifact passed validation (a job may read it)."""
+    if artifact.status != "ready":
+        raise InvalidInput(
+            f"{artifact.category.title()} '{artifact.id}' is {artifact.status}, not ready.",
+            code=f"{artifact.category}.not_ready",
+            param=param,
+        )
+
+
+def register_model_upload(
+    *,
+    session: Session,
+    tenant_id: str,
+    model_id: str,
+    name: str,
+    filename: str | None,
+    size_bytes: int,
+    sha256: str,
+    max_attempts: int,
+) -> tuple[Artifact, Job]:
+    """Record an uploaded model archive as ``validating`` with the job that imports it."""
+    job = jobs.add_job(
+        session=session,
+        tenant_id=tenant_id,
+        job_type="import_model",  # created by the service only (not submittable)
+        params={"model_id": model_id},
+        queue="cpu",
+        max_attempts=max_attempts,
+        inputs=[model_id],
+    )
+    artifact = Artifact(
+        id=model_id,
+        tenant_id=tenant_id,
+        job_id=job.id,
+        category="model",
+        name=name[:255],
+        uri=layout.artifact("model", model_id),
+        format="huggingface",
+        status="validating",
+        size_bytes=size_bytes,
+        sha256=sha256,
+        lineage={"job_id": job.id},
+        details={"upload": {"filename": filename, "size_bytes": size_bytes, "sha256": sha256}},
+    )
+    session.add(artifact)
+    session.commit()
+    return artifact, job
+
+
+@dataclass(frozen=True)
+class ImportVerdict:
+    """What importing an uploaded model found: its unpacked folder, or why it was refused."""
+
+    artifact_id: str
+    folder: Path | None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    errors: list[dict[str, Any]] | None = None
+
+
+def place_import(*, store: LocalStore, verdict: ImportVerdict) -> dict[str, Any]:
+    """Move an accepted model's files into its folder (the archive is dropped); return the row
+    values the finishing transaction writes."""
+    folder = store.local_path(layout.artifact("model", verdict.artifact_id))
+    store.delete(layout.model_upload(verdict.artifact_id))
+    if verdict.folder is None:
+        return {"status": "failed", "errors": verdict.errors or []}
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in verdict.folder.iterdir():
+        shutil.move(item, folder / item.name)
+    size, digest = write_manifest(folder)
+    return {
+        "status": "ready",
+        "size_bytes": size,
+        "sha256": digest,
+        "details": dict(verdict.details),
+    }
+
+
+def record_import(*, session: Session, artifact_id: str, values: Mapping[str, Any]) -> None:
+    artifact = session.get_one(Artifact, artifact_id)
+    details = {**artifact.details, **values.get("details", {})}
+    for name, value in {**values, "details": details}.items():
+        setattr(artifact, name, value)

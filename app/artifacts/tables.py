@@ -30,6 +30,8 @@ class Artifact(Base):
     format: Mapped[str] = mapped_column(String(40))  # huggingface | peft-adapter | gguf | ...
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default="ready")  # validating | ready | failed
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(default=None)
     lineage: Mapped[dict[str, Any]] = mapped_column(default=dict)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -89,6 +89,15 @@ def _load(
         artifact = artifacts.get_artifact(
             session=session, tenant_id=tenant_id, category=item.kind, artifact_id=object_id
         )
+        if item.ready:
+            artifacts.check_ready(artifact, param=param)
+        if item.formats and artifact.format not in item.formats:
+            raise InvalidInput(
+                f"Model '{artifact.id}' is {artifact.format}; this job reads "
+                f"{' or '.join(item.formats)} models.",
+                code="model.wrong_format",
+                param=param,
+            )
     except NotFound as err:
         raise InvalidInput(err.message, code=err.code, param=param) from None
     return Resolved(

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.errors import InvalidInput
 from app.settings import Settings
 from workers.pipeline.configs.base import ConfigError
 from workers.pipeline.configs.data import PrepareConfig
+from workers.pipeline.configs.finetune import FinetuneConfig
 from workers.pipeline.configs.probe import ProbeConfig
 from workers.pipeline.configs.training import (
     PretrainConfig,
@@ -38,14 +40,21 @@ HOUR = 3600.0
 DAY = 24 * HOUR
 
 
-def ref(kind: InputKind, *, optional: bool = False, ready: bool = True) -> Any:
+def ref(
+    kind: InputKind,
+    *,
+    optional: bool = False,
+    ready: bool = True,
+    formats: tuple[str, ...] = (),
+) -> Any:
     """A parameter that names a stored object the job reads (``dataset_id``, ``tokenizer_id``).
 
     The registry finds every such field; the API checks each one (the tenant's own, and ready)
     before the job is queued, and the runner resolves them to files before the handler runs.
-    ``ready=False`` admits a dataset still being validated (only the validation job reads one).
+    ``ready=False`` admits an object still being validated (only its validation job reads one);
+    ``formats`` limits a model to the formats the job can read (``huggingface``, ``gguf``, …).
     """
-    meta = {"ref": kind, "ready": ready}
+    meta = {"ref": kind, "ready": ready, "formats": formats}
     if optional:
         return field(default=None, kw_only=True, metadata=meta)
     return field(kw_only=True, metadata=meta)
@@ -82,6 +91,7 @@ class InputRef:
     param: str
     kind: InputKind
     ready: bool
+    formats: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,9 +112,10 @@ class JobKind:
     time_limit_s: float = DAY
     """The longest a job of this kind may run (from its first start); a job's own
     ``max_runtime_s`` may only lower it."""
-    preflight: Callable[[Any, Capacity], None] | None = None
-    """Checks the parameters against what the queue's workers offer (devices, memory); raises
-    ``ConfigError`` naming the parameter."""
+    preflight: Callable[[Any, Capacity, Mapping[str, Any]], None] | None = None
+    """Checks the parameters (and the resolved inputs, by parameter name) against what the
+    queue's workers offer (devices, memory); raises ``ConfigError`` naming the parameter, or an
+    ``InvalidInput`` for a job this deployment cannot run at all."""
 
     def queue_for(self, params: Any) -> Queue:
         return self.queue if isinstance(self.queue, str) else self.queue(params)
@@ -112,7 +123,7 @@ class JobKind:
     @property
     def inputs(self) -> tuple[InputRef, ...]:
         return tuple(
-            InputRef(f.name, f.metadata["ref"], f.metadata["ready"])
+            InputRef(f.name, f.metadata["ref"], f.metadata["ready"], f.metadata["formats"])
             for f in dataclasses.fields(self.params)
             if "ref" in f.metadata
         )
@@ -173,7 +184,9 @@ def check_devices(devices: int, capacity: Capacity) -> None:
         )
 
 
-def _pretrain_preflight(params: PretrainParams, capacity: Capacity) -> None:
+def _pretrain_preflight(
+    params: PretrainParams, capacity: Capacity, inputs: Mapping[str, Any]
+) -> None:
     check_devices(params.devices, capacity)
     if params.compile and not capacity.accelerated:
         raise ConfigError("compile", "torch.compile is for CUDA workers; this queue runs on CPU")
@@ -186,6 +199,90 @@ def _pretrain_preflight(params: PretrainParams, capacity: Capacity) -> None:
             f"the {capacity.device_memory_bytes / 1e9:.0f} GB this queue's devices have; lower "
             "micro_batch_size, the context length or the model size",
         )
+
+
+@dataclass(frozen=True)
+class ImportModelParams:
+    model_id: str = ref("model", ready=False)
+    """The uploaded model archive to unpack and check."""
+
+
+SUFFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+@dataclass(frozen=True)
+class FinetuneParams(FinetuneConfig):
+    model_id: str = ref("model", formats=("huggingface",))
+    """The base: any ready registry model in Hugging Face layout (pretrained here, imported, or
+    an earlier fine-tune)."""
+    dataset_id: str = ref("dataset")
+    """Training data: chat messages, prompt/completion, plain text, or prompt/chosen/rejected
+    pairs for dpo."""
+    validation_dataset_id: str | None = ref("dataset", optional=True)
+    """Validation data in the same format; null holds out validation_fraction."""
+    suffix: str | None = field(default=None, kw_only=True)
+    """Up to 64 letters, digits, '-', '_' or '.' in the fine-tuned model's name."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.suffix is not None and (
+            not 1 <= len(self.suffix) <= 64 or set(self.suffix) - SUFFIX_CHARS
+        ):
+            raise ConfigError("suffix", "1-64 letters, digits, '-', '_' or '.'")
+
+
+def _finetune_preflight(
+    params: FinetuneParams, capacity: Capacity, inputs: Mapping[str, Any]
+) -> None:
+    if params.method == "qlora" and not capacity.accelerated:
+        raise InvalidInput(
+            "QLoRA needs a CUDA worker (4-bit NF4 weights through bitsandbytes) and this "
+            "deployment's GPU queue has none; use method 'lora' instead.",
+            code="finetune.qlora_needs_cuda",
+            param="params.method",
+        )
+    check_devices(params.devices, capacity)
+    base = inputs.get("model_id")
+    n_params = _parameter_count(base.details) if base is not None else None
+    if n_params is None:
+        return
+    need = finetune_memory_bytes(params, n_params, accelerated=capacity.accelerated)
+    if need > capacity.device_memory_bytes:
+        raise ConfigError(
+            "method",
+            f"fine-tuning this {n_params / 1e6:.0f}M-parameter model with {params.method} needs "
+            f"about {need / 1e9:.1f} GB per device, more than the "
+            f"{capacity.device_memory_bytes / 1e9:.0f} GB this queue's devices have; use lora "
+            "or qlora, more devices with strategy fsdp, or a smaller base",
+        )
+
+
+def _parameter_count(details: Mapping[str, Any]) -> int | None:
+    for key in ("params", "parameters"):
+        if isinstance(details.get(key), int):
+            return int(details[key])
+    return None
+
+
+def finetune_memory_bytes(params: FinetuneConfig, n_params: int, *, accelerated: bool) -> int:
+    """Weights, gradients and AdamW state per device for a method and strategy.
+
+    Full: 16 bytes per parameter (fp32 master weights, gradients and two moments; bf16 autocast
+    does not change the master copy), divided across devices under FSDP. LoRA: the frozen base
+    in the compute dtype (2 bytes on CUDA, 4 on CPU) plus about 1% trainable parameters at 16
+    bytes. QLoRA: a 4-bit base (0.55 bytes with its scales). Activations add roughly a quarter
+    on top at the default sequence lengths; the check aims to be within 2x, not exact.
+    """
+    weight_bytes = 2 if accelerated else 4
+    if params.method == "full" or (params.method == "dpo" and not params.dpo.use_lora):
+        per_device = 16 * n_params / (params.devices if params.strategy == "fsdp" else 1)
+        if params.method == "dpo":  # the frozen reference model
+            per_device += weight_bytes * n_params
+    elif params.method == "qlora":
+        per_device = 0.55 * n_params + 16 * 0.01 * n_params
+    else:
+        per_device = weight_bytes * n_params + 16 * 0.01 * n_params
+    return int(per_device * 1.25)
 
 
 def _probe_queue(params: ProbeConfig) -> Queue:
@@ -246,6 +343,28 @@ KINDS: dict[str, JobKind] = {
             time_limit_s=30 * DAY,
             preflight=_pretrain_preflight,
             stage="workers.pipeline.pretrain:run_pretrain",
+        ),
+        JobKind(
+            name="import_model",
+            summary="Unpack and check an uploaded Hugging Face model archive.",
+            params=ImportModelParams,
+            handler="workers.handlers.models:handle_import",
+            stage="workers.pipeline.finetune.import_model:run_model_import",
+            submittable=False,
+        ),
+        JobKind(
+            name="finetune",
+            summary=(
+                "Fine-tune a registry model on your data: full, LoRA, QLoRA (CUDA) or DPO; "
+                "LoRA jobs register the adapter and a merged model."
+            ),
+            params=FinetuneParams,
+            outputs=("model",),
+            queue="gpu",
+            handler="workers.handlers.models:handle_finetune",
+            stage="workers.pipeline.finetune.stage:run_finetune",
+            preflight=_finetune_preflight,
+            time_limit_s=30 * DAY,
         ),
     )
 }

@@ -63,14 +63,6 @@ def submit_job(
             already used with a different request.
         InvalidParameter: the parameters ask for more than the queue's workers offer.
     """
-    if kind.preflight is not None and capacity is not None:
-        try:
-            kind.preflight(params, capacity)
-        except ConfigError as err:
-            raise InvalidParameter(
-                f"Invalid value for 'params.{err.field}': {err.message}",
-                param=f"params.{err.field}",
-            ) from None
     params_json = encode(params)
     time_limit = min(max_runtime_s or kind.time_limit_s, kind.time_limit_s)
     digest = request_hash(kind.name, {"params": params_json, "max_runtime_s": max_runtime_s})
@@ -81,6 +73,14 @@ def submit_job(
     inputs = load_inputs(
         session=session, store=store, tenant_id=tenant_id, kind=kind, params=params, lock=True
     )
+    if kind.preflight is not None and capacity is not None:
+        try:
+            kind.preflight(params, capacity, inputs)
+        except ConfigError as err:
+            raise InvalidParameter(
+                f"Invalid value for 'params.{err.field}': {err.message}",
+                param=f"params.{err.field}",
+            ) from None
     try:
         job = add_job(
             session=session,

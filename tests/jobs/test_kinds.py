@@ -92,13 +92,13 @@ def test_the_memory_preflight_uses_the_queue_device_class() -> None:
     assert pretrain.preflight is not None
     h200 = Capacity(devices=1, device_memory_bytes=141 * 10**9, accelerated=True)
     h100 = Capacity(devices=1, device_memory_bytes=80 * 10**9, accelerated=True)
-    pretrain.preflight(params, h200)
+    pretrain.preflight(params, h200, {})
     with pytest.raises(ConfigError) as refused:
-        pretrain.preflight(params, h100)
+        pretrain.preflight(params, h100, {})
     assert refused.value.field == "micro_batch_size"
     with pytest.raises(ConfigError, match="devices"):
         two = decode(pretrain.params, {**pretrain_example(), "devices": 2})
-        pretrain.preflight(two, h200)
+        pretrain.preflight(two, h200, {})
 
 
 def pretrain_example() -> dict[str, object]:

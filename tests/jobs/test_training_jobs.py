@@ -160,8 +160,6 @@ def test_pretrain_with_an_inline_tokenizer_registers_both(
                     "tied_embeddings": True}}, "params.model.heads"),
         ({"global_batch_tokens": 1000}, "params.global_batch_tokens"),
         ({"tokenizer_id": "tok_01ARZ3NDEKTSV4RRFFQ69G5FAV", "tokenizer": {}}, "params.tokenizer"),
-        ({"model": {"preset": "1b"}, "micro_batch_size": 64, "global_batch_tokens": 131072},
-         "params.micro_batch_size"),
         ({"lr": -1}, "params.lr"),
     ],
 )  # fmt: skip

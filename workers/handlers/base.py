@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from app.artifacts.service import NewArtifact
+from app.artifacts.service import ImportVerdict, NewArtifact
 from app.datasets.service import NewDataset, ValidationVerdict
 from app.jobs.inputs import Resolved
 from app.jobs.kinds import JobKind
@@ -28,7 +28,7 @@ from workers.pipeline.types import DatasetFile, Hooks, RunPaths
 P = TypeVar("P")
 C = TypeVar("C")
 
-Output = NewArtifact | NewDataset | ValidationVerdict
+Output = NewArtifact | NewDataset | ValidationVerdict | ImportVerdict
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,11 @@ def validate_model_dir(
     model_type = raw.get("model_type")
     architectures = raw.get("architectures") or []
     causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-    if model_type not in CONFIG_MAPPING_NAMES or not architectures or architectures[0] not in causal:
+    if (
+        model_type not in CONFIG_MAPPING_NAMES
+        or not architectures
+        or architectures[0] not in causal
+    ):
         raise _fail(
             "model.unsupported_architecture",
             f"{architectures or model_type!r} is not a causal LM architecture built into "
@@ -275,7 +279,12 @@ def validate_model_dir(
         _forward_once(folder, tokenizer)
     vocab = int(meta.get_input_embeddings().weight.shape[0])
     return (
-        architectures[0], str(model_type), params, vocab, bool(tokenizer.chat_template), forward
+        architectures[0],
+        str(model_type),
+        params,
+        vocab,
+        bool(tokenizer.chat_template),
+        forward,
     )
 
 
@@ -291,7 +300,9 @@ def _check_weights(files: list[Path], meta: Any, *, tied: bool) -> None:
                 for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                     found[key] = tuple(f.get_slice(key).get_shape())
         except Exception as exc:  # safetensors raises its own error types
-            raise _fail("model.weights_mismatch", f"{path.name} is not valid safetensors: {exc}") from exc
+            raise _fail(
+                "model.weights_mismatch", f"{path.name} is not valid safetensors: {exc}"
+            ) from exc
     missing = [k for k in expected if k not in found and not (tied and "lm_head" in k)]
     wrong = [k for k in expected if k in found and found[k] != expected[k]]
     if missing or wrong:

@@ -29,15 +29,15 @@ def load_tokenizer(base_dir: Path) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(base_dir), trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise PipelineError("model.tokenizer_invalid", f"the tokenizer does not load: {exc}") from exc
+        raise PipelineError(
+            "model.tokenizer_invalid", f"the tokenizer does not load: {exc}"
+        ) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # pads carry label -100: never trained
     return cast(PreTrainedTokenizerBase, tokenizer)
 
 
-def load_base(
-    base_dir: Path, *, dtype: torch.dtype, quantize_4bit: bool = False
-) -> nn.Module:
+def load_base(base_dir: Path, *, dtype: torch.dtype, quantize_4bit: bool = False) -> nn.Module:
     """The base causal LM from safetensors; in NF4 (bitsandbytes) when ``quantize_4bit``."""
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": False}
     if quantize_4bit:
@@ -108,8 +108,8 @@ def _with_lora(
         # (saved with the adapter), or the model could never emit its end-of-turn token.
         names = _embedding_names(model)
         to_save += [n for n in (names[:1] if tied else names) if n not in to_save]
-    target: Any = "all-linear" if settings.target_modules == "all-linear" else list(
-        settings.target_modules
+    target: Any = (
+        "all-linear" if settings.target_modules == "all-linear" else list(settings.target_modules)
     )
     lora = LoraConfig(
         r=settings.rank,

@@ -1,0 +1,108 @@
+"""``POST /v1/models``: bring a model of your own (reading models is in ``artifacts``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, status
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from app import layout
+from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.errors import ErrorResponse
+from app.artifacts import service
+from app.artifacts.schemas import ArtifactRead
+from app.broker import enqueue
+from app.datasets import upload
+from app.errors import InvalidInput, PayloadTooLarge
+
+router = APIRouter(prefix="/models", tags=["models"], responses={401: {"model": ErrorResponse}})
+MULTIPART_SLACK = 64 * 1024
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".tar, .tar.gz or .zip of a Hugging Face model folder "
+                            "(config.json, safetensors weights, tokenizer files)",
+                        },
+                        "name": {"type": "string", "maxLength": 255},
+                        "sha256": {"type": "string", "description": "Checked against the upload"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ArtifactRead,
+    responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}},
+    openapi_extra=UPLOAD_BODY,
+    summary="Upload a model (multipart, streamed); it is checked before it is ready",
+)
+async def create_model(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    tenant_id: TenantDep,
+    content_length: Annotated[int | None, Header(ge=0)] = None,
+) -> ArtifactRead:
+    """Safetensors only: pickled weights are refused and never loaded (`validating` → `ready`)."""
+    limit = settings.max_upload_bytes
+    if content_length is not None and content_length > limit + MULTIPART_SLACK:
+        raise PayloadTooLarge(f"The upload is larger than the limit of {limit} bytes.")
+    model_id = service.new_artifact_id("model")
+    try:
+        with store.open_write(layout.model_upload(model_id)) as writer:
+            try:
+                received = await upload.receive(
+                    request.stream(),
+                    content_type=request.headers.get("content-type", ""),
+                    writer=writer,
+                    max_bytes=limit,
+                )
+            except ClientDisconnect:
+                raise InvalidInput("The client disconnected before the upload finished.") from None
+            fields = received.fields
+            if set(fields) - {"name", "sha256"}:
+                raise InvalidInput("Only 'file', 'name' and 'sha256' are accepted here.")
+            if "sha256" in fields and fields["sha256"].lower() != writer.sha256:
+                declared = fields["sha256"]
+                raise InvalidInput(
+                    f"The upload's SHA-256 is {writer.sha256}, not the declared {declared}.",
+                    code="model.checksum_mismatch",
+                    param="sha256",
+                )
+            name = (fields.get("name") or received.filename or model_id).strip()[:255] or model_id
+            await run_in_threadpool(writer.commit)
+        artifact, job = await run_in_threadpool(
+            lambda: service.register_model_upload(
+                session=session,
+                tenant_id=tenant_id,
+                model_id=model_id,
+                name=name,
+                filename=received.filename,
+                size_bytes=writer.size,
+                sha256=writer.sha256,
+                max_attempts=settings.max_attempts,
+            )
+        )
+    except BaseException:
+        store.delete(layout.artifact("model", model_id))
+        raise
+    enqueue(job.id, job.queue)
+    return service.to_read(artifact)

@@ -1,0 +1,75 @@
+"""Model jobs: ``import_model`` (an uploaded archive becomes a registry model) and ``finetune``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app import layout
+from app.artifacts.service import ImportVerdict, NewArtifact, new_artifact_id
+from app.jobs.kinds import FinetuneParams, ImportModelParams
+from workers.handlers.base import JobContext, Outcome, Output, details, run_stage, stage_config
+from workers.pipeline.configs.finetune import FinetuneConfig, ModelImportConfig
+from workers.pipeline.finetune.import_model import ModelImportInputs
+from workers.pipeline.finetune.stage import FinetuneInputs
+from workers.pipeline.types import PipelineError
+
+
+def handle_import(ctx: JobContext[ImportModelParams]) -> Outcome:
+    """A verdict whatever the archive holds: a refused upload fails its model, not the job."""
+    model = ctx.inputs["model_id"]
+    archive = model.path / layout.UPLOAD_NAME
+    verdict: ImportVerdict
+    try:
+        result = run_stage(ctx, ModelImportConfig(), ModelImportInputs(archive=archive))
+    except PipelineError as err:
+        verdict = ImportVerdict(model.id, None, errors=[{"code": err.code, "reason": err.message}])
+        return Outcome(result={"model_id": model.id, "status": "failed"}, outputs=[verdict])
+    info = {k: v for k, v in details(result).items() if k != "model_dir"}
+    verdict = ImportVerdict(model.id, ctx.paths.output_dir / "model", details=info)
+    return Outcome(result={"model_id": model.id, "status": "ready", **info}, outputs=[verdict])
+
+
+def handle_finetune(ctx: JobContext[FinetuneParams]) -> Outcome:
+    params, base = ctx.params, ctx.inputs["model_id"]
+    config = stage_config(params, FinetuneConfig)
+    inputs = FinetuneInputs(
+        base_model_dir=base.path,
+        train=ctx.dataset("dataset_id"),
+        validation=ctx.optional_dataset("validation_dataset_id"),
+    )
+    result = run_stage(ctx, config, inputs, devices=config.devices)
+    lineage = {
+        "job_id": ctx.job_id,
+        "parent_model_id": base.id,
+        "dataset_id": params.dataset_id,
+        "validation_dataset_id": params.validation_dataset_id,
+    }
+    summary = {k: v for k, v in details(result).items() if k not in ("model_dir", "adapter_dir")}
+    name = f"ft:{base.name}:{params.suffix or config.method}:{ctx.job_id}"
+    model = NewArtifact(
+        id=new_artifact_id("model"),
+        category="model",
+        folder=ctx.paths.output_dir / "model",
+        name=name,
+        lineage=lineage,
+        details={**summary, "method": config.method},
+    )
+    outputs: list[Output] = [model]
+    ids: dict[str, Any] = {"model_id": model.id, "fine_tuned_model": name}
+    if result.get("adapter_dir"):
+        adapter = NewArtifact(
+            id=new_artifact_id("model"),
+            category="model",
+            folder=ctx.paths.output_dir / "adapter",
+            name=f"{name}:adapter",
+            format="peft-adapter",
+            lineage=lineage,
+            details={
+                "base_model_id": base.id,
+                "merged_model_id": model.id,
+                "method": config.method,
+            },
+        )
+        outputs.append(adapter)
+        ids["adapter_id"] = adapter.id
+    return Outcome(result={**ids, **summary}, outputs=outputs)
