@@ -49,6 +49,7 @@ os.environ["GRISTMILL_REAPER_INTERVAL_SECONDS"] = "1"
 os.environ["GRISTMILL_REQUEUE_AFTER_SECONDS"] = "3"
 os.environ["GRISTMILL_METRICS_FLUSH_SECONDS"] = "0.5"
 os.environ["GRISTMILL_QUEUE_DEVICES"] = '{"cpu": 2, "gpu": 2}'  # DDP tests: 2 gloo processes
+os.environ["GRISTMILL_QUEUE_ACCELERATED"] = '{"gpu": false}'  # this machine has no CUDA
 
 import redis  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402

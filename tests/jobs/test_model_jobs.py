@@ -1,0 +1,149 @@
+"""Models in and fine-tunes out, through the API and the job layer: upload an archive, import it,
+fine-tune it with LoRA, and find the merged model and its adapter registered with lineage."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.settings import Settings
+from app.storage import LocalStore
+from tests.pipeline.finetune_helpers import build_base, chat_rows, task_split
+from workers import runner
+
+
+@pytest.fixture
+def run(factory: sessionmaker[Session], settings: Settings):  # type: ignore[no-untyped-def]
+    store = LocalStore(settings.resolved_storage_dir)
+
+    def run(client: TestClient, auth: dict[str, str], job_id: str) -> dict:
+        runner.execute(job_id, owner="t", settings=settings, session_factory=factory, store=store)
+        return client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+
+    return run
+
+
+def tar_bytes(folder: Path, extra: dict[str, bytes] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(str(folder), arcname="my-model")
+        for name, data in (extra or {}).items():
+            info = tarfile.TarInfo(f"my-model/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def upload_model(client: TestClient, auth: dict[str, str], data: bytes) -> dict:
+    response = client.post(
+        "/v1/models",
+        files={"file": ("model.tar.gz", io.BytesIO(data))},
+        data={"name": "tiny-qwen"},
+        headers=auth,
+    )
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def job_of(client: TestClient, auth: dict[str, str], model: dict) -> str:
+    return str(model["lineage"]["job_id"])
+
+
+class _Boom:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("unpickled!",))
+
+
+def test_an_uploaded_model_is_imported_then_fine_tuned_with_lora(
+    client: TestClient, auth: dict[str, str], run, tmp_path: Path
+) -> None:
+    base = build_base("qwen2", tmp_path / "base")
+    model = upload_model(client, auth, tar_bytes(base))
+    assert model["status"] == "validating" and model["object"] == "model"
+    assert isinstance(model["created"], int) and model["owned_by"]
+
+    # Not ready yet: a fine-tune may not use it.
+    train, _ = task_split()
+    rows = "\n".join(__import__("json").dumps(r) for r in chat_rows(train[:48])) + "\n"
+    dataset = client.post(
+        "/v1/datasets", files={"file": ("chat.jsonl", io.BytesIO(rows.encode()))}, headers=auth
+    ).json()
+    run(client, auth, dataset["job_id"])
+    body = {
+        "type": "finetune",
+        "params": {"model_id": model["id"], "dataset_id": dataset["id"], "n_epochs": 1},
+    }
+    early = client.post("/v1/jobs", json=body, headers=auth)
+    assert early.status_code == 400 and early.json()["error"]["code"] == "model.not_ready"
+
+    imported = run(client, auth, job_of(client, auth, model))
+    assert imported["status"] == "succeeded", imported
+    ready = client.get(f"/v1/models/{model['id']}", headers=auth).json()
+    assert ready["status"] == "ready"
+    assert ready["details"]["architecture"] == "Qwen2ForCausalLM"
+    names = {
+        f["path"]
+        for f in client.get(f"/v1/models/{model['id']}/files", headers=auth).json()["data"]
+    }
+    assert "config.json" in names and not any(n.endswith(".archive") for n in names)
+
+    body["params"].update({"method": "lora", "suffix": "cities", "batch_size": 8})
+    job = client.post("/v1/jobs", json=body, headers=auth)
+    assert job.status_code == 202, job.text
+    done = run(client, auth, job.json()["id"])
+    assert done["status"] == "succeeded", done
+    result = done["result"]
+    merged = client.get(f"/v1/models/{result['model_id']}", headers=auth).json()
+    adapter = client.get(f"/v1/models/{result['adapter_id']}", headers=auth).json()
+    assert merged["format"] == "huggingface" and adapter["format"] == "peft-adapter"
+    assert merged["lineage"]["parent_model_id"] == model["id"]
+    assert merged["lineage"]["dataset_id"] == dataset["id"]
+    assert merged["name"] == result["fine_tuned_model"] and ":cities:" in merged["name"]
+    files = {
+        f["path"]
+        for f in client.get(f"/v1/models/{merged['id']}/files", headers=auth).json()["data"]
+    }
+    assert {"config.json", "model.safetensors", "README.md"} <= files
+
+
+def test_a_pickled_model_fails_its_import_and_is_never_loaded(
+    client: TestClient, auth: dict[str, str], run, tmp_path: Path
+) -> None:
+    base = build_base("qwen2", tmp_path / "base")
+    data = tar_bytes(base, extra={"pytorch_model.bin": pickle.dumps(_Boom())})
+    model = upload_model(client, auth, data)
+
+    job = run(client, auth, job_of(client, auth, model))
+
+    assert job["status"] == "succeeded"  # the job did its work: the verdict is on the model
+    failed = client.get(f"/v1/models/{model['id']}", headers=auth).json()
+    assert failed["status"] == "failed"
+    assert failed["errors"][0]["code"] == "model.pickle_refused"
+
+
+def test_qlora_is_refused_without_a_cuda_queue(
+    client: TestClient, auth: dict[str, str], run, tmp_path: Path
+) -> None:
+    model = upload_model(client, auth, tar_bytes(build_base("qwen2", tmp_path / "base")))
+    run(client, auth, job_of(client, auth, model))
+    rows = b'{"prompt": "a", "completion": "b"}\n' * 4
+    dataset = client.post(
+        "/v1/datasets", files={"file": ("pc.jsonl", io.BytesIO(rows))}, headers=auth
+    ).json()
+    run(client, auth, dataset["job_id"])
+    body = {
+        "type": "finetune",
+        "params": {"model_id": model["id"], "dataset_id": dataset["id"], "method": "qlora"},
+    }
+
+    response = client.post("/v1/jobs", json=body, headers=auth)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "finetune.qlora_needs_cuda"
+    assert response.json()["error"]["param"] == "params.method"
