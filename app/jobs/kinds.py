@@ -24,6 +24,7 @@ from workers.pipeline.configs.base import ConfigError
 from workers.pipeline.configs.data import PrepareConfig
 from workers.pipeline.configs.finetune import FinetuneConfig
 from workers.pipeline.configs.probe import ProbeConfig
+from workers.pipeline.configs.quantize import QuantizeConfig
 from workers.pipeline.configs.training import (
     PretrainConfig,
     TokenizerConfig,
@@ -285,6 +286,26 @@ def finetune_memory_bytes(params: FinetuneConfig, n_params: int, *, accelerated:
     return int(per_device * 1.25)
 
 
+@dataclass(frozen=True)
+class QuantizeParams(QuantizeConfig):
+    model_id: str = ref("model", formats=("huggingface",))
+    """The model to quantise (Llama-family, Hugging Face layout)."""
+    heldout_dataset_id: str | None = ref("dataset", optional=True)
+    """Held-out text for perplexity and bits per byte against full precision."""
+    calibration_dataset_id: str | None = ref("dataset", optional=True)
+    """GPTQ calibration text (required for format gptq)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.format == "gptq" and self.calibration_dataset_id is None:
+            raise ConfigError("calibration_dataset_id", "GPTQ needs a calibration dataset")
+
+
+def _quantize_queue(params: QuantizeParams) -> Queue:
+    """GGUF is made and checked for CPUs; GPTQ is computed where its kernels run."""
+    return "gpu" if params.format == "gptq" else "cpu"
+
+
 def _probe_queue(params: ProbeConfig) -> Queue:
     return "gpu" if params.device == "cuda" else "cpu"
 
@@ -343,6 +364,18 @@ KINDS: dict[str, JobKind] = {
             time_limit_s=30 * DAY,
             preflight=_pretrain_preflight,
             stage="workers.pipeline.pretrain:run_pretrain",
+        ),
+        JobKind(
+            name="quantize",
+            summary=(
+                "Quantise a model to GGUF (checked in llama.cpp) or GPTQ (checked against "
+                "round-to-nearest), with a quality report."
+            ),
+            params=QuantizeParams,
+            outputs=("model",),
+            queue=_quantize_queue,
+            handler="workers.handlers.models:handle_quantize",
+            stage="workers.pipeline.quantize.stage:run_quantize",
         ),
         JobKind(
             name="import_model",

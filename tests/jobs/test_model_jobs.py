@@ -147,3 +147,31 @@ def test_qlora_is_refused_without_a_cuda_queue(
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "finetune.qlora_needs_cuda"
     assert response.json()["error"]["param"] == "params.method"
+
+
+def test_a_model_quantised_to_gguf_is_registered_per_type_and_downloads_as_one_file(
+    client: TestClient, auth: dict[str, str], run, tmp_path: Path
+) -> None:
+    model = upload_model(client, auth, tar_bytes(build_base("llama", tmp_path / "base")))
+    run(client, auth, job_of(client, auth, model))
+    body = {
+        "type": "quantize",
+        "params": {"model_id": model["id"], "format": "gguf", "gguf": {"types": ["f16", "q8_0"]}},
+    }
+    job = client.post("/v1/jobs", json=body, headers=auth)
+    assert job.status_code == 202, job.text
+    assert job.json()["params"]["format"] == "gguf"
+
+    done = run(client, auth, job.json()["id"])
+
+    assert done["status"] == "succeeded", done
+    ids = done["result"]["model_ids"]
+    assert len(ids) == 2
+    for model_id in ids:
+        gguf = client.get(f"/v1/models/{model_id}", headers=auth).json()
+        assert gguf["format"] == "gguf" and gguf["lineage"]["parent_model_id"] == model["id"]
+        assert gguf["details"]["max_logit_delta"] <= 1e-2 or gguf["details"]["type"] != "f16"
+        files = client.get(f"/v1/models/{model_id}/files", headers=auth).json()["data"]
+        (name,) = [f["path"] for f in files if f["path"].endswith(".gguf")]
+        blob = client.get(f"/v1/models/{model_id}/files/{name}", headers=auth)
+        assert blob.status_code == 200 and blob.content[:4] == b"GGUF"

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 from app import layout
 from app.artifacts.service import ImportVerdict, NewArtifact, new_artifact_id
-from app.jobs.kinds import FinetuneParams, ImportModelParams
+from app.jobs.kinds import FinetuneParams, ImportModelParams, QuantizeParams
 from workers.handlers.base import JobContext, Outcome, Output, details, run_stage, stage_config
 from workers.pipeline.configs.finetune import FinetuneConfig, ModelImportConfig
+from workers.pipeline.configs.quantize import QuantizeConfig
 from workers.pipeline.finetune.import_model import ModelImportInputs
 from workers.pipeline.finetune.stage import FinetuneInputs
+from workers.pipeline.quantize.stage import QuantizeInputs
 from workers.pipeline.types import PipelineError
 
 
@@ -73,3 +76,60 @@ def handle_finetune(ctx: JobContext[FinetuneParams]) -> Outcome:
         outputs.append(adapter)
         ids["adapter_id"] = adapter.id
     return Outcome(result={**ids, **summary}, outputs=outputs)
+
+
+def handle_quantize(ctx: JobContext[QuantizeParams]) -> Outcome:
+    """Each GGUF type becomes a model of its own (one downloadable file); GPTQ one HF folder."""
+    params, source = ctx.params, ctx.inputs["model_id"]
+    config = stage_config(params, QuantizeConfig)
+    inputs = QuantizeInputs(
+        model_dir=source.path,
+        heldout=ctx.optional_dataset("heldout_dataset_id"),
+        calibration=ctx.optional_dataset("calibration_dataset_id"),
+    )
+    result = run_stage(ctx, config, inputs)
+    report = ctx.paths.output_dir / "report.json"
+    lineage = {
+        "job_id": ctx.job_id,
+        "parent_model_id": source.id,
+        "dataset_id": params.heldout_dataset_id or params.calibration_dataset_id,
+    }
+    common = {k: result[k] for k in ("architecture", "params", "reference_perplexity")}
+    outputs: list[Output] = []
+    for gguf in result["gguf"]:
+        folder = ctx.paths.work_dir / f"gguf-{gguf['type']}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        shutil.move(gguf["path"], folder / f"{_slug(source.name)}-{gguf['type']}.gguf")
+        shutil.copyfile(report, folder / "report.json")
+        outputs.append(
+            NewArtifact(
+                id=new_artifact_id("model"),
+                category="model",
+                folder=folder,
+                name=f"{source.name}:{gguf['type']}",
+                format="gguf",
+                lineage=lineage,
+                details={**common, **{k: v for k, v in gguf.items() if k != "path"}},
+            )
+        )
+    if result["gptq"] is not None:
+        gptq = {k: v for k, v in result["gptq"].items() if k != "output_dir"}
+        outputs.append(
+            NewArtifact(
+                id=new_artifact_id("model"),
+                category="model",
+                folder=ctx.paths.output_dir,
+                name=f"{source.name}:gptq-{gptq['bits']}bit",
+                format="gptq",
+                lineage=lineage,
+                details={**common, **gptq},
+            )
+        )
+    model_ids = [o.id for o in outputs if isinstance(o, NewArtifact)]
+    summary = {k: v for k, v in result.items() if k not in ("report_path",)}
+    return Outcome(result={"model_ids": model_ids, **summary}, outputs=outputs)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:80] or "model"
