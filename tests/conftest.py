@@ -127,7 +127,7 @@ def _redis() -> Iterator[None]:
             time.sleep(0.1)
     yield
     server.terminate()
-    server.wait(timeout=10)
+    server.wait(timeout=scaled(10))
 
 
 @pytest.fixture(scope="session")

@@ -142,8 +142,8 @@ class Proc:
         for child in family:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
-        self.popen.wait(timeout=10)
-        psutil.wait_procs(family, timeout=5)
+        self.popen.wait(timeout=scaled(10))
+        psutil.wait_procs(family, timeout=scaled(5))
 
 
 STARTED: list[Proc] = []
@@ -229,7 +229,7 @@ class RedisServer:
                 sock.recv(16)
         except OSError:
             pass
-        self.proc.popen.wait(timeout=10)
+        self.proc.popen.wait(timeout=scaled(10))
         stop_all([self.proc])
 
     def stop(self) -> None:
@@ -340,7 +340,7 @@ class Api:
         job_type: str,
         params: Mapping[str, Any],
         *,
-        timeout: float = 60,
+        timeout: float = 90,
         logs: Iterable[Proc] = (),
     ) -> dict[str, Any]:
         """Submit a job and wait until it has ``succeeded``; return it (fail if it ends otherwise).

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.settings import Settings
 from tests.conftest import RunJob
+from tests.timing import scaled
 
 CORPUS = Path(__file__).parents[1] / "fixtures" / "corpus" / "stories.jsonl"
 TINY = {
@@ -126,7 +127,7 @@ def test_pretrain_job_produces_a_model_that_loads_anywhere(
     )
     out = subprocess.run(
         [sys.executable, "-c", load, str(folder)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=scaled(120),
         env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
