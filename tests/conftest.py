@@ -3,6 +3,9 @@
 Tests run against real Postgres (a database of their own, built by ``alembic upgrade head``) and a
 Redis database number of their own. Tables are truncated between tests rather than rolled back,
 because the job layer writes from background threads on connections of its own.
+
+``GRISTMILL_TEST_TIMEOUT_FACTOR`` stretches every wait, pytest-timeout's limits included (see
+``tests.timing``). ``run_job`` is the one way a test runs a queued job to its end in-process.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pytest_timeout import get_env_settings
+
+from tests.timing import TIMEOUT_FACTOR, scaled
 
 PG_ADMIN_URL = os.environ.get(
     "GRISTMILL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -57,9 +64,34 @@ from sqlalchemy import Engine, text  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from app.db import make_engine, make_session_factory  # noqa: E402
+from app.jobs.schemas import JobRead  # noqa: E402
+from app.jobs.tables import Job  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.settings import Settings, get_settings  # noqa: E402
+from app.storage import LocalStore  # noqa: E402
 from tests.factories import make_key  # noqa: E402
+from workers import runner  # noqa: E402
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"gristmill timeout factor: {TIMEOUT_FACTOR:g} (GRISTMILL_TEST_TIMEOUT_FACTOR)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """pytest-timeout's limit for each test (the configured one, or the test's own ``timeout``
+    mark) times the timeout factor: the mark put first is the one pytest-timeout reads."""
+    if TIMEOUT_FACTOR == 1:
+        return
+    default = get_env_settings(config).timeout
+    for item in items:
+        mark = item.get_closest_marker("timeout")
+        kwargs: dict[str, Any] = dict(mark.kwargs) if mark is not None else {}
+        args = list(mark.args) if mark is not None else []
+        limit = args.pop(0) if args else kwargs.pop("timeout", default)
+        if args:
+            kwargs["method"] = args.pop(0)
+        if limit:
+            item.add_marker(pytest.mark.timeout(scaled(float(limit)), **kwargs), append=False)
 
 
 def recreate_database(admin_url: str, name: str) -> None:
@@ -86,15 +118,18 @@ def _redis() -> Iterator[None]:
     args += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     server = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True)
     client = redis.Redis.from_url(TEST_BROKER_URL)
-    for _ in range(100):
+    deadline = time.monotonic() + scaled(10)
+    while True:
         try:
             client.ping()
             break
         except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
             time.sleep(0.1)
     yield
     server.terminate()
-    server.wait(timeout=10)
+    server.wait(timeout=scaled(10))
 
 
 @pytest.fixture(scope="session")
@@ -148,6 +183,26 @@ def client(settings: Settings, factory: sessionmaker[Session]) -> Iterator[TestC
     app = create_app(settings, run_reaper=False)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
+
+
+RunJob = Callable[[str], dict[str, Any]]
+
+
+@pytest.fixture
+def run_job(factory: sessionmaker[Session], settings: Settings) -> RunJob:
+    """Run a queued job to its end in this process, as a worker's pool process would, and return
+    it as ``GET /v1/jobs/{id}`` shows it (any tenant's job; the caller checks the status)."""
+    store = LocalStore(settings.resolved_storage_dir)
+
+    def run(job_id: str) -> dict[str, Any]:
+        runner.execute(
+            job_id, owner="test", settings=settings, session_factory=factory, store=store
+        )
+        with factory() as session:
+            job = session.get_one(Job, job_id)
+            return JobRead.model_validate(job).model_dump(mode="json")
+
+    return run
 
 
 @pytest.fixture

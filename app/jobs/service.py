@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -359,11 +359,22 @@ def list_metrics(
     name: str | None,
     after_step: int | None,
     limit: int,
+    after_name: str | None = None,
 ) -> tuple[list[JobMetric], bool]:
+    """One page of a job's metrics in (step, name) order.
+
+    The cursor is the last row's (``after_step``, ``after_name``): several metrics share a step,
+    so a step alone cannot say where a page that ended inside a step resumes. ``after_step``
+    without ``after_name`` still means "every step after this one".
+    """
     stmt = select(JobMetric).where(JobMetric.job_id == job_id)
     if name is not None:
         stmt = stmt.where(JobMetric.name == name)
-    if after_step is not None:
+    if after_name is not None:
+        if after_step is None:
+            raise InvalidInput("after_name needs after_step", param="after_name")
+        stmt = stmt.where(tuple_(JobMetric.step, JobMetric.name) > tuple_(after_step, after_name))
+    elif after_step is not None:
         stmt = stmt.where(JobMetric.step > after_step)
     return paginate(session, stmt.order_by(JobMetric.step, JobMetric.name), limit=limit)
 

@@ -16,18 +16,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.datasets.tables import Dataset
 from app.settings import Settings
-from app.storage import LocalStore
-from workers import runner
+from tests.conftest import RunJob
 
 
 @pytest.fixture
-def validate(factory: sessionmaker[Session], settings: Settings):  # type: ignore[no-untyped-def]
-    """Run the dataset's queued job in-process, as a worker would."""
-    store = LocalStore(settings.resolved_storage_dir)
+def validate(run_job: RunJob):  # type: ignore[no-untyped-def]
+    """Run the dataset's queued validation job to its end; return the dataset."""
 
     def run(client: TestClient, auth: dict[str, str], dataset_id: str) -> dict:
-        job_id = client.get(f"/v1/datasets/{dataset_id}", headers=auth).json()["job_id"]
-        runner.execute(job_id, owner="t", settings=settings, session_factory=factory, store=store)
+        run_job(client.get(f"/v1/datasets/{dataset_id}", headers=auth).json()["job_id"])
         return client.get(f"/v1/datasets/{dataset_id}", headers=auth).json()
 
     return run
@@ -76,7 +73,7 @@ def test_upload_validates_to_ready(client: TestClient, auth: dict[str, str], val
 
     ready = validate(client, auth, dataset["id"])
     assert ready["status"] == "ready"
-    assert (ready["format"], ready["record_type"], ready["records"]) == ("jsonl", "text", 20)
+    assert (ready["format"], ready["kind"], ready["records"]) == ("jsonl", "text", 20)
 
 
 def test_download_returns_the_same_bytes(client: TestClient, auth: dict[str, str]) -> None:
@@ -299,17 +296,11 @@ def test_another_tenants_dataset_is_404(
     assert client.get("/v1/datasets", headers=other_auth).json()["data"] == []
 
 
-def run_job(factory: sessionmaker[Session], settings: Settings, job_id: str) -> None:
-    store = LocalStore(settings.resolved_storage_dir)
-    runner.execute(job_id, owner="t", settings=settings, session_factory=factory, store=store)
-
-
 def test_prepare_writes_a_cleaned_child_dataset_with_a_report(
     client: TestClient,
     auth: dict[str, str],
     validate,
-    factory: sessionmaker[Session],
-    settings: Settings,
+    run_job: RunJob,
 ) -> None:
     words = "grain mill river stone wheel flour miller water bread village market harvest".split()  # noqa: SIM905
     docs = [
@@ -323,15 +314,14 @@ def test_prepare_writes_a_cleaned_child_dataset_with_a_report(
 
     body = {"type": "prepare", "params": {"dataset_id": source["id"], "validation_fraction": 0.1}}
     job = client.post("/v1/jobs", json=body, headers=auth).json()
-    run_job(factory, settings, job["id"])
+    finished = run_job(job["id"])
 
-    finished = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert finished["status"] == "succeeded", finished["error"]
     children = finished["result"]["dataset_ids"]
     train = client.get(f"/v1/datasets/{children['train']}", headers=auth).json()
     held_out = client.get(f"/v1/datasets/{children['validation']}", headers=auth).json()
     assert train["parent_id"] == held_out["parent_id"] == source["id"]
-    assert train["status"] == "ready" and train["record_type"] == "text"
+    assert train["status"] == "ready" and train["kind"] == "text"
     assert train["records"] + held_out["records"] == finished["result"]["records_out"]
     assert finished["result"]["records_out"] < len(docs) - 4
     report = client.get(f"/v1/datasets/{children['train']}/report", headers=auth).json()

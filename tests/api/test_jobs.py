@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.jobs import service
 from app.jobs.tables import Job
 from tests.conftest import TEST_BROKER_URL
 
@@ -158,3 +159,40 @@ def test_idempotency_keys_are_per_tenant(
 
     assert theirs.status_code == 202
     assert theirs.json()["id"] != mine["id"]
+
+
+def page_through_metrics(
+    client: TestClient, auth: dict[str, str], job_id: str, limit: int
+) -> list[tuple[int, str]]:
+    """Follow the metrics cursor (the last row's step and name) until ``has_more`` is false."""
+    seen: list[tuple[int, str]] = []
+    cursor: dict[str, str | int] = {}
+    while True:
+        page = client.get(
+            f"/v1/jobs/{job_id}/metrics", params={"limit": limit, **cursor}, headers=auth
+        ).json()
+        seen += [(m["step"], m["name"]) for m in page["data"]]
+        if not page["has_more"]:
+            return seen
+        cursor = {"after_step": seen[-1][0], "after_name": seen[-1][1]}
+
+
+def test_metrics_pages_end_inside_a_step_and_lose_nothing(
+    client: TestClient, auth: dict[str, str], factory: sessionmaker[Session]
+) -> None:
+    """Four metrics per step: pages of 1 and 3 end inside steps, and every row comes once."""
+    job = client.post("/v1/jobs", json=PROBE, headers=auth).json()
+    names = ["lr", "train_loss", "val_loss", "grad_norm"]
+    rows = [(step, name, step / 10) for step in (5, 10, 15) for name in names]
+    with factory() as session, session.begin():
+        service.record_metrics(session=session, job_id=job["id"], attempt=1, rows=rows)
+    expected = sorted((step, name) for step, name, _ in rows)
+
+    for limit in (1, 3, 5, 1000):
+        assert page_through_metrics(client, auth, job["id"], limit) == expected, limit
+
+    after_step = client.get(f"/v1/jobs/{job['id']}/metrics?after_step=5", headers=auth).json()
+    assert [(m["step"], m["name"]) for m in after_step["data"]] == expected[4:]
+    lone_name = client.get(f"/v1/jobs/{job['id']}/metrics?after_name=lr", headers=auth)
+    assert lone_name.status_code == 400
+    assert lone_name.json()["error"]["param"] == "after_name"

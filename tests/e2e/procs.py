@@ -5,6 +5,10 @@ Every process a test starts is recorded here (``STARTED``) with its log file, so
 can attach log tails to a failing test's report and kill whatever a test left behind. Processes
 run in sessions of their own (``start_new_session=True``): stopping one signals its whole process
 group, and nothing else on the machine.
+
+Timeouts here are seconds on the reference machine; ``wait_for`` (and so ``Api.wait_status`` and
+``Api.run_job``), ``run_cli`` and the HTTP client stretch them by ``GRISTMILL_TEST_TIMEOUT_FACTOR``
+(see ``tests.timing``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from sqlalchemy import text
 from app.db import make_engine
 from app.jobs.states import FINAL_STATES as JOB_FINAL_STATES
 from tests.conftest import PG_ADMIN_URL, RUN_ID
+from tests.timing import scaled
 
 GRISTMILL = str(Path(sys.executable).with_name("gristmill"))
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
@@ -65,7 +70,11 @@ def wait_for(
     what: str = "condition",
     logs: Iterable[Proc] = (),
 ) -> T:
-    """Call ``probe`` until it returns something truthy; fail with the processes' log tails."""
+    """Call ``probe`` until it returns something truthy; fail with the processes' log tails.
+
+    ``timeout`` is in seconds on the reference machine, stretched by the timeout factor.
+    """
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     last: T | None = None
     while True:
@@ -133,8 +142,8 @@ class Proc:
         for child in family:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
-        self.popen.wait(timeout=10)
-        psutil.wait_procs(family, timeout=5)
+        self.popen.wait(timeout=scaled(10))
+        psutil.wait_procs(family, timeout=scaled(5))
 
 
 STARTED: list[Proc] = []
@@ -178,7 +187,7 @@ def stop_all(procs: Iterable[Proc]) -> None:
 def run_cli(args: list[str], *, env: Mapping[str, str], timeout: float = 60) -> str:
     """Run a short ``gristmill`` command to completion and return its stdout."""
     done = subprocess.run(
-        [GRISTMILL, *args], env=dict(env), capture_output=True, text=True, timeout=timeout
+        [GRISTMILL, *args], env=dict(env), capture_output=True, text=True, timeout=scaled(timeout)
     )
     if done.returncode != 0:
         raise AssertionError(f"gristmill {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
@@ -220,7 +229,7 @@ class RedisServer:
                 sock.recv(16)
         except OSError:
             pass
-        self.proc.popen.wait(timeout=10)
+        self.proc.popen.wait(timeout=scaled(10))
         stop_all([self.proc])
 
     def stop(self) -> None:
@@ -308,7 +317,7 @@ class Api:
     client: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = httpx.Client(base_url=self.base_url, timeout=15)
+        self.client = httpx.Client(base_url=self.base_url, timeout=scaled(15))
 
     @property
     def auth(self) -> dict[str, str]:
@@ -325,6 +334,23 @@ class Api:
         response = self.client.post("/v1/jobs", json=body, headers=self.auth)
         assert response.status_code == 202, response.text
         return dict(response.json())
+
+    def run_job(
+        self,
+        job_type: str,
+        params: Mapping[str, Any],
+        *,
+        timeout: float = 90,
+        logs: Iterable[Proc] = (),
+    ) -> dict[str, Any]:
+        """Submit a job and wait until it has ``succeeded``; return it (fail if it ends otherwise).
+
+        The end-to-end twin of the ``run_job`` fixture, for jobs that real worker processes run.
+        """
+        body = {"type": job_type, "params": dict(params)}
+        response = self.client.post("/v1/jobs", json=body, headers=self.auth)
+        assert response.status_code == 202, response.text
+        return self.wait_status(response.json()["id"], "succeeded", timeout=timeout, logs=logs)
 
     def job(self, job_id: str) -> dict[str, Any]:
         response = self.client.get(f"/v1/jobs/{job_id}", headers=self.auth)

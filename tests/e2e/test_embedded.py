@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e import procs
 from tests.e2e.procs import GRISTMILL, Api, Proc, wait_for
+from tests.timing import scaled
 
 pytestmark = pytest.mark.slow
 
@@ -139,8 +140,8 @@ def test_sigterm_stops_serve_and_its_worker_leaving_no_process(tmp_path: Path) -
 
     server.proc.popen.send_signal(signal.SIGTERM)
     try:
-        server.proc.popen.wait(timeout=30)
-        _, alive = psutil.wait_procs(family_procs, timeout=20)
+        server.proc.popen.wait(timeout=scaled(30))
+        _, alive = psutil.wait_procs(family_procs, timeout=scaled(20))
         assert [_describe(p) for p in alive if not _is_zombie(p)] == []
     finally:
         stop_serve(server)

@@ -17,6 +17,7 @@ import redis
 from app.broker import RUN_JOB, create_celery
 from app.settings import Settings
 from tests.e2e.procs import RedisServer, Stack, StackFactory, TcpProxy, database_url, wait_for
+from tests.timing import scaled
 
 pytestmark = pytest.mark.slow
 
@@ -274,8 +275,8 @@ def test_ready_answers_503_while_postgres_is_unreachable_and_recovers(
     try:
         for _ in range(3):
             started = time.monotonic()
-            response = stack.api.client.get("/v1/ready", timeout=15)
-            assert time.monotonic() - started < 10
+            response = stack.api.client.get("/v1/ready", timeout=scaled(15))
+            assert time.monotonic() - started < scaled(10)
             assert response.status_code == 503, response.text
             assert response.json()["error"]["code"] == "not_ready"
         assert stack.api_proc is not None and stack.api_proc.alive()

@@ -16,8 +16,13 @@ pytestmark = pytest.mark.slow
 
 CORPUS = Path(__file__).parents[1] / "fixtures" / "corpus" / "stories.jsonl"
 LEASE_S = 4
+# Seconds a pretraining run below may take: a few seconds on an idle two-core machine, with room
+# for other processes keeping both cores busy (GRISTMILL_TEST_TIMEOUT_FACTOR stretches it more).
+TRAIN_S = 180
+# The `tiny` preset keeps each run to seconds; 240 steps leave ~190 steps of slack after the kill
+# point (step 50), so the kill lands mid-run however fast or slow the machine is.
 PRETRAIN: dict[str, Any] = {
-    "model": {"preset": "small", "context_length": 128},
+    "model": {"preset": "tiny", "context_length": 128},
     "max_steps": 240,
     "global_batch_tokens": 1024,
     "micro_batch_size": 8,
@@ -47,18 +52,11 @@ def upload_ready(api: Api, data: bytes, logs: list) -> str:  # type: ignore[type
     dataset = post(api, "/v1/datasets", files={"file": ("stories.jsonl", data)})
     wait_for(
         lambda: get(api, f"/v1/datasets/{dataset['id']}")["status"] == "ready",
-        timeout=60,
+        timeout=90,
         what="dataset ready",
         logs=logs,
     )
     return str(dataset["id"])
-
-
-def run_job(
-    api: Api, job_type: str, params: dict[str, Any], logs: list, timeout: float = 180
-) -> dict[str, Any]:  # type: ignore[type-arg]
-    job = post(api, "/v1/jobs", json={"type": job_type, "params": params})
-    return api.wait_status(job["id"], "succeeded", timeout=timeout, logs=logs)
 
 
 @pytest.fixture
@@ -74,8 +72,8 @@ def test_prepare_runs_its_process_pool_inside_a_worker(stack: Stack) -> None:
     succeeds with a cleaned child dataset."""
     lines = CORPUS.read_bytes().splitlines(keepends=True)[:600]
     source = upload_ready(stack.api, b"".join(lines), stack.logs)
-    done = run_job(
-        stack.api, "prepare", {"dataset_id": source, "validation_fraction": 0.1}, stack.logs
+    done = stack.api.run_job(
+        "prepare", {"dataset_id": source, "validation_fraction": 0.1}, logs=stack.logs
     )
 
     children = done["result"]["dataset_ids"]
@@ -83,14 +81,15 @@ def test_prepare_runs_its_process_pool_inside_a_worker(stack: Stack) -> None:
     assert train["status"] == "ready" and train["parent_id"] == source
 
 
+@pytest.mark.timeout(600)  # two training runs, each up to TRAIN_S; stretched by the factor
 def test_killed_pretraining_resumes_to_the_same_final_loss(stack: Stack) -> None:
     """SIGKILL of the worker's pool process after the step-40 checkpoint → the reaper re-queues
     the job, attempt 2 resumes from that checkpoint, and the run ends exactly where an
     uninterrupted run with the same settings ends."""
     lines = CORPUS.read_bytes().splitlines(keepends=True)[:1500]
     dataset = upload_ready(stack.api, b"".join(lines), stack.logs)
-    tokenizer = run_job(
-        stack.api, "tokenizer", {"dataset_id": dataset, "vocab_size": 400}, stack.logs
+    tokenizer = stack.api.run_job(
+        "tokenizer", {"dataset_id": dataset, "vocab_size": 400}, logs=stack.logs
     )
     params = {
         "dataset_id": dataset,
@@ -98,18 +97,20 @@ def test_killed_pretraining_resumes_to_the_same_final_loss(stack: Stack) -> None
         **PRETRAIN,
     }
 
-    baseline = run_job(stack.api, "pretrain", params, stack.logs)
+    baseline = stack.api.run_job("pretrain", params, timeout=TRAIN_S, logs=stack.logs)
 
     job = post(stack.api, "/v1/jobs", json={"type": "pretrain", "params": params})
     wait_for(
         lambda: (stack.api.job(job["id"])["progress"] or {}).get("step", 0) >= 50,
-        timeout=120,
+        timeout=TRAIN_S,
         interval=0.1,
         what="training past the step-40 checkpoint",
         logs=stack.logs,
     )
     os.kill(stack.pool_child(), signal.SIGKILL)
-    resumed = stack.api.wait_status(job["id"], "succeeded", timeout=180, logs=stack.logs)
+    resumed = stack.api.wait_status(
+        job["id"], "succeeded", timeout=TRAIN_S + LEASE_S + 30, logs=stack.logs
+    )
 
     assert resumed["attempt"] == 2
     resumed_from = resumed["result"]["resumed_from_step"]

@@ -8,25 +8,10 @@ import pickle
 import tarfile
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy.orm import Session, sessionmaker
 
-from app.settings import Settings
-from app.storage import LocalStore
+from tests.conftest import RunJob
 from tests.pipeline.finetune_helpers import build_base, chat_rows, task_split
-from workers import runner
-
-
-@pytest.fixture
-def run(factory: sessionmaker[Session], settings: Settings):  # type: ignore[no-untyped-def]
-    store = LocalStore(settings.resolved_storage_dir)
-
-    def run(client: TestClient, auth: dict[str, str], job_id: str) -> dict:
-        runner.execute(job_id, owner="t", settings=settings, session_factory=factory, store=store)
-        return client.get(f"/v1/jobs/{job_id}", headers=auth).json()
-
-    return run
 
 
 def tar_bytes(folder: Path, extra: dict[str, bytes] | None = None) -> bytes:
@@ -61,7 +46,7 @@ class _Boom:
 
 
 def test_an_uploaded_model_is_imported_then_fine_tuned_with_lora(
-    client: TestClient, auth: dict[str, str], run, tmp_path: Path
+    client: TestClient, auth: dict[str, str], run_job: RunJob, tmp_path: Path
 ) -> None:
     base = build_base("qwen2", tmp_path / "base")
     model = upload_model(client, auth, tar_bytes(base))
@@ -74,7 +59,7 @@ def test_an_uploaded_model_is_imported_then_fine_tuned_with_lora(
     dataset = client.post(
         "/v1/datasets", files={"file": ("chat.jsonl", io.BytesIO(rows.encode()))}, headers=auth
     ).json()
-    run(client, auth, dataset["job_id"])
+    run_job(dataset["job_id"])
     body = {
         "type": "finetune",
         "params": {"model_id": model["id"], "dataset_id": dataset["id"], "n_epochs": 1},
@@ -82,7 +67,7 @@ def test_an_uploaded_model_is_imported_then_fine_tuned_with_lora(
     early = client.post("/v1/jobs", json=body, headers=auth)
     assert early.status_code == 400 and early.json()["error"]["code"] == "model.not_ready"
 
-    imported = run(client, auth, job_of(client, auth, model))
+    imported = run_job(job_of(client, auth, model))
     assert imported["status"] == "succeeded", imported
     ready = client.get(f"/v1/models/{model['id']}", headers=auth).json()
     assert ready["status"] == "ready"
@@ -96,7 +81,7 @@ def test_an_uploaded_model_is_imported_then_fine_tuned_with_lora(
     body["params"].update({"method": "lora", "suffix": "cities", "batch_size": 8})
     job = client.post("/v1/jobs", json=body, headers=auth)
     assert job.status_code == 202, job.text
-    done = run(client, auth, job.json()["id"])
+    done = run_job(job.json()["id"])
     assert done["status"] == "succeeded", done
     result = done["result"]
     merged = client.get(f"/v1/models/{result['model_id']}", headers=auth).json()
@@ -113,13 +98,13 @@ def test_an_uploaded_model_is_imported_then_fine_tuned_with_lora(
 
 
 def test_a_pickled_model_fails_its_import_and_is_never_loaded(
-    client: TestClient, auth: dict[str, str], run, tmp_path: Path
+    client: TestClient, auth: dict[str, str], run_job: RunJob, tmp_path: Path
 ) -> None:
     base = build_base("qwen2", tmp_path / "base")
     data = tar_bytes(base, extra={"pytorch_model.bin": pickle.dumps(_Boom())})
     model = upload_model(client, auth, data)
 
-    job = run(client, auth, job_of(client, auth, model))
+    job = run_job(job_of(client, auth, model))
 
     assert job["status"] == "succeeded"  # the job did its work: the verdict is on the model
     failed = client.get(f"/v1/models/{model['id']}", headers=auth).json()
@@ -128,15 +113,15 @@ def test_a_pickled_model_fails_its_import_and_is_never_loaded(
 
 
 def test_qlora_is_refused_without_a_cuda_queue(
-    client: TestClient, auth: dict[str, str], run, tmp_path: Path
+    client: TestClient, auth: dict[str, str], run_job: RunJob, tmp_path: Path
 ) -> None:
     model = upload_model(client, auth, tar_bytes(build_base("qwen2", tmp_path / "base")))
-    run(client, auth, job_of(client, auth, model))
+    run_job(job_of(client, auth, model))
     rows = b'{"prompt": "a", "completion": "b"}\n' * 4
     dataset = client.post(
         "/v1/datasets", files={"file": ("pc.jsonl", io.BytesIO(rows))}, headers=auth
     ).json()
-    run(client, auth, dataset["job_id"])
+    run_job(dataset["job_id"])
     body = {
         "type": "finetune",
         "params": {"model_id": model["id"], "dataset_id": dataset["id"], "method": "qlora"},
@@ -150,10 +135,10 @@ def test_qlora_is_refused_without_a_cuda_queue(
 
 
 def test_a_model_quantised_to_gguf_is_registered_per_type_and_downloads_as_one_file(
-    client: TestClient, auth: dict[str, str], run, tmp_path: Path
+    client: TestClient, auth: dict[str, str], run_job: RunJob, tmp_path: Path
 ) -> None:
     model = upload_model(client, auth, tar_bytes(build_base("llama", tmp_path / "base")))
-    run(client, auth, job_of(client, auth, model))
+    run_job(job_of(client, auth, model))
     body = {
         "type": "quantize",
         "params": {"model_id": model["id"], "format": "gguf", "gguf": {"types": ["f16", "q8_0"]}},
@@ -162,7 +147,7 @@ def test_a_model_quantised_to_gguf_is_registered_per_type_and_downloads_as_one_f
     assert job.status_code == 202, job.text
     assert job.json()["params"]["format"] == "gguf"
 
-    done = run(client, auth, job.json()["id"])
+    done = run_job(job.json()["id"])
 
     assert done["status"] == "succeeded", done
     ids = done["result"]["model_ids"]

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings
-from app.storage import LocalStore
-from workers import runner
+from tests.conftest import RunJob
+from tests.timing import scaled
 
 CORPUS = Path(__file__).parents[1] / "fixtures" / "corpus" / "stories.jsonl"
 TINY = {
@@ -32,25 +31,19 @@ TINY = {
 }
 
 
-@pytest.fixture
-def run(factory: sessionmaker[Session], settings: Settings):  # type: ignore[no-untyped-def]
-    store = LocalStore(settings.resolved_storage_dir)
-
-    def run(client: TestClient, auth: dict[str, str], job_id: str) -> dict:
-        runner.execute(job_id, owner="t", settings=settings, session_factory=factory, store=store)
-        return client.get(f"/v1/jobs/{job_id}", headers=auth).json()
-
-    return run
-
-
-@pytest.fixture
-def stories(client: TestClient, auth: dict[str, str], run) -> str:
+def upload_stories(client: TestClient, auth: dict[str, str], run_job: RunJob) -> str:
+    """The shipped story corpus as the caller's dataset, validated to ``ready``."""
     data = b"".join(CORPUS.read_bytes().splitlines(keepends=True)[:1500])
     dataset = client.post(
         "/v1/datasets", files={"file": ("stories.jsonl", io.BytesIO(data))}, headers=auth
     ).json()
-    run(client, auth, dataset["job_id"])
+    assert run_job(dataset["job_id"])["status"] == "succeeded"
     return str(dataset["id"])
+
+
+@pytest.fixture
+def stories(client: TestClient, auth: dict[str, str], run_job: RunJob) -> str:
+    return upload_stories(client, auth, run_job)
 
 
 def submit(client: TestClient, auth: dict[str, str], job_type: str, params: dict) -> dict:
@@ -60,11 +53,11 @@ def submit(client: TestClient, auth: dict[str, str], job_type: str, params: dict
 
 
 def test_tokenizer_job_registers_a_loadable_tokenizer(
-    client: TestClient, auth: dict[str, str], stories: str, run
+    client: TestClient, auth: dict[str, str], stories: str, run_job: RunJob
 ) -> None:
     job = submit(client, auth, "tokenizer", {"dataset_id": stories, "vocab_size": 400})
 
-    done = run(client, auth, job["id"])
+    done = run_job(job["id"])
 
     assert done["status"] == "succeeded", done["error"]
     tokenizer = client.get(f"/v1/tokenizers/{done['result']['tokenizer_id']}", headers=auth).json()
@@ -83,11 +76,14 @@ def test_tokenizer_job_registers_a_loadable_tokenizer(
 
 
 def test_pretrain_job_produces_a_model_that_loads_anywhere(
-    client: TestClient, auth: dict[str, str], stories: str, run, tmp_path: Path, settings: Settings
+    client: TestClient,
+    auth: dict[str, str],
+    stories: str,
+    run_job: RunJob,
+    tmp_path: Path,
+    settings: Settings,
 ) -> None:
-    tok = run(
-        client,
-        auth,
+    tok = run_job(
         submit(client, auth, "tokenizer", {"dataset_id": stories, "vocab_size": 400})["id"],
     )
     tokenizer_id = tok["result"]["tokenizer_id"]
@@ -96,7 +92,7 @@ def test_pretrain_job_produces_a_model_that_loads_anywhere(
     )
     assert job["status"] == "queued"
 
-    done = run(client, auth, job["id"])
+    done = run_job(job["id"])
 
     assert done["status"] == "succeeded", done["error"]
     result = done["result"]
@@ -131,7 +127,7 @@ def test_pretrain_job_produces_a_model_that_loads_anywhere(
     )
     out = subprocess.run(
         [sys.executable, "-c", load, str(folder)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=scaled(120),
         env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -139,10 +135,10 @@ def test_pretrain_job_produces_a_model_that_loads_anywhere(
 
 
 def test_pretrain_with_an_inline_tokenizer_registers_both(
-    client: TestClient, auth: dict[str, str], stories: str, run
+    client: TestClient, auth: dict[str, str], stories: str, run_job: RunJob
 ) -> None:
     params = {"dataset_id": stories, "tokenizer": {"vocab_size": 400}, **TINY, "max_steps": 10}
-    done = run(client, auth, submit(client, auth, "pretrain", params)["id"])
+    done = run_job(submit(client, auth, "pretrain", params)["id"])
 
     assert done["status"] == "succeeded", done["error"]
     tokenizer = client.get(f"/v1/tokenizers/{done['result']['tokenizer_id']}", headers=auth)
@@ -176,40 +172,42 @@ def test_bad_pretrain_parameters_name_the_field(
 
 
 def test_pretrain_refuses_another_tenants_tokenizer(
-    client: TestClient, auth: dict[str, str], other_auth: dict[str, str], stories: str, run
+    client: TestClient,
+    auth: dict[str, str],
+    other_auth: dict[str, str],
+    stories: str,
+    run_job: RunJob,
 ) -> None:
-    tok = run(
-        client,
-        auth,
-        submit(client, auth, "tokenizer", {"dataset_id": stories, "vocab_size": 300})["id"],
-    )
+    """The other tenant names its own ready dataset and our tokenizer → 400 on the tokenizer:
+    only the tokenizer's ownership check stands between the request and a queued job."""
+    tokenizer = run_job(
+        submit(client, auth, "tokenizer", {"dataset_id": stories, "vocab_size": 300})["id"]
+    )["result"]["tokenizer_id"]
+    their_stories = upload_stories(client, other_auth, run_job)
     body = {
         "type": "pretrain",
-        "params": {"dataset_id": stories, "tokenizer_id": tok["result"]["tokenizer_id"], **TINY},
+        "params": {"dataset_id": their_stories, "tokenizer_id": tokenizer, **TINY},
     }
 
     response = client.post("/v1/jobs", json=body, headers=other_auth)
 
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] in ("params.dataset_id", "params.tokenizer_id")
-    assert (
-        client.get(
-            f"/v1/tokenizers/{tok['result']['tokenizer_id']}", headers=other_auth
-        ).status_code
-        == 404
-    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "params.tokenizer_id"
+    assert client.get(f"/v1/tokenizers/{tokenizer}", headers=other_auth).status_code == 404
+    their_jobs = client.get("/v1/jobs?type=pretrain", headers=other_auth).json()["data"]
+    assert their_jobs == []
 
 
 @pytest.mark.slow
 def test_pretrain_on_two_processes_runs_under_torchrun(
-    client: TestClient, auth: dict[str, str], stories: str, run
+    client: TestClient, auth: dict[str, str], stories: str, run_job: RunJob
 ) -> None:
     """``devices: 2`` → the job runs under torchrun (gloo on CPU), rank 0 reports through files,
     and the model is registered like any other."""
     params = {"dataset_id": stories, "tokenizer": {"vocab_size": 400}, **TINY, "devices": 2}
     params["global_batch_tokens"] = 2 * 8 * 64
 
-    done = run(client, auth, submit(client, auth, "pretrain", params)["id"])
+    done = run_job(submit(client, auth, "pretrain", params)["id"])
 
     assert done["status"] == "succeeded", done["error"]
     assert done["progress"]["step"] == TINY["max_steps"]

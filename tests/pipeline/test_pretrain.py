@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.pipeline.conftest import make_paths, tiny_config
+from tests.timing import scaled
 from workers.launch import run_distributed
 from workers.pipeline.configs.base import ConfigError
 from workers.pipeline.configs.training import (
@@ -184,7 +185,7 @@ def test_export_loads_and_generates_in_a_fresh_process(
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=scaled(120),
     )
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"EOS 1 NEW [1-5]\b", proc.stdout), proc.stdout

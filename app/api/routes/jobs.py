@@ -117,11 +117,29 @@ def list_job_metrics(
     job: JobDep,
     session: SessionDep,
     name: Annotated[str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9_./-]+$")] = None,
-    after_step: Annotated[int | None, Query(ge=-1, le=2**62)] = None,
+    after_step: Annotated[
+        int | None, Query(ge=-1, le=2**62, description="Step of the last metric seen.")
+    ] = None,
+    after_name: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            pattern=r"^[A-Za-z0-9_./-]+$",
+            description="Name of the last metric seen (with `after_step`): the next page starts "
+            "right after it, even inside a step.",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> Page[JobMetricRead]:
+    """Metrics in (step, name) order. Page on with the last row's `step` and `name` as
+    `after_step` and `after_name`; `after_step` alone skips to the steps after it."""
     rows, has_more = service.list_metrics(
-        session=session, job_id=job.id, name=name, after_step=after_step, limit=limit
+        session=session,
+        job_id=job.id,
+        name=name,
+        after_step=after_step,
+        after_name=after_name,
+        limit=limit,
     )
     return Page[JobMetricRead](
         data=[JobMetricRead.model_validate(r) for r in rows], has_more=has_more
