@@ -25,8 +25,16 @@ from app.client.watch import JobView, watch_job
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+
+def _console(stream: Any) -> Console:
+    """soft_wrap: long lines (ids, error reasons) stay whole for copying and grepping; a pipe
+    or a log gets a wide page instead of rich's 80 columns."""
+    width = None if stream.isatty() else 160
+    return Console(file=stream, highlight=False, soft_wrap=True, width=width)
+
+
+out = _console(sys.stdout)
+err = _console(sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,7 +196,11 @@ def jobs_plot(client: GristmillClient, args: argparse.Namespace) -> int:
         render.plot_png(series, args.out, title=title)
         out.print(f"wrote {args.out}")
     else:
-        print(render.plot_terminal(series, title=title, width=out.width))
+        height = max(12, min(30, out.height - 4)) if out.is_terminal else 24
+        chart = render.plot_terminal(
+            series, title=title, width=min(out.width, 120), height=height, color=out.is_terminal
+        )
+        print(chart)
     return EXIT_OK
 
 

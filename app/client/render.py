@@ -35,6 +35,7 @@ STATUS_STYLE = {
     "failed": "red",
     "cancelled": "magenta",
 }
+TABLE_TIME = "%m-%d %H:%M"
 LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
 
 
@@ -59,17 +60,27 @@ def human_seconds(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def short_time(value: str | None) -> str:
+def short_time(value: str | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """An API timestamp in local time."""
     if not value:
         return "-"
-    return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromisoformat(value).astimezone().strftime(fmt)
 
 
 # --- lists and single objects -------------------------------------------------------------
 
 
+def _table(*columns: str) -> Table:
+    """A borderless table whose id columns never wrap or shorten: ids are for copying."""
+    table = Table(box=None, header_style="bold")
+    for name in columns:
+        whole = name in ("id", "from job")
+        table.add_column(name, no_wrap=whole or name == "created")
+    return table
+
+
 def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table("id", "type", "status", "progress", "created", box=None, header_style="bold")
+    table = _table("id", "type", "status", "progress", "created")
     for job in jobs:
         progress = job.get("progress") or {}
         done = f"{progress['step']}/{progress['total']}" if progress.get("total") else ""
@@ -78,13 +89,13 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> Table:
             job["type"],
             styled_status(job["status"]),
             done,
-            short_time(job["created_at"]),
+            short_time(job["created_at"], TABLE_TIME),
         )
     return table
 
 
 def datasets_table(datasets: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table("id", "name", "status", "format", "records", "size", "created", box=None)
+    table = _table("id", "name", "status", "format", "records", "size", "created")
     for ds in datasets:
         table.add_row(
             ds["id"],
@@ -93,13 +104,13 @@ def datasets_table(datasets: Sequence[Mapping[str, Any]]) -> Table:
             ds.get("format") or "-",
             f"{ds['records']:,}" if ds.get("records") is not None else "-",
             human_bytes(ds["size_bytes"]),
-            short_time(ds["created_at"]),
+            short_time(ds["created_at"], TABLE_TIME),
         )
     return table
 
 
 def artifacts_table(artifacts: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table("id", "name", "format", "size", "from job", "created", box=None)
+    table = _table("id", "name", "format", "size", "from job", "created")
     for item in artifacts:
         table.add_row(
             item["id"],
@@ -107,7 +118,7 @@ def artifacts_table(artifacts: Sequence[Mapping[str, Any]]) -> Table:
             item["format"],
             human_bytes(item["size_bytes"]),
             (item.get("lineage") or {}).get("job_id") or "-",
-            short_time(item["created_at"]),
+            short_time(item["created_at"], TABLE_TIME),
         )
     return table
 
@@ -369,18 +380,23 @@ Series = Mapping[str, tuple[Sequence[int], Sequence[float]]]
 """Metric name → (steps, values)."""
 
 
-def plot_terminal(series: Series, *, title: str, width: int | None = None) -> str:
-    """A line chart drawn with characters (plotext), one line per metric."""
-    import plotext as plt
+def plot_terminal(
+    series: Series, *, title: str, width: int, height: int = 24, color: bool = True
+) -> str:
+    """A line chart drawn with characters (plotext, braille dots), one line per metric."""
+    import plotext
 
-    plt.clear_figure()
+    figure = plotext.figure
+    figure.clear()
     for name, (steps, values) in series.items():
-        plt.plot(list(steps), list(values), label=name, marker="braille")
-    plt.title(title)
-    plt.xlabel("step")
-    if width:
-        plt.plotsize(width, max(12, min(30, width // 3)))
-    return str(plt.build())
+        signal = figure.signal(list(steps), list(values), marker="braille")
+        signal.label(name)
+        signal.lines()
+        figure.draw(signal)
+    figure.title(title)
+    figure.label("step", axis="x")
+    figure.plot_size(width, height)
+    return str(figure.build().string(colorless=not color))
 
 
 def plot_png(series: Series, out: Path, *, title: str) -> None:
