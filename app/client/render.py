@@ -342,14 +342,15 @@ class LineJobView(LiveJobView):
 
 
 class JsonJobView:
-    """One JSON object per line: ``progress`` when the step changes, each ``event``, then the
-    final ``job``: easy to consume with ``jq`` or a script."""
+    """One JSON object per line, its ``record`` saying what it is: ``progress`` when the step
+    changes, each ``event``, ``notice`` (connection lost, reconnected), then the final ``job``:
+    easy to consume with ``jq`` or a script."""
 
     def __init__(self) -> None:
         self._last: tuple[Any, ...] | None = None
 
     def _emit(self, kind: str, body: Mapping[str, Any]) -> None:
-        print(json.dumps({"type": kind, **body}), flush=True)
+        print(json.dumps({"record": kind, **body}), flush=True)
 
     def start(self, job: Mapping[str, Any]) -> None:
         pass

@@ -1,0 +1,59 @@
+"""Parameters from ``--param`` pairs, and where the CLI finds its server and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.client.commands import parse_params
+from app.client.config import resolve_config
+
+
+def test_params_are_json_when_they_parse_and_dotted_keys_nest() -> None:
+    params = parse_params(
+        [
+            "dataset_id=ds_01ABC",
+            "max_steps=20",
+            "lr=2e-3",
+            "compile=false",
+            'sample_prompts=["Once", "Twice"]',
+            "model.preset=tiny",
+            "model.context_length=64",
+            "tokenizer=null",
+            "note=a=b",
+        ],
+        base={"model": {"preset": "small", "layers": 2}, "eval_batches": 4},
+    )
+
+    assert params == {
+        "dataset_id": "ds_01ABC",
+        "max_steps": 20,
+        "lr": 0.002,
+        "compile": False,
+        "sample_prompts": ["Once", "Twice"],
+        "model": {"preset": "tiny", "layers": 2, "context_length": 64},
+        "tokenizer": None,
+        "note": "a=b",
+        "eval_batches": 4,
+    }
+
+
+@pytest.mark.parametrize("pairs", [["novalue"], ["=1"], ["a=1", "a.b=2"]])
+def test_malformed_params_are_refused(pairs: list[str]) -> None:
+    with pytest.raises(ValueError):
+        parse_params(pairs)
+
+
+def test_a_local_url_without_a_key_reads_the_embedded_servers_key_file(tmp_path: Path) -> None:
+    (tmp_path / "api-key").write_text("gm_from_file\n")
+    env = {"GRISTMILL_DATA_DIR": str(tmp_path), "GRISTMILL_URL": "http://localhost:9000/"}
+
+    local = resolve_config(url=None, key=None, environ=env)
+    remote = resolve_config(url="https://gm.example.com", key=None, environ=env)
+    from_env = resolve_config(url=None, key=None, environ={**env, "GRISTMILL_API_KEY": "gm_env"})
+    from_flag = resolve_config(url=None, key="gm_flag", environ={**env, "GRISTMILL_API_KEY": "x"})
+
+    assert (local.url, local.api_key) == ("http://localhost:9000", "gm_from_file")
+    assert (remote.url, remote.api_key) == ("https://gm.example.com", None)
+    assert from_env.api_key == "gm_env" and from_flag.api_key == "gm_flag"
