@@ -5,7 +5,11 @@ so the server's commands work where the ``client`` extra is not installed."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+
+SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+Leaf = Callable[[SubParsers, str, str], argparse.ArgumentParser]
 
 CLIENT_COMMANDS = ("datasets", "jobs", "models", "tokenizers")
 
@@ -21,12 +25,10 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_client_parsers(sub: SubParsers) -> None:
     common = _common()
 
-    def leaf(
-        group: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
-    ) -> argparse.ArgumentParser:
+    def leaf(group: SubParsers, name: str, help_text: str) -> argparse.ArgumentParser:
         return group.add_parser(name, help=help_text, description=help_text, parents=[common])
 
     datasets = sub.add_parser("datasets", help="upload, list, show and download datasets")
@@ -74,7 +76,7 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         _add_read_commands(parser.add_subparsers(dest="action", required=True), leaf, kind)
 
 
-def _add_read_commands(group, leaf, kind: str) -> None:  # type: ignore[no-untyped-def]
+def _add_read_commands(group: SubParsers, leaf: Leaf, kind: str) -> None:
     lister = leaf(group, "list", f"list {kind}s, newest first")
     lister.add_argument("--limit", type=int, default=20, help="how many (0: all)")
     leaf(group, "show", f"show a {kind}").add_argument("id")

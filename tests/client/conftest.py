@@ -39,7 +39,7 @@ class Server:
     def env(self, **settings: Any) -> dict[str, str]:
         """The environment a person would have: the URL and the data directory (the CLI finds
         the key in the embedded server's key file), nothing else of Gristmill's."""
-        return procs.clean_env(**{"url": self.url, "data_dir": self.data_dir, **settings})
+        return procs.clean_env(**{"url": self.url, "data_dir": str(self.data_dir), **settings})
 
     def cli(
         self, *args: str | Path, timeout: float = 120, **settings: Any
@@ -62,7 +62,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     proc = procs.start(
         "serve",
         [GRISTMILL, "serve", "--port", str(port)],
-        env=procs.clean_env(data_dir=data_dir),
+        env=procs.clean_env(data_dir=str(data_dir)),
         log_dir=root / "logs",
         cwd=root,
     )

@@ -9,6 +9,7 @@ import queue
 import subprocess
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +183,11 @@ class LineReader:
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         assert proc.stdout is not None
-        stdout = proc.stdout
-        threading.Thread(target=lambda: [self.lines.put(x) for x in stdout], daemon=True).start()
+        threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True).start()
+
+    def _pump(self, stdout: Iterable[str]) -> None:
+        for line in stdout:
+            self.lines.put(line)
 
     def until(self, predicate: Any, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

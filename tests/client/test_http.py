@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -41,7 +41,9 @@ def make_client(handler: Handler, sleeps: list[float], attempts: int = 4) -> Gri
     )
 
 
-def scripted(responses: list[httpx.Response | Exception]) -> tuple[Handler, list[httpx.Request]]:
+def scripted(
+    responses: Sequence[httpx.Response | Exception],
+) -> tuple[Handler, list[httpx.Request]]:
     """A handler answering with ``responses`` in order (an exception is raised instead)."""
     seen: list[httpx.Request] = []
     queue = iter(responses)
@@ -150,7 +152,7 @@ def test_pages_are_followed_with_the_last_id_as_cursor() -> None:
 
 def test_metric_pages_are_cut_at_whole_steps() -> None:
     """A page ending inside step 2 → step 2 is asked for again; every point comes once."""
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"step": s, "name": n, "value": s * 10 + i} for s in (1, 2, 3) for i, n in enumerate("ab")
     ]
     asked: list[str | None] = []
@@ -244,7 +246,7 @@ def test_download_lands_only_when_its_sha256_matches(tmp_path: Path) -> None:
 
 def test_artifact_download_checks_the_manifest_and_every_file(tmp_path: Path) -> None:
     files = {"config.json": b"{}", "sub/model.safetensors": b"w" * 5000}
-    manifest = [
+    manifest: list[dict[str, Any]] = [
         {"path": p, "size_bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
         for p, b in sorted(files.items())
     ]
