@@ -7,9 +7,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
-Leaf = Callable[[SubParsers, str, str], argparse.ArgumentParser]
+if TYPE_CHECKING:  # argparse's class is not subscriptable at run time
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    Leaf = Callable[[SubParsers, str, str], argparse.ArgumentParser]
 
 CLIENT_COMMANDS = ("datasets", "jobs", "models", "tokenizers")
 

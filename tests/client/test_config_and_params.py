@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from app.client.commands import parse_params
 from app.client.config import resolve_config
+from tests.e2e.procs import free_port
 
 
 def test_params_are_json_when_they_parse_and_dotted_keys_nest() -> None:
@@ -57,3 +61,29 @@ def test_a_local_url_without_a_key_reads_the_embedded_servers_key_file(tmp_path:
     assert (local.url, local.api_key) == ("http://localhost:9000", "gm_from_file")
     assert (remote.url, remote.api_key) == ("https://gm.example.com", None)
     assert from_env.api_key == "gm_env" and from_flag.api_key == "gm_flag"
+
+
+def test_the_client_loads_neither_the_worker_stack_nor_the_server_frameworks() -> None:
+    """The client commands import no ``workers``, torch, Celery or FastAPI module: they install
+    and run where only the ``client`` extra is."""
+    code = (
+        "import sys, app.cli, app.client.commands, app.client.watch;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('workers', 'torch', 'transformers', 'celery', 'fastapi', 'starlette')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_an_unreachable_server_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRISTMILL_")}
+    port = free_port()  # nothing listens there
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "jobs", "list", "--url", f"http://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        env={**env, "GRISTMILL_DATA_DIR": str(tmp_path)},
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert f"error: cannot reach http://127.0.0.1:{port}" in done.stderr
