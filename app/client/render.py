@@ -237,6 +237,9 @@ def final_line(job: Mapping[str, Any]) -> str:
         made = [
             f"{k.removesuffix('_id')} {v}" for k, v in result.items() if k.endswith("_id") and v
         ]
+        for key, value in result.items():  # e.g. prepare's {"dataset_ids": {"train": …}}
+            if key.endswith("_ids") and isinstance(value, dict):
+                made += [f"{name} {ident}" for name, ident in value.items()]
         for key in ("final_train_loss", "final_val_loss"):
             if isinstance(result.get(key), int | float):
                 made.append(f"{key.removeprefix('final_')} {result[key]:.4f}")

@@ -11,6 +11,7 @@ import pytest
 
 from app.client.commands import parse_params
 from app.client.config import resolve_config
+from app.client.render import final_line
 from tests.e2e.procs import free_port
 
 
@@ -87,3 +88,16 @@ def test_an_unreachable_server_is_one_clear_line_and_exit_1(tmp_path: Path) -> N
     )
     assert done.returncode == 1
     assert f"error: cannot reach http://127.0.0.1:{port}" in done.stderr
+
+
+def test_the_final_line_names_what_a_job_made_or_why_it_failed() -> None:
+    base = {"id": "job_1", "type": "prepare", "started_at": None, "finished_at": None}
+    prepared = {
+        **base,
+        "status": "succeeded",
+        "result": {"source_dataset_id": "ds_a", "dataset_ids": {"train": "ds_b"}, "kept": 9},
+    }
+    failed = {**base, "status": "failed", "error": {"code": "dataset.empty", "message": "empty"}}
+
+    assert final_line(prepared).endswith("succeeded: source_dataset ds_a, train ds_b[/]")
+    assert "failed: dataset.empty: empty" in final_line(failed)
