@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         )
     except ChecksumMismatch as exc:
         err.print(f"[red]checksum mismatch:[/] {escape(str(exc))}; nothing was kept")
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return EXIT_INTERRUPTED
     return EXIT_FAILED
 
 

@@ -25,6 +25,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from app.jobs.states import FINAL_STATES
+
 STATUS_STYLE = {
     "queued": "yellow",
     "validating": "yellow",
@@ -313,7 +315,8 @@ class LiveJobView:
 
 
 class LineJobView(LiveJobView):
-    """The same content for logs and pipes: a plain progress line every ``every_s`` seconds."""
+    """The same content for logs and pipes: a plain progress line every ``every_s`` seconds, and
+    the last one when the job ends."""
 
     def __init__(self, console: Console, every_s: float = 10.0) -> None:
         super().__init__(console)
@@ -329,9 +332,10 @@ class LineJobView(LiveJobView):
             f"{summary['rate']} · {summary['loss']}"
         )
         now = time.monotonic()
-        if text != self._last_text and now - self._last >= self.every_s:
+        due = now - self._last >= self.every_s or job["status"] in FINAL_STATES
+        if text != self._last_text and due:
             self._last, self._last_text = now, text
-            self.console.print(text, highlight=False)
+            self.console.print(escape(text), highlight=False)
 
     def event(self, event: Mapping[str, Any]) -> None:
         for line in event_lines(event):

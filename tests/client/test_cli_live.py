@@ -111,7 +111,9 @@ def test_watch_follows_a_short_pretrain_to_its_end(
 
     assert f"Watching {job_id} (pretrain)" in printed
     assert "samples at step 10" in printed and "checkpoint saved at step 20" in printed
-    assert "tok/s" in printed and "loss " in printed
+    last_progress = next(ln for ln in reversed(printed.splitlines()) if " step " in ln)
+    assert last_progress.startswith("succeeded step 20/20 · ETA 0:00 · "), last_progress
+    assert "tok/s" in last_progress and "loss " in last_progress and "(val " in last_progress
     final = printed.strip().splitlines()[-1]
     assert final.startswith(f"✔ {job_id} (pretrain) succeeded"), final
     model_id = server.api.job(job_id)["result"]["model_id"]
