@@ -105,10 +105,12 @@ def parse_params(pairs: Iterable[str], base: Mapping[str, Any] | None = None) ->
 
 
 def jobs_submit(client: GristmillClient, args: argparse.Namespace) -> int:
-    base = json.loads(args.params_file.read_text()) if args.params_file else {}
     try:
+        base = json.loads(args.params_file.read_text()) if args.params_file else {}
+        if not isinstance(base, dict):
+            raise ValueError(f"{args.params_file} must hold a JSON object")
         params = parse_params(args.param, base)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         return 2
     job = client.submit_job(args.kind, params)

@@ -248,13 +248,14 @@ class GristmillClient:
         options: Mapping[str, str] | None = None,
         on_progress: ProgressFn | None = None,
     ) -> dict[str, Any]:
-        """Stream ``path`` as a multipart upload with its sha256, which the server checks.
+        """Stream ``path`` as a multipart upload, hashing it on the way out (one read of the
+        file), and check the sha256 the server recorded against it. A mismatch deletes the
+        dataset and raises :class:`ChecksumMismatch`.
 
         Only 429/503 answers are retried: a connection dropped mid-upload may have created the
         dataset already, and a blind retry would make a second one.
         """
-        digest = sha256_file(path)
-        data = {"sha256": digest, **({"name": name} if name else {}), **(options or {})}
+        data = {**({"name": name} if name else {}), **(options or {})}
         with path.open("rb") as raw:
             reader = ProgressReader(raw, on_progress)
             response = self.request(
@@ -266,7 +267,14 @@ class GristmillClient:
                 rewind=reader.rewind,
                 timeout=httpx.Timeout(self.timeout, write=None),
             )
-        return dict(response.json())
+        dataset = dict(response.json())
+        if dataset["sha256"] != reader.sha256.hexdigest():
+            self.request("DELETE", f"/datasets/{dataset['id']}")
+            raise ChecksumMismatch(
+                f"the server stored sha256 {dataset['sha256']} for {path.name}, which hashed to "
+                f"{reader.sha256.hexdigest()} here; the upload was deleted"
+            )
+        return dataset
 
     def get_dataset(self, dataset_id: str) -> dict[str, Any]:
         return self.get(f"/datasets/{dataset_id}")
@@ -387,13 +395,14 @@ class GristmillClient:
 
 
 class ProgressReader(io.RawIOBase):
-    """A binary file that reports each chunk read from it: httpx's multipart encoder reads the
-    file in chunks as it sends them, so this counts bytes as they go out. ``fileno`` lets httpx
-    size the body up front (a Content-Length, not chunked encoding)."""
+    """A binary file that hashes and reports each chunk read from it: httpx's multipart encoder
+    reads the file in chunks as it sends them, so this counts bytes as they go out. ``fileno``
+    lets httpx size the body up front (a Content-Length, not chunked encoding)."""
 
     def __init__(self, raw: IO[bytes], on_progress: ProgressFn | None) -> None:
         super().__init__()
         self.raw, self.on_progress, self.sent = raw, on_progress, 0
+        self.sha256 = hashlib.sha256()
 
     def readable(self) -> bool:
         return True
@@ -401,6 +410,7 @@ class ProgressReader(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         chunk = self.raw.read(size)
         self.sent += len(chunk)
+        self.sha256.update(chunk)
         if self.on_progress is not None and chunk:
             self.on_progress(len(chunk))
         return chunk
@@ -412,16 +422,20 @@ class ProgressReader(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return self.raw.seek(offset, whence)
+        if (offset, whence) == (0, os.SEEK_SET):
+            self.rewind()
+            return 0
+        raise io.UnsupportedOperation("an upload is read from its start only")
 
     def tell(self) -> int:
-        return self.raw.tell()
+        return self.sent
 
     def rewind(self) -> None:
-        """Before a retry: back to the start, and the progress bar back to zero."""
+        """Back to the start (httpx does it before sending; we before a retry): the hash starts
+        over and the progress bar goes back to zero."""
         if self.sent and self.on_progress is not None:
             self.on_progress(-self.sent)
-        self.sent = 0
+        self.sent, self.sha256 = 0, hashlib.sha256()
         self.raw.seek(0)
 
 

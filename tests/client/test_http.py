@@ -170,35 +170,57 @@ def test_metric_pages_are_cut_at_whole_steps() -> None:
     assert asked == [None, "1", "2"]
 
 
-def serve_upload(received: list[bytes], answers: Iterator[int]) -> Handler:
+def serve_upload(
+    received: list[bytes], answers: Iterator[int], stored: bytes, deleted: list[str]
+) -> Handler:
+    """An upload endpoint that records the bodies and says it stored ``stored``'s sha256."""
+
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "DELETE":
+            deleted.append(request.url.path)
+            return httpx.Response(204)
         received.append(request.read())
         assert "chunked" not in request.headers.get("Transfer-Encoding", "")
         assert int(request.headers["Content-Length"]) == len(received[-1])
         status = next(answers)
         if status != 202:
             return error(status, "busy", **{"Retry-After": "1"})
-        return httpx.Response(202, json={"id": "ds_1", "status": "validating"})
+        digest = hashlib.sha256(stored).hexdigest()
+        return httpx.Response(202, json={"id": "ds_1", "status": "validating", "sha256": digest})
 
     return handler
 
 
-def test_upload_streams_the_file_with_its_sha256_and_reports_progress(tmp_path: Path) -> None:
+def test_upload_streams_the_file_reports_progress_and_checks_the_stored_sha256(
+    tmp_path: Path,
+) -> None:
     data = bytes(range(256)) * 3000  # 768 kB: several chunks
     path = tmp_path / "corpus.jsonl"
     path.write_bytes(data)
     received: list[bytes] = []
     progress: list[int] = []
-    client = make_client(serve_upload(received, iter([503, 202])), [])
+    deleted: list[str] = []
+    client = make_client(serve_upload(received, iter([503, 202]), data, deleted), [])
 
     dataset = client.upload_dataset(path, name="c", on_progress=progress.append)
 
-    assert dataset["id"] == "ds_1"
+    assert dataset["id"] == "ds_1" and deleted == []
     assert len(received) == 2 and all(data in body for body in received)
-    assert hashlib.sha256(data).hexdigest().encode() in received[-1]
     assert b'name="name"\r\n\r\nc' in received[-1]
     assert sum(progress) == len(data)  # the retry rewound the bar to zero first
     assert any(n < 0 for n in progress) and max(progress) < len(data)
+
+
+def test_an_upload_the_server_stored_differently_is_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(b'{"text": "a"}\n')
+    deleted: list[str] = []
+    client = make_client(serve_upload([], iter([202]), b"something else", deleted), [])
+
+    with pytest.raises(ChecksumMismatch, match="deleted"):
+        client.upload_dataset(path)
+
+    assert deleted == ["/v1/datasets/ds_1"]
 
 
 def test_an_upload_cut_off_is_not_sent_twice(tmp_path: Path) -> None:
