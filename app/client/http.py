@@ -65,8 +65,8 @@ class ChecksumMismatch(Exception):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently to retry. Attempt ``n`` waits ``base_s * 2**n`` (with jitter,
-    capped at ``max_s``) unless the server's ``Retry-After`` asks for longer."""
+    """How often and how patiently to retry. Attempt ``n`` waits ``base_s * 2**n`` with jitter,
+    or the server's ``Retry-After`` when that is longer; never more than ``max_s``."""
 
     attempts: int = 5
     base_s: float = 0.5
