@@ -11,11 +11,11 @@ $(BIN)/python:
 	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
 
 $(VENV)/.installed-run: $(BIN)/python pyproject.toml constraints-cpu.txt
-	$(PIP) -e '.[worker]'
+	$(PIP) -e '.[worker,client]'
 	touch $@
 
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints-cpu.txt
-	$(PIP) -e '.[worker,dev]'
+	$(PIP) -e '.[worker,client,dev]'
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run  ## install, then serve the embedded profile on http://127.0.0.1:8000

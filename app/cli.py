@@ -1,4 +1,5 @@
-"""``gristmill``: serve (embedded all-in-one), api, worker, migrate, keys create."""
+"""``gristmill``: serve (embedded all-in-one), api, worker, migrate, keys create; and the HTTP
+client's datasets, jobs, models and tokenizers commands."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from app.client.config import KEY_FILE
+from app.client.parser import CLIENT_COMMANDS, add_client_parsers
 from app.db import make_engine, make_session_factory, session_scope
 from app.logging import setup_logging
 from app.settings import Settings, get_settings
@@ -41,8 +44,15 @@ def main(argv: list[str] | None = None) -> None:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key and print it once")
     create.add_argument("--tenant", required=True)
+    add_client_parsers(sub)
 
     args = parser.parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        # The client talks to a server over HTTP only: no settings, logging or data folder here.
+        from app.client.commands import main as client_main
+
+        client_main(args)
+        return
     settings = get_settings()
     setup_logging(fmt=settings.log_format, level=settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +116,7 @@ def ensure_default_key(settings: Settings) -> None:
         if tenant_has_keys(session=session, tenant_name=DEFAULT_TENANT):
             return
         created = create_api_key(session=session, tenant_name=DEFAULT_TENANT)
-    path = settings.data_dir / "api-key"
+    path = settings.data_dir / KEY_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(created.key + "\n")

@@ -1,0 +1,78 @@
+"""The CLI against a live embedded server: ``gristmill serve`` in a subprocess with a data
+directory of its own, and ``gristmill`` client commands run as a person runs them."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e import procs
+from tests.e2e.procs import GRISTMILL, Api, Proc, wait_for
+
+CORPUS = Path(__file__).parents[1] / "fixtures" / "corpus" / "stories.jsonl"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed and procs.STARTED:
+        tails = "\n".join(proc.tail() for proc in procs.STARTED)
+        report.sections.append(("gristmill process logs", tails))
+
+
+@dataclass
+class Server:
+    """A running ``gristmill serve``: its URL, data directory and process."""
+
+    url: str
+    port: int
+    data_dir: Path
+    proc: Proc
+    api: Api
+
+    def env(self, **settings: Any) -> dict[str, str]:
+        """The environment a person would have: the URL and the data directory (the CLI finds
+        the key in the embedded server's key file), nothing else of Gristmill's."""
+        return procs.clean_env(**{"url": self.url, "data_dir": str(self.data_dir), **settings})
+
+    def cli(
+        self, *args: str | Path, timeout: float = 120, **settings: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``gristmill ARGS`` to completion; its exit code is the caller's to check."""
+        return subprocess.run(
+            [GRISTMILL, *map(str, args)],
+            env=self.env(**settings),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("client")
+    port = procs.free_port()
+    data_dir = root / "data"
+    proc = procs.start(
+        "serve",
+        [GRISTMILL, "serve", "--port", str(port)],
+        env=procs.clean_env(data_dir=str(data_dir)),
+        log_dir=root / "logs",
+        cwd=root,
+    )
+    url = f"http://127.0.0.1:{port}"
+    api = Api(url)
+    try:
+        api.wait_ready(timeout=60, logs=[proc])
+        wait_for(lambda: " ready." in proc.log(), timeout=60, what="the worker", logs=[proc])
+        api.key = (data_dir / "api-key").read_text().strip()
+        yield Server(url=url, port=port, data_dir=data_dir, proc=proc, api=api)
+    finally:
+        api.close()
+        procs.stop_all([proc])

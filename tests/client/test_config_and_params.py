@@ -1,0 +1,103 @@
+"""Parameters from ``--param`` pairs, and where the CLI finds its server and key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.client.commands import parse_params
+from app.client.config import resolve_config
+from app.client.render import final_line
+from tests.e2e.procs import free_port
+
+
+def test_params_are_json_when_they_parse_and_dotted_keys_nest() -> None:
+    params = parse_params(
+        [
+            "dataset_id=ds_01ABC",
+            "max_steps=20",
+            "lr=2e-3",
+            "compile=false",
+            'sample_prompts=["Once", "Twice"]',
+            "model.preset=tiny",
+            "model.context_length=64",
+            "tokenizer=null",
+            "note=a=b",
+        ],
+        base={"model": {"preset": "small", "layers": 2}, "eval_batches": 4},
+    )
+
+    assert params == {
+        "dataset_id": "ds_01ABC",
+        "max_steps": 20,
+        "lr": 0.002,
+        "compile": False,
+        "sample_prompts": ["Once", "Twice"],
+        "model": {"preset": "tiny", "layers": 2, "context_length": 64},
+        "tokenizer": None,
+        "note": "a=b",
+        "eval_batches": 4,
+    }
+
+
+@pytest.mark.parametrize("pairs", [["novalue"], ["=1"], ["a=1", "a.b=2"]])
+def test_malformed_params_are_refused(pairs: list[str]) -> None:
+    with pytest.raises(ValueError):
+        parse_params(pairs)
+
+
+def test_a_local_url_without_a_key_reads_the_embedded_servers_key_file(tmp_path: Path) -> None:
+    (tmp_path / "api-key").write_text("gm_from_file\n")
+    env = {"GRISTMILL_DATA_DIR": str(tmp_path), "GRISTMILL_URL": "http://localhost:9000/"}
+
+    local = resolve_config(url=None, key=None, environ=env)
+    remote = resolve_config(url="https://gm.example.com", key=None, environ=env)
+    from_env = resolve_config(url=None, key=None, environ={**env, "GRISTMILL_API_KEY": "gm_env"})
+    from_flag = resolve_config(url=None, key="gm_flag", environ={**env, "GRISTMILL_API_KEY": "x"})
+
+    assert (local.url, local.api_key) == ("http://localhost:9000", "gm_from_file")
+    assert (remote.url, remote.api_key) == ("https://gm.example.com", None)
+    assert from_env.api_key == "gm_env" and from_flag.api_key == "gm_flag"
+
+
+def test_the_client_loads_neither_the_worker_stack_nor_the_server_frameworks() -> None:
+    """The client commands import no ``workers``, torch, Celery or FastAPI module: they install
+    and run where only the ``client`` extra is."""
+    code = (
+        "import sys, app.cli, app.client.commands, app.client.watch;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('workers', 'torch', 'transformers', 'celery', 'fastapi', 'starlette')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_an_unreachable_server_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRISTMILL_")}
+    port = free_port()  # nothing listens there
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "jobs", "list", "--url", f"http://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        env={**env, "GRISTMILL_DATA_DIR": str(tmp_path)},
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert f"error: cannot reach http://127.0.0.1:{port}" in done.stderr
+
+
+def test_the_final_line_names_what_a_job_made_or_why_it_failed() -> None:
+    base = {"id": "job_1", "type": "prepare", "started_at": None, "finished_at": None}
+    prepared = {
+        **base,
+        "status": "succeeded",
+        "result": {"source_dataset_id": "ds_a", "dataset_ids": {"train": "ds_b"}, "kept": 9},
+    }
+    failed = {**base, "status": "failed", "error": {"code": "dataset.empty", "message": "empty"}}
+
+    assert final_line(prepared).endswith("succeeded: source_dataset ds_a, train ds_b[/]")
+    assert "failed: dataset.empty: empty" in final_line(failed)
