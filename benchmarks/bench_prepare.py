@@ -2,8 +2,8 @@
 
     .venv/bin/python -m benchmarks.bench_prepare --mb 100
 
-Prints MB/s overall and per stage, and peak RSS of this process and of its worker processes.
-Per-record stages run in parallel workers, so their seconds are summed over processes (CPU
+Prints MB/s overall and per stage, and peak RSS of this process and of its pool processes.
+Per-record stages run in parallel processes, so their seconds are summed over processes (CPU
 seconds); "wall" is elapsed time. Target: >= 5 MB/s overall on 2 cores.
 """
 
@@ -27,7 +27,7 @@ from workers.pipeline.types import RunPaths
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mb", type=float, default=300)
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--processes", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,7 +40,7 @@ def main() -> None:
         for name in ("work", "out"):
             (root / name).mkdir()
         paths = RunPaths(work_dir=root / "work", output_dir=root / "out")
-        config = PrepareConfig(validation_fraction=0.01, workers=args.workers)
+        config = PrepareConfig(validation_fraction=0.01, processes=args.processes)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu_before = usage.ru_utime + usage.ru_stime
         t0 = time.perf_counter()
@@ -69,8 +69,8 @@ def main() -> None:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime - cpu_before
     print(f"cpu: {cpu:.1f} s in all processes ({mb / cpu:.2f} MB per CPU-second)")
-    main_mib, worker_mib = own.ru_maxrss / 1024, children.ru_maxrss / 1024
-    print(f"peak RSS: main {main_mib:.0f} MiB, largest worker {worker_mib:.0f} MiB")
+    main_mib, pool_mib = own.ru_maxrss / 1024, children.ru_maxrss / 1024
+    print(f"peak RSS: main {main_mib:.0f} MiB, largest pool process {pool_mib:.0f} MiB")
 
 
 if __name__ == "__main__":

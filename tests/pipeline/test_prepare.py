@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
 from workers.pipeline.configs.data import PrepareConfig
 from workers.pipeline.formats import detect_format
@@ -92,7 +93,7 @@ def _paths(tmp_path: Path, name: str = "run") -> RunPaths:
 
 def _run(tmp_path: Path, source: DatasetFile, name: str = "run", **overrides: Any) -> PrepareResult:
     eval_file = overrides.pop("eval_file", None)
-    config = PrepareConfig(workers=overrides.pop("workers", 1), **overrides)
+    config = PrepareConfig(processes=overrides.pop("processes", 1), **overrides)
     return run_prepare(config, source, _paths(tmp_path, name), eval_file=eval_file)
 
 
@@ -129,12 +130,12 @@ def test_examples_are_capped_per_reason(tmp_path: Path, corpus: Corpus) -> None:
     assert all("@example.com" not in e["text"] for e in steps["pii"]["examples"])
 
 
-def test_split_is_deterministic_and_identical_with_worker_processes(
+def test_split_is_deterministic_and_identical_with_a_process_pool(
     tmp_path: Path, corpus: Corpus
 ) -> None:
     source = detect_format(corpus.path, {})
     one = _run(tmp_path, source, "one", validation_fraction=0.25)
-    two = _run(tmp_path, source, "two", validation_fraction=0.25, workers=2)
+    two = _run(tmp_path, source, "two", validation_fraction=0.25, processes=2)
     assert one.validation_path is not None and two.validation_path is not None
     for a, b in ((one.train_path, two.train_path), (one.validation_path, two.validation_path)):
         assert a.read_bytes() == b.read_bytes()
@@ -201,7 +202,7 @@ def test_progress_is_reported_with_throughput(
     clock = iter(range(0, 100_000, 5))
     monkeypatch.setattr("workers.pipeline.prepare_state.time.monotonic", lambda: next(clock))
     seen: list[Progress] = []
-    run_prepare(PrepareConfig(workers=1), detect_format(corpus.path, {}), _paths(tmp_path),
+    run_prepare(PrepareConfig(processes=1), detect_format(corpus.path, {}), _paths(tmp_path),
                 Hooks(on_progress=seen.append))  # fmt: skip
     assert seen and seen[-1].step > 0
     assert {"docs_per_s", "mb_per_s", "records_out"} <= set(seen[-1].metrics)
@@ -214,7 +215,7 @@ def test_cancellation_raises_and_leaves_no_outputs(
     monkeypatch.setattr("workers.pipeline.prepare_state.time.monotonic", lambda: next(clock))
     paths = _paths(tmp_path)
     with pytest.raises(StageCancelled):
-        run_prepare(PrepareConfig(workers=1), detect_format(corpus.path, {}), paths,
+        run_prepare(PrepareConfig(processes=1), detect_format(corpus.path, {}), paths,
                     Hooks(should_stop=lambda: True))  # fmt: skip
     assert list(paths.output_dir.iterdir()) == []
 
@@ -225,3 +226,13 @@ def test_nothing_left_is_a_pipeline_error(tmp_path: Path) -> None:
     with pytest.raises(PipelineError) as err:
         _run(tmp_path, detect_format(path, {}))
     assert err.value.code == "prepare.nothing_left"
+
+
+def test_the_pool_size_is_called_processes_not_workers() -> None:
+    """'worker' means a Celery worker everywhere else, so the pool size has its own name."""
+    adapter = TypeAdapter(PrepareConfig)
+    assert adapter.validate_python({"processes": 2}).processes == 2
+    with pytest.raises(ValidationError, match="workers"):
+        adapter.validate_python({"workers": 2})
+    with pytest.raises(ValidationError, match="processes"):
+        adapter.validate_python({"processes": 0})

@@ -186,8 +186,8 @@ class PrepareConfig:
     """Words per n-gram in the contamination check (GPT-3 used 13)."""
     examples_per_reason: int = 3
     """Short examples kept in the report for each removal or modification reason."""
-    workers: int | None = None
-    """Processes computing per-record work; null = one per CPU, 1 = in-process."""
+    processes: int | None = None
+    """Processes computing per-record work; null = one per CPU, 1 = in the job's own process."""
     limits: ValidateConfig = field(default_factory=ValidateConfig)
     """Parsing limits applied while reading the source."""
 
@@ -195,5 +195,5 @@ class PrepareConfig:
         check_range("validation_fraction", self.validation_fraction, 0, 0.5)
         check_range("contamination_ngram", self.contamination_ngram, 1, 64)
         check_range("examples_per_reason", self.examples_per_reason, 0, 100)
-        if self.workers is not None:
-            check_range("workers", self.workers, 1, 256)
+        if self.processes is not None:
+            check_range("processes", self.processes, 1, 256)
