@@ -100,6 +100,23 @@ class Prose:
             tokens[i] = self.rng.choice(self.words) + ("\n\n" if "\n\n" in tokens[i] else "")
         return " ".join(tokens)
 
+    def substitute(self, text: str, rate: float) -> str:
+        """Replace a share ``rate`` of the words (at least one), each with a different word drawn
+        from the Zipfian vocabulary: the near-duplicates of the dedup recall measurement."""
+        tokens = text.split(" ")
+        for i in self.rng.sample(range(len(tokens)), max(1, round(rate * len(tokens)))):
+            old = tokens[i].rstrip(".,?!\n")
+            new = old
+            while new.lower() == old.lower():
+                new = self.rng.choices(self.words, cum_weights=self.cum_weights)[0]
+            tokens[i] = new + tokens[i][len(old) :]
+        return " ".join(tokens)
+
+    def short_document(self, min_words: int = 60, max_words: int = 200) -> str:
+        """A document cut to between ``min_words`` and ``max_words`` words."""
+        words = self.document(min_words, max_words).split(" ")
+        return " ".join(words[: self.rng.randint(min_words, max_words)])
+
     def pii_sentence(self) -> str:
         r = self.rng.randint
         return self.rng.choice(
