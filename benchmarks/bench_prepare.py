@@ -139,7 +139,7 @@ def near_dup(pairs: int, seed: int) -> None:
     unique = originals + distinct
     unique_sigs = [_datatrove_signature(t) for t in unique]
     print(f"{len(originals)} originals, {len(distinct)} distinct documents "
-          f"({len(stories)} template stories), an edited copy of each original per rate")  # fmt: skip
+          f"({len(stories)} template stories), an edited copy of each per rate")  # fmt: skip
     g, d = DedupConfig(), DATATROVE
     print(f"gristmill: {g.shingle_words}-word shingles, threshold {g.near_threshold}, "
           f"{g.num_perm} permutations; datatrove: {d['shingle_words']}-word shingles, "
