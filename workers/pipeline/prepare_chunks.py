@@ -137,7 +137,7 @@ def _scrub(record: Record, cfg: PrepareConfig, doc: DocResult) -> Record:
     """Scrub PII from every free-text field (each chat message separately), counting on ``doc``."""
     scrubbed = []
     for content in record.contents():
-        clean, found = scrub_pii(content, cfg.pii.types)
+        clean, found = scrub_pii(content, cfg.pii.types, cfg.pii.phone_regions)
         scrubbed.append(clean)
         doc.pii.update(found)
     return record.with_contents(scrubbed) if doc.pii else record

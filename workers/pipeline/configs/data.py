@@ -163,11 +163,19 @@ class PiiConfig:
     """Run the PII scrubber."""
     types: tuple[str, ...] = tuple(sorted(PII_TYPES))
     """Which kinds to scrub: email, phone, ip_address, credit_card, iban, us_ssn, secret."""
+    phone_regions: tuple[str, ...] = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "AU", "IN")
+    """Countries (ISO 3166 alpha-2) whose national phone formats, such as "(030) 4616874", are
+    recognised. Numbers written with "+" and a country code are recognised for every country."""
 
     def __post_init__(self) -> None:
         unknown = set(self.types) - PII_TYPES
         if unknown:
             raise ConfigError("types", f"unknown PII types {sorted(unknown)}")
+        if not 1 <= len(self.phone_regions) <= 50:
+            raise ConfigError("phone_regions", "list between 1 and 50 regions")
+        bad = [r for r in self.phone_regions if not (len(r) == 2 and r.isascii() and r.isupper())]
+        if bad:
+            raise ConfigError("phone_regions", f"not ISO 3166 alpha-2 codes: {bad[:5]}")
 
 
 @dataclass(frozen=True)
