@@ -13,8 +13,11 @@ import argparse
 import itertools
 import json
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import phonenumbers
 
 _ONSETS = [
     "",
@@ -38,6 +41,14 @@ _ONSETS = [
 ]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou"]
 _CODAS = ["", "", "n", "r", "s", "t", "l", "nd", "st"]
+_PHONE_FORMATS = [
+    ("(212) ###-####", "US"),
+    ("415-###-####", "US"),
+    ("+49 30 #######", "DE"),
+    ("(030) #######", "DE"),
+    ("+44 20 #### ####", "GB"),
+    ("+33 1 ## ## ## ##", "FR"),
+]
 
 
 @dataclass
@@ -117,12 +128,21 @@ class Prose:
         words = self.document(min_words, max_words).split(" ")
         return " ".join(words[: self.rng.randint(min_words, max_words)])
 
+    def phone(self) -> str:
+        """A valid number (libphonenumber's plans) in one of a few national and international
+        formats; random digits in a real format are mostly unassigned ranges."""
+        fmt, region = self.rng.choice(_PHONE_FORMATS)
+        while True:
+            number = re.sub(r"#", lambda _: str(self.rng.randrange(10)), fmt)
+            if phonenumbers.is_valid_number(phonenumbers.parse(number, region)):
+                return number
+
     def pii_sentence(self) -> str:
         r = self.rng.randint
         return self.rng.choice(
             [
                 f"Contact {self.rng.choice(self.words)}.{r(1, 99)}@example.com for details.",
-                f"Call ({r(200, 989)}) {r(200, 999)}-{r(1000, 9999)} after noon.",
+                f"Call {self.phone()} after noon.",
                 f"The server at 10.{r(0, 255)}.{r(0, 255)}.{r(1, 254)} was restarted.",
             ]
         )

@@ -10,10 +10,12 @@ without '@' never pays for the email regex.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 
 import phonenumbers
 
@@ -82,10 +84,10 @@ _PHONE_GROUP = re.compile(r"\+?\(?\d+\)?")
 _DATE = re.compile(
     r"\d{4}([./-])\d{1,2}\1\d{1,2}|\d{1,2}([./-])\d{1,2}\2\d{2}(?:\d{2})?|(?:1[89]|20)\d\d[-/](?:1[89]|20)\d\d"
 )
-_GROUPED = phonenumbers.Leniency.STRICT_GROUPING
 # The default of PiiConfig.phone_regions, for callers without a config.
 DEFAULT_PHONE_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "AU", "IN")
 _DIGIT = re.compile(r"\d")
+_DIGITS = re.compile(r"\d+")
 
 _IBAN_LENGTHS = {
     "AD": 24, "AT": 20, "BE": 16, "BG": 22, "CH": 21, "CY": 28, "CZ": 24, "DE": 22, "DK": 18,
@@ -155,27 +157,85 @@ def phone_ok(candidate: str, regions: Sequence[str]) -> bool:
 
     International (``+``) numbers are judged by their own country's plan, national ones by any of
     ``regions``; either must be a valid number and its digit groups must follow that country's
-    grouping (libphonenumber's STRICT_GROUPING), which is what keeps "2023 2024 2025" and
-    "100 200 300" intact. A national number must also be written with separators or an area
-    code in parentheses: a bare run of digits is far more often an id than a phone number.
+    grouping (where its digit groups split, the country's own format splits too, as in
+    libphonenumber's STRICT_GROUPING), which is what keeps "2023 2024 2025" and "100 200 300"
+    intact. A national number must also be written with separators or an area
+    code in parentheses (a bare run of digits is far more often an id), and with the trunk
+    prefix where the country has "0" as one, as people write them ("030 ...", "020 ...").
     """
     digits = sum(ch.isdigit() for ch in candidate)
     if not 7 <= digits <= 15 or _DATE.fullmatch(candidate):
         return False
-    international = candidate.startswith("+")
-    if not international and digits == len(candidate):
+    if candidate.startswith("+"):
+        return _valid_and_grouped(candidate, "ZZ")
+    if digits == len(candidate):
         return False
-    for region in ["ZZ"] if international else regions:
-        try:
-            number = phonenumbers.parse(candidate, region)
-        except phonenumbers.NumberParseException:
-            continue
-        if phonenumbers.is_valid_number(number) and any(
-            match.raw_string == candidate
-            for match in phonenumbers.PhoneNumberMatcher(candidate, region, leniency=_GROUPED)
-        ):
-            return True
-    return False
+    trunk = candidate.lstrip("(").startswith("0")
+    return any(
+        _valid_and_grouped(candidate, region)
+        for region in regions
+        if (trunk or not _PLANS[region].zero_trunk) and _PLANS[region].may_have(digits, trunk)
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_and_grouped(candidate: str, region: str) -> bool:
+    try:
+        number = phonenumbers.parse(candidate, region)
+    except phonenumbers.NumberParseException:
+        return False
+    if not phonenumbers.is_valid_number(number):
+        return False
+    style = phonenumbers.PhoneNumberFormat
+    written = phonenumbers.format_number(
+        number, style.INTERNATIONAL if candidate.startswith("+") else style.NATIONAL
+    )
+    return _group_ends(candidate) <= _group_ends(written) | _prefix_ends(written)
+
+
+def _group_ends(text: str) -> set[int]:
+    """Where digit groups end, counted in digits from the right (so prefixes do not shift it)."""
+    ends, right = set(), 0
+    for group in reversed(_DIGITS.findall(text)):
+        right += len(group)
+        ends.add(right)
+    return ends - {right}
+
+
+def _prefix_ends(written: str) -> set[int]:
+    """Every position left of the formatted number: "1-800-...", "+49 (0)30 ..." may split off
+    a trunk prefix or a country code that the formatted national number does not show."""
+    total = sum(ch.isdigit() for ch in written)
+    return set(range(total, total + 8))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a region's numbering plan says before any parsing: a cheap filter, since parsing is
+    the cost of this step and most candidates are counts, prices and ids."""
+
+    zero_trunk: bool  # national numbers are written after a "0" trunk prefix
+    prefix_digits: int  # digits of the national prefix that may precede the number
+    lengths: frozenset[int]  # possible lengths of the national significant number
+
+    def may_have(self, digits: int, trunk: bool) -> bool:
+        return any(digits - k in self.lengths for k in {0, self.prefix_digits if trunk else 0, 1})
+
+
+class _Plans(dict[str, _Plan]):
+    def __missing__(self, region: str) -> _Plan:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        if metadata is None or metadata.general_desc is None:
+            plan = _Plan(False, 0, frozenset())
+        else:
+            prefix = metadata.national_prefix or ""
+            lengths = frozenset(metadata.general_desc.possible_length or ())
+            plan = _Plan(prefix == "0", len(prefix), lengths)
+        self[region] = plan
+        return plan
+
+
+_PLANS = _Plans()
 
 
 def _phone_span(candidate: str, regions: Sequence[str]) -> tuple[int, int] | None:
