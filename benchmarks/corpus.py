@@ -13,8 +13,11 @@ import argparse
 import itertools
 import json
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import phonenumbers
 
 _ONSETS = [
     "",
@@ -38,6 +41,14 @@ _ONSETS = [
 ]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou"]
 _CODAS = ["", "", "n", "r", "s", "t", "l", "nd", "st"]
+_PHONE_FORMATS = [
+    ("(212) ###-####", "US"),
+    ("415-###-####", "US"),
+    ("+49 30 #######", "DE"),
+    ("(030) #######", "DE"),
+    ("+44 20 #### ####", "GB"),
+    ("+33 1 ## ## ## ##", "FR"),
+]
 
 
 @dataclass
@@ -100,12 +111,38 @@ class Prose:
             tokens[i] = self.rng.choice(self.words) + ("\n\n" if "\n\n" in tokens[i] else "")
         return " ".join(tokens)
 
+    def substitute(self, text: str, rate: float) -> str:
+        """Replace a share ``rate`` of the words (at least one), each with a different word drawn
+        from the Zipfian vocabulary: the near-duplicates of the dedup recall measurement."""
+        tokens = text.split(" ")
+        for i in self.rng.sample(range(len(tokens)), max(1, round(rate * len(tokens)))):
+            old = tokens[i].rstrip(".,?!\n")
+            new = old
+            while new.lower() == old.lower():
+                new = self.rng.choices(self.words, cum_weights=self.cum_weights)[0]
+            tokens[i] = new + tokens[i][len(old) :]
+        return " ".join(tokens)
+
+    def short_document(self, min_words: int = 60, max_words: int = 200) -> str:
+        """A document cut to between ``min_words`` and ``max_words`` words."""
+        words = self.document(min_words, max_words).split(" ")
+        return " ".join(words[: self.rng.randint(min_words, max_words)])
+
+    def phone(self) -> str:
+        """A valid number (libphonenumber's plans) in one of a few national and international
+        formats; random digits in a real format are mostly unassigned ranges."""
+        fmt, region = self.rng.choice(_PHONE_FORMATS)
+        while True:
+            number = re.sub(r"#", lambda _: str(self.rng.randrange(10)), fmt)
+            if phonenumbers.is_valid_number(phonenumbers.parse(number, region)):
+                return number
+
     def pii_sentence(self) -> str:
         r = self.rng.randint
         return self.rng.choice(
             [
                 f"Contact {self.rng.choice(self.words)}.{r(1, 99)}@example.com for details.",
-                f"Call ({r(200, 989)}) {r(200, 999)}-{r(1000, 9999)} after noon.",
+                f"Call {self.phone()} after noon.",
                 f"The server at 10.{r(0, 255)}.{r(0, 255)}.{r(1, 254)} was restarted.",
             ]
         )

@@ -143,6 +143,34 @@ def test_bad_files_fail_validation_with_reasons(
     assert report["status"] == "failed" and report["validation"]["errors"]
 
 
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"\x1f", "dataset.truncated_gzip"),
+        (gzip.compress(jsonl(2000))[:400], "dataset.truncated_gzip"),
+        (gzip.compress(jsonl(200))[:-8] + b"\x00\x00\x00\x00" + gzip.compress(jsonl(200))[-4:],
+         "dataset.corrupt_gzip"),
+    ],
+)  # fmt: skip
+def test_truncated_or_corrupt_gzip_fails_with_a_code_and_never_becomes_ready(
+    client: TestClient, auth: dict[str, str], validate, data: bytes, code: str
+) -> None:
+    dataset = upload(client, auth, data, filename="d.jsonl.gz").json()
+
+    failed = validate(client, auth, dataset["id"])
+
+    assert failed["status"] == "failed"
+    assert failed["records"] is None
+    [error] = failed["errors"]
+    assert error["code"] == code
+    assert "gzip" in error["reason"] and "Upload" in error["reason"]
+    job = client.post(
+        "/v1/jobs", json={"type": "prepare", "params": {"dataset_id": dataset["id"]}}, headers=auth
+    )
+    assert job.status_code == 400
+    assert job.json()["error"]["code"] == "dataset.not_ready"
+
+
 def test_gzip_bomb_is_stopped(client: TestClient, auth: dict[str, str], validate) -> None:
     bomb = gzip.compress(b'{"text": "' + b"a" * (60 * 1024 * 1024) + b'"}\n', compresslevel=9)
     assert len(bomb) < 200_000

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import struct
 import time
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +22,7 @@ from workers.pipeline.formats import (
     iter_texts,
     validate_dataset,
 )
+from workers.pipeline.readers import BGZF_EOF
 from workers.pipeline.types import Hooks, PipelineError, Progress, StageCancelled
 
 
@@ -255,3 +258,67 @@ def test_parquet_extension_types_are_refused(tmp_path: Path) -> None:
     finally:
         pa.unregister_extension_type("gristmill.test.custom")
     assert err.value.code == "dataset.wrong_schema"
+
+
+def _gzip_of_rows(rows: int) -> bytes:
+    return gzip.compress(
+        b"".join(json.dumps({"text": f"row {i} " * 20}).encode() + b"\n" for i in range(rows))
+    )
+
+
+def _bgzf(data: bytes, block: int = 4096) -> bytes:
+    """BGZF as bgzip writes it: gzip members of at most ``block`` bytes, each with a 'BC' extra
+    field giving its size, then the empty end-of-file member."""
+    out = b""
+    for i in range(0, len(data), block):
+        chunk = data[i : i + block]
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+        body = compressor.compress(chunk) + compressor.flush()
+        size = 18 + len(body) + 8 - 1
+        header = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff\x06\x00BC\x02\x00"
+        out += header + struct.pack("<H", size) + body
+        out += struct.pack("<II", zlib.crc32(chunk), len(chunk))
+    return out + BGZF_EOF
+
+
+def _fails_validation(path: Path) -> PipelineError:
+    with pytest.raises(PipelineError) as err:
+        validate_dataset(detect_format(path, {}), ValidateConfig())
+    return err.value
+
+
+def test_a_gzip_cut_anywhere_fails_validation_as_truncated(tmp_path: Path) -> None:
+    data = _gzip_of_rows(300)
+    path = tmp_path / "d.gz"
+    for cut in [1, 2, 9, 10, 11, *range(12, len(data), max(1, len(data) // 97)), len(data) - 1]:
+        path.write_bytes(data[:cut])
+        error = _fails_validation(path)
+        assert error.code == "dataset.truncated_gzip", cut
+        assert "incomplete" in error.message
+
+
+def test_a_bgzf_file_cut_at_a_member_boundary_is_truncated(tmp_path: Path) -> None:
+    content = b"".join(json.dumps({"text": f"line {i}"}).encode() + b"\n" for i in range(2000))
+    whole = _bgzf(content)
+    path = tmp_path / "d.bgz"
+    path.write_bytes(whole)
+    assert validate_dataset(detect_format(path, {}), ValidateConfig()).records == 2000
+    members = whole[: -len(BGZF_EOF)]
+    first_member = struct.unpack("<H", members[16:18])[0] + 1
+    for cut in (first_member, len(members)):  # each a complete gzip member sequence
+        path.write_bytes(whole[:cut])
+        assert gzip.decompress(path.read_bytes())  # plain gzip cannot tell
+        assert _fails_validation(path).code == "dataset.truncated_gzip"
+
+
+@pytest.mark.parametrize(("offset", "what"), [(-8, "CRC"), (-3, "length")])
+def test_a_gzip_with_a_bad_checksum_or_length_is_corrupt(
+    tmp_path: Path, offset: int, what: str
+) -> None:
+    data = bytearray(_gzip_of_rows(300))
+    data[offset] ^= 0x01
+    path = tmp_path / "d.gz"
+    path.write_bytes(bytes(data))
+    error = _fails_validation(path)
+    assert error.code == "dataset.corrupt_gzip"
+    assert "corrupt" in error.message and what.lower() in error.message.lower()

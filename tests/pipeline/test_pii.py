@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+import re
 import string
 from collections import Counter
 from collections.abc import Callable
 
+import phonenumbers
 import pytest
 
 from workers.pipeline.pii import PLACEHOLDERS, iban_ok, luhn_ok, scrub_pii
@@ -47,11 +49,33 @@ def _ssn(rng: random.Random) -> str:
     return f"{rng.randint(1, 665):03d}-{rng.randint(1, 99):02d}-{rng.randint(1, 9999):04d}"
 
 
+# Phone formats as people write them. Digits are drawn until libphonenumber calls the number
+# valid: random digits in a real format are mostly unassigned ranges, which nobody can call.
+PHONE_FORMATS: dict[str, tuple[str, str]] = {
+    "DE intl, no separator after area code": ("DE", "+49 30 {7}"),
+    "DE intl mobile": ("DE", "+49 171 {7}"),
+    "DE national (030)": ("DE", "(030) {7}"),
+    "GB intl": ("GB", "+44 20 {4} {4}"),
+    "GB national": ("GB", "020 {4} {4}"),
+    "FR intl": ("FR", "+33 1 {2} {2} {2} {2}"),
+    "FR national": ("FR", "01 {2} {2} {2} {2}"),
+    "US dashes": ("US", "415-{3}-{4}"),
+    "US parentheses": ("US", "(212) {3}-{4}"),
+    "US intl": ("US", "+1 646 {3} {4}"),
+    "US E.164": ("US", "+1312{3}{4}"),
+}
+
+
+def _phone_in(fmt: str, region: str, rng: random.Random) -> str:
+    while True:
+        number = re.sub(r"\{(\d)\}", lambda m: _token(rng, string.digits, int(m[1])), fmt)
+        if phonenumbers.is_valid_number(phonenumbers.parse(number, region)):
+            return number
+
+
 def _phone(rng: random.Random) -> str:
-    a, b, c = rng.randint(200, 989), rng.randint(200, 999), rng.randint(0, 9999)
-    return rng.choice(
-        [f"({a}) {b}-{c:04d}", f"{a}-{b}-{c:04d}", f"+1 {a} {b} {c:04d}", f"+44 20 {b}1 {c:04d}"]
-    )
+    region, fmt = PHONE_FORMATS[rng.choice(sorted(PHONE_FORMATS))]
+    return _phone_in(fmt, region, rng)
 
 
 def _ip(rng: random.Random) -> str:
@@ -180,3 +204,45 @@ def test_scrub_pii_leaves_types_that_are_switched_off(kind: str) -> None:
 def test_scrub_pii_is_a_no_op_on_plain_prose() -> None:
     prose = "The quick brown fox jumps over the lazy dog. " * 50
     assert scrub_pii(prose, ALL_TYPES) == (prose, Counter())
+
+
+PHONE_DECOYS = [
+    "It cost $1,299.99 in 2023, or 1 299 EUR.",
+    "Sales rose from 1999-2004 and again in 2019, 2020 and 2021.",
+    "We counted 12 345 678 visitors and 2,500,000 page views.",
+    "Order ORD-2023-123456 and ticket 40012345678 were closed.",
+    "Dates: 2023-04-05, 05/04/2023, 05.04.2023 and 5/4/23.",
+    "Upgrade to 10.0.19041 or version 4.2.1.17 first.",
+    "ISBN 978-3-16-148410-0 and patent US 2019/0123456 A1.",
+    "The years 2023 2024 2025 and the steps 100 200 300 400.",
+    "Pi is 3.14159265358979 and e is 2.718281828.",
+    "Batch 1234567890 shipped at 10:30 with 99 bottles.",
+    "Call 415-555-2671 2 times",  # the count after the number stays
+]
+
+
+def test_phone_numbers_are_found_in_each_format() -> None:
+    rng = random.Random(4)
+    recalls = {}
+    for name, (region, fmt) in PHONE_FORMATS.items():
+        numbers = [_phone_in(fmt, region, rng) for _ in range(40)]
+        hits = sum(
+            scrub_pii(f"Call {n} today.", {"phone"}) == ("Call <PHONE> today.", Counter(phone=1))
+            for n in numbers
+        )
+        recalls[name] = hits / len(numbers)
+        print(f"{name:40s} recall {recalls[name]:.3f}")
+    assert all(recall >= 0.95 for recall in recalls.values()), recalls
+
+
+def test_phone_decoys_stay_intact() -> None:
+    for decoy in PHONE_DECOYS:
+        text, found = scrub_pii(decoy, {"phone"})
+        expected = decoy.replace("415-555-2671", "<PHONE>")
+        assert (text, found["phone"]) == (expected, int(expected != decoy)), decoy
+
+
+def test_phone_regions_decide_which_national_formats_count() -> None:
+    assert scrub_pii("(030) 4616874", {"phone"}, phone_regions=["US"])[1]["phone"] == 0
+    assert scrub_pii("(030) 4616874", {"phone"}, phone_regions=["DE"])[0] == "<PHONE>"
+    assert scrub_pii("+49 30 4616874", {"phone"}, phone_regions=["US"])[0] == "<PHONE>"

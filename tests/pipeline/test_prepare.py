@@ -92,7 +92,7 @@ def _paths(tmp_path: Path, name: str = "run") -> RunPaths:
 
 def _run(tmp_path: Path, source: DatasetFile, name: str = "run", **overrides: Any) -> PrepareResult:
     eval_file = overrides.pop("eval_file", None)
-    config = PrepareConfig(workers=overrides.pop("workers", 1), **overrides)
+    config = PrepareConfig(processes=overrides.pop("processes", 1), **overrides)
     return run_prepare(config, PrepareInputs(source, eval_file), _paths(tmp_path, name))
 
 
@@ -202,7 +202,7 @@ def test_progress_is_reported_with_throughput(
     monkeypatch.setattr("workers.pipeline.prepare_state.time.monotonic", lambda: next(clock))
     seen: list[Progress] = []
     inputs = PrepareInputs(detect_format(corpus.path, {}))
-    run_prepare(PrepareConfig(workers=1), inputs, _paths(tmp_path), Hooks(on_progress=seen.append))
+    run_prepare(PrepareConfig(processes=1), inputs, _paths(tmp_path), Hooks(on_progress=seen.append))
     assert seen and seen[-1].step > 0
     assert {"docs_per_s", "mb_per_s", "records_out"} <= set(seen[-1].metrics)
 
@@ -215,7 +215,7 @@ def test_cancellation_raises_and_leaves_no_outputs(
     paths = _paths(tmp_path)
     with pytest.raises(StageCancelled):
         inputs = PrepareInputs(detect_format(corpus.path, {}))
-        run_prepare(PrepareConfig(workers=1), inputs, paths, Hooks(should_stop=lambda: True))
+        run_prepare(PrepareConfig(processes=1), inputs, paths, Hooks(should_stop=lambda: True))
     assert list(paths.output_dir.iterdir()) == []
 
 

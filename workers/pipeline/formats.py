@@ -53,6 +53,12 @@ def detect_format(path: Path, options: Mapping[str, str]) -> DatasetFile:
         magic = raw.read(4)
     if not magic:
         raise PipelineError("dataset.empty", "The dataset file is empty.")
+    if magic == _GZIP_MAGIC[:1]:
+        raise PipelineError(
+            "dataset.truncated_gzip",
+            "The file holds one byte, the start of a gzip header: it is incomplete "
+            "(an interrupted upload?). Upload it again.",
+        )
     compression = "gzip" if magic[:2] == _GZIP_MAGIC else None
     if magic == b"PAR1":
         column = options.get("column", "text")

@@ -1,18 +1,23 @@
 """Find personal data and secrets in text and replace them with typed placeholders.
 
 Regexes find candidates and checksums confirm them (Luhn for cards, mod-97 for IBANs, the SSA's
-allocation rules for SSNs), which is what keeps precision high on order numbers, dates and version
-strings. No NER model is used: names and addresses are out of scope, and a model would be orders of
-magnitude slower on a step that runs on every document. Each pattern is guarded by a cheap
-substring test so a document without '@' never pays for the email regex.
+allocation rules for SSNs, Google's libphonenumber numbering plans for phone numbers), which is
+what keeps precision high on order numbers, dates, prices and version strings. No NER model is
+used: names and addresses are out of scope, and a model would be orders of magnitude slower on a
+step that runs on every document. Each pattern is guarded by a cheap substring test so a document
+without '@' never pays for the email regex.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+import phonenumbers
 
 PLACEHOLDERS = {
     "email": "<EMAIL>",
@@ -63,14 +68,26 @@ _IPV6 = re.compile(
 )
 _VERSION_CONTEXT = re.compile(r"(?i)(?:version|ver\.?|v|release|build|firmware|rev\.?)\s*$")
 # Runs of digits and separators that may hold a card, SSN, IPv4 address or phone number.
-_NUMBER_RUN = re.compile(r"[\d+(](?<![\w.][\d+(])[\d ().+-]{5,}\d")
+_NUMBER_RUN = re.compile(r"[\d+(](?<![\w.][\d+(])[\d ()./+-]{5,}\d")
 _NUMERIC_TYPES = frozenset({"credit_card", "us_ssn", "ip_address", "phone"})
+# A phone-shaped candidate: optional +country code (and the "(0)" trunk prefix some write after
+# it), optional parenthesised area code, then groups of digits split by one separator each. Its
+# sub-spans of whole groups are tried longest first, so a count or year next to a number does
+# not spoil it. libphonenumber then decides whether it is a number anyone could dial.
 _PHONE = re.compile(
-    r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])"
-    r"\d{3,4}[ .-]\d{3,4}(?![\w-]|\.\d)"
-    r"|(?<![\w+])\+\d{1,3}[ .-]?\d{6,12}(?!\w)"
+    r"(?<![\w+.,/-])(?:\+\d{1,3}[ .-]?(?:\(0\)[ .-]?)?)?(?:\(\d{1,5}\)[ .-]?)?\d{1,8}"
+    r"(?:[ ./-]\d{1,8}){0,6}(?![\w-]|[.,/]\d)"
 )
+_PHONE_GROUP = re.compile(r"\+?\(?\d+\)?")
+# Dates (2023-04-05, 05.04.2023, 5/4/23) and year ranges (1999-2004) are never phone numbers,
+# whatever some numbering plan allows.
+_DATE = re.compile(
+    r"\d{4}([./-])\d{1,2}\1\d{1,2}|\d{1,2}([./-])\d{1,2}\2\d{2}(?:\d{2})?|(?:1[89]|20)\d\d[-/](?:1[89]|20)\d\d"
+)
+# The default of PiiConfig.phone_regions, for callers without a config.
+DEFAULT_PHONE_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "AU", "IN")
 _DIGIT = re.compile(r"\d")
+_DIGITS = re.compile(r"\d+")
 
 _IBAN_LENGTHS = {
     "AD": 24, "AT": 20, "BE": 16, "BG": 22, "CH": 21, "CY": 28, "CZ": 24, "DE": 22, "DK": 18,
@@ -135,9 +152,121 @@ def _ipv6(m: re.Match[str]) -> bool:
     return True
 
 
-def _phone_digits(m: re.Match[str]) -> bool:
-    digits = sum(ch.isdigit() for ch in m.group())
-    return 9 <= digits <= 15
+def phone_ok(candidate: str, regions: Sequence[str]) -> bool:
+    """Whether libphonenumber takes ``candidate`` for a phone number as written.
+
+    International (``+``) numbers are judged by their own country's plan, national ones by any of
+    ``regions``; either must be a valid number and its digit groups must follow that country's
+    grouping (where its digit groups split, the country's own format splits too, as in
+    libphonenumber's STRICT_GROUPING), which is what keeps "2023 2024 2025" and "100 200 300"
+    intact. A national number must also be written with separators or an area
+    code in parentheses (a bare run of digits is far more often an id), and with the trunk
+    prefix where the country has "0" as one, as people write them ("030 ...", "020 ...").
+    """
+    digits = sum(ch.isdigit() for ch in candidate)
+    if not 7 <= digits <= 15 or _DATE.fullmatch(candidate):
+        return False
+    if candidate.startswith("+"):
+        return _valid_and_grouped(candidate, "ZZ")
+    if digits == len(candidate):
+        return False
+    trunk = candidate.lstrip("(").startswith("0")
+    return any(
+        _valid_and_grouped(candidate, region)
+        for region in regions
+        if (trunk or not _PLANS[region].zero_trunk) and _PLANS[region].may_have(digits, trunk)
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_and_grouped(candidate: str, region: str) -> bool:
+    try:
+        number = phonenumbers.parse(candidate, region)
+    except phonenumbers.NumberParseException:
+        return False
+    if not phonenumbers.is_valid_number(number):
+        return False
+    style = phonenumbers.PhoneNumberFormat
+    written = phonenumbers.format_number(
+        number, style.INTERNATIONAL if candidate.startswith("+") else style.NATIONAL
+    )
+    return _group_ends(candidate) <= _group_ends(written) | _prefix_ends(written)
+
+
+def _group_ends(text: str) -> set[int]:
+    """Where digit groups end, counted in digits from the right (so prefixes do not shift it)."""
+    ends, right = set(), 0
+    for group in reversed(_DIGITS.findall(text)):
+        right += len(group)
+        ends.add(right)
+    return ends - {right}
+
+
+def _prefix_ends(written: str) -> set[int]:
+    """Every position left of the formatted number: "1-800-...", "+49 (0)30 ..." may split off
+    a trunk prefix or a country code that the formatted national number does not show."""
+    total = sum(ch.isdigit() for ch in written)
+    return set(range(total, total + 8))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a region's numbering plan says before any parsing: a cheap filter, since parsing is
+    the cost of this step and most candidates are counts, prices and ids."""
+
+    zero_trunk: bool  # national numbers are written after a "0" trunk prefix
+    prefix_digits: int  # digits of the national prefix that may precede the number
+    lengths: frozenset[int]  # possible lengths of the national significant number
+
+    def may_have(self, digits: int, trunk: bool) -> bool:
+        return any(digits - k in self.lengths for k in {0, self.prefix_digits if trunk else 0, 1})
+
+
+class _Plans(dict[str, _Plan]):
+    def __missing__(self, region: str) -> _Plan:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        if metadata is None or metadata.general_desc is None:
+            plan = _Plan(False, 0, frozenset())
+        else:
+            prefix = metadata.national_prefix or ""
+            lengths = frozenset(metadata.general_desc.possible_length or ())
+            plan = _Plan(prefix == "0", len(prefix), lengths)
+        self[region] = plan
+        return plan
+
+
+_PLANS = _Plans()
+
+
+def _phone_span(candidate: str, regions: Sequence[str]) -> tuple[int, int] | None:
+    """The longest valid phone number in ``candidate`` made of whole digit groups.
+
+    Groups may be left off only where a space separates them, so a year or a count written next
+    to a number is shed, while an ISBN or a serial joined by hyphens is judged whole.
+    """
+    groups = [m.span() for m in _PHONE_GROUP.finditer(candidate)]
+    cuts = [0] + [i for i in range(1, len(groups)) if candidate[groups[i - 1][1]] == " "]
+    ends = [*cuts[1:], len(groups)]
+    spans = [(a, b) for a in cuts for b in ends if a < b]
+    for first, last in sorted(spans, key=lambda ab: ab[0] - ab[1]):
+        start, end = groups[first][0], groups[last - 1][1]
+        if first and candidate.startswith("+"):
+            continue  # "+44 ..." is judged whole: never leave a country code behind
+        if phone_ok(candidate[start:end], regions):
+            return start, end
+    return None
+
+
+def _sub_phones(window: str, regions: Sequence[str], found: Counter[str]) -> str:
+    def replace(m: re.Match[str]) -> str:
+        candidate = m.group()
+        span = _phone_span(candidate, regions)
+        if span is None:
+            return candidate
+        found["phone"] += 1
+        return candidate[: span[0]] + PLACEHOLDERS["phone"] + candidate[span[1] :]
+
+    return _PHONE.sub(replace, window)
 
 
 def _ssn(m: re.Match[str]) -> bool:
@@ -161,8 +290,14 @@ _RULES: tuple[tuple[str, Callable[[str], bool], re.Pattern[str], Check], ...] = 
 )
 
 
-def scrub_pii(text: str, types: Collection[str]) -> tuple[str, Counter[str]]:
+def scrub_pii(
+    text: str, types: Collection[str], phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS
+) -> tuple[str, Counter[str]]:
     """Replace each PII item of the requested ``types`` with its placeholder.
+
+    ``phone_regions`` are the countries (ISO 3166 codes) whose national formats, such as
+    ``(030) 4616874`` or ``415-555-2671``, are recognised; numbers written with ``+`` and a
+    country code are recognised for every country.
 
     Returns the scrubbed text and how many items of each type were replaced.
     """
@@ -175,11 +310,15 @@ def scrub_pii(text: str, types: Collection[str]) -> tuple[str, Counter[str]]:
         if kind in types and precondition(text):
             text = _sub(text, pattern, check, kind, found)
     if not _NUMERIC_TYPES.isdisjoint(types):
-        text = _NUMBER_RUN.sub(lambda run: _scrub_number_run(run, types, found), text)
+        text = _NUMBER_RUN.sub(
+            lambda run: _scrub_number_run(run, types, phone_regions, found), text
+        )
     return text, found
 
 
-def _scrub_number_run(run: re.Match[str], types: Collection[str], found: Counter[str]) -> str:
+def _scrub_number_run(
+    run: re.Match[str], types: Collection[str], regions: Sequence[str], found: Counter[str]
+) -> str:
     """Cards, SSNs, IPv4 addresses and phones inside one run of digits and separators.
 
     One scan for such runs replaces four scans of the whole text; runs are rare and short in
@@ -193,11 +332,12 @@ def _scrub_number_run(run: re.Match[str], types: Collection[str], found: Counter
         ("credit_card", _CARD, _card),
         ("us_ssn", _SSN, _ssn),
         ("ip_address", _IPV4, _ipv4_checker(text, start - len(context))),
-        ("phone", _PHONE, _phone_digits),
     )
     for kind, pattern, check in checks:
         if kind in types:
             window = _sub(window, pattern, check, kind, found)
+    if "phone" in types:
+        window = _sub_phones(window, regions, found)
     return window[len(context) :]
 
 

@@ -1,8 +1,8 @@
 """The ``prepare`` stage: turn an uploaded dataset into clean, deduplicated train/validation JSONL.
 
 Steps, in order: normalise → length/quality filters → exact dedup → MinHash LSH near-dup → PII
-scrub → contamination check → split by content hash. Per-record work runs in worker processes
-(:mod:`workers.pipeline.prepare_worker`) over chunks read in file order; results come back in that
+scrub → contamination check → split by content hash. Per-record work runs in a pool of processes
+(:mod:`workers.pipeline.prepare_chunks`) over chunks read in file order; results come back in that
 order, so the main process decides "first occurrence wins" deterministically and the output is
 byte-identical on a re-run. The source is streamed once and never modified; memory is bounded by
 the dedup keys and the LSH index, not by the corpus. Outputs are written to ``*.tmp`` and renamed.
@@ -26,8 +26,8 @@ import numpy as np
 from workers.pipeline.configs.data import PrepareConfig
 from workers.pipeline.dedup import WordSpans
 from workers.pipeline.formats import RecordReader, iter_records
+from workers.pipeline.prepare_chunks import ChunkResult, ChunkSettings, init_process, process_chunk
 from workers.pipeline.prepare_state import State
-from workers.pipeline.prepare_worker import ChunkResult, WorkerSettings, init_worker, process_chunk
 from workers.pipeline.quality import normalise
 from workers.pipeline.records import Record
 from workers.pipeline.types import DatasetFile, Hooks, PipelineError, RunPaths
@@ -70,7 +70,7 @@ def run_prepare(
     eval_grams, gram_docs, eval_docs = _eval_ngrams(config, inputs.eval)
     state = State(config, eval_docs)
     outputs = _Outputs(paths.output_dir, config.validation_fraction > 0)
-    settings = WorkerSettings(config, eval_grams)
+    settings = ChunkSettings(config, eval_grams)
     try:
         with RecordReader(inputs.source, config.limits) as reader:
             for chunk in _run_chunks(settings, _chunks(reader, state)):
@@ -145,22 +145,22 @@ def _chunks(reader: RecordReader, state: State) -> Iterator[list[Record]]:
         yield chunk
 
 
-def _run_chunks(settings: WorkerSettings, chunks: Iterator[list[Record]]) -> Iterator[ChunkResult]:
-    """Process chunks in worker processes (or in-process for ``workers=1``), in input order."""
+def _run_chunks(settings: ChunkSettings, chunks: Iterator[list[Record]]) -> Iterator[ChunkResult]:
+    """Process chunks in a process pool (or in this process for ``processes=1``), in input order."""
     # sched_getaffinity respects CPU pinning (containers, taskset); cpu_count() would not.
-    workers = settings.config.workers or len(os.sched_getaffinity(0)) or 1
-    init_worker(settings)
-    if workers == 1:
+    processes = settings.config.processes or len(os.sched_getaffinity(0)) or 1
+    init_process(settings)
+    if processes == 1:
         yield from map(process_chunk, chunks)
         return
     # spawn, not fork: the caller (a Celery worker) may hold threads and locks a fork would copy.
     context = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(workers, context, init_worker, (settings,)) as pool:
+    with cf.ProcessPoolExecutor(processes, context, init_process, (settings,)) as pool:
         pending: deque[cf.Future[ChunkResult]] = deque()
         try:
             for chunk in chunks:
                 pending.append(pool.submit(process_chunk, chunk))
-                if len(pending) >= 2 * workers:
+                if len(pending) >= 2 * processes:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()

@@ -1,6 +1,6 @@
 """The order-dependent half of ``prepare``: dedup decisions, contamination, split, counters.
 
-Runs in the main process over worker results in file order, so "the first occurrence is kept"
+Runs in the main process over the pool's results in file order, so "the first occurrence is kept"
 and the validation split are the same on every run.
 """
 
@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 from workers.pipeline.configs.data import PrepareConfig
 from workers.pipeline.dedup import NearDupIndex
+from workers.pipeline.prepare_chunks import DocResult, snippet
 from workers.pipeline.prepare_report import LENGTH_EDGES, ReasonLog, Sample, bucket, diversity
-from workers.pipeline.prepare_worker import DocResult, snippet
 from workers.pipeline.types import Hooks, Progress, StageCancelled
 
 _TOP_CLUSTERS = 10
@@ -53,7 +53,7 @@ class State:
         self._started = self._last = time.monotonic()
 
     def decide(self, doc: DocResult, sink: Sink) -> None:
-        """Apply the order-dependent steps to one worker result and write it if it survives."""
+        """Apply the order-dependent steps to one record's result and write it if it survives."""
         self.records_in += 1
         self.bytes_in += doc.bytes_in
         self.hist_in[bucket(doc.chars_in)] += 1

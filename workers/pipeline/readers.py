@@ -24,6 +24,22 @@ from workers.pipeline.types import DatasetFile, PipelineError
 
 _BUFFER = 1 << 20
 Item = Record | RecordError
+# BGZF (bgzip, htslib) writes many small gzip members and ends with this empty one, so a BGZF
+# file cut at a member boundary, which plain gzip cannot tell from a complete file, is caught.
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+
+
+def _is_bgzf(head: bytes) -> bool:
+    """The first member carries BGZF's 'BC' extra field (FLG.FEXTRA set, XLEN 6)."""
+    return len(head) >= 16 and head[3] & 4 != 0 and head[12:14] == b"BC"
+
+
+def _truncated(raw: BinaryIO, out: int) -> PipelineError:
+    return PipelineError(
+        "dataset.truncated_gzip",
+        f"The gzip stream ends early, after {raw.tell()} compressed bytes ({out} bytes of "
+        "content): the file is incomplete (an interrupted upload or copy?). Upload it again.",
+    )
 
 
 class _GuardedGzip(io.RawIOBase):
@@ -47,11 +63,13 @@ class _GuardedGzip(io.RawIOBase):
         try:
             data = self._gz.read(len(buffer))
         except EOFError as exc:
-            raise PipelineError(
-                "dataset.truncated_gzip", "The gzip file is truncated (upload incomplete?)."
-            ) from exc
+            raise _truncated(self._raw, self.out) from exc
         except (gzip.BadGzipFile, zlib.error, OSError) as exc:
-            raise PipelineError("dataset.corrupt_gzip", f"The gzip file is corrupt: {exc}") from exc
+            raise PipelineError(
+                "dataset.corrupt_gzip",
+                f"The gzip data is corrupt near compressed byte {self._raw.tell()} "
+                f"({exc}); the file was damaged. Upload an intact copy.",
+            ) from exc
         size = len(data)
         buffer[:size] = data
         self.out += size
@@ -87,8 +105,18 @@ def open_binary(
         with io.BufferedReader(io.FileIO(path, "r"), _BUFFER) as plain:
             yield plain, plain
         return
-    with path.open("rb") as raw, io.BufferedReader(_GuardedGzip(raw, limits), _BUFFER) as stream:
-        yield stream, raw
+    with path.open("rb") as raw:
+        if _is_bgzf(raw.read(16)):
+            raw.seek(-min(len(BGZF_EOF), path.stat().st_size), io.SEEK_END)
+            if raw.read() != BGZF_EOF:
+                raise PipelineError(
+                    "dataset.truncated_gzip",
+                    f"The BGZF file ends after {raw.tell()} bytes without its end-of-file block: "
+                    "it is incomplete (an interrupted upload or copy?). Upload it again.",
+                )
+        raw.seek(0)
+        with io.BufferedReader(_GuardedGzip(raw, limits), _BUFFER) as stream:
+            yield stream, raw
 
 
 class _LineTooLong(Exception):

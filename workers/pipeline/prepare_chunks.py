@@ -1,8 +1,8 @@
-"""The per-record half of ``prepare``, run in worker processes over chunks of records.
+"""The per-record half of ``prepare``, run in pool processes over chunks of records.
 
 Everything that needs only one record happens here (normalise, quality filters, hashing, MinHash,
 PII scrubbing, eval n-gram lookup), so it spreads over all cores; the order-dependent decisions
-(which duplicate is first) stay in the main process. Settings reach the workers once, through the
+(which duplicate is first) stay in the main process. Settings reach each process once, through the
 pool initializer, because the eval n-gram table can be large.
 """
 
@@ -27,7 +27,7 @@ HEAD_CHARS = 2000
 
 
 @dataclass(frozen=True)
-class WorkerSettings:
+class ChunkSettings:
     config: PrepareConfig
     eval_grams: U64  # sorted unique hashes of the eval set's n-grams (empty: no check)
 
@@ -57,11 +57,11 @@ class ChunkResult:
     seconds: defaultdict[str, float]
 
 
-_STATE: dict[str, WorkerSettings] = {}  # per process, set by init_worker
+_STATE: dict[str, ChunkSettings] = {}  # per process, set by init_process
 
 
-def init_worker(settings: WorkerSettings) -> None:
-    """Pool initializer (also called in-process when running without workers)."""
+def init_process(settings: ChunkSettings) -> None:
+    """Pool initializer (also called in this process when running with ``processes=1``)."""
     _STATE["settings"] = settings
 
 
@@ -79,7 +79,7 @@ def snippet(text: str, limit: int = 200) -> str:
 
 def _process(
     record: Record,
-    settings: WorkerSettings,
+    settings: ChunkSettings,
     perms: tuple[U64, U64],
     seconds: defaultdict[str, float],
 ) -> DocResult:
@@ -137,7 +137,7 @@ def _scrub(record: Record, cfg: PrepareConfig, doc: DocResult) -> Record:
     """Scrub PII from every free-text field (each chat message separately), counting on ``doc``."""
     scrubbed = []
     for content in record.contents():
-        clean, found = scrub_pii(content, cfg.pii.types)
+        clean, found = scrub_pii(content, cfg.pii.types, cfg.pii.phone_regions)
         scrubbed.append(clean)
         doc.pii.update(found)
     return record.with_contents(scrubbed) if doc.pii else record
