@@ -134,7 +134,7 @@ def test_split_is_deterministic_and_identical_with_worker_processes(
 ) -> None:
     source = detect_format(corpus.path, {})
     one = _run(tmp_path, source, "one", validation_fraction=0.25)
-    two = _run(tmp_path, source, "two", validation_fraction=0.25, workers=2)
+    two = _run(tmp_path, source, "two", validation_fraction=0.25, processes=2)
     assert one.validation_path is not None and two.validation_path is not None
     for a, b in ((one.train_path, two.train_path), (one.validation_path, two.validation_path)):
         assert a.read_bytes() == b.read_bytes()
