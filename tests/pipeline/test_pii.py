@@ -11,6 +11,8 @@ from collections.abc import Callable
 import phonenumbers
 import pytest
 
+from workers.pipeline.configs.base import ConfigError
+from workers.pipeline.configs.data import PiiConfig
 from workers.pipeline.pii import PLACEHOLDERS, iban_ok, luhn_ok, scrub_pii
 
 ALL_TYPES = frozenset(PLACEHOLDERS)
@@ -246,3 +248,10 @@ def test_phone_regions_decide_which_national_formats_count() -> None:
     assert scrub_pii("(030) 4616874", {"phone"}, phone_regions=["US"])[1]["phone"] == 0
     assert scrub_pii("(030) 4616874", {"phone"}, phone_regions=["DE"])[0] == "<PHONE>"
     assert scrub_pii("+49 30 4616874", {"phone"}, phone_regions=["US"])[0] == "<PHONE>"
+
+
+@pytest.mark.parametrize("regions", [(), ("de",), ("DEU",), ("US",) * 51])
+def test_phone_regions_must_be_iso_codes(regions: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigError) as err:
+        PiiConfig(phone_regions=regions)
+    assert err.value.field == "phone_regions"
