@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import errors, observability
-from app.api.routes import artifacts, datasets, health, jobs, models
+from app.api.routes import artifacts, datasets, files, fine_tuning, health, jobs, models
 from app.broker import enqueue
 from app.db import make_engine, make_session_factory
 from app.jobs.reaper import ReaperThread
@@ -66,6 +66,9 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         artifacts.tokenizers,
         models.router,
         artifacts.models,
+        models.by_name,
+        files.router,
+        fine_tuning.router,
     ):
         app.include_router(router, prefix="/v1")
     _install_docs(app)

@@ -35,6 +35,9 @@ STATUS: dict[type[errors.GristmillError], int] = {
 }
 
 
+OPENAI_PATHS = ("/v1/files", "/v1/fine_tuning", "/v1/completions", "/v1/chat/completions")
+
+
 class ErrorBody(BaseModel):
     message: str
     type: str
@@ -99,17 +102,22 @@ def _validation_message(error: dict[str, Any], param: str | None) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.GristmillError)
-    async def _domain(_: Request, exc: errors.GristmillError) -> JSONResponse:
-        return render(_status_for(exc), exc.message, code=exc.code, param=exc.param)
+    async def _domain(request: Request, exc: errors.GristmillError) -> JSONResponse:
+        status = _status_for(exc)
+        if status in (409, 422) and request.url.path.startswith(OPENAI_PATHS):
+            status = 400  # the SDK retries a 409 and does not expect a 422
+        return render(status, exc.message, code=exc.code, param=exc.param)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first: dict[str, Any] = dict(exc.errors()[0]) if exc.errors() else {}
         if first.get("type") == "json_invalid":
             return render(400, "The request body is not valid JSON.", code="invalid_json")
         param = _validation_param(_without_union_tag(first, exc.body))
+        # The OpenAI SDK expects 400 for an invalid request on the surface it knows.
+        openai_surface = request.url.path.startswith(OPENAI_PATHS)
         return render(
-            422,
+            400 if openai_surface else 422,
             _validation_message(first, param),
             code="invalid_" + ("parameter" if param else "request"),
             param=param,

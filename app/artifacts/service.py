@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session
 
 from app import layout
@@ -21,7 +21,8 @@ from app.db import paginate
 from app.errors import InvalidInput, NotFound
 from app.ids import new_id
 from app.jobs import service as jobs
-from app.jobs.tables import Job
+from app.jobs.states import FINAL_STATES
+from app.jobs.tables import Job, JobInput
 from app.storage import CHUNK, LocalStore, sha256_of
 
 Category = Literal["tokenizer", "model"]
@@ -128,6 +129,57 @@ def get_artifact(*, session: Session, tenant_id: str, category: str, artifact_id
     if artifact is None or artifact.tenant_id != tenant_id or artifact.category != category:
         raise NotFound(f"No {category} with id '{artifact_id}'.", code=f"{category}.not_found")
     return artifact
+
+
+def find_model(*, session: Session, tenant_id: str, model: str) -> Artifact:
+    """A model by id or by name (``ft:<base>:<suffix>:<job>``): the OpenAI surface names fine-tunes.
+
+    Raises:
+        NotFound: no such model for this tenant.
+    """
+    artifact = session.get(Artifact, model)
+    if artifact is None or artifact.category != "model" or artifact.tenant_id != tenant_id:
+        artifact = session.scalar(
+            select(Artifact)
+            .where(
+                Artifact.tenant_id == tenant_id,
+                Artifact.category == "model",
+                Artifact.name == model,
+            )
+            .order_by(Artifact.id.desc())
+            .limit(1)
+        )
+    if artifact is None:
+        raise NotFound(
+            f"The model '{model}' does not exist.", code="model_not_found", param="model"
+        )
+    return artifact
+
+
+def delete_model(*, session: Session, store: LocalStore, artifact: Artifact) -> None:
+    """Delete a model and its files, unless a job that has not finished reads it.
+
+    Raises:
+        InvalidInput: a queued or running job uses it (wait or cancel it first).
+    """
+    busy = session.scalar(
+        select(exists().where(
+            JobInput.object_id == artifact.id,
+            JobInput.job_id == Job.id,
+            Job.status.not_in([s.value for s in FINAL_STATES]),
+        ))
+    )  # fmt: skip
+    if busy:
+        raise InvalidInput(
+            f"Model '{artifact.id}' is used by a job that has not finished; cancel it or wait.",
+            code="model.in_use",
+            param="model",
+        )
+    uri = artifact.uri
+    session.execute(delete(JobInput).where(JobInput.object_id == artifact.id))
+    session.delete(artifact)
+    session.commit()
+    store.delete(uri)
 
 
 def list_artifacts(

@@ -34,6 +34,10 @@ def parse_options(fields: dict[str, str]) -> dict[str, str]:
         if fields["split"] not in SPLITS:
             raise InvalidInput(f"'split' must be one of {', '.join(SPLITS)}.", param="split")
         options["split"] = fields["split"]
+    if "purpose" in fields:  # the OpenAI files API's field
+        if fields["purpose"] != "fine-tune":
+            raise InvalidInput("'purpose' must be 'fine-tune'.", param="purpose")
+        options["purpose"] = fields["purpose"]
     if "column" in fields:
         column = fields["column"].strip()
         if not column or len(column) > 200:

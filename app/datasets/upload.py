@@ -26,7 +26,7 @@ FLUSH_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 4096
 MAX_HEADER_BYTES = 16 * 1024  # room for long (hostile) filenames, which are then truncated
 FILE_FIELD = "file"
-TEXT_FIELDS = frozenset({"name", "split", "column", "sha256"})
+TEXT_FIELDS = frozenset({"name", "split", "column", "sha256", "purpose"})
 
 
 @dataclass

@@ -223,6 +223,8 @@ class FinetuneParams(FinetuneConfig):
     """Validation data in the same format; null holds out validation_fraction."""
     suffix: str | None = field(default=None, kw_only=True)
     """Up to 64 letters, digits, '-', '_' or '.' in the fine-tuned model's name."""
+    metadata: dict[str, str] | None = field(default=None, kw_only=True)
+    """Up to 16 key-value pairs kept with the job (keys ≤ 64, values ≤ 512 characters)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -230,6 +232,11 @@ class FinetuneParams(FinetuneConfig):
             not 1 <= len(self.suffix) <= 64 or set(self.suffix) - SUFFIX_CHARS
         ):
             raise ConfigError("suffix", "1-64 letters, digits, '-', '_' or '.'")
+        if self.metadata is not None and (
+            len(self.metadata) > 16
+            or any(len(k) > 64 or len(v) > 512 for k, v in self.metadata.items())
+        ):
+            raise ConfigError("metadata", "at most 16 pairs; keys ≤ 64, values ≤ 512 characters")
 
 
 def _finetune_preflight(

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import paginate, utcnow
-from app.errors import InvalidInput, InvalidParameter, InvalidState, NotFound
+from app.errors import InvalidInput, InvalidParameter, NotFound
 from app.ids import new_id
 from app.jobs.inputs import load_inputs
 from app.jobs.kinds import Capacity, JobKind
@@ -272,19 +272,15 @@ def heartbeat(
 
 
 def cancel_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
-    """Cancel a queued job at once; ask a running one to stop at its next step.
+    """Cancel a queued job at once; ask a running one to stop at its next step. Idempotent: a
+    job that has already finished (or is already stopping) is returned as it is.
 
     Raises:
         NotFound: no such job for this tenant.
-        InvalidState: the job has already finished.
     """
     job = get_job(session=session, tenant_id=tenant_id, job_id=job_id)
     if job.status in FINAL_STATES:
-        raise InvalidState(
-            f"Job '{job_id}' has already finished ({job.status}); there is nothing to cancel.",
-            code="job.not_cancellable",
-            param="job_id",
-        )
+        return job
     queued = frozenset({JobStatus.queued})
     if not transition(session=session, job_id=job_id, to=JobStatus.cancelled, only_from=queued):
         transition(session=session, job_id=job_id, to=JobStatus.cancelling)

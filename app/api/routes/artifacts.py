@@ -25,6 +25,8 @@ def make_router(kind: str, plural: str) -> APIRouter:
     )
 
     def valid(artifact_id: str, session: SessionDep, tenant_id: TenantDep) -> Artifact:
+        if kind == "model":  # by id, or by the name a fine-tune is known by (ft:…)
+            return service.find_model(session=session, tenant_id=tenant_id, model=artifact_id)
         return service.get_artifact(
             session=session, tenant_id=tenant_id, category=kind, artifact_id=artifact_id
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, status
+from fastapi import APIRouter, Depends, Header, Request, status
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -13,7 +13,9 @@ from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.artifacts import service
 from app.artifacts.schemas import ArtifactRead
+from app.artifacts.tables import Artifact
 from app.broker import enqueue
+from app.compat.schemas import ModelDeleted
 from app.datasets import upload
 from app.errors import InvalidInput, PayloadTooLarge
 
@@ -106,3 +108,31 @@ async def create_model(
         raise
     enqueue(job.id, job.queue)
     return service.to_read(artifact)
+
+
+# Model names may hold '/' (``org/name`` style ids): matched last, after the id routes.
+by_name = APIRouter(prefix="/models", tags=["models"], responses={401: {"model": ErrorResponse}})
+
+
+def _model(model: str, session: SessionDep, tenant_id: TenantDep) -> Artifact:
+    return service.find_model(session=session, tenant_id=tenant_id, model=model)
+
+
+ModelDep = Annotated[Artifact, Depends(_model)]
+
+
+@by_name.get("/{model:path}", response_model=ArtifactRead, include_in_schema=False)
+def read_model_by_name(artifact: ModelDep) -> ArtifactRead:
+    return service.to_read(artifact)
+
+
+@by_name.delete(
+    "/{model:path}",
+    response_model=ModelDeleted,
+    responses={404: {"model": ErrorResponse}, 400: {"model": ErrorResponse}},
+    summary="Delete one of your models (refused while a job uses it)",
+)
+def delete_model(artifact: ModelDep, session: SessionDep, store: StoreDep) -> ModelDeleted:
+    model_id = artifact.id
+    service.delete_model(session=session, store=store, artifact=artifact)
+    return ModelDeleted(id=model_id)

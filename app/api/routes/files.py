@@ -1,0 +1,106 @@
+"""OpenAI's files API over datasets: ``client.files.create(file=…, purpose="fine-tune")``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import FileResponse, Response
+
+from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.errors import ErrorResponse
+from app.api.routes import datasets as dataset_routes
+from app.compat import schemas, service
+from app.datasets import service as datasets
+from app.errors import Conflict, InvalidInput
+
+router = APIRouter(prefix="/files", tags=["openai"], responses={401: {"model": ErrorResponse}})
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+
+
+@router.post(
+    "",
+    response_model=schemas.FileObject,
+    responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}},
+    openapi_extra=dataset_routes.UPLOAD_BODY,
+    summary="Upload a fine-tuning file (a dataset, validated in the background)",
+)
+async def create_file(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    tenant_id: TenantDep,
+    content_length: Annotated[int | None, Header(ge=0)] = None,
+) -> schemas.FileObject:
+    view = await dataset_routes.create_dataset(
+        request, session, settings, store, tenant_id, content_length
+    )
+    return service.file_view(view)
+
+
+@router.get("", response_model=schemas.ListPage, summary="List files, newest first")
+def list_files(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    after: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+) -> schemas.ListPage:
+    rows, has_more = service.page_of_datasets(
+        session=session, tenant_id=tenant_id, after=after, limit=limit
+    )
+    views = datasets.to_read(session, rows)
+    return schemas.ListPage(data=[service.file_view(v) for v in views], has_more=has_more)
+
+
+def _file(file_id: str, session: SessionDep, tenant_id: TenantDep) -> schemas.FileObject:
+    job = service.result_job(session=session, tenant_id=tenant_id, file_id=file_id)
+    if job is not None:
+        return service.result_file_view(job)
+    dataset = datasets.get_dataset(session=session, tenant_id=tenant_id, dataset_id=file_id)
+    return service.file_view(datasets.to_read(session, [dataset])[0])
+
+
+FileDep = Annotated[schemas.FileObject, Depends(_file)]
+
+
+@router.get(
+    "/{file_id}", response_model=schemas.FileObject, responses=NOT_FOUND, summary="Get a file"
+)
+def read_file(file: FileDep) -> schemas.FileObject:
+    return file
+
+
+@router.get("/{file_id}/content", responses=NOT_FOUND, summary="Download a file's content")
+def read_file_content(
+    file: FileDep, session: SessionDep, store: StoreDep, tenant_id: TenantDep
+) -> Response:
+    job = service.result_job(session=session, tenant_id=tenant_id, file_id=file.id)
+    if job is not None:
+        return Response(service.result_csv(session=session, job=job), media_type="text/csv")
+    dataset = datasets.get_dataset(session=session, tenant_id=tenant_id, dataset_id=file.id)
+    return FileResponse(
+        store.local_path(dataset.storage_key),
+        media_type="application/octet-stream",
+        filename=file.filename,
+    )
+
+
+@router.delete(
+    "/{file_id}",
+    response_model=schemas.FileDeleted,
+    responses={**NOT_FOUND, 400: {"model": ErrorResponse}},
+    summary="Delete a file",
+)
+def delete_file(
+    file: FileDep, session: SessionDep, store: StoreDep, tenant_id: TenantDep
+) -> schemas.FileDeleted:
+    if file.purpose == "fine-tune-results":
+        raise InvalidInput("Result files go with their job; they cannot be deleted.")
+    try:
+        datasets.delete_dataset(
+            session=session, store=store, tenant_id=tenant_id, dataset_id=file.id
+        )
+    except Conflict as err:  # permanent until the job ends: a 400 the SDK does not retry
+        raise InvalidInput(err.message, code=err.code, param="file_id") from None
+    return schemas.FileDeleted(id=file.id)

@@ -1,0 +1,132 @@
+"""OpenAI's fine-tuning API over ``finetune`` jobs: ``client.fine_tuning.jobs`` works unchanged."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query
+
+from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.errors import ErrorResponse
+from app.broker import enqueue
+from app.compat import schemas, service
+from app.errors import NotFound
+from app.jobs import service as jobs
+from app.jobs.kinds import get_kind, queue_capacity
+from app.jobs.states import FINAL_STATES
+from app.jobs.tables import Job
+
+router = APIRouter(
+    prefix="/fine_tuning/jobs", tags=["openai"], responses={401: {"model": ErrorResponse}}
+)
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+AfterQuery = Annotated[str | None, Query(max_length=100)]
+LimitQuery = Annotated[int, Query(ge=1, le=100)]
+
+
+def _job(fine_tuning_job_id: str, session: SessionDep, tenant_id: TenantDep) -> Job:
+    job = session.get(Job, fine_tuning_job_id)
+    if job is None or job.tenant_id != tenant_id or job.type != "finetune":
+        raise NotFound(
+            f"No fine-tuning job with id '{fine_tuning_job_id}'.",
+            code="fine_tuning_job_not_found",
+            param="fine_tuning_job_id",
+        )
+    return job
+
+
+FineTuningJobDep = Annotated[Job, Depends(_job)]
+
+
+@router.post(
+    "",
+    response_model=schemas.FineTuningJob,
+    responses={400: {"model": ErrorResponse}},
+    summary="Create a fine-tuning job",
+)
+def create_fine_tuning_job(
+    body: schemas.FineTuningJobCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    tenant_id: TenantDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> schemas.FineTuningJob:
+    job = service.create_fine_tuning_job(
+        session=session,
+        store=store,
+        tenant_id=tenant_id,
+        body=body,
+        capacity=queue_capacity(settings, get_kind("finetune").queue_for(None)),
+        max_attempts=settings.max_attempts,
+        idempotency_key=idempotency_key,
+    )
+    if job.status == "queued" and job.attempt == 0:
+        enqueue(job.id, job.queue)
+    return service.job_view(job, session=session)
+
+
+@router.get("", response_model=schemas.ListPage, summary="List fine-tuning jobs, newest first")
+def list_fine_tuning_jobs(
+    session: SessionDep, tenant_id: TenantDep, after: AfterQuery = None, limit: LimitQuery = 20
+) -> schemas.ListPage:
+    rows, has_more = service.list_fine_tuning_jobs(
+        session=session, tenant_id=tenant_id, after=after, limit=limit
+    )
+    return schemas.ListPage(
+        data=[service.job_view(r, session=session) for r in rows], has_more=has_more
+    )
+
+
+@router.get(
+    "/{fine_tuning_job_id}",
+    response_model=schemas.FineTuningJob,
+    responses=NOT_FOUND,
+    summary="Get a fine-tuning job",
+)
+def read_fine_tuning_job(job: FineTuningJobDep, session: SessionDep) -> schemas.FineTuningJob:
+    return service.job_view(job, session=session)
+
+
+@router.post(
+    "/{fine_tuning_job_id}/cancel",
+    response_model=schemas.FineTuningJob,
+    responses=NOT_FOUND,
+    summary="Cancel a fine-tuning job (a finished one is returned unchanged)",
+)
+def cancel_fine_tuning_job(
+    job: FineTuningJobDep, session: SessionDep, tenant_id: TenantDep
+) -> schemas.FineTuningJob:
+    if job.status not in FINAL_STATES:
+        job = jobs.cancel_job(session=session, tenant_id=tenant_id, job_id=job.id)
+    return service.job_view(job, session=session)
+
+
+@router.get(
+    "/{fine_tuning_job_id}/events",
+    response_model=schemas.ListPage,
+    responses=NOT_FOUND,
+    summary="A fine-tuning job's events, newest first",
+)
+def list_fine_tuning_events(
+    job: FineTuningJobDep, session: SessionDep, after: AfterQuery = None, limit: LimitQuery = 20
+) -> schemas.ListPage:
+    events, has_more = service.list_fine_tuning_events(
+        session=session, job=job, after=after, limit=limit
+    )
+    return schemas.ListPage(data=events, has_more=has_more)
+
+
+@router.get(
+    "/{fine_tuning_job_id}/checkpoints",
+    response_model=schemas.ListPage,
+    responses=NOT_FOUND,
+    summary="A fine-tuning job's checkpoints, newest first",
+)
+def list_fine_tuning_checkpoints(
+    job: FineTuningJobDep, session: SessionDep, after: AfterQuery = None, limit: LimitQuery = 10
+) -> schemas.ListPage:
+    checkpoints, has_more = service.list_checkpoints(
+        session=session, job=job, after=after, limit=limit
+    )
+    return schemas.ListPage(data=checkpoints, has_more=has_more)

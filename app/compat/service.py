@@ -1,0 +1,400 @@
+"""OpenAI's fine-tuning, files and models objects over Gristmill's own jobs, datasets and models.
+
+Nothing here is stored twice: a file is a dataset, a fine-tuning job is a ``finetune`` job, its
+events are the job's events plus one ``metrics`` event per reported step, its result file is a CSV
+made from the job's metrics on request.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.artifacts import service as artifacts
+from app.artifacts.tables import Artifact
+from app.compat import schemas
+from app.datasets import service as datasets
+from app.datasets.schemas import DatasetRead
+from app.datasets.tables import Dataset
+from app.db import paginate
+from app.errors import InvalidInput, NotFound
+from app.jobs import service as jobs
+from app.jobs.kinds import Capacity, get_kind
+from app.jobs.states import JobStatus
+from app.jobs.tables import Job, JobEvent, JobMetric
+from app.storage import LocalStore
+from workers.pipeline.configs.codec import decode
+
+FINE_TUNE_RECORDS = frozenset({"chat", "prompt_completion", "preference"})
+RESULT_PREFIX = "result_"
+STATUS = {
+    JobStatus.queued: "queued",
+    JobStatus.running: "running",
+    JobStatus.cancelling: "running",  # still running until it stops at its next step
+    JobStatus.succeeded: "succeeded",
+    JobStatus.failed: "failed",
+    JobStatus.cancelled: "cancelled",
+}
+LEVELS = {"warning": "warn", "warn": "warn", "error": "error"}
+METRICS = (
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
+
+
+def unix(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
+
+
+# --- Files ---------------------------------------------------------------------------------------
+
+
+def file_view(dataset: DatasetRead) -> schemas.FileObject:
+    """A dataset as a file: ``processed`` once validation found chat, prompt/completion or
+    preference records, ``error`` otherwise."""
+    status, details = "uploaded", None
+    if dataset.status == "failed":
+        status = "error"
+        details = "; ".join(str(e.get("reason", e)) for e in (dataset.errors or [])[:3])
+    elif dataset.status == "ready":
+        if dataset.record_type in FINE_TUNE_RECORDS:
+            status = "processed"
+        else:
+            status = "error"
+            details = (
+                f"the file holds {dataset.record_type} records; fine-tuning needs chat "
+                "messages, prompt/completion or prompt/chosen/rejected records"
+            )
+    return schemas.FileObject(
+        id=dataset.id,
+        bytes=dataset.size_bytes,
+        created_at=unix(dataset.created_at) or 0,
+        filename=dataset.filename or dataset.name,
+        purpose="fine-tune",
+        status=status,  # type: ignore[arg-type]
+        status_details=details or None,
+    )
+
+
+def result_file_view(job: Job) -> schemas.FileObject:
+    return schemas.FileObject(
+        id=RESULT_PREFIX + job.id,
+        bytes=0,
+        created_at=unix(job.finished_at or job.created_at) or 0,
+        filename=f"{job.id}-metrics.csv",
+        purpose="fine-tune-results",
+        status="processed",
+    )
+
+
+def result_job(*, session: Session, tenant_id: str, file_id: str) -> Job | None:
+    """The fine-tuning job whose metrics CSV ``file_id`` names, or None for an ordinary file."""
+    if not file_id.startswith(RESULT_PREFIX):
+        return None
+    job = jobs.get_job(session=session, tenant_id=tenant_id, job_id=file_id[len(RESULT_PREFIX) :])
+    if job.type != "finetune" or job.status != JobStatus.succeeded:
+        raise NotFound(f"No file with id '{file_id}'.", code="file_not_found", param="file_id")
+    return job
+
+
+def result_csv(*, session: Session, job: Job) -> str:
+    """One row per step with the step's metrics, as OpenAI's fine-tuning result files have."""
+    rows: dict[int, dict[str, float]] = {}
+    for step, name, value in session.execute(
+        select(JobMetric.step, JobMetric.name, JobMetric.value)
+        .where(JobMetric.job_id == job.id)
+        .order_by(JobMetric.step)
+    ):
+        rows.setdefault(step, {})[name] = value
+    names = sorted({n for row in rows.values() for n in row}, key=_metric_order)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["step", *names])
+    for step, values in sorted(rows.items()):
+        writer.writerow([step, *(values.get(n, "") for n in names)])
+    return out.getvalue()
+
+
+def _metric_order(name: str) -> tuple[int, str]:
+    return (METRICS.index(name) if name in METRICS else len(METRICS), name)
+
+
+# --- Fine-tuning jobs ----------------------------------------------------------------------------
+
+
+def create_fine_tuning_job(
+    *,
+    session: Session,
+    store: LocalStore,
+    tenant_id: str,
+    body: schemas.FineTuningJobCreate,
+    capacity: Capacity,
+    max_attempts: int,
+    idempotency_key: str | None = None,
+    wait_for_files_s: float = 60.0,
+) -> Job:
+    """Map the request onto a ``finetune`` job and submit it.
+
+    A file uploaded a moment ago may still be validating: wait for it (scripts create the job
+    right after the upload, as they do against OpenAI).
+
+    Raises:
+        InvalidInput: an unknown model or file, a file that is not fine-tuning data, or
+            parameters the finetune job refuses (the param is named).
+    """
+    model = artifacts.find_model(session=session, tenant_id=tenant_id, model=body.model)
+    files = {"training_file": body.training_file, "validation_file": body.validation_file}
+    for param, file_id in files.items():
+        if file_id is not None:
+            _wait_until_processed(session, tenant_id, file_id, param, wait_for_files_s)
+    kind = get_kind("finetune")
+    raw = finetune_params(body, model_id=model.id)
+    try:
+        params = decode(kind.params, raw)
+    except ValueError as err:
+        raise InvalidInput(f"Invalid fine-tuning parameters: {_first_error(err)}") from None
+    return jobs.submit_job(
+        session=session,
+        store=store,
+        tenant_id=tenant_id,
+        kind=kind,
+        params=params,
+        max_attempts=max_attempts,
+        capacity=capacity,
+        idempotency_key=idempotency_key,
+    ).job
+
+
+def finetune_params(body: schemas.FineTuningJobCreate, *, model_id: str) -> dict[str, Any]:
+    method = body.method.type if body.method is not None else "supervised"
+    hyper: schemas.Hyperparameters | None = body.hyperparameters
+    params: dict[str, Any] = {
+        "model_id": model_id,
+        "dataset_id": body.training_file,
+        "validation_dataset_id": body.validation_file,
+        "suffix": body.suffix,
+        "metadata": body.metadata,
+    }
+    if body.seed is not None:
+        params["seed"] = body.seed
+    if method == "dpo":
+        params["method"] = "dpo"
+        dpo = body.method.dpo if body.method is not None else None
+        dpo_hyper = dpo.hyperparameters if dpo is not None else None
+        hyper = dpo_hyper or hyper
+        params["dpo"] = {"use_lora": not body.full_weights}
+        if dpo_hyper is not None and isinstance(dpo_hyper.beta, float | int):
+            params["dpo"]["beta"] = dpo_hyper.beta
+    else:
+        params["method"] = "full" if body.full_weights else "lora"
+        supervised = body.method.supervised if body.method is not None else None
+        if supervised is not None and supervised.hyperparameters is not None:
+            hyper = supervised.hyperparameters
+    if hyper is not None:
+        for name in ("n_epochs", "batch_size", "learning_rate_multiplier"):
+            value = getattr(hyper, name)
+            if value is not None and not (name == "learning_rate_multiplier" and value == "auto"):
+                params[name] = value
+    if body.lora is not None:
+        params["lora"] = body.lora.model_dump(exclude_none=True)
+    return params
+
+
+def _wait_until_processed(
+    session: Session, tenant_id: str, file_id: str, param: str, timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            dataset = datasets.get_dataset(session=session, tenant_id=tenant_id, dataset_id=file_id)
+        except NotFound:
+            raise InvalidInput(
+                f"No file with id '{file_id}'.", code="file_not_found", param=param
+            ) from None
+        view = file_view(datasets.to_read(session, [dataset])[0])
+        if view.status == "processed":
+            return
+        if view.status == "error":
+            raise InvalidInput(
+                f"File '{file_id}' cannot be used for fine-tuning: {view.status_details}",
+                code="invalid_file",
+                param=param,
+            )
+        if time.monotonic() > deadline:
+            raise InvalidInput(
+                f"File '{file_id}' is still being validated; retry in a few seconds.",
+                code="file_not_ready",
+                param=param,
+            )
+        session.rollback()  # see the validation job's commit
+        time.sleep(0.25)
+
+
+def _first_error(err: ValueError) -> str:
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{where}: {first.get('msg', '')}".removeprefix(": ")
+    return str(err)
+
+
+def job_view(job: Job, *, session: Session) -> schemas.FineTuningJob:
+    params, result = job.params, job.result or {}
+    fine_tuned = result.get("fine_tuned_model") if job.status == JobStatus.succeeded else None
+    resolved = result.get("hyperparameters") or {}
+    hyper = schemas.JobHyperparameters(
+        n_epochs=resolved.get("n_epochs", params.get("n_epochs", "auto")),
+        batch_size=resolved.get("batch_size", params.get("batch_size", "auto")),
+        learning_rate_multiplier=params.get("learning_rate_multiplier", "auto"),
+    )
+    method_type = "dpo" if params.get("method") == "dpo" else "supervised"
+    method_hyper = hyper.model_dump()
+    if method_type == "dpo":
+        method_hyper["beta"] = (params.get("dpo") or {}).get("beta", "auto")
+    error = None
+    if job.error_code:
+        error = schemas.JobError(code=job.error_code, message=job.error_message or "")
+    eta = (job.progress or {}).get("eta_s")
+    estimated = None
+    if job.status in (JobStatus.running, JobStatus.cancelling) and eta is not None:
+        estimated = int(time.time() + float(eta))
+    base = session.get(Artifact, params.get("model_id", ""))
+    model = base.name if base is not None else params.get("model_id", "")
+    return schemas.FineTuningJob(
+        id=job.id,
+        created_at=unix(job.created_at) or 0,
+        finished_at=unix(job.finished_at),
+        error=error,
+        fine_tuned_model=fine_tuned,
+        hyperparameters=hyper,
+        method={"type": method_type, method_type: {"hyperparameters": method_hyper}},
+        model=model,
+        organization_id=job.tenant_id,
+        result_files=[RESULT_PREFIX + job.id] if job.status == JobStatus.succeeded else [],
+        seed=int(params.get("seed", 42)),
+        status=STATUS[JobStatus(job.status)],  # type: ignore[arg-type]
+        trained_tokens=result.get("trained_tokens"),
+        training_file=params.get("dataset_id", ""),
+        validation_file=params.get("validation_dataset_id"),
+        estimated_finish=estimated,
+        metadata=params.get("metadata"),
+    )
+
+
+def list_fine_tuning_jobs(
+    *, session: Session, tenant_id: str, after: str | None, limit: int
+) -> tuple[list[Job], bool]:
+    return jobs.list_jobs(
+        session=session, tenant_id=tenant_id, limit=limit, after=after, job_type="finetune"
+    )
+
+
+def list_fine_tuning_events(
+    *, session: Session, job: Job, after: str | None, limit: int
+) -> tuple[list[schemas.FineTuningJobEvent], bool]:
+    """Newest first: the job's messages and one ``metrics`` event per reported step. Ids sort
+    by time, so ``after`` (the last id of the previous page) continues where it stopped."""
+    events = list(_message_events(session, job)) + list(_metric_events(session, job))
+    events.sort(key=lambda e: e.id, reverse=True)
+    if after is not None:
+        events = [e for e in events if e.id < after]
+    return events[:limit], len(events) > limit
+
+
+def _event_id(moment: datetime, tail: str) -> str:
+    return f"ftevent-{int(moment.timestamp() * 1_000_000):017d}-{tail}"
+
+
+def _message_events(session: Session, job: Job) -> Iterable[schemas.FineTuningJobEvent]:
+    for event in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id)):
+        yield schemas.FineTuningJobEvent(
+            id=_event_id(event.created_at, f"e{event.id:012d}"),
+            created_at=unix(event.created_at) or 0,
+            level=LEVELS.get(event.level, "info"),  # type: ignore[arg-type]
+            message=event.message,
+            type="message",
+            data=event.data,
+        )
+
+
+def _metric_events(session: Session, job: Job) -> Iterable[schemas.FineTuningJobEvent]:
+    steps: dict[int, tuple[datetime, dict[str, float]]] = {}
+    rows = session.execute(
+        select(JobMetric.step, JobMetric.name, JobMetric.value, JobMetric.created_at).where(
+            JobMetric.job_id == job.id
+        )
+    )
+    for step, name, value, created_at in rows:
+        moment, values = steps.setdefault(step, (created_at, {}))
+        values[name] = value
+        steps[step] = (max(moment, created_at), values)
+    total = (job.progress or {}).get("total")
+    for step, (moment, values) in steps.items():
+        yield schemas.FineTuningJobEvent(
+            id=_event_id(moment, f"m{step:012d}"),
+            created_at=unix(moment) or 0,
+            level="info",
+            message=f"Step {step}/{total}" if total else f"Step {step}",
+            type="metrics",
+            data={"step": step, "total_steps": total, **values},
+        )
+
+
+def list_checkpoints(
+    *, session: Session, job: Job, after: str | None, limit: int
+) -> tuple[list[schemas.FineTuningJobCheckpoint], bool]:
+    """Newest first, from the checkpoints the job reported (step and metrics at that step)."""
+    rows = session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job.id, JobEvent.message == "checkpoint")
+        .order_by(JobEvent.id.desc())
+    )
+    fine_tuned = (job.result or {}).get("fine_tuned_model") or f"ft:{job.id}"
+    final_step = (job.result or {}).get("steps") if job.status == JobStatus.succeeded else None
+    seen: set[int] = set()
+    out: list[schemas.FineTuningJobCheckpoint] = []
+    for event in rows:
+        step = int((event.data or {}).get("step", 0))
+        if step in seen:  # a resumed attempt saves the same step again
+            continue
+        seen.add(step)
+        metrics = {
+            k: v for k, v in ((event.data or {}).get("metrics") or {}).items() if k in METRICS
+        }
+        out.append(
+            schemas.FineTuningJobCheckpoint(
+                id=f"ftckpt-{job.id}-{step:09d}",
+                created_at=unix(event.created_at) or 0,
+                # The last one is the fine-tuned model itself: usable as a model id.
+                fine_tuned_model_checkpoint=(
+                    fine_tuned if step == final_step else f"{fine_tuned}:ckpt-step-{step}"
+                ),
+                fine_tuning_job_id=job.id,
+                metrics=schemas.CheckpointMetrics(step=step, **metrics),
+                step_number=step,
+            )
+        )
+    if after is not None:
+        out = [c for c in out if c.id < after]
+    return out[:limit], len(out) > limit
+
+
+def page_of_datasets(
+    *, session: Session, tenant_id: str, after: str | None, limit: int
+) -> tuple[list[Dataset], bool]:
+    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id)
+    if after is not None:
+        stmt = stmt.where(Dataset.id < after)
+    return paginate(session, stmt.order_by(Dataset.id.desc()), limit=limit)
