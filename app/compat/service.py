@@ -82,7 +82,7 @@ def file_view(dataset: DatasetRead) -> schemas.FileObject:
         created_at=unix(dataset.created_at) or 0,
         filename=dataset.filename or dataset.name,
         purpose="fine-tune",
-        status=status,  # type: ignore[arg-type]
+        status=status,
         status_details=details or None,
     )
 
@@ -284,7 +284,7 @@ def job_view(job: Job, *, session: Session) -> schemas.FineTuningJob:
         organization_id=job.tenant_id,
         result_files=[RESULT_PREFIX + job.id] if job.status == JobStatus.succeeded else [],
         seed=int(params.get("seed", 42)),
-        status=STATUS[JobStatus(job.status)],  # type: ignore[arg-type]
+        status=STATUS[JobStatus(job.status)],
         trained_tokens=result.get("trained_tokens"),
         training_file=params.get("dataset_id", ""),
         validation_file=params.get("validation_dataset_id"),
@@ -322,7 +322,7 @@ def _message_events(session: Session, job: Job) -> Iterable[schemas.FineTuningJo
         yield schemas.FineTuningJobEvent(
             id=_event_id(event.created_at, f"e{event.id:012d}"),
             created_at=unix(event.created_at) or 0,
-            level=LEVELS.get(event.level, "info"),  # type: ignore[arg-type]
+            level=LEVELS.get(event.level, "info"),
             message=event.message,
             type="message",
             data=event.data,
