@@ -7,13 +7,23 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import fastapi_offline
+import httpx
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import errors, observability
-from app.api.routes import artifacts, datasets, files, fine_tuning, health, jobs, models
+from app.api.routes import (
+    artifacts,
+    completions,
+    datasets,
+    files,
+    fine_tuning,
+    health,
+    jobs,
+    models,
+)
 from app.broker import enqueue
 from app.db import make_engine, make_session_factory
 from app.jobs.reaper import ReaperThread
@@ -35,7 +45,10 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     factory = make_session_factory(engine)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One pooled client for the inference service: reads wait on generation, not on us.
+        timeout = httpx.Timeout(settings.inference_timeout_seconds, connect=5.0)
+        app.state.inference = httpx.AsyncClient(timeout=timeout)
         reaper = None
         if run_reaper:
             reaper = ReaperThread(factory, settings, enqueue)
@@ -43,6 +56,7 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         yield
         if reaper is not None:
             reaper.stop()
+        await app.state.inference.aclose()
         engine.dispose()
 
     app = FastAPI(
@@ -69,6 +83,7 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         models.by_name,
         files.router,
         fine_tuning.router,
+        completions.router,
     ):
         app.include_router(router, prefix="/v1")
     _install_docs(app)

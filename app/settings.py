@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     queue_accelerated: dict[str, bool] = Field(default_factory=dict)
     """Whether a queue's workers have CUDA devices. Unlisted: ``gpu`` in production only."""
 
+    inference_url: str = "http://127.0.0.1:8001"
+    """The inference service the API forwards completions to (``gristmill inference``);
+    ``gristmill serve`` starts one on the next port and points here."""
+    inference_timeout_seconds: float = Field(600.0, gt=0)
+    """How long the API waits for the inference service to answer (streams may run longer)."""
+
     max_upload_bytes: int = Field(20 * 1024**3, gt=0)
     """Largest dataset upload accepted."""
 

@@ -1,0 +1,164 @@
+"""``/v1/completions`` and ``/v1/chat/completions``: authenticated, tenant-checked, proxied.
+
+The API never loads a model. It resolves the request's ``model`` (an id, or a fine-tune's
+``ft:…`` name) to the tenant's own model, names its folders for the inference service
+(``GRISTMILL_INFERENCE_URL``), and passes the answer through — a stream as Server-Sent Events,
+chunk by chunk, closed upstream when the client goes away so generation stops.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.errors import ErrorResponse
+from app.artifacts import service as artifacts
+from app.artifacts.tables import Artifact
+from app.errors import InvalidInput, ServiceUnavailable
+from app.storage import LocalStore
+
+router = APIRouter(tags=["openai"], responses={401: {"model": ErrorResponse}})
+MAX_BODY_BYTES = 4 * 1024 * 1024
+SERVED_FORMATS = ("huggingface", "peft-adapter")
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 429, 503)
+}
+OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object", "required": ["model"]}}},
+    }
+}
+
+
+def model_spec(
+    *, session: SessionDep, store: LocalStore, tenant_id: str, model: str
+) -> dict[str, Any]:
+    """Where the inference service finds the model: its folder, or an adapter and its base.
+
+    Raises:
+        NotFound: not one of the tenant's models.
+        InvalidInput: not ready, or a format this service does not serve (GGUF runs in
+            llama.cpp).
+    """
+    artifact = artifacts.find_model(session=session, tenant_id=tenant_id, model=model)
+    artifacts.check_ready(artifact, param="model")
+    if artifact.format not in SERVED_FORMATS:
+        raise InvalidInput(
+            f"Model '{model}' is {artifact.format}; the inference service serves Hugging Face "
+            "models and LoRA adapters (download a GGUF and run it in llama.cpp).",
+            code="model.not_servable",
+            param="model",
+        )
+    spec: dict[str, Any] = {"id": model, "path": str(store.local_path(artifact.uri))}
+    if artifact.format == "peft-adapter":
+        base_id = artifact.details.get("base_model_id")
+        base = session.get(Artifact, base_id) if base_id else None
+        if base is None or base.tenant_id != tenant_id:
+            raise InvalidInput(
+                f"The base of adapter '{model}' no longer exists.", code="model.base_missing"
+            )
+        spec = {**spec, "path": str(store.local_path(base.uri)), "adapter_path": spec["path"]}
+    return spec
+
+
+async def _proxy(
+    request: Request,
+    path: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    tenant_id: str,
+) -> Response:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidInput("The request body is too large.", code="payload_too_large")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidInput("The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise InvalidInput("'model' (a string) is required.", param="model")
+    spec = await run_in_threadpool(
+        lambda: model_spec(session=session, store=store, tenant_id=tenant_id, model=body["model"])
+    )
+    session.close()  # no database connection is held while a generation streams
+    client: httpx.AsyncClient = request.app.state.inference
+    upstream_request = client.build_request(
+        "POST", f"{settings.inference_url}{path}", json={**body, "model": spec}
+    )
+    try:
+        upstream = await client.send(upstream_request, stream=True)
+    except httpx.TransportError:
+        raise ServiceUnavailable(
+            "The inference service is unavailable; retry shortly.", code="inference_unavailable"
+        ) from None
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}
+    if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+
+        async def passthrough() -> AsyncIterator[bytes]:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+
+        return StreamingResponse(
+            passthrough(),
+            status_code=upstream.status_code,
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache"},
+            background=BackgroundTask(upstream.aclose),
+        )
+    content = await upstream.aread()
+    await upstream.aclose()
+    return Response(
+        content, status_code=upstream.status_code, media_type="application/json", headers=headers
+    )
+
+
+@router.post(
+    "/completions",
+    response_class=JSONResponse,
+    openapi_extra=OPENAPI_BODY,
+    responses={
+        400: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+        429: {"model": ErrorResponse},
+    },  # fmt: skip
+    summary="Complete a prompt with one of your models (OpenAI's completions API)",
+)
+async def create_completion(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    tenant_id: TenantDep,
+) -> Response:
+    return await _proxy(request, "/v1/completions", session, settings, store, tenant_id)
+
+
+@router.post(
+    "/chat/completions",
+    response_class=JSONResponse,
+    openapi_extra=OPENAPI_BODY,
+    responses={
+        400: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+        429: {"model": ErrorResponse},
+    },  # fmt: skip
+    summary="Chat with one of your models, its chat template applied (OpenAI's chat API)",
+)
+async def create_chat_completion(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    tenant_id: TenantDep,
+) -> Response:
+    return await _proxy(request, "/v1/chat/completions", session, settings, store, tenant_id)
