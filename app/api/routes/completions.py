@@ -126,11 +126,7 @@ async def _proxy(
     "/completions",
     response_class=JSONResponse,
     openapi_extra=OPENAPI_BODY,
-    responses={
-        400: {"model": ErrorResponse},
-        404: {"model": ErrorResponse},
-        429: {"model": ErrorResponse},
-    },  # fmt: skip
+    responses=RESPONSES,
     summary="Complete a prompt with one of your models (OpenAI's completions API)",
 )
 async def create_completion(
@@ -147,11 +143,7 @@ async def create_completion(
     "/chat/completions",
     response_class=JSONResponse,
     openapi_extra=OPENAPI_BODY,
-    responses={
-        400: {"model": ErrorResponse},
-        404: {"model": ErrorResponse},
-        429: {"model": ErrorResponse},
-    },  # fmt: skip
+    responses=RESPONSES,
     summary="Chat with one of your models, its chat template applied (OpenAI's chat API)",
 )
 async def create_chat_completion(
