@@ -18,6 +18,12 @@ class InvalidInput(GristmillError):
     code = "invalid_input"
 
 
+class InvalidParameter(InvalidInput):
+    """A well-formed request with a value no field may hold (answered like schema errors)."""
+
+    code = "invalid_parameter"
+
+
 class NotFound(GristmillError):
     code = "not_found"
 
@@ -42,3 +48,23 @@ class PayloadTooLarge(GristmillError):
 
 class ServiceUnavailable(GristmillError):
     code = "service_unavailable"
+
+
+class QuotaExceeded(GristmillError):
+    """The tenant is at one of its quotas (active jobs, storage); the request is refused."""
+
+    code = "quota_exceeded"
+
+
+class RateLimited(GristmillError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class RequestTimeout(GristmillError):
+    """The client stopped sending its request body."""
+
+    code = "request_timeout"

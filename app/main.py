@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import errors, observability
+from app.api.middleware import EdgeGate
 from app.api.routes import artifacts, datasets, health, jobs
 from app.db import make_engine, make_session_factory
 from app.settings import Settings, get_settings
@@ -29,7 +30,12 @@ and keeps it in `<data dir>/api-key`). Errors are `{"error": {"message", "type",
 
 def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> FastAPI:
     settings = settings or get_settings()
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(
+        settings.resolved_database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
     factory = make_session_factory(engine)
 
     @asynccontextmanager
@@ -59,6 +65,8 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.state.session_factory = factory
     app.state.store = LocalStore(settings.resolved_storage_dir)
     errors.install(app)
+    # Added first, so it runs inside the observer: its refusals get a request id and a log line.
+    app.add_middleware(EdgeGate, settings=settings, factory=factory)
     observability.install(app, factory)
     for router in (
         health.router,

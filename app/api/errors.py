@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from app import errors
@@ -25,11 +26,15 @@ log = logging.getLogger(__name__)
 
 STATUS: dict[type[errors.GristmillError], int] = {
     errors.InvalidInput: 400,
+    errors.InvalidParameter: 422,
     errors.InvalidState: 400,
     errors.Unauthorized: 401,
+    errors.QuotaExceeded: 403,
     errors.NotFound: 404,
+    errors.RequestTimeout: 408,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
+    errors.RateLimited: 429,
     errors.ServiceUnavailable: 503,
 }
 
@@ -48,6 +53,10 @@ class ErrorResponse(BaseModel):
 def error_type(status: int) -> str:
     if status == 401:
         return "authentication_error"
+    if status == 403:
+        return "quota_error"
+    if status == 429:
+        return "rate_limit_error"
     if status == 503:
         return "service_unavailable"
     if status >= 500:
@@ -66,7 +75,27 @@ def render(
     body = {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S), **(headers or {})}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+RETRY_AFTER_UNAVAILABLE_S = 2
+
+
+def render_exception(exc: errors.GristmillError) -> JSONResponse:
+    headers = None
+    if isinstance(exc, errors.RateLimited):
+        headers = {"Retry-After": str(exc.retry_after)}
+    return render(_status_for(exc), exc.message, code=exc.code, param=exc.param, headers=headers)
+
+
+def pool_exhausted() -> JSONResponse:
+    return render(
+        503,
+        "The service is busy (no free database connection); retry shortly.",
+        code="db_busy",
+    )
 
 
 def _status_for(exc: errors.GristmillError) -> int:
@@ -99,7 +128,12 @@ def _validation_message(error: dict[str, Any], param: str | None) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.GristmillError)
     async def _domain(_: Request, exc: errors.GristmillError) -> JSONResponse:
-        return render(_status_for(exc), exc.message, code=exc.code, param=exc.param)
+        return render_exception(exc)
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool(_: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("database pool exhausted: %s", exc)
+        return pool_exhausted()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

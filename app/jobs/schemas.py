@@ -9,6 +9,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.jobs.states import JobStatus
+from app.jobs.strict import check_numbers
 from workers.pipeline.configs.base import ConfigError
 from workers.pipeline.configs.data import PrepareConfig
 from workers.pipeline.configs.probe import ProbeConfig
@@ -44,6 +45,9 @@ class RequestModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_nul(cls, data: Any) -> Any:
+        params = cls.model_fields.get("params")
+        if isinstance(data, dict) and params is not None and isinstance(params.annotation, type):
+            check_numbers(params.annotation, data.get("params"), "params.")
         return reject_nul(data)
 
 

@@ -21,10 +21,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import paginate, utcnow
-from app.errors import InvalidInput, InvalidState, NotFound
+from app.errors import InvalidInput, NotFound
 from app.ids import new_id
 from app.jobs.states import FINAL_STATES, JobStatus, sources_of
 from app.jobs.tables import Job, JobEvent, JobInput, JobMetric
+
+IDEMPOTENCY_TTL_S = 24 * 3600.0
+"""How long an Idempotency-Key replays its job (Stripe's window); afterwards it is free again."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ def submit_job(
     max_attempts: int,
     idempotency_key: str | None = None,
     inputs: Sequence[str] = (),
+    idempotency_ttl_s: float = IDEMPOTENCY_TTL_S,
 ) -> Submitted:
     """Write a queued job (and the ids of the objects it reads) and commit. Then enqueue its id.
 
@@ -56,6 +60,7 @@ def submit_job(
     """
     digest = request_hash(job_type, params)
     if idempotency_key is not None:
+        _expire_key(session, tenant_id, idempotency_key, idempotency_ttl_s)
         earlier = _replay(session, tenant_id, idempotency_key, digest)
         if earlier is not None:
             return Submitted(earlier, created=False)
@@ -114,6 +119,20 @@ def add_job(
     for object_id in dict.fromkeys(inputs):
         session.add(JobInput(job_id=job.id, object_id=object_id))
     return job
+
+
+def _expire_key(session: Session, tenant_id: str, key: str, ttl_s: float) -> None:
+    """Free a key whose job is older than the replay window, so it starts a new job."""
+    session.execute(
+        update(Job)
+        .where(
+            Job.tenant_id == tenant_id,
+            Job.idempotency_key == key,
+            Job.created_at < utcnow() - timedelta(seconds=ttl_s),
+        )
+        .values(idempotency_key=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | None:
@@ -241,17 +260,15 @@ def heartbeat(*, session: Session, job_id: str, attempt: int, lease_s: float) ->
 def cancel_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
     """Cancel a queued job at once; ask a running one to stop at its next step.
 
+    Idempotent: cancelling a job that is already cancelling or finished (by this request's twin
+    or long ago) changes nothing and returns the job as it is.
+
     Raises:
         NotFound: no such job for this tenant.
-        InvalidState: the job has already finished.
     """
     job = get_job(session=session, tenant_id=tenant_id, job_id=job_id)
     if job.status in FINAL_STATES:
-        raise InvalidState(
-            f"Job '{job_id}' has already finished ({job.status}); there is nothing to cancel.",
-            code="job.not_cancellable",
-            param="job_id",
-        )
+        return job
     queued = frozenset({JobStatus.queued})
     if not transition(session=session, job_id=job_id, to=JobStatus.cancelled, only_from=queued):
         transition(session=session, job_id=job_id, to=JobStatus.cancelling)
