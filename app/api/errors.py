@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
@@ -149,13 +149,23 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = "Unknown route." if exc.status_code == 404 else str(exc.detail)
-        return render(exc.status_code, message, code=code, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        return render(exc.status_code, message, code=code, headers=headers)
 
     @app.exception_handler(DBAPIError)
     async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        if isinstance(exc, DataError):  # a value the column cannot hold (out of range, …)
+            log.info("database refused a value: %s", exc.orig)
+            return render(
+                422,
+                "A value in the request is outside what can be stored or compared.",
+                code="invalid_parameter",
+            )
         if exc.connection_invalidated or _is_connectivity(exc):
             log.warning("database unavailable: %s", exc.orig)
             return render(503, "The database is unavailable; retry shortly.", code="db_unavailable")
@@ -178,6 +188,18 @@ def _internal(request: Request, exc: Exception) -> JSONResponse:
         code="internal_error",
         headers={"X-Request-ID": request_id},
     )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 def _is_connectivity(exc: DBAPIError) -> bool:

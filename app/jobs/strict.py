@@ -1,10 +1,10 @@
-"""Strict numbers in job parameters: ``"5"`` and ``true`` are not numbers.
+"""Strict numbers in job parameters: ``"5"`` and ``true`` are not numbers, ``0`` is not false.
 
 The stage configs are frozen dataclasses that the workers also decode from stored JSON in
 pydantic's lax mode (lists become tuples there), so strictness cannot live in their shared
 config. The API applies it on the way in instead: before validation, every value whose field is
 typed ``int`` or ``float`` (also inside optional, nested and tuple fields) must be a JSON number
-— an integer for ``int`` — never a string or a boolean.
+— an integer for ``int`` — never a string or a boolean; a ``bool`` field takes only true/false.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def _problem(tp: Any, value: Any) -> str | None:
     options = _options(tp)
     if any(opt is str for opt in options) or value is None:
         return None
+    if bool in options and not isinstance(value, bool):
+        return "must be true or false"
     numeric = [opt for opt in options if opt in (int, float)]
     if not numeric:
         return None

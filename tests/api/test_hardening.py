@@ -250,6 +250,7 @@ def test_twenty_concurrent_cancels_all_return_the_job(
         ({"duration_s": "5"}, "params.duration_s"),
         ({"matmul_size": True}, "params.matmul_size"),
         ({"matmul_size": "64"}, "params.matmul_size"),
+        ({"matmul_size": 64.5}, "params.matmul_size"),
     ],
 )
 def test_numeric_params_are_strict(

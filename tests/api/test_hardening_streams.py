@@ -35,8 +35,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    app = create_app(settings.model_copy(update=SLOW), run_reaper=False)
+def serving(settings: Settings, *, slow: bool = True) -> Iterator[str]:
+    """A real uvicorn server in a thread (with tight pool and timeouts unless ``slow=False``)."""
+    app = create_app(settings.model_copy(update=SLOW) if slow else settings, run_reaper=False)
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
     server = uvicorn.Server(config)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, status
+from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -30,6 +30,7 @@ def valid_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) ->
 
 DatasetDep = Annotated[Dataset, Depends(valid_dataset)]
 
+TEXT_PATTERN = r"^[^\u0000]*\S[^\u0000]*$"  # something besides spaces, and no NUL
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -40,10 +41,25 @@ UPLOAD_BODY = {
                     "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
-                        "name": {"type": "string", "maxLength": 255},
+                        "name": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 255,
+                            "pattern": TEXT_PATTERN,
+                        },
                         "split": {"type": "string", "enum": list(service.SPLITS)},
-                        "column": {"type": "string", "description": "CSV/Parquet text column"},
-                        "sha256": {"type": "string", "description": "Checked against the upload"},
+                        "column": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 200,
+                            "pattern": TEXT_PATTERN,
+                            "description": "CSV/Parquet text column",
+                        },
+                        "sha256": {
+                            "type": "string",
+                            "pattern": "^[0-9a-fA-F]{64}$",
+                            "description": "Checked against the upload",
+                        },
                     },
                 }
             }
@@ -66,7 +82,6 @@ async def create_dataset(
     settings: SettingsDep,
     store: StoreDep,
     tenant_id: TenantDep,
-    content_length: Annotated[int | None, Header(ge=0)] = None,
 ) -> DatasetRead:
     """Stream the file to storage, then validate it in the background (`validating` → `ready`).
 
@@ -74,6 +89,8 @@ async def create_dataset(
     the session is first used (briefly) for the quota check and again once the file is on disk.
     """
     limit = settings.max_upload_bytes
+    declared_length = request.headers.get("content-length", "")
+    content_length = int(declared_length) if declared_length.isdigit() else None
     if content_length is not None and content_length > limit + MULTIPART_SLACK:
         raise PayloadTooLarge(f"The upload is larger than the limit of {limit} bytes.")
 

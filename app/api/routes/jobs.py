@@ -141,7 +141,7 @@ def list_job_metrics(
     job: JobDep,
     session: SessionDep,
     name: Annotated[str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9_./-]+$")] = None,
-    after_step: Annotated[int | None, Query(ge=-1, le=2**62)] = None,
+    after_step: Annotated[int | None, Query(ge=-1, le=2**31 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> Page[JobMetricRead]:
     rows, has_more = service.list_metrics(
