@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
@@ -285,3 +288,45 @@ def test_embedded_database_file_is_private(tmp_path: object) -> None:
     engine.dispose()
     assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(db.parent).st_mode) == 0o700
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_make_run_first_screen_is_clean(tmp_path: Path) -> None:
+    """URL, key and a command to try: no alembic INFO lines, no Celery banner or root lecture."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.api.test_hardening_streams import _free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRISTMILL_")}
+    env["GRISTMILL_DATA_DIR"] = str(tmp_path)
+    env["GRISTMILL_REAPER_INTERVAL_SECONDS"] = "0"
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(1)
+        deadline = time.monotonic() + 60
+        ready = False
+        while time.monotonic() < deadline and not ready:
+            with contextlib.suppress(httpx.HTTPError):
+                ready = httpx.get(f"http://127.0.0.1:{port}/v1/health").status_code == 200
+            time.sleep(0.3)
+        time.sleep(4)  # the worker has started (and would have printed its banner)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    key = (tmp_path / "api-key").read_text().strip()
+    assert f"http://127.0.0.1:{port}" in output
+    assert key in output
+    assert "curl" in output
+    for noise in ("INFO alembic", "superuser", "-------------- [queues]", "Started server"):
+        assert noise not in output, output
