@@ -8,6 +8,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.jobs.messages import public_error, public_event
 from app.jobs.states import JobStatus
 from app.jobs.strict import check_numbers
 from workers.pipeline.configs.base import ConfigError
@@ -171,7 +172,8 @@ class JobRead(BaseModel):
         if hasattr(data, "error_code"):
             error = None
             if data.error_code:
-                error = {"code": data.error_code, "message": data.error_message or ""}
+                message = public_error(data.error_code, data.error_message or "", data.id)
+                error = {"code": data.error_code, "message": message}
             fields = {
                 name: getattr(data, name, None) for name in cls.model_fields if name != "error"
             }
@@ -191,6 +193,16 @@ class JobEventRead(BaseModel):
     message: str
     data: dict[str, Any] | None
     created_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _public(cls, row: Any) -> Any:
+        if hasattr(row, "message") and hasattr(row, "job_id"):
+            message, data = public_event(row.message, row.data, row.job_id)
+            fields = {name: getattr(row, name, None) for name in cls.model_fields}
+            fields.pop("object", None)
+            return {**fields, "message": message, "data": data}
+        return row
 
 
 class JobMetricRead(BaseModel):

@@ -330,3 +330,48 @@ def test_make_run_first_screen_is_clean(tmp_path: Path) -> None:
     assert "curl" in output
     for noise in ("INFO alembic", "superuser", "-------------- [queues]", "Started server"):
         assert noise not in output, output
+
+
+def test_users_get_stable_messages_and_no_internals(
+    client: TestClient, auth: dict[str, str], factory: sessionmaker[Session]
+) -> None:
+    from app.jobs import service
+
+    tenant_id = _tenant_of(factory, auth)
+    crashed, retried = make_job(factory, tenant_id), make_job(factory, tenant_id)
+    secret = "RuntimeError: cannot open /srv/gristmill/store/jobs/job_x/work/ckpt.pt on gpu-7"
+    with factory() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == crashed.id)
+            .values(status="failed", error_code="internal_error", error_message=secret)
+        )
+        session.execute(
+            update(Job)
+            .where(Job.id == retried.id)
+            .values(
+                status="failed",
+                error_code="job.attempts_exhausted",
+                error_message="Attempt 3 of 3 failed: rank 1 died; see /var/lib/g/launch.log",
+            )
+        )
+        for message, data in (
+            ("attempt 1 started on gpu-7.internal:41234", {"worker": "gpu-7.internal:41234"}),
+            (f"job failed: {secret}", None),
+            ("attempt 1 stopped (Traceback (most recent call last):\n  File x); queued", None),
+        ):
+            service.add_event(
+                session=session, job_id=crashed.id, attempt=1, message=message, data=data
+            )
+        session.commit()
+    job = client.get(f"/v1/jobs/{crashed.id}", headers=auth).json()
+    assert job["error"]["code"] == "internal_error"
+    assert crashed.id in job["error"]["message"]
+    other = client.get(f"/v1/jobs/{retried.id}", headers=auth).json()
+    assert other["error"]["message"] == "Attempt 3 of 3 failed: rank 1 died; see <path>"
+    events = client.get(f"/v1/jobs/{crashed.id}/events", headers=auth).json()["data"]
+    assert events[0]["message"] == "attempt 1 started"
+    assert events[0]["data"] is None
+    text = str(client.get("/v1/jobs", headers=auth).json()) + str(events)
+    for leak in ("gpu-7", "41234", "/srv/", "/var/lib", "RuntimeError", "Traceback"):
+        assert leak not in text, leak
