@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         "--max-tasks-per-child", type=int, default=0, help="1 on GPU workers: fresh CUDA per job"
     )
     worker.add_argument(
-        "--quiet", action="store_true", help="no banner, warnings and errors only (for `serve`)"
+        "--quiet", action="store_true", help="no start-up banner or warnings (for `serve`)"
     )
     sub.add_parser("migrate", help="upgrade the database schema")
     keys = sub.add_parser("keys", help="API keys")
@@ -103,7 +103,7 @@ def run_worker(
         "--hostname=gristmill@%h-" + str(os.getpid()),
         "--without-gossip",
         "--without-mingle",
-        f"--loglevel={'WARNING' if quiet else 'INFO'}",
+        "--loglevel=INFO",
     ]
     if quiet:
         # The embedded worker of `serve` (often root in a container): no banner, no
@@ -141,11 +141,10 @@ def first_screen(settings: Settings, host: str, port: int, key: str, new_key: bo
         f"  Gristmill is running at {url}   (API docs: {url}/docs)",
         "",
     ]
-    if key:
-        lines += [
-            f"  Your API key{' (new)' if new_key else ''}, saved in {key_file}:",
-            f"      {key}",
-        ]
+    if new_key:  # shown once; later starts point at the file
+        lines += [f"  Your API key, saved in {key_file}:", f"      {key}"]
+    elif key:
+        lines += [f"  Your API key is in {key_file}"]
     else:
         lines += ["  Make an API key with:  gristmill keys create --tenant NAME"]
     lines += [
