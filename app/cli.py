@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument(
         "--max-tasks-per-child", type=int, default=0, help="1 on GPU workers: fresh CUDA per job"
     )
+    worker.add_argument(
+        "--quiet", action="store_true", help="no start-up banner or warnings (for `serve`)"
+    )
     sub.add_parser("migrate", help="upgrade the database schema")
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
 
         client_main(args)
         return
+    # Jobs' data, keys and the embedded database: files this process and its children create
+    # are the service user's alone (0600 files, 0700 folders).
+    os.umask(0o077)
     settings = get_settings()
     setup_logging(fmt=settings.log_format, level=settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "api":
         run_api(settings, args.host, args.port)
     elif args.command == "worker":
-        run_worker(args.queues, args.concurrency, args.max_tasks_per_child)
+        run_worker(args.queues, args.concurrency, args.max_tasks_per_child, quiet=args.quiet)
     elif args.command == "serve":
         serve(settings, args.host, args.port)
 
@@ -88,7 +94,11 @@ def run_api(settings: Settings, host: str, port: int) -> None:
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
 
 
-def run_worker(queues: str, concurrency: int, max_tasks_per_child: int) -> None:
+def run_worker(
+    queues: str, concurrency: int, max_tasks_per_child: int, *, quiet: bool = False
+) -> None:
+    import warnings
+
     from app.broker import get_celery
     from workers import tasks
 
@@ -96,6 +106,7 @@ def run_worker(queues: str, concurrency: int, max_tasks_per_child: int) -> None:
     app = get_celery()
     tasks.register(app)
     argv = [
+        *(["--quiet"] if quiet else []),
         "worker",
         f"--queues={queues}",
         f"--concurrency={concurrency}",
@@ -104,23 +115,59 @@ def run_worker(queues: str, concurrency: int, max_tasks_per_child: int) -> None:
         "--without-mingle",
         "--loglevel=INFO",
     ]
+    if quiet:
+        # The embedded worker of `serve` (often root in a container): no banner, no
+        # superuser lecture, no "No hostname was supplied" for the filesystem broker.
+        warnings.filterwarnings("ignore", message=".*superuser privileges.*")
+        logging.getLogger("kombu.connection").setLevel(logging.ERROR)
     if max_tasks_per_child:
         argv.append(f"--max-tasks-per-child={max_tasks_per_child}")
     app.worker_main(argv)
 
 
-def ensure_default_key(settings: Settings) -> None:
-    """First start of the embedded profile: make a key, print it once, keep it in a 0600 file."""
+def ensure_default_key(settings: Settings) -> tuple[str, bool]:
+    """First start of the embedded profile: make a key and keep it in a 0600 file.
+
+    Returns the key and whether it was made now (it is then shown once more only on screen).
+    """
+    path = settings.data_dir / KEY_FILE
     factory = make_session_factory(make_engine(settings.resolved_database_url))
     with session_scope(factory) as session:
         if tenant_has_keys(session=session, tenant_name=DEFAULT_TENANT):
-            return
+            return (path.read_text().strip() if path.exists() else ""), False
         created = create_api_key(session=session, tenant_name=DEFAULT_TENANT)
-    path = settings.data_dir / KEY_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(created.key + "\n")
-    print(f"\nYour API key (also saved in {path.resolve()}):\n\n    {created.key}\n", flush=True)
+    return created.key, True
+
+
+def first_screen(settings: Settings, host: str, port: int, key: str, new_key: bool) -> str:
+    """What a newcomer sees after `make run`: where it is, the key, and one command to try."""
+    url = f"http://{host}:{port}"
+    key_file = (settings.data_dir / "api-key").resolve()
+    lines = [
+        "",
+        f"  Gristmill is running at {url}   (API docs: {url}/docs)",
+        "",
+    ]
+    if new_key:  # shown once; later starts point at the file
+        lines += [f"  Your API key, saved in {key_file}:", f"      {key}"]
+    elif key:
+        lines += [f"  Your API key is in {key_file}"]
+    else:
+        lines += ["  Make an API key with:  gristmill keys create --tenant NAME"]
+    lines += [
+        "",
+        "  Try it: a 5-second diagnostic job, then read it back:",
+        f'      KEY=$(cat {key_file}); curl -s -X POST {url}/v1/jobs -H "Authorization: Bearer'
+        ' $KEY" -H \'Content-Type: application/json\' -d \'{"type": "probe"}\'',
+        f'      curl -s {url}/v1/jobs -H "Authorization: Bearer $KEY"',
+        "",
+        f"  Data in {Path(settings.data_dir).resolve()}. Stop with Ctrl+C.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 class WorkerSupervisor:
@@ -144,6 +191,7 @@ class WorkerSupervisor:
             "cpu,gpu",
             "--concurrency",
             "1",
+            "--quiet",
         ]
         self.process = subprocess.Popen(cmd, start_new_session=True)
 
@@ -167,15 +215,15 @@ class WorkerSupervisor:
 def serve(settings: Settings, host: str, port: int) -> None:
     # uvicorn re-raises SIGTERM after its graceful shutdown: exit via SystemExit, so `finally` runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    # The first screen is for the newcomer: no migration or server start-up chatter.
+    for name in ("alembic", "uvicorn.error"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     migrate(settings)
-    ensure_default_key(settings)
+    key, new_key = ensure_default_key(settings)
     supervisor = WorkerSupervisor()
     supervisor.start()
     try:
-        print(
-            f"Gristmill on http://{host}:{port} (docs at /docs); "
-            f"data in {Path(settings.data_dir).resolve()}"
-        )
+        print(first_screen(settings, host, port, key, new_key), flush=True)
         run_api(settings, host, port)
     finally:
         supervisor.stop()

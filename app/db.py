@@ -6,9 +6,13 @@ keys and a busy timeout so the API and a worker process can share the file.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import JSON, DateTime, Engine, MetaData, Select, create_engine, event
@@ -55,14 +59,69 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(
+    url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 30.0
+) -> Engine:
+    """``pool_timeout``: how long a checkout waits for a free connection before raising
+    ``sqlalchemy.exc.TimeoutError`` (the API answers that with 503 and ``Retry-After``)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        _private_sqlite_file(url)
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            json_deserializer=load_json,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5}
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        connect_args={"connect_timeout": 5},
+        json_deserializer=load_json,
     )
+
+
+def load_json(text: str | bytes) -> Any:
+    """``json.loads`` for JSON columns, with lone surrogates (``"\\udc80"``) made U+FFFD.
+
+    JSON text may escape a lone surrogate, and such a string can neither be encoded as UTF-8
+    nor sent in a response: one bad row would break every list that includes it.
+    """
+    value = json.loads(text)
+    raw = text if isinstance(text, str) else text.decode("utf-8", "replace")
+    if "\\ud" in raw or "\\uD" in raw:
+        return _scrub(value)
+    return value
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def _private_sqlite_file(url: str) -> None:
+    """The embedded database holds key hashes and every tenant's jobs: owner-only (0600).
+
+    SQLite gives its ``-wal`` and ``-shm`` files the main file's mode, so creating that file
+    first with 0600 covers all three.
+    """
+    raw = url.split("///", 1)[-1] if "///" in url else ""
+    if not raw or raw.startswith(":memory:") or "mode=memory" in url:
+        return
+    path = Path(raw.split("?", 1)[0])
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

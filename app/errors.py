@@ -19,7 +19,8 @@ class InvalidInput(GristmillError):
 
 
 class InvalidParameter(InvalidInput):
-    """A job parameter that is well-formed but impossible here (too big for the queue's devices)."""
+    """A well-formed value that cannot be accepted here (out of range, too big for the queue's
+    devices): answered like schema errors."""
 
     code = "invalid_parameter"
 
@@ -48,3 +49,23 @@ class PayloadTooLarge(GristmillError):
 
 class ServiceUnavailable(GristmillError):
     code = "service_unavailable"
+
+
+class QuotaExceeded(GristmillError):
+    """The tenant is at one of its quotas (active jobs, storage); the request is refused."""
+
+    code = "quota_exceeded"
+
+
+class RateLimited(GristmillError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class RequestTimeout(GristmillError):
+    """The client stopped sending its request body."""
+
+    code = "request_timeout"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 import fastapi_offline
 import httpx
@@ -14,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import errors, observability
+from app.api.middleware import PUBLIC_PATHS, UPLOAD_PATHS, EdgeGate
 from app.api.routes import (
     artifacts,
     completions,
@@ -41,7 +44,12 @@ and keeps it in `<data dir>/api-key`). Errors are `{"error": {"message", "type",
 
 def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> FastAPI:
     settings = settings or get_settings()
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(
+        settings.resolved_database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
     factory = make_session_factory(engine)
 
     @asynccontextmanager
@@ -72,6 +80,8 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.state.session_factory = factory
     app.state.store = LocalStore(settings.resolved_storage_dir)
     errors.install(app)
+    # Added first, so it runs inside the observer: its refusals get a request id and a log line.
+    app.add_middleware(EdgeGate, settings=settings, factory=factory)
     observability.install(app, factory)
     for router in (
         health.router,
@@ -87,7 +97,46 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     ):
         app.include_router(router, prefix="/v1")
     _install_docs(app)
+    _document_edge(app)
     return app
+
+
+def _document_edge(app: FastAPI) -> None:
+    """Add what the edge gate (``app.api.middleware``) answers to every operation's OpenAPI entry:
+    429 and 503 anywhere behind a key, 403 (quotas) on submissions and uploads, 408/413 on
+    bodies; and that an Idempotency-Key is never empty."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        error = {"$ref": "#/components/schemas/ErrorResponse"}
+        for path, operations in schema.get("paths", {}).items():
+            if not path.startswith("/v1/") or path in PUBLIC_PATHS:
+                continue
+            for method, operation in operations.items():
+                codes = ["401", "429", "503"]
+                if method in ("post", "put", "patch"):
+                    codes += ["408", "413", "422"]
+                if method == "post" and (path in UPLOAD_PATHS or path.endswith("jobs")):
+                    codes.append("403")
+                responses = operation.setdefault("responses", {})
+                for code in codes:
+                    responses.setdefault(
+                        code,
+                        {
+                            "description": HTTPStatus(int(code)).phrase,
+                            "content": {"application/json": {"schema": error}},
+                        },
+                    )
+                for parameter in operation.get("parameters", []):
+                    if parameter.get("name", "").lower() == "idempotency-key":
+                        parameter["schema"] = {"type": "string", "minLength": 1, "maxLength": 255}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_docs(app: FastAPI) -> None:

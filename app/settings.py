@@ -66,6 +66,31 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024**3, gt=0)
     """Largest dataset upload accepted."""
 
+    max_json_body_bytes: int = Field(1024 * 1024, gt=0)
+    """Largest JSON request body; a larger one answers 413 as soon as the byte count crosses it."""
+    body_idle_timeout_seconds: float = Field(30.0, gt=0)
+    """A request body that sends nothing for this long is cut off (408)."""
+    send_timeout_seconds: float = Field(60.0, gt=0)
+    """A client that reads nothing of a response (a download) for this long is disconnected."""
+    max_streams_per_tenant: int = Field(4, ge=1)
+    """Uploads and downloads one tenant may have in flight at once; more answer 429."""
+    db_pool_size: int = Field(5, ge=1)
+    """Postgres connections each API process keeps open."""
+    db_max_overflow: int = Field(10, ge=0)
+    """Extra Postgres connections an API process may open on bursts."""
+    db_pool_timeout_seconds: float = Field(5.0, gt=0)
+    """How long a request waits for a free database connection before answering 503."""
+    auth_cache_seconds: float = Field(5.0, ge=0)
+    """How long a process trusts a key it checked (a revoked key works at most this long)."""
+    rate_limit: str = "600/minute"
+    """Requests per API key, in the ``limits`` notation (``100/minute;10/second``); empty: none."""
+    rate_limit_storage_url: str | None = None
+    """Where rate-limit counters live; default the Redis broker, else in-process memory."""
+    quota_active_jobs: int = Field(100, ge=0)
+    """Queued plus running jobs one tenant may have; more submissions answer 403 (0: no limit)."""
+    quota_storage_bytes: int = Field(1024**4, ge=0)
+    """Bytes of datasets and artifacts one tenant may store; uploads beyond answer 403."""
+
     log_format: Literal["text", "json"] = "text"
     """``json`` prints one JSON object per log line (with job_id, attempt, request_id)."""
     log_level: str = "INFO"
@@ -86,6 +111,13 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_dir(self) -> Path:
         return (self.storage_dir or self.data_dir / "store").resolve()
+
+    @property
+    def resolved_rate_limit_storage_url(self) -> str:
+        if self.rate_limit_storage_url:
+            return self.rate_limit_storage_url
+        broker = self.resolved_broker_url
+        return broker if broker.startswith(("redis://", "rediss://")) else "memory://"
 
     @property
     def is_embedded(self) -> bool:

@@ -17,6 +17,23 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 CHUNK = 1024 * 1024
+FILE_MODE = 0o600  # tenants' data: readable by the service's own user only
+DIR_MODE = 0o700
+
+
+def make_private_dirs(path: Path) -> None:
+    """``mkdir -p`` with every folder it creates owner-only (``Path.mkdir(parents=True)`` gives
+    the parents the umask's mode, usually 0755)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(folder, DIR_MODE)  # mkdir's mode is masked by the umask
 
 
 @dataclass(frozen=True)
@@ -42,10 +59,11 @@ class AtomicWriter:
     """
 
     def __init__(self, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(target.parent)
         self.target = target
         self.tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        self._file = self.tmp.open("wb")
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
         self.size = 0
         self.committed = False
@@ -82,6 +100,7 @@ class AtomicWriter:
 class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        make_private_dirs(self.root)
 
     def local_path(self, key: str) -> Path:
         path = (self.root / key).resolve()

@@ -14,7 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from app import errors
@@ -28,9 +29,12 @@ STATUS: dict[type[errors.GristmillError], int] = {
     errors.InvalidParameter: 422,
     errors.InvalidState: 400,
     errors.Unauthorized: 401,
+    errors.QuotaExceeded: 403,
     errors.NotFound: 404,
+    errors.RequestTimeout: 408,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
+    errors.RateLimited: 429,
     errors.ServiceUnavailable: 503,
 }
 
@@ -52,6 +56,10 @@ class ErrorResponse(BaseModel):
 def error_type(status: int) -> str:
     if status == 401:
         return "authentication_error"
+    if status == 403:
+        return "quota_error"
+    if status == 429:
+        return "rate_limit_error"
     if status == 503:
         return "service_unavailable"
     if status >= 500:
@@ -70,7 +78,30 @@ def render(
     body = {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S), **(headers or {})}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+RETRY_AFTER_UNAVAILABLE_S = 2
+
+
+def render_exception(exc: errors.GristmillError, *, openai: bool = False) -> JSONResponse:
+    headers = None
+    if isinstance(exc, errors.RateLimited):
+        headers = {"Retry-After": str(exc.retry_after)}
+    status = _status_for(exc)
+    if openai and status in (409, 422):
+        status = 400  # the OpenAI SDK retries a 409 and does not expect a 422
+    return render(status, exc.message, code=exc.code, param=exc.param, headers=headers)
+
+
+def pool_exhausted() -> JSONResponse:
+    return render(
+        503,
+        "The service is busy (no free database connection); retry shortly.",
+        code="db_busy",
+    )
 
 
 def _status_for(exc: errors.GristmillError) -> int:
@@ -103,10 +134,12 @@ def _validation_message(error: dict[str, Any], param: str | None) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.GristmillError)
     async def _domain(request: Request, exc: errors.GristmillError) -> JSONResponse:
-        status = _status_for(exc)
-        if status in (409, 422) and request.url.path.startswith(OPENAI_PATHS):
-            status = 400  # the SDK retries a 409 and does not expect a 422
-        return render(status, exc.message, code=exc.code, param=exc.param)
+        return render_exception(exc, openai=request.url.path.startswith(OPENAI_PATHS))
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool(_: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("database pool exhausted: %s", exc)
+        return pool_exhausted()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -124,13 +157,23 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = "Unknown route." if exc.status_code == 404 else str(exc.detail)
-        return render(exc.status_code, message, code=code, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        return render(exc.status_code, message, code=code, headers=headers)
 
     @app.exception_handler(DBAPIError)
     async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        if isinstance(exc, DataError):  # a value the column cannot hold (out of range, …)
+            log.info("database refused a value: %s", exc.orig)
+            return render(
+                422,
+                "A value in the request is outside what can be stored or compared.",
+                code="invalid_parameter",
+            )
         if exc.connection_invalidated or _is_connectivity(exc):
             log.warning("database unavailable: %s", exc.orig)
             return render(503, "The database is unavailable; retry shortly.", code="db_unavailable")
@@ -153,6 +196,18 @@ def _internal(request: Request, exc: Exception) -> JSONResponse:
         code="internal_error",
         headers={"X-Request-ID": request_id},
     )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 def _is_connectivity(exc: DBAPIError) -> bool:

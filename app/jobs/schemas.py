@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Uni
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from app.jobs.kinds import DAY, JobKind, submittable
+from app.jobs.messages import public_error, public_event
 from app.jobs.states import JobStatus
+from app.jobs.strict import check_numbers
 
 
 def reject_nul(value: Any) -> Any:
@@ -33,6 +35,9 @@ class RequestModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_nul(cls, data: Any) -> Any:
+        params = cls.model_fields.get("params")
+        if isinstance(data, dict) and params is not None and isinstance(params.annotation, type):
+            check_numbers(params.annotation, data.get("params"), "params.")
         return reject_nul(data)
 
 
@@ -103,7 +108,8 @@ class JobRead(BaseModel):
         if hasattr(data, "error_code"):
             error = None
             if data.error_code:
-                error = {"code": data.error_code, "message": data.error_message or ""}
+                message = public_error(data.error_code, data.error_message or "", data.id)
+                error = {"code": data.error_code, "message": message}
             fields = {
                 name: getattr(data, name, None) for name in cls.model_fields if name != "error"
             }
@@ -123,6 +129,16 @@ class JobEventRead(BaseModel):
     message: str
     data: dict[str, Any] | None
     created_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _public(cls, row: Any) -> Any:
+        if hasattr(row, "message") and hasattr(row, "job_id"):
+            message, data = public_event(row.message, row.data, row.job_id)
+            fields = {name: getattr(row, name, None) for name in cls.model_fields}
+            fields.pop("object", None)
+            return {**fields, "message": message, "data": data}
+        return row
 
 
 class JobMetricRead(BaseModel):

@@ -31,6 +31,9 @@ from app.storage import LocalStore
 from workers.pipeline.configs.base import ConfigError
 from workers.pipeline.configs.codec import encode
 
+IDEMPOTENCY_TTL_S = 24 * 3600.0
+"""How long an Idempotency-Key replays its job (Stripe's window); afterwards it is free again."""
+
 
 @dataclass(frozen=True)
 class Submitted:
@@ -54,6 +57,7 @@ def submit_job(
     capacity: Capacity | None = None,
     max_runtime_s: float | None = None,
     idempotency_key: str | None = None,
+    idempotency_ttl_s: float = IDEMPOTENCY_TTL_S,
 ) -> Submitted:
     """Check the job's inputs, write it queued (with the ids of what it reads) and commit.
     The caller then enqueues its id.
@@ -67,6 +71,7 @@ def submit_job(
     time_limit = min(max_runtime_s or kind.time_limit_s, kind.time_limit_s)
     digest = request_hash(kind.name, {"params": params_json, "max_runtime_s": max_runtime_s})
     if idempotency_key is not None:
+        _expire_key(session, tenant_id, idempotency_key, idempotency_ttl_s)
         earlier = _replay(session, tenant_id, idempotency_key, digest)
         if earlier is not None:
             return Submitted(earlier, created=False)
@@ -139,6 +144,20 @@ def add_job(
     for object_id in dict.fromkeys(inputs):
         session.add(JobInput(job_id=job.id, object_id=object_id))
     return job
+
+
+def _expire_key(session: Session, tenant_id: str, key: str, ttl_s: float) -> None:
+    """Free a key whose job is older than the replay window, so it starts a new job."""
+    session.execute(
+        update(Job)
+        .where(
+            Job.tenant_id == tenant_id,
+            Job.idempotency_key == key,
+            Job.created_at < utcnow() - timedelta(seconds=ttl_s),
+        )
+        .values(idempotency_key=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | None:
@@ -272,8 +291,10 @@ def heartbeat(
 
 
 def cancel_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
-    """Cancel a queued job at once; ask a running one to stop at its next step. Idempotent: a
-    job that has already finished (or is already stopping) is returned as it is.
+    """Cancel a queued job at once; ask a running one to stop at its next step.
+
+    Idempotent: cancelling a job that is already cancelling or finished (by this request's twin
+    or long ago) changes nothing and returns the job as it is.
 
     Raises:
         NotFound: no such job for this tenant.

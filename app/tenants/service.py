@@ -46,6 +46,28 @@ def create_api_key(*, session: Session, tenant_name: str) -> CreatedKey:
     return CreatedKey(tenant_id=tenant.id, key_id=row.id, key=key)
 
 
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: str
+    key_id: str
+
+
+def identify(*, session: Session, key: str) -> Caller:
+    """The tenant and key behind an API key.
+
+    Raises:
+        Unauthorized: unknown or revoked key.
+    """
+    row = session.execute(
+        select(ApiKey.tenant_id, ApiKey.id).where(
+            ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
+        )
+    ).first()
+    if row is None:
+        raise Unauthorized("Invalid API key. Send 'Authorization: Bearer <key>'.")
+    return Caller(tenant_id=row[0], key_id=row[1])
+
+
 def authenticate(*, session: Session, key: str) -> str:
     """Return the tenant id the key belongs to.
 

@@ -122,13 +122,13 @@ def test_another_tenants_job_is_404_everywhere(
 
 
 def test_unexpected_errors_are_500_with_a_request_id_and_no_traceback(
-    client: TestClient,
+    client: TestClient, auth: dict[str, str]
 ) -> None:
     def boom() -> None:
         raise RuntimeError("secret internals")
 
     client.app.add_api_route("/v1/boom", boom)  # type: ignore[attr-defined]
-    response = client.get("/v1/boom", headers={"X-Request-ID": "req-123"})
+    response = client.get("/v1/boom", headers={"X-Request-ID": "req-123", **auth})
 
     error = assert_error(response, 500, code="internal_error")
     assert "req-123" in error["message"]

@@ -202,7 +202,9 @@ def test_progress_is_reported_with_throughput(
     monkeypatch.setattr("workers.pipeline.prepare_state.time.monotonic", lambda: next(clock))
     seen: list[Progress] = []
     inputs = PrepareInputs(detect_format(corpus.path, {}))
-    run_prepare(PrepareConfig(processes=1), inputs, _paths(tmp_path), Hooks(on_progress=seen.append))
+    run_prepare(
+        PrepareConfig(processes=1), inputs, _paths(tmp_path), Hooks(on_progress=seen.append)
+    )
     assert seen and seen[-1].step > 0
     assert {"docs_per_s", "mb_per_s", "records_out"} <= set(seen[-1].metrics)
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, status
+from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -16,6 +16,8 @@ from app.datasets.schemas import DatasetRead, DatasetReport
 from app.datasets.tables import Dataset
 from app.errors import InvalidInput, PayloadTooLarge
 from app.jobs.schemas import Page
+from app.storage import AtomicWriter
+from app.tenants import quotas
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses={401: {"model": ErrorResponse}})
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
@@ -28,6 +30,7 @@ def valid_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) ->
 
 DatasetDep = Annotated[Dataset, Depends(valid_dataset)]
 
+TEXT_PATTERN = r"^[^\u0000]*\S[^\u0000]*$"  # something besides spaces, and no NUL
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -38,10 +41,25 @@ UPLOAD_BODY = {
                     "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
-                        "name": {"type": "string", "maxLength": 255},
+                        "name": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 255,
+                            "pattern": TEXT_PATTERN,
+                        },
                         "split": {"type": "string", "enum": list(service.SPLITS)},
-                        "column": {"type": "string", "description": "CSV/Parquet text column"},
-                        "sha256": {"type": "string", "description": "Checked against the upload"},
+                        "column": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 200,
+                            "pattern": TEXT_PATTERN,
+                            "description": "CSV/Parquet text column",
+                        },
+                        "sha256": {
+                            "type": "string",
+                            "pattern": "^[0-9a-fA-F]{64}$",
+                            "description": "Checked against the upload",
+                        },
                     },
                 }
             }
@@ -64,34 +82,38 @@ async def create_dataset(
     settings: SettingsDep,
     store: StoreDep,
     tenant_id: TenantDep,
-    content_length: Annotated[int | None, Header(ge=0)] = None,
 ) -> DatasetRead:
-    """Stream the file to storage, then validate it in the background (`validating` → `ready`)."""
+    """Stream the file to storage, then validate it in the background (`validating` → `ready`).
+
+    No database connection is held while the body streams: the key was checked at the edge, and
+    the session is first used (briefly) for the quota check and again once the file is on disk.
+    """
     limit = settings.max_upload_bytes
+    declared_length = request.headers.get("content-length", "")
+    content_length = int(declared_length) if declared_length.isdigit() else None
     if content_length is not None and content_length > limit + MULTIPART_SLACK:
         raise PayloadTooLarge(f"The upload is larger than the limit of {limit} bytes.")
-    dataset_id = service.new_dataset_id()
-    with store.open_write(layout.dataset_data(dataset_id)) as writer:
+
+    def check_quota(adding: int) -> None:
         try:
-            received = await upload.receive(
-                request.stream(),
-                content_type=request.headers.get("content-type", ""),
-                writer=writer,
-                max_bytes=limit,
+            quotas.check_storage_quota(
+                session=session,
+                tenant_id=tenant_id,
+                limit=settings.quota_storage_bytes,
+                adding=adding,
             )
-        except ClientDisconnect:
-            raise InvalidInput("The client disconnected before the upload finished.") from None
+        finally:
+            session.close()  # hand the connection back before (or after) the stream
+
+    declared = max(0, (content_length or 0) - MULTIPART_SLACK)
+    await run_in_threadpool(check_quota, declared)
+    dataset_id = service.new_dataset_id()
+    try:
+        received, writer = await _receive_file(request, store, dataset_id, limit)
         fields = received.fields
         options = service.parse_options(fields)
         name = service.check_name(fields.get("name") or received.filename or "dataset")
-        if "sha256" in fields and fields["sha256"].lower() != writer.sha256:
-            raise InvalidInput(
-                f"The upload's SHA-256 is {writer.sha256}, not the declared {fields['sha256']}.",
-                code="dataset.checksum_mismatch",
-                param="sha256",
-            )
-        await run_in_threadpool(writer.commit)
-    try:
+        await run_in_threadpool(check_quota, writer.size)
         dataset, job = await run_in_threadpool(
             lambda: service.register_upload(
                 session=session,
@@ -106,11 +128,37 @@ async def create_dataset(
             )
         )
     except BaseException:
+        # Refused, cut off or failed: no trace on disk, not even the empty folder.
         store.delete(layout.dataset(dataset_id))
         raise
     enqueue(job.id, job.queue)
     views = await run_in_threadpool(service.to_read, session, [dataset])
     return views[0]
+
+
+async def _receive_file(
+    request: Request, store: StoreDep, dataset_id: str, limit: int
+) -> tuple[upload.Upload, AtomicWriter]:
+    """The streamed file, checked against a declared SHA-256 and committed to the store."""
+    with store.open_write(layout.dataset_data(dataset_id)) as writer:
+        try:
+            received = await upload.receive(
+                request.stream(),
+                content_type=request.headers.get("content-type", ""),
+                writer=writer,
+                max_bytes=limit,
+            )
+        except ClientDisconnect:
+            raise InvalidInput("The client disconnected before the upload finished.") from None
+        declared = received.fields.get("sha256")
+        if declared is not None and declared.lower() != writer.sha256:
+            raise InvalidInput(
+                f"The upload's SHA-256 is {writer.sha256}, not the declared {declared}.",
+                code="dataset.checksum_mismatch",
+                param="sha256",
+            )
+        await run_in_threadpool(writer.commit)
+    return received, writer
 
 
 @router.get("", response_model=Page[DatasetRead], summary="List datasets, newest first")
@@ -154,7 +202,7 @@ def read_dataset_report(dataset: DatasetDep, session: SessionDep, store: StoreDe
     validation = {
         "format": view.format,
         "compression": view.compression,
-        "record_type": view.record_type,
+        "kind": view.kind,
         "records": view.records,
         "text_bytes": view.text_bytes,
         "errors": view.errors or [],

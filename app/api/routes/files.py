@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
@@ -31,11 +31,8 @@ async def create_file(
     settings: SettingsDep,
     store: StoreDep,
     tenant_id: TenantDep,
-    content_length: Annotated[int | None, Header(ge=0)] = None,
 ) -> schemas.FileObject:
-    view = await dataset_routes.create_dataset(
-        request, session, settings, store, tenant_id, content_length
-    )
+    view = await dataset_routes.create_dataset(request, session, settings, store, tenant_id)
     return service.file_view(view)
 
 

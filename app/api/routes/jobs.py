@@ -118,7 +118,7 @@ def list_job_metrics(
     session: SessionDep,
     name: Annotated[str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9_./-]+$")] = None,
     after_step: Annotated[
-        int | None, Query(ge=-1, le=2**62, description="Step of the last metric seen.")
+        int | None, Query(ge=-1, le=2**31 - 1, description="Step of the last metric seen.")
     ] = None,
     after_name: Annotated[
         str | None,

@@ -1,0 +1,100 @@
+"""Per-key rate limits (the ``limits`` library) and per-tenant caps on concurrent streams.
+
+Rate-limit counters live in Redis in production, so every API process counts against the same
+budget; the embedded profile (one process) keeps them in memory. Stream slots are per process:
+they protect this process's event loop, threads and database pool from one tenant's slow
+uploads and downloads.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse_many
+from limits.storage import storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+
+from app.errors import RateLimited
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int  # seconds until the window that decided resets
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """IETF draft ``RateLimit-*`` fields, plus ``Retry-After`` when refused."""
+        fields = [
+            (b"ratelimit-limit", str(self.limit).encode()),
+            (b"ratelimit-remaining", str(self.remaining).encode()),
+            (b"ratelimit-reset", str(self.reset_s).encode()),
+        ]
+        if not self.allowed:
+            fields.append((b"retry-after", str(max(1, self.reset_s)).encode()))
+        return fields
+
+    def error(self) -> RateLimited:
+        return RateLimited(
+            f"Too many requests for this API key (limit {self.limit} per window); "
+            f"retry in {max(1, self.reset_s)} s.",
+            retry_after=max(1, self.reset_s),
+        )
+
+
+class KeyRateLimiter:
+    """``hit(key_id)`` counts one request against every configured window of that key."""
+
+    def __init__(self, spec: str, storage_url: str) -> None:
+        self.items: list[RateLimitItem] = parse_many(spec) if spec.strip() else []
+        self.limiter = FixedWindowRateLimiter(storage_from_string(storage_url))
+        self.needs_thread = not storage_url.startswith("memory")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.items)
+
+    def hit(self, key_id: str) -> RateDecision:
+        """The decision of the tightest window (the one with the fewest requests left)."""
+        now = time.time()
+        tightest: RateDecision | None = None
+        for item in self.items:
+            allowed = self.limiter.hit(item, "key", key_id)
+            stats = self.limiter.get_window_stats(item, "key", key_id)
+            decision = RateDecision(
+                allowed=allowed,
+                limit=item.amount,
+                remaining=max(0, stats.remaining),
+                reset_s=min(item.get_expiry(), max(0, math.ceil(stats.reset_time - now))),
+            )
+            if not allowed:
+                return decision
+            if tightest is None or decision.remaining < tightest.remaining:
+                tightest = decision
+        assert tightest is not None
+        return tightest
+
+
+class StreamSlots:
+    """At most ``limit`` uploads or downloads per tenant in flight in this process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active: dict[str, int] = {}
+
+    def try_acquire(self, tenant_id: str) -> bool:
+        current = self.active.get(tenant_id, 0)
+        if current >= self.limit:
+            return False
+        self.active[tenant_id] = current + 1
+        return True
+
+    def release(self, tenant_id: str) -> None:
+        left = self.active.get(tenant_id, 1) - 1
+        if left > 0:
+            self.active[tenant_id] = left
+        else:
+            self.active.pop(tenant_id, None)

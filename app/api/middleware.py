@@ -1,0 +1,406 @@
+"""The edge gate: what every ``/v1`` request passes before a route sees it.
+
+A pure ASGI middleware, in this order:
+
+1. **Authenticate before reading anything.** The key is checked in a session of its own that is
+   closed at once, so no pooled connection stays checked out while a body or a download streams;
+   a request without a valid key is answered 401 before one byte of its body is read.
+2. **Rate limit** per key (429 with ``RateLimit-*`` and ``Retry-After``).
+3. **Refuse bad text at the edge**: NUL in the query or path; in a JSON body, lone surrogates
+   (``"\\udc80"``), NUL, and integers longer than Python will convert — 422 naming the field.
+4. **Bound bodies**: a JSON (non-upload) body is counted as it arrives and refused with 413 once it
+   crosses ``max_json_body_bytes``; a body that stalls for ``body_idle_timeout_seconds`` is cut
+   off with 408.
+5. **Bound streams**: each tenant has at most ``max_streams_per_tenant`` uploads and downloads in
+   flight; a download whose reader stalls for ``send_timeout_seconds`` is disconnected.
+
+Routes then find the caller in ``request.state`` (see ``app.api.deps.get_tenant``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio.to_thread
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.errors import pool_exhausted, render, render_exception
+from app.api.limits import KeyRateLimiter, StreamSlots
+from app.errors import (
+    GristmillError,
+    InvalidInput,
+    InvalidParameter,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+)
+from app.settings import Settings
+from app.tenants import quotas
+from app.tenants.service import Caller, hash_key, identify
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/v1/health", "/v1/ready"})
+UPLOAD_PATHS = frozenset({"/v1/datasets", "/v1/models", "/v1/files"})  # multipart streams
+DOWNLOAD = re.compile(r"^/v1/(datasets|models|tokenizers|files)/[^/]+/(content|files/.+)$")
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+MAX_INT_DIGITS = 4300  # Python's int-from-string limit (sys.get_int_max_str_digits)
+AUTH_CACHE_ENTRIES = 10_000
+
+
+class _TooLongInt:
+    """Stands in for an integer literal too long to convert, so the field can be named."""
+
+
+TOO_LONG_INT = _TooLongInt()
+
+
+def _parse_int(text: str) -> int | _TooLongInt:
+    digits = len(text.lstrip("-"))
+    return int(text) if digits <= MAX_INT_DIGITS else TOO_LONG_INT
+
+
+def find_bad_text(value: Any, path: tuple[str, ...] = ()) -> tuple[str, str] | None:
+    """The first (dotted path, reason) of text that cannot be stored or re-encoded, or None."""
+    if isinstance(value, str):
+        reason = _bad_string(value)
+        return (".".join(path), reason) if reason else None
+    if isinstance(value, _TooLongInt):
+        return ".".join(path), f"integers may have at most {MAX_INT_DIGITS} digits"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            reason = _bad_string(key)
+            if reason:
+                return ".".join((*path, printable(key))), reason
+            found = find_bad_text(item, (*path, key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = find_bad_text(item, (*path, str(index)))
+            if found:
+                return found
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD, safe to encode and to show."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _bad_string(text: str) -> str | None:
+    if "\x00" in text:
+        return "text must not contain NUL characters"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text must be valid Unicode (a lone surrogate such as \\udc80 is not)"
+    return None
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class EdgeGate:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        factory: sessionmaker[Session],
+        limiter: KeyRateLimiter | None = None,
+        slots: StreamSlots | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.factory = factory
+        self.limiter = limiter or KeyRateLimiter(
+            settings.rate_limit, settings.resolved_rate_limit_storage_url
+        )
+        self.slots = slots or StreamSlots(settings.max_streams_per_tenant)
+        self.auth_cache: dict[str, tuple[Caller, float]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1/") or path in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self._gate(scope, receive, send)
+        except GristmillError as exc:
+            # Raised before the route ran (a response has not started): answer it here.
+            await render_exception(exc)(scope, receive, send)
+
+    async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        caller = await self._authenticate(scope, receive, send, headers.get(b"authorization"))
+        if caller is None:
+            return
+        state = scope.setdefault("state", {})
+        state["tenant_id"], state["key_id"] = caller.tenant_id, caller.key_id
+
+        limited = await self._rate_limit(scope, receive, send, caller)
+        if limited is None:
+            return
+        send = limited
+        _check_text_in_url(scope)
+        method, path = scope["method"], scope["path"]
+        idempotency_key = headers.get(b"idempotency-key")
+        if idempotency_key is not None and not idempotency_key.strip():
+            raise InvalidInput(
+                "Idempotency-Key must not be empty; send a unique string (a UUID) or no header.",
+                code="idempotency_key.empty",
+                param="Idempotency-Key",
+            )
+        if method == "POST" and path in UPLOAD_PATHS:
+            await self._stream(scope, self._idle_receive(receive), send, caller)
+            return
+        if method in BODY_METHODS:
+            body = await self._read_body(receive, headers)
+            if body is None:
+                return  # the client went away
+            if _is_json(headers):
+                _check_json_text(body)
+            if method == "POST" and path in ("/v1/jobs", "/v1/fine_tuning/jobs"):
+                key = idempotency_key.decode("latin-1") if idempotency_key else None
+                await self._in_thread(
+                    lambda session: quotas.check_job_quota(
+                        session=session,
+                        tenant_id=caller.tenant_id,
+                        limit=self.settings.quota_active_jobs,
+                        idempotency_key=key,
+                    )
+                )
+            receive = _replay(body, receive)
+        if method == "GET" and DOWNLOAD.match(path):
+            await self._stream(scope, receive, self._timed_send(send), caller)
+            return
+        await self.app(scope, receive, send)
+
+    # -- authentication -------------------------------------------------------------------------
+
+    async def _authenticate(
+        self, scope: Scope, receive: Receive, send: Send, header: bytes | None
+    ) -> Caller | None:
+        scheme, _, key = (header or b"").decode("latin-1").partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            response = render(
+                401, "Missing API key. Send 'Authorization: Bearer <key>'.", code="unauthorized"
+            )
+            await response(scope, receive, send)
+            return None
+        digest = hash_key(key)
+        cached = self.auth_cache.get(digest)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        try:
+            caller: Caller = await self._in_thread(
+                lambda session: identify(session=session, key=key)
+            )
+        except Unauthorized as exc:
+            await render_exception(exc)(scope, receive, send)
+            return None
+        except _Unavailable as unavailable:
+            await unavailable.response(scope, receive, send)
+            return None
+        if self.settings.auth_cache_seconds > 0:
+            if len(self.auth_cache) >= AUTH_CACHE_ENTRIES:
+                self.auth_cache.clear()
+            self.auth_cache[digest] = (caller, time.monotonic() + self.settings.auth_cache_seconds)
+        return caller
+
+    async def _in_thread(self, work: Callable[[Session], Any]) -> Any:
+        """Run ``work`` in a short session of its own, in a thread; its connection goes back to
+        the pool before this returns. An exhausted pool or a lost database raise ``_Unavailable``.
+        """
+
+        def run() -> Any:
+            with self.factory() as session:
+                return work(session)
+
+        try:
+            return await anyio.to_thread.run_sync(run)
+        except PoolTimeout:
+            log.warning("database pool exhausted at the edge")
+            raise _Unavailable(pool_exhausted()) from None
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("database unavailable at the edge: %s", exc.orig)
+            raise _Unavailable(
+                render(503, "The database is unavailable; retry shortly.", code="db_unavailable")
+            ) from None
+
+    # -- rate limits ----------------------------------------------------------------------------
+
+    async def _rate_limit(
+        self, scope: Scope, receive: Receive, send: Send, caller: Caller
+    ) -> Send | None:
+        if not self.limiter.enabled:
+            return send
+        if self.limiter.needs_thread:
+            decision = await anyio.to_thread.run_sync(self.limiter.hit, caller.key_id)
+        else:
+            decision = self.limiter.hit(caller.key_id)
+        extra = decision.headers()
+        if not decision.allowed:
+            response = render_exception(decision.error())  # carries Retry-After
+            response.raw_headers.extend(h for h in extra if h[0] != b"retry-after")
+            await response(scope, receive, send)
+            return None
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        return send_with_headers
+
+    # -- bodies ---------------------------------------------------------------------------------
+
+    def _idle_receive(self, receive: Receive) -> Receive:
+        timeout = self.settings.body_idle_timeout_seconds
+
+        async def idle_receive() -> Message:
+            try:
+                return await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"The request body sent nothing for {timeout:g} s; the request was cut off."
+                ) from None
+
+        return idle_receive
+
+    async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes | None:
+        """The whole (small) body, counted as it arrives: 413 as soon as it crosses the cap."""
+        cap = self.settings.max_json_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise _too_large(cap)
+        idle = self._idle_receive(receive)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await idle()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > cap:
+                raise _too_large(cap)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    # -- streams --------------------------------------------------------------------------------
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send, caller: Caller) -> None:
+        if not self.slots.try_acquire(caller.tenant_id):
+            limit = self.slots.limit
+            response = render(
+                429,
+                f"This tenant already has {limit} uploads or downloads in flight; "
+                "retry when one has finished.",
+                code="rate_limited.streams",
+                headers={"Retry-After": "5"},
+            )
+            await response(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        except _SlowReader:
+            log.warning("download stalled by its reader; connection closed")
+        finally:
+            self.slots.release(caller.tenant_id)
+
+    def _timed_send(self, send: Send) -> Send:
+        timeout = self.settings.send_timeout_seconds
+
+        async def timed_send(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), timeout)
+            except TimeoutError:
+                raise _SlowReader from None
+
+        return timed_send
+
+
+class _Unavailable(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__("unavailable")
+        self.response = response
+
+
+class _SlowReader(Exception):
+    pass
+
+
+def _too_large(cap: int) -> GristmillError:
+    return PayloadTooLarge(f"The request body is larger than the limit of {cap} bytes.")
+
+
+def _is_json(headers: dict[bytes, bytes]) -> bool:
+    content_type = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    return content_type in (b"", b"application/json") or content_type.endswith(b"+json")
+
+
+def _check_json_text(body: bytes) -> None:
+    """Refuse text no database or JSON encoder can carry, naming the field.
+
+    Malformed JSON is left to the route, which answers it with 400 ``invalid_json``.
+    """
+    try:
+        value = json.loads(body, parse_int=_parse_int)
+    except RecursionError:
+        raise InvalidInput("The request body is nested too deeply.", code="invalid_json") from None
+    except UnicodeDecodeError:
+        raise InvalidInput("The request body is not UTF-8.", code="invalid_json") from None
+    except ValueError:
+        return
+    found = find_bad_text(value)
+    if found is not None:
+        param, reason = found
+        raise InvalidParameter(
+            f"Invalid value for '{param}': {reason}." if param else f"Invalid body: {reason}.",
+            param=param or None,
+        )
+
+
+def _check_text_in_url(scope: Scope) -> None:
+    if "\x00" in scope["path"]:
+        raise InvalidInput("The path must not contain NUL characters.", param="path")
+    query = scope.get("query_string", b"")
+    if b"%00" in query or b"\x00" in query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in name or "\x00" in value:
+                raise InvalidParameter(
+                    f"Invalid value for '{name.replace(chr(0), '')}': "
+                    "text must not contain NUL characters.",
+                    param=name.replace("\x00", "") or None,
+                )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """Hand the body read at the edge to the route, then fall through to the real channel."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
