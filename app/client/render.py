@@ -152,7 +152,7 @@ def print_validation(console: Console, dataset: Mapping[str, Any], *, max_errors
     if dataset["status"] == "ready":
         console.print(
             f"[green]✔[/] {dataset['id']} ready: {dataset.get('format')} "
-            f"({dataset.get('kind')}), {dataset.get('records') or 0:,} records, "
+            f"({dataset.get('record_type')}), {dataset.get('records') or 0:,} records, "
             f"{human_bytes(dataset.get('text_bytes'))} of text"
         )
         return

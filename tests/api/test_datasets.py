@@ -73,7 +73,7 @@ def test_upload_validates_to_ready(client: TestClient, auth: dict[str, str], val
 
     ready = validate(client, auth, dataset["id"])
     assert ready["status"] == "ready"
-    assert (ready["format"], ready["kind"], ready["records"]) == ("jsonl", "text", 20)
+    assert (ready["format"], ready["record_type"], ready["records"]) == ("jsonl", "text", 20)
 
 
 def test_download_returns_the_same_bytes(client: TestClient, auth: dict[str, str]) -> None:
@@ -349,7 +349,7 @@ def test_prepare_writes_a_cleaned_child_dataset_with_a_report(
     train = client.get(f"/v1/datasets/{children['train']}", headers=auth).json()
     held_out = client.get(f"/v1/datasets/{children['validation']}", headers=auth).json()
     assert train["parent_id"] == held_out["parent_id"] == source["id"]
-    assert train["status"] == "ready" and train["kind"] == "text"
+    assert train["status"] == "ready" and train["record_type"] == "text"
     assert train["records"] + held_out["records"] == finished["result"]["records_out"]
     assert finished["result"]["records_out"] < len(docs) - 4
     report = client.get(f"/v1/datasets/{children['train']}/report", headers=auth).json()

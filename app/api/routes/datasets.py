@@ -202,7 +202,7 @@ def read_dataset_report(dataset: DatasetDep, session: SessionDep, store: StoreDe
     validation = {
         "format": view.format,
         "compression": view.compression,
-        "kind": view.kind,
+        "record_type": view.record_type,
         "records": view.records,
         "text_bytes": view.text_bytes,
         "errors": view.errors or [],
