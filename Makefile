@@ -10,12 +10,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
 
+# gptqmodel 7.6.0 (the last release that accepts torch 2.13) pins an older numpy than the worker's:
+# its other needs are in the gptq extra, so it is installed without its own pins.
+GPTQMODEL := gptqmodel==7.6.0
+
 $(VENV)/.installed-run: $(BIN)/python pyproject.toml constraints-cpu.txt
-	$(PIP) -e '.[worker,client]'
+	$(PIP) -e '.[worker,client,gguf,gptq]'
+	$(PIP) --no-deps '$(GPTQMODEL)'
 	touch $@
 
+# llama-cpp-python compiles from source the first time (minutes); pip's wheel cache keeps it.
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints-cpu.txt
-	$(PIP) -e '.[worker,client,dev]'
+	$(PIP) -e '.[worker,client,gguf,gptq,dev]'
+	$(PIP) --no-deps '$(GPTQMODEL)'
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run  ## install, then serve the embedded profile on http://127.0.0.1:8000
