@@ -108,16 +108,11 @@ def _train(
     tokenizer_dir: Path,
 ) -> dict[str, Any]:
     """In this process for one device; under torchrun (rank 0 reporting) for several."""
-    if config.devices > 1:
-        payload = {
-            "config": dataclasses.asdict(config),
-            "train": train.to_json(),
-            "validation": validation.to_json() if validation else None,
-            "tokenizer_dir": str(tokenizer_dir),
-        }
-        ranks = run_distributed("pretrain", payload, ctx.paths, ctx.hooks, nproc=config.devices)
-        return {k: v for k, v in ranks.items() if k != "output_dir"}
     inputs = PretrainInputs(train, validation, tokenizer_dir)
+    if config.devices > 1:
+        stage = "workers.pipeline.pretrain:run_pretrain"
+        ranks = run_distributed(stage, config, inputs, ctx.paths, ctx.hooks, config.devices)
+        return {k: v for k, v in ranks.items() if k != "output_dir"}
     result = run_pretrain(config, inputs, ctx.paths, ctx.hooks)
     return _details(result)
 

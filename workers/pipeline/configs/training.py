@@ -234,22 +234,6 @@ class PretrainConfig:
             raise ConfigError("sample_prompts", "at most 16 prompts")
 
 
-def pretrain_config_from_dict(data: dict[str, Any]) -> PretrainConfig:
-    """Rebuild a PretrainConfig from its ``dataclasses.asdict`` form (JSON has no tuples)."""
-    fields = dict(data)
-    fields["model"] = ModelConfig(**fields.get("model", {}))
-    if "sample_prompts" in fields:
-        fields["sample_prompts"] = tuple(fields["sample_prompts"])
-    return PretrainConfig(**fields)
-
-
-def tokenizer_config_from_dict(data: dict[str, Any]) -> TokenizerConfig:
-    fields = dict(data)
-    if "extra_special_tokens" in fields:
-        fields["extra_special_tokens"] = tuple(fields["extra_special_tokens"])
-    return TokenizerConfig(**fields)
-
-
 def estimate_memory_bytes(
     model_cfg: ModelConfig, train_cfg: PretrainConfig, *, vocab_size: int = 50304
 ) -> int:
