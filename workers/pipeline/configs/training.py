@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
 from workers.pipeline.configs.base import PYDANTIC_CONFIG, ConfigError, check_range
+from workers.pipeline.configs.optim import OptimizerConfig, ScheduleConfig
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -195,6 +196,20 @@ class PretrainConfig:
             return self.max_steps
         assert self.max_tokens is not None  # __post_init__ guarantees one of the two
         return math.ceil(self.max_tokens / self.global_batch_tokens)
+
+    def optimizer(self) -> OptimizerConfig:
+        return OptimizerConfig(
+            lr=self.lr, weight_decay=self.weight_decay, betas=(self.beta1, self.beta2)
+        )
+
+    def schedule(self) -> ScheduleConfig:
+        return ScheduleConfig(
+            lr=self.lr,
+            total_steps=self.total_steps(),
+            warmup_steps=self.warmup_steps,
+            min_lr=self.min_lr,
+            kind="cosine",
+        )
 
     def grad_accum_steps(self) -> int:
         per_pass = self.micro_batch_size * self.model.shape().context_length * self.devices
