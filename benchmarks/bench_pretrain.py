@@ -97,20 +97,21 @@ def bench_bare(cfg: PretrainConfig, tokens: Any, vocab: int, steps: int) -> dict
     seed_everything(cfg.seed)
     model = build_model(cfg.model.shape(), vocab, bos_id=0, eos_id=1, pad_id=2)
     torch.nn.Module.to(model, device)
-    optimizer = build_optimizer(model, cfg, device)
+    optimizer = build_optimizer(model, cfg.optimizer(), device)
     fwd = torch.compile(model) if cfg.compile else model
     spec = BatchSpec(
         cfg.seed, cfg.micro_batch_size, cfg.grad_accum_steps(), 1, cfg.model.shape().context_length
     )
     data_s, start = 0.0, 0.0
     warmup = 10
+    schedule = cfg.schedule()
     for step in range(steps + warmup):
         if step == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start, data_s = time.perf_counter(), 0.0
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(step, schedule)
         for micro in range(spec.accum):
             t = time.perf_counter()
             x, y = get_batch(tokens, spec, step=step, micro=micro, rank=0)

@@ -1,17 +1,19 @@
 """Run a pipeline stage on several GPUs: torchrun in a subprocess, talking through files.
 
-The job layer calls :func:`run_distributed` exactly where it would call the stage in-process.
-It writes ``run.json``, starts ``torchrun --standalone --nproc-per-node N -m workers.pipeline
-<stage>``, forwards each line rank 0 appends to ``progress.jsonl`` to the job's hooks, writes a
-``STOP`` file once ``hooks.should_stop()`` answers True, and returns (or raises) what rank 0
-wrote to ``result.json``. The database never enters a torchrun child. DB-free, so it is
-testable on CPU with gloo.
+The job layer calls :func:`run_distributed` exactly where it would call the stage in-process,
+with the same arguments and the stage named as ``"workers.pipeline.<module>:<function>"``. It
+writes ``run.json`` (stage, config, inputs, paths; all through the one codec), starts
+``torchrun --standalone --nproc-per-node N -m workers.pipeline --config run.json``, forwards each
+line rank 0 appends to ``progress.jsonl`` to the job's hooks, writes a ``STOP`` file once
+``hooks.should_stop()`` answers True, and returns (or raises) what rank 0 wrote to
+``result.json`` (the stage's encoded result). The database never enters a torchrun child.
+DB-free, so it is testable on CPU with gloo.
 
 Multi-node (not built; what it would take): replace ``--standalone`` with a rendezvous every
 node can reach and start the same command on each node::
 
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
-        --rdzv-endpoint <node0-host>:29400 --rdzv-id <job_id> -m workers.pipeline pretrain ...
+        --rdzv-endpoint <node0-host>:29400 --rdzv-id <job_id> -m workers.pipeline --config ...
 
 ``--rdzv-id`` must be unique per job attempt (use the job id + attempt) so a retried job never
 joins a stale group; ``work_dir`` and ``cache_dir`` must be on storage all nodes share (only
@@ -34,6 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from workers.pipeline.configs.codec import encode
 from workers.pipeline.types import (
     Hooks,
     PipelineError,
@@ -41,6 +44,7 @@ from workers.pipeline.types import (
     RetryableError,
     RunPaths,
     StageCancelled,
+    split_stage_name,
 )
 
 _POLL_S = 0.2
@@ -48,24 +52,31 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_distributed(
-    stage: str, payload: dict[str, Any], paths: RunPaths, hooks: Hooks, nproc: int
+    stage: str, config: Any, inputs: Any, paths: RunPaths, hooks: Hooks, nproc: int
 ) -> dict[str, Any]:
-    """Run ``stage`` on ``nproc`` local processes and return rank 0's result as a dict.
+    """Run ``stage`` on ``nproc`` local processes and return rank 0's encoded result.
+
+    ``stage`` is ``"workers.pipeline.<module>:<function>"``, a function of the shared stage
+    shape ``(config, inputs, paths, hooks)``; decode the returned dict with the stage's result
+    type when its fields are needed as objects.
 
     Raises:
         PipelineError: the stage failed with a user-facing error (mirrored from result.json).
         StageCancelled: the stage stopped after ``hooks.should_stop()`` (checkpoint saved).
         RetryableError: the processes died without a result (crash, OOM kill).
+        ValueError: ``stage`` does not name a function under ``workers.pipeline``.
     """
+    split_stage_name(stage)  # refuse before anything is written or started
     work = paths.work_dir
     for stale in ("STOP", "result.json", "progress.jsonl"):
         (work / stale).unlink(missing_ok=True)
     run_json = work / "run.json"
-    run_json.write_text(json.dumps({**payload, "paths": _paths_dict(paths)}, default=str))
+    payload = {"stage": stage, "config": config, "inputs": inputs, "paths": paths}
+    run_json.write_text(json.dumps({k: encode(v) for k, v in payload.items()}))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={nproc}", "--max-restarts=0",
-        "-m", "workers.pipeline", stage, "--config", str(run_json),
+        "-m", "workers.pipeline", "--config", str(run_json),
     ]  # fmt: skip
     # The children must import this checkout's `workers`, wherever the worker's cwd is.
     pythonpath = [str(_REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -129,14 +140,6 @@ def _read_result(work: Path, returncode: int, log_path: Path) -> dict[str, Any]:
     if outcome["status"] == "cancelled":
         raise StageCancelled(outcome["message"])
     return dict(outcome["result"])
-
-
-def _paths_dict(paths: RunPaths) -> dict[str, str | None]:
-    return {
-        "work_dir": str(paths.work_dir),
-        "output_dir": str(paths.output_dir),
-        "cache_dir": str(paths.cache_dir) if paths.cache_dir is not None else None,
-    }
 
 
 # Process groups of the torchrun launches running in this process (one per running job).

@@ -273,15 +273,15 @@ def test_ddp_two_processes_follow_the_single_process_loss_curve(
         corpus_file,
         tiny_tokenizer_dir,
     )
-    payload = {
-        "config": dataclasses.asdict(config),
-        "train": {"path": str(corpus_file.path), "format": corpus_file.format},
-        "validation": None,
-        "tokenizer_dir": str(tiny_tokenizer_dir),
-    }
+    inputs = PretrainInputs(corpus_file, None, tiny_tokenizer_dir)
     ddp = Recorder()
     result = run_distributed(
-        "pretrain", payload, make_paths(tmp_path / "two", shared_cache), ddp.hooks(), nproc=2
+        "workers.pipeline.pretrain:run_pretrain",
+        config,
+        inputs,
+        make_paths(tmp_path / "two", shared_cache),
+        ddp.hooks(),
+        nproc=2,
     )
     assert result["steps"] == 20 and ddp.losses.keys() == single.losses.keys()
     for step, loss in single.losses.items():

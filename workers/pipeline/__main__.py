@@ -1,50 +1,54 @@
-"""``python -m workers.pipeline <stage> --config run.json``: run a stage for torchrun or a human.
+"""``python -m workers.pipeline --config run.json``: run any stage, for torchrun or a human.
 
-``run.json`` holds everything a stage needs, as JSON::
+``run.json`` names the stage and carries its arguments, each encoded with the one codec
+(:mod:`workers.pipeline.configs.codec`)::
 
-    {"config": {...PretrainConfig...}, "tokenizer": {...TokenizerConfig...} | null,
-     "paths": {"work_dir": "...", "output_dir": "...", "cache_dir": "..." | null},
-     "train": {"path": "...", "format": "jsonl", "compression": null, "options": {}},
-     "validation": {...} | null, "tokenizer_dir": "..." | null}
+    {"stage": "workers.pipeline.pretrain:run_pretrain",
+     "config": {...PretrainConfig...}, "inputs": {...PretrainInputs...},
+     "paths": {"work_dir": "...", "output_dir": "...", "cache_dir": "..." | null}}
+
+The stage function is imported from its name, which must lie under ``workers.pipeline.``
+(:func:`~workers.pipeline.types.split_stage_name`), and its ``config`` and ``inputs`` are decoded
+from the types its signature declares, so the same rules validate them here as in the API and
+the handler.
 
 Under torchrun every rank runs the stage; rank 0 alone reports. Its hooks append JSON lines to
 ``<work_dir>/progress.jsonl`` and answer ``should_stop`` by looking for ``<work_dir>/STOP`` (the
 stage broadcasts rank 0's answer, so all ranks stop on the same step). When the stage ends, rank
-0 writes ``<work_dir>/result.json``: ``{"status": "succeeded", "result": {...}}``, or
-``{"status": "failed", "code", "message"}``, or ``{"status": "cancelled", "message"}``.
-Exit status: 0 succeeded, 3 failed, 4 cancelled (non-zero ranks exit 0 on handled outcomes so
-that torchrun does not kill rank 0 while it writes the result).
+0 writes ``<work_dir>/result.json``: ``{"status": "succeeded", "result": {...}}`` (the encoded
+result dataclass), or ``{"status": "failed", "code", "message"}``, or ``{"status": "cancelled",
+"message"}``. Exit status: 0 succeeded, 3 failed, 4 cancelled (non-zero ranks exit 0 on handled
+outcomes so that torchrun does not kill rank 0 while it writes the result).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import importlib
 import json
 import os
 import sys
+import typing
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
-
-from workers.pipeline.configs.training import pretrain_config_from_dict, tokenizer_config_from_dict
+from workers.pipeline.configs.codec import decode, encode
 from workers.pipeline.device import init_distributed, teardown_distributed
-from workers.pipeline.pretrain import PretrainInputs, run_pretrain
-from workers.pipeline.tokenizer import TokenizerInputs, ensure_tokenizer, run_tokenizer
 from workers.pipeline.types import (
-    DatasetFile,
     Hooks,
     PipelineError,
     Progress,
     RunPaths,
     StageCancelled,
+    split_stage_name,
 )
 
 EXIT_FAILED = 3
 EXIT_CANCELLED = 4
+
+Stage = Callable[[Any, Any, RunPaths, Hooks], Any]
 
 
 def file_hooks(work_dir: Path) -> Hooks:
@@ -65,34 +69,24 @@ def file_hooks(work_dir: Path) -> Hooks:
     return Hooks(on_progress=on_progress, on_event=on_event, should_stop=stop_file.exists)
 
 
-def _dataset(data: Mapping[str, Any] | None) -> DatasetFile | None:
-    return None if data is None else DatasetFile.from_json(data)
+def resolve_stage(name: str) -> Stage:
+    """``"workers.pipeline.<module>:<function>"`` → the function.
+
+    Raises:
+        ValueError: the name is malformed or points outside ``workers.pipeline``.
+    """
+    module_name, function = split_stage_name(name)
+    stage: Stage = getattr(importlib.import_module(module_name), function)
+    return stage
 
 
-def _run_stage(stage: str, payload: Mapping[str, Any], hooks: Hooks, is_main: bool) -> Any:
-    raw_paths = payload["paths"]
-    cache_dir = raw_paths.get("cache_dir")
-    paths = RunPaths(
-        work_dir=Path(raw_paths["work_dir"]),
-        output_dir=Path(raw_paths["output_dir"]),
-        cache_dir=Path(cache_dir) if cache_dir else None,
-    )
-    train = _dataset(payload["train"])
-    assert train is not None, "run.json needs a train dataset"
-    if stage == "tokenizer":
-        tok = tokenizer_config_from_dict(payload["config"])
-        return run_tokenizer(tok, TokenizerInputs(train), paths, hooks)
-    tokenizer_dir = Path(payload["tokenizer_dir"]) if payload.get("tokenizer_dir") else None
-    if tokenizer_dir is None:
-        tokenizer_dir = paths.work_dir / "tokenizer"
-        if is_main:  # one rank trains; the others wait for its files
-            tok_config = tokenizer_config_from_dict(payload["tokenizer"])
-            ensure_tokenizer(tok_config, TokenizerInputs(train), paths, hooks)
-        if dist.is_initialized():
-            dist.barrier()
-    config = pretrain_config_from_dict(payload["config"])
-    inputs = PretrainInputs(train, _dataset(payload.get("validation")), tokenizer_dir)
-    return run_pretrain(config, inputs, paths, hooks)
+def run_stage(payload: Mapping[str, Any], hooks: Hooks) -> Any:
+    """Decode ``run.json``'s arguments with the stage's own type hints and call it."""
+    stage = resolve_stage(payload["stage"])
+    hints = typing.get_type_hints(stage)
+    config = decode(hints["config"], payload["config"])
+    inputs = decode(hints["inputs"], payload["inputs"])
+    return stage(config, inputs, decode(RunPaths, payload["paths"]), hooks)
 
 
 def _write_result(work_dir: Path, outcome: Mapping[str, Any]) -> None:
@@ -103,7 +97,6 @@ def _write_result(work_dir: Path, outcome: Mapping[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.pipeline")
-    parser.add_argument("stage", choices=["pretrain", "tokenizer"])
     parser.add_argument("--config", type=Path, required=True, help="run.json")
     args = parser.parse_args(argv)
     payload = json.loads(args.config.read_text())
@@ -112,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     hooks = file_hooks(work_dir) if info.is_main else Hooks()
     outcome: dict[str, Any]
     try:
-        result = _run_stage(args.stage, payload, hooks, info.is_main)
-        outcome, code = {"status": "succeeded", "result": dataclasses.asdict(result)}, 0
+        result = run_stage(payload, hooks)
+        outcome, code = {"status": "succeeded", "result": encode(result)}, 0
     except PipelineError as exc:
         outcome = {"status": "failed", "code": exc.code, "message": exc.message}
         code = EXIT_FAILED

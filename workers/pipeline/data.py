@@ -23,6 +23,7 @@ import numpy.typing as npt
 import torch
 from tokenizers import Tokenizer
 
+from workers.pipeline.device import DistInfo, barrier
 from workers.pipeline.formats import iter_texts
 from workers.pipeline.types import DatasetFile, Hooks, PipelineError
 
@@ -222,6 +223,31 @@ def split_validation(
     """Hold out the tail of the stream (contiguous, so windows never straddle the split)."""
     cut = tokens.size - max(int(tokens.size * fraction), 1)
     return tokens[:cut], tokens[cut:]
+
+
+def token_splits(
+    train: DatasetFile,
+    validation: DatasetFile | None,
+    tokenizer_dir: Path,
+    cache: Path,
+    hooks: Hooks,
+    *,
+    validation_fraction: float,
+    info: DistInfo,
+) -> tuple[npt.NDArray[np.unsignedinteger], npt.NDArray[np.unsignedinteger]]:
+    """(train, validation) token streams: ``validation``'s, or the tail of ``train``'s.
+
+    Under torchrun rank 0 tokenises first; the others then find the finished cache.
+    """
+    if not info.is_main:
+        barrier(info)
+    train_shard = tokenize_dataset(train, tokenizer_dir, cache, hooks)
+    val_shard = tokenize_dataset(validation, tokenizer_dir, cache, hooks) if validation else None
+    if info.is_main:
+        barrier(info)
+    if val_shard is not None:
+        return train_shard.tokens, val_shard.tokens
+    return split_validation(train_shard.tokens, validation_fraction)
 
 
 def unigram_perplexity(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,19 @@ def current_dist() -> DistInfo:
 def teardown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank; nothing to wait for in a single process."""
+    if info.world_size > 1:
+        dist.barrier()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak tensor memory on a GPU; peak resident memory of the process on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def choose_device(info: DistInfo) -> torch.device:

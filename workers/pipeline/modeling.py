@@ -83,6 +83,14 @@ def flops_per_token(n_params: int, shape: ModelShape) -> float:
     return 6 * n_params + 12 * shape.layers * shape.heads * shape.head_dim * shape.context_length
 
 
+def model_flops_per_token(model: PreTrainedModel, shape: ModelShape) -> float:
+    """:func:`flops_per_token` of a built model: untied input embeddings are a lookup, not a
+    matmul, so they cost no FLOPs; tied ones are also the output projection, which does."""
+    n_params = count_parameters(model)
+    embed = 0 if shape.tied_embeddings else n_params - count_parameters(model, non_embedding=True)
+    return flops_per_token(n_params - embed, shape)
+
+
 def peak_flops(device: torch.device) -> float | None:
     """The device's dense bf16 peak, or None on CPU and unknown GPUs (MFU is then omitted)."""
     if device.type != "cuda":

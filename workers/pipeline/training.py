@@ -1,45 +1,58 @@
-"""Loop parts shared by the training stages: schedule, optimiser, autocast, loss, eval, samples.
+"""Training parts shared by the training stages: schedule, optimiser, one optimiser step, eval.
 
-Each is a small function so that ``pretrain._fit`` reads top to bottom like nanoGPT's loop.
+Each part takes a small config (:mod:`workers.pipeline.configs.optim`) or plain arguments, never a
+stage's config, so pretraining and fine-tuning use the same code: a fine-tune passes its own loss
+function (masked, DPO) to :func:`optimizer_step`. ``pretrain._fit`` reads top to bottom like
+nanoGPT's loop because the step itself lives here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel
 
-from workers.pipeline.configs.training import PretrainConfig
+from workers.pipeline.configs.optim import OptimizerConfig, ScheduleConfig
+from workers.pipeline.modeling import model_flops_utilisation
+
+Batch = TypeVar("Batch")
 
 
-def lr_at(step: int, config: PretrainConfig) -> float:
-    """Linear warmup to ``lr``, then cosine decay to ``min_lr`` at the last step.
+def lr_at(step: int, schedule: ScheduleConfig) -> float:
+    """Linear warmup to ``lr``, then cosine or linear decay to ``min_lr`` at the last step.
 
     A pure function of the step, so resuming needs no scheduler object: the step is the state.
     """
-    total = config.total_steps()
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    if total <= config.warmup_steps:
-        return config.lr
-    progress = min((step - config.warmup_steps) / (total - config.warmup_steps), 1.0)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 → 0
-    return config.min_lr + coeff * (config.lr - config.min_lr)
+    total, warmup, lr = schedule.total_steps, schedule.warmup_steps, schedule.lr
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if total <= warmup or schedule.kind == "constant":
+        return lr
+    progress = min((step - warmup) / (total - warmup), 1.0)
+    if schedule.kind == "linear":
+        coeff = 1.0 - progress
+    else:
+        coeff = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 → 0
+    return schedule.min_lr + coeff * (lr - schedule.min_lr)
 
 
 def build_optimizer(
-    model: PreTrainedModel, config: PretrainConfig, device: torch.device
+    model: PreTrainedModel, config: OptimizerConfig, device: torch.device
 ) -> torch.optim.AdamW:
     """AdamW with decay on matmul weights only: norms, biases and embeddings are not decayed.
 
     Decaying a gain (RMSNorm weight) or a lookup table pulls them towards zero for no benefit.
-    Tied embeddings are one parameter and are therefore not decayed either.
+    Tied embeddings are one parameter and are therefore not decayed either. Frozen parameters
+    (a LoRA base) are left out.
     """
     embeddings = model.get_input_embeddings()
     assert isinstance(embeddings, nn.Embedding)
@@ -58,12 +71,105 @@ def build_optimizer(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     # The fused CUDA kernel is one launch for all parameters instead of several per tensor.
-    return torch.optim.AdamW(
-        groups,
-        lr=config.lr,
-        betas=(config.beta1, config.beta2),
-        fused=device.type == "cuda",
-    )
+    fused = config.fused if config.fused is not None else device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
+
+
+@dataclass(frozen=True)
+class StepParts:
+    """What one optimiser step touches."""
+
+    model: nn.Module
+    """What forward is called on: maybe compiled, maybe DDP-wrapped."""
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    """Loss scaling for fp16; disabled (a pass-through) otherwise."""
+    device: torch.device
+    dtype: torch.dtype
+    """Autocast dtype; fp32 means no autocast."""
+    grad_clip: float
+    """Clip the global gradient norm to this; 0 disables clipping."""
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """A finished step's figures, still on the device: reading them would wait for it."""
+
+    loss: torch.Tensor
+    """Mean loss over the step's micro-batches (this rank's)."""
+    grad_norm: torch.Tensor
+    """Global gradient norm before clipping."""
+
+
+def optimizer_step(
+    parts: StepParts,
+    batch: Callable[[int], Batch],
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
+    *,
+    accum: int,
+    lr: float,
+) -> StepOutput:
+    """One optimiser step over ``accum`` micro-batches: ``batch(micro)`` → ``loss_fn(model, b)``.
+
+    Under DDP only the last micro-batch all-reduces gradients (nanoGPT's
+    ``require_backward_grad_sync`` trick). Nothing here reads a value back to the host, so the
+    GPU queue never drains inside a step.
+    """
+    model, optimizer, scaler = parts.model, parts.optimizer, parts.scaler
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=parts.device)
+    for micro in range(accum):
+        b = batch(micro)
+        if isinstance(model, DistributedDataParallel):
+            model.require_backward_grad_sync = micro == accum - 1
+        with autocast(parts.device, parts.dtype):
+            loss = loss_fn(model, b) / accum  # scaled: the grads sum over micro-batches
+        loss_sum += loss.detach()
+        torch.autograd.backward(scaler.scale(loss))  # Tensor.backward is untyped
+    scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+    max_norm = parts.grad_clip if parts.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return StepOutput(loss_sum, grad_norm)
+
+
+@dataclass
+class Throughput:
+    """Time spent since the last progress report, turned into tokens/s, data share and MFU."""
+
+    flops_per_token: float
+    peak_flops: float | None
+    """The device's peak FLOP/s; None leaves MFU out (CPU, unknown GPUs)."""
+    step_s: float = 0.0
+    data_s: float = 0.0
+    steps: int = 0
+
+    def report(self, tokens_per_step: int, devices: int) -> dict[str, float]:
+        """Figures over the steps since the last report; starts a new interval."""
+        tokens_per_s = tokens_per_step * self.steps / max(self.step_s, 1e-9)
+        metrics = {"tokens_per_s": tokens_per_s, "data_share": self.data_s / max(self.step_s, 1e-9)}
+        mfu = model_flops_utilisation(tokens_per_s, self.flops_per_token, self.peak_flops, devices)
+        if mfu is not None:
+            metrics["mfu"] = mfu
+        self.step_s = self.data_s = 0.0
+        self.steps = 0
+        return metrics
+
+
+def wrap_model(
+    model: nn.Module, *, compile: bool, world_size: int, device: torch.device
+) -> nn.Module:
+    """What forward is called on: ``model`` compiled and/or DDP-wrapped (it keeps the weights)."""
+    if compile:
+        model = cast(nn.Module, torch.compile(model))
+    if world_size > 1:
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return model
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
@@ -78,6 +184,11 @@ def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     logits = model(input_ids=x, use_cache=False).logits  # (B, T, V)
     # Upcast: cross-entropy over a large vocabulary in bf16 loses the small probabilities.
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+
+
+def lm_batch_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """:func:`lm_loss` in the ``loss_fn(model, batch)`` form :func:`optimizer_step` takes."""
+    return lm_loss(model, *batch)
 
 
 @torch.no_grad()
@@ -138,3 +249,25 @@ def sample_continuations(
             )
     model.train(was_training)
     return out
+
+
+def sample_texts(
+    model: Any,
+    tokenizer: Tokenizer,
+    prompts: Iterable[str],
+    *,
+    max_new_tokens: int,
+    seed: int,
+    device: torch.device,
+    eos_id: int,
+) -> list[dict[str, str]]:
+    """:func:`sample_continuations` of text prompts, decoded: what a "samples" event shows."""
+    prompts = list(prompts)
+    ids = [tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
+    outs = sample_continuations(
+        model, ids, max_new_tokens=max_new_tokens, seed=seed, device=device, eos_id=eos_id
+    )
+    return [
+        {"prompt": prompt, **{k: tokenizer.decode(v) for k, v in out.items()}}
+        for prompt, out in zip(prompts, outs, strict=True)
+    ]

@@ -24,24 +24,6 @@ class DatasetFile:
     # e.g. {"split": "line"}, {"column": "body"}
     options: Mapping[str, str] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        """The form ``run.json`` carries to torchrun children."""
-        return {
-            "path": str(self.path),
-            "format": self.format,
-            "compression": self.compression,
-            "options": dict(self.options),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> DatasetFile:
-        return cls(
-            path=Path(data["path"]),
-            format=data["format"],
-            compression=data.get("compression"),
-            options=data.get("options", {}),
-        )
-
 
 @dataclass(frozen=True)
 class RunPaths:
@@ -91,6 +73,24 @@ class Hooks:
     on_progress: Callable[[Progress], None] = _no_progress
     on_event: Callable[..., None] = _no_event
     should_stop: Callable[[], bool] = _never_stop
+
+
+STAGE_PACKAGE = "workers.pipeline."
+
+
+def split_stage_name(name: str) -> tuple[str, str]:
+    """``"workers.pipeline.<module>:<function>"`` → (module, function).
+
+    Only names under ``workers.pipeline`` are stages: ``run.json`` is written by the worker, but
+    a name from anywhere else would let whoever can write it run any importable function.
+
+    Raises:
+        ValueError: the name is malformed or points outside ``workers.pipeline``.
+    """
+    module, _, function = name.partition(":")
+    if not module.startswith(STAGE_PACKAGE) or not function.isidentifier():
+        raise ValueError(f"not a pipeline stage: {name!r} (want '{STAGE_PACKAGE}<module>:<fn>')")
+    return module, function
 
 
 class PipelineError(Exception):

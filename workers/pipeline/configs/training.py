@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
 from workers.pipeline.configs.base import PYDANTIC_CONFIG, ConfigError, check_range
+from workers.pipeline.configs.optim import OptimizerConfig, ScheduleConfig
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -196,6 +197,20 @@ class PretrainConfig:
         assert self.max_tokens is not None  # __post_init__ guarantees one of the two
         return math.ceil(self.max_tokens / self.global_batch_tokens)
 
+    def optimizer(self) -> OptimizerConfig:
+        return OptimizerConfig(
+            lr=self.lr, weight_decay=self.weight_decay, betas=(self.beta1, self.beta2)
+        )
+
+    def schedule(self) -> ScheduleConfig:
+        return ScheduleConfig(
+            lr=self.lr,
+            total_steps=self.total_steps(),
+            warmup_steps=self.warmup_steps,
+            min_lr=self.min_lr,
+            kind="cosine",
+        )
+
     def grad_accum_steps(self) -> int:
         per_pass = self.micro_batch_size * self.model.shape().context_length * self.devices
         return self.global_batch_tokens // per_pass
@@ -232,22 +247,6 @@ class PretrainConfig:
         check_range("validation_fraction", self.validation_fraction, 0.001, 0.5)
         if len(self.sample_prompts) > 16:
             raise ConfigError("sample_prompts", "at most 16 prompts")
-
-
-def pretrain_config_from_dict(data: dict[str, Any]) -> PretrainConfig:
-    """Rebuild a PretrainConfig from its ``dataclasses.asdict`` form (JSON has no tuples)."""
-    fields = dict(data)
-    fields["model"] = ModelConfig(**fields.get("model", {}))
-    if "sample_prompts" in fields:
-        fields["sample_prompts"] = tuple(fields["sample_prompts"])
-    return PretrainConfig(**fields)
-
-
-def tokenizer_config_from_dict(data: dict[str, Any]) -> TokenizerConfig:
-    fields = dict(data)
-    if "extra_special_tokens" in fields:
-        fields["extra_special_tokens"] = tuple(fields["extra_special_tokens"])
-    return TokenizerConfig(**fields)
 
 
 def estimate_memory_bytes(
