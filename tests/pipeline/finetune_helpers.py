@@ -10,7 +10,6 @@ tokenizer styles, and a synthetic instruction → output-format task.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,34 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-NAMES = ["anna", "boris", "chen", "dora", "emil", "fay", "gus", "hana", "ivan", "jude", "kai", "lena"]
-CITIES = ["paris", "oslo", "lima", "rome", "kyiv", "baku", "doha", "riga", "bern", "cairo",
-          "quito", "seoul"]
+NAMES = [
+    "anna",
+    "boris",
+    "chen",
+    "dora",
+    "emil",
+    "fay",
+    "gus",
+    "hana",
+    "ivan",
+    "jude",
+    "kai",
+    "lena",
+]
+CITIES = [
+    "paris",
+    "oslo",
+    "lima",
+    "rome",
+    "kyiv",
+    "baku",
+    "doha",
+    "riga",
+    "bern",
+    "cairo",
+    "quito",
+    "seoul",
+]
 QWEN_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
@@ -42,7 +66,9 @@ def task(name: str, city: str) -> tuple[str, str]:
     return f"Format: {name} in {city}", f"NAME = {name} ; CITY = {city} ; END"
 
 
-def task_split(seed: int = 0, held_out: int = 24) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def task_split(
+    seed: int = 0, held_out: int = 24
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     pairs = [(n, c) for n in NAMES for c in CITIES]
     random.Random(seed).shuffle(pairs)
     return pairs[held_out:], pairs[:held_out]
@@ -74,13 +100,17 @@ def chat_rows(pairs: list[tuple[str, str]], system: bool = False) -> list[dict[s
 
 def llama_tokenizer() -> LlamaTokenizer:
     sp = SentencePieceBPETokenizer()
-    sp.train_from_iterator(corpus(), vocab_size=200, min_frequency=1, special_tokens=["<unk>", "<s>", "</s>"])
+    sp.train_from_iterator(
+        corpus(), vocab_size=200, min_frequency=1, special_tokens=["<unk>", "<s>", "</s>"]
+    )
     data = json.loads(sp.to_str())
     # Like Llama's: the 256 byte pieces follow the specials, so any text (newlines too) encodes.
     learned = [t for t, _ in sorted(data["model"]["vocab"].items(), key=lambda kv: kv[1])]
     pieces = [*learned[:3], *(f"<0x{b:02X}>" for b in range(256)), *learned[3:]]
     vocab = {piece: i for i, piece in enumerate(dict.fromkeys(pieces))}
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["model"]["merges"]]
+    merges = [
+        tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["model"]["merges"]
+    ]
     return LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
 
 
@@ -90,7 +120,9 @@ def qwen_tokenizer() -> PreTrainedTokenizerFast:
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(corpus(), trainer)
     return PreTrainedTokenizerFast(
@@ -113,21 +145,28 @@ def build_base(family: str, out: Path, *, seed: int = 0) -> Path:
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": 256,
-        "initializer_range": float(os.environ.get("FT_INIT", "0.02")),
+        # Wider than the usual 0.02: at 64 dimensions it gives attention logits some spread, so
+        # the copy circuit the task needs forms in a hundred steps instead of a thousand.
+        "initializer_range": 0.1,
     }
     tokenizer: Any
     if family == "llama":
         tokenizer = llama_tokenizer()
         config = LlamaConfig(
-            vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False, **common,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=False,
+            **common,
         )
         model: Any = LlamaForCausalLM(config)
     else:
         tokenizer = qwen_tokenizer()
         config = Qwen2Config(
-            vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-            tie_word_embeddings=True, **common,
+            vocab_size=len(tokenizer),
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=True,
+            **common,
         )
         model = Qwen2ForCausalLM(config)
     model.save_pretrained(str(out))

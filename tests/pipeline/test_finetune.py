@@ -79,17 +79,28 @@ def exact_match(model_dir: Path, pairs: list[tuple[str, str]]) -> float:
     for name, city in pairs:
         prompt, answer = task(name, city)
         text = render(tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
-        out = generate(model, tok, text, max_new_tokens=24, eos_ids=eos_ids, device=torch.device("cpu"))
+        out = generate(
+            model, tok, text, max_new_tokens=24, eos_ids=eos_ids, device=torch.device("cpu")
+        )
         hits += out.strip() == answer
     return hits / len(pairs)
 
 
 def finetune(
-    base: Path, files: tuple[DatasetFile, DatasetFile], root: Path, hooks: Hooks = Hooks(), **kw: Any
+    base: Path,
+    files: tuple[DatasetFile, DatasetFile],
+    root: Path,
+    hooks: Hooks = Hooks(),
+    **kw: Any,
 ) -> FinetuneResult:
     defaults: dict[str, Any] = {
-        "n_epochs": 8, "batch_size": 12, "max_seq_len": 128, "eval_interval": 20,
-        "sample_count": 1, "sample_tokens": 16, "warmup_ratio": 0.05,
+        "n_epochs": 10,
+        "batch_size": 8,
+        "max_seq_len": 128,
+        "eval_interval": 20,
+        "sample_count": 1,
+        "sample_tokens": 16,
+        "warmup_ratio": 0.05,
     }
     config = FinetuneConfig(**{**defaults, **kw})
     inputs = FinetuneInputs(base, files[0], files[1])
@@ -97,7 +108,7 @@ def finetune(
 
 
 @pytest.mark.parametrize(
-    ("family", "method", "lr"), [("qwen2", "full", 3e-3), ("llama", "lora", 1e-2)]
+    ("family", "method", "lr"), [("qwen2", "full", 1e-2), ("llama", "lora", 1e-2)]
 )
 def test_finetune_learns_a_held_out_format_task(
     bases: dict[str, Path],
@@ -111,7 +122,12 @@ def test_finetune_learns_a_held_out_format_task(
     assert exact_match(bases[family], held_out[:8]) == 0.0  # the untrained base cannot
     rec = Recorder()
     result = finetune(
-        bases[family], task_files, tmp_path, rec.hooks(), method=method, learning_rate=lr,
+        bases[family],
+        task_files,
+        tmp_path,
+        rec.hooks(),
+        method=method,
+        learning_rate=lr,
         lora=LoraSettings(rank=16, alpha=32),
     )
     score = exact_match(result.model_dir, held_out)
@@ -138,7 +154,9 @@ def small_files(root: Path, n_train: int = 48) -> tuple[DatasetFile, DatasetFile
     train, held_out = task_split()
     root.mkdir(parents=True, exist_ok=True)
     return (
-        DatasetFile(write_jsonl(root / "train.jsonl", chat_rows(train[:n_train], system=True)), "jsonl"),
+        DatasetFile(
+            write_jsonl(root / "train.jsonl", chat_rows(train[:n_train], system=True)), "jsonl"
+        ),
         DatasetFile(write_jsonl(root / "valid.jsonl", chat_rows(held_out[:8])), "jsonl"),
     )
 
@@ -148,8 +166,13 @@ def test_merged_model_logits_equal_adapter_logits(bases: dict[str, Path], tmp_pa
     from peft import PeftModel
 
     result = finetune(
-        bases["llama"], small_files(tmp_path), tmp_path, method="lora", n_epochs=1,
-        batch_size=8, learning_rate=1e-2,
+        bases["llama"],
+        small_files(tmp_path),
+        tmp_path,
+        method="lora",
+        n_epochs=1,
+        batch_size=8,
+        learning_rate=1e-2,
     )
     assert result.adapter_dir is not None
     tok = AutoTokenizer.from_pretrained(str(result.adapter_dir))
@@ -157,7 +180,9 @@ def test_merged_model_logits_equal_adapter_logits(bases: dict[str, Path], tmp_pa
     base.resize_token_embeddings(len(tok))
     adapted = PeftModel.from_pretrained(base, str(result.adapter_dir)).eval()
     merged = AutoModelForCausalLM.from_pretrained(str(result.model_dir)).eval()
-    ids = tok("<|im_start|>user\nFormat: anna in paris<|im_end|>\n", return_tensors="pt")["input_ids"]
+    ids = tok("<|im_start|>user\nFormat: anna in paris<|im_end|>\n", return_tensors="pt")[
+        "input_ids"
+    ]
     with torch.no_grad():
         a, m = adapted(input_ids=ids).logits, merged(input_ids=ids).logits
         plain = AutoModelForCausalLM.from_pretrained(str(bases["llama"]))
@@ -171,8 +196,14 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(
     bases: dict[str, Path], tmp_path: Path
 ) -> None:
     files = small_files(tmp_path / "data")
-    kw: dict[str, Any] = {"method": "lora", "n_epochs": 2, "batch_size": 8, "learning_rate": 5e-3,
-                          "checkpoint_interval": 4, "lora": LoraSettings(rank=4, dropout=0.1)}
+    kw: dict[str, Any] = {
+        "method": "lora",
+        "n_epochs": 2,
+        "batch_size": 8,
+        "learning_rate": 5e-3,
+        "checkpoint_interval": 4,
+        "lora": LoraSettings(rank=4, dropout=0.1),
+    }
     straight = Recorder()
     full = finetune(bases["qwen2"], files, tmp_path / "a", straight.hooks(), **kw)
     stopper = Recorder(stop_at=5)
@@ -186,7 +217,9 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(
         assert resumed.progress[step]["train_loss"] == pytest.approx(
             straight.progress[step]["train_loss"], rel=1e-5
         )
-    assert again.metrics["full_valid_loss"] == pytest.approx(full.metrics["full_valid_loss"], rel=1e-5)
+    assert again.metrics["full_valid_loss"] == pytest.approx(
+        full.metrics["full_valid_loss"], rel=1e-5
+    )
 
 
 def test_dpo_prefers_the_chosen_format_on_held_out_pairs(
@@ -208,8 +241,14 @@ def test_dpo_prefers_the_chosen_format_on_held_out_pairs(
     for use_lora in (True, False):
         rec = Recorder()
         result = finetune(
-            bases["qwen2"], files, tmp_path / f"run{use_lora}", rec.hooks(), method="dpo",
-            n_epochs=2, batch_size=8, learning_rate=5e-3 if use_lora else 1e-3,
+            bases["qwen2"],
+            files,
+            tmp_path / f"run{use_lora}",
+            rec.hooks(),
+            method="dpo",
+            n_epochs=2,
+            batch_size=8,
+            learning_rate=5e-3 if use_lora else 1e-3,
             dpo=DpoSettings(beta=0.1, use_lora=use_lora),
         )
         m = result.metrics

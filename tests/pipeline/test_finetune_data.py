@@ -143,11 +143,13 @@ def test_config_auto_hyperparameters_and_validation() -> None:
     assert small.n_epochs == 5 and small.batch_size == 1 and small.learning_rate == 2e-4
     big = cfg.resolve(100_000)
     assert big.n_epochs == 1 and big.batch_size == 64
-    assert FinetuneConfig(method="full", learning_rate_multiplier=2).resolve(500).learning_rate == 4e-5
+    assert (
+        FinetuneConfig(method="full", learning_rate_multiplier=2).resolve(500).learning_rate == 4e-5
+    )
     assert FinetuneConfig(method="dpo").resolve(10).learning_rate == 5e-6
     cfg2 = decode(FinetuneConfig, {"method": "lora", "n_epochs": 3, "lora": {"rank": 4}})
     assert cfg2.lora.rank == 4 and decode(FinetuneConfig, encode(cfg2)) == cfg2
-    with pytest.raises(ValueError, match="lora.rank"):
+    with pytest.raises(ValueError, match=r"lora\.rank"):
         decode(FinetuneConfig, {"lora": {"rank": 0}})
     with pytest.raises(ValueError, match="batch_size"):
         decode(FinetuneConfig, {"batch_size": 0})

@@ -24,7 +24,9 @@ def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {family: build_base(family, root / family) for family in ("llama", "qwen2")}
 
 
-def tar_of(folder: Path, out: Path, *, gz: bool = True, extra: dict[str, bytes] | None = None) -> Path:
+def tar_of(
+    folder: Path, out: Path, *, gz: bool = True, extra: dict[str, bytes] | None = None
+) -> Path:
     with tarfile.open(out, "w:gz" if gz else "w") as tar:
         tar.add(str(folder), arcname="my-model")
         for name, data in (extra or {}).items():
@@ -115,7 +117,7 @@ def test_size_bomb_is_stopped_while_streaming(tmp_path: Path) -> None:
         info = tarfile.TarInfo("zeros.txt")
         info.size = 64 << 20
         tar.addfile(info, io.BytesIO(bytes(64 << 20)))
-    with pytest.raises(PipelineError, match="inflates|beyond") as err:
+    with pytest.raises(PipelineError, match=r"inflates|beyond") as err:
         do_import(archive, tmp_path, max_extracted_bytes=1 << 30)
     assert err.value.code == "model.unsafe_archive"
     with pytest.raises(PipelineError, match="beyond"):
@@ -132,7 +134,9 @@ def test_pickles_are_refused_and_never_loaded(
 ) -> None:
     payload = pickle.dumps(_Boom())
     for name in ("pytorch_model.bin", "weights.pt", "x.pkl"):
-        archive = tar_of(bases["qwen2"], tmp_path / f"{name}.tar.gz", extra={f"my-model/{name}": payload})
+        archive = tar_of(
+            bases["qwen2"], tmp_path / f"{name}.tar.gz", extra={f"my-model/{name}": payload}
+        )
         with pytest.raises(PipelineError, match="pickle") as err:
             do_import(archive, tmp_path / name)
         assert err.value.code == "model.pickle_refused"
@@ -151,7 +155,11 @@ def test_unusable_models_are_refused(bases: dict[str, Path], tmp_path: Path) -> 
     config = json.loads((folder / "config.json").read_text())
     cases = {
         "model.remote_code": {**config, "auto_map": {"AutoModelForCausalLM": "x.Model"}},
-        "model.unsupported_architecture": {**config, "architectures": ["BertModel"], "model_type": "bert"},
+        "model.unsupported_architecture": {
+            **config,
+            "architectures": ["BertModel"],
+            "model_type": "bert",
+        },
     }
     for code, bad in cases.items():
         (folder / "config.json").write_text(json.dumps(bad))

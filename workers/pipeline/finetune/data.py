@@ -19,7 +19,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from workers.pipeline.configs.data import ValidateConfig
-from workers.pipeline.finetune.chat import chat_segments, render
+from workers.pipeline.finetune.chat import chat_segments
 from workers.pipeline.formats import iter_records
 from workers.pipeline.readers import open_binary
 from workers.pipeline.types import DatasetFile, PipelineError
@@ -79,7 +79,9 @@ class Batch:
         )
 
 
-def read_objects(file: DatasetFile, limits: ValidateConfig | None = None) -> Iterator[dict[str, Any]]:
+def read_objects(
+    file: DatasetFile, limits: ValidateConfig | None = None
+) -> Iterator[dict[str, Any]]:
     """The JSON objects of a JSONL file (keeping fields dataset validation drops, such as
     per-message ``weight`` and preference pairs); other formats yield ``{"text": ...}``.
 
@@ -301,7 +303,11 @@ def collate(examples: Sequence[Example], *, packing: bool, capacity: int, pad_id
     """Rows padded to the longest; packed rows restart position ids at every example, and the
     padding after them forms its own sequence, so the model's packed-sequence masking (derived
     from the positions) keeps every example's attention inside the example."""
-    groups = pack([len(e) for e in examples], capacity) if packing else [[i] for i in range(len(examples))]
+    groups = (
+        pack([len(e) for e in examples], capacity)
+        if packing
+        else [[i] for i in range(len(examples))]
+    )
     width = max(sum(len(examples[i]) for i in g) for g in groups)
     ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
     labels = torch.full((len(groups), width), IGNORE, dtype=torch.long)

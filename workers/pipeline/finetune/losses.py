@@ -41,7 +41,10 @@ def token_stats(logits: torch.Tensor, labels: torch.Tensor) -> TokenStats:
     logits = logits[:, :-1].float()  # upcast: bf16 loses small probabilities in the softmax
     target = labels[:, 1:].to(logits.device)
     loss_sum = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        logits.reshape(-1, logits.size(-1)),
+        target.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
     )
     trained = target != IGNORE
     correct = ((logits.argmax(-1) == target) & trained).sum()
@@ -53,9 +56,9 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits = logits[:, :-1].float()
     target = labels[:, 1:].to(logits.device)
     trained = target != IGNORE
-    logps = torch.gather(
-        logits.log_softmax(-1), 2, target.clamp(min=0).unsqueeze(-1)
-    ).squeeze(-1)  # (R, T-1)
+    logps = torch.gather(logits.log_softmax(-1), 2, target.clamp(min=0).unsqueeze(-1)).squeeze(
+        -1
+    )  # (R, T-1)
     return (logps * trained).sum(-1)
 
 
@@ -68,9 +71,7 @@ class DpoStats:
     count: torch.Tensor  # () pairs
 
 
-def dpo_stats(
-    policy: torch.Tensor, reference: torch.Tensor, beta: float
-) -> DpoStats:
+def dpo_stats(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> DpoStats:
     """Sigmoid DPO loss (Rafailov et al. 2023, eq. 7) from (2B,) sequence log-probabilities,
     chosen rows first: -log σ(β[(log π_c - log π_ref,c) - (log π_r - log π_ref,r)])."""
     half = policy.size(0) // 2

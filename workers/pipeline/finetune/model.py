@@ -29,21 +29,21 @@ def load_tokenizer(base_dir: Path) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(base_dir), trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise PipelineError("model.tokenizer_invalid", f"the tokenizer does not load: {exc}") from exc
+        raise PipelineError(
+            "model.tokenizer_invalid", f"the tokenizer does not load: {exc}"
+        ) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # pads carry label -100: never trained
     return cast(PreTrainedTokenizerBase, tokenizer)
 
 
-def load_base(
-    base_dir: Path, *, dtype: torch.dtype, quantize_4bit: bool = False
-) -> nn.Module:
+def load_base(base_dir: Path, *, dtype: torch.dtype, quantize_4bit: bool = False) -> nn.Module:
     """The base causal LM from safetensors; in NF4 (bitsandbytes) when ``quantize_4bit``."""
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": False}
     if quantize_4bit:
         from transformers import BitsAndBytesConfig
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(
+        kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
@@ -97,7 +97,7 @@ def _with_lora(
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if qlora:
-        model = prepare_model_for_kbit_training(
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
             model, use_gradient_checkpointing=config.gradient_checkpointing
         )
     settings = config.lora
@@ -108,8 +108,8 @@ def _with_lora(
         # (saved with the adapter), or the model could never emit its end-of-turn token.
         names = _embedding_names(model)
         to_save += [n for n in (names[:1] if tied else names) if n not in to_save]
-    target: Any = "all-linear" if settings.target_modules == "all-linear" else list(
-        settings.target_modules
+    target: Any = (
+        "all-linear" if settings.target_modules == "all-linear" else list(settings.target_modules)
     )
     lora = LoraConfig(
         r=settings.rank,

@@ -23,7 +23,7 @@ from workers.pipeline.configs.codec import encode
 from workers.pipeline.configs.finetune import FinetuneConfig, Hyperparameters
 from workers.pipeline.device import choose_device, current_dist, resolve_dtype, seed_everything
 from workers.pipeline.finetune import export
-from workers.pipeline.finetune.chat import ChatSetup, ensure_chat_template, end_of_turn_id
+from workers.pipeline.finetune.chat import ChatSetup, end_of_turn_id, ensure_chat_template
 from workers.pipeline.finetune.data import (
     DataStats,
     Encoder,
@@ -50,8 +50,14 @@ from workers.pipeline.types import (
 
 # Config fields that change what is reported, never the trajectory: a resume may differ in them.
 _COSMETIC = frozenset(
-    {"checkpoint_interval", "eval_interval", "log_interval", "eval_batches", "sample_count",
-     "sample_tokens"}
+    {
+        "checkpoint_interval",
+        "eval_interval",
+        "log_interval",
+        "eval_batches",
+        "sample_count",
+        "sample_tokens",
+    }
 )
 
 
@@ -185,15 +191,22 @@ def _setup(
     hp = config.resolve(len(train))
     hooks.on_event(
         "data",
-        {"train": asdict(train_stats), "valid": asdict(valid_stats) if valid_stats else None,
-         "valid_examples": len(valid), "hyperparameters": asdict(hp)},
+        {
+            "train": asdict(train_stats),
+            "valid": asdict(valid_stats) if valid_stats else None,
+            "valid_examples": len(valid),
+            "hyperparameters": asdict(hp),
+        },
     )
     for stats in (train_stats, valid_stats):
         if stats is not None and (stats.truncated or stats.dropped):
             hooks.on_event(
                 "examples truncated or dropped",
-                {"truncated": stats.truncated, "dropped": stats.dropped,
-                 "max_seq_len": config.max_seq_len},
+                {
+                    "truncated": stats.truncated,
+                    "dropped": stats.dropped,
+                    "max_seq_len": config.max_seq_len,
+                },
                 "warn",
             )
 
@@ -270,14 +283,7 @@ def _fit(run: _Run, step: int) -> None:
         lr = lr_at(step, hp, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        items = [run.train[i] for i in batch_ids]
-        metrics = _dpo_step(run, items) if cfg.method == "dpo" else _sft_step(run, items)
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.requires_grad], max_norm
-        )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        metrics = train_step(run, [run.train[i] for i in batch_ids])
         step += 1
         if not math.isfinite(metrics["train_loss"]):
             raise PipelineError(
@@ -286,7 +292,6 @@ def _fit(run: _Run, step: int) -> None:
         elapsed = time.perf_counter() - started
         metrics.update(
             lr=lr,
-            grad_norm=float(grad_norm),
             epoch=epoch + (index + 1) / hp.steps_per_epoch,
             tokens_per_s=metrics.pop("tokens") / max(elapsed, 1e-9),
         )
@@ -298,11 +303,26 @@ def _fit(run: _Run, step: int) -> None:
                 _samples(run, step)
             run.hooks.on_progress(Progress(step, total, metrics))
         stop = run.hooks.should_stop()
-        every = hp.steps_per_epoch if cfg.checkpoint_interval == "epoch" else cfg.checkpoint_interval
+        every = (
+            hp.steps_per_epoch if cfg.checkpoint_interval == "epoch" else cfg.checkpoint_interval
+        )
         if step % every == 0 or stop:
             _save(run, step)
         if stop:
             raise StageCancelled(f"stopped at step {step}; checkpoint saved")
+
+
+def train_step(run: _Run, items: list[Any]) -> dict[str, float]:
+    """Forward, backward, clip and update on one batch; returns its metrics (and ``tokens``)."""
+    metrics = _dpo_step(run, items) if run.config.method == "dpo" else _sft_step(run, items)
+    max_norm = run.config.grad_clip if run.config.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        [p for p in run.model.parameters() if p.requires_grad], max_norm
+    )
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    metrics["grad_norm"] = float(grad_norm)
+    return metrics
 
 
 def _micro_rows(run: _Run, rows: int) -> int:
@@ -388,9 +408,11 @@ def _evaluate(run: _Run, *, batches: int | None, prefix: str = "valid") -> dict[
             with autocast(run.device, run.dtype):
                 policy = sequence_logps(forward_logits(model, batch, run.device), batch.labels)
             s = dpo_stats(policy, reference, run.config.dpo.beta)
-            totals += torch.stack(
-                [s.loss_sum, s.chosen_reward, s.rejected_reward, s.correct, s.count]
-            ).float().cpu()
+            totals += (
+                torch.stack([s.loss_sum, s.chosen_reward, s.rejected_reward, s.correct, s.count])
+                .float()
+                .cpu()
+            )
         model.train(was_training)
         loss, chosen, rejected, correct, n = totals.tolist()
         return {
@@ -403,7 +425,9 @@ def _evaluate(run: _Run, *, batches: int | None, prefix: str = "valid") -> dict[
     loss = correct_sum = count = 0.0
     for examples in chunks:
         batch = collate(
-            examples, packing=run.config.packing, capacity=run.config.max_seq_len,
+            examples,
+            packing=run.config.packing,
+            capacity=run.config.max_seq_len,
             pad_id=run.pad_id,
         )
         with autocast(run.device, run.dtype):
@@ -453,8 +477,8 @@ def generate(
         use_cache=True,
     )
     model.train(was_training)
-    text: str = tokenizer.decode(out[0, ids.size(1) :], skip_special_tokens=True)
-    return text
+    text = tokenizer.decode(out[0, ids.size(1) :], skip_special_tokens=True)
+    return str(text)
 
 
 def _samples(run: _Run, step: int) -> None:
@@ -468,8 +492,12 @@ def _samples(run: _Run, step: int) -> None:
             "prompt": e.prompt,
             "expected": e.target,
             "output": generate(
-                run.model, run.tokenizer, e.prompt, max_new_tokens=cfg.sample_tokens,
-                eos_ids=run.eos_ids, device=run.device,
+                run.model,
+                run.tokenizer,
+                e.prompt,
+                max_new_tokens=cfg.sample_tokens,
+                eos_ids=run.eos_ids,
+                device=run.device,
             ),
         }
         for e in prompts
@@ -511,8 +539,11 @@ def _export(
     inner = unwrap(run.model)
     if adapter_dir is not None:
         export.save_adapter_and_merge(
-            inner, base_dir=inputs.base_model_dir, vocab_size=len(run.tokenizer),
-            adapter_dir=adapter_dir, model_dir=model_dir,
+            inner,
+            base_dir=inputs.base_model_dir,
+            vocab_size=len(run.tokenizer),
+            adapter_dir=adapter_dir,
+            model_dir=model_dir,
         )
     else:
         export.save_full(inner, model_dir)
@@ -535,7 +566,9 @@ def _export(
         "tokenizer = AutoTokenizer.from_pretrained(path)"
     )
     export.finish_folder(
-        model_dir, run.tokenizer, eos_ids=run.eos_ids,
+        model_dir,
+        run.tokenizer,
+        eos_ids=run.eos_ids,
         card=export.model_card(title="Fine-tuned model", usage=loader, **card_args),
     )
     if adapter_dir is not None:
@@ -552,7 +585,9 @@ def _export(
             f"{resize}model = PeftModel.from_pretrained(base, adapter_path)"
         )
         export.finish_folder(
-            adapter_dir, run.tokenizer, eos_ids=run.eos_ids,
+            adapter_dir,
+            run.tokenizer,
+            eos_ids=run.eos_ids,
             card=export.model_card(title="LoRA adapter", usage=usage, **card_args),
         )
     return model_dir, adapter_dir
