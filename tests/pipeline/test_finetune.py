@@ -78,7 +78,9 @@ def exact_match(model_dir: Path, pairs: list[tuple[str, str]]) -> float:
     hits = 0
     for name, city in pairs:
         prompt, answer = task(name, city)
-        text = render(tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+        messages = [{"role": "user", "content": prompt}]
+        # A template-less base (the llama one) is asked with the bare prompt.
+        text = render(tok, messages, add_generation_prompt=True) if tok.chat_template else prompt
         out = generate(
             model, tok, text, max_new_tokens=24, eos_ids=eos_ids, device=torch.device("cpu")
         )
