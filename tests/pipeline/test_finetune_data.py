@@ -159,3 +159,46 @@ def test_config_auto_hyperparameters_and_validation() -> None:
         check_runnable(FinetuneConfig(method="qlora"), cuda_available=False)
     check_runnable(FinetuneConfig(method="qlora"), cuda_available=True)
     check_runnable(FinetuneConfig(method="lora"), cuda_available=False)
+
+
+def test_inputs_cross_the_process_boundary_through_the_codec(tmp_path: Path) -> None:
+    from workers.pipeline.finetune.stage import FinetuneInputs
+    from workers.pipeline.types import DatasetFile
+
+    inputs = FinetuneInputs(tmp_path / "base", DatasetFile(tmp_path / "t.jsonl", "jsonl"), None)
+    assert decode(FinetuneInputs, encode(inputs)) == inputs
+
+
+def test_preference_pairs_in_both_shapes(bases: dict[str, Path]) -> None:
+    tok = tokenizer_for(bases, "qwen2")
+    enc = Encoder(tok, max_seq_len=128, train_on_inputs="auto")
+    plain = enc.pair({"prompt": "anna in paris\n", "chosen": "NAME = anna", "rejected": "paris"})
+    assert trained_text(tok, plain.chosen) == "NAME = anna" + tok.eos_token
+    assert trained_text(tok, plain.rejected) == "paris" + tok.eos_token
+    openai = enc.pair(
+        {
+            "input": {"messages": [{"role": "user", "content": "anna in paris"}]},
+            "preferred_output": [{"role": "assistant", "content": "NAME = anna"}],
+            "non_preferred_output": [{"role": "assistant", "content": "paris"}],
+        }
+    )
+    assert trained_text(tok, openai.chosen).strip() == "NAME = anna<|im_end|>"
+    assert trained_text(tok, openai.rejected).strip() == "paris<|im_end|>"
+
+
+def test_qlora_without_cuda_is_refused_by_the_stage(bases: dict[str, Path], tmp_path: Path) -> None:
+    from tests.pipeline.conftest import make_paths
+    from tests.pipeline.finetune_helpers import chat_rows, task_split, write_jsonl
+    from workers.pipeline.finetune.stage import FinetuneInputs, run_finetune
+    from workers.pipeline.types import DatasetFile
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine could run qlora")
+    data = write_jsonl(tmp_path / "t.jsonl", chat_rows(task_split()[0][:4]))
+    with pytest.raises(PipelineError) as err:
+        run_finetune(
+            FinetuneConfig(method="qlora"),
+            FinetuneInputs(bases["qwen2"], DatasetFile(data, "jsonl")),
+            make_paths(tmp_path),
+        )
+    assert err.value.code == "train.qlora_needs_cuda"
