@@ -202,3 +202,25 @@ def test_qlora_without_cuda_is_refused_by_the_stage(bases: dict[str, Path], tmp_
             make_paths(tmp_path),
         )
     assert err.value.code == "train.qlora_needs_cuda"
+
+
+def test_prompt_completion_on_a_template_less_base_runs_and_loads(
+    bases: dict[str, Path], tmp_path: Path
+) -> None:
+    from tests.pipeline.conftest import make_paths
+    from tests.pipeline.finetune_helpers import write_jsonl
+    from workers.pipeline.finetune.stage import FinetuneInputs, run_finetune
+    from workers.pipeline.types import DatasetFile
+
+    rows = [{"prompt": f"{n} in paris\n", "completion": f"NAME = {n}"} for n in ("anna", "kai")]
+    data = write_jsonl(tmp_path / "t.jsonl", rows * 4)
+    result = run_finetune(
+        FinetuneConfig(method="full", n_epochs=1, batch_size=4, validation_fraction=0.25),
+        FinetuneInputs(bases["llama"], DatasetFile(data, "jsonl")),
+        make_paths(tmp_path),
+    )
+    assert result.chat_template is None and result.adapter_dir is None
+    assert result.valid_data is None and result.steps == 2
+    assert "full_valid_loss" in result.metrics
+    model = AutoModelForCausalLM.from_pretrained(str(result.model_dir))
+    assert model.get_input_embeddings().weight.size(0) == len(tokenizer_for(bases, "llama"))
