@@ -138,6 +138,7 @@ def run_finetune(
         ckpt.restore_checkpoint(latest, model=run.model, optimizer=run.optimizer)
         start = latest.step
         run.trained_tokens = int(latest.state.get("trained_tokens", 0))
+        run.metrics = dict(latest.state.get("metrics", {}))  # resumed at the end: still reported
         hooks.on_event("resumed", {"step": start})
     _fit(run, start)
     final = _final_metrics(run)
@@ -506,7 +507,7 @@ def _samples(run: _Run, step: int) -> None:
 
 
 def _save(run: _Run, step: int) -> None:
-    state = {**run.checkpoint_state, "trained_tokens": run.trained_tokens}
+    state = {**run.checkpoint_state, "trained_tokens": run.trained_tokens, "metrics": run.metrics}
     path = ckpt.save_checkpoint(
         run.checkpoint_dir, step=step, model=run.model, optimizer=run.optimizer, state=state
     )
