@@ -109,6 +109,7 @@ def finetune(
     return run_finetune(config, inputs, make_paths(root), hooks)
 
 
+@pytest.mark.slow  # ~150 steps per model: tens of seconds on an idle core
 @pytest.mark.parametrize(
     ("family", "method", "lr"), [("qwen2", "full", 1e-2), ("llama", "lora", 1e-2)]
 )
@@ -194,6 +195,7 @@ def test_merged_model_logits_equal_adapter_logits(bases: dict[str, Path], tmp_pa
     assert (a - b).abs().max() > 1e-3  # the adapter did change the model
 
 
+@pytest.mark.slow
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one(
     bases: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -224,6 +226,7 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(
     )
 
 
+@pytest.mark.slow
 def test_dpo_prefers_the_chosen_format_on_held_out_pairs(
     bases: dict[str, Path], tmp_path: Path
 ) -> None:
