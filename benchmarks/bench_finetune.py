@@ -82,8 +82,9 @@ def stage_run(base: Path, data: Path, work: Path, method: str, packing: bool) ->
     return run
 
 
-def bare_step(model: Any, optimizer: Any, batch: Any) -> None:
-    """The loop a user would write: HF loss from labels, backward, clip, step."""
+def bare_step(model: Any, optimizer: Any, examples: Any, pad_id: int) -> None:
+    """The loop a user would write: pad, HF loss from labels, backward, clip, step."""
+    batch = collate(examples, packing=False, capacity=512, pad_id=pad_id)
     out = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
@@ -107,7 +108,6 @@ def compare(base: Path, data: Path, root: Path, method: str, steps: int) -> dict
     ours = stage_run(base, data, root / f"{method}-ours", method, packing=False)
     bare = stage_run(base, data, root / f"{method}-bare", method, packing=False)
     batches = [ours.train[i * 16 : (i + 1) * 16] for i in range(steps)]
-    padded = [collate(b, packing=False, capacity=512, pad_id=ours.pad_id) for b in batches]
     times = {"ours": 0.0, "bare": 0.0}
     order = ["ours", "bare", "bare", "ours"] * 2
     for i, name in enumerate(order):
@@ -116,7 +116,7 @@ def compare(base: Path, data: Path, root: Path, method: str, steps: int) -> dict
             times[name] += time_steps(lambda b: train_step(ours, b), batches[chunk])
         else:
             times[name] += time_steps(
-                lambda b: bare_step(bare.model, bare.optimizer, b), padded[chunk]
+                lambda b: bare_step(bare.model, bare.optimizer, b, bare.pad_id), batches[chunk]
             )
     return {
         f"{method}_steps_per_s_ours": steps / 2 / times["ours"],
