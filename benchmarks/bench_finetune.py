@@ -4,7 +4,11 @@ Both sides train the same model (same seed, so the same initial weights and adap
 same batches; the variants alternate in ABBA order so warm-up and background load do not
 masquerade as overhead. Also compares packed vs padded batches in real (non-pad) tokens/s.
 
-    PYTHONPATH=. python benchmarks/bench_finetune.py [--steps 20] [--hidden 256] [--layers 4]
+    PYTHONPATH=. python benchmarks/bench_finetune.py [--steps 16] [--hidden 256] [--layers 4]
+
+Measured on a 2-core CPU under heavy shared load (--steps 16 --hidden 128 --layers 2 --vocab
+2048; noisy, re-measure on an idle machine): stage vs bare step overhead LoRA -2.9%, full +5.3%;
+packed vs padded real tokens/s 2.0x; peak RSS 1.0 GB.
 """
 
 from __future__ import annotations
