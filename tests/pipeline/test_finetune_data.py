@@ -149,7 +149,7 @@ def test_config_auto_hyperparameters_and_validation() -> None:
     assert FinetuneConfig(method="dpo").resolve(10).learning_rate == 5e-6
     cfg2 = decode(FinetuneConfig, {"method": "lora", "n_epochs": 3, "lora": {"rank": 4}})
     assert cfg2.lora.rank == 4 and decode(FinetuneConfig, encode(cfg2)) == cfg2
-    with pytest.raises(ValueError, match="lora.rank"):
+    with pytest.raises(ValueError, match=r"lora\.rank"):
         decode(FinetuneConfig, {"lora": {"rank": 0}})
     with pytest.raises(ValueError, match="batch_size"):
         decode(FinetuneConfig, {"batch_size": 0})
@@ -159,3 +159,68 @@ def test_config_auto_hyperparameters_and_validation() -> None:
         check_runnable(FinetuneConfig(method="qlora"), cuda_available=False)
     check_runnable(FinetuneConfig(method="qlora"), cuda_available=True)
     check_runnable(FinetuneConfig(method="lora"), cuda_available=False)
+
+
+def test_inputs_cross_the_process_boundary_through_the_codec(tmp_path: Path) -> None:
+    from workers.pipeline.finetune.stage import FinetuneInputs
+    from workers.pipeline.types import DatasetFile
+
+    inputs = FinetuneInputs(tmp_path / "base", DatasetFile(tmp_path / "t.jsonl", "jsonl"), None)
+    assert decode(FinetuneInputs, encode(inputs)) == inputs
+
+
+def test_preference_pairs_in_both_shapes(bases: dict[str, Path]) -> None:
+    tok = tokenizer_for(bases, "qwen2")
+    enc = Encoder(tok, max_seq_len=128, train_on_inputs="auto")
+    plain = enc.pair({"prompt": "anna in paris\n", "chosen": "NAME = anna", "rejected": "paris"})
+    assert trained_text(tok, plain.chosen) == "NAME = anna" + tok.eos_token
+    assert trained_text(tok, plain.rejected) == "paris" + tok.eos_token
+    openai = enc.pair(
+        {
+            "input": {"messages": [{"role": "user", "content": "anna in paris"}]},
+            "preferred_output": [{"role": "assistant", "content": "NAME = anna"}],
+            "non_preferred_output": [{"role": "assistant", "content": "paris"}],
+        }
+    )
+    assert trained_text(tok, openai.chosen).strip() == "NAME = anna<|im_end|>"
+    assert trained_text(tok, openai.rejected).strip() == "paris<|im_end|>"
+
+
+def test_qlora_without_cuda_is_refused_by_the_stage(bases: dict[str, Path], tmp_path: Path) -> None:
+    from tests.pipeline.conftest import make_paths
+    from tests.pipeline.finetune_helpers import chat_rows, task_split, write_jsonl
+    from workers.pipeline.finetune.stage import FinetuneInputs, run_finetune
+    from workers.pipeline.types import DatasetFile
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine could run qlora")
+    data = write_jsonl(tmp_path / "t.jsonl", chat_rows(task_split()[0][:4]))
+    with pytest.raises(PipelineError) as err:
+        run_finetune(
+            FinetuneConfig(method="qlora"),
+            FinetuneInputs(bases["qwen2"], DatasetFile(data, "jsonl")),
+            make_paths(tmp_path),
+        )
+    assert err.value.code == "train.qlora_needs_cuda"
+
+
+def test_prompt_completion_on_a_template_less_base_runs_and_loads(
+    bases: dict[str, Path], tmp_path: Path
+) -> None:
+    from tests.pipeline.conftest import make_paths
+    from tests.pipeline.finetune_helpers import write_jsonl
+    from workers.pipeline.finetune.stage import FinetuneInputs, run_finetune
+    from workers.pipeline.types import DatasetFile
+
+    rows = [{"prompt": f"{n} in paris\n", "completion": f"NAME = {n}"} for n in ("anna", "kai")]
+    data = write_jsonl(tmp_path / "t.jsonl", rows * 4)
+    result = run_finetune(
+        FinetuneConfig(method="full", n_epochs=1, batch_size=4, validation_fraction=0.25),
+        FinetuneInputs(bases["llama"], DatasetFile(data, "jsonl")),
+        make_paths(tmp_path),
+    )
+    assert result.chat_template is None and result.adapter_dir is None
+    assert result.valid_data is None and result.steps == 2
+    assert "full_valid_loss" in result.metrics
+    model = AutoModelForCausalLM.from_pretrained(str(result.model_dir))
+    assert model.get_input_embeddings().weight.size(0) == len(tokenizer_for(bases, "llama"))

@@ -117,7 +117,7 @@ def test_size_bomb_is_stopped_while_streaming(tmp_path: Path) -> None:
         info = tarfile.TarInfo("zeros.txt")
         info.size = 64 << 20
         tar.addfile(info, io.BytesIO(bytes(64 << 20)))
-    with pytest.raises(PipelineError, match="inflates|beyond") as err:
+    with pytest.raises(PipelineError, match=r"inflates|beyond") as err:
         do_import(archive, tmp_path, max_extracted_bytes=1 << 30)
     assert err.value.code == "model.unsafe_archive"
     with pytest.raises(PipelineError, match="beyond"):

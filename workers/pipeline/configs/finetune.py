@@ -44,7 +44,7 @@ class LoraSettings:
 
     rank: int = 16
     """Adapter rank r (1-1024)."""
-    alpha: float = 32.0
+    alpha: int = 32
     """Scaling numerator: the update is (alpha / rank) · B A."""
     dropout: float = 0.0
     """Dropout on the adapter input (0-0.9)."""
@@ -55,11 +55,12 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         check_range("lora.rank", self.rank, 1, 1024)
-        check_range("lora.alpha", self.alpha, 1e-3, 1e4)
+        check_range("lora.alpha", self.alpha, 1, 16384)
         check_range("lora.dropout", self.dropout, 0.0, 0.9)
-        if self.target_modules != "all-linear":
-            if not self.target_modules or any(not m for m in self.target_modules):
-                raise ConfigError("lora.target_modules", "give module names or 'all-linear'")
+        if self.target_modules != "all-linear" and (
+            not self.target_modules or any(not m for m in self.target_modules)
+        ):
+            raise ConfigError("lora.target_modules", "give module names or 'all-linear'")
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ def check_runnable(config: FinetuneConfig, *, cuda_available: bool) -> None:
 def _check_auto(name: str, value: int | str, low: int, high: int) -> None:
     if value == "auto":
         return
-    if isinstance(value, str) or isinstance(value, bool):
+    if isinstance(value, (str, bool)):
         raise ConfigError(name, "must be an integer or 'auto'")
     check_range(name, value, low, high)
 

@@ -49,7 +49,10 @@ def ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> ChatSetup:
 
 def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The special token a template puts right after an assistant reply (e.g. ``<|im_end|>``,
-    ``<|eot_id|>``, ``</s>``), found by rendering a one-turn conversation."""
+    ``<|eot_id|>``, ``</s>``), found by rendering a one-turn conversation; EOS without one."""
+    eos = tokenizer.eos_token_id
+    if not getattr(tokenizer, "chat_template", None):
+        return int(eos) if isinstance(eos, int) else None
     messages = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "REPLY"}]
     text = render(tokenizer, messages, add_generation_prompt=False)
     after = text[text.rfind("REPLY") + len("REPLY") :]
@@ -57,7 +60,6 @@ def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
     for token_id in tokenizer(after, add_special_tokens=False)["input_ids"]:
         if token_id in special:
             return int(token_id)
-    eos = tokenizer.eos_token_id
     return int(eos) if isinstance(eos, int) else None
 
 

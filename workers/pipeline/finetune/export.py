@@ -46,7 +46,7 @@ def finish_folder(
     tokenizer.save_pretrained(str(folder))
     path = folder / "generation_config.json"
     generation = (
-        GenerationConfig.from_pretrained(str(folder)) if path.exists() else GenerationConfig()
+        GenerationConfig.from_pretrained(str(folder)) if path.exists() else GenerationConfig()  # type: ignore[no-untyped-call]
     )
     generation.eos_token_id = eos_ids[0] if len(eos_ids) == 1 else eos_ids
     generation.pad_token_id = tokenizer.pad_token_id

@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, cast
+from typing import IO, Any
 
 from workers.pipeline.configs.finetune import ModelImportConfig
 from workers.pipeline.types import Hooks, PipelineError, RunPaths
@@ -166,7 +166,7 @@ def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
             source = tar.extractfile(member)
             assert source is not None  # regular files always have data
             with source:
-                _copy(cast(IO[bytes], source), dest / rel, budget)
+                _copy(source, dest / rel, budget)
 
 
 def _tar_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
@@ -232,7 +232,9 @@ def validate_model_dir(
     """(architecture, model_type, parameters, vocab size, has chat template, forward run)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.configuration_auto import (  # type: ignore[attr-defined]
+        CONFIG_MAPPING_NAMES,
+    )
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     from workers.pipeline.finetune.model import load_tokenizer
@@ -271,7 +273,9 @@ def validate_model_dir(
         raise _fail("model.tokenizer_invalid", exc.message) from exc
     hf_config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     with torch.device("meta"):
-        meta = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=False)
+        meta = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+            hf_config, trust_remote_code=False
+        )
     params = sum(p.numel() for p in meta.parameters())
     _check_weights(weights, meta, tied=bool(getattr(hf_config, "tie_word_embeddings", False)))
     forward = params <= config.forward_max_parameters
@@ -317,9 +321,10 @@ def _forward_once(folder: Path, tokenizer: Any) -> None:
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             str(folder), use_safetensors=True, trust_remote_code=False, dtype=torch.float32
-        ).eval()
+        )
+        model.eval()
         ids = tokenizer("Hello, world.", return_tensors="pt")["input_ids"]
         with torch.no_grad():
             logits = model(input_ids=ids).logits

@@ -43,7 +43,7 @@ def load_base(base_dir: Path, *, dtype: torch.dtype, quantize_4bit: bool = False
     if quantize_4bit:
         from transformers import BitsAndBytesConfig
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(
+        kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
@@ -97,7 +97,7 @@ def _with_lora(
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if qlora:
-        model = prepare_model_for_kbit_training(
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
             model, use_gradient_checkpointing=config.gradient_checkpointing
         )
     settings = config.lora

@@ -138,6 +138,7 @@ def run_finetune(
         ckpt.restore_checkpoint(latest, model=run.model, optimizer=run.optimizer)
         start = latest.step
         run.trained_tokens = int(latest.state.get("trained_tokens", 0))
+        run.metrics = dict(latest.state.get("metrics", {}))  # resumed at the end: still reported
         hooks.on_event("resumed", {"step": start})
     _fit(run, start)
     final = _final_metrics(run)
@@ -283,14 +284,7 @@ def _fit(run: _Run, step: int) -> None:
         lr = lr_at(step, hp, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        items = [run.train[i] for i in batch_ids]
-        metrics = _dpo_step(run, items) if cfg.method == "dpo" else _sft_step(run, items)
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.requires_grad], max_norm
-        )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        metrics = train_step(run, [run.train[i] for i in batch_ids])
         step += 1
         if not math.isfinite(metrics["train_loss"]):
             raise PipelineError(
@@ -299,7 +293,6 @@ def _fit(run: _Run, step: int) -> None:
         elapsed = time.perf_counter() - started
         metrics.update(
             lr=lr,
-            grad_norm=float(grad_norm),
             epoch=epoch + (index + 1) / hp.steps_per_epoch,
             tokens_per_s=metrics.pop("tokens") / max(elapsed, 1e-9),
         )
@@ -318,6 +311,19 @@ def _fit(run: _Run, step: int) -> None:
             _save(run, step)
         if stop:
             raise StageCancelled(f"stopped at step {step}; checkpoint saved")
+
+
+def train_step(run: _Run, items: list[Any]) -> dict[str, float]:
+    """Forward, backward, clip and update on one batch; returns its metrics (and ``tokens``)."""
+    metrics = _dpo_step(run, items) if run.config.method == "dpo" else _sft_step(run, items)
+    max_norm = run.config.grad_clip if run.config.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        [p for p in run.model.parameters() if p.requires_grad], max_norm
+    )
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    metrics["grad_norm"] = float(grad_norm)
+    return metrics
 
 
 def _micro_rows(run: _Run, rows: int) -> int:
@@ -472,8 +478,8 @@ def generate(
         use_cache=True,
     )
     model.train(was_training)
-    text: str = tokenizer.decode(out[0, ids.size(1) :], skip_special_tokens=True)
-    return text
+    text = tokenizer.decode(out[0, ids.size(1) :], skip_special_tokens=True)
+    return str(text)
 
 
 def _samples(run: _Run, step: int) -> None:
@@ -501,7 +507,7 @@ def _samples(run: _Run, step: int) -> None:
 
 
 def _save(run: _Run, step: int) -> None:
-    state = {**run.checkpoint_state, "trained_tokens": run.trained_tokens}
+    state = {**run.checkpoint_state, "trained_tokens": run.trained_tokens, "metrics": run.metrics}
     path = ckpt.save_checkpoint(
         run.checkpoint_dir, step=step, model=run.model, optimizer=run.optimizer, state=state
     )
