@@ -133,7 +133,7 @@ class JobKind:
         """Each input reference the given parameters set, with the id it names."""
         for item in self.inputs:
             object_id = getattr(params, item.param)
-            if object_id:
+            if object_id is not None:  # "" is a reference too: to nothing, and refused as such
                 yield item, object_id
 
 
