@@ -118,6 +118,21 @@ class JobRead(BaseModel):
         return data
 
 
+BRIEF_TEXT = 200
+
+
+def brief(value: Any) -> Any:
+    """Parameters as a list shows them: long strings cut (the job itself shows them whole), so a
+    page of jobs stays small whatever their prompts or templates hold."""
+    if isinstance(value, str) and len(value) > BRIEF_TEXT:
+        return value[:BRIEF_TEXT] + f"… ({len(value)} characters)"
+    if isinstance(value, dict):
+        return {k: brief(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [brief(v) for v in value]
+    return value
+
+
 class JobEventRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -198,3 +198,36 @@ def test_metrics_pages_end_inside_a_step_and_lose_nothing(
     lone_name = client.get(f"/v1/jobs/{job['id']}/metrics?after_name=lr", headers=auth)
     assert lone_name.status_code == 400
     assert lone_name.json()["error"]["param"] == "after_name"
+
+
+def test_absurd_sizes_are_refused_and_lists_never_echo_large_parameters(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    for params, param in (
+        ({"dataset_id": "ds_x", "max_steps": None, "max_tokens": 10**15}, "params.max_tokens"),
+        ({"dataset_id": "ds_x", "global_batch_tokens": 2**80}, "params.global_batch_tokens"),
+        ({"dataset_id": "ds_x", "sample_prompts": ["x" * 1_000_001]}, "params.sample_prompts"),
+        ({"dataset_id": "ds_x", "tokenizer": {"bos_token": "b" * 5000}}, None),
+        ({"dataset_id": "ds_x", "tokenizer": {"chat_template": "t" * 70000}}, None),
+    ):
+        response = client.post(
+            "/v1/jobs", json={"type": "pretrain", "params": params}, headers=auth
+        )
+        assert response.status_code in (413, 422), (params.keys(), response.text)
+        if param is not None and response.status_code == 422:
+            assert response.json()["error"]["param"] == param
+    long = {**PROBE, "params": {**PROBE["params"], "fail_with": None}}
+    job = client.post("/v1/jobs", json=long, headers=auth).json()
+    assert client.get("/v1/jobs", headers=auth).json()["data"][0]["id"] == job["id"]
+
+
+def test_defaults_follow_the_run_length_and_say_what_they_chose(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    body = {
+        "type": "pretrain",
+        "params": {"dataset_id": "ds_01JAAAAAAAAAAAAAAAAAAAAAAA", "max_steps": 40},
+    }
+    response = client.post("/v1/jobs", json=body, headers=auth)
+    # Refused only for the unknown dataset, not for warmup (100 > 40 before).
+    assert response.status_code == 400 and response.json()["error"]["param"] == "params.dataset_id"

@@ -9,7 +9,7 @@ from app.api.errors import ErrorResponse
 from app.broker import enqueue
 from app.jobs import service
 from app.jobs.kinds import get_kind, queue_capacity
-from app.jobs.schemas import JobCreate, JobEventRead, JobMetricRead, JobRead, Page
+from app.jobs.schemas import JobCreate, JobEventRead, JobMetricRead, JobRead, Page, brief
 from app.jobs.states import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses={401: {"model": ErrorResponse}})
@@ -69,7 +69,10 @@ def list_jobs(
         job_type=type,
         status=status,
     )
-    return Page[JobRead](data=[JobRead.model_validate(r) for r in rows], has_more=has_more)
+    views = [JobRead.model_validate(r) for r in rows]
+    for view in views:
+        view.params = brief(view.params)
+    return Page[JobRead](data=views, has_more=has_more)
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=NOT_FOUND, summary="Get a job")

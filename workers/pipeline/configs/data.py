@@ -210,4 +210,4 @@ class PrepareConfig:
         check_range("contamination_ngram", self.contamination_ngram, 1, 64)
         check_range("examples_per_reason", self.examples_per_reason, 0, 100)
         if self.processes is not None:
-            check_range("processes", self.processes, 1, 256)
+            check_range("processes", self.processes, 1, 64)

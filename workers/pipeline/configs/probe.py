@@ -26,8 +26,8 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         check_range("duration_s", self.duration_s, 0, 3600)
         check_range("matmul_size", self.matmul_size, 16, 8192)
-        if (
-            self.fail_with is not None
-            and not self.fail_with.replace(".", "").replace("_", "").isalnum()
+        if self.fail_with is not None and (
+            len(self.fail_with) > 64
+            or not self.fail_with.replace(".", "").replace("_", "").isalnum()
         ):
             raise ConfigError("fail_with", "must be a dotted error code such as 'probe.failed'")

@@ -15,6 +15,7 @@ from workers.pipeline.configs.base import PYDANTIC_CONFIG, ConfigError, check_ra
 from workers.pipeline.configs.optim import OptimizerConfig, ScheduleConfig
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+AUTO = -1  # an integer parameter whose value follows the run (resolved in __post_init__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class TokenizerConfig:
         specials = self.special_tokens()
         if any(not token for token in specials) or len(set(specials)) != len(specials):
             raise ConfigError("extra_special_tokens", "special tokens must be distinct, non-empty")
+        if len(self.extra_special_tokens) > 1024 or any(len(t) > 64 for t in specials):
+            raise ConfigError("extra_special_tokens", "at most 1024 tokens of ≤ 64 characters")
+        if self.chat_template is not None and len(self.chat_template) > 65536:
+            raise ConfigError("chat_template", "at most 65536 characters")
         # 256 byte symbols must fit next to the specials, or some bytes could not be encoded.
         check_range("vocab_size", self.vocab_size, 256 + len(specials), 262144)
         check_range("min_frequency", self.min_frequency, 1, 1_000_000)
@@ -158,8 +163,8 @@ class PretrainConfig:
     """Peak learning rate, reached after warmup."""
     min_lr: float = 1e-4
     """Learning rate at the end of the cosine decay."""
-    warmup_steps: int = 100
-    """Linear warmup from 0 to lr."""
+    warmup_steps: int = AUTO
+    """Linear warmup from 0 to lr; -1 (auto): a tenth of the run, at most 100 steps."""
     weight_decay: float = 0.1
     """AdamW decay on matrices (never on norms, biases or embeddings)."""
     beta1: float = 0.9
@@ -176,12 +181,14 @@ class PretrainConfig:
     """torch.compile the model (CUDA; minutes of warm-up, then faster steps)."""
     log_interval: int = 10
     """Report train loss, lr, throughput every this many steps."""
-    eval_interval: int = 250
-    """Measure validation loss and write samples every this many steps (and at the end)."""
+    eval_interval: int = AUTO
+    """Measure validation loss and write samples every this many steps (and at the end); -1
+    (auto): an eighth of the run, at most 250."""
     eval_batches: int = 20
     """Micro-batches of validation data per evaluation."""
-    checkpoint_interval: int = 500
-    """Save a resumable checkpoint every this many steps (and on cancellation)."""
+    checkpoint_interval: int = AUTO
+    """Save a resumable checkpoint every this many steps (and on cancellation); -1 (auto): a
+    quarter of the run, at most 500."""
     devices: int = 1
     """Data-parallel processes (GPUs) the run uses."""
     sample_prompts: tuple[str, ...] = ("Once upon a time",)
@@ -220,8 +227,10 @@ class PretrainConfig:
             raise ConfigError("max_steps", "give exactly one of max_steps and max_tokens")
         if self.max_steps is not None:
             check_range("max_steps", self.max_steps, 1, 10_000_000)
+        check_range("global_batch_tokens", self.global_batch_tokens, 1, 1 << 26)
         if self.max_tokens is not None:
-            check_range("max_tokens", self.max_tokens, 1, 1e15)
+            check_range("max_tokens", self.max_tokens, 1, 10_000_000 * self.global_batch_tokens)
+        self._resolve_auto()
         if self.precision not in get_args(Precision):
             raise ConfigError("precision", f"must be one of {get_args(Precision)}")
         check_range("micro_batch_size", self.micro_batch_size, 1, 4096)
@@ -245,8 +254,20 @@ class PretrainConfig:
             check_range(name, getattr(self, name), 1, 10_000_000)
         check_range("sample_tokens", self.sample_tokens, 0, 4096)
         check_range("validation_fraction", self.validation_fraction, 0.001, 0.5)
-        if len(self.sample_prompts) > 16:
-            raise ConfigError("sample_prompts", "at most 16 prompts")
+        if len(self.sample_prompts) > 16 or any(len(p) > 1000 for p in self.sample_prompts):
+            raise ConfigError("sample_prompts", "at most 16 prompts of at most 1000 characters")
+
+    def _resolve_auto(self) -> None:
+        """Defaults that follow the run's length; the chosen values are what the job records."""
+        total = self.total_steps()
+        chosen = {
+            "warmup_steps": min(100, total // 10),
+            "eval_interval": max(1, min(250, total // 8)),
+            "checkpoint_interval": max(1, min(500, total // 4)),
+        }
+        for name, value in chosen.items():
+            if getattr(self, name) == AUTO:
+                object.__setattr__(self, name, value)  # frozen: resolved once, at construction
 
 
 def estimate_memory_bytes(
