@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("text", "chat", "prompt_completion")
+KINDS = ("text", "chat", "prompt_completion", "preference")
 _ROLES = frozenset({"system", "user", "assistant"})
 
 
@@ -24,9 +24,13 @@ class Record:
     messages: list[dict[str, str]] | None = None
     prompt: str | None = None
     completion: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
 
     def contents(self) -> list[str]:
         """The free-text fields, in order: what filters, PII scrubbing and dedup look at."""
+        if self.kind == "preference":
+            return [self.prompt or "", self.chosen or "", self.rejected or ""]
         if self.kind == "chat":
             return [m["content"] for m in self.messages or []]
         if self.kind == "prompt_completion":
@@ -35,6 +39,9 @@ class Record:
 
     def with_contents(self, contents: list[str]) -> Record:
         """A copy with the free-text fields replaced (same order as :meth:`contents`)."""
+        if self.kind == "preference":
+            prompt, chosen, rejected = contents
+            return Record(self.kind, self.line, prompt=prompt, chosen=chosen, rejected=rejected)
         if self.kind == "chat":
             msgs = [
                 {"role": m["role"], "content": c}
@@ -47,6 +54,8 @@ class Record:
 
     def training_text(self) -> str:
         """The text a language model is trained on for this record."""
+        if self.kind == "preference":
+            return (self.prompt or "") + (self.chosen or "")
         if self.kind == "chat":
             return "\n".join(self.contents())
         if self.kind == "prompt_completion":
@@ -55,6 +64,8 @@ class Record:
 
     def to_json(self) -> dict[str, Any]:
         """The JSONL object for this record, in the same shape the user uploaded."""
+        if self.kind == "preference":
+            return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
         if self.kind == "chat":
             return {"messages": self.messages}
         if self.kind == "prompt_completion":
@@ -86,7 +97,10 @@ def parse_json_line(raw: bytes, line: int) -> Record | RecordError:
 
 
 def record_from_object(obj: dict[str, Any], line: int) -> Record | RecordError:
-    """Classify a JSON object as text, chat or prompt/completion and check its fields."""
+    """Classify a JSON object as text, chat, prompt/completion or a preference pair and check its
+    fields."""
+    if {"chosen", "rejected", "preferred_output", "non_preferred_output"} & obj.keys():
+        return _preference_record(obj, line)
     if "messages" in obj:
         return _chat_record(obj["messages"], line)
     if "prompt" in obj or "completion" in obj:
@@ -106,6 +120,37 @@ def record_from_object(obj: dict[str, Any], line: int) -> Record | RecordError:
     return RecordError(
         line, "missing field: expected 'text', 'messages' or 'prompt' and 'completion'"
     )
+
+
+def _preference_record(obj: dict[str, Any], line: int) -> Record | RecordError:
+    """A DPO pair: ``{prompt, chosen, rejected}``, or OpenAI's ``{input: {messages},
+    preferred_output, non_preferred_output}`` (each output a list with one assistant message)."""
+    if "input" in obj:
+        messages = obj["input"].get("messages") if isinstance(obj["input"], dict) else None
+        if not isinstance(messages, list) or not messages:
+            return RecordError(line, "'input.messages' must be a non-empty list")
+        last = messages[-1]
+        prompt = last.get("content") if isinstance(last, dict) else None
+        chosen = _only_content(obj.get("preferred_output"))
+        rejected = _only_content(obj.get("non_preferred_output"))
+    else:
+        prompt, chosen, rejected = obj.get("prompt"), obj.get("chosen"), obj.get("rejected")
+    if not all(isinstance(v, str) for v in (prompt, chosen, rejected)):
+        return RecordError(
+            line, "a preference pair needs string 'prompt', 'chosen' and 'rejected' (or "
+            "'input.messages', 'preferred_output' and 'non_preferred_output')"
+        )  # fmt: skip
+    assert isinstance(chosen, str) and isinstance(rejected, str)
+    if not chosen.strip() or not rejected.strip():
+        return RecordError(line, "empty record: 'chosen' or 'rejected' is blank")
+    return Record("preference", line, prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def _only_content(output: Any) -> str | None:
+    if isinstance(output, list) and len(output) == 1 and isinstance(output[0], dict):
+        content = output[0].get("content")
+        return content if isinstance(content, str) else None
+    return None
 
 
 def _chat_record(messages: Any, line: int) -> Record | RecordError:
