@@ -146,7 +146,13 @@ def test_logprobs_finite_and_sorted(client: TestClient, llama_dir: Path) -> None
         assert entry.logprob == pytest.approx(tops[0])
     legacy = client.post(
         "/v1/completions",
-        json={"model": spec(llama_dir), "prompt": PROMPT, "max_tokens": 5, "logprobs": 3},
+        json={
+            "model": spec(llama_dir),
+            "prompt": PROMPT,
+            "max_tokens": 5,
+            "logprobs": 3,
+            "temperature": 0,  # deterministic: a sampled end-of-turn would shorten it
+        },
     ).json()["choices"][0]["logprobs"]
     assert (
         len(legacy["tokens"]) == len(legacy["token_logprobs"]) == len(legacy["top_logprobs"]) == 5

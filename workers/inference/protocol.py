@@ -184,6 +184,15 @@ def chat_logprobs(entries: tuple[TokenLogprob, ...]) -> dict[str, Any]:
     }
 
 
+def _top_dict(entry: TokenLogprob) -> dict[str, float]:
+    """Legacy top logprobs are keyed by text; two ids can decode alike (e.g. partial UTF-8
+    bytes): keep the likelier, so the dict stays in descending order."""
+    top: dict[str, float] = {}
+    for t in entry.top:
+        top.setdefault(t.token, t.logprob)
+    return top
+
+
 def completion_logprobs(entries: tuple[TokenLogprob, ...], offset: int) -> dict[str, Any]:
     """The legacy completions shape; ``offset`` is where the first token's text starts."""
     offsets = []
@@ -193,7 +202,7 @@ def completion_logprobs(entries: tuple[TokenLogprob, ...], offset: int) -> dict[
     return {
         "tokens": [e.token for e in entries],
         "token_logprobs": [e.logprob for e in entries],
-        "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries],
+        "top_logprobs": [_top_dict(e) for e in entries],
         "text_offset": offsets,
     }
 
