@@ -1,4 +1,4 @@
-"""``gristmill``: serve (embedded all-in-one), api, worker, migrate, keys create."""
+"""``gristmill``: serve (embedded all-in-one), api, worker, inference, migrate, keys create."""
 
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument(
         "--max-tasks-per-child", type=int, default=0, help="1 on GPU workers: fresh CUDA per job"
     )
+    inference = sub.add_parser("inference", help="the inference service (loads models)")
+    inference.add_argument("--host", default="127.0.0.1")
+    inference.add_argument("--port", type=int, default=8001)
     sub.add_parser("migrate", help="upgrade the database schema")
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         run_worker(args.queues, args.concurrency, args.max_tasks_per_child)
     elif args.command == "serve":
         serve(settings, args.host, args.port)
+    elif args.command == "inference":
+        run_inference(args.host, args.port)
 
 
 def migrate(settings: Settings) -> None:
@@ -97,6 +102,14 @@ def run_worker(queues: str, concurrency: int, max_tasks_per_child: int) -> None:
     if max_tasks_per_child:
         argv.append(f"--max-tasks-per-child={max_tasks_per_child}")
     app.worker_main(argv)
+
+
+def run_inference(host: str, port: int) -> None:
+    """The inference service; its settings come from ``GRISTMILL_INFERENCE_*``."""
+    from workers.inference.server import serve as serve_inference
+    from workers.inference.settings import InferenceSettings
+
+    serve_inference(InferenceSettings(), host, port)
 
 
 def ensure_default_key(settings: Settings) -> None:
