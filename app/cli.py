@@ -1,5 +1,5 @@
-"""``gristmill``: serve (embedded all-in-one), api, worker, migrate, keys create; and the HTTP
-client's datasets, jobs, models and tokenizers commands."""
+"""``gristmill``: serve (embedded all-in-one), api, worker, inference, migrate, keys create; and
+the HTTP client's datasets, jobs, models and tokenizers commands."""
 
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument(
         "--quiet", action="store_true", help="no start-up banner or warnings (for `serve`)"
     )
+    inference = sub.add_parser("inference", help="the inference service (loads models)")
+    inference.add_argument("--host", default="127.0.0.1")
+    inference.add_argument("--port", type=int, default=8001)
     sub.add_parser("migrate", help="upgrade the database schema")
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         run_worker(args.queues, args.concurrency, args.max_tasks_per_child, quiet=args.quiet)
     elif args.command == "serve":
         serve(settings, args.host, args.port)
+    elif args.command == "inference":
+        run_inference(args.host, args.port)
 
 
 def migrate(settings: Settings) -> None:
@@ -125,6 +130,14 @@ def run_worker(
     app.worker_main(argv)
 
 
+def run_inference(host: str, port: int) -> None:
+    """The inference service; its settings come from ``GRISTMILL_INFERENCE_*``."""
+    from workers.inference.server import serve as serve_inference
+    from workers.inference.settings import InferenceSettings
+
+    serve_inference(InferenceSettings(), host, port)
+
+
 def ensure_default_key(settings: Settings) -> tuple[str, bool]:
     """First start of the embedded profile: make a key and keep it in a 0600 file.
 
@@ -170,35 +183,27 @@ def first_screen(settings: Settings, host: str, port: int, key: str, new_key: bo
     return "\n".join(lines)
 
 
-class WorkerSupervisor:
-    """Keeps one worker subprocess alive beside the embedded API; restarts it if it dies."""
+class Supervisor:
+    """Keeps one subprocess alive beside the embedded API (the worker, the inference service);
+    restarts it if it dies."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, args: list[str]) -> None:
+        self.name, self.args = name, args
         self.process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
 
     def start(self) -> None:
         self._spawn()
-        threading.Thread(target=self._watch, name="worker-supervisor", daemon=True).start()
+        threading.Thread(target=self._watch, name=f"{self.name}-supervisor", daemon=True).start()
 
     def _spawn(self) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "worker",
-            "--queues",
-            "cpu,gpu",
-            "--concurrency",
-            "1",
-            "--quiet",
-        ]
+        cmd = [sys.executable, "-m", "app.cli", *self.args]
         self.process = subprocess.Popen(cmd, start_new_session=True)
 
     def _watch(self) -> None:
         while not self._stopping.wait(2):
             if self.process is not None and self.process.poll() is not None:
-                log.warning("worker exited with %s; restarting it", self.process.returncode)
+                log.warning("%s exited with %s; restarting it", self.name, self.process.returncode)
                 self._spawn()
 
     def stop(self) -> None:
@@ -212,6 +217,17 @@ class WorkerSupervisor:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
+def embedded_processes(settings: Settings, host: str, port: int) -> list[Supervisor]:
+    """A worker for every queue, and an inference service on the next port unless
+    ``GRISTMILL_INFERENCE_URL`` points at one elsewhere."""
+    worker = ["worker", "--queues", "cpu,gpu", "--concurrency", "1", "--quiet"]
+    processes = [Supervisor("worker", worker)]
+    if "inference_url" not in settings.model_fields_set:
+        inference = ["inference", "--host", host, "--port", str(port + 1)]
+        processes.append(Supervisor("inference", inference))
+    return processes
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
     # uvicorn re-raises SIGTERM after its graceful shutdown: exit via SystemExit, so `finally` runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -220,13 +236,17 @@ def serve(settings: Settings, host: str, port: int) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     migrate(settings)
     key, new_key = ensure_default_key(settings)
-    supervisor = WorkerSupervisor()
-    supervisor.start()
+    processes = embedded_processes(settings, host, port)
+    if "inference_url" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"inference_url": f"http://{host}:{port + 1}"})
+    for process in processes:
+        process.start()
     try:
         print(first_screen(settings, host, port, key, new_key), flush=True)
         run_api(settings, host, port)
     finally:
-        supervisor.stop()
+        for process in processes:
+            process.stop()
         time.sleep(0.1)
 
 
