@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -98,7 +98,7 @@ def bench_bare(cfg: PretrainConfig, tokens: Any, vocab: int, steps: int) -> dict
     model = build_model(cfg.model.shape(), vocab, bos_id=0, eos_id=1, pad_id=2)
     torch.nn.Module.to(model, device)
     optimizer = build_optimizer(model, cfg.optimizer(), device)
-    fwd = torch.compile(model) if cfg.compile else model
+    fwd = cast(torch.nn.Module, torch.compile(model)) if cfg.compile else model
     spec = BatchSpec(
         cfg.seed, cfg.micro_batch_size, cfg.grad_accum_steps(), 1, cfg.model.shape().context_length
     )
@@ -145,88 +145,107 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def bench_cell(
+    cfg: PretrainConfig, root: Path, corpus: DatasetFile, tok: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One cell of the grid: bare loop and ``run_pretrain`` alternated in ABBA order."""
+    shard = tokenize_dataset(corpus, tok, root / "cache")
+    vocab = len(json.loads((tok / "tokenizer.json").read_text())["model"]["vocab"])
+    # Alternate in ABBA order and keep each variant's best: other processes on a shared
+    # machine only ever slow a run down, so the minimum is the least noisy estimate, and
+    # whichever runs first in a pair tends to be faster here (about 10 % on this VM).
+    bares, pipes, mem = [], [], {}
+    for repeat in range(args.repeats):
+        order = ("bare", "pipe") if repeat % 4 in (0, 3) else ("pipe", "bare")
+        for variant in order:
+            if variant == "bare":
+                bares.append(bench_bare(cfg, shard.tokens, vocab, args.steps))
+            else:
+                pipes.append(bench_pipeline(cfg, root / f"run{repeat}", corpus, tok))
+            mem[variant] = peak_mb()
+    bare = min(bares, key=lambda r: r["step_s"])
+    pipe = min(pipes, key=lambda r: r["step_s"])
+    amortised = bare["save_s"] / (cfg.checkpoint_interval * pipe["step_s"])
+    overhead = pipe["step_s"] / bare["step_s"] - 1 + amortised
+    return {"bare": bare, "pipe": pipe, "mem": mem, "vocab": vocab, "amortised": amortised,
+            "overhead": overhead, "ratio": 1 / (1 + overhead)}  # fmt: skip
+
+
+def report(cfg: PretrainConfig, cell: dict[str, Any], device: torch.device, label: str) -> None:
+    shape = cfg.model.shape()
+    bare = cell["bare"]
+    fpt = flops_per_token(bare["params"], shape)
+    print(
+        f"== {label}: model {bare['params'] / 1e6:.2f}M params, vocab {cell['vocab']}, "
+        f"batch {cfg.micro_batch_size}x{shape.context_length} tokens"
+    )
+    for name, key in (("bare loop", "bare"), ("run_pretrain", "pipe")):
+        r = cell[key]
+        tps = cfg.global_batch_tokens / r["step_s"]
+        mfu = model_flops_utilisation(tps, fpt, peak_flops(device))
+        mfu_s = f", MFU {mfu:.1%}" if mfu is not None else ""
+        print(
+            f"{name:>13}: {tps:9.0f} tokens/s, {r['step_s'] * 1e3:7.1f} ms/step, "
+            f"data {r['data_share']:.1%} of step, peak mem {cell['mem'][key]:.0f} MB{mfu_s}"
+        )
+    print(
+        f"checkpoint save {bare['save_s'] * 1e3:.0f} ms = {cell['amortised']:.2%} of step time "
+        f"at interval {cfg.checkpoint_interval}; pipeline/bare throughput ratio "
+        f"{cell['ratio']:.3f} (overhead {cell['overhead']:+.1%}; target < 3%)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cuda", action="store_true")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--micro", type=int, default=16, help="sequences per step (--cuda)")
+    parser.add_argument("--presets", default="tiny,small", help="CPU grid: model presets")
+    parser.add_argument("--threads", default="1,2", help="CPU grid: torch thread counts")
     args = parser.parse_args()
     if args.cuda:
         assert torch.cuda.is_available(), "--cuda needs a GPU"
-        model = ModelConfig(preset="gpt2-small")
-        micro, vocab_target, compile_ = args.micro, 32768, True
         torch.backends.cuda.matmul.allow_tf32 = True
+        grid = [("gpt2-small", args.micro, 32768, True, 0)]
     else:
-        torch.set_num_threads(2)
-        model, micro, vocab_target, compile_ = ModelConfig(preset="small"), 8, 4096, False
-    ctx = model.shape().context_length
-    steps = args.steps
-    cfg = PretrainConfig(
-        model=model,
-        max_steps=steps + 12,
-        global_batch_tokens=micro * ctx,
-        micro_batch_size=micro,
-        warmup_steps=10,
-        compile=compile_,
-        sample_prompts=(),
-        eval_batches=4,
-    )
+        grid = [
+            (preset, 8, 4096, False, int(threads))
+            for preset in args.presets.split(",")
+            for threads in args.threads.split(",")
+        ]
     corpus = DatasetFile(CORPUS, "jsonl")
+    device = torch.device("cuda" if args.cuda else "cpu")
+    ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         tok = root / "tok"
         tok.mkdir()
+        vocab_target = grid[0][2]
         t = time.perf_counter()
         run_tokenizer(
             TokenizerConfig(vocab_size=vocab_target), TokenizerInputs(corpus), RunPaths(tok, tok)
         )
-        tok_s = time.perf_counter() - t
-        t = time.perf_counter()
-        shard = tokenize_dataset(corpus, tok, root / "cache")
-        encode_s = time.perf_counter() - t
-        vocab = len(json.loads((tok / "tokenizer.json").read_text())["model"]["vocab"])
-        # Alternate in ABBA order and keep each variant's best: other processes on a shared
-        # machine only ever slow a run down, so the minimum is the least noisy estimate, and
-        # whichever runs first in a pair tends to be faster here (about 10 % on this VM).
-        bares, pipes = [], []
-        for repeat in range(args.repeats):
-            order = ("bare", "pipe") if repeat % 2 == 0 else ("pipe", "bare")
-            for variant in order:
-                if variant == "bare":
-                    bares.append(bench_bare(cfg, shard.tokens, vocab, steps))
-                    mem_bare = peak_mb()
-                else:
-                    pipes.append(bench_pipeline(cfg, root / f"run{repeat}", corpus, tok))
-                    mem_pipe = peak_mb()
-        bare = min(bares, key=lambda r: r["step_s"])
-        pipe = min(pipes, key=lambda r: r["step_s"])
-    tokens_per_step = cfg.global_batch_tokens
-    amortised = bare["save_s"] / (cfg.checkpoint_interval * pipe["step_s"])
-    overhead = pipe["step_s"] / bare["step_s"] - 1 + amortised
-    device = torch.device("cuda" if args.cuda else "cpu")
-    fpt = flops_per_token(bare["params"], cfg.model.shape())
-    print(
-        f"device: {torch.cuda.get_device_name() if args.cuda else 'cpu, 2 threads'}; "
-        f"model {bare['params'] / 1e6:.2f}M params, vocab {vocab}, ctx {ctx}, "
-        f"batch {micro}x{ctx} tokens; tokenizer {tok_s:.2f}s, tokenise {encode_s:.2f}s"
-    )
-    for name, r, mem in (("bare loop", bare, mem_bare), ("run_pretrain", pipe, mem_pipe)):
-        tps = tokens_per_step / r["step_s"]
-        mfu = model_flops_utilisation(tps, fpt, peak_flops(device))
-        mfu_s = f", MFU {mfu:.1%}" if mfu is not None else ""
-        print(
-            f"{name:>13}: {tps:9.0f} tokens/s, {r['step_s'] * 1e3:7.1f} ms/step, "
-            f"data {r['data_share']:.1%} of step, peak mem {mem:.0f} MB{mfu_s}"
-        )
-    print(
-        f"checkpoint save {bare['save_s'] * 1e3:.0f} ms = {amortised:.2%} of step time at "
-        f"interval {cfg.checkpoint_interval}"
-    )
-    print(
-        f"pipeline/bare throughput ratio {1 / (1 + overhead):.3f} "
-        f"(overhead {overhead:+.1%} incl. amortised checkpoints; target < 3%)"
-    )
+        print(f"tokenizer trained in {time.perf_counter() - t:.2f}s")
+        for i, (preset, micro, _, compile_, threads) in enumerate(grid):
+            if threads:
+                torch.set_num_threads(threads)
+            model = ModelConfig(preset=preset)  # type: ignore[arg-type]
+            cfg = PretrainConfig(
+                model=model,
+                max_steps=args.steps + 12,
+                global_batch_tokens=micro * model.shape().context_length,
+                micro_batch_size=micro,
+                warmup_steps=10,
+                compile=compile_,
+                sample_prompts=(),
+                eval_batches=4,
+            )
+            cell = bench_cell(cfg, root / f"cell{i}", corpus, tok, args)
+            where = torch.cuda.get_device_name() if args.cuda else f"cpu, {threads} threads"
+            report(cfg, cell, device, f"{preset} on {where}")
+            ratios.append((f"{preset}/{threads or 'gpu'}", cell["ratio"]))
+    print("pipeline/bare ratio per cell: " + ", ".join(f"{k} {r:.3f}" for k, r in ratios))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ stage function runs in a test process and under torchrun.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import resource
@@ -67,9 +68,18 @@ def barrier(info: DistInfo) -> None:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak tensor memory on a GPU; peak resident memory of the process on the CPU."""
+    """Peak tensor memory on a GPU; peak resident memory of the process on the CPU.
+
+    On Linux the CPU figure is ``VmHWM`` from ``/proc/self/status`` (~0.2 ms), not
+    ``getrusage``, which takes 15-30 ms right after the allocator has been busy, as it is
+    after every training step: at the ``tiny`` preset that alone cost ~2.5% of throughput.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
