@@ -1,0 +1,118 @@
+"""The official ``openai`` SDK against a live embedded server (``gristmill serve``: API, worker
+and inference service): upload → fine-tune → poll → events and checkpoints → chat completion,
+streamed too → a job cancelled right away → 404s → delete. Only ``base_url`` and the key change."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.test_embedded import Embedded, start_serve, stop_serve
+from tests.pipeline.finetune_helpers import build_base, chat_rows, task, task_split
+from tests.timing import scaled
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
+    embedded = start_serve(tmp_path_factory.mktemp("openai"))
+    embedded.api.key = embedded.key_file.read_text().strip()
+    yield embedded
+    stop_serve(embedded)
+
+
+def upload_base(server: Embedded, folder: Path) -> str:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(str(folder), arcname="tiny")
+    headers = {"Authorization": f"Bearer {server.api.key}"}
+    url = server.api.base_url + "/v1/models"
+    model = httpx.post(url, files={"file": ("tiny.tar.gz", buffer.getvalue())}, headers=headers)
+    assert model.status_code == 202, model.text
+    model_id = model.json()["id"]
+    deadline = time.monotonic() + scaled(120)
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{url}/{model_id}", headers=headers).json()["status"]
+        if status != "validating":
+            assert status == "ready"
+            return str(model_id)
+        time.sleep(0.5)
+    raise AssertionError("the uploaded model was not imported in time")
+
+
+def wait_done(
+    sdk: openai.OpenAI, job_id: str, timeout: float
+) -> openai.types.fine_tuning.FineTuningJob:
+    deadline = time.monotonic() + scaled(timeout)
+    while time.monotonic() < deadline:
+        job = sdk.fine_tuning.jobs.retrieve(job_id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(1)
+    raise AssertionError(f"fine-tuning job {job_id} did not finish")
+
+
+def test_the_sdk_fine_tunes_and_chats_with_the_result(server: Embedded, tmp_path: Path) -> None:
+    base = upload_base(server, build_base("qwen2", tmp_path / "base"))
+    sdk = openai.OpenAI(api_key=server.api.key, base_url=server.api.base_url + "/v1", max_retries=2)
+    train, held_out = task_split()
+    rows = "".join(json.dumps(r) + "\n" for r in chat_rows(train[:96]))
+
+    file = sdk.files.create(file=("train.jsonl", rows.encode()), purpose="fine-tune")
+    job = sdk.fine_tuning.jobs.create(
+        model=base,
+        training_file=file.id,
+        suffix="fmt",
+        hyperparameters={"n_epochs": 8, "batch_size": 12, "learning_rate_multiplier": 10},
+        extra_body={"full_weights": True},
+    )
+    cancelled = sdk.fine_tuning.jobs.create(model=base, training_file=file.id)
+    assert sdk.fine_tuning.jobs.cancel(cancelled.id).status == "cancelled"
+
+    done = wait_done(sdk, job.id, timeout=600)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model and done.fine_tuned_model.startswith("ft:")
+    events = list(sdk.fine_tuning.jobs.list_events(job.id, limit=5))
+    assert any(e.type == "metrics" for e in events)
+    assert list(sdk.fine_tuning.jobs.checkpoints.list(job.id))
+
+    name, city = held_out[0]
+    prompt, _ = task(name, city)
+    chat = sdk.chat.completions.create(
+        model=done.fine_tuned_model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=24,
+        temperature=0,
+    )
+    assert chat.choices[0].finish_reason in ("stop", "length")
+    assert chat.usage is not None and chat.usage.completion_tokens > 0
+    text = chat.choices[0].message.content or ""
+    streamed = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in sdk.chat.completions.create(
+            model=done.fine_tuned_model,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+        )
+        if chunk.choices
+    )
+    assert streamed == text
+    assert text.strip().startswith("NAME =")  # it learned the format
+
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model="ft:nothing", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.NotFoundError):
+        sdk.fine_tuning.jobs.retrieve("job_01JAAAAAAAAAAAAAAAAAAAAAAA")
+    assert sdk.models.delete(done.fine_tuned_model).deleted
+    assert sdk.files.delete(file.id).deleted
