@@ -51,8 +51,18 @@ _POLL_S = 0.2
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+STOP_GRACE_S = 120.0  # ranks finish their step and save a checkpoint within this after STOP
+
+
 def run_distributed(
-    stage: str, config: Any, inputs: Any, paths: RunPaths, hooks: Hooks, nproc: int
+    stage: str,
+    config: Any,
+    inputs: Any,
+    paths: RunPaths,
+    hooks: Hooks,
+    nproc: int,
+    *,
+    stop_grace_s: float = STOP_GRACE_S,
 ) -> dict[str, Any]:
     """Run ``stage`` on ``nproc`` local processes and return rank 0's encoded result.
 
@@ -88,27 +98,36 @@ def run_distributed(
         )
         _GROUPS.add(process.pid)
         try:
-            _follow(process, work, hooks)
+            forced = _follow(process, work, hooks, stop_grace_s)
         finally:
             if process.poll() is None:  # we are being torn down: do not leave ranks running
                 _end_group(process)
             _GROUPS.discard(process.pid)
+    if forced:
+        raise StageCancelled(f"the ranks did not stop within {stop_grace_s:.0f} s; ended them")
     return _read_result(work, process.returncode, log_path)
 
 
-def _follow(process: subprocess.Popen[bytes], work: Path, hooks: Hooks) -> None:
-    """Forward progress lines until the process exits; write STOP when asked to stop."""
+def _follow(
+    process: subprocess.Popen[bytes], work: Path, hooks: Hooks, stop_grace_s: float
+) -> bool:
+    """Forward progress lines until the process exits; write STOP when asked to stop. Ranks
+    that have not stopped ``stop_grace_s`` after STOP (hung in a collective, deaf to the file)
+    are ended: SIGTERM to the whole group, then SIGKILL. Returns whether that happened."""
     progress = work / "progress.jsonl"
     offset = 0
-    stop_written = False
+    stop_written_at: float | None = None
     while True:
         exited = process.poll() is not None
         offset = _forward_new_lines(progress, offset, hooks)
         if exited:
-            return
-        if not stop_written and hooks.should_stop():
+            return False
+        if stop_written_at is None and hooks.should_stop():
             (work / "STOP").touch()
-            stop_written = True
+            stop_written_at = time.monotonic()
+        if stop_written_at is not None and time.monotonic() - stop_written_at > stop_grace_s:
+            _end_group(process)
+            return True
         time.sleep(_POLL_S)
 
 

@@ -287,3 +287,51 @@ def test_ddp_two_processes_follow_the_single_process_loss_curve(
     for step, loss in single.losses.items():
         assert ddp.losses[step] == pytest.approx(loss, rel=1e-4), step
     assert ddp.val[20] == pytest.approx(single.val[20], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_ddp_with_fewer_eval_batches_than_ranks_finishes(
+    tmp_path: Path, corpus_file: DatasetFile, tiny_tokenizer_dir: Path, shared_cache: Path
+) -> None:
+    """eval_batches: 1 on 2 ranks leaves one rank without a batch: evaluation must not go
+    through the DDP wrapper's collective forward, or both ranks wait for ever."""
+    config = tiny_config(
+        devices=2, max_steps=6, warmup_steps=2, eval_interval=3, checkpoint_interval=6
+    )
+    config = dataclasses.replace(config, eval_batches=1)
+    inputs = PretrainInputs(corpus_file, None, tiny_tokenizer_dir)
+    recorder = Recorder()
+    result = run_distributed(
+        "workers.pipeline.pretrain:run_pretrain",
+        config,
+        inputs,
+        make_paths(tmp_path, shared_cache),
+        recorder.hooks(),
+        nproc=2,
+    )
+    assert result["steps"] == 6 and set(recorder.val) == {3, 6}
+
+
+def test_ranks_deaf_to_stop_are_ended_within_the_grace(tmp_path: Path) -> None:
+    """Ranks that ignore STOP (hung in a collective) are ended: SIGTERM, then SIGKILL, of the
+    whole process group, so a cancel always ends a multi-process job."""
+    import subprocess
+    import time
+
+    from workers import launch
+    from workers.pipeline.types import Hooks
+
+    # A process group that ignores SIGTERM, as a rank stuck in C code can.
+    deaf = subprocess.Popen(
+        ["python3", "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+         "time.sleep(120)"],
+        start_new_session=True,
+    )  # fmt: skip
+    launch._TERM_GRACE_S, grace = 1.0, launch._TERM_GRACE_S
+    try:
+        started = time.monotonic()
+        forced = launch._follow(deaf, tmp_path, Hooks(should_stop=lambda: True), stop_grace_s=1)
+    finally:
+        launch._TERM_GRACE_S = grace
+    assert forced and deaf.poll() is not None
+    assert (tmp_path / "STOP").exists() and time.monotonic() - started < 30

@@ -12,6 +12,7 @@ import os
 import random
 import resource
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -32,20 +33,26 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed() -> DistInfo:
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=10)
+
+
+def init_distributed(timeout: timedelta = PROCESS_GROUP_TIMEOUT) -> DistInfo:
     """Join the torchrun process group if launched by torchrun; otherwise a world of one.
 
     NCCL on CUDA, gloo on CPU. Each rank pins its own GPU before the group forms, so NCCL
-    does not put every rank's context on GPU 0.
+    does not put every rank's context on GPU 0. A collective that waits longer than ``timeout``
+    (a rank died or went its own way) fails the ranks instead of hanging them for ever.
     """
     if "WORLD_SIZE" not in os.environ or dist.is_initialized():
         return current_dist()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local_rank))
+        dist.init_process_group(
+            backend="nccl", device_id=torch.device("cuda", local_rank), timeout=timeout
+        )
     else:
-        dist.init_process_group(backend="gloo")
+        dist.init_process_group(backend="gloo", timeout=timeout)
     return current_dist()
 
 

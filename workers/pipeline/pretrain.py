@@ -348,7 +348,10 @@ def _evaluate(run: _Run, step: int) -> None:
     """Validation loss (mean over ranks) into the progress stream, and samples as an event."""
     data, parts = run.data, run.parts
     batches = eval_batches(data.val, data.spec, batches=run.config.eval_batches, rank=run.dist.rank)
-    totals = evaluate(parts.model, batches, device=parts.device, dtype=parts.dtype)
+    # Not through the DDP wrapper: ranks may hold different numbers of batches (one rank may have
+    # none), and DDP's forward is a collective that would wait for the others for ever.
+    model = getattr(parts.model, "module", parts.model)
+    totals = evaluate(model, batches, device=parts.device, dtype=parts.dtype)
     if run.dist.world_size > 1:
         dist.all_reduce(totals)
     loss_sum, count = totals.tolist()
