@@ -39,7 +39,7 @@ def test_shipped_set_is_complete() -> None:
 def _lines(**over: object) -> list[str]:
     base = {
         "category": "c",
-        "frame": "We saw {group} and they were {attribute}.",
+        "text": "We saw {group} and they were {attribute}.",
         "group_a": "x",
         "group_b": "y",
         "stereotyped": ["s"],
@@ -50,7 +50,7 @@ def _lines(**over: object) -> list[str]:
 
 @pytest.mark.parametrize(
     "over",
-    [{"frame": "no slots"}, {"frame": "{attribute} then {group}"}, {"stereotyped": []}],
+    [{"text": "no slots"}, {"text": "{attribute} then {group}"}, {"stereotyped": []}],
 )
 def test_malformed_templates_are_refused(over: dict[str, object]) -> None:
     with pytest.raises(PipelineError) as err:
@@ -65,7 +65,7 @@ def _items(n_frames: int) -> list[BiasItem]:
             lines += _lines(
                 category=cat,
                 frame_id=f"f{f}",
-                frame=f"Frame {f} says {{group}} is {{attribute}}.",
+                text=f"Frame {f} says {{group}} is {{attribute}}.",
                 stereotyped=["s1", "s2"],
                 anti_stereotyped=["t1", "t2"],
             )
@@ -118,7 +118,7 @@ def test_probe_on_a_tiny_model_with_user_templates(tmp_path: Path) -> None:
             lines += _lines(
                 category=cat,
                 frame_id=f"f{f}",
-                frame=f"Story {f}: {{group}} was {{attribute}}.",
+                text=f"Story {f}: {{group}} was {{attribute}}.",
                 group_a="the man" if cat == "gender" else "the old man",
                 group_b="the woman" if cat == "gender" else "the young man",
                 stereotyped=["strong", "brave"],
