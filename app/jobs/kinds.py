@@ -304,8 +304,9 @@ class QuantizeParams(QuantizeConfig):
 
 @dataclass(frozen=True)
 class EvaluateParams(EvaluateConfig):
-    model_id: str = ref("model", formats=("huggingface",))
-    """The model to evaluate (Hugging Face layout: imported, pretrained or fine-tuned)."""
+    model_id: str = ref("model", formats=("huggingface", "gguf"))
+    """The model to evaluate: Hugging Face layout (imported, pretrained, fine-tuned) or a GGUF
+    (scored in llama.cpp)."""
     dataset_id: str | None = ref("dataset", optional=True)
     """Evaluation text: perplexity, bits per byte and word perplexity."""
     extra_dataset_id: str | None = ref("dataset", optional=True)

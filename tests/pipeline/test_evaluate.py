@@ -46,7 +46,7 @@ def _jsonl(path: Path, texts: list[str]) -> DatasetFile:
 
 
 def _paths(tmp_path: Path) -> RunPaths:
-    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "out").mkdir(parents=True, exist_ok=True)
     return RunPaths(work_dir=tmp_path, output_dir=tmp_path / "out")
 
 
@@ -217,3 +217,31 @@ def test_nothing_to_do(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(PipelineError) as err:
         run_evaluate(EvaluateConfig(), EvaluateInputs(model_dir), _paths(tmp_path))
     assert err.value.code == "evaluate.nothing_to_do"
+
+
+def test_a_gguf_scores_like_its_source(model_dir: Path, tmp_path: Path) -> None:
+    """An f32 GGUF of the same weights, scored in llama.cpp with its embedded tokenizer, gives
+    the torch figures (bits per byte is the comparable one; here the ids agree too)."""
+    pytest.importorskip("llama_cpp")
+    from workers.pipeline.configs.quantize import GgufOptions, QuantizeConfig
+    from workers.pipeline.quantize.stage import QuantizeInputs, run_quantize
+
+    qpaths = _paths(tmp_path / "q")
+    config_q = QuantizeConfig(gguf=GgufOptions(types=("f32",), generation_tokens=0))
+    run_quantize(config_q, QuantizeInputs(model_dir), qpaths)
+    gguf_dir = tmp_path / "gguf"
+    gguf_dir.mkdir()
+    [gguf] = list(qpaths.output_dir.glob("*.gguf"))
+    gguf.rename(gguf_dir / gguf.name)
+    data = _jsonl(tmp_path / "eval.jsonl", DOCS)
+    config = EvaluateConfig(
+        perplexity=PerplexityOptions(max_length=16),
+        samples=SampleOptions(prompts=("Once upon",), seeds=(3,), max_new_tokens=4),
+    )
+    torch_fig = run_evaluate(config, EvaluateInputs(model_dir, (data,)), _paths(tmp_path / "t"))
+    gguf_res = run_evaluate(config, EvaluateInputs(gguf_dir, (data,)), _paths(tmp_path / "g"))
+    assert gguf_res.model["format"] == "gguf"
+    got, want = gguf_res.perplexity[0], torch_fig.perplexity[0]
+    assert got["tokens"] == want["tokens"] and got["bytes"] == want["bytes"]
+    assert got["bits_per_byte"] == pytest.approx(want["bits_per_byte"], rel=1e-3)
+    assert len(gguf_res.samples) == 1 and gguf_res.samples[0]["tokens"] <= 4

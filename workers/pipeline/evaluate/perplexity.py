@@ -24,7 +24,7 @@ A window is ``(start, end, scored)``: the model reads ``seq[start:end]``, its lo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -119,7 +119,9 @@ def prefix_token(tokenizer: PreTrainedTokenizerBase) -> int:
     )
 
 
-def encode_document(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+def encode_document(
+    encode: Callable[[str], list[int]], decode: Callable[[list[int]], str], text: str
+) -> list[int]:
     """Token ids of ``text`` without special tokens; refuses a tokenizer that loses text.
 
     A tokenizer that normalises (lower-cases, drops accents, maps unknown characters to <unk>)
@@ -128,8 +130,8 @@ def encode_document(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     Raises:
         PipelineError: ``evaluate.tokenizer_roundtrip`` when decode(encode(text)) != text.
     """
-    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
-    back = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    ids = encode(text)
+    back = decode(ids)
     if back != text:
         at = next((i for i, (x, y) in enumerate(zip(back, text, strict=False)) if x != y), None)
         at = min(len(back), len(text)) if at is None else at
@@ -142,20 +144,10 @@ def encode_document(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return ids
 
 
-class Scorer:
-    """Scores token sequences with a causal LM, batching equal-length windows.
+class WindowScorer:
+    """Turns windowing into windows; subclasses score ``(seqs, windows)`` with some runtime."""
 
-    Windows are right-padded: under causal attention a padded position never affects the ones
-    before it, so no attention mask is needed and scores equal an unbatched pass.
-    """
-
-    def __init__(
-        self, model: PreTrainedModel, *, max_length: int, batch_size: int, device: torch.device
-    ) -> None:
-        self.model = model
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.device = device
+    max_length: int
 
     def windows(self, n: int, windowing: str, stride: int) -> list[Window]:
         if windowing == "disjoint":
@@ -176,6 +168,27 @@ class Scorer:
                 raise ValueError("scored ids must fit one window after at least one context id")
             windows.append([Window(max(0, end - self.max_length), end, k)])
         return self.score(seqs, windows)
+
+    def score(
+        self, seqs: Sequence[Sequence[int]], windows: Sequence[Sequence[Window]]
+    ) -> list[float]:
+        raise NotImplementedError
+
+
+class Scorer(WindowScorer):
+    """Scores token sequences with a causal LM, batching equal-length windows.
+
+    Windows are right-padded: under causal attention a padded position never affects the ones
+    before it, so no attention mask is needed and scores equal an unbatched pass.
+    """
+
+    def __init__(
+        self, model: PreTrainedModel, *, max_length: int, batch_size: int, device: torch.device
+    ) -> None:
+        self.model = model
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = device
 
     def score(
         self, seqs: Sequence[Sequence[int]], windows: Sequence[Sequence[Window]]

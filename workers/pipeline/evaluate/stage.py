@@ -1,4 +1,4 @@
-"""``run_evaluate``: one model (Hugging Face layout) against one or more evaluation datasets.
+"""``run_evaluate``: one model (Hugging Face or GGUF) against one or more evaluation datasets.
 
 Order: read the evaluation documents → contamination against the training datasets (when given;
 contaminated documents are reported and, if asked, left out) → perplexity per dataset → bias
@@ -18,19 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from workers.pipeline.configs.evaluate import EvaluateConfig
+from workers.pipeline.evaluate.backends import Backend, load_backend
 from workers.pipeline.evaluate.bias import load_templates, parse_templates, probe
 from workers.pipeline.evaluate.contamination import find_overlap
-from workers.pipeline.evaluate.perplexity import (
-    DocScore,
-    Scorer,
-    Totals,
-    encode_document,
-    prefix_token,
-)
-from workers.pipeline.evaluate.samples import generate_samples
+from workers.pipeline.evaluate.perplexity import DocScore, Totals, encode_document
 from workers.pipeline.formats import iter_texts
 from workers.pipeline.types import (
     DatasetFile,
@@ -48,7 +41,8 @@ _DOCS_PER_STEP = 64
 @dataclass(frozen=True)
 class EvaluateInputs:
     model_dir: Path
-    """The model, Hugging Face layout (config, weights, tokenizer)."""
+    """The model: a Hugging Face folder (config, weights, tokenizer) or a folder holding one
+    ``.gguf`` file (scored in llama.cpp with its embedded tokenizer)."""
     datasets: tuple[DatasetFile, ...] = ()
     """Evaluation text: perplexity per dataset."""
     training: tuple[DatasetFile, ...] = ()
@@ -104,31 +98,26 @@ def run_evaluate(
             "evaluate.nothing_to_do", "give a dataset, enable the bias probe or pass prompts"
         )
     torch.set_num_threads(config.threads)
-    device = _device(config)
-    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(inputs.model_dir)
-    model = AutoModelForCausalLM.from_pretrained(inputs.model_dir, dtype=torch.float32)
-    model.to(device)  # type: ignore[arg-type]
-    model.eval()  # type: ignore[no-untyped-call]
-    context = int(getattr(model.config, "max_position_embeddings", 0) or _DEFAULT_MAX_LENGTH)
-    max_length = config.perplexity.max_length or min(context, _DEFAULT_MAX_LENGTH)
-    if max_length > context:
-        raise PipelineError(
-            "evaluate.max_length", f"max_length {max_length} exceeds the model's context {context}"
-        )
-    scorer = Scorer(
-        model, max_length=max_length, batch_size=config.perplexity.batch_size, device=device
-    )
-    prefix = prefix_token(tokenizer)
+    backend = load_backend(inputs.model_dir, config, _device(config))
+    try:
+        return _evaluate(config, inputs, paths, hooks, backend, started)
+    finally:
+        backend.close()
+
+
+def _evaluate(
+    config: EvaluateConfig,
+    inputs: EvaluateInputs,
+    paths: RunPaths,
+    hooks: Hooks,
+    backend: Backend,
+    started: float,
+) -> EvaluateResult:
+    want_ppl = config.perplexity.enabled and bool(inputs.datasets)
     out = paths.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    model_info = {
-        "architecture": type(model).__name__,
-        "params": sum(p.numel() for p in model.parameters()),
-        "max_length": max_length,
-        "prefix_token": prefix,
-        "device": device.type,
-    }
-
+    model_info = {**backend.info, "prefix_token": backend.prefix}
+    max_length = backend.scorer.max_length
     ppl: list[dict[str, Any]] = []
     contamination: list[dict[str, Any]] = []
     if want_ppl:
@@ -158,9 +147,7 @@ def run_evaluate(
                             "evaluate.all_contaminated",
                             f"every document of {_name(file)} overlaps the training text",
                         )
-                scores = _score_dataset(
-                    scorer, tokenizer, texts, skip, prefix, config, hooks, index
-                )
+                scores = _score_dataset(backend, texts, skip, config, hooks, index)
                 for doc, score in scores:
                     line = {"dataset": _name(file), "document": doc, **score.__dict__}
                     docs_out.write(json.dumps(line) + "\n")
@@ -184,13 +171,13 @@ def run_evaluate(
 
     bias = None
     if config.bias.enabled:
-        bias = _bias(scorer, tokenizer, prefix, config, inputs.bias_templates, out)
+        bias = _bias(backend, config, inputs.bias_templates, out)
     if hooks.should_stop():
         raise StageCancelled()
 
     samples: list[dict[str, Any]] = []
     if config.samples.prompts:
-        samples = generate_samples(model, tokenizer, config.samples, prefix=prefix, device=device)
+        samples = backend.samples(config.samples)
         with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
 
@@ -217,11 +204,9 @@ def run_evaluate(
 
 
 def _score_dataset(
-    scorer: Scorer,
-    tokenizer: PreTrainedTokenizerBase,
+    backend: Backend,
     texts: Sequence[str],
     skip: frozenset[int],
-    prefix: int,
     config: EvaluateConfig,
     hooks: Hooks,
     index: int,
@@ -232,9 +217,9 @@ def _score_dataset(
         if hooks.should_stop():
             raise StageCancelled()
         chunk = kept[b : b + _DOCS_PER_STEP]
-        ids = [encode_document(tokenizer, texts[i]) for i in chunk]
-        seqs = [[prefix, *doc] for doc in ids]
-        nll = scorer.nll(seqs, config.perplexity.windowing, config.perplexity.stride)
+        ids = [encode_document(backend.encode, backend.decode, texts[i]) for i in chunk]
+        seqs = [[backend.prefix, *doc] for doc in ids]
+        nll = backend.scorer.nll(seqs, config.perplexity.windowing, config.perplexity.stride)
         for i, doc, value in zip(chunk, ids, nll, strict=True):
             text = texts[i]
             scored.append(
@@ -247,9 +232,7 @@ def _score_dataset(
 
 
 def _bias(
-    scorer: Scorer,
-    tokenizer: PreTrainedTokenizerBase,
-    prefix: int,
+    backend: Backend,
     config: EvaluateConfig,
     templates: DatasetFile | None,
     out: Path,
@@ -265,15 +248,13 @@ def _bias(
         for context, continuation in queries:
             # lm-eval's split: encode the whole, so the continuation's tokens are those the
             # model would really produce after this context.
-            whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-            head = tokenizer(context, add_special_tokens=False)["input_ids"]
-            k = len(whole) - len(head)
-            if k < 1 or whole[: len(head)] != head:
-                whole, k = head + tokenizer(continuation, add_special_tokens=False)["input_ids"], 0
-                k = len(whole) - len(head)
-            seqs.append([prefix, *whole])
-            scored.append(k)
-        return [-x for x in scorer.continuation_nll(seqs, scored)]
+            whole = backend.encode(context + continuation)
+            head = backend.encode(context)
+            if len(whole) <= len(head) or whole[: len(head)] != head:
+                whole = head + backend.encode(continuation)
+            seqs.append([backend.prefix, *whole])
+            scored.append(len(whole) - len(head))
+        return [-x for x in backend.scorer.continuation_nll(seqs, scored)]
 
     categories, per_item = probe(
         items,
