@@ -14,13 +14,17 @@ how consistent raters are. A rater is never shown a (pair, round) they already v
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import itertools
+import json
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from app.ratings.bradley_terry import Vote
 
 
 @dataclass(frozen=True, order=True)
@@ -111,6 +115,33 @@ def _base(key: PairKey) -> tuple[str, str, str]:
 def _show(secret: bytes, rater: str, key: PairKey, rng: random.Random) -> Showing:
     left, right = (key.model_x, key.model_y) if rng.random() < 0.5 else (key.model_y, key.model_x)
     return Showing(key, left, right, ticket(secret, rater, key, left))
+
+
+CHOICES = ("a", "b", "tie", "both_bad")
+
+
+def vote_for(showing: Showing, rater: str, choice: str, note: str | None = None) -> Vote:
+    """The vote a rater cast on a resolved showing (``a`` = the left answer).
+
+    Raises:
+        ValueError: for a choice other than ``a``, ``b``, ``tie``, ``both_bad``.
+    """
+    if choice not in CHOICES:
+        raise ValueError(f"choice must be one of {CHOICES}")
+    return Vote(
+        rater=rater,
+        prompt_id=showing.key.prompt_id,
+        model_a=showing.left_model,
+        model_b=showing.right_model,
+        outcome=choice,  # type: ignore[arg-type]
+        round=showing.key.round,
+        note=note,
+    )
+
+
+def export_jsonl(votes: Sequence[Vote]) -> str:
+    """All votes, one JSON object a line, model identities included (for results, not raters)."""
+    return "".join(json.dumps(dataclasses.asdict(v), ensure_ascii=False) + "\n" for v in votes)
 
 
 def resolve_ticket(

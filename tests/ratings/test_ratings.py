@@ -9,7 +9,7 @@ import random
 import pytest
 
 from app.ratings.bradley_terry import Vote, elo, results
-from app.ratings.pairing import PairKey, next_pair, resolve_ticket
+from app.ratings.pairing import PairKey, export_jsonl, next_pair, resolve_ticket, vote_for
 
 SECRET = b"s3cret"
 
@@ -109,3 +109,25 @@ def test_pairing_prefers_least_rated() -> None:
     counts |= dict.fromkeys([PairKey.of(p, "alpha", "gamma") for p in answers], 5)
     show = next_pair(answers, "r", [], secret=SECRET, counts=counts)
     assert show is not None and {show.key.model_x, show.key.model_y} == {"beta", "gamma"}
+
+
+def test_a_ticket_becomes_a_vote_in_model_terms() -> None:
+    answers = _answers()
+    show = next_pair(answers, "r", [], secret=SECRET)
+    assert show is not None
+    back = resolve_ticket(answers, "r", show.ticket, secret=SECRET)
+    assert back is not None
+    vote = vote_for(back, "r", "a", "crisper")
+    assert vote.model_a == show.left_model and vote.outcome == "a" and vote.round == 0
+    with pytest.raises(ValueError):
+        vote_for(back, "r", "left")
+    [line] = export_jsonl([vote]).splitlines()
+    assert json.loads(line) == {
+        "rater": "r",
+        "prompt_id": show.key.prompt_id,
+        "model_a": show.left_model,
+        "model_b": show.right_model,
+        "outcome": "a",
+        "round": 0,
+        "note": "crisper",
+    }
