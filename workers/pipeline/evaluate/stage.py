@@ -157,7 +157,8 @@ def _evaluate(
                         "dataset": _name(file),
                         "windowing": config.perplexity.windowing,
                         "max_length": max_length,
-                        "stride": config.perplexity.stride
+                        # The stride used: never more than the window (then it is disjoint-like).
+                        "stride": min(config.perplexity.stride, max_length)
                         if config.perplexity.windowing == "strided"
                         else None,
                         "excluded_documents": len(skip),
