@@ -22,6 +22,7 @@ from app.errors import InvalidInput
 from app.settings import Settings
 from workers.pipeline.configs.base import ConfigError
 from workers.pipeline.configs.data import PrepareConfig
+from workers.pipeline.configs.evaluate import EvaluateConfig
 from workers.pipeline.configs.finetune import FinetuneConfig
 from workers.pipeline.configs.probe import ProbeConfig
 from workers.pipeline.configs.quantize import QuantizeConfig
@@ -308,6 +309,31 @@ class QuantizeParams(QuantizeConfig):
             raise ConfigError("calibration_dataset_id", "GPTQ needs a calibration dataset")
 
 
+@dataclass(frozen=True)
+class EvaluateParams(EvaluateConfig):
+    model_id: str = ref("model", formats=("huggingface", "gguf"))
+    """The model to evaluate: Hugging Face layout (imported, pretrained, fine-tuned) or a GGUF
+    (scored in llama.cpp)."""
+    dataset_id: str | None = ref("dataset", optional=True)
+    """Evaluation text: perplexity, bits per byte and word perplexity."""
+    extra_dataset_id: str | None = ref("dataset", optional=True)
+    """A second evaluation dataset, scored separately."""
+    training_dataset_id: str | None = ref("dataset", optional=True)
+    """The model's training text (from its lineage), to check the evaluation text for
+    contamination."""
+    bias_templates_id: str | None = ref("dataset", optional=True)
+    """Your own bias template file (JSONL in the shipped set's format) instead of Gristmill's."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.extra_dataset_id and not self.dataset_id:
+            raise ConfigError("extra_dataset_id", "give dataset_id first")
+
+
+def _evaluate_queue(params: EvaluateParams) -> Queue:
+    return "gpu" if params.device == "cuda" else "cpu"
+
+
 def _quantize_queue(params: QuantizeParams) -> Queue:
     """GGUF is made and checked for CPUs; GPTQ is computed where its kernels run."""
     return "gpu" if params.format == "gptq" else "cpu"
@@ -383,6 +409,18 @@ KINDS: dict[str, JobKind] = {
             queue=_quantize_queue,
             handler="workers.handlers.models:handle_quantize",
             stage="workers.pipeline.quantize.stage:run_quantize",
+        ),
+        JobKind(
+            name="evaluate",
+            summary=(
+                "Evaluate a model: perplexity and bits per byte per dataset, contamination "
+                "against training text, a bias probe, and seeded samples."
+            ),
+            params=EvaluateParams,
+            queue=_evaluate_queue,
+            handler="workers.handlers.evaluate:handle_evaluate",
+            stage="workers.pipeline.evaluate.stage:run_evaluate",
+            time_limit_s=2 * DAY,
         ),
         JobKind(
             name="import_model",

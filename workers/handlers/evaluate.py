@@ -1,0 +1,34 @@
+"""The ``evaluate`` job: one model against the datasets it names; the figures are the job result.
+
+Nothing is registered: an evaluation produces figures, not a model or a dataset. The per-document
+scores, bias items and samples stay in the job's output folder next to ``report.json``.
+"""
+
+from __future__ import annotations
+
+from app.jobs.kinds import EvaluateParams
+from workers.handlers.base import JobContext, Outcome, run_stage, stage_config
+from workers.pipeline.configs.evaluate import EvaluateConfig
+from workers.pipeline.evaluate.stage import EvaluateInputs
+
+
+def handle_evaluate(ctx: JobContext[EvaluateParams]) -> Outcome:
+    params = ctx.params
+    config = stage_config(params, EvaluateConfig)
+    datasets = tuple(ctx.dataset(p) for p in ("dataset_id", "extra_dataset_id") if p in ctx.inputs)
+    training = ctx.optional_dataset("training_dataset_id")
+    inputs = EvaluateInputs(
+        model_dir=ctx.folder("model_id"),
+        datasets=datasets,
+        training=(training,) if training is not None else (),
+        bias_templates=ctx.optional_dataset("bias_templates_id"),
+    )
+    result = run_stage(ctx, config, inputs)
+    ids = [i for i in (params.dataset_id, params.extra_dataset_id) if i]
+    for figures, dataset_id in zip(result["perplexity"], ids, strict=True):
+        figures["dataset_id"] = dataset_id
+    for report, dataset_id in zip(result["contamination"], ids, strict=True):
+        report["dataset_id"] = dataset_id
+        report["training_dataset_id"] = params.training_dataset_id
+    result.pop("report_path", None)
+    return Outcome(result={"model_id": params.model_id, **result})

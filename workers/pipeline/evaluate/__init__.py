@@ -1,0 +1,1 @@
+"""The ``evaluate`` stage: perplexity, contamination, a bias probe and samples for one model."""
