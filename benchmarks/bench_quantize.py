@@ -55,7 +55,7 @@ def _split(root: Path) -> tuple[DatasetFile, DatasetFile]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-tokens", type=int, default=8192)
     args = parser.parse_args()
@@ -81,8 +81,8 @@ def main() -> None:
     pretrain = PretrainConfig(
         model=shape,
         max_steps=args.steps,
-        global_batch_tokens=16 * 128,
-        micro_batch_size=16,
+        global_batch_tokens=8 * 128,
+        micro_batch_size=8,
         lr=3e-3,
         min_lr=3e-4,
         warmup_steps=min(20, args.steps),
