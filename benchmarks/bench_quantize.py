@@ -32,7 +32,7 @@ from workers.pipeline.configs.training import ModelConfig, PretrainConfig, Token
 from workers.pipeline.pretrain import run_pretrain
 from workers.pipeline.quantize.stage import QuantizeInputs, run_quantize
 from workers.pipeline.tokenizer import train_tokenizer
-from workers.pipeline.types import DatasetFile, RunPaths
+from workers.pipeline.types import DatasetFile, Hooks, Progress, RunPaths
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus" / "stories.jsonl"
 
@@ -89,10 +89,19 @@ def main() -> None:
         eval_interval=args.steps,
         checkpoint_interval=args.steps,
         sample_tokens=0,
-        log_interval=50,
+        log_interval=10,
     )
+
+    def show(p: Progress) -> None:
+        print(f"  step {p.step}/{p.total} loss {p.metrics.get('train_loss', 0):.3f}", flush=True)
+
     trained = run_pretrain(
-        pretrain, _paths(root / "pretrain"), train=train, validation=None, tokenizer_dir=tok_dir
+        pretrain,
+        _paths(root / "pretrain"),
+        Hooks(on_progress=show),
+        train=train,
+        validation=None,
+        tokenizer_dir=tok_dir,
     )
     model_dir = trained.output_dir
     train_s = time.perf_counter() - started
