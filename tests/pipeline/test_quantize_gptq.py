@@ -16,6 +16,9 @@ from workers.pipeline.quantize.gptq import rtn_quantize_
 from workers.pipeline.quantize.stage import QuantizeInputs, run_quantize
 from workers.pipeline.types import DatasetFile, PipelineError
 
+# The shared trained model takes ~1 min to train on a quiet 2-core box, several on a busy one.
+pytestmark = pytest.mark.timeout(900)
+
 
 @pytest.fixture(scope="module")
 def trained_model(
