@@ -127,7 +127,11 @@ def handle_quantize(ctx: JobContext[QuantizeParams]) -> Outcome:
             )
         )
     model_ids = [o.id for o in outputs if isinstance(o, NewArtifact)]
-    summary = {k: v for k, v in result.items() if k not in ("report_path",)}
+    summary = {k: v for k, v in result.items() if k not in ("report_path", "gguf", "gptq")}
+    # Each output's figures, without where the worker kept its files.
+    summary["gguf"] = [{k: v for k, v in g.items() if k != "path"} for g in result["gguf"]]
+    if result["gptq"] is not None:
+        summary["gptq"] = {k: v for k, v in result["gptq"].items() if k != "output_dir"}
     return Outcome(result={"model_ids": model_ids, **summary}, outputs=outputs)
 
 
