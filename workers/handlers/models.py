@@ -48,7 +48,7 @@ def handle_finetune(ctx: JobContext[FinetuneParams]) -> Outcome:
         "validation_dataset_id": params.validation_dataset_id,
     }
     summary = {k: v for k, v in details(result).items() if k not in ("model_dir", "adapter_dir")}
-    name = f"ft:{base.name}:{params.suffix or config.method}:{ctx.job_id}"
+    name = f"ft:{_slug(base.name)}:{params.suffix or config.method}:{ctx.job_id}"
     model = NewArtifact(
         id=new_artifact_id("model"),
         category="model",
@@ -136,4 +136,6 @@ def handle_quantize(ctx: JobContext[QuantizeParams]) -> Outcome:
 
 
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:80] or "model"
+    """A name safe in a model id and a file name: letters, digits, '-', '_', '.'."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+    return "-".join(part for part in slug.split("-") if part)[:80] or "model"
