@@ -35,7 +35,7 @@ from benchmarks.corpus import Prose, generate
 from workers.pipeline.configs.data import DedupConfig, PrepareConfig
 from workers.pipeline.dedup import NearDupIndex, WordSpans, minhash, permutations
 from workers.pipeline.formats import detect_format
-from workers.pipeline.prepare import run_prepare
+from workers.pipeline.prepare import PrepareInputs, run_prepare
 from workers.pipeline.types import RunPaths
 
 
@@ -66,7 +66,7 @@ def main() -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu_before = usage.ru_utime + usage.ru_stime
         t0 = time.perf_counter()
-        result = run_prepare(config, detect_format(source, {}), paths)
+        result = run_prepare(config, PrepareInputs(detect_format(source, {})), paths)
         wall = time.perf_counter() - t0
     mb = result.bytes_in / 1e6
     steps = result.report["steps"]

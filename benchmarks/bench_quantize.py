@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers.pipeline.configs.quantize import GgufOptions, GptqOptions, QuantizeConfig
 from workers.pipeline.configs.training import ModelConfig, PretrainConfig, TokenizerConfig
-from workers.pipeline.pretrain import run_pretrain
+from workers.pipeline.pretrain import PretrainInputs, run_pretrain
 from workers.pipeline.quantize.stage import QuantizeInputs, run_quantize
-from workers.pipeline.tokenizer import train_tokenizer
+from workers.pipeline.tokenizer import TokenizerInputs, run_tokenizer
 from workers.pipeline.types import DatasetFile, Hooks, Progress, RunPaths
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus" / "stories.jsonl"
@@ -66,7 +66,9 @@ def main() -> None:
     started = time.perf_counter()
     tok_dir = root / "tokenizer"
     tok_dir.mkdir()
-    train_tokenizer(TokenizerConfig(vocab_size=4096), train, RunPaths(tok_dir, tok_dir))
+    run_tokenizer(
+        TokenizerConfig(vocab_size=4096), TokenizerInputs(train), RunPaths(tok_dir, tok_dir)
+    )
     shape = ModelConfig(
         preset=None,
         layers=3,
@@ -97,11 +99,9 @@ def main() -> None:
 
     trained = run_pretrain(
         pretrain,
+        PretrainInputs(train=train, validation=None, tokenizer_dir=tok_dir),
         _paths(root / "pretrain"),
         Hooks(on_progress=show),
-        train=train,
-        validation=None,
-        tokenizer_dir=tok_dir,
     )
     model_dir = trained.output_dir
     train_s = time.perf_counter() - started

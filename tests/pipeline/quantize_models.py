@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from tests.pipeline.conftest import make_paths, tiny_config
-from workers.pipeline.pretrain import run_pretrain
+from workers.pipeline.pretrain import PretrainInputs, run_pretrain
 from workers.pipeline.quantize.vocab import QWEN2_REGEX
 from workers.pipeline.types import DatasetFile
 
@@ -150,10 +150,8 @@ def trained_tiny(root: Path, corpus: DatasetFile, tokenizer_dir: Path, cache: Pa
         paths = make_paths(root, cache)
         run_pretrain(
             tiny_config(max_steps=50, eval_interval=50, checkpoint_interval=50, sample_tokens=0),
+            PretrainInputs(train=corpus, validation=None, tokenizer_dir=tokenizer_dir),
             paths,
-            train=corpus,
-            validation=None,
-            tokenizer_dir=tokenizer_dir,
         )
         _TRAINED[tokenizer_dir] = paths.output_dir
     return _TRAINED[tokenizer_dir]

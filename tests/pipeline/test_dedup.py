@@ -11,7 +11,7 @@ from pathlib import Path
 from workers.pipeline.configs.data import DedupConfig, PrepareConfig
 from workers.pipeline.dedup import NearDupIndex, WordSpans, lsh_bands, minhash, permutations
 from workers.pipeline.formats import detect_format
-from workers.pipeline.prepare import run_prepare
+from workers.pipeline.prepare import PrepareInputs, run_prepare
 from workers.pipeline.types import RunPaths
 
 STORIES = Path(__file__).parents[1] / "fixtures" / "corpus" / "stories.jsonl"
@@ -96,7 +96,9 @@ def test_prepare_with_defaults_removes_lightly_edited_copies(tmp_path: Path) -> 
     paths = RunPaths(work_dir=tmp_path / "work", output_dir=tmp_path / "out")
     paths.work_dir.mkdir()
     paths.output_dir.mkdir()
-    result = run_prepare(PrepareConfig(processes=1), detect_format(source, {}), paths)
+    result = run_prepare(
+        PrepareConfig(processes=1), PrepareInputs(detect_format(source, {})), paths
+    )
     removed = result.report["steps"]["near_dedup"]["removed"]
     assert removed >= 0.9 * len(edited)
     assert result.records_out >= len(originals)
