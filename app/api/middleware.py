@@ -52,6 +52,9 @@ from app.tenants.service import Caller, hash_key, identify
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/ready"})
+# Invited raters have a token, not a key: these two pass the gate with one (the route checks it).
+RATER_PATH = re.compile(r"^/v1/comparisons/[^/]+/(next|votes)$")
+RATER_TOKEN_PREFIX = "gmr_"
 UPLOAD_PATHS = frozenset({"/v1/datasets", "/v1/models", "/v1/files"})  # multipart streams
 DOWNLOAD = re.compile(r"^/v1/(datasets|models|tokenizers|files)/[^/]+/(content|files/.+)$")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -139,7 +142,10 @@ class EdgeGate:
             await self.app(scope, receive, send)
             return
         try:
-            await self._gate(scope, receive, send)
+            if RATER_PATH.match(path) and _has_rater_token(scope):
+                await self._rater_gate(scope, receive, send)
+            else:
+                await self._gate(scope, receive, send)
         except GristmillError as exc:
             # Raised before the route ran (a response has not started): answer it here.
             await render_exception(exc)(scope, receive, send)
@@ -188,6 +194,20 @@ class EdgeGate:
         if method == "GET" and DOWNLOAD.match(path):
             await self._stream(scope, receive, self._timed_send(send), caller)
             return
+        await self.app(scope, receive, send)
+
+    async def _rater_gate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A rater's call without a key: the same text and body bounds, no key check (the route
+        checks the token against the comparison) and no per-key rate limit."""
+        _check_text_in_url(scope)
+        headers = dict(scope["headers"])
+        if scope["method"] in BODY_METHODS:
+            body = await self._read_body(receive, headers)
+            if body is None:
+                return
+            if _is_json(headers):
+                _check_json_text(body)
+            receive = _replay(body, receive)
         await self.app(scope, receive, send)
 
     # -- authentication -------------------------------------------------------------------------
@@ -345,6 +365,17 @@ class _Unavailable(Exception):
 
 class _SlowReader(Exception):
     pass
+
+
+def _has_rater_token(scope: Scope) -> bool:
+    headers = dict(scope["headers"])
+    if headers.get(b"x-rater-token"):
+        return True
+    scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() == "bearer" and value.strip().startswith(RATER_TOKEN_PREFIX):
+        return True
+    query = scope.get("query_string", b"").decode("latin-1")
+    return any(k == "token" and v for k, v in parse_qsl(query))
 
 
 def _too_large(cap: int) -> GristmillError:

@@ -46,13 +46,13 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["comparison_id"], ["comparison.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint(
-            "comparison_id", "prompt_index", "model_id",
+            "comparison_id",
+            "prompt_index",
+            "model_id",
             name=op.f("uq_comparison_answer_comparison_id_prompt_index_model_id"),
-        ),  # fmt: skip
+        ),
     )
-    op.create_index(
-        "ix_comparison_answer_comparison_id", "comparison_answer", ["comparison_id"]
-    )
+    op.create_index("ix_comparison_answer_comparison_id", "comparison_answer", ["comparison_id"])
     op.create_table(
         "comparison_rater",
         sa.Column("id", sa.String(length=40), nullable=False),

@@ -75,9 +75,7 @@ def run_compare(
     prompts = read_prompts(config, inputs.prompts)
     if config.device == "cuda" and not torch.cuda.is_available():
         raise PipelineError("evaluate.no_cuda", "device cuda was asked for but none is present")
-    device = torch.device(
-        "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
-    )
+    device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
     torch.set_num_threads(config.threads)
     eval_config = EvaluateConfig(device=config.device, threads=config.threads)
     answers: list[list[str]] = []
