@@ -14,8 +14,10 @@ from tests.jobs.test_model_jobs import job_of, tar_bytes, upload_model
 from tests.pipeline.finetune_helpers import build_base
 
 
-def _model(client: TestClient, auth: dict[str, str], run_job: RunJob, folder: Path) -> str:
-    model = upload_model(client, auth, tar_bytes(build_base("qwen2", folder)))
+def _model(
+    client: TestClient, auth: dict[str, str], run_job: RunJob, folder: Path, seed: int = 0
+) -> str:
+    model = upload_model(client, auth, tar_bytes(build_base("qwen2", folder, seed=seed)))
     assert run_job(job_of(client, auth, model))["status"] == "succeeded"
     return str(model["id"])
 
@@ -28,7 +30,7 @@ def test_a_comparison_is_generated_rated_blind_and_scored(
     tmp_path: Path,
 ) -> None:
     first = _model(client, auth, run_job, tmp_path / "a")
-    second = _model(client, auth, run_job, tmp_path / "b")
+    second = _model(client, auth, run_job, tmp_path / "b", seed=1)
     body = {
         "models": [first, second],
         "prompts": ["The capital of France is", "Once upon a time"],
