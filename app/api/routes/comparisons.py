@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse
 
 from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
@@ -87,7 +87,7 @@ def read_comparison(
     "/{comparison_id}/raters",
     status_code=status.HTTP_201_CREATED,
     response_model=RaterRead,
-    responses=NOT_FOUND,
+    responses={**NOT_FOUND, 400: {"model": ErrorResponse}},
     summary="Invite a rater by link",
 )
 def invite_rater(
@@ -144,7 +144,7 @@ def next_pair(
     "/{comparison_id}/votes",
     status_code=status.HTTP_201_CREATED,
     response_model=VoteCount,
-    responses={**NOT_FOUND, 409: {"model": ErrorResponse}},
+    responses={**NOT_FOUND, 400: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
     summary="Vote on a pair",
 )
 def vote(
@@ -178,8 +178,7 @@ def read_results(comparison_id: str, session: SessionDep, tenant_id: TenantDep) 
 
 @router.get(
     "/{comparison_id}/chart.png",
-    responses={**NOT_FOUND, 200: {"content": {"image/png": {}}}},
-    response_class=Response,
+    responses={**NOT_FOUND, 200: {"content": {"image/png": {"schema": {"type": "string"}}}}},
     summary="The rating ladder as a chart",
 )
 def read_chart(comparison_id: str, session: SessionDep, tenant_id: TenantDep) -> Response:
@@ -190,8 +189,10 @@ def read_chart(comparison_id: str, session: SessionDep, tenant_id: TenantDep) ->
 
 @router.get(
     "/{comparison_id}/votes.jsonl",
-    responses=NOT_FOUND,
-    response_class=PlainTextResponse,
+    responses={
+        **NOT_FOUND,
+        200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+    },
     summary="Every vote, with model identities",
 )
 def export_votes(comparison_id: str, session: SessionDep, tenant_id: TenantDep) -> Response:
