@@ -180,7 +180,7 @@ class EdgeGate:
                 return  # the client went away
             if _is_json(headers):
                 _check_json_text(body)
-            if method == "POST" and path in ("/v1/jobs", "/v1/fine_tuning/jobs"):
+            if method == "POST" and path in ("/v1/jobs", "/v1/fine_tuning/jobs", "/v1/comparisons"):
                 key = idempotency_key.decode("latin-1") if idempotency_key else None
                 await self._in_thread(
                     lambda session: quotas.check_job_quota(
