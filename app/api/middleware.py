@@ -142,8 +142,9 @@ class EdgeGate:
             await self.app(scope, receive, send)
             return
         try:
-            if RATER_PATH.match(path) and _has_rater_token(scope):
-                await self._rater_gate(scope, receive, send)
+            token = _rater_token(scope) if RATER_PATH.match(path) else None
+            if token is not None:
+                await self._rater_gate(scope, receive, send, token)
             else:
                 await self._gate(scope, receive, send)
         except GristmillError as exc:
@@ -196,9 +197,14 @@ class EdgeGate:
             return
         await self.app(scope, receive, send)
 
-    async def _rater_gate(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A rater's call without a key: the same text and body bounds, no key check (the route
-        checks the token against the comparison) and no per-key rate limit."""
+    async def _rater_gate(self, scope: Scope, receive: Receive, send: Send, token: str) -> None:
+        """A rater's call without a key: the same rate limit (per token), text and body bounds;
+        the route checks the token against the comparison."""
+        caller = Caller(tenant_id="", key_id="rater:" + hash_key(token)[:32])
+        limited = await self._rate_limit(scope, receive, send, caller)
+        if limited is None:
+            return
+        send = limited
         _check_text_in_url(scope)
         headers = dict(scope["headers"])
         if scope["method"] in BODY_METHODS:
@@ -367,15 +373,17 @@ class _SlowReader(Exception):
     pass
 
 
-def _has_rater_token(scope: Scope) -> bool:
-    headers = dict(scope["headers"])
-    if headers.get(b"x-rater-token"):
-        return True
+def _rater_token(scope: Scope) -> str | None:
+    """An invite token sent as ``X-Rater-Token``, ``Bearer gmr_…`` or ``?token=`` (else None)."""
+    headers: dict[bytes, bytes] = dict(scope["headers"])
+    header: str = headers.get(b"x-rater-token", b"").decode("latin-1").strip()
+    if header:
+        return header
     scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
     if scheme.lower() == "bearer" and value.strip().startswith(RATER_TOKEN_PREFIX):
-        return True
+        return value.strip()
     query = scope.get("query_string", b"").decode("latin-1")
-    return any(k == "token" and v for k, v in parse_qsl(query))
+    return next((v for k, v in parse_qsl(query) if k == "token" and v), None)
 
 
 def _too_large(cap: int) -> GristmillError:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from app.main import create_app
+from app.settings import Settings
 from tests.conftest import RunJob
 from tests.jobs.test_model_jobs import job_of, tar_bytes, upload_model
 from tests.pipeline.finetune_helpers import build_base
@@ -135,3 +137,39 @@ def test_a_comparison_is_generated_rated_blind_and_scored(
     votes = [json.loads(line) for line in lines]
     assert len(votes) == 3 and votes[0]["note"] == "clearer"
     assert {votes[0]["model_a"], votes[0]["model_b"]} == {first, second}
+
+
+def test_a_cancelled_generation_fails_the_comparison_and_rater_calls_keep_the_edge_rules(
+    client: TestClient,
+    auth: dict[str, str],
+    settings: Settings,
+    run_job: RunJob,
+    tmp_path: Path,
+) -> None:
+    first = _model(client, auth, run_job, tmp_path / "a")
+    second = _model(client, auth, run_job, tmp_path / "b", seed=1)
+    body = {"models": [first, second], "prompts": ["Hi"], "max_tokens": 2}
+    comparison = client.post("/v1/comparisons", json=body, headers=auth).json()
+    cid = comparison["id"]
+    token = client.post(f"/v1/comparisons/{cid}/raters", headers=auth).json()["token"]
+    assert client.post(f"/v1/jobs/{comparison['job_id']}/cancel", headers=auth).status_code == 200
+
+    assert client.get(f"/v1/comparisons/{cid}", headers=auth).json()["status"] == "failed"
+    closed = client.get(f"/v1/comparisons/{cid}/next", headers={"X-Rater-Token": token})
+    assert closed.status_code == 409 and closed.json()["error"]["code"] == "comparison.not_open"
+    # A rater's body is bounded like anyone's; the query is checked for NUL.
+    huge = {"ticket": "t", "choice": "a", "note": "x" * (2 << 20)}
+    too_big = client.post(f"/v1/comparisons/{cid}/votes?token={token}", json=huge)
+    assert too_big.status_code == 413
+    assert client.get(f"/v1/comparisons/{cid}/next?token=a%00b").status_code == 422
+    # …and rate limited per token.
+    app = create_app(
+        settings.model_copy(
+            update={"rate_limit": "2/minute", "rate_limit_storage_url": "memory://"}
+        ),
+        run_reaper=False,
+    )
+    with TestClient(app, raise_server_exceptions=False) as limited:
+        headers = {"X-Rater-Token": token}
+        answers = [limited.get(f"/v1/comparisons/{cid}/next", headers=headers) for _ in range(3)]
+    assert [a.status_code for a in answers] == [409, 409, 429]
