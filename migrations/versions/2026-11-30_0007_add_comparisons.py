@@ -31,9 +31,16 @@ def upgrade() -> None:
         sa.Column("job_id", sa.String(length=40), nullable=True),
         sa.Column("secret", sa.String(length=64), nullable=False),
         sa.Column("created_at", app.db.UTCDateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["tenant_id"], ["tenant.id"], ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["job_id"], ["job.id"], ondelete="SET NULL"),
-        sa.PrimaryKeyConstraint("id"),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenant.id"],
+            name=op.f("fk_comparison_tenant_id_tenant"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["job.id"], name=op.f("fk_comparison_job_id_job"), ondelete="SET NULL"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_comparison")),
     )
     op.create_index("ix_comparison_tenant_id_id", "comparison", ["tenant_id", "id"])
     op.create_table(
@@ -43,8 +50,13 @@ def upgrade() -> None:
         sa.Column("prompt_index", sa.Integer(), nullable=False),
         sa.Column("model_id", sa.String(length=40), nullable=False),
         sa.Column("text", sa.Text(), nullable=False),
-        sa.ForeignKeyConstraint(["comparison_id"], ["comparison.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("id"),
+        sa.ForeignKeyConstraint(
+            ["comparison_id"],
+            ["comparison.id"],
+            name=op.f("fk_comparison_answer_comparison_id_comparison"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_comparison_answer")),
         sa.UniqueConstraint(
             "comparison_id",
             "prompt_index",
@@ -60,8 +72,13 @@ def upgrade() -> None:
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("name", sa.String(length=255), nullable=True),
         sa.Column("created_at", app.db.UTCDateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["comparison_id"], ["comparison.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("id"),
+        sa.ForeignKeyConstraint(
+            ["comparison_id"],
+            ["comparison.id"],
+            name=op.f("fk_comparison_rater_comparison_id_comparison"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_comparison_rater")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_comparison_rater_token_hash")),
     )
     op.create_index("ix_comparison_rater_comparison_id", "comparison_rater", ["comparison_id"])
@@ -80,8 +97,8 @@ def upgrade() -> None:
         sa.Column("verdict", sa.String(length=10), nullable=False),
         sa.Column("note", sa.String(length=1000), nullable=True),
         sa.Column("created_at", app.db.UTCDateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["comparison_id"], ["comparison.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("id"),
+        sa.ForeignKeyConstraint(["comparison_id"], ["comparison.id"], name=op.f("fk_comparison_vote_comparison_id_comparison"), ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_comparison_vote")),
         sa.UniqueConstraint(
             "comparison_id", "rater", "prompt_index", "model_x", "model_y", "round",
             name="uq_comparison_vote_pair",
