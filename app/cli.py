@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     inference = sub.add_parser("inference", help="the inference service (loads models)")
     inference.add_argument("--host", default="127.0.0.1")
     inference.add_argument("--port", type=int, default=8001)
+    inference.add_argument("--quiet", action="store_true", help="warnings only (for `serve`)")
     sub.add_parser("migrate", help="upgrade the database schema")
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "serve":
         serve(settings, args.host, args.port)
     elif args.command == "inference":
-        run_inference(args.host, args.port)
+        run_inference(args.host, args.port, quiet=args.quiet)
 
 
 def migrate(settings: Settings) -> None:
@@ -130,8 +131,11 @@ def run_worker(
     app.worker_main(argv)
 
 
-def run_inference(host: str, port: int) -> None:
+def run_inference(host: str, port: int, *, quiet: bool = False) -> None:
     """The inference service; its settings come from ``GRISTMILL_INFERENCE_*``."""
+    if quiet:  # beside `serve`, whose first screen is the newcomer's
+        for name in ("uvicorn.error", "torchao", "torch"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     from workers.inference.server import serve as serve_inference
     from workers.inference.settings import InferenceSettings
 
@@ -223,7 +227,7 @@ def embedded_processes(settings: Settings, host: str, port: int) -> list[Supervi
     worker = ["worker", "--queues", "cpu,gpu", "--concurrency", "1", "--quiet"]
     processes = [Supervisor("worker", worker)]
     if "inference_url" not in settings.model_fields_set:
-        inference = ["inference", "--host", host, "--port", str(port + 1)]
+        inference = ["inference", "--host", host, "--port", str(port + 1), "--quiet"]
         processes.append(Supervisor("inference", inference))
     return processes
 

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import errors, observability
+from app.api.errors import OPENAI_PATHS
 from app.api.middleware import PUBLIC_PATHS, UPLOAD_PATHS, EdgeGate
 from app.api.routes import (
     artifacts,
@@ -120,6 +121,8 @@ def _document_edge(app: FastAPI) -> None:
                 continue
             for method, operation in operations.items():
                 codes = ["401", "429", "503"]
+                if path.startswith(OPENAI_PATHS) or path.endswith("/metrics"):
+                    codes.append("400")  # the OpenAI surface answers 400 where others say 422
                 if method in ("post", "put", "patch"):
                     codes += ["408", "413", "422"]
                 if method == "post" and (path in UPLOAD_PATHS or path.endswith("jobs")):

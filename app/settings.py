@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     job_time_limit_grace_seconds: float = Field(60.0, ge=0)
     """After a job's time limit its stage is asked to stop (saving a checkpoint); this long
     after that the job is failed and its processes are killed."""
+    work_retention_hours: float = Field(168.0, gt=0)
+    """A failed or cancelled job's work folder, store folders without a row, and unused token
+    caches are deleted this long after they were last needed."""
     metrics_flush_seconds: float = Field(2.0, gt=0)
     """How often a running job writes its buffered metrics."""
     broker_visibility_timeout_seconds: int = Field(3600, ge=10)

@@ -32,7 +32,7 @@ from workers.pipeline.configs.training import ModelConfig, PretrainConfig, Token
 from workers.pipeline.pretrain import run_pretrain
 from workers.pipeline.quantize.stage import QuantizeInputs, run_quantize
 from workers.pipeline.tokenizer import train_tokenizer
-from workers.pipeline.types import DatasetFile, RunPaths
+from workers.pipeline.types import DatasetFile, Hooks, Progress, RunPaths
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus" / "stories.jsonl"
 
@@ -55,7 +55,7 @@ def _split(root: Path) -> tuple[DatasetFile, DatasetFile]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-tokens", type=int, default=8192)
     args = parser.parse_args()
@@ -81,18 +81,27 @@ def main() -> None:
     pretrain = PretrainConfig(
         model=shape,
         max_steps=args.steps,
-        global_batch_tokens=16 * 128,
-        micro_batch_size=16,
+        global_batch_tokens=8 * 128,
+        micro_batch_size=8,
         lr=3e-3,
         min_lr=3e-4,
         warmup_steps=min(20, args.steps),
         eval_interval=args.steps,
         checkpoint_interval=args.steps,
         sample_tokens=0,
-        log_interval=50,
+        log_interval=10,
     )
+
+    def show(p: Progress) -> None:
+        print(f"  step {p.step}/{p.total} loss {p.metrics.get('train_loss', 0):.3f}", flush=True)
+
     trained = run_pretrain(
-        pretrain, _paths(root / "pretrain"), train=train, validation=None, tokenizer_dir=tok_dir
+        pretrain,
+        _paths(root / "pretrain"),
+        Hooks(on_progress=show),
+        train=train,
+        validation=None,
+        tokenizer_dir=tok_dir,
     )
     model_dir = trained.output_dir
     train_s = time.perf_counter() - started

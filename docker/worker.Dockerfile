@@ -13,7 +13,8 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
-RUN pip install '.[worker]'
+# llama.cpp's binding compiles here (GGUF checks); gptqmodel without its numpy pin (see Makefile).
+RUN pip install '.[worker,gguf,gptq]' && pip install --no-deps 'gptqmodel==7.6.0'
 RUN useradd --create-home --uid 1000 gristmill && mkdir -p /data && chown gristmill /data
 USER gristmill
 ENV GRISTMILL_DATA_DIR=/data

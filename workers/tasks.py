@@ -75,7 +75,7 @@ def _start_reaper(**_: Any) -> None:
     runner.drain_marker(os.getpid()).unlink(missing_ok=True)  # a stale one from a dead namesake
     settings = get_settings()
     factory = make_session_factory(make_engine(settings.resolved_database_url))
-    _reaper = ReaperThread(factory, settings, enqueue)
+    _reaper = ReaperThread(factory, settings, enqueue, LocalStore(settings.resolved_storage_dir))
     _reaper.start()
     global _watchdog
     _watchdog = DeafnessWatchdog(

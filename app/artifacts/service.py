@@ -192,7 +192,10 @@ def list_artifacts(
 
 
 def list_files(*, store: LocalStore, artifact: Artifact) -> list[ArtifactFile]:
+    """The files of a ready artifact (one still validating, or refused, has none to offer)."""
     path = store.local_path(artifact.uri) / MANIFEST
+    if artifact.status != "ready" or not path.exists():
+        return []
     return [ArtifactFile(**entry) for entry in json.loads(path.read_text())]
 
 
@@ -204,12 +207,26 @@ def file_path(*, store: LocalStore, artifact: Artifact, name: str) -> Path:
 
 
 def stream_tar(*, store: LocalStore, artifact: Artifact) -> Iterator[bytes]:
-    """A ``.tar`` of the artifact folder, produced file by file: memory stays flat."""
-    folder = store.local_path(artifact.uri)
+    """A ``.tar`` of the artifact folder, produced file by file: memory stays flat.
+
+    Raises:
+        NotFound: the artifact is not ready (nothing to download yet, or it was refused); raised
+            before the first byte, so the caller answers with a clean error.
+    """
+    if artifact.status != "ready":
+        raise NotFound(
+            f"{artifact.category.title()} '{artifact.id}' is {artifact.status}: nothing to "
+            "download.",
+            code=f"{artifact.category}.not_ready",
+        )
     names = [f.path for f in list_files(store=store, artifact=artifact)] + [MANIFEST]
+    return _tar_chunks(store.local_path(artifact.uri), artifact.id, names)
+
+
+def _tar_chunks(folder: Path, root: str, names: list[str]) -> Iterator[bytes]:
     for name in names:
         path = folder / name
-        info = tarfile.TarInfo(f"{artifact.id}/{name}")
+        info = tarfile.TarInfo(f"{root}/{name}")
         info.size = path.stat().st_size
         info.mtime = int(path.stat().st_mtime)
         info.mode = 0o644

@@ -7,7 +7,7 @@ every response against those types. Gristmill's extension fields are marked as s
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,13 +41,13 @@ class ModelDeleted(BaseModel):
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: int | Auto | None = Field(default=None, ge=1, le=4096)
-    learning_rate_multiplier: float | Auto | None = Field(default=None, gt=0, le=1000)
-    n_epochs: int | Auto | None = Field(default=None, ge=1, le=100)
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | Auto | None = None
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=1000)] | Auto | None = None
+    n_epochs: Annotated[int, Field(ge=1, le=100)] | Auto | None = None
 
 
 class DpoHyperparameters(Hyperparameters):
-    beta: float | Auto | None = Field(default=None, ge=1e-3, le=10)
+    beta: Annotated[float, Field(ge=1e-3, le=10)] | Auto | None = None
 
 
 class SupervisedMethod(BaseModel):

@@ -153,7 +153,10 @@ def create_fine_tuning_job(
         InvalidInput: an unknown model or file, a file that is not fine-tuning data, or
             parameters the finetune job refuses (the param is named).
     """
-    model = artifacts.find_model(session=session, tenant_id=tenant_id, model=body.model)
+    try:
+        model = artifacts.find_model(session=session, tenant_id=tenant_id, model=body.model)
+    except NotFound as err:  # a bad parameter of this request, not a missing resource
+        raise InvalidInput(err.message, code=err.code, param="model") from None
     files = {"training_file": body.training_file, "validation_file": body.validation_file}
     for param, file_id in files.items():
         if file_id is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,9 +27,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import utcnow
 from app.jobs import service
+from app.jobs.gc import collect_garbage
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.settings import Settings
+from app.storage import LocalStore
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +131,23 @@ def _resend_stale(
                 report.resent += 1
 
 
-class ReaperThread:
-    """Runs ``reap`` every ``reaper_interval_seconds`` until stopped; errors are only logged."""
+GC_INTERVAL_S = 3600.0
 
-    def __init__(self, factory: sessionmaker[Session], settings: Settings, enqueue: Enqueue):
+
+class ReaperThread:
+    """Runs ``reap`` every ``reaper_interval_seconds`` until stopped, and with a ``store`` also
+    collects the store's garbage about hourly; errors are only logged."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        settings: Settings,
+        enqueue: Enqueue,
+        store: LocalStore | None = None,
+    ):
         self.factory, self.settings, self.enqueue = factory, settings, enqueue
+        self.store = store
+        self._last_gc = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
 
@@ -147,6 +162,13 @@ class ReaperThread:
         while True:
             try:
                 reap(factory=self.factory, settings=self.settings, enqueue=self.enqueue)
+                if self.store is not None and time.monotonic() - self._last_gc > GC_INTERVAL_S:
+                    self._last_gc = time.monotonic()
+                    collect_garbage(
+                        factory=self.factory,
+                        store=self.store,
+                        retention_s=self.settings.work_retention_hours * 3600,
+                    )
             except DBAPIError:
                 log.warning("reaper: database unavailable; will retry", exc_info=True)
             except Exception:

@@ -4,6 +4,7 @@ fine-tune it with LoRA, and find the merged model and its adapter registered wit
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import tarfile
 from pathlib import Path
@@ -160,3 +161,4 @@ def test_a_model_quantised_to_gguf_is_registered_per_type_and_downloads_as_one_f
         (name,) = [f["path"] for f in files if f["path"].endswith(".gguf")]
         blob = client.get(f"/v1/models/{model_id}/files/{name}", headers=auth)
         assert blob.status_code == 200 and blob.content[:4] == b"GGUF"
+    assert "/" not in json.dumps(done["result"]["gguf"])  # no server paths in what users read

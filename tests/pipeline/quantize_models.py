@@ -23,7 +23,10 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from tests.pipeline.conftest import make_paths, tiny_config
+from workers.pipeline.pretrain import run_pretrain
 from workers.pipeline.quantize.vocab import QWEN2_REGEX
+from workers.pipeline.types import DatasetFile
 
 SAMPLE_TEXT = (
     "Once upon a time, a little fox found 3 shiny stones.\n\n"
@@ -135,3 +138,22 @@ def save_imported(kind: str, texts: Sequence[str], out: Path) -> Path:
     model.save_pretrained(str(out))  # type: ignore[operator]
     tok.save_pretrained(str(out))
     return out
+
+
+_TRAINED: dict[Path, Path] = {}
+
+
+def trained_tiny(root: Path, corpus: DatasetFile, tokenizer_dir: Path, cache: Path) -> Path:
+    """A model trained by the pretrain stage at preset `tiny`, once per test session (both
+    quantisation modules share it: keyed by the session's tokenizer folder)."""
+    if tokenizer_dir not in _TRAINED:
+        paths = make_paths(root, cache)
+        run_pretrain(
+            tiny_config(max_steps=50, eval_interval=50, checkpoint_interval=50, sample_tokens=0),
+            paths,
+            train=corpus,
+            validation=None,
+            tokenizer_dir=tokenizer_dir,
+        )
+        _TRAINED[tokenizer_dir] = paths.output_dir
+    return _TRAINED[tokenizer_dir]

@@ -322,3 +322,16 @@ def test_a_gzip_with_a_bad_checksum_or_length_is_corrupt(
     error = _fails_validation(path)
     assert error.code == "dataset.corrupt_gzip"
     assert "corrupt" in error.message and what.lower() in error.message.lower()
+
+
+def test_lone_surrogates_and_nul_escapes_fail_validation_with_their_line(tmp_path: Path) -> None:
+    """JSON escapes can carry what UTF-8 cannot (``\\ud800``) or NUL: refused at validation,
+    with the line, so no later job meets them."""
+    path = tmp_path / "escapes.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n{"text": "a\\ud800b"}\n{"text": "c\\u0000d"}\n')
+
+    result = validate_dataset(detect_format(path, {}), ValidateConfig())
+
+    assert not result.ok
+    lines = {error["line"]: error["reason"] for error in result.errors}
+    assert "surrogate" in lines[2] and "NUL" in lines[3]

@@ -12,15 +12,17 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from tests.pipeline.conftest import make_paths, tiny_config
-from tests.pipeline.quantize_models import SAMPLE_TEXT, save_imported
+from tests.pipeline.conftest import make_paths
+from tests.pipeline.quantize_models import SAMPLE_TEXT, save_imported, trained_tiny
 from workers.pipeline.configs.base import ConfigError
 from workers.pipeline.configs.quantize import GgufOptions, QuantizeConfig
-from workers.pipeline.pretrain import run_pretrain
 from workers.pipeline.quantize import gguf_export
 from workers.pipeline.quantize.llamacpp import loaded
 from workers.pipeline.quantize.stage import QuantizeInputs, QuantizeResult, run_quantize
 from workers.pipeline.types import DatasetFile, PipelineError, RunPaths
+
+# The shared trained model takes ~1 min to train on a quiet 2-core box, several on a busy one.
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +32,8 @@ def trained_model(
     tiny_tokenizer_dir: Path,
     shared_cache: Path,
 ) -> Path:
-    """A model trained by the pretrain stage at preset `tiny` (a few seconds)."""
-    paths = make_paths(tmp_path_factory.mktemp("pretrain"), shared_cache)
-    run_pretrain(
-        tiny_config(max_steps=60, eval_interval=60, checkpoint_interval=60, sample_tokens=0),
-        paths,
-        train=corpus_file,
-        validation=None,
-        tokenizer_dir=tiny_tokenizer_dir,
-    )
-    return paths.output_dir
+    root = tmp_path_factory.getbasetemp() / "quantize-trained"
+    return trained_tiny(root, corpus_file, tiny_tokenizer_dir, shared_cache)
 
 
 def _quantize(

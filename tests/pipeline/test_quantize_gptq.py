@@ -9,12 +9,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.pipeline.conftest import make_paths, tiny_config
+from tests.pipeline.conftest import make_paths
+from tests.pipeline.quantize_models import trained_tiny
 from workers.pipeline.configs.quantize import GptqOptions, QuantizeConfig
-from workers.pipeline.pretrain import run_pretrain
 from workers.pipeline.quantize.gptq import rtn_quantize_
 from workers.pipeline.quantize.stage import QuantizeInputs, run_quantize
 from workers.pipeline.types import DatasetFile, PipelineError
+
+# The shared trained model takes ~1 min to train on a quiet 2-core box, several on a busy one.
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +27,8 @@ def trained_model(
     tiny_tokenizer_dir: Path,
     shared_cache: Path,
 ) -> Path:
-    paths = make_paths(tmp_path_factory.mktemp("pretrain"), shared_cache)
-    run_pretrain(
-        tiny_config(max_steps=60, eval_interval=60, checkpoint_interval=60, sample_tokens=0),
-        paths,
-        train=corpus_file,
-        validation=None,
-        tokenizer_dir=tiny_tokenizer_dir,
-    )
-    return paths.output_dir
+    root = tmp_path_factory.getbasetemp() / "quantize-trained"
+    return trained_tiny(root, corpus_file, tiny_tokenizer_dir, shared_cache)
 
 
 def _gptq_config(**options: object) -> QuantizeConfig:

@@ -48,7 +48,7 @@ def handle_finetune(ctx: JobContext[FinetuneParams]) -> Outcome:
         "validation_dataset_id": params.validation_dataset_id,
     }
     summary = {k: v for k, v in details(result).items() if k not in ("model_dir", "adapter_dir")}
-    name = f"ft:{base.name}:{params.suffix or config.method}:{ctx.job_id}"
+    name = f"ft:{_slug(base.name)}:{params.suffix or config.method}:{ctx.job_id}"
     model = NewArtifact(
         id=new_artifact_id("model"),
         category="model",
@@ -127,9 +127,15 @@ def handle_quantize(ctx: JobContext[QuantizeParams]) -> Outcome:
             )
         )
     model_ids = [o.id for o in outputs if isinstance(o, NewArtifact)]
-    summary = {k: v for k, v in result.items() if k not in ("report_path",)}
+    summary = {k: v for k, v in result.items() if k not in ("report_path", "gguf", "gptq")}
+    # Each output's figures, without where the worker kept its files.
+    summary["gguf"] = [{k: v for k, v in g.items() if k != "path"} for g in result["gguf"]]
+    if result["gptq"] is not None:
+        summary["gptq"] = {k: v for k, v in result["gptq"].items() if k != "output_dir"}
     return Outcome(result={"model_ids": model_ids, **summary}, outputs=outputs)
 
 
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:80] or "model"
+    """A name safe in a model id and a file name: letters, digits, '-', '_', '.'."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+    return "-".join(part for part in slug.split("-") if part)[:80] or "model"

@@ -93,7 +93,36 @@ def parse_json_line(raw: bytes, line: int) -> Record | RecordError:
         return RecordError(line, f"invalid JSON: {exc}")
     if not isinstance(obj, dict):
         return RecordError(line, "expected a JSON object")
+    bad = _bad_text(obj)
+    if bad is not None:
+        return RecordError(line, bad)
     return record_from_object(obj, line)
+
+
+def _bad_text(value: Any) -> str | None:
+    """JSON escapes can smuggle in what UTF-8 cannot hold (a lone surrogate such as "\\ud800")
+    or what no stage should see (NUL): refuse them here, with the line, not in a later job."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "text contains a NUL character (\\u0000)"
+        if any("\ud800" <= ch <= "\udfff" for ch in value):
+            return (
+                "text contains a lone surrogate (an escape such as \\ud800 that is not a character)"
+            )
+        return None
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        bad = _bad_text(key) if isinstance(key, str) else None
+        bad = bad or _bad_text(item)
+        if bad is not None:
+            return bad
+    return None
 
 
 def record_from_object(obj: dict[str, Any], line: int) -> Record | RecordError:

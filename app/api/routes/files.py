@@ -68,7 +68,18 @@ def read_file(file: FileDep) -> schemas.FileObject:
     return file
 
 
-@router.get("/{file_id}/content", responses=NOT_FOUND, summary="Download a file's content")
+@router.get(
+    "/{file_id}/content",
+    response_class=Response,
+    responses={
+        **NOT_FOUND,
+        200: {
+            "description": "The file's bytes (a metrics CSV for a result file)",
+            "content": {"application/octet-stream": {}, "text/csv": {}},
+        },
+    },
+    summary="Download a file's content",
+)
 def read_file_content(
     file: FileDep, session: SessionDep, store: StoreDep, tenant_id: TenantDep
 ) -> Response:

@@ -125,6 +125,11 @@ def run_gptq(
             "quantize.gptqmodel_missing",
             "gptqmodel is not installed on this worker (install gristmill[gptq])",
         ) from exc
+    # gptqmodel 7.6 writes per-layer logs under a relative ./logs, i.e. wherever the worker was
+    # started; point it at the job's work folder instead.
+    from gptqmodel.looper import loop_processor
+
+    loop_processor._PROJECT_LOG_DIR = work_dir / "gptq-logs"
     qconfig = GptqModelConfig(
         bits=options.bits,
         group_size=options.group_size,

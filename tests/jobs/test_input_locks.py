@@ -1,0 +1,80 @@
+"""Deleting a dataset while a job that reads it is being submitted: one of the two wins, cleanly.
+
+The submission holds a shared row lock on every input until it commits; the delete takes an
+exclusive one, so it waits, then sees the new job as a reader and refuses.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.datasets.service import delete_dataset
+from app.datasets.tables import Dataset
+from app.errors import Conflict
+from app.jobs import service
+from app.jobs.inputs import load_inputs
+from app.jobs.kinds import get_kind
+from app.settings import Settings
+from app.storage import LocalStore
+from tests.conftest import RunJob
+from workers.pipeline.configs.codec import decode
+
+
+def test_a_dataset_cannot_be_deleted_under_a_submission_that_reads_it(
+    client: TestClient,
+    auth: dict[str, str],
+    run_job: RunJob,
+    factory: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    rows = b"".join(b'{"text": "record %d is long enough to keep"}\n' % i for i in range(30))
+    dataset = client.post(
+        "/v1/datasets", files={"file": ("d.jsonl", io.BytesIO(rows))}, headers=auth
+    )
+    run_job(dataset.json()["job_id"])
+    dataset_id = dataset.json()["id"]
+    store = LocalStore(settings.resolved_storage_dir)
+    kind = get_kind("tokenizer")
+    params = decode(kind.params, {"dataset_id": dataset_id, "vocab_size": 300})
+
+    submitting = factory()
+    tenant_id = submitting.get_one(Dataset, dataset_id).tenant_id
+    inputs = load_inputs(
+        session=submitting, store=store, tenant_id=tenant_id, kind=kind, params=params, lock=True
+    )
+    outcome: dict[str, BaseException | None] = {}
+
+    def delete() -> None:
+        with factory() as session:
+            try:
+                delete_dataset(
+                    session=session, store=store, tenant_id=tenant_id, dataset_id=dataset_id
+                )
+                outcome["error"] = None
+            except BaseException as exc:
+                outcome["error"] = exc
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    time.sleep(1.0)
+    assert deleter.is_alive()  # waiting for the submission's lock
+    service.add_job(
+        session=submitting,
+        tenant_id=tenant_id,
+        job_type=kind.name,
+        params={"dataset_id": dataset_id},
+        queue="cpu",
+        max_attempts=1,
+        inputs=[r.id for r in inputs.values()],
+    )
+    submitting.commit()
+    submitting.close()
+    deleter.join(timeout=30)
+
+    assert isinstance(outcome["error"], Conflict)
+    assert client.get(f"/v1/datasets/{dataset_id}", headers=auth).status_code == 200
