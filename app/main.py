@@ -20,6 +20,7 @@ from app.api.errors import OPENAI_PATHS
 from app.api.middleware import PUBLIC_PATHS, UPLOAD_PATHS, EdgeGate
 from app.api.routes import (
     artifacts,
+    comparisons,
     completions,
     datasets,
     files,
@@ -95,8 +96,10 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         files.router,
         fine_tuning.router,
         completions.router,
+        comparisons.router,
     ):
         app.include_router(router, prefix="/v1")
+    app.include_router(comparisons.page)
     _install_docs(app)
     _document_edge(app)
     return app

@@ -37,6 +37,7 @@ from app.artifacts.service import (
 )
 from app.artifacts.tables import Artifact
 from app.broker import enqueue
+from app.comparisons.service import ComparisonAnswers, record_answers
 from app.datasets.service import NewDataset, ValidationVerdict, place_dataset, record_verdict
 from app.datasets.tables import Dataset
 from app.db import session_scope, utcnow
@@ -564,6 +565,8 @@ def _write_final(
                 record_verdict(session=session, verdict=item)
             elif isinstance(item, _PlacedImport):
                 record_import(session=session, artifact_id=item.artifact_id, values=item.values)
+            elif isinstance(item, ComparisonAnswers):
+                record_answers(session=session, answers=item)
             else:
                 session.add(item)
         message = f"job {status.value}"

@@ -52,6 +52,9 @@ from app.tenants.service import Caller, hash_key, identify
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/ready"})
+# Invited raters have a token, not a key: these two pass the gate with one (the route checks it).
+RATER_PATH = re.compile(r"^/v1/comparisons/[^/]+/(next|votes)$")
+RATER_TOKEN_PREFIX = "gmr_"
 UPLOAD_PATHS = frozenset({"/v1/datasets", "/v1/models", "/v1/files"})  # multipart streams
 DOWNLOAD = re.compile(r"^/v1/(datasets|models|tokenizers|files)/[^/]+/(content|files/.+)$")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -139,7 +142,11 @@ class EdgeGate:
             await self.app(scope, receive, send)
             return
         try:
-            await self._gate(scope, receive, send)
+            token = _rater_token(scope) if RATER_PATH.match(path) else None
+            if token is not None:
+                await self._rater_gate(scope, receive, send, token)
+            else:
+                await self._gate(scope, receive, send)
         except GristmillError as exc:
             # Raised before the route ran (a response has not started): answer it here.
             await render_exception(exc)(scope, receive, send)
@@ -174,7 +181,7 @@ class EdgeGate:
                 return  # the client went away
             if _is_json(headers):
                 _check_json_text(body)
-            if method == "POST" and path in ("/v1/jobs", "/v1/fine_tuning/jobs"):
+            if method == "POST" and path in ("/v1/jobs", "/v1/fine_tuning/jobs", "/v1/comparisons"):
                 key = idempotency_key.decode("latin-1") if idempotency_key else None
                 await self._in_thread(
                     lambda session: quotas.check_job_quota(
@@ -188,6 +195,25 @@ class EdgeGate:
         if method == "GET" and DOWNLOAD.match(path):
             await self._stream(scope, receive, self._timed_send(send), caller)
             return
+        await self.app(scope, receive, send)
+
+    async def _rater_gate(self, scope: Scope, receive: Receive, send: Send, token: str) -> None:
+        """A rater's call without a key: the same rate limit (per token), text and body bounds;
+        the route checks the token against the comparison."""
+        caller = Caller(tenant_id="", key_id="rater:" + hash_key(token)[:32])
+        limited = await self._rate_limit(scope, receive, send, caller)
+        if limited is None:
+            return
+        send = limited
+        _check_text_in_url(scope)
+        headers = dict(scope["headers"])
+        if scope["method"] in BODY_METHODS:
+            body = await self._read_body(receive, headers)
+            if body is None:
+                return
+            if _is_json(headers):
+                _check_json_text(body)
+            receive = _replay(body, receive)
         await self.app(scope, receive, send)
 
     # -- authentication -------------------------------------------------------------------------
@@ -345,6 +371,19 @@ class _Unavailable(Exception):
 
 class _SlowReader(Exception):
     pass
+
+
+def _rater_token(scope: Scope) -> str | None:
+    """An invite token sent as ``X-Rater-Token``, ``Bearer gmr_…`` or ``?token=`` (else None)."""
+    headers: dict[bytes, bytes] = dict(scope["headers"])
+    header: str = headers.get(b"x-rater-token", b"").decode("latin-1").strip()
+    if header:
+        return header
+    scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() == "bearer" and value.strip().startswith(RATER_TOKEN_PREFIX):
+        return value.strip()
+    query = scope.get("query_string", b"").decode("latin-1")
+    return next((v for k, v in parse_qsl(query) if k == "token" and v), None)
 
 
 def _too_large(cap: int) -> GristmillError:

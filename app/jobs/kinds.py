@@ -21,6 +21,7 @@ from typing import Any, Literal
 from app.errors import InvalidInput
 from app.settings import Settings
 from workers.pipeline.configs.base import ConfigError
+from workers.pipeline.configs.compare import CompareConfig
 from workers.pipeline.configs.data import PrepareConfig
 from workers.pipeline.configs.evaluate import EvaluateConfig
 from workers.pipeline.configs.finetune import FinetuneConfig
@@ -131,10 +132,16 @@ class JobKind:
         )
 
     def referenced(self, params: Any) -> Iterator[tuple[InputRef, str]]:
-        """Each input reference the given parameters set, with the id it names."""
+        """Each input reference the given parameters set, with the id it names.
+
+        A list of ids (``model_ids``) yields one reference per entry, named ``model_ids.<i>``.
+        """
         for item in self.inputs:
             object_id = getattr(params, item.param)
-            if object_id is not None:  # "" is a reference too: to nothing, and refused as such
+            if isinstance(object_id, tuple | list):
+                for i, one in enumerate(object_id):
+                    yield dataclasses.replace(item, param=f"{item.param}.{i}"), one
+            elif object_id is not None:  # "" is a reference too: to nothing, and refused as such
                 yield item, object_id
 
 
@@ -330,6 +337,27 @@ class EvaluateParams(EvaluateConfig):
             raise ConfigError("extra_dataset_id", "give dataset_id first")
 
 
+@dataclass(frozen=True)
+class CompareParams(CompareConfig):
+    comparison_id: str = field(kw_only=True)
+    """The comparison whose answers this job generates (created by ``POST /v1/comparisons``)."""
+    model_ids: tuple[str, ...] = ref("model", formats=("huggingface", "gguf"))
+    """The models compared, two or more, each the tenant's own and ready."""
+    dataset_id: str | None = ref("dataset", optional=True)
+    """Prompts as a dataset's texts (the first 500) instead of ``prompts``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 2 <= len(self.model_ids) <= 16 or len(set(self.model_ids)) != len(self.model_ids):
+            raise ConfigError("model_ids", "2-16 different models")
+        if bool(self.prompts) == (self.dataset_id is not None):
+            raise ConfigError("prompts", "give prompts or dataset_id (one of them)")
+
+
+def _compare_queue(params: CompareParams) -> Queue:
+    return "gpu" if params.device == "cuda" else "cpu"
+
+
 def _evaluate_queue(params: EvaluateParams) -> Queue:
     return "gpu" if params.device == "cuda" else "cpu"
 
@@ -421,6 +449,19 @@ KINDS: dict[str, JobKind] = {
             handler="workers.handlers.evaluate:handle_evaluate",
             stage="workers.pipeline.evaluate.stage:run_evaluate",
             time_limit_s=2 * DAY,
+        ),
+        JobKind(
+            name="compare",
+            summary=(
+                "Generate every model's answer to every prompt (fixed seeds) for a blind "
+                "side-by-side comparison; rating opens when it succeeds."
+            ),
+            params=CompareParams,
+            queue=_compare_queue,
+            handler="workers.handlers.compare:handle_compare",
+            stage="workers.pipeline.compare:run_compare",
+            submittable=False,
+            time_limit_s=DAY,
         ),
         JobKind(
             name="import_model",

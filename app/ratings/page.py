@@ -134,7 +134,7 @@ def render_page(comparison_id: str, token: str, *, api_base: str = "") -> str:
 <button data-choice="both_bad" id="vote-both_bad" class="alt">Both bad <kbd>4 / x</kbd></button>
 </div>
 <label for="note">Note (optional, <kbd>n</kbd>)</label>
-<textarea id="note" rows="2" maxlength="2000"></textarea>
+<textarea id="note" rows="2" maxlength="1000"></textarea>
 </section>
 </main>
 <script type="application/json" id="cfg">{config}</script>

@@ -16,10 +16,20 @@ from workers.pipeline.types import Hooks, RunPaths
 from workers.runner import handler_for
 
 PLACEHOLDER_ID = "ds_01JAAAAAAAAAAAAAAAAAAAAAAA"
+# Kinds only the service creates, whose parameters carry more than references.
+SERVICE_EXAMPLES: dict[str, dict[str, object]] = {
+    "compare": {
+        "comparison_id": "cmp_01JAAAAAAAAAAAAAAAAAAAAAAA",
+        "model_ids": ["mdl_01JAAAAAAAAAAAAAAAAAAAAAAA", "mdl_01JBBBBBBBBBBBBBBBBBBBBBBB"],
+        "prompts": ["Say hello."],
+    }
+}
 
 
 def example_params(kind: JobKind) -> dict[str, object]:
     """The smallest valid parameters: every required field is an input reference."""
+    if kind.name in SERVICE_EXAMPLES:
+        return SERVICE_EXAMPLES[kind.name]
     required = [
         f
         for f in dataclasses.fields(kind.params)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from app.artifacts.service import ImportVerdict, NewArtifact
+from app.comparisons.service import ComparisonAnswers
 from app.datasets.service import NewDataset, ValidationVerdict
 from app.jobs.inputs import Resolved
 from app.jobs.kinds import JobKind
@@ -28,7 +29,7 @@ from workers.pipeline.types import DatasetFile, Hooks, RunPaths
 P = TypeVar("P")
 C = TypeVar("C")
 
-Output = NewArtifact | NewDataset | ValidationVerdict | ImportVerdict
+Output = NewArtifact | NewDataset | ValidationVerdict | ImportVerdict | ComparisonAnswers
 
 
 @dataclass(frozen=True)

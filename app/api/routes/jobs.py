@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.responses import HTMLResponse
 
 from app.api.deps import JobDep, PageDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
@@ -11,6 +12,7 @@ from app.jobs import service
 from app.jobs.kinds import get_kind, queue_capacity
 from app.jobs.schemas import JobCreate, JobEventRead, JobMetricRead, JobRead, Page, brief
 from app.jobs.states import JobStatus
+from app.reports.evaluate import render_report
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses={401: {"model": ErrorResponse}})
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
@@ -78,6 +80,21 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobRead, responses=NOT_FOUND, summary="Get a job")
 def read_job(job: JobDep) -> JobRead:
     return JobRead.model_validate(job)
+
+
+@router.get(
+    "/{job_id}/report.html",
+    responses={
+        **NOT_FOUND,
+        409: {"model": ErrorResponse},
+        200: {"content": {"text/html": {"schema": {"type": "string"}}}},
+    },
+    summary="An evaluate job's report page",
+)
+def read_report(job: JobDep, session: SessionDep) -> Response:
+    """Bits per byte per dataset, bias per category with intervals, the training loss curves
+    of the model's lineage, and the samples: charts inlined, one self-contained page."""
+    return HTMLResponse(render_report(session=session, job=job))
 
 
 @router.post(

@@ -1,0 +1,214 @@
+"""Blind side-by-side comparisons: create, invite raters, rate, and read the results.
+
+``GET …/next`` and ``POST …/votes`` take an API key of the comparison's tenant or an invite
+token (``Authorization: Bearer gmr_…``, ``X-Rater-Token`` or ``?token=``); the edge gate lets
+a token through without a key and the token is checked here. ``/rate/{token}`` is the page.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import HTMLResponse
+
+from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.errors import ErrorResponse
+from app.broker import enqueue
+from app.comparisons import service
+from app.comparisons.chart import ladder_png
+from app.comparisons.schemas import (
+    ComparisonCreate,
+    ComparisonRead,
+    RaterCreate,
+    RaterRead,
+    VoteCount,
+    VoteCreate,
+)
+from app.comparisons.tables import Comparison
+from app.errors import NotFound, Unauthorized
+from app.jobs.kinds import queue_capacity
+from app.ratings.page import render_page
+
+router = APIRouter(
+    prefix="/comparisons", tags=["comparisons"], responses={401: {"model": ErrorResponse}}
+)
+page = APIRouter(tags=["comparisons"])
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+TokenQuery = Annotated[str | None, Query(max_length=100, description="An invite token.")]
+TokenHeader = Annotated[str | None, Header(max_length=100, alias="X-Rater-Token")]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ComparisonRead,
+    responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    summary="Compare models side by side",
+)
+def create_comparison(
+    body: ComparisonCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    tenant_id: TenantDep,
+) -> ComparisonRead:
+    """Queue a ``compare`` job that generates every answer; rating opens when it succeeds."""
+    comparison, job = service.create_comparison(
+        session=session,
+        store=store,
+        tenant_id=tenant_id,
+        body=body,
+        max_attempts=settings.max_attempts,
+        capacity=queue_capacity(settings, "cpu"),
+    )
+    enqueue(job.id, job.queue)
+    response.headers["Location"] = f"/v1/comparisons/{comparison.id}"
+    return ComparisonRead.model_validate(service.view(session, comparison))
+
+
+def _own(session: SessionDep, tenant_id: TenantDep, comparison_id: str) -> Comparison:
+    return service.get_comparison(session=session, tenant_id=tenant_id, comparison_id=comparison_id)
+
+
+@router.get(
+    "/{comparison_id}", response_model=ComparisonRead, responses=NOT_FOUND,
+    summary="Get a comparison",
+)  # fmt: skip
+def read_comparison(
+    comparison_id: str, session: SessionDep, tenant_id: TenantDep
+) -> ComparisonRead:
+    comparison = _own(session, tenant_id, comparison_id)
+    return ComparisonRead.model_validate(service.view(session, comparison))
+
+
+@router.post(
+    "/{comparison_id}/raters",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RaterRead,
+    responses={**NOT_FOUND, 400: {"model": ErrorResponse}},
+    summary="Invite a rater by link",
+)
+def invite_rater(
+    comparison_id: str, session: SessionDep, tenant_id: TenantDep, body: RaterCreate | None = None
+) -> RaterRead:
+    comparison = _own(session, tenant_id, comparison_id)
+    rater, token = service.add_rater(
+        session=session, comparison=comparison, name=body.name if body else None
+    )
+    return RaterRead(id=rater.id, name=rater.name, url=f"/rate/{token}", token=token)
+
+
+def _rater(
+    request: Request,
+    session: SessionDep,
+    comparison_id: str,
+    token: str | None,
+    header: str | None,
+) -> tuple[Comparison, str]:
+    """The comparison and the rater's identity: an API key of its tenant, or an invite."""
+    tenant_id: str | None = getattr(request.state, "tenant_id", None)
+    if tenant_id is not None:
+        comparison = _own(session, tenant_id, comparison_id)
+        return comparison, service.key_rater(request.state.key_id)
+    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+    value = header or token or (bearer.strip() if scheme.lower() == "bearer" else "")
+    if not value:
+        raise Unauthorized("Send an API key or a rater token.", code="unauthorized")
+    rater = service.rater_by_token(session=session, token=value)
+    if rater.comparison_id != comparison_id:
+        raise NotFound(f"No comparison with id '{comparison_id}'.", code="comparison.not_found")
+    return session.get_one(Comparison, comparison_id), rater.id
+
+
+@router.get(
+    "/{comparison_id}/next",
+    responses={**NOT_FOUND, 409: {"model": ErrorResponse}},
+    summary="The next pair to rate",
+)
+def next_pair(
+    comparison_id: str,
+    request: Request,
+    session: SessionDep,
+    token: TokenQuery = None,
+    x_rater_token: TokenHeader = None,
+) -> dict[str, Any]:
+    """``{"ticket", "prompt", "a", "b"}`` with sides at random and no model names, or
+    ``{"done": true}`` when this rater has voted on every pair."""
+    comparison, rater = _rater(request, session, comparison_id, token, x_rater_token)
+    return service.next_for(session=session, comparison=comparison, rater=rater)
+
+
+@router.post(
+    "/{comparison_id}/votes",
+    status_code=status.HTTP_201_CREATED,
+    response_model=VoteCount,
+    responses={**NOT_FOUND, 400: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    summary="Vote on a pair",
+)
+def vote(
+    comparison_id: str,
+    body: VoteCreate,
+    request: Request,
+    session: SessionDep,
+    token: TokenQuery = None,
+    x_rater_token: TokenHeader = None,
+) -> VoteCount:
+    """``a`` (left), ``b`` (right), ``tie`` or ``both_bad``; once per rater and pair (409)."""
+    comparison, rater = _rater(request, session, comparison_id, token, x_rater_token)
+    count = service.cast_vote(
+        session=session,
+        comparison=comparison,
+        rater=rater,
+        ticket=body.ticket,
+        choice=body.choice,
+        note=body.note,
+    )
+    return VoteCount(votes=count)
+
+
+@router.get("/{comparison_id}/results", responses=NOT_FOUND, summary="Ratings and figures")
+def read_results(comparison_id: str, session: SessionDep, tenant_id: TenantDep) -> dict[str, Any]:
+    """Bradley–Terry ladder (Elo scale, 95% bootstrap intervals), win-rate matrix, votes per
+    model, left-position win rate, rater agreement on control repeats."""
+    comparison = _own(session, tenant_id, comparison_id)
+    return service.results(session=session, comparison=comparison)
+
+
+@router.get(
+    "/{comparison_id}/chart.png",
+    responses={**NOT_FOUND, 200: {"content": {"image/png": {"schema": {"type": "string"}}}}},
+    summary="The rating ladder as a chart",
+)
+def read_chart(comparison_id: str, session: SessionDep, tenant_id: TenantDep) -> Response:
+    comparison = _own(session, tenant_id, comparison_id)
+    figures = service.results(session=session, comparison=comparison)
+    return Response(ladder_png(figures), media_type="image/png")
+
+
+@router.get(
+    "/{comparison_id}/votes.jsonl",
+    responses={
+        **NOT_FOUND,
+        200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+    },
+    summary="Every vote, with model identities",
+)
+def export_votes(comparison_id: str, session: SessionDep, tenant_id: TenantDep) -> Response:
+    comparison = _own(session, tenant_id, comparison_id)
+    text = service.export_jsonl(session=session, comparison=comparison)
+    return Response(text, media_type="application/x-ndjson")
+
+
+@page.get("/rate/{token}", response_class=HTMLResponse, include_in_schema=False)
+def rater_page(token: str, session: SessionDep) -> HTMLResponse:
+    """The rater page for an invite (plain HTML and JS, nothing from a CDN)."""
+    try:
+        rater = service.rater_by_token(session=session, token=token)
+    except Unauthorized:
+        return HTMLResponse("<!doctype html><title>Not found</title><p>Unknown link.", 404)
+    return HTMLResponse(
+        render_page(rater.comparison_id, token),
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, utcnow
+
+
+class Comparison(Base):
+    """Two or more models answering the same prompts, for raters who do not know which is which.
+
+    ``status``: generating (its ``compare`` job runs) → open (rating) | failed. ``secret`` signs
+    the tickets raters get (:mod:`app.ratings.pairing`).
+    """
+
+    __tablename__ = "comparison"
+    __table_args__ = (Index("ix_comparison_tenant_id_id", "tenant_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(20))
+    model_ids: Mapped[list[str]] = mapped_column(JSON)
+    prompts: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    """The prompts (known once generated when they come from a dataset)."""
+    dataset_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("job.id", ondelete="SET NULL"), default=None
+    )
+    secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ComparisonAnswer(Base):
+    __tablename__ = "comparison_answer"
+    __table_args__ = (UniqueConstraint("comparison_id", "prompt_index", "model_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    comparison_id: Mapped[str] = mapped_column(
+        ForeignKey("comparison.id", ondelete="CASCADE"), index=True
+    )
+    prompt_index: Mapped[int] = mapped_column(Integer)
+    model_id: Mapped[str] = mapped_column(String(40))
+    text: Mapped[str] = mapped_column(Text)
+
+
+class Rater(Base):
+    """A person invited by link; the link's token is kept only as its SHA-256."""
+
+    __tablename__ = "comparison_rater"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    comparison_id: Mapped[str] = mapped_column(
+        ForeignKey("comparison.id", ondelete="CASCADE"), index=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str | None] = mapped_column(String(255), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ComparisonVote(Base):
+    """One verdict. ``rater`` is an invited rater's id or ``key:<api key id>``; a pair is
+    (prompt, model_x < model_y) and ``round`` 1 marks a control repeat, so a rater votes once
+    per pair and round."""
+
+    __tablename__ = "comparison_vote"
+    __table_args__ = (
+        UniqueConstraint(
+            "comparison_id", "rater", "prompt_index", "model_x", "model_y", "round",
+            name="uq_comparison_vote_pair",
+        ),
+    )  # fmt: skip
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    comparison_id: Mapped[str] = mapped_column(
+        ForeignKey("comparison.id", ondelete="CASCADE"), index=True
+    )
+    rater: Mapped[str] = mapped_column(String(60))
+    ticket: Mapped[str] = mapped_column(String(64))
+    prompt_index: Mapped[int] = mapped_column(Integer)
+    model_x: Mapped[str] = mapped_column(String(40))
+    model_y: Mapped[str] = mapped_column(String(40))
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    left_model: Mapped[str] = mapped_column(String(40))
+    right_model: Mapped[str] = mapped_column(String(40))
+    verdict: Mapped[str] = mapped_column(String(10))
+    note: Mapped[str | None] = mapped_column(String(1000), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

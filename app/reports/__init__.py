@@ -1,0 +1,1 @@
+"""HTML reports with charts drawn by matplotlib (a base dependency; it does not pull torch)."""
