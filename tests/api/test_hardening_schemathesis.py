@@ -60,6 +60,7 @@ def test_schemathesis_finds_nothing(
             ],
             capture_output=True,
             text=True,
+            cwd=tmp_path,  # its cache folder goes there, not into the checkout
             timeout=850,
             check=False,
         )
