@@ -5,23 +5,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from app import layout
+from app.api import uploads
 from app.api.deps import PageDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.broker import enqueue
-from app.datasets import service, upload
+from app.datasets import service
 from app.datasets.schemas import DatasetRead, DatasetReport
 from app.datasets.tables import Dataset
-from app.errors import InvalidInput, PayloadTooLarge
 from app.jobs.schemas import Page
-from app.storage import AtomicWriter
-from app.tenants import quotas
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses={401: {"model": ErrorResponse}})
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
-MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
 
 
 def valid_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) -> Dataset:
@@ -83,37 +79,18 @@ async def create_dataset(
     store: StoreDep,
     tenant_id: TenantDep,
 ) -> DatasetRead:
-    """Stream the file to storage, then validate it in the background (`validating` → `ready`).
-
-    No database connection is held while the body streams: the key was checked at the edge, and
-    the session is first used (briefly) for the quota check and again once the file is on disk.
-    """
+    """Stream the file to storage, then validate it in the background (`validating` → `ready`)."""
     limit = settings.max_upload_bytes
-    declared_length = request.headers.get("content-length", "")
-    content_length = int(declared_length) if declared_length.isdigit() else None
-    if content_length is not None and content_length > limit + MULTIPART_SLACK:
-        raise PayloadTooLarge(f"The upload is larger than the limit of {limit} bytes.")
-
-    def check_quota(adding: int) -> None:
-        try:
-            quotas.check_storage_quota(
-                session=session,
-                tenant_id=tenant_id,
-                limit=settings.quota_storage_bytes,
-                adding=adding,
-            )
-        finally:
-            session.close()  # hand the connection back before (or after) the stream
-
-    declared = max(0, (content_length or 0) - MULTIPART_SLACK)
-    await run_in_threadpool(check_quota, declared)
+    check_quota = uploads.quota_check(session, settings, tenant_id)
+    await check_quota(uploads.declared_size(request, limit))
     dataset_id = service.new_dataset_id()
     try:
-        received, writer = await _receive_file(request, store, dataset_id, limit)
+        key = layout.dataset_data(dataset_id)
+        received, writer = await uploads.receive_file(request, store, key, limit, code="dataset")
         fields = received.fields
         options = service.parse_options(fields)
         name = service.check_name(fields.get("name") or received.filename or "dataset")
-        await run_in_threadpool(check_quota, writer.size)
+        await check_quota(writer.size)
         dataset, job = await run_in_threadpool(
             lambda: service.register_upload(
                 session=session,
@@ -134,31 +111,6 @@ async def create_dataset(
     enqueue(job.id, job.queue)
     views = await run_in_threadpool(service.to_read, session, [dataset])
     return views[0]
-
-
-async def _receive_file(
-    request: Request, store: StoreDep, dataset_id: str, limit: int
-) -> tuple[upload.Upload, AtomicWriter]:
-    """The streamed file, checked against a declared SHA-256 and committed to the store."""
-    with store.open_write(layout.dataset_data(dataset_id)) as writer:
-        try:
-            received = await upload.receive(
-                request.stream(),
-                content_type=request.headers.get("content-type", ""),
-                writer=writer,
-                max_bytes=limit,
-            )
-        except ClientDisconnect:
-            raise InvalidInput("The client disconnected before the upload finished.") from None
-        declared = received.fields.get("sha256")
-        if declared is not None and declared.lower() != writer.sha256:
-            raise InvalidInput(
-                f"The upload's SHA-256 is {writer.sha256}, not the declared {declared}.",
-                code="dataset.checksum_mismatch",
-                param="sha256",
-            )
-        await run_in_threadpool(writer.commit)
-    return received, writer
 
 
 @router.get("", response_model=Page[DatasetRead], summary="List datasets, newest first")

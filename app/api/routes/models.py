@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request, status
+from fastapi import APIRouter, Depends, Request, status
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from app import layout
+from app.api import uploads
 from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.artifacts import service
@@ -16,11 +16,9 @@ from app.artifacts.schemas import ArtifactRead
 from app.artifacts.tables import Artifact
 from app.broker import enqueue
 from app.compat.schemas import ModelDeleted
-from app.datasets import upload
-from app.errors import InvalidInput, PayloadTooLarge
+from app.errors import InvalidInput
 
 router = APIRouter(prefix="/models", tags=["models"], responses={401: {"model": ErrorResponse}})
-MULTIPART_SLACK = 64 * 1024
 
 UPLOAD_BODY = {
     "requestBody": {
@@ -61,36 +59,20 @@ async def create_model(
     settings: SettingsDep,
     store: StoreDep,
     tenant_id: TenantDep,
-    content_length: Annotated[int | None, Header(ge=0)] = None,
 ) -> ArtifactRead:
     """Safetensors only: pickled weights are refused and never loaded (`validating` → `ready`)."""
     limit = settings.max_upload_bytes
-    if content_length is not None and content_length > limit + MULTIPART_SLACK:
-        raise PayloadTooLarge(f"The upload is larger than the limit of {limit} bytes.")
+    check_quota = uploads.quota_check(session, settings, tenant_id)
+    await check_quota(uploads.declared_size(request, limit))
     model_id = service.new_artifact_id("model")
     try:
-        with store.open_write(layout.model_upload(model_id)) as writer:
-            try:
-                received = await upload.receive(
-                    request.stream(),
-                    content_type=request.headers.get("content-type", ""),
-                    writer=writer,
-                    max_bytes=limit,
-                )
-            except ClientDisconnect:
-                raise InvalidInput("The client disconnected before the upload finished.") from None
-            fields = received.fields
-            if set(fields) - {"name", "sha256"}:
-                raise InvalidInput("Only 'file', 'name' and 'sha256' are accepted here.")
-            if "sha256" in fields and fields["sha256"].lower() != writer.sha256:
-                declared = fields["sha256"]
-                raise InvalidInput(
-                    f"The upload's SHA-256 is {writer.sha256}, not the declared {declared}.",
-                    code="model.checksum_mismatch",
-                    param="sha256",
-                )
-            name = (fields.get("name") or received.filename or model_id).strip()[:255] or model_id
-            await run_in_threadpool(writer.commit)
+        key = layout.model_upload(model_id)
+        received, writer = await uploads.receive_file(request, store, key, limit, code="model")
+        fields = received.fields
+        if set(fields) - {"name", "sha256"}:
+            raise InvalidInput("Only 'file', 'name' and 'sha256' are accepted here.")
+        name = (fields.get("name") or received.filename or model_id).strip()[:255] or model_id
+        await check_quota(writer.size)
         artifact, job = await run_in_threadpool(
             lambda: service.register_model_upload(
                 session=session,
