@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     """Queued plus running jobs one tenant may have; more submissions answer 403 (0: no limit)."""
     quota_storage_bytes: int = Field(1024**4, ge=0)
     """Bytes of datasets and artifacts one tenant may store; uploads beyond answer 403."""
+    quota_device_hours_per_day: float = Field(0.0, ge=0)
+    """Device-hours (a job's running time × its devices, on the gpu queue) one tenant may use in
+    any 24 hours; submissions beyond answer 403 (0: no limit)."""
 
     log_format: Literal["text", "json"] = "text"
     """``json`` prints one JSON object per log line (with job_id, attempt, request_id)."""

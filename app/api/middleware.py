@@ -183,14 +183,7 @@ class EdgeGate:
                 _check_json_text(body)
             if method == "POST" and path in ("/v1/jobs", "/v1/fine_tuning/jobs", "/v1/comparisons"):
                 key = idempotency_key.decode("latin-1") if idempotency_key else None
-                await self._in_thread(
-                    lambda session: quotas.check_job_quota(
-                        session=session,
-                        tenant_id=caller.tenant_id,
-                        limit=self.settings.quota_active_jobs,
-                        idempotency_key=key,
-                    )
-                )
+                await self._in_thread(lambda session: self._job_quotas(session, caller, key))
             receive = _replay(body, receive)
         if method == "GET" and DOWNLOAD.match(path):
             await self._stream(scope, receive, self._timed_send(send), caller)
@@ -215,6 +208,19 @@ class EdgeGate:
                 _check_json_text(body)
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
+
+    def _job_quotas(self, session: Session, caller: Caller, key: str | None) -> None:
+        quotas.check_job_quota(
+            session=session,
+            tenant_id=caller.tenant_id,
+            limit=self.settings.quota_active_jobs,
+            idempotency_key=key,
+        )
+        quotas.check_device_hours_quota(
+            session=session,
+            tenant_id=caller.tenant_id,
+            limit=self.settings.quota_device_hours_per_day,
+        )
 
     # -- authentication -------------------------------------------------------------------------
 

@@ -7,11 +7,14 @@ pass; the overshoot is bounded by the number of concurrent requests, never by ti
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from app.artifacts.tables import Artifact
 from app.datasets.tables import Dataset
+from app.db import utcnow
 from app.errors import QuotaExceeded
 from app.jobs.states import FINAL_STATES
 from app.jobs.tables import Job
@@ -61,6 +64,44 @@ def check_job_quota(
             f"This tenant already has {count} queued or running jobs, its quota is {limit}; "
             "wait for some to finish or cancel some.",
             code="quota.active_jobs",
+        )
+
+
+def device_hours(*, session: Session, tenant_id: str, since: datetime) -> float:
+    """Device-hours of the tenant's gpu-queue jobs that ran after ``since`` (running ones count
+    up to now): running time × devices."""
+    now = utcnow()
+    rows = session.execute(
+        select(Job.started_at, Job.finished_at, Job.params).where(
+            Job.tenant_id == tenant_id,
+            Job.queue == "gpu",
+            Job.started_at.is_not(None),
+            or_(Job.finished_at.is_(None), Job.finished_at > since),
+        )
+    )
+    hours = 0.0
+    for started, finished, params in rows:
+        start = max(started, since)
+        end = finished or now
+        devices = params.get("devices", 1) if isinstance(params, dict) else 1
+        hours += max(0.0, (end - start).total_seconds()) / 3600 * max(1, int(devices or 1))
+    return hours
+
+
+def check_device_hours_quota(*, session: Session, tenant_id: str, limit: float) -> None:
+    """Refuse a new job once the tenant used ``limit`` device-hours in the last 24 hours.
+
+    Raises:
+        QuotaExceeded: the tenant's device-hours of the last day reach the quota.
+    """
+    if limit <= 0:
+        return
+    used = device_hours(session=session, tenant_id=tenant_id, since=utcnow() - timedelta(days=1))
+    if used >= limit:
+        raise QuotaExceeded(
+            f"This tenant used {used:.1f} device-hours in the last 24 hours; its quota is "
+            f"{limit:g}. Submit again when older jobs fall out of the window.",
+            code="quota.device_hours",
         )
 
 

@@ -175,6 +175,43 @@ def test_active_job_quota_is_403(settings: Settings, auth: dict[str, str]) -> No
         assert client.post("/v1/jobs", json=PROBE, headers=auth).status_code == 202
 
 
+def test_device_hours_quota_is_403(
+    settings: Settings, auth: dict[str, str], factory: sessionmaker[Session]
+) -> None:
+    """Two device-hours used on the gpu queue today, a quota of one: the next job is refused."""
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from app.db import utcnow
+    from app.jobs.tables import Job
+    from app.tenants.tables import Tenant
+    from tests.factories import make_job
+
+    with factory() as session:
+        tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == "acme"))
+    assert tenant_id is not None
+    used = make_job(factory, tenant_id)
+    with factory() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == used.id)
+            .values(
+                queue="gpu",
+                status="succeeded",
+                started_at=utcnow() - timedelta(hours=3),
+                finished_at=utcnow() - timedelta(hours=1),
+            )
+        )
+        session.commit()
+    with _client(settings, quota_device_hours_per_day=1) as client:
+        assert_error(
+            client.post("/v1/jobs", json=PROBE, headers=auth), 403, code="quota.device_hours"
+        )
+    with _client(settings, quota_device_hours_per_day=3) as client:
+        assert client.post("/v1/jobs", json=PROBE, headers=auth).status_code == 202
+
+
 def test_storage_quota_is_403_and_leaves_nothing(
     settings: Settings, auth: dict[str, str], data_dir: object
 ) -> None:
