@@ -308,7 +308,9 @@ def test_watch_in_a_real_terminal_shows_a_live_bar_and_the_final_line(
     done = tmux.wait_screen("EXIT=", timeout=180)
 
     bar = next(line for line in running.splitlines() if "tok/s" in line)
-    assert "pretrain running" in bar and "ETA" in bar, running
+    # On a quiet machine the 20 steps can be over before the first redraw: the bar then shows
+    # the final state, with the same fields.
+    assert ("pretrain running" in bar or "pretrain succeeded" in bar) and "ETA" in bar, running
     assert f"Watching {job_id}" in done and "checkpoint saved at step 10" in done
     assert f"✔ {job_id} (pretrain) succeeded" in done and "EXIT=0" in done
     assert "20/20" in done
