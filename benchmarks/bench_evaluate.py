@@ -26,22 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.small_model import run_paths, train_small_model
 from workers.pipeline.configs.evaluate import EvaluateConfig, PerplexityOptions
-from workers.pipeline.configs.training import ModelConfig, PretrainConfig, TokenizerConfig
 from workers.pipeline.evaluate.stage import EvaluateInputs, run_evaluate
-from workers.pipeline.pretrain import PretrainInputs, run_pretrain
-from workers.pipeline.tokenizer import TokenizerInputs, run_tokenizer
-from workers.pipeline.types import DatasetFile, Hooks, Progress, RunPaths
+from workers.pipeline.types import DatasetFile, Progress
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus" / "stories.jsonl"
-
-
-def _paths(root: Path) -> RunPaths:
-    for sub in ("work", "out"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    return RunPaths(
-        work_dir=root / "work", output_dir=root / "out", cache_dir=root.parent / "cache"
-    )
 
 
 def main() -> None:
@@ -58,47 +48,13 @@ def main() -> None:
     train = DatasetFile(root / "train.jsonl", "jsonl")
     heldout = DatasetFile(root / "heldout.jsonl", "jsonl")
 
-    tok_dir = root / "tokenizer"
-    tok_dir.mkdir()
-    run_tokenizer(
-        TokenizerConfig(vocab_size=4096), TokenizerInputs(train), RunPaths(tok_dir, tok_dir)
-    )
-    shape = ModelConfig(
-        preset=None,
-        layers=3,
-        heads=8,
-        kv_heads=8,
-        hidden_size=512,
-        intermediate_size=1536,
-        context_length=128,
-        rope_theta=10000.0,
-        tied_embeddings=True,
-    )
-    config = PretrainConfig(
-        model=shape,
-        max_steps=args.steps,
-        global_batch_tokens=16 * 128,
-        micro_batch_size=16,
-        lr=3e-3,
-        min_lr=3e-4,
-        warmup_steps=min(20, args.steps),
-        eval_interval=args.steps,
-        checkpoint_interval=args.steps,
-        sample_tokens=0,
-        log_interval=10,
-    )
     rates: list[float] = []
 
     def progress(p: Progress) -> None:
         if "tokens_per_s" in p.metrics and p.step > 10:  # skip the warm-up report
             rates.append(float(p.metrics["tokens_per_s"]))
 
-    trained = run_pretrain(
-        config,
-        PretrainInputs(train=train, validation=None, tokenizer_dir=tok_dir),
-        _paths(root / "pretrain"),
-        Hooks(on_progress=progress),
-    )
+    trained = train_small_model(root, train, steps=args.steps, micro_batch=16, on_progress=progress)
     train_rate = statistics.median(rates)
 
     started = time.perf_counter()
@@ -107,7 +63,7 @@ def main() -> None:
             perplexity=PerplexityOptions(max_length=128, batch_size=16), threads=args.threads
         ),
         EvaluateInputs(trained.output_dir, (heldout,)),
-        _paths(root / "evaluate"),
+        run_paths(root / "evaluate"),
     )
     eval_s = time.perf_counter() - started
     [fig] = result.perplexity

@@ -27,22 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.small_model import run_paths, train_small_model
 from workers.pipeline.configs.quantize import GgufOptions, GptqOptions, QuantizeConfig
-from workers.pipeline.configs.training import ModelConfig, PretrainConfig, TokenizerConfig
-from workers.pipeline.pretrain import PretrainInputs, run_pretrain
 from workers.pipeline.quantize.stage import QuantizeInputs, run_quantize
-from workers.pipeline.tokenizer import TokenizerInputs, run_tokenizer
-from workers.pipeline.types import DatasetFile, Hooks, Progress, RunPaths
+from workers.pipeline.types import DatasetFile, Progress
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus" / "stories.jsonl"
-
-
-def _paths(root: Path) -> RunPaths:
-    for sub in ("work", "out"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    return RunPaths(
-        work_dir=root / "work", output_dir=root / "out", cache_dir=root.parent / "cache"
-    )
 
 
 def _split(root: Path) -> tuple[DatasetFile, DatasetFile]:
@@ -64,45 +54,11 @@ def main() -> None:
     train, heldout = _split(root)
 
     started = time.perf_counter()
-    tok_dir = root / "tokenizer"
-    tok_dir.mkdir()
-    run_tokenizer(
-        TokenizerConfig(vocab_size=4096), TokenizerInputs(train), RunPaths(tok_dir, tok_dir)
-    )
-    shape = ModelConfig(
-        preset=None,
-        layers=3,
-        heads=8,
-        kv_heads=8,
-        hidden_size=512,
-        intermediate_size=1536,
-        context_length=128,
-        rope_theta=10000.0,
-        tied_embeddings=True,
-    )
-    pretrain = PretrainConfig(
-        model=shape,
-        max_steps=args.steps,
-        global_batch_tokens=8 * 128,
-        micro_batch_size=8,
-        lr=3e-3,
-        min_lr=3e-4,
-        warmup_steps=min(20, args.steps),
-        eval_interval=args.steps,
-        checkpoint_interval=args.steps,
-        sample_tokens=0,
-        log_interval=10,
-    )
 
     def show(p: Progress) -> None:
         print(f"  step {p.step}/{p.total} loss {p.metrics.get('train_loss', 0):.3f}", flush=True)
 
-    trained = run_pretrain(
-        pretrain,
-        PretrainInputs(train=train, validation=None, tokenizer_dir=tok_dir),
-        _paths(root / "pretrain"),
-        Hooks(on_progress=show),
-    )
+    trained = train_small_model(root, train, steps=args.steps, micro_batch=8, on_progress=show)
     model_dir = trained.output_dir
     train_s = time.perf_counter() - started
     print(
@@ -116,7 +72,7 @@ def main() -> None:
         eval_window=128,
     )
     started = time.perf_counter()
-    g = run_quantize(gguf_cfg, QuantizeInputs(model_dir, heldout=heldout), _paths(root / "gguf"))
+    g = run_quantize(gguf_cfg, QuantizeInputs(model_dir, heldout=heldout), run_paths(root / "gguf"))
     gguf_s = time.perf_counter() - started
     gptq_cfg = QuantizeConfig(
         format="gptq",
@@ -129,7 +85,7 @@ def main() -> None:
     q = run_quantize(
         gptq_cfg,
         QuantizeInputs(model_dir, heldout=heldout, calibration=train),
-        _paths(root / "gptq"),
+        run_paths(root / "gptq"),
     )
     gptq_s = time.perf_counter() - started
     assert q.gptq is not None

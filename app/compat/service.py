@@ -22,8 +22,6 @@ from app.artifacts.tables import Artifact
 from app.compat import schemas
 from app.datasets import service as datasets
 from app.datasets.schemas import DatasetRead
-from app.datasets.tables import Dataset
-from app.db import paginate
 from app.errors import InvalidInput, NotFound
 from app.jobs import service as jobs
 from app.jobs.kinds import Capacity, get_kind
@@ -392,12 +390,3 @@ def list_checkpoints(
     if after is not None:
         out = [c for c in out if c.id < after]
     return out[:limit], len(out) > limit
-
-
-def page_of_datasets(
-    *, session: Session, tenant_id: str, after: str | None, limit: int
-) -> tuple[list[Dataset], bool]:
-    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id)
-    if after is not None:
-        stmt = stmt.where(Dataset.id < after)
-    return paginate(session, stmt.order_by(Dataset.id.desc()), limit=limit)

@@ -43,7 +43,7 @@ def list_files(
     after: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
 ) -> schemas.ListPage:
-    rows, has_more = service.page_of_datasets(
+    rows, has_more = datasets.list_datasets(
         session=session, tenant_id=tenant_id, after=after, limit=limit
     )
     views = datasets.to_read(session, rows)
