@@ -18,7 +18,10 @@ and still parse the file in one process; on this corpus it tokenises ~1 MB in we
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
+import random
 import resource
 import sys
 import tempfile
@@ -35,13 +38,14 @@ from workers.pipeline.configs.training import (
     ModelConfig,
     PretrainConfig,
     TokenizerConfig,
+    estimate_memory_bytes,
 )
 from workers.pipeline.data import BatchSpec, get_batch, tokenize_dataset
 from workers.pipeline.device import resolve_dtype, seed_everything
 from workers.pipeline.modeling import (
     build_model,
     count_parameters,
-    flops_per_token,
+    model_flops_per_token,
     model_flops_utilisation,
     peak_flops,
 )
@@ -126,16 +130,23 @@ def bench_bare(cfg: PretrainConfig, tokens: Any, vocab: int, steps: int) -> dict
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    # Checkpoint cost, to amortise over the default interval in the report.
-    with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        ckpt.save_checkpoint(Path(tmp), step=1, model=model, optimizer=optimizer, state={})
-        save_s = time.perf_counter() - t
+    # Checkpoint cost, to amortise over the default interval in the report: training stalls
+    # only for the host copy (``ckpt.snapshot``); the write runs beside it (CheckpointWriter).
+    t = time.perf_counter()
+    snap = ckpt.snapshot(step=1, model=model, optimizer=optimizer, state={})
+    save_s = time.perf_counter() - t
+    write_s = math.nan  # on a GPU box the large write costs device time and measures the disk
+    if device.type == "cpu":
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt.write_snapshot(Path(tmp), snap)
+            write_s = time.perf_counter() - t - save_s
     return {
         "step_s": elapsed / steps,
         "data_share": data_s / elapsed,
         "save_s": save_s,
+        "write_s": write_s,
         "params": count_parameters(model),
+        "flops_per_token": model_flops_per_token(model, cfg.model.shape()),
     }
 
 
@@ -163,6 +174,8 @@ def bench_cell(
             else:
                 pipes.append(bench_pipeline(cfg, root / f"run{repeat}", corpus, tok))
             mem[variant] = peak_mb()
+            if torch.cuda.is_available():  # each variant's own peak
+                torch.cuda.reset_peak_memory_stats()
     bare = min(bares, key=lambda r: r["step_s"])
     pipe = min(pipes, key=lambda r: r["step_s"])
     amortised = bare["save_s"] / (cfg.checkpoint_interval * pipe["step_s"])
@@ -174,7 +187,7 @@ def bench_cell(
 def report(cfg: PretrainConfig, cell: dict[str, Any], device: torch.device, label: str) -> None:
     shape = cfg.model.shape()
     bare = cell["bare"]
-    fpt = flops_per_token(bare["params"], shape)
+    fpt = bare["flops_per_token"]
     print(
         f"== {label}: model {bare['params'] / 1e6:.2f}M params, vocab {cell['vocab']}, "
         f"batch {cfg.micro_batch_size}x{shape.context_length} tokens"
@@ -189,10 +202,88 @@ def report(cfg: PretrainConfig, cell: dict[str, Any], device: torch.device, labe
             f"data {r['data_share']:.1%} of step, peak mem {cell['mem'][key]:.0f} MB{mfu_s}"
         )
     print(
-        f"checkpoint save {bare['save_s'] * 1e3:.0f} ms = {cell['amortised']:.2%} of step time "
-        f"at interval {cfg.checkpoint_interval}; pipeline/bare throughput ratio "
+        f"checkpoint stall {bare['save_s'] * 1e3:.0f} ms (written beside training in "
+        f"{bare['write_s']:.1f} s) = {cell['amortised']:.2%} of step time at interval "
+        f"{cfg.checkpoint_interval}; pipeline/bare throughput ratio "
         f"{cell['ratio']:.3f} (overhead {cell['overhead']:+.1%}; target < 3%)"
     )
+
+
+# Sequences per step for each GPU preset: enough tokens per step (32K) to keep an H100/H200 busy.
+GPU_MICRO = {"gpt2-small": 32, "350m": 16, "1b": 16}
+
+
+def synthetic_corpus(path: Path, megabytes: int, seed: int = 0) -> DatasetFile:
+    """Prose of Zipf-distributed pseudo-words, with enough distinct words for a 32K-50K BPE.
+
+    The shipped story corpus is too small and repetitive for a realistic vocabulary, and the
+    LM head's share of FLOPs and memory depends on it.
+    """
+    rng = random.Random(seed)
+    syllables = [o + v + c for o in "bcdfghlmnprstvw" for v in ("a", "e", "i", "o", "u", "ea")
+                 for c in ("", "n", "r", "s", "t")]  # fmt: skip
+    words = sorted({"".join(rng.choices(syllables, k=rng.randint(1, 3))) for _ in range(90_000)})
+    rng.shuffle(words)
+    cum = list(itertools.accumulate(1.0 / (rank + 1) for rank in range(len(words))))
+    with path.open("w") as f:
+        while f.tell() < megabytes << 20:
+            text = " ".join(rng.choices(words, cum_weights=cum, k=300))
+            f.write(json.dumps({"text": text.capitalize() + "."}) + "\n")
+    return DatasetFile(path, "jsonl")
+
+
+def cuda_main(args: argparse.Namespace) -> None:
+    """GPU presets in bf16 + compile: tokens/s, MFU and peak memory, pipeline vs bare loop,
+    and the memory pre-flight's estimate against the measured peak."""
+    assert torch.cuda.is_available(), "--cuda needs a GPU"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    device = torch.device("cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t = time.perf_counter()
+        corpus = synthetic_corpus(root / "corpus.jsonl", args.corpus_mb)
+        tok = root / "tok"
+        tok.mkdir()
+        run_tokenizer(
+            TokenizerConfig(vocab_size=args.vocab), TokenizerInputs(corpus), RunPaths(tok, tok)
+        )
+        print(f"corpus + tokenizer in {time.perf_counter() - t:.1f}s", flush=True)
+        for preset in args.gpu_presets.split(","):
+            model = ModelConfig(preset=preset)  # type: ignore[arg-type]
+            micro = args.micro or GPU_MICRO[preset]
+            steps = args.steps + 12
+            cfg = PretrainConfig(
+                model=model,
+                max_steps=steps,
+                global_batch_tokens=micro * model.shape().context_length,
+                micro_batch_size=micro,
+                warmup_steps=10,
+                compile=True,
+                precision="bf16",
+                sample_prompts=(),
+                eval_batches=4,
+                log_interval=5,
+                eval_interval=steps,  # one evaluation, at the end, outside the timed window
+                checkpoint_interval=steps * 3 // 5,  # one save inside the timed window
+            )
+            try:
+                cell = bench_cell(cfg, root / preset, corpus, tok, args)
+            except torch.cuda.OutOfMemoryError as exc:
+                print(f"== {preset} micro-batch {micro}: out of memory ({exc})", flush=True)
+                torch.cuda.empty_cache()
+                continue
+            report(cfg, cell, device, f"{preset} on {torch.cuda.get_device_name()}")
+            estimate = estimate_memory_bytes(model, cfg, vocab_size=cell["vocab"]) / 2**20
+            for key in ("bare", "pipe"):
+                print(
+                    f"memory pre-flight estimate {estimate:.0f} MB vs measured peak "
+                    f"{cell['mem'][key]:.0f} MB ({key}): ratio {estimate / cell['mem'][key]:.2f}",
+                    flush=True,
+                )
+            if args.json:
+                row = {"preset": preset, "micro": micro, "estimate_mb": estimate, **cell}
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(row, default=float) + "\n")
 
 
 def main() -> None:
@@ -200,20 +291,22 @@ def main() -> None:
     parser.add_argument("--cuda", action="store_true")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--micro", type=int, default=16, help="sequences per step (--cuda)")
+    parser.add_argument("--micro", type=int, default=0, help="sequences per step (--cuda)")
+    parser.add_argument("--gpu-presets", default="gpt2-small,350m,1b", help="--cuda presets")
+    parser.add_argument("--vocab", type=int, default=32768, help="--cuda tokenizer vocabulary")
+    parser.add_argument("--corpus-mb", type=int, default=20, help="--cuda synthetic corpus")
+    parser.add_argument("--json", help="append each --cuda cell's figures to this file")
     parser.add_argument("--presets", default="tiny,small", help="CPU grid: model presets")
     parser.add_argument("--threads", default="1,2", help="CPU grid: torch thread counts")
     args = parser.parse_args()
     if args.cuda:
-        assert torch.cuda.is_available(), "--cuda needs a GPU"
-        torch.backends.cuda.matmul.allow_tf32 = True
-        grid = [("gpt2-small", args.micro, 32768, True, 0)]
-    else:
-        grid = [
-            (preset, 8, 4096, False, int(threads))
-            for preset in args.presets.split(",")
-            for threads in args.threads.split(",")
-        ]
+        cuda_main(args)
+        return
+    grid = [
+        (preset, 8, 4096, False, int(threads))
+        for preset in args.presets.split(",")
+        for threads in args.threads.split(",")
+    ]
     corpus = DatasetFile(CORPUS, "jsonl")
     device = torch.device("cuda" if args.cuda else "cpu")
     ratios = []

@@ -21,13 +21,14 @@ import os
 import random
 import shutil
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file
 from transformers import PreTrainedModel
 
 from workers.pipeline.types import PipelineError
@@ -55,33 +56,54 @@ def clean_tmp(root: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def save_checkpoint(
-    root: Path,
-    *,
-    step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: dict[str, Any],
-) -> Path:
-    """Write a complete checkpoint for ``step`` and drop older ones; returns its directory."""
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
-    tmp = root / f"{final.name}.tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    tensors, opt_json = _flatten_optimizer(optimizer)
-    tensors.update(_torch_rng_tensors())
-    save_file(tensors, str(tmp / "training.safetensors"))
-    files = {name: _sha256(tmp / name) for name in ("model.safetensors", "training.safetensors")}
+@dataclass(frozen=True)
+class Snapshot:
+    """A checkpoint's content in host memory: what training must wait for before going on."""
+
+    step: int
+    weights: dict[str, torch.Tensor]
+    training: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+
+def snapshot(
+    *, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> Snapshot:
+    """Copy weights, optimiser moments and every RNG state to host memory, as of now.
+
+    Tensors that share storage (tied embeddings) are stored once, under the first name, as
+    ``safetensors.torch.save_model`` does; ``load_model`` restores the aliases.
+    """
+    weights: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        weights[name] = tensor.detach().to("cpu", copy=True).contiguous()
+    training, opt_json = _flatten_optimizer(optimizer)
+    training.update(_torch_rng_tensors())
     full_state = {
         "format": _FORMAT,
         "step": step,
-        "files": files,
         "optimizer": opt_json,
         "rng": {"python": random.getstate(), "numpy": _numpy_rng_state()},
         **state,
     }
-    (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
+    return Snapshot(step, weights, training, full_state)
+
+
+def write_snapshot(root: Path, snap: Snapshot) -> Path:
+    """Write a snapshot as the checkpoint for its step and drop older ones; returns its folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{snap.step:08d}"
+    tmp = root / f"{final.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    save_file(snap.weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    save_file(snap.training, str(tmp / "training.safetensors"))
+    files = {name: _sha256(tmp / name) for name in ("model.safetensors", "training.safetensors")}
+    (tmp / "state.json").write_text(json.dumps({**snap.state, "files": files}, indent=1))
     for path in tmp.iterdir():
         _fsync(path)
     if final.exists():  # a rerun of the same step (e.g. stop right after a periodic save)
@@ -92,6 +114,65 @@ def save_checkpoint(
         if old != final and ".tmp-" not in old.name:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_checkpoint(
+    root: Path,
+    *,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+) -> Path:
+    """Write a complete checkpoint for ``step`` and drop older ones; returns its directory."""
+    snap = snapshot(step=step, model=model, optimizer=optimizer, state=state)
+    return write_snapshot(root, snap)
+
+
+class CheckpointWriter:
+    """Saves checkpoints on a background thread, so training stalls only for the host copy.
+
+    Hashing, writing and fsyncing a large model's checkpoint takes seconds to minutes; training
+    goes on meanwhile. At most one write is in flight: a new save first waits for the last one.
+    ``poll`` and ``wait`` return each finished checkpoint once (to be reported from the training
+    thread) and re-raise a failed write, so a full disk still fails the run.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: Future[Path] | None = None
+        self._pending_step = 0
+
+    def save(
+        self,
+        *,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict[str, Any],
+    ) -> tuple[int, Path] | None:
+        """Snapshot now and write in the background; returns the previous save if it just ended."""
+        finished = self.wait()
+        snap = snapshot(step=step, model=model, optimizer=optimizer, state=state)
+        self._pending, self._pending_step = self._pool.submit(write_snapshot, self.root, snap), step
+        return finished
+
+    def poll(self) -> tuple[int, Path] | None:
+        """The save that has finished since the last call, if any; never blocks."""
+        if self._pending is None or not self._pending.done():
+            return None
+        return self.wait()
+
+    def wait(self) -> tuple[int, Path] | None:
+        """Block until the write in flight is on disk; returns (step, folder) or None."""
+        if self._pending is None:
+            return None
+        pending, self._pending = self._pending, None
+        return self._pending_step, pending.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def latest_checkpoint(root: Path) -> Checkpoint | None:

@@ -130,6 +130,7 @@ class _Run:
     checkpoint_dir: Path
     checkpoint_state: dict[str, Any]  # what every checkpoint records besides weights and step
     meter: Throughput
+    writer: ckpt.CheckpointWriter  # rank 0 writes checkpoints beside the training thread
     last_train_loss: float | None = None
     last_val_loss: float = math.nan
     metrics: dict[str, float] = field(default_factory=dict)
@@ -157,7 +158,11 @@ def run_pretrain(
     run, latest = _setup(config, inputs, paths, hooks, info)
     start = latest.step if latest is not None else 0
     total = config.total_steps()
-    _fit(run, start)
+    try:
+        _fit(run, start)
+    finally:
+        _report_saved(run, run.writer.wait())
+        run.writer.close()
     if start >= total:  # resumed a finished run: measure it for the result
         _evaluate(run, start)
 
@@ -242,6 +247,7 @@ def _setup(
         checkpoint_dir=checkpoint_dir,
         checkpoint_state=checkpoint_state,
         meter=Throughput(model_flops_per_token(raw_model, shape), peak_flops(device)),
+        writer=ckpt.CheckpointWriter(checkpoint_dir),
     )
     return run, latest
 
@@ -296,7 +302,10 @@ def _fit(run: _Run, step: int) -> None:
             _evaluate(run, step)
         if step % cfg.checkpoint_interval == 0 or stop:
             _save(run, step)
+        else:
+            _report_saved(run, run.writer.poll())
         if stop:
+            _report_saved(run, run.writer.wait())
             barrier(run.dist)  # rank 0's checkpoint is on disk before anyone leaves
             raise StageCancelled(f"stopped at step {step}; checkpoint saved")
 
@@ -386,7 +395,12 @@ def _save(run: _Run, step: int) -> None:
             "data": {"sampler": "pcg64-windows-v1", "step": step, **run.data.spec.as_dict()},
         }
         model, optimizer = run.raw_model, run.parts.optimizer
-        path = ckpt.save_checkpoint(
-            run.checkpoint_dir, step=step, model=model, optimizer=optimizer, state=state
-        )
+        finished = run.writer.save(step=step, model=model, optimizer=optimizer, state=state)
+        _report_saved(run, finished)
+
+
+def _report_saved(run: _Run, saved: tuple[int, Path] | None) -> None:
+    """Announce a checkpoint once it is on disk (the job lists it from this event)."""
+    if saved is not None:
+        step, path = saved
         run.hooks.on_event("checkpoint", {"step": step, "path": str(path)})
