@@ -280,8 +280,6 @@ def _fit(run: _Run, step: int) -> None:
         if run.dist.world_size > 1:
             dist.all_reduce(flags)
         step += 1
-        meter.step_s += time.perf_counter() - started
-        meter.steps += 1
 
         # The host reads a step's loss one step late: by then the GPU has finished it, so the
         # read does not wait and the GPU queue never drains (a sync every step cost ~10% of
@@ -297,6 +295,10 @@ def _fit(run: _Run, step: int) -> None:
         if stop and pending is not None:
             _read_step(run, pending)  # report it: the resumed run starts after it
             pending = None
+        # Timed after the reads: they wait for the GPU, so host time tracks device time (timed
+        # before them, the step measured only its kernel launches and MFU read too high).
+        meter.step_s += time.perf_counter() - started
+        meter.steps += 1
 
         if step % cfg.eval_interval == 0 or step == total:
             _evaluate(run, step)
