@@ -20,7 +20,8 @@ joins a stale group; ``work_dir`` and ``cache_dir`` must be on storage all nodes
 global rank 0 writes checkpoints, results and progress, and every rank reads the token cache);
 set ``NCCL_SOCKET_IFNAME`` / ``NCCL_IB_HCA`` for the cluster fabric, and give ``--max-restarts 0``
 so a lost node fails the attempt and the reaper resumes it from the last checkpoint instead of
-torchrun restarting the ranks in place. ``PretrainConfig.devices`` is then nodes × GPUs.
+torchrun restarting the ranks in place. ``PretrainConfig.devices`` and
+``FinetuneConfig.devices`` are then nodes × GPUs (a fine-tune's FSDP shards over all of them).
 """
 
 from __future__ import annotations

@@ -13,9 +13,11 @@ A test walks every kind and resolves both paths, so a misspelt one fails in CI, 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from app.errors import InvalidInput
@@ -25,6 +27,7 @@ from workers.pipeline.configs.compare import CompareConfig
 from workers.pipeline.configs.data import PrepareConfig
 from workers.pipeline.configs.evaluate import EvaluateConfig
 from workers.pipeline.configs.finetune import FinetuneConfig
+from workers.pipeline.configs.finetune_memory import BaseShape, estimate_finetune_memory
 from workers.pipeline.configs.probe import ProbeConfig
 from workers.pipeline.configs.quantize import QuantizeConfig
 from workers.pipeline.configs.training import (
@@ -259,18 +262,40 @@ def _finetune_preflight(
         )
     check_devices(params.devices, capacity)
     base = inputs.get("model_id")
-    n_params = _parameter_count(base.details) if base is not None else None
+    if base is None:
+        return
+    shape = base_shape(base.path)
+    n_params = _parameter_count(base.details) or (shape.parameters if shape else None)
     if n_params is None:
         return
-    need = finetune_memory_bytes(params, n_params, accelerated=capacity.accelerated)
-    if need > capacity.device_memory_bytes:
-        raise ConfigError(
-            "method",
-            f"fine-tuning this {n_params / 1e6:.0f}M-parameter model with {params.method} needs "
-            f"about {need / 1e9:.1f} GB per device, more than the "
-            f"{capacity.device_memory_bytes / 1e9:.0f} GB this queue's devices have; use lora "
-            "or qlora, more devices with strategy fsdp, or a smaller base",
-        )
+    need = estimate_finetune_memory(
+        params, parameters=n_params, shape=shape, accelerated=capacity.accelerated
+    )
+    have = capacity.device_memory_bytes
+    if need.total <= have:
+        return
+    on = f"{params.devices} devices ({params.strategy})" if params.devices > 1 else "one device"
+    if need.states > have:  # no batch setting can help
+        field_name = "method"
+        advice = "use lora or qlora, more devices with strategy fsdp, or a smaller base"
+    else:
+        field_name = "batch_size" if params.method == "dpo" else "micro_batch_rows"
+        advice = "turn on gradient_checkpointing, or lower micro_batch_rows or max_seq_len"
+    raise ConfigError(
+        field_name,
+        f"fine-tuning this {n_params / 1e6:.0f}M-parameter model with {params.method} on {on} "
+        f"needs about {need.total / 1e9:.1f} GB per device ({need.describe()}), more than the "
+        f"{have / 1e9:.0f} GB this queue's devices have; {advice}",
+    )
+
+
+def base_shape(model_dir: Path) -> BaseShape | None:
+    """The base's dimensions from its ``config.json`` (a small JSON file; no ML library)."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return BaseShape.from_config(config) if isinstance(config, dict) else None
 
 
 def _parameter_count(details: Mapping[str, Any]) -> int | None:
@@ -278,27 +303,6 @@ def _parameter_count(details: Mapping[str, Any]) -> int | None:
         if isinstance(details.get(key), int):
             return int(details[key])
     return None
-
-
-def finetune_memory_bytes(params: FinetuneConfig, n_params: int, *, accelerated: bool) -> int:
-    """Weights, gradients and AdamW state per device for a method and strategy.
-
-    Full: 16 bytes per parameter (fp32 master weights, gradients and two moments; bf16 autocast
-    does not change the master copy), divided across devices under FSDP. LoRA: the frozen base
-    in the compute dtype (2 bytes on CUDA, 4 on CPU) plus about 1% trainable parameters at 16
-    bytes. QLoRA: a 4-bit base (0.55 bytes with its scales). Activations add roughly a quarter
-    on top at the default sequence lengths; the check aims to be within 2x, not exact.
-    """
-    weight_bytes = 2 if accelerated else 4
-    if params.method == "full" or (params.method == "dpo" and not params.dpo.use_lora):
-        per_device = 16 * n_params / (params.devices if params.strategy == "fsdp" else 1)
-        if params.method == "dpo":  # the frozen reference model
-            per_device += weight_bytes * n_params
-    elif params.method == "qlora":
-        per_device = 0.55 * n_params + 16 * 0.01 * n_params
-    else:
-        per_device = weight_bytes * n_params + 16 * 0.01 * n_params
-    return int(per_device * 1.25)
 
 
 @dataclass(frozen=True)

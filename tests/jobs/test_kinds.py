@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import json
 import typing
+from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -113,3 +116,106 @@ def test_the_memory_preflight_uses_the_queue_device_class() -> None:
 
 def pretrain_example() -> dict[str, object]:
     return {"dataset_id": PLACEHOLDER_ID, "model": {"preset": "tiny"}, "global_batch_tokens": 2048}
+
+
+# A Llama-2-7B-shaped base: what the fine-tuning pre-flight reads from its config.json.
+LLAMA_7B = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32000,
+    "tie_word_embeddings": False,
+}
+H100 = 80 * 10**9
+
+
+def finetune_base(tmp_path: Path, config: dict[str, object]) -> dict[str, object]:
+    """The resolved ``model_id`` input as the pre-flight sees it: a folder and its details."""
+    from app.jobs.inputs import Resolved
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return {"model_id": Resolved(PLACEHOLDER_ID, "model", "base", tmp_path, "huggingface")}
+
+
+def finetune_params(**overrides: object) -> Any:
+    return decode(
+        KINDS["finetune"].params,
+        {"model_id": PLACEHOLDER_ID, "dataset_id": PLACEHOLDER_ID, **overrides},
+    )
+
+
+def test_the_base_shape_counts_the_parameters_transformers_builds() -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workers.pipeline.configs.finetune_memory import BaseShape
+
+    config = LlamaConfig(**{**LLAMA_7B, "num_key_value_heads": 8})
+    with torch.device("meta"):  # shapes only: no 7B of memory
+        model = LlamaForCausalLM(config)
+    shape = BaseShape.from_config(config.to_dict())
+    assert shape is not None
+    assert shape.parameters == sum(p.numel() for p in model.parameters())
+    assert BaseShape.from_config({"hidden_size": 64}) is None
+
+
+def test_the_finetune_preflight_divides_states_over_fsdp_devices_only() -> None:
+    from workers.pipeline.configs.finetune_memory import (
+        BaseShape,
+        MemoryEstimate,
+        estimate_finetune_memory,
+    )
+
+    shape = BaseShape.from_config(LLAMA_7B)
+    assert shape is not None
+    n = shape.parameters
+
+    def need(**kw: object) -> MemoryEstimate:
+        return estimate_finetune_memory(
+            finetune_params(**kw), parameters=n, shape=shape, accelerated=True
+        )
+
+    one = need(method="full")
+    # fp32 master weights + autocast's bf16 copies, fp32 gradients, two fp32 moments.
+    assert (one.weights, one.gradients, one.optimizer) == (6 * n, 4 * n, 8 * n)
+    assert need(method="full", devices=4, strategy="ddp").states == one.states  # replicas
+    fsdp = need(method="full", devices=4, strategy="fsdp")
+    assert (fsdp.gradients, fsdp.optimizer) == (n, 2 * n)
+    assert n < fsdp.weights < 2 * n  # a quarter of the master weights + what is gathered
+    lora = need(method="lora")
+    adapters = shape.lora_parameters(16)  # rank 16 on every linear layer: 0.6% of 7B
+    assert adapters < 0.01 * n and lora.optimizer == 8 * adapters
+    assert lora.weights == 2 * n + 4 * adapters  # the bf16 base, the fp32 adapters
+    dpo_full = need(method="dpo", dpo={"use_lora": False})
+    assert dpo_full.weights == one.weights + 4 * n  # the frozen reference
+    assert need(method="full", gradient_checkpointing=True).activations < one.activations / 5
+
+
+def test_the_finetune_preflight_refuses_what_cannot_fit_and_states_the_estimate(
+    tmp_path: Path,
+) -> None:
+    from app.jobs.kinds import Capacity
+    from workers.pipeline.configs.base import ConfigError
+
+    preflight = KINDS["finetune"].preflight
+    assert preflight is not None
+    inputs = finetune_base(tmp_path, LLAMA_7B)
+    eight = Capacity(devices=8, device_memory_bytes=H100, accelerated=True)
+    with pytest.raises(ConfigError) as full:
+        preflight(finetune_params(method="full"), eight, inputs)
+    assert full.value.field == "method"
+    assert "6738M-parameter model with full on one device" in full.value.message
+    assert "GB per device (weights 40.4 + gradients 27.0 + optimiser 53.9" in full.value.message
+    with pytest.raises(ConfigError, match="on 2 devices \\(ddp\\)"):
+        preflight(finetune_params(method="full", devices=2), eight, inputs)
+    preflight(finetune_params(method="full", devices=2, strategy="fsdp"), eight, inputs)
+    preflight(finetune_params(method="lora"), eight, inputs)
+    # The model fits; 16 rows of 4096 tokens at once do not, unless they are recomputed.
+    long = {"method": "lora", "micro_batch_rows": 16, "max_seq_len": 4096}
+    with pytest.raises(ConfigError) as rows:
+        preflight(finetune_params(**long), eight, inputs)
+    assert rows.value.field == "micro_batch_rows" and "gradient_checkpointing" in rows.value.message
+    preflight(finetune_params(**long, gradient_checkpointing=True), eight, inputs)

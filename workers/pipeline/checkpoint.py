@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file
 from transformers import PreTrainedModel
 
@@ -130,19 +132,22 @@ def snapshot(
             if key not in seen:
                 seen.add(key)
                 weights[name] = buffers.copy(f"model.{name}", tensor)
-        training, opt_json = _flatten_optimizer(optimizer, buffers)
+        training, opt_json = _flatten_optimizer(optimizer.state_dict(), buffers)
     if side is not None:
         copied = side.record_event()
         main.wait_stream(side)  # nothing updates the weights before they are copied
     training.update(_torch_rng_tensors())
-    full_state = {
+    return Snapshot(step, weights, training, _full_state(step, opt_json, state), copied)
+
+
+def _full_state(step: int, opt_json: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    return {
         "format": _FORMAT,
         "step": step,
         "optimizer": opt_json,
         "rng": {"python": random.getstate(), "numpy": _numpy_rng_state()},
         **state,
     }
-    return Snapshot(step, weights, training, full_state, copied)
 
 
 def write_snapshot(root: Path, snap: Snapshot) -> Path:
@@ -180,6 +185,25 @@ def save_checkpoint(
     """Write a complete checkpoint for ``step`` and drop older ones; returns its directory."""
     snap = snapshot(step=step, model=model, optimizer=optimizer, state=state)
     return write_snapshot(root, snap)
+
+
+def save_checkpoint_state(
+    root: Path,
+    *,
+    step: int,
+    model_state: Mapping[str, torch.Tensor],
+    optimizer_state: Mapping[str, Any],
+    state: dict[str, Any],
+) -> Path:
+    """:func:`save_checkpoint` from state dicts already gathered (FSDP's full state dicts, on
+    rank 0), whose optimiser state is keyed by parameter name instead of position."""
+    buffers = HostBuffers()
+    weights = {name: buffers.copy(name, t) for name, t in model_state.items()}
+    training, opt_json = _flatten_optimizer(optimizer_state, buffers)
+    training.update(_torch_rng_tensors())
+    return write_snapshot(
+        root, Snapshot(step, weights, training, _full_state(step, opt_json, state))
+    )
 
 
 class CheckpointWriter:
@@ -253,27 +277,58 @@ def restore_checkpoint(
     device = next(model.parameters()).device
     load_model(model, str(checkpoint.path / "model.safetensors"), strict=True, device=str(device))
     tensors = load_file(str(checkpoint.path / "training.safetensors"))
-    opt = checkpoint.state["optimizer"]
-    opt_state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            opt_state.setdefault(int(index), {})[name] = value
-    for key, value in opt["scalars"].items():
-        index, name = key.split(".", 1)
-        opt_state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": opt["param_groups"]})
+    optimizer.load_state_dict(_optimizer_state(checkpoint.state, tensors))
+    restore_rng(checkpoint)
 
+
+def load_checkpoint_state(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights and the optimiser state as state dicts, on the CPU (what FSDP's
+    ``set_model_state_dict`` / ``set_optimizer_state_dict`` take); RNG states are untouched."""
+    tensors = load_file(str(checkpoint.path / "training.safetensors"))
+    weights = load_file(str(checkpoint.path / "model.safetensors"))
+    return weights, _optimizer_state(checkpoint.state, tensors)
+
+
+def restore_rng(checkpoint: Checkpoint) -> None:
+    """Python, numpy, torch and CUDA RNG states as they were when the checkpoint was saved."""
     rng = checkpoint.state["rng"]
     version, internal, gauss = rng["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy_state = rng["numpy"]
     numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
     np.random.set_state(numpy_state)
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
+    # Only the RNG tensors: the optimiser moments in the same file may be gigabytes.
+    with safe_open(str(checkpoint.path / "training.safetensors"), framework="pt") as f:
+        torch.set_rng_state(f.get_tensor("rng.torch"))
+        names = list(f.keys())  # a safetensors handle is not iterable
+        cuda = sorted((k for k in names if k.startswith("rng.cuda.")), key=_rank_order)
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([f.get_tensor(k) for k in cuda])
+
+
+def _rank_order(key: str) -> int:
+    return int(key.rsplit(".", 1)[1])
+
+
+def _optimizer_state(
+    state: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
+    """The optimiser state dict back from its tensors and JSON parts (keys: positions or names)."""
+    opt = state["optimizer"]
+    opt_state: dict[int | str, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            param, name = key.removeprefix("optimizer.").rsplit(".", 1)
+            opt_state.setdefault(_param_key(param), {})[name] = value
+    for key, value in opt["scalars"].items():
+        param, name = key.rsplit(".", 1)
+        opt_state.setdefault(_param_key(param), {})[name] = value
+    return {"state": opt_state, "param_groups": opt["param_groups"]}
+
+
+def _param_key(key: str) -> int | str:
+    """A parameter's position (``optimizer.state_dict()``) or its name (FSDP's full state)."""
+    return int(key) if key.isdigit() else key
 
 
 def check_resumable(
@@ -292,19 +347,18 @@ def check_resumable(
 
 
 def _flatten_optimizer(
-    optimizer: torch.optim.Optimizer, buffers: HostBuffers
+    state_dict: Mapping[str, Any], buffers: HostBuffers
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split the optimiser state dict into tensors (for safetensors) and JSON-able values."""
-    state_dict = optimizer.state_dict()
+    """Split an optimiser state dict into tensors (for safetensors) and JSON-able values."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
-    for index, per_param in state_dict["state"].items():
+    for key, per_param in state_dict["state"].items():
         for name, value in per_param.items():
             if isinstance(value, torch.Tensor):
-                key = f"optimizer.{index}.{name}"
-                tensors[key] = buffers.copy(key, value)
+                tensor_key = f"optimizer.{key}.{name}"
+                tensors[tensor_key] = buffers.copy(tensor_key, value)
             else:
-                scalars[f"{index}.{name}"] = value
+                scalars[f"{key}.{name}"] = value
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
 

@@ -149,9 +149,12 @@ class FinetuneConfig:
     sample_tokens: int = 64
     """Tokens generated per sample."""
     devices: int = 1
-    """Processes (GPUs) the run uses."""
+    """Processes (GPUs) the run uses; each trains on its share of every batch (batch_size is
+    the global batch, at least one example per device)."""
     strategy: Strategy = "ddp"
-    """ddp (a replica per device) or fsdp (parameters sharded across devices)."""
+    """With devices > 1: ddp (a full replica per device) or fsdp (weights, gradients and
+    optimiser state sharded across the devices, for models whose fine-tune does not fit one
+    device; any method but qlora)."""
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -184,6 +187,10 @@ class FinetuneConfig:
         check_range("devices", self.devices, 1, 1024)
         if self.method == "qlora" and self.strategy == "fsdp":
             raise ConfigError("strategy", "qlora runs with ddp only (4-bit weights do not shard)")
+        if self.batch_size != "auto" and self.batch_size < self.devices:
+            raise ConfigError(
+                "batch_size", f"at least one example per device: {self.devices} or more"
+            )
         if self.method == "qlora" and self.precision == "fp32":
             raise ConfigError("precision", "qlora computes in 16-bit; use auto, bf16 or fp16")
 
@@ -200,7 +207,8 @@ class FinetuneConfig:
 
         Epochs: 3, raised so tiny sets are seen at least ~100 times in total and lowered so huge
         ones are not seen more than ~25k times (OpenAI's documented behaviour). Batch size: about
-        0.2% of the examples, 1-64. Learning rate: the method's base × the multiplier.
+        0.2% of the examples, 1-64, and at least one per device. Learning rate: the method's
+        base × the multiplier.
         """
         if n_examples < 1:
             raise ConfigError("training_file", "no training examples")
@@ -213,7 +221,7 @@ class FinetuneConfig:
         else:
             epochs = self.n_epochs
         if self.batch_size == "auto":
-            batch = max(1, min(64, round(n_examples * 0.002)))
+            batch = max(self.devices, min(64, round(n_examples * 0.002)))
         else:
             batch = min(self.batch_size, n_examples)
         if self.learning_rate == "auto":

@@ -63,8 +63,10 @@ def build_models(
     added_tokens: bool,
     device: torch.device,
     dtype: torch.dtype,
+    with_reference: bool = True,
 ) -> Models:
-    """The trainable model for ``config.method`` (on ``device``) and DPO's reference.
+    """The trainable model for ``config.method`` (on ``device``) and DPO's reference (unless
+    ``with_reference`` is False: a copy to load trained weights into needs none).
 
     Full fine-tuning keeps fp32 master weights (autocast computes in ``dtype``); LoRA freezes the
     base in the compute dtype and trains fp32 adapters; QLoRA freezes a 4-bit base.
@@ -84,7 +86,7 @@ def build_models(
         if config.uses_lora:
             model.enable_input_require_grads()  # type: ignore[operator]
     reference = None
-    if config.method == "dpo" and not config.dpo.use_lora:
+    if with_reference and config.method == "dpo" and not config.dpo.use_lora:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     if config.uses_lora:
         model = _with_lora(model, config, added_tokens=added_tokens, qlora=qlora)
