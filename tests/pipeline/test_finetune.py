@@ -217,6 +217,7 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(
     resumed = Recorder()
     again = finetune(bases["qwen2"], files, tmp_path / "b", resumed.hooks(), **kw)
     assert again.resumed_from_step == 5 and min(resumed.progress) == 6
+    assert ("checkpoint", 5) in [(m, d.get("step")) for m, d in resumed.events]  # re-recorded
     for step in range(6, full.steps + 1):
         assert resumed.progress[step]["train_loss"] == pytest.approx(
             straight.progress[step]["train_loss"], rel=1e-5

@@ -228,6 +228,11 @@ def _setup(
         ckpt.restore_checkpoint(latest, model=raw_model, optimizer=optimizer)
         scaler.load_state_dict(latest.state["scaler"])
         hooks.on_event("resumed", {"step": latest.step})
+        # Events are written in batches: an attempt killed right after saving this checkpoint
+        # may never have recorded it.
+        hooks.on_event(
+            "checkpoint", {"step": latest.step, "path": str(latest.path), "restored": True}
+        )
 
     model = wrap_model(raw_model, compile=config.compile, world_size=info.world_size, device=device)
     spec = BatchSpec(

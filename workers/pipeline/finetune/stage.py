@@ -121,6 +121,12 @@ def run_finetune(
         run.trained_tokens = int(latest.state.get("trained_tokens", 0))
         run.metrics = dict(latest.state.get("metrics", {}))  # resumed at the end: still reported
         hooks.on_event("resumed", {"step": start})
+        # Events are written in batches: an attempt killed right after saving this checkpoint
+        # never recorded it, and the job's checkpoint list would lack the step it resumed from.
+        hooks.on_event(
+            "checkpoint",
+            {"step": start, "path": str(latest.path), "metrics": run.metrics, "restored": True},
+        )
     fit(run, start)
     final = final_metrics(run)
     model_dir, adapter_dir = write_outputs(run, inputs, paths, chat, stats, final)
