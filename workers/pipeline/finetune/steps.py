@@ -101,7 +101,8 @@ def _sft_step(run: Run, examples: list[Example], *, weight: float) -> list[float
     parts = math.ceil(rows / size)
     # Equal micro-batch counts on every rank: each forward may be a collective (FSDP).
     padded = max_across(parts, run.dist, run.device)
-    loss_sum = correct = 0.0
+    # Summed on the device and read once: a read per micro-batch waits for the GPU each time.
+    sums = torch.zeros(2, dtype=torch.float64, device=run.device)
     for k in range(padded):
         real = k < parts  # past them, a stand-in that matches another rank's extra forward
         part = batch.rows(k * size, (k + 1) * size) if real else batch.rows(0, 1)
@@ -112,8 +113,8 @@ def _sft_step(run: Run, examples: list[Example], *, weight: float) -> list[float
         stats = token_stats(logits, part.labels)
         torch.autograd.backward(stats.loss_sum * scale)
         if scale:
-            loss_sum += float(stats.loss_sum.detach())
-            correct += float(stats.correct)
+            sums += torch.stack([stats.loss_sum.detach(), stats.correct.to(stats.loss_sum)])
+    loss_sum, correct = sums.tolist()
     positions = weight * batch.input_ids.numel()
     return [loss_sum, correct, count, positions, count]
 
