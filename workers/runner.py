@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +45,7 @@ from app.errors import GristmillError
 from app.jobs import service
 from app.jobs.inputs import load_inputs
 from app.jobs.kinds import KINDS
+from app.jobs.pauses import running_seconds, started_pause
 from app.jobs.reaper import TIME_LIMIT_MESSAGE
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
@@ -93,11 +94,12 @@ class JobMonitor:
     """A thread that about once a second renews the lease, notices cancellation, flushes metrics.
 
     Database outages are ridden out: rows stay buffered and the next tick retries. ``should_stop``
-    turns True when the job is cancelled, when its lease is found lost (the reaper gave the job to
-    another attempt), when the worker is shutting down (``draining``), or when the job's time
-    limit has passed. The lease is renewed only while the stage shows signs of life (progress or
-    events within ``job_stall_seconds``), so a hung stage cannot hold its job for ever; one that
-    stays hung past its lease, or past the time limit's grace, has its process ended (``on_hung``).
+    turns True when the job is cancelled or paused, when its lease is found lost (the reaper gave
+    the job to another attempt), when the worker is shutting down (``draining``), or when the
+    job's time limit has passed. The lease is renewed only while the stage shows signs of life
+    (progress or events within ``job_stall_seconds``), so a hung stage cannot hold its job for
+    ever; one that stays hung past its lease, or past the time limit's grace, has its process
+    ended (``on_hung``).
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class JobMonitor:
         self.draining = draining
         self.on_hung = on_hung
         self.cancel_requested = threading.Event()
+        self.pause_requested = threading.Event()
         self.lease_lost = threading.Event()
         self.preempted = threading.Event()
         self.time_limited = threading.Event()
@@ -144,7 +147,13 @@ class JobMonitor:
     def should_stop(self) -> bool:
         return any(
             e.is_set()
-            for e in (self.cancel_requested, self.lease_lost, self.preempted, self.time_limited)
+            for e in (
+                self.cancel_requested,
+                self.pause_requested,
+                self.lease_lost,
+                self.preempted,
+                self.time_limited,
+            )
         )
 
     def on_progress(self, progress: Progress) -> None:
@@ -198,6 +207,10 @@ class JobMonitor:
                     self.lease_lost.set()
                 elif status == JobStatus.cancelling:
                     self.cancel_requested.set()
+                elif status == JobStatus.pausing:
+                    self.pause_requested.set()
+                else:  # resumed before the stage reached its next step: it goes on
+                    self.pause_requested.clear()
             except DBAPIError:
                 log.warning("heartbeat failed; will retry", exc_info=True)
             if stalled and self.lease_lost.is_set():
@@ -307,8 +320,7 @@ def execute(
             return None
         job = session.get_one(Job, job_id)
         tenant_id, job_type, raw_params = job.tenant_id, job.type, dict(job.params)
-        started = job.started_at or utcnow()
-        time_left = job.time_limit_s - (utcnow() - started).total_seconds()
+        time_left = job.time_limit_s - running_seconds(job, utcnow())
     with bind(job_id=job_id, attempt=attempt, job_type=job_type):
         monitor = JobMonitor(
             session_factory, settings, job_id, attempt, time_left_s=time_left, on_hung=on_hung
@@ -379,12 +391,12 @@ def _run_and_finish(
     except StageCancelled:
         if monitor.lease_lost.is_set():
             return None
-        if monitor.time_limited.is_set() and not monitor.cancel_requested.is_set():
+        if monitor.cancel_requested.is_set():
+            return _finish(att, monitor, JobStatus.cancelled)
+        if monitor.time_limited.is_set():
             return _finish(att, monitor, JobStatus.failed, error_code="job.time_limit",
                            error_message=TIME_LIMIT_MESSAGE)  # fmt: skip
-        if monitor.preempted.is_set() and not monitor.cancel_requested.is_set():
-            return _requeue(att, monitor, "the worker shut down", preempted=True)
-        return _finish(att, monitor, JobStatus.cancelled)
+        return _stopped(att, monitor)
     except PipelineError as err:
         return _finish(
             att, monitor, JobStatus.failed, error_code=err.code, error_message=err.message
@@ -422,6 +434,45 @@ class _Attempt:
     factory: sessionmaker[Session]
 
 
+def _stopped(att: _Attempt, monitor: JobMonitor) -> str | None:
+    """The stage stopped at a step with a checkpoint, asked to pause or because its worker is
+    shutting down. Neither costs an attempt.
+
+    A pausing job becomes paused (no lease, no worker) until it is resumed. Otherwise the job is
+    queued again: its worker shut down, or a resume came after the stage had already stopped. A
+    cancel that arrived meanwhile wins.
+    """
+    monitor.stop()
+    with session_scope(att.factory) as session:
+        pauses = session.scalar(select(Job.pauses).where(Job.id == att.job_id))
+        paused = service.transition(
+            session=session,
+            job_id=att.job_id,
+            to=JobStatus.paused,
+            fence_attempt=att.attempt,
+            only_from=frozenset({JobStatus.pausing}),
+            lease_owner=None,
+            lease_expires_at=None,
+            max_attempts=Job.max_attempts + 1,
+            pauses=started_pause(pauses, utcnow()),
+        )
+        if paused:
+            service.add_event(
+                session=session,
+                job_id=att.job_id,
+                attempt=att.attempt,
+                message="job paused; resume it to continue from its checkpoint",
+            )
+    if paused:
+        log.info("job paused")
+        return JobStatus.paused.value
+    reason = "the worker shut down" if monitor.preempted.is_set() else "resumed as it paused"
+    requeued = _requeue(att, monitor, reason, preempted=True)
+    if requeued is not None:
+        return requeued
+    return _finish(att, monitor, JobStatus.cancelled)
+
+
 def _requeue(
     att: _Attempt, monitor: JobMonitor, reason: str, *, preempted: bool = False
 ) -> str | None:
@@ -453,6 +504,7 @@ def _requeue(
             job_id=att.job_id,
             to=JobStatus.queued,
             fence_attempt=att.attempt,
+            only_from=frozenset({JobStatus.running}),
             **values,
         )
         if requeued:

@@ -32,6 +32,8 @@ STATUS_STYLE = {
     "validating": "yellow",
     "running": "cyan",
     "cancelling": "magenta",
+    "pausing": "blue",
+    "paused": "blue",
     "succeeded": "green",
     "ready": "green",
     "failed": "red",

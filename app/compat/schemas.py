@@ -126,7 +126,18 @@ class FineTuningJob(BaseModel):
     organization_id: str
     result_files: list[str]
     seed: int
-    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+    status: Literal[
+        "validating_files",
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "pausing",
+        "paused",
+    ]
+    """The SDK's statuses, plus the "pausing" and "paused" that OpenAI's API answers after a
+    pause (the SDK's Literal lags; it parses them all the same)."""
     trained_tokens: int | None
     training_file: str
     validation_file: str | None

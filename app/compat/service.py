@@ -36,6 +36,10 @@ STATUS = {
     JobStatus.queued: "queued",
     JobStatus.running: "running",
     JobStatus.cancelling: "running",  # still running until it stops at its next step
+    # OpenAI's API answers "pausing" and "paused" for paused jobs; the Python SDK's status
+    # Literal does not list them yet, but it parses them (it does not validate responses).
+    JobStatus.pausing: "pausing",
+    JobStatus.paused: "paused",
     JobStatus.succeeded: "succeeded",
     JobStatus.failed: "failed",
     JobStatus.cancelled: "cancelled",
@@ -356,19 +360,26 @@ def _metric_events(session: Session, job: Job) -> Iterable[schemas.FineTuningJob
 def list_checkpoints(
     *, session: Session, job: Job, after: str | None, limit: int
 ) -> tuple[list[schemas.FineTuningJobCheckpoint], bool]:
-    """Newest first, from the checkpoints the job reported (step and metrics at that step)."""
+    """Newest first: the checkpoints of a succeeded job that can be called as models — the final
+    one (the fine-tuned model) and the earlier ones the job kept as models of their own — with
+    the step and metrics the job reported when it saved them. Until a job succeeds it has none."""
+    result = job.result or {}
+    if job.status != JobStatus.succeeded or not result.get("fine_tuned_model"):
+        return [], False
+    names = {
+        int(c["step"]): c["fine_tuned_model_checkpoint"] for c in result.get("checkpoints", [])
+    }
+    names[int(result.get("steps", 0))] = result["fine_tuned_model"]
     rows = session.scalars(
         select(JobEvent)
         .where(JobEvent.job_id == job.id, JobEvent.message == "checkpoint")
         .order_by(JobEvent.id.desc())
     )
-    fine_tuned = (job.result or {}).get("fine_tuned_model") or f"ft:{job.id}"
-    final_step = (job.result or {}).get("steps") if job.status == JobStatus.succeeded else None
     seen: set[int] = set()
     out: list[schemas.FineTuningJobCheckpoint] = []
     for event in rows:
         step = int((event.data or {}).get("step", 0))
-        if step in seen:  # a resumed attempt saves the same step again
+        if step in seen or step not in names:  # a resumed attempt saves the same step again
             continue
         seen.add(step)
         metrics = {
@@ -378,15 +389,13 @@ def list_checkpoints(
             schemas.FineTuningJobCheckpoint(
                 id=f"ftckpt-{job.id}-{step:09d}",
                 created_at=unix(event.created_at) or 0,
-                # The last one is the fine-tuned model itself: usable as a model id.
-                fine_tuned_model_checkpoint=(
-                    fine_tuned if step == final_step else f"{fine_tuned}:ckpt-step-{step}"
-                ),
+                fine_tuned_model_checkpoint=names[step],
                 fine_tuning_job_id=job.id,
                 metrics=schemas.CheckpointMetrics(step=step, **metrics),
                 step_number=step,
             )
         )
+    out.sort(key=lambda c: c.step_number, reverse=True)
     if after is not None:
         out = [c for c in out if c.id < after]
     return out[:limit], len(out) > limit

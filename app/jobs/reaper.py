@@ -5,7 +5,8 @@
   the claim admits one run.
 - A ``running`` job whose lease expired lost its worker (SIGKILL, OOM, a dead machine): give it
   another attempt (handlers resume from checkpoints) or fail it after ``max_attempts``. A
-  ``cancelling`` job whose worker died is simply ``cancelled``.
+  ``cancelling`` job whose worker died is simply ``cancelled``, a ``pausing`` one ``paused``.
+- A ``paused`` job holds no lease and waits for its resume: the reaper leaves it alone.
 
 It runs in every worker and in the API, on a timer; all its writes are compare-and-set, so any
 number of reapers can run at once.
@@ -28,7 +29,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import utcnow
 from app.jobs import service
 from app.jobs.gc import collect_garbage
-from app.jobs.states import JobStatus
+from app.jobs.pauses import running_seconds, started_pause
+from app.jobs.states import LEASED_STATES, JobStatus
 from app.jobs.tables import Job
 from app.settings import Settings
 from app.storage import LocalStore
@@ -46,13 +48,14 @@ class ReapReport:
     requeued: int = 0
     failed: int = 0
     cancelled: int = 0
+    paused: int = 0
 
 
 def reap(*, factory: sessionmaker[Session], settings: Settings, enqueue: Enqueue) -> ReapReport:
     report = ReapReport()
     _expire_leases(factory, settings, enqueue, report)
     _resend_stale(factory, settings, enqueue, report)
-    if report.resent or report.requeued or report.failed or report.cancelled:
+    if report.resent or report.requeued or report.failed or report.cancelled or report.paused:
         log.info("reaper: %s", report)
     return report
 
@@ -65,7 +68,7 @@ def _expire_leases(
         expired = (
             session.execute(
                 select(Job).where(
-                    Job.status.in_([JobStatus.running.value, JobStatus.cancelling.value]),
+                    Job.status.in_([s.value for s in LEASED_STATES]),
                     Job.lease_expires_at < now,
                 )
             )
@@ -73,10 +76,15 @@ def _expire_leases(
             .all()
         )
         for job in expired:
-            job_id, attempt, queue = job.id, job.attempt, job.queue
+            job_id, attempt, queue, seen = job.id, job.attempt, job.queue, JobStatus(job.status)
             target, values, message = _after_lost_worker(job)
             if not service.transition(
-                session=session, job_id=job_id, to=target, fence_attempt=attempt, **values
+                session=session,
+                job_id=job_id,
+                to=target,
+                fence_attempt=attempt,
+                only_from=frozenset({seen}),
+                **values,
             ):
                 continue  # the worker came back, or another reaper got there first
             level = "error" if target == JobStatus.failed else "warning"
@@ -89,17 +97,19 @@ def _expire_leases(
                 enqueue(job_id, queue)
             elif target == JobStatus.failed:
                 report.failed += 1
+            elif target == JobStatus.paused:
+                report.paused += 1
             else:
                 report.cancelled += 1
 
 
 def _after_lost_worker(job: Job) -> tuple[JobStatus, dict[str, Any], str]:
-    """Where a job goes when its worker is gone: cancelled, failed, or queued to try again."""
+    """Where a job goes when its worker is gone: cancelled, failed, paused, or queued to try
+    again."""
     attempt, max_attempts = job.attempt, job.max_attempts
     if job.status == JobStatus.cancelling:
         return JobStatus.cancelled, {}, "worker lost while cancelling; job cancelled"
-    started = job.started_at or utcnow()
-    if (utcnow() - started).total_seconds() > job.time_limit_s:
+    if running_seconds(job, utcnow()) > job.time_limit_s:
         limit = {"error_code": "job.time_limit", "error_message": TIME_LIMIT_MESSAGE}
         return JobStatus.failed, limit, "worker lost after the time limit; job failed"
     if attempt >= max_attempts:
@@ -109,6 +119,14 @@ def _after_lost_worker(job: Job) -> tuple[JobStatus, dict[str, Any], str]:
         )
         values: dict[str, Any] = {"error_code": "job.worker_lost", "error_message": error}
         return JobStatus.failed, values, "worker lost; no attempts left"
+    if job.status == JobStatus.pausing:
+        paused: dict[str, Any] = {
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "pauses": started_pause(job.pauses, utcnow()),
+        }
+        message = "worker lost while pausing; job paused (it resumes from its last checkpoint)"
+        return JobStatus.paused, paused, message
     requeue = {"lease_owner": None, "lease_expires_at": None, "enqueued_at": utcnow()}
     return JobStatus.queued, requeue, f"worker lost; attempt {attempt + 1}/{max_attempts} queued"
 

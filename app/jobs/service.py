@@ -25,7 +25,8 @@ from app.errors import InvalidInput, InvalidParameter, NotFound
 from app.ids import new_id
 from app.jobs.inputs import load_inputs
 from app.jobs.kinds import Capacity, JobKind
-from app.jobs.states import FINAL_STATES, JobStatus, sources_of
+from app.jobs.pauses import ended_pause, started_pause
+from app.jobs.states import FINAL_STATES, LEASED_STATES, JobStatus, sources_of
 from app.jobs.tables import Job, JobEvent, JobInput, JobMetric
 from app.storage import LocalStore
 from workers.pipeline.configs.base import ConfigError
@@ -245,6 +246,7 @@ def claim_job(*, session: Session, job_id: str, owner: str, lease_s: float) -> i
         job_id=job_id,
         to=JobStatus.running,
         fence_attempt=current,
+        only_from=frozenset({JobStatus.queued}),
         attempt=current + 1,
         lease_owner=owner,
         lease_expires_at=now + timedelta(seconds=lease_s),
@@ -273,7 +275,7 @@ def heartbeat(
     owned = [
         Job.id == job_id,
         Job.attempt == attempt,
-        Job.status.in_([JobStatus.running.value, JobStatus.cancelling.value]),
+        Job.status.in_([s.value for s in LEASED_STATES]),
     ]
     if not renew:
         status = session.scalar(select(Job.status).where(*owned, Job.lease_expires_at > utcnow()))
@@ -291,7 +293,7 @@ def heartbeat(
 
 
 def cancel_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
-    """Cancel a queued job at once; ask a running one to stop at its next step.
+    """Cancel a queued or paused job at once; ask a running one to stop at its next step.
 
     Idempotent: cancelling a job that is already cancelling or finished (by this request's twin
     or long ago) changes nothing and returns the job as it is.
@@ -302,12 +304,99 @@ def cancel_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
     job = get_job(session=session, tenant_id=tenant_id, job_id=job_id)
     if job.status in FINAL_STATES:
         return job
-    queued = frozenset({JobStatus.queued})
-    if not transition(session=session, job_id=job_id, to=JobStatus.cancelled, only_from=queued):
+    idle = frozenset({JobStatus.queued, JobStatus.paused})
+    values: dict[str, Any] = {}
+    if job.status == JobStatus.paused:
+        values["pauses"] = ended_pause(job.pauses, utcnow())
+    if not transition(
+        session=session, job_id=job_id, to=JobStatus.cancelled, only_from=idle, **values
+    ):
         transition(session=session, job_id=job_id, to=JobStatus.cancelling)
     session.commit()
     session.refresh(job)
     return job
+
+
+def pause_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
+    """Pause a queued job at once; ask a running one to stop at its next step with a checkpoint
+    (``pausing``, then ``paused`` once it stopped: see the runner).
+
+    Idempotent, like cancel: a job already pausing, paused, cancelling or finished is returned as
+    it is.
+
+    Raises:
+        NotFound: no such job for this tenant.
+    """
+    job = get_job(session=session, tenant_id=tenant_id, job_id=job_id)
+    if job.status not in (JobStatus.queued, JobStatus.running):
+        return job
+    queued = frozenset({JobStatus.queued})
+    if transition(
+        session=session,
+        job_id=job_id,
+        to=JobStatus.paused,
+        only_from=queued,
+        pauses=started_pause(job.pauses, utcnow()),
+    ):
+        message = "job paused while queued; resume to queue it again"
+    elif transition(
+        session=session,
+        job_id=job_id,
+        to=JobStatus.pausing,
+        only_from=frozenset({JobStatus.running}),
+    ):
+        message = "pause requested: the job stops at its next step with a checkpoint"
+    else:  # it moved on between the read and the write: as it is now
+        session.rollback()
+        session.refresh(job)
+        return job
+    add_event(session=session, job_id=job_id, attempt=job.attempt, message=message)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+@dataclass(frozen=True)
+class Resumed:
+    job: Job
+    requeued: bool  # True when the caller must enqueue the job's id
+
+
+def resume_job(*, session: Session, tenant_id: str, job_id: str) -> Resumed:
+    """Queue a paused job again (it continues from its checkpoint); a pausing job that has not
+    stopped yet simply goes on running. Any other job is returned as it is.
+
+    Raises:
+        NotFound: no such job for this tenant.
+    """
+    job = get_job(session=session, tenant_id=tenant_id, job_id=job_id)
+    now = utcnow()
+    requeued = False
+    if job.status == JobStatus.paused:
+        requeued = transition(
+            session=session,
+            job_id=job_id,
+            to=JobStatus.queued,
+            only_from=frozenset({JobStatus.paused}),
+            pauses=ended_pause(job.pauses, now),
+            enqueued_at=now,
+        )
+        changed, message = requeued, "job resumed: queued to continue from its checkpoint"
+    elif job.status == JobStatus.pausing:
+        changed = transition(
+            session=session,
+            job_id=job_id,
+            to=JobStatus.running,
+            only_from=frozenset({JobStatus.pausing}),
+        )
+        message = "job resumed before it paused: it goes on running"
+    else:
+        return Resumed(job, requeued=False)
+    if changed:
+        add_event(session=session, job_id=job_id, attempt=job.attempt, message=message)
+    session.commit()
+    session.refresh(job)
+    return Resumed(job, requeued=requeued)
 
 
 def add_event(

@@ -42,6 +42,9 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    pauses: Mapped[list[dict[str, Any]] | None] = mapped_column(default=None)
+    """Each pause as ``{"at": iso, "until": iso | null}``: paused time is not running time (time
+    limits, device-hours)."""
 
 
 class JobEvent(Base):

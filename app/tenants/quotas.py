@@ -16,12 +16,13 @@ from app.artifacts.tables import Artifact
 from app.datasets.tables import Dataset
 from app.db import utcnow
 from app.errors import QuotaExceeded
+from app.jobs.pauses import paused_seconds
 from app.jobs.states import FINAL_STATES
 from app.jobs.tables import Job
 
 
 def active_jobs(*, session: Session, tenant_id: str) -> int:
-    """Queued, running and cancelling jobs: the ones that hold or wait for a worker."""
+    """Unfinished jobs: queued, running, cancelling, and paused (a resume needs no new slot)."""
     stmt = select(func.count()).where(
         Job.tenant_id == tenant_id, Job.status.not_in([s.value for s in FINAL_STATES])
     )
@@ -61,18 +62,18 @@ def check_job_quota(
     count = active_jobs(session=session, tenant_id=tenant_id)
     if count >= limit:
         raise QuotaExceeded(
-            f"This tenant already has {count} queued or running jobs, its quota is {limit}; "
-            "wait for some to finish or cancel some.",
+            f"This tenant already has {count} unfinished (queued, running or paused) jobs, its "
+            f"quota is {limit}; wait for some to finish or cancel some.",
             code="quota.active_jobs",
         )
 
 
 def device_hours(*, session: Session, tenant_id: str, since: datetime) -> float:
     """Device-hours of the tenant's gpu-queue jobs that ran after ``since`` (running ones count
-    up to now): running time × devices."""
+    up to now): running time × devices. Time a job spent paused is not running time."""
     now = utcnow()
     rows = session.execute(
-        select(Job.started_at, Job.finished_at, Job.params).where(
+        select(Job.started_at, Job.finished_at, Job.params, Job.pauses).where(
             Job.tenant_id == tenant_id,
             Job.queue == "gpu",
             Job.started_at.is_not(None),
@@ -80,11 +81,12 @@ def device_hours(*, session: Session, tenant_id: str, since: datetime) -> float:
         )
     )
     hours = 0.0
-    for started, finished, params in rows:
+    for started, finished, params, pauses in rows:
         start = max(started, since)
         end = finished or now
+        seconds = (end - start).total_seconds() - paused_seconds(pauses, start, end)
         devices = params.get("devices", 1) if isinstance(params, dict) else 1
-        hours += max(0.0, (end - start).total_seconds()) / 3600 * max(1, int(devices or 1))
+        hours += max(0.0, seconds) / 3600 * max(1, int(devices or 1))
     return hours
 
 

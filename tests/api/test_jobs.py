@@ -97,6 +97,31 @@ def test_cancel_is_idempotent_and_returns_a_finished_job_unchanged(
     assert response.json() == first and first["status"] == "cancelled"
 
 
+def test_pause_and_resume_a_queued_job_through_the_jobs_api(
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str]
+) -> None:
+    job = client.post("/v1/jobs", json=PROBE, headers=auth).json()
+    broker = redis.Redis.from_url(TEST_BROKER_URL)
+    rung = broker.llen("cpu")
+
+    paused = client.post(f"/v1/jobs/{job['id']}/pause", headers=auth)
+    assert paused.status_code == 200 and paused.json()["status"] == "paused"
+    assert client.get("/v1/jobs?status=paused", headers=auth).json()["data"][0]["id"] == job["id"]
+    assert client.post(f"/v1/jobs/{job['id']}/pause", headers=auth).json()["status"] == "paused"
+    assert client.post(f"/v1/jobs/{job['id']}/resume", headers=other_auth).status_code == 404
+
+    resumed = client.post(f"/v1/jobs/{job['id']}/resume", headers=auth)
+    assert resumed.status_code == 200 and resumed.json()["status"] == "queued"
+    assert broker.llen("cpu") == rung + 1  # queued again means sent again
+    # A resume of a job that is not paused changes and sends nothing.
+    assert client.post(f"/v1/jobs/{job['id']}/resume", headers=auth).json()["status"] == "queued"
+    assert broker.llen("cpu") == rung + 1
+
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    finished = client.post(f"/v1/jobs/{job['id']}/pause", headers=auth)
+    assert finished.status_code == 200 and finished.json()["status"] == "cancelled"
+
+
 def test_events_and_metrics_of_a_new_job_are_empty_lists(
     client: TestClient, auth: dict[str, str]
 ) -> None:

@@ -6,17 +6,28 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
 from openai.types import FileObject, Model
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.jobs.tables import JobMetric
 from tests.conftest import RunJob
 from tests.pipeline.finetune_helpers import build_base, chat_rows, task_split
+from tests.timing import scaled
+from workers.inference.server import create_app as create_inference_app
+from workers.inference.settings import InferenceSettings
+from workers.pipeline.finetune import loop as finetune_loop
 
 
 @pytest.fixture
@@ -139,3 +150,161 @@ def test_errors_are_the_ones_the_sdk_handles(sdk: openai.OpenAI, base_model: str
         openai.OpenAI(
             api_key="gm_wrong", base_url=str(sdk.base_url), http_client=sdk._client, max_retries=0
         ).models.list()
+
+
+def train_steps_slowly(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Each optimiser step also waits ``seconds``, so a pause lands mid-run whatever the machine;
+    the numbers are the stage's own."""
+    original = finetune_loop.train_step
+
+    def slow(run: Any, items: list[Any]) -> dict[str, float]:
+        time.sleep(seconds)
+        return original(run, items)
+
+    monkeypatch.setattr(finetune_loop, "train_step", slow)
+
+
+def processed_file(sdk: openai.OpenAI, client: TestClient, run_job: RunJob, rows: int) -> str:
+    uploaded = sdk.files.create(file=("t.jsonl", chat_file(rows)), purpose="fine-tune")
+    run_job(client.get(f"/v1/datasets/{uploaded.id}", headers=sdk.auth_headers).json()["job_id"])
+    return uploaded.id
+
+
+def loss_curve(client: TestClient, headers: Any, job_id: str) -> dict[int, float]:
+    page = client.get(f"/v1/jobs/{job_id}/metrics?name=train_loss", headers=headers).json()
+    return {m["step"]: m["value"] for m in page["data"]}
+
+
+def test_a_paused_fine_tune_resumes_from_its_checkpoint_on_the_same_loss_curve(
+    sdk: openai.OpenAI,
+    client: TestClient,
+    run_job: RunJob,
+    base_model: str,
+    monkeypatch: pytest.MonkeyPatch,
+    factory: sessionmaker[Session],
+) -> None:
+    file_id = processed_file(sdk, client, run_job, 32)
+    request: dict[str, Any] = {
+        "model": base_model,
+        "training_file": file_id,
+        "seed": 3,
+        "hyperparameters": {"n_epochs": 3, "batch_size": 8},  # 12 steps, a checkpoint each 4
+    }
+    straight = sdk.fine_tuning.jobs.create(**request)
+    assert run_job(straight.id)["status"] == "succeeded"
+
+    train_steps_slowly(monkeypatch, 0.5)
+    job = sdk.fine_tuning.jobs.create(**request)
+    ended: list[dict[str, Any]] = []
+    worker = threading.Thread(target=lambda: ended.append(run_job(job.id)))
+    worker.start()
+    deadline = time.monotonic() + scaled(60)
+    while (client.get(f"/v1/jobs/{job.id}", headers=sdk.auth_headers).json()["progress"] or {}).get(
+        "step", 0
+    ) < 2:
+        assert time.monotonic() < deadline and worker.is_alive(), "the job did not start"
+        time.sleep(0.05)
+
+    pausing = sdk.fine_tuning.jobs.pause(job.id)
+    assert pausing.status == "pausing"
+    worker.join(timeout=scaled(30))
+    assert ended and ended[0]["status"] == "paused"
+    paused = sdk.fine_tuning.jobs.retrieve(job.id)
+    assert paused.status == "paused" and paused.fine_tuned_model is None
+    strictly_but_status(paused)
+    assert sdk.fine_tuning.jobs.pause(job.id).status == "paused"  # unchanged, not an error
+    events = list(sdk.fine_tuning.jobs.list_events(job.id, limit=100))
+    saved = [e.data["step"] for e in events if e.message == "checkpoint" and e.data]
+    stopped_at = saved[0]  # newest first: the checkpoint written as it stopped
+    assert 2 <= stopped_at < 12
+    assert ended[0]["attempt"] == 1
+
+    monkeypatch.undo()
+    resumed = sdk.fine_tuning.jobs.resume(job.id)
+    assert resumed.status == "queued"
+    assert run_job(job.id)["status"] == "succeeded"
+    done = sdk.fine_tuning.jobs.retrieve(job.id)
+    assert done.status == "succeeded" and done.fine_tuned_model
+    events = list(sdk.fine_tuning.jobs.list_events(job.id, limit=100))
+    assert any(e.message == "resumed" and e.data == {"step": stopped_at} for e in events)
+    # The interrupted run retraces the uninterrupted one, step for step.
+    interrupted = loss_curve(client, sdk.auth_headers, job.id)
+    assert sorted(interrupted) == list(range(1, 13))
+    with factory() as session:
+        trained_by = dict(
+            session.execute(
+                select(JobMetric.step, JobMetric.attempt).where(
+                    JobMetric.job_id == job.id, JobMetric.name == "train_loss"
+                )
+            )
+            .tuples()
+            .all()
+        )
+    # No step was trained twice: the second attempt started after the checkpoint.
+    assert trained_by == {s: 1 if s <= stopped_at else 2 for s in range(1, 13)}
+    assert interrupted == pytest.approx(loss_curve(client, sdk.auth_headers, straight.id), rel=1e-6)
+    # Pausing or resuming a finished job returns it as it is.
+    assert sdk.fine_tuning.jobs.pause(job.id).status == "succeeded"
+    assert sdk.fine_tuning.jobs.resume(job.id).status == "succeeded"
+
+
+def strictly_but_status(job: FineTuningJob) -> None:
+    """The SDK's status Literal lags OpenAI's API ("pausing", "paused"): check the rest."""
+    data = job.model_dump(mode="json", exclude_unset=True)
+    FineTuningJob.model_validate({**data, "status": "running"})
+
+
+@pytest.fixture
+def inference(client: TestClient) -> None:
+    """Completions reach the real inference service, in this process (on the ASGI transport)."""
+    service = create_inference_app(InferenceSettings(device="cpu", memory_budget_bytes=2**28))
+    transport = httpx.ASGITransport(app=service)
+    client.app.state.inference = httpx.AsyncClient(transport=transport, timeout=60)  # type: ignore[attr-defined]
+
+
+def test_every_listed_checkpoint_is_a_model_completions_can_call(
+    sdk: openai.OpenAI,
+    client: TestClient,
+    run_job: RunJob,
+    base_model: str,
+    inference: None,
+    other_auth: dict[str, str],
+) -> None:
+    file_id = processed_file(sdk, client, run_job, 32)
+    job = sdk.fine_tuning.jobs.create(
+        model=base_model,
+        training_file=file_id,
+        hyperparameters={"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 20},
+    )
+    assert run_job(job.id)["status"] == "succeeded"
+    done = sdk.fine_tuning.jobs.retrieve(job.id)
+
+    checkpoints = list(sdk.fine_tuning.jobs.checkpoints.list(job.id))
+    assert [c.step_number for c in checkpoints] == [12, 8, 4]
+    names = [c.fine_tuned_model_checkpoint for c in checkpoints]
+    assert names[0] == done.fine_tuned_model
+    assert names[1:] == [f"{done.fine_tuned_model}:ckpt-step-{s}" for s in (8, 4)]
+    for checkpoint in checkpoints:
+        strictly(checkpoint)
+
+    first_tokens = {}
+    for name in names:
+        completion = sdk.completions.create(
+            model=name, prompt="Format: anna in", max_tokens=4, temperature=0, logprobs=5
+        )
+        assert completion.model == name and completion.choices[0].text
+        assert completion.choices[0].logprobs is not None
+        top = completion.choices[0].logprobs.top_logprobs
+        assert top is not None
+        first_tokens[name] = top[0]
+        chat = sdk.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "Format: anna in oslo"}], max_tokens=4
+        )
+        assert chat.model == name and chat.choices[0].message.content is not None
+    # Three sets of weights: the earlier checkpoints are not the final model served again.
+    assert len({json.dumps(t, sort_keys=True) for t in first_tokens.values()}) == 3
+    # Another tenant cannot call them.
+    foreign = client.post(
+        "/v1/completions", json={"model": names[1], "prompt": "x"}, headers=other_auth
+    )
+    assert foreign.status_code == 404

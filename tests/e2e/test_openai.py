@@ -1,6 +1,7 @@
 """The official ``openai`` SDK against a live embedded server (``gristmill serve``: API, worker
-and inference service): upload → fine-tune → poll → events and checkpoints → chat completion,
-streamed too → a job cancelled right away → 404s → delete. Only ``base_url`` and the key change."""
+and inference service): upload → fine-tune, paused as it runs and resumed → poll → events and
+checkpoints → chat completion, streamed too, and completions from an earlier checkpoint → a job
+cancelled right away → 404s → delete. Only ``base_url`` and the key change."""
 
 from __future__ import annotations
 
@@ -49,16 +50,40 @@ def upload_base(server: Embedded, folder: Path) -> str:
     raise AssertionError("the uploaded model was not imported in time")
 
 
-def wait_done(
-    sdk: openai.OpenAI, job_id: str, timeout: float
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def wait_status(
+    sdk: openai.OpenAI, job_id: str, statuses: tuple[str, ...], timeout: float, poll: float = 1
 ) -> openai.types.fine_tuning.FineTuningJob:
     deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         job = sdk.fine_tuning.jobs.retrieve(job_id)
-        if job.status in ("succeeded", "failed", "cancelled"):
+        if job.status in statuses:
             return job
-        time.sleep(1)
-    raise AssertionError(f"fine-tuning job {job_id} did not finish")
+        assert job.status not in FINAL, f"job {job_id} ended {job.status}, not {statuses}"
+        time.sleep(poll)
+    raise AssertionError(f"fine-tuning job {job_id} did not become {statuses}")
+
+
+def wait_done(
+    sdk: openai.OpenAI, job_id: str, timeout: float
+) -> openai.types.fine_tuning.FineTuningJob:
+    return wait_status(sdk, job_id, FINAL, timeout)
+
+
+def pause_and_resume(sdk: openai.OpenAI, job_id: str) -> int:
+    """Pause the job as soon as it runs, check it stopped with a checkpoint, resume it; returns
+    the step it stopped at."""
+    wait_status(sdk, job_id, ("running",), timeout=300, poll=0.1)
+    assert sdk.fine_tuning.jobs.pause(job_id).status in ("pausing", "paused")
+    paused = wait_status(sdk, job_id, ("paused",), timeout=120, poll=0.2)
+    assert paused.fine_tuned_model is None
+    events = list(sdk.fine_tuning.jobs.list_events(job_id, limit=100))
+    saved = [e.data["step"] for e in events if e.message == "checkpoint" and e.data]
+    assert saved, "the job paused without a checkpoint"
+    assert sdk.fine_tuning.jobs.resume(job_id).status == "queued"
+    return int(saved[0])  # newest first: the one written as it stopped
 
 
 def test_the_sdk_fine_tunes_and_chats_with_the_result(server: Embedded, tmp_path: Path) -> None:
@@ -77,13 +102,19 @@ def test_the_sdk_fine_tunes_and_chats_with_the_result(server: Embedded, tmp_path
     )
     cancelled = sdk.fine_tuning.jobs.create(model=base, training_file=file.id)
     assert sdk.fine_tuning.jobs.cancel(cancelled.id).status == "cancelled"
+    stopped_at = pause_and_resume(sdk, job.id)
 
     done = wait_done(sdk, job.id, timeout=600)
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model and done.fine_tuned_model.startswith("ft:")
-    events = list(sdk.fine_tuning.jobs.list_events(job.id, limit=5))
+    events = list(sdk.fine_tuning.jobs.list_events(job.id, limit=100))
     assert any(e.type == "metrics" for e in events)
-    assert list(sdk.fine_tuning.jobs.checkpoints.list(job.id))
+    assert any(e.message == "resumed" and e.data == {"step": stopped_at} for e in events)
+    checkpoints = list(sdk.fine_tuning.jobs.checkpoints.list(job.id))
+    # A checkpoint each epoch (8 steps) and one where it paused; the final three are kept.
+    kept = sorted({8 * epoch for epoch in range(1, 9)} | {stopped_at}, reverse=True)[:3]
+    assert [c.step_number for c in checkpoints] == kept
+    assert checkpoints[0].fine_tuned_model_checkpoint == done.fine_tuned_model
 
     name, city = held_out[0]
     prompt, _ = task(name, city)
@@ -109,6 +140,21 @@ def test_the_sdk_fine_tunes_and_chats_with_the_result(server: Embedded, tmp_path
     )
     assert streamed == text
     assert text.strip().startswith("NAME =")  # it learned the format
+
+    # An earlier checkpoint is a model of its own: served, and not the final one again.
+    first_tokens = []
+    for checkpoint in (checkpoints[0], checkpoints[-1]):
+        completion = sdk.completions.create(
+            model=checkpoint.fine_tuned_model_checkpoint,
+            prompt=prompt,
+            max_tokens=2,
+            temperature=0,
+            logprobs=5,
+        )
+        assert completion.model == checkpoint.fine_tuned_model_checkpoint
+        assert completion.choices[0].logprobs and completion.choices[0].logprobs.top_logprobs
+        first_tokens.append(completion.choices[0].logprobs.top_logprobs[0])
+    assert first_tokens[0] != first_tokens[1]
 
     with pytest.raises(openai.NotFoundError):
         sdk.chat.completions.create(model="ft:nothing", messages=[{"role": "user", "content": "x"}])

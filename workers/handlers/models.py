@@ -11,6 +11,7 @@ from app.jobs.kinds import FinetuneParams, ImportModelParams, QuantizeParams
 from workers.handlers.base import JobContext, Outcome, Output, details, run_stage, stage_config
 from workers.pipeline.configs.finetune import FinetuneConfig, ModelImportConfig
 from workers.pipeline.configs.quantize import QuantizeConfig
+from workers.pipeline.finetune.export import snapshot_root, snapshots
 from workers.pipeline.finetune.import_model import ModelImportInputs
 from workers.pipeline.finetune.stage import FinetuneInputs
 from workers.pipeline.quantize.stage import QuantizeInputs
@@ -75,7 +76,49 @@ def handle_finetune(ctx: JobContext[FinetuneParams]) -> Outcome:
         )
         outputs.append(adapter)
         ids["adapter_id"] = adapter.id
+    checkpoints = _checkpoint_models(
+        ctx, name, lineage, base_id=base.id, final_step=int(result["steps"]), method=config.method
+    )
+    outputs.extend(checkpoints)
+    ids["checkpoints"] = [
+        {"step": c.details["step"], "model_id": c.id, "fine_tuned_model_checkpoint": c.name}
+        for c in checkpoints
+    ]
     return Outcome(result={**ids, **summary}, outputs=outputs)
+
+
+def _checkpoint_models(
+    ctx: JobContext[FinetuneParams],
+    name: str,
+    lineage: dict[str, str | None],
+    *,
+    base_id: str,
+    final_step: int,
+    method: str,
+) -> list[NewArtifact]:
+    """The stage's kept snapshots before the final step, each a model of its own named as the
+    job's checkpoint list names it (``<fine-tuned name>:ckpt-step-<n>``), so it can be called.
+    The final step's is the fine-tuned model itself."""
+    models = []
+    for step, folder in snapshots(snapshot_root(ctx.paths.work_dir)):
+        if step >= final_step:
+            continue
+        adapter = (folder / "adapter_config.json").is_file()
+        details: dict[str, Any] = {"step": step, "method": method}
+        if adapter:
+            details["base_model_id"] = base_id
+        models.append(
+            NewArtifact(
+                id=new_artifact_id("model"),
+                category="model",
+                folder=folder,
+                name=f"{name}:ckpt-step-{step}",
+                format="peft-adapter" if adapter else "huggingface",
+                lineage=lineage,
+                details=details,
+            )
+        )
+    return models
 
 
 def handle_quantize(ctx: JobContext[QuantizeParams]) -> Outcome:

@@ -102,6 +102,36 @@ def cancel_fine_tuning_job(
     return service.job_view(job, session=session)
 
 
+@router.post(
+    "/{fine_tuning_job_id}/pause",
+    response_model=schemas.FineTuningJob,
+    responses=NOT_FOUND,
+    summary="Pause a fine-tuning job (it stops at its next step with a checkpoint)",
+)
+def pause_fine_tuning_job(
+    job: FineTuningJobDep, session: SessionDep, tenant_id: TenantDep
+) -> schemas.FineTuningJob:
+    """Idempotent: a job that is not queued or running (paused, finished) is returned unchanged."""
+    job = jobs.pause_job(session=session, tenant_id=tenant_id, job_id=job.id)
+    return service.job_view(job, session=session)
+
+
+@router.post(
+    "/{fine_tuning_job_id}/resume",
+    response_model=schemas.FineTuningJob,
+    responses=NOT_FOUND,
+    summary="Resume a paused fine-tuning job from its checkpoint",
+)
+def resume_fine_tuning_job(
+    job: FineTuningJobDep, session: SessionDep, tenant_id: TenantDep
+) -> schemas.FineTuningJob:
+    """Idempotent: a job that is not paused or pausing is returned unchanged."""
+    resumed = jobs.resume_job(session=session, tenant_id=tenant_id, job_id=job.id)
+    if resumed.requeued:
+        enqueue(resumed.job.id, resumed.job.queue)
+    return service.job_view(resumed.job, session=session)
+
+
 @router.get(
     "/{fine_tuning_job_id}/events",
     response_model=schemas.ListPage,

@@ -109,6 +109,36 @@ def cancel_job(job: JobDep, session: SessionDep, tenant_id: TenantDep) -> JobRea
     return JobRead.model_validate(cancelled)
 
 
+@router.post(
+    "/{job_id}/pause",
+    response_model=JobRead,
+    responses=NOT_FOUND,
+    summary="Pause a job",
+)
+def pause_job(job: JobDep, session: SessionDep, tenant_id: TenantDep) -> JobRead:
+    """A queued job is `paused` at once; a running one becomes `pausing`, stops at its next step
+    with a checkpoint, then `paused`. Paused time counts toward no time limit or quota of
+    device-hours. Any other job is returned unchanged."""
+    return JobRead.model_validate(
+        service.pause_job(session=session, tenant_id=tenant_id, job_id=job.id)
+    )
+
+
+@router.post(
+    "/{job_id}/resume",
+    response_model=JobRead,
+    responses=NOT_FOUND,
+    summary="Resume a paused job",
+)
+def resume_job(job: JobDep, session: SessionDep, tenant_id: TenantDep) -> JobRead:
+    """A paused job is queued again and continues from its checkpoint; a `pausing` one goes on
+    running. Any other job is returned unchanged."""
+    resumed = service.resume_job(session=session, tenant_id=tenant_id, job_id=job.id)
+    if resumed.requeued:
+        enqueue(resumed.job.id, resumed.job.queue)
+    return JobRead.model_validate(resumed.job)
+
+
 @router.get(
     "/{job_id}/events",
     response_model=Page[JobEventRead],

@@ -2,11 +2,17 @@
 
 Adapters are merged onto a freshly loaded *unquantised* base: merging into 4-bit weights would
 round the update away, and the merged model must equal base + adapter to within float error.
+
+Each checkpoint also leaves a servable snapshot (``save_snapshot``): the resumable checkpoint
+holds optimiser state in a layout only the trainer reads, and only the newest one is kept, so the
+job's earlier checkpoints could not otherwise be served as models.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -37,6 +43,52 @@ def save_adapter_and_merge(
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     model_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(model_dir))
+
+
+SNAPSHOTS = "checkpoint-models"
+KEPT_SNAPSHOTS = 3
+"""Snapshots kept per job, newest first: the final checkpoint and the two before it, as OpenAI
+keeps for a fine-tuning job. A full fine-tune's snapshot is a whole copy of the model."""
+
+
+def snapshot_root(work_dir: Path) -> Path:
+    """Where a run's snapshots live: in its work folder, so they survive a pause or a retry."""
+    return work_dir / SNAPSHOTS
+
+
+def save_snapshot(
+    model: nn.Module,
+    root: Path,
+    *,
+    step: int,
+    tokenizer: PreTrainedTokenizerBase,
+    eos_ids: list[int],
+) -> Path:
+    """Write ``root/step_<n>``: the peft adapter for adapter methods (small; served on the job's
+    base), the whole model otherwise, with the tokenizer and generation config, so the inference
+    service loads it like any model. Atomic (a ``.tmp`` folder renamed); older snapshots beyond
+    ``KEPT_SNAPSHOTS`` are deleted."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f"{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    cast(Any, model).save_pretrained(str(tmp))
+    card = (
+        f"# Fine-tuning checkpoint, step {step}\n\nThe weights at this step of a Gristmill "
+        "fine-tune (a peft adapter when `adapter_config.json` is here).\n"
+    )
+    finish_folder(tmp, tokenizer, eos_ids=eos_ids, card=card)
+    shutil.rmtree(final, ignore_errors=True)  # a resumed run that saves the same step again
+    os.replace(tmp, final)
+    for _, old in snapshots(root)[:-KEPT_SNAPSHOTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def snapshots(root: Path) -> list[tuple[int, Path]]:
+    """The complete snapshots under ``root`` as (step, folder), oldest first."""
+    found = [p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")]
+    return sorted((int(p.name.removeprefix("step_")), p) for p in found)
 
 
 def finish_folder(

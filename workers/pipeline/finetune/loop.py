@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import time
 
-from workers.pipeline.finetune import distributed
+from workers.pipeline.finetune import distributed, export
 from workers.pipeline.finetune.data import batch_indices
 from workers.pipeline.finetune.metrics import evaluate, post_samples
+from workers.pipeline.finetune.model import unwrap
 from workers.pipeline.finetune.run import Run
 from workers.pipeline.finetune.steps import lr_at, train_step
 from workers.pipeline.types import PipelineError, Progress, StageCancelled
@@ -65,4 +66,15 @@ def save(run: Run, step: int) -> None:
     state = {**run.checkpoint_state, "trained_tokens": run.trained_tokens, "metrics": run.metrics}
     path = distributed.save_checkpoint(run, step, state)
     if path is not None:
+        if not run.sharded:
+            # A servable copy beside it (work_dir/checkpoint-models): the job registers the
+            # newest ones as models, so its earlier checkpoints can be called like the final one.
+            # (Under FSDP no rank holds the whole model here: those runs serve the final one.)
+            export.save_snapshot(
+                unwrap(run.model),
+                export.snapshot_root(run.checkpoint_dir.parent),
+                step=step,
+                tokenizer=run.tokenizer,
+                eos_ids=run.eos_ids,
+            )
         run.hooks.on_event("checkpoint", {"step": step, "path": str(path), "metrics": run.metrics})
