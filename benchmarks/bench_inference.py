@@ -1,4 +1,5 @@
-"""Tokens/s and time to first token through the inference service vs a bare ``model.generate``.
+"""Tokens/s and time to first token through the inference service vs a bare ``model.generate``,
+and the latency the API's proxy adds in front of the service.
 
     .venv/bin/python -m benchmarks.bench_inference --tokens 128
 
@@ -8,21 +9,33 @@ Builds a small random Llama (no hub), saves it, and in the same run measures:
 - service: ``gristmill inference``'s app under uvicorn on a local socket, a streamed
   ``/v1/completions`` request read with httpx: first text chunk and the whole stream.
 Target: service tokens/s >= 0.9x bare. Medians of ``--repeats`` runs after one warm-up each.
+- proxy: real ``gristmill inference`` and ``gristmill api`` processes (embedded SQLite, the
+  model registered as the tenant's); the same streamed ``/v1/chat/completions`` request sent
+  directly to the service and through the API (key checked, model resolved, stream relayed),
+  alternating ABBA ``--proxy-repeats`` times after a warm-up of each: time to first content token
+  and to the end of the stream, with the API's added milliseconds and ratios (medians of the
+  per-round differences, which drift on a shared machine does not move).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import torch
 import uvicorn
+from sqlalchemy import select
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -31,11 +44,21 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from app.artifacts.service import NewArtifact, new_artifact_id, place_artifact
+from app.db import make_engine, make_session_factory, session_scope
+from app.settings import Settings
+from app.storage import LocalStore
+from app.tenants.tables import Tenant
+from benchmarks.bench_upload import api_env, cli, free_port, wait_ready
 from workers.inference.server import create_app
 from workers.inference.settings import InferenceSettings
 
 TEXT = ["the miller ground the grain at the mill by the river every morning"] * 4
 PROMPT = "the miller ground the grain at the mill by the river"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 def build(folder: Path, hidden: int, layers: int) -> None:
@@ -47,6 +70,7 @@ def build(folder: Path, hidden: int, layers: int) -> None:
     )
     tok.train_from_iterator(TEXT, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)  # no eos: every run is full length
+    tokenizer.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
@@ -129,12 +153,166 @@ def service(folder: Path, tokens: int, repeats: int) -> tuple[float, float, floa
     return tps, ttft, (tokens - 1) / (tokens / tps - ttft)
 
 
+@dataclass(frozen=True)
+class Latency:
+    first_token_s: float
+    total_s: float
+
+
+Route = tuple[str, dict[str, object], dict[str, str]]  # url, body, headers
+
+
+def stream_chat(client: httpx.Client, route: Route, tokens: int) -> Latency:
+    """One streamed chat completion: time to the first chunk with text, and to the end."""
+    url, body, headers = route
+    started = time.perf_counter()
+    first = None
+    completion = 0
+    with client.stream("POST", url, json=body, headers=headers) as resp:
+        if resp.status_code != 200:
+            raise RuntimeError(f"{url}: {resp.status_code} {resp.read().decode()}")
+        for line in resp.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                completion = int(chunk["usage"]["completion_tokens"])
+            choices = chunk.get("choices") or [{}]
+            if first is None and choices[0].get("delta", {}).get("content"):
+                first = time.perf_counter() - started
+    total = time.perf_counter() - started
+    assert completion == tokens, completion
+    return Latency(first or total, total)
+
+
+def register_model(settings: Settings, folder: Path, tenant: str) -> tuple[str, Path]:
+    """The benchmark model as one of ``tenant``'s ready models, as a finished job leaves it;
+    returns its id and its folder in the store."""
+    factory = make_session_factory(make_engine(settings.resolved_database_url))
+    store = LocalStore(settings.resolved_storage_dir)
+    with session_scope(factory) as session:
+        tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == tenant))
+        assert tenant_id is not None
+        output = NewArtifact(
+            id=new_artifact_id("model"), category="model", folder=folder, name="bench", copy=True
+        )
+        artifact = place_artifact(store=store, tenant_id=tenant_id, job_id=None, output=output)
+        session.add(artifact)
+        return artifact.id, store.local_path(artifact.uri)
+
+
+def start_process(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def wait_health(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the inference service exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the inference service was not ready in time")
+
+
+def proxy(folder: Path, tokens: int, repeats: int, threads: int) -> dict[str, list[Latency]]:
+    """Direct to the inference service vs through the API, ABBA, same model and prompt.
+
+    The service runs with ``threads`` OpenMP threads: on a small shared machine, idle OpenMP
+    threads spinning against the API and client processes make every figure several times slower
+    and far noisier, whichever the route."""
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+    service_url, api_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    env = {
+        **api_env(data_dir),
+        "GRISTMILL_INFERENCE_URL": service_url,
+        "GRISTMILL_INFERENCE_DEVICE": "cpu",
+        "GRISTMILL_RATE_LIMIT": "",
+    }
+    cli("migrate", env=env)
+    key = cli("keys", "create", "--tenant", "bench", env=env).strip()
+    model_id, stored = register_model(Settings(data_dir=data_dir), folder, "bench")
+    procs = [
+        start_process(
+            ["inference", "--port", service_url.rsplit(":", 1)[1]],
+            {**env, "OMP_NUM_THREADS": str(threads)},
+        ),
+        start_process(["api", "--port", api_url.rsplit(":", 1)[1]], env),
+    ]
+    request = {
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    # The model spec the API sends for this id: both routes hit one loaded model.
+    direct = {**request, "model": {"id": model_id, "path": str(stored)}}
+    routes: dict[str, Route] = {
+        "direct": (f"{service_url}/v1/chat/completions", direct, {}),
+        "api": (f"{api_url}/v1/chat/completions", {**request, "model": model_id},
+                {"Authorization": f"Bearer {key}"}),
+    }  # fmt: skip
+    runs: dict[str, list[Latency]] = {"direct": [], "api": []}
+    try:
+        wait_health(service_url, procs[0])
+        wait_ready(api_url, procs[1])
+        with httpx.Client(timeout=300) as client:
+            for name in ("direct", "api"):  # warm-up: the model loads, the key is checked
+                stream_chat(client, routes[name], tokens)
+            for _ in range(repeats):
+                for name in ("direct", "api", "api", "direct"):
+                    runs[name].append(stream_chat(client, routes[name], tokens))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return runs
+
+
+def report_proxy(runs: dict[str, list[Latency]], tokens: int) -> None:
+    """Medians of each route, and the median over ABBA rounds of (api - direct) within a round:
+    the paired figure is the one that drift on a shared machine does not move."""
+    rounds = len(runs["api"]) // 2
+    print(f"API proxy: streamed /v1/chat/completions, {tokens} new tokens, ABBA x{rounds}")
+    for name, samples in runs.items():
+        first = statistics.median(r.first_token_s for r in samples)
+        total = statistics.median(r.total_s for r in samples)
+        print(f"  {name:6}: first token {first * 1000:7.1f} ms   total {total * 1000:8.1f} ms")
+    for label, field in (("first token", "first_token_s"), ("total", "total_s")):
+
+        def in_round(name: str, i: int, field: str = field) -> float:
+            return sum(getattr(r, field) for r in runs[name][2 * i : 2 * i + 2]) / 2
+
+        added = statistics.median(in_round("api", i) - in_round("direct", i) for i in range(rounds))
+        ratio = statistics.median(in_round("api", i) / in_round("direct", i) for i in range(rounds))
+        print(
+            f"  API adds to {label:11}: {added * 1000:+8.1f} ms  ({ratio:.3f}x)  median of rounds"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--proxy-repeats", type=int, default=10, help="ABBA rounds for the proxy")
+    parser.add_argument(
+        "--service-threads", type=int, default=1, help="OpenMP threads of the proxied service"
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,6 +320,7 @@ def main() -> None:
         build(folder, args.hidden, args.layers)
         bare_tps, bare_ttft, bare_decode = bare(folder, args.tokens, args.repeats)
         svc_tps, svc_ttft, svc_decode = service(folder, args.tokens, args.repeats)
+        proxied = proxy(folder, args.tokens, args.proxy_repeats, args.service_threads)
     print(f"model: Llama hidden={args.hidden} layers={args.layers}, {args.tokens} new tokens, CPU")
     for name, tps, ttft, decode in (
         ("bare model.generate", bare_tps, bare_ttft, bare_decode),
@@ -155,6 +334,7 @@ def main() -> None:
         f"service / bare: {svc_tps / bare_tps:.2f}x overall, {svc_decode / bare_decode:.2f}x "
         f"after the first token (target >= 0.9x)"
     )
+    report_proxy(proxied, args.tokens)
 
 
 if __name__ == "__main__":
