@@ -361,15 +361,17 @@ def list_checkpoints(
     *, session: Session, job: Job, after: str | None, limit: int
 ) -> tuple[list[schemas.FineTuningJobCheckpoint], bool]:
     """Newest first: the checkpoints of a succeeded job that can be called as models — the final
-    one (the fine-tuned model) and the earlier ones the job kept as models of their own — with
-    the step and metrics the job reported when it saved them. Until a job succeeds it has none."""
+    one (the fine-tuned model) and the two before it, which the job kept as models of their own —
+    with the step and metrics the job reported when it saved them. Until a job succeeds it has
+    none (OpenAI lists a job's checkpoints once it has succeeded too)."""
     result = job.result or {}
     if job.status != JobStatus.succeeded or not result.get("fine_tuned_model"):
         return [], False
+    final_step = int(result.get("steps", 0))
     names = {
         int(c["step"]): c["fine_tuned_model_checkpoint"] for c in result.get("checkpoints", [])
     }
-    names[int(result.get("steps", 0))] = result["fine_tuned_model"]
+    names[final_step] = result["fine_tuned_model"]
     rows = session.scalars(
         select(JobEvent)
         .where(JobEvent.job_id == job.id, JobEvent.message == "checkpoint")
@@ -382,20 +384,24 @@ def list_checkpoints(
         if step in seen or step not in names:  # a resumed attempt saves the same step again
             continue
         seen.add(step)
-        metrics = {
-            k: v for k, v in ((event.data or {}).get("metrics") or {}).items() if k in METRICS
-        }
-        out.append(
-            schemas.FineTuningJobCheckpoint(
-                id=f"ftckpt-{job.id}-{step:09d}",
-                created_at=unix(event.created_at) or 0,
-                fine_tuned_model_checkpoint=names[step],
-                fine_tuning_job_id=job.id,
-                metrics=schemas.CheckpointMetrics(step=step, **metrics),
-                step_number=step,
-            )
-        )
+        out.append(_checkpoint(job, step, names[step], event.created_at, event.data or {}))
+    if final_step not in seen:  # the last step was not a checkpoint step: the model is one
+        out.append(_checkpoint(job, final_step, names[final_step], job.finished_at, result))
     out.sort(key=lambda c: c.step_number, reverse=True)
     if after is not None:
         out = [c for c in out if c.id < after]
     return out[:limit], len(out) > limit
+
+
+def _checkpoint(
+    job: Job, step: int, model: str, at: datetime | None, data: dict[str, Any]
+) -> schemas.FineTuningJobCheckpoint:
+    metrics = {k: v for k, v in (data.get("metrics") or {}).items() if k in METRICS}
+    return schemas.FineTuningJobCheckpoint(
+        id=f"ftckpt-{job.id}-{step:09d}",
+        created_at=unix(at) or 0,
+        fine_tuned_model_checkpoint=model,
+        fine_tuning_job_id=job.id,
+        metrics=schemas.CheckpointMetrics(step=step, **metrics),
+        step_number=step,
+    )

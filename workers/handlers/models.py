@@ -11,7 +11,7 @@ from app.jobs.kinds import FinetuneParams, ImportModelParams, QuantizeParams
 from workers.handlers.base import JobContext, Outcome, Output, details, run_stage, stage_config
 from workers.pipeline.configs.finetune import FinetuneConfig, ModelImportConfig
 from workers.pipeline.configs.quantize import QuantizeConfig
-from workers.pipeline.finetune.export import snapshot_root, snapshots
+from workers.pipeline.finetune.export import KEPT_SNAPSHOTS, snapshot_root, snapshots
 from workers.pipeline.finetune.import_model import ModelImportInputs
 from workers.pipeline.finetune.stage import FinetuneInputs
 from workers.pipeline.quantize.stage import QuantizeInputs
@@ -96,13 +96,12 @@ def _checkpoint_models(
     final_step: int,
     method: str,
 ) -> list[NewArtifact]:
-    """The stage's kept snapshots before the final step, each a model of its own named as the
-    job's checkpoint list names it (``<fine-tuned name>:ckpt-step-<n>``), so it can be called.
-    The final step's is the fine-tuned model itself."""
+    """The newest snapshots before the final step (two: with the fine-tuned model itself, the
+    three checkpoints OpenAI keeps), each a model of its own named as the job's checkpoint list
+    names it (``<fine-tuned name>:ckpt-step-<n>``), so it can be called."""
+    earlier = [(s, f) for s, f in snapshots(snapshot_root(ctx.paths.work_dir)) if s < final_step]
     models = []
-    for step, folder in snapshots(snapshot_root(ctx.paths.work_dir)):
-        if step >= final_step:
-            continue
+    for step, folder in earlier[-(KEPT_SNAPSHOTS - 1) :]:
         adapter = (folder / "adapter_config.json").is_file()
         details: dict[str, Any] = {"step": step, "method": method}
         if adapter:
