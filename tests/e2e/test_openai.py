@@ -51,6 +51,9 @@ def upload_base(server: Embedded, folder: Path) -> str:
 
 
 FINAL = ("succeeded", "failed", "cancelled")
+# 96 rows in batches of 12 make 8 steps an epoch; enough epochs that the job is still running
+# when the worker's monitor (about one tick a second) sees the pause, even on a fast machine.
+STEPS_PER_EPOCH, EPOCHS = 8, 24
 
 
 def wait_status(
@@ -97,7 +100,7 @@ def test_the_sdk_fine_tunes_and_chats_with_the_result(server: Embedded, tmp_path
         model=base,
         training_file=file.id,
         suffix="fmt",
-        hyperparameters={"n_epochs": 8, "batch_size": 12, "learning_rate_multiplier": 10},
+        hyperparameters={"n_epochs": EPOCHS, "batch_size": 12, "learning_rate_multiplier": 10},
         extra_body={"full_weights": True},
     )
     cancelled = sdk.fine_tuning.jobs.create(model=base, training_file=file.id)
@@ -111,8 +114,9 @@ def test_the_sdk_fine_tunes_and_chats_with_the_result(server: Embedded, tmp_path
     assert any(e.type == "metrics" for e in events)
     assert any(e.message == "resumed" and e.data == {"step": stopped_at} for e in events)
     checkpoints = list(sdk.fine_tuning.jobs.checkpoints.list(job.id))
-    # A checkpoint each epoch (8 steps) and one where it paused; the final three are kept.
-    kept = sorted({8 * epoch for epoch in range(1, 9)} | {stopped_at}, reverse=True)[:3]
+    # A checkpoint each epoch and one where it paused; the final three are kept.
+    epochs = {STEPS_PER_EPOCH * epoch for epoch in range(1, EPOCHS + 1)}
+    kept = sorted(epochs | {stopped_at}, reverse=True)[:3]
     assert [c.step_number for c in checkpoints] == kept
     assert checkpoints[0].fine_tuned_model_checkpoint == done.fine_tuned_model
 
