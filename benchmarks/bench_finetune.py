@@ -127,6 +127,19 @@ def bare_step(model: Any, optimizer: Any, examples: Any, pad_id: int) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def stage_steps(run: Any) -> Any:
+    """The stage's step as its loop runs it: a step's metrics are read once the next is launched."""
+    unread: list[Any] = []
+
+    def step(batch: Any) -> None:
+        stats = train_step(run, batch)
+        if unread:
+            unread.pop().read()
+        unread.append(stats)
+
+    return step
+
+
 def time_steps(fn: Any, batches: list[Any]) -> float:
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
@@ -143,14 +156,14 @@ def compare(
     ours = stage_run(base, data, root / f"{method}-ours", method, False, precision=precision)
     bare = stage_run(base, data, root / f"{method}-bare", method, False, precision=precision)
     batches = [ours.train[i * 16 : (i + 1) * 16] for i in range(steps)]
-    time_steps(lambda b: train_step(ours, b), batches[:2])  # warm-up: kernels, allocator
+    time_steps(stage_steps(ours), batches[:2])  # warm-up: kernels, allocator
     time_steps(lambda b: bare_step(bare.model, bare.optimizer, b, bare.pad_id), batches[:2])
     times = {"ours": 0.0, "bare": 0.0}
     order = ["ours", "bare", "bare", "ours"] * 2
     for i, name in enumerate(order):
         chunk = slice(i * steps // len(order), (i + 1) * steps // len(order))
         if name == "ours":
-            times[name] += time_steps(lambda b: train_step(ours, b), batches[chunk])
+            times[name] += time_steps(stage_steps(ours), batches[chunk])
         else:
             times[name] += time_steps(
                 lambda b: bare_step(bare.model, bare.optimizer, b, bare.pad_id), batches[chunk]
@@ -168,7 +181,7 @@ def packing_gain(base: Path, data: Path, root: Path, steps: int) -> dict[str, fl
         run = stage_run(base, data, root / f"pack{packing}", "lora", packing=packing)
         batches = [run.train[i * 16 : (i + 1) * 16] for i in range(steps)]
         real = sum(len(e) for b in batches for e in b)
-        elapsed = time_steps(lambda b, r=run: train_step(r, b), batches)
+        elapsed = time_steps(stage_steps(run), batches)
         out[f"{'packed' if packing else 'padded'}_tokens_per_s"] = real / elapsed
     out["packing_speedup"] = out["packed_tokens_per_s"] / out["padded_tokens_per_s"]
     return out
@@ -189,9 +202,9 @@ def cuda_methods(base: Path, data: Path, root: Path, steps: int, n_flop_params: 
             print(f"{method:>6}: could not start: {exc}", flush=True)
             continue
         batches = [run.train[i * 256 : (i + 1) * 256] for i in range(steps)]
-        time_steps(lambda b, r=run: train_step(r, b), batches[:3])  # warm-up
+        time_steps(stage_steps(run), batches[:3])  # warm-up
         real = sum(len(e) for b in batches[3:] for e in b)
-        elapsed = time_steps(lambda b, r=run: train_step(r, b), batches[3:])
+        elapsed = time_steps(stage_steps(run), batches[3:])
         tps = real / elapsed
         flops = (6 if method == "full" else 4) * n_flop_params
         mfu = f"MFU {tps * flops / peak:.1%}" if peak else "MFU n/a"

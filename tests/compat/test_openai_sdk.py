@@ -157,7 +157,7 @@ def train_steps_slowly(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     the numbers are the stage's own."""
     original = finetune_loop.train_step
 
-    def slow(run: Any, items: list[Any]) -> dict[str, float]:
+    def slow(run: Any, items: list[Any]) -> Any:
         time.sleep(seconds)
         return original(run, items)
 

@@ -90,6 +90,33 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+class Readback:
+    """Values from the device, copied to host memory without making the host wait for them.
+
+    ``tensor.tolist()`` on a CUDA tensor waits for everything queued before the read, i.e. the
+    whole step just launched, so a loop that reads step n's loss after launching step n+1 still
+    drains the GPU's queue every step. Here the copy is queued right behind the values, into
+    pinned memory, and an event marks it: reading waits for that event alone. On a CPU the
+    values are already where the host can read them.
+    """
+
+    def __init__(self, values: torch.Tensor) -> None:
+        values = values.detach().reshape(-1)
+        self._event: torch.cuda.Event | None = None
+        if values.is_cuda:
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            self._event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            self._event.record()
+            values = host
+        self._host = values
+
+    def tolist(self) -> list[float]:
+        if self._event is not None:
+            self._event.synchronize()
+        return [float(v) for v in self._host.tolist()]
+
+
 def choose_device(info: DistInfo) -> torch.device:
     return (
         torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")

@@ -134,11 +134,16 @@ def sync_gradients(model: nn.Module, enabled: bool) -> None:
         root.set_requires_gradient_sync(enabled)
 
 
-def norm_value(norm: torch.Tensor) -> float:
-    """``clip_grad_norm_``'s result as a float; under FSDP it is a DTensor to be assembled."""
-    if isinstance(norm, DTensor):
-        norm = norm.full_tensor()
-    return float(norm)
+def reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sums over the ranks in place, with no host read (NCCL queues the reduction on the GPU)."""
+    if info.world_size > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def full_norm(norm: torch.Tensor) -> torch.Tensor:
+    """``clip_grad_norm_``'s result; under FSDP it is a DTensor to be assembled."""
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
 def save_checkpoint(run: Run, step: int, state: dict[str, Any]) -> Path | None:

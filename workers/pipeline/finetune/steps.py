@@ -10,16 +10,19 @@ waits for it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 from torch import nn
 
 from workers.pipeline.configs.finetune import FinetuneConfig, Hyperparameters
+from workers.pipeline.device import Readback
 from workers.pipeline.finetune.data import Batch, Example, Pair, collate
 from workers.pipeline.finetune.distributed import (
+    full_norm,
     max_across,
-    norm_value,
+    reduce_sum,
     shard,
     sum_across,
     sync_gradients,
@@ -62,36 +65,59 @@ def lr_at(step: int, hp: Hyperparameters, config: FinetuneConfig) -> float:
     return hp.learning_rate * (1.0 - progress)
 
 
-def train_step(run: Run, items: list[Any]) -> dict[str, float]:
-    """Forward, backward, clip and update on one global batch; returns its metrics (summed over
-    the ranks, so every rank reports the same) and ``tokens``, the batch's token positions."""
+@dataclass(frozen=True)
+class StepStats:
+    """A step's metrics as the step leaves them: sums over the ranks still on the device (a read
+    now would wait for the GPU), counts on the host. The loop reads them one step late."""
+
+    method: str
+    sums: Readback  # SFT: [loss, correct]; DPO: :func:`dpo_vector`
+    counts: list[float]  # SFT: [labelled tokens, token positions]; DPO: [token positions]
+    grad_norm: Readback
+
+    def read(self) -> dict[str, float]:
+        """The step's metrics and ``tokens``, its token positions."""
+        sums, (norm,) = self.sums.tolist(), self.grad_norm.tolist()
+        if self.method == "dpo":
+            metrics = dpo_metrics(sums, "train")
+        else:
+            (loss, correct), count = sums, self.counts[0]
+            metrics = {"train_loss": loss / count, "train_mean_token_accuracy": correct / count}
+        return {**metrics, "grad_norm": norm, "tokens": self.counts[-1]}
+
+
+def train_step(run: Run, items: list[Any]) -> StepStats:
+    """Forward, backward, clip and update on one global batch; its metrics are summed over the
+    ranks, so every rank reports the same."""
     mine, weight = shard(items, run.dist), 1.0
     if not mine:
         mine, weight = items[:1], 0.0
     if run.config.method == "dpo":
-        sums = _dpo_step(run, mine, pairs_in_batch=len(items), weight=weight)
+        sums, counts = _dpo_step(run, mine, pairs_in_batch=len(items), weight=weight)
     else:
-        sums = _sft_step(run, mine, weight=weight)
+        sums, counts = _sft_step(run, mine, weight=weight)
     max_norm = run.config.grad_clip if run.config.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(
         [p for p in run.model.parameters() if p.requires_grad], max_norm
     )
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    totals = sum_across(sums, run.dist, run.device)
-    *stats, tokens, trained = totals
+    *counts, trained = sum_across(counts, run.dist, run.device)
     run.trained_tokens += round(trained)
-    if run.config.method == "dpo":
-        metrics = dpo_metrics(stats, "train")
-    else:
-        loss, correct, count = stats
-        metrics = {"train_loss": loss / count, "train_mean_token_accuracy": correct / count}
-    return {**metrics, "grad_norm": norm_value(grad_norm), "tokens": tokens}
+    return StepStats(
+        run.config.method,
+        Readback(reduce_sum(sums, run.dist)),
+        counts,
+        Readback(full_norm(grad_norm)),
+    )
 
 
-def _sft_step(run: Run, examples: list[Example], *, weight: float) -> list[float]:
+def _sft_step(
+    run: Run, examples: list[Example], *, weight: float
+) -> tuple[torch.Tensor, list[float]]:
     """Cross-entropy on this rank's labelled tokens, as a share of the whole batch's mean.
-    Returns this rank's [loss sum, correct, count, token positions, trained tokens]."""
+    Returns this rank's [loss sum, correct] on the device and [count, token positions, trained
+    tokens] on the host."""
     cfg, world = run.config, run.dist.world_size
     batch = collate(examples, packing=cfg.packing, capacity=cfg.max_seq_len, pad_id=run.pad_id)
     count = weight * float((batch.labels[:, 1:] != -100).sum())
@@ -101,7 +127,6 @@ def _sft_step(run: Run, examples: list[Example], *, weight: float) -> list[float
     parts = math.ceil(rows / size)
     # Equal micro-batch counts on every rank: each forward may be a collective (FSDP).
     padded = max_across(parts, run.dist, run.device)
-    # Summed on the device and read once: a read per micro-batch waits for the GPU each time.
     sums = torch.zeros(2, dtype=torch.float64, device=run.device)
     for k in range(padded):
         real = k < parts  # past them, a stand-in that matches another rank's extra forward
@@ -114,9 +139,7 @@ def _sft_step(run: Run, examples: list[Example], *, weight: float) -> list[float
         torch.autograd.backward(stats.loss_sum * scale)
         if scale:
             sums += torch.stack([stats.loss_sum.detach(), stats.correct.to(stats.loss_sum)])
-    loss_sum, correct = sums.tolist()
-    positions = weight * batch.input_ids.numel()
-    return [loss_sum, correct, count, positions, count]
+    return sums, [count, weight * batch.input_ids.numel(), count]
 
 
 def pair_batch(run: Run, pairs: list[Pair]) -> Batch:
@@ -137,9 +160,11 @@ def reference_logps(run: Run, batch: Batch) -> torch.Tensor:
         return sequence_logps(logits, batch.labels)
 
 
-def _dpo_step(run: Run, pairs: list[Pair], *, pairs_in_batch: int, weight: float) -> list[float]:
+def _dpo_step(
+    run: Run, pairs: list[Pair], *, pairs_in_batch: int, weight: float
+) -> tuple[torch.Tensor, list[float]]:
     """DPO on this rank's pairs as a share of the whole batch's mean. Returns this rank's
-    [loss, chosen reward, rejected reward, correct, pairs, token positions, trained tokens]."""
+    :func:`dpo_vector` on the device and [token positions, trained tokens] on the host."""
     batch = pair_batch(run, pairs)
     reference = reference_logps(run, batch)
     with autocast(run.device, run.dtype):
@@ -148,13 +173,18 @@ def _dpo_step(run: Run, pairs: list[Pair], *, pairs_in_batch: int, weight: float
     scale = weight * run.dist.world_size / pairs_in_batch
     torch.autograd.backward(stats.loss_sum * scale)
     trained = float((batch.labels != -100).sum())
-    return [weight * v for v in (*dpo_sums(stats), batch.input_ids.numel(), trained)]
+    return weight * dpo_vector(stats), [weight * batch.input_ids.numel(), weight * trained]
+
+
+def dpo_vector(stats: DpoStats) -> torch.Tensor:
+    """[loss, chosen reward, rejected reward, correct, pairs] as one summable float64 vector."""
+    parts = (stats.loss_sum, stats.chosen_reward, stats.rejected_reward, stats.correct, stats.count)
+    return torch.stack([t.detach().to(torch.float64) for t in parts])
 
 
 def dpo_sums(stats: DpoStats) -> list[float]:
-    """[loss, chosen reward, rejected reward, correct, pairs] as summable floats."""
-    parts = (stats.loss_sum, stats.chosen_reward, stats.rejected_reward, stats.correct)
-    return [float(t.detach()) for t in parts] + [float(stats.count)]
+    """:func:`dpo_vector` read as floats."""
+    return [float(v) for v in dpo_vector(stats).tolist()]
 
 
 def dpo_metrics(sums: list[float], prefix: str) -> dict[str, float]:
