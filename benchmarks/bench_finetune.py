@@ -17,8 +17,9 @@ Measured on one H200 (torch 2.11, transformers 5.17, bitsandbytes 0.50.2; 589M p
 packed batches of 256 examples of 16-256 tokens, 12 steps): full 58,250 real tokens/s (MFU
 19.1%, peak 41.3 GiB), LoRA 58,235 (12.7%, 32.1 GiB), QLoRA 47,745 (10.4%, 38.5 GiB); the
 stage against the bare loop on padded bf16 batches: LoRA +9.4%, full +6.8% (before the step's
-loss was summed on the device and read once). Packed rows attend through a block mask, which
-SDPA cannot give to its flash kernel: variable-length attention is the next step there.
+loss was summed on the device and read once, and before a step's metrics were read a step
+late). Packed rows then attended through a block mask, which SDPA cannot give to its flash
+kernel; they now use variable-length flash attention on a GPU (not yet measured).
 
 Measured on a 2-core CPU under heavy shared load (--steps 16 --hidden 128 --layers 2 --vocab
 2048; noisy, re-measure on an idle machine): stage vs bare step overhead LoRA -2.9%, full +5.3%;

@@ -21,7 +21,7 @@ cap() { local n; n=$(left); echo $((n < $1 ? n : $1)); }
 
 # The CUDA-only tests; the project's conftest needs the service stack, which a GPU box may lack.
 timeout "$(cap 150)" $py -m pytest -q -p no:cacheprovider --noconftest -o addopts="" \
-  tests/pipeline/test_finetune_gpu.py 2>&1 | tee "$out/tests.txt"
+  tests/pipeline/test_finetune_gpu.py tests/pipeline/test_finetune_attention.py 2>&1 | tee "$out/tests.txt"
 
 timeout "$(cap 330)" $py benchmarks/bench_pretrain.py --cuda --repeats 1 --steps 20 \
   --gpu-presets "${1:-gpt2-small,350m,1b}" --json "$out/pretrain.jsonl" 2>&1 \

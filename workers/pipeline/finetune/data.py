@@ -62,20 +62,24 @@ class DataStats:
 
 @dataclass(frozen=True)
 class Batch:
-    """Rows of token ids; ``attention_mask`` is None when packed (the positions delimit)."""
+    """Rows of token ids: padded rows carry an ``attention_mask``; packed rows carry instead
+    their ``segments`` (per row, the lengths of its examples and of the padding after them)."""
 
     input_ids: torch.Tensor  # (R, T)
     labels: torch.Tensor  # (R, T)
     position_ids: torch.Tensor  # (R, T)
-    attention_mask: torch.Tensor | None  # (R, T) or None
+    attention_mask: torch.Tensor | None  # (R, T), or None when packed
+    segments: tuple[tuple[int, ...], ...] | None = None  # R rows, when packed
 
     def rows(self, start: int, stop: int) -> Batch:
         mask = self.attention_mask[start:stop] if self.attention_mask is not None else None
+        segments = self.segments[start:stop] if self.segments is not None else None
         return Batch(
             self.input_ids[start:stop],
             self.labels[start:stop],
             self.position_ids[start:stop],
             mask,
+            segments,
         )
 
 
@@ -301,8 +305,8 @@ def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 def collate(examples: Sequence[Example], *, packing: bool, capacity: int, pad_id: int) -> Batch:
     """Rows padded to the longest; packed rows restart position ids at every example, and the
-    padding after them forms its own sequence, so the model's packed-sequence masking (derived
-    from the positions) keeps every example's attention inside the example."""
+    padding after them forms a segment of its own, so attention confined to segments
+    (:mod:`~workers.pipeline.finetune.attention`) keeps every example inside itself."""
     groups = (
         pack([len(e) for e in examples], capacity)
         if packing
@@ -313,6 +317,7 @@ def collate(examples: Sequence[Example], *, packing: bool, capacity: int, pad_id
     labels = torch.full((len(groups), width), IGNORE, dtype=torch.long)
     positions = torch.zeros((len(groups), width), dtype=torch.long)
     mask = torch.zeros((len(groups), width), dtype=torch.long)
+    segments = []
     for r, group in enumerate(groups):
         at = 0
         for i in group:
@@ -323,4 +328,8 @@ def collate(examples: Sequence[Example], *, packing: bool, capacity: int, pad_id
             at += n
         positions[r, at:] = torch.arange(width - at)
         mask[r, :at] = 1
-    return Batch(ids, labels, positions, None if packing else mask)
+        lengths = [len(examples[i]) for i in group]
+        segments.append(tuple([*lengths, width - at] if at < width else lengths))
+    if packing:
+        return Batch(ids, labels, positions, None, tuple(segments))
+    return Batch(ids, labels, positions, mask)

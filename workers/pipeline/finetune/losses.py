@@ -7,11 +7,13 @@ the mean is taken once over the whole batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.pipeline.finetune.attention import packed_inputs
 from workers.pipeline.finetune.data import IGNORE, Batch
 
 
@@ -23,14 +25,18 @@ class TokenStats:
 
 
 def forward_logits(model: nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
-    """(R, T, V) logits. Packed rows carry no attention mask: the model derives the
-    block-diagonal causal mask from position ids that restart at each example."""
-    mask = batch.attention_mask.to(device) if batch.attention_mask is not None else None
+    """(R, T, V) logits. Packed rows attend within their segments (see
+    :func:`~workers.pipeline.finetune.attention.packed_inputs`)."""
+    inputs: dict[str, Any] = {}
+    if batch.attention_mask is not None:
+        inputs["attention_mask"] = batch.attention_mask.to(device)
+    elif batch.segments is not None:
+        inputs = packed_inputs(model, batch.segments, batch.input_ids.size(1), device)
     out = model(
         input_ids=batch.input_ids.to(device),
         position_ids=batch.position_ids.to(device),
-        attention_mask=mask,
         use_cache=False,
+        **inputs,
     )
     logits: torch.Tensor = out.logits
     return logits

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from workers.pipeline.configs.finetune import FinetuneConfig
+from workers.pipeline.finetune.attention import VARLEN, varlen_works
 from workers.pipeline.types import PipelineError
 
 
@@ -81,6 +82,8 @@ def build_models(
         model.resize_token_embeddings(vocab_size)  # type: ignore[operator]
     if not qlora:
         model.to(device)
+    if config.packing and config.method != "dpo" and varlen_works(device, dtype):
+        model.set_attn_implementation(VARLEN)  # type: ignore[operator]
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()  # type: ignore[operator]
         if config.uses_lora:
