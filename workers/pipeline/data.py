@@ -2,21 +2,27 @@
 
 A dataset is tokenised once into a flat memory-mapped array (documents joined by EOS) under a
 cache directory keyed by the dataset's and the tokenizer's sha256, so a second job on the same
-pair starts immediately. Batches are random windows whose offsets are a pure function of
-(seed, step): a resumed run needs nothing but the step number to see the same data.
+pair starts immediately. Both directions stream: tokenising holds a few chunks of text, never
+the corpus or its ids, and training reads the shard through ``np.memmap``, so pages come from
+disk as batches touch them and a 10 GB corpus needs RAM for its batches only. Batches are random
+windows whose offsets are a pure function of (seed, step): a resumed run needs nothing but the
+step number to see the same data.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
+import queue
+import re
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +34,12 @@ from workers.pipeline.formats import iter_texts
 from workers.pipeline.types import DatasetFile, Hooks, PipelineError
 
 _FORMAT_VERSION = 1
-_CHUNK_BYTES = 4 << 20  # text handed to one encode_batch call
+_CHUNK_CHARS = 4 << 20  # text handed to one encode call: enough documents to keep every core busy
+_PIECE_CHARS = 1 << 20  # longest text encoded at once; longer documents are cut (see _pieces)
+_READ_AHEAD = 2  # chunks parsed ahead of the encoder: overlap without unbounded memory
+# Where a long document may be cut without changing its ids (see _pieces).
+_CUT = re.compile(r"(?<=[\w!-/:-@\[-`{-~]) ")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,10 @@ def tokenize_dataset(
 ) -> TokenShard:
     """Tokenise ``file`` into ``cache_root/tokens/<key>/`` unless a finished shard is already there.
 
+    Streams: a reader thread parses records and cuts them into chunks while the tokenizer encodes
+    the previous chunk on every core, and each chunk's ids are appended to the shard file as they
+    come. Memory is bounded by a few chunks (plus the longest record), whatever the corpus size.
+
     Raises:
         PipelineError: ``dataset.empty`` when the file yields no tokens.
     """
@@ -89,24 +104,24 @@ def tokenize_dataset(
     # os.replace of identical content is harmless either way.
     tmp = shard_dir / f"tokens.bin.{uuid.uuid4().hex}.tmp"
     n_tokens = n_docs = 0
-    with tmp.open("wb") as f:
-        for texts in _chunks(iter_texts(file)):
-            # encode_batch fans out over all cores in Rust (rayon); see module notes in
-            # benchmarks/bench_pretrain.py for why this beats a multiprocessing pool here.
-            encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-            docs = [[*enc.ids, eos] for enc in encodings]
-            count = sum(len(doc) for doc in docs)
-            flat = np.fromiter(itertools.chain.from_iterable(docs), dtype=dtype, count=count)
-            f.write(flat.tobytes())
-            n_tokens += flat.size
-            n_docs += len(texts)
-            hooks.on_event("tokenizing", {"documents": n_docs, "tokens": n_tokens}, "debug")
-        f.flush()
-        os.fsync(f.fileno())
-    if n_tokens == 0:
-        tmp.unlink()
-        raise PipelineError("dataset.empty", f"{file.path.name} contains no text to train on")
-    os.replace(tmp, shard_dir / "tokens.bin")
+    chunks = _chunks(iter_texts(file), chunk_chars=_CHUNK_CHARS, piece_chars=_PIECE_CHARS)
+    ahead = _read_ahead(chunks, depth=_READ_AHEAD)
+    try:
+        with tmp.open("wb") as f:
+            for chunk in ahead:
+                ids = _encode(tokenizer, chunk, eos, dtype)
+                f.write(ids.tobytes())
+                n_tokens += ids.size
+                n_docs += sum(chunk.ends)
+                hooks.on_event("tokenizing", {"documents": n_docs, "tokens": n_tokens}, "debug")
+            f.flush()
+            os.fsync(f.fileno())
+        if n_tokens == 0:
+            raise PipelineError("dataset.empty", f"{file.path.name} contains no text to train on")
+        os.replace(tmp, shard_dir / "tokens.bin")
+    finally:
+        ahead.close()  # on an error, stop the reader thread now, not when the traceback is freed
+        tmp.unlink(missing_ok=True)  # a failed or interrupted run leaves no partial shard
     manifest = {
         **key_fields,
         "dtype": np.dtype(dtype).name,
@@ -121,19 +136,109 @@ def tokenize_dataset(
     return _open_shard(shard_dir, manifest, reused=False)
 
 
-def _chunks(texts: Iterator[str]) -> Iterator[list[str]]:
-    batch: list[str] = []
+@dataclass(frozen=True)
+class _Chunk:
+    """Texts for one encode call; ``ends[i]`` says whether ``texts[i]`` ends its document."""
+
+    texts: list[str]
+    ends: list[bool]
+
+
+def _encode(
+    tokenizer: Tokenizer, chunk: _Chunk, eos: int, dtype: type[np.unsignedinteger]
+) -> npt.NDArray[np.unsignedinteger]:
+    """The chunk's ids with EOS after each document's last piece, as one flat array."""
+    # encode_batch_fast fans out over all cores in Rust (rayon) with the GIL released, so the
+    # reader thread parses the next chunk meanwhile; "fast" skips the character offsets, which
+    # we never read. See benchmarks/bench_pretrain.py for why this beats a multiprocessing pool.
+    encodings = tokenizer.encode_batch_fast(chunk.texts, add_special_tokens=False)
+    ids: list[int] = []
+    for encoding, end in zip(encodings, chunk.ends, strict=True):
+        ids += encoding.ids
+        if end:
+            ids.append(eos)
+    return np.array(ids, dtype=dtype)
+
+
+def _chunks(texts: Iterator[str], *, chunk_chars: int, piece_chars: int) -> Iterator[_Chunk]:
+    """Group documents, long ones cut into pieces, into chunks of about ``chunk_chars``."""
+    chunk = _Chunk([], [])
     size = 0
     for text in texts:
         if not text:
             continue
-        batch.append(text)
-        size += len(text)
-        if size >= _CHUNK_BYTES:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+        for begin, end in _pieces(text, piece_chars):
+            chunk.texts.append(text[begin:end])
+            chunk.ends.append(end == len(text))
+            size += end - begin
+            if size >= chunk_chars:
+                yield chunk
+                chunk, size = _Chunk([], []), 0
+    if chunk.texts:
+        yield chunk
+
+
+def _pieces(text: str, limit: int) -> Iterator[tuple[int, int]]:
+    """(begin, end) of pieces of ``text``, each at most ``limit`` characters, that encode like
+    the whole.
+
+    A byte-level BPE (and any tokenizer that splits on whitespace before merging) never merges
+    across the boundary before a space that follows a word character or ASCII punctuation, and
+    ours adds no prefix space to the next piece (add_prefix_space=False), so cutting there gives
+    exactly the ids of the whole text. Each cut is the first such space in the second half of
+    the piece. Text with no such space there (minified data, scripts written without spaces) is
+    cut hard at ``limit``: only the tokens that touch such a cut can differ, and the pieces
+    still decode back to the text.
+    """
+    begin = 0
+    while len(text) - begin > limit:
+        found = _CUT.search(text, begin + max(limit // 2, 1), begin + limit)
+        end = found.start() if found else begin + limit
+        yield begin, end
+        begin = end
+    yield begin, len(text)
+
+
+def _read_ahead(items: Iterator[_T], *, depth: int) -> Generator[_T, None, None]:
+    """Yield ``items`` as produced by a background thread that runs at most ``depth`` ahead.
+
+    The producer's exceptions are raised here, in the consumer; when the consumer stops early
+    (an error while encoding, or the caller closing this generator) the producer stops too.
+    """
+    slots: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: object) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+            put("done", None)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put("error", exc)
+
+    thread = threading.Thread(target=produce, name="tokenize-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "error":
+                raise cast(BaseException, value)
+            if kind == "done":
+                return
+            yield cast(_T, value)
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _open_shard(shard_dir: Path, manifest: dict[str, object], *, reused: bool) -> TokenShard:
@@ -262,6 +367,19 @@ def unigram_perplexity(
     The floor any language model must beat: it knows which tokens are common, nothing more.
     Counts at most ``max_tokens`` of each, which is plenty for a stable estimate.
     """
-    counts = np.bincount(np.asarray(train[:max_tokens]), minlength=vocab_size).astype(np.float64)
+    counts = _token_counts(train[:max_tokens], vocab_size).astype(np.float64)
     log_probs = np.log(counts + 1.0) - np.log(counts.sum() + vocab_size)
-    return float(np.exp(-log_probs[np.asarray(validation[:max_tokens])].mean()))
+    val = validation[:max_tokens]
+    cross_entropy = -float(_token_counts(val, vocab_size) @ log_probs) / max(val.size, 1)
+    return float(np.exp(cross_entropy))
+
+
+def _token_counts(
+    tokens: npt.NDArray[np.unsignedinteger], vocab_size: int, *, block: int = 1 << 24
+) -> npt.NDArray[np.int64]:
+    """How often each id occurs, counted in blocks: bincount copies its input to int64, which
+    for the whole memory-mapped stream would be 4-8 bytes of RAM per token."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, tokens.size, block):
+        counts += np.bincount(tokens[start : start + block], minlength=vocab_size)
+    return counts
