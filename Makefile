@@ -56,6 +56,7 @@ worker: $(VENV)/.installed-run
 bench: $(VENV)/.installed-dev  ## print speed and memory figures against in-run baselines
 	$(BIN)/python -m benchmarks.bench_upload --mb 1024
 	$(BIN)/python -m benchmarks.bench_prepare --mb 300
+	$(BIN)/python -m benchmarks.bench_tokenize --mb 1024
 	$(BIN)/python -m benchmarks.bench_pretrain
 
 clean:
