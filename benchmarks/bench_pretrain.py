@@ -1,14 +1,24 @@
-"""How much does the pretraining stage cost over a bare PyTorch loop? Measured in one process.
+"""How much does the pretraining stage cost over a bare PyTorch loop? And how much memory?
 
-    python benchmarks/bench_pretrain.py            # CPU, 2 threads, `small` preset
-    python benchmarks/bench_pretrain.py --cuda     # bf16 + torch.compile, GPT-2-small shape
+    python benchmarks/bench_pretrain.py            # CPU grid: presets tiny,small x threads 1,2
+    python benchmarks/bench_pretrain.py --memory   # CPU fp32 peak memory vs the pre-flight estimate
+    python benchmarks/bench_pretrain.py --cuda     # bf16 + torch.compile, GPU presets, one process
 
-(a) ``run_pretrain`` with hooks that do what the job layer does (serialise metrics and events
-as a DB write would, poll a stop flag) at the default log/eval/checkpoint intervals, against
-(b) a bare loop over the same model shape, the same batches and the same optimiser. Throughput of
-(a) is read from the wall-clock between its progress reports, so it includes logging, the stop
-poll and the per-step loss sync; one checkpoint save is timed and amortised over the default
-interval. Targets: overhead < 3% of throughput, data loading < 5% of step time.
+CPU grid: (a) ``run_pretrain`` with hooks that do what the job layer does (serialise metrics and
+events as a DB write would, poll a stop flag) against (b) a bare loop over the same model, the
+same batches (``get_batch``), the same optimiser, schedule and clipping. Each run is a fresh
+process, the two alternate in ABBA order, and both are timed the same way: wall clock over
+windows of 10 steps (the default log interval, so each pipeline window holds one report with its
+loss sync, metrics and serialisation), the first window dropped as warm-up. Evaluation and the
+checkpoint come after the last window; one checkpoint (host copy + write) is timed and shown
+amortised over 500 steps, the auto interval of a long run. Evaluation (20 forward-only batches
+every 250 steps by default, ~2.7% of training time) is left out: it is not a per-step cost. The
+shared machine only ever slows a window down, so each variant's speed is the mean of its fastest
+quarter of windows; ``cpu-time`` is the same ratio in process CPU time.
+
+CUDA mode: both variants in one process; (a)'s throughput is read from the wall clock between
+its progress reports; one checkpoint save is timed and amortised over the default interval.
+Targets: overhead < 3% of throughput, data loading < 5% of step time.
 
 Why ``encode_batch`` and no multiprocessing pool for tokenising: the Rust tokenizer already
 spreads a batch over all cores (rayon), while a pool would pickle every document across a pipe
@@ -18,17 +28,23 @@ and still parse the file in one process; on this corpus it tokenises ~1 MB in we
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import itertools
 import json
 import math
+import os
 import random
 import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -257,7 +273,7 @@ def cuda_main(args: argparse.Namespace) -> None:
         )
         print(f"corpus + tokenizer in {time.perf_counter() - t:.1f}s", flush=True)
         for preset in args.gpu_presets.split(","):
-            model = ModelConfig(preset=preset)  # type: ignore[arg-type]
+            model = ModelConfig(preset=preset)
             micro = args.micro or GPU_MICRO[preset]
             steps = args.steps + 12
             cfg = PretrainConfig(
@@ -294,6 +310,257 @@ def cuda_main(args: argparse.Namespace) -> None:
                     f.write(json.dumps(row, default=float) + "\n")
 
 
+CPU_MICRO = 8  # sequences per step in the CPU grid (one micro-batch, no accumulation)
+
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt: a fixed threshold also turns off its dynamic growth
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    raise LookupError(field)
+
+
+def _train_steps(cfg: PretrainConfig, vocab: int, steps: int) -> None:
+    """``steps`` fp32 optimiser steps of a fresh model on random tokens (the pipeline's parts)."""
+    cpu = torch.device("cpu")
+    model = build_model(cfg.model.shape(), vocab, bos_id=0, eos_id=1, pad_id=2)
+    optimizer = build_optimizer(model, cfg.optimizer(), cpu)
+    tokens = np.random.default_rng(0).integers(0, vocab, 1 << 18).astype(np.uint16)
+    spec = BatchSpec(cfg.seed, cfg.micro_batch_size, 1, 1, cfg.model.shape().context_length)
+    for step in range(steps):
+        x, y = get_batch(tokens, spec, step=step, micro=0, rank=0)
+        torch.autograd.backward(lm_loss(model, x, y))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def measure_memory(preset: str, micro: int, vocab: int) -> dict[str, Any]:
+    """Peak resident memory that building and training a model adds to a warmed-up process.
+
+    A warm-up run on a small model first loads the kernels and thread pools, which a worker
+    process holds anyway; the kernel's high-water mark is then reset (``/proc/self/clear_refs``)
+    so the peak counts only this model's weights, gradients, optimiser state and activations.
+    """
+    model = ModelConfig(preset=preset)  # type: ignore[arg-type]
+    context = model.shape().context_length
+    cfg = PretrainConfig(
+        model=model, micro_batch_size=micro, global_batch_tokens=micro * context, precision="fp32"
+    )
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(M_MMAP_THRESHOLD, 128 << 10)
+    warm = PretrainConfig(
+        model=ModelConfig(preset="tiny"), micro_batch_size=1, global_batch_tokens=128
+    )
+    _train_steps(warm, 256, 2)
+    gc.collect()
+    libc.malloc_trim(0)  # hand freed heap back, so it is not counted as base
+    base = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    _train_steps(cfg, vocab, 3)
+    measured = (_status_kib("VmHWM") - base) * 1024
+    estimate = estimate_memory_bytes(model, cfg, vocab_size=vocab, accelerated=False)
+    return {
+        "preset": preset,
+        "micro": micro,
+        "vocab": vocab,
+        "measured": measured,
+        "estimate": estimate,
+    }
+
+
+def memory_grid(args: argparse.Namespace) -> None:
+    """The CPU fp32 memory estimate against the measured peak, per preset and micro-batch."""
+    head = ("preset", "micro", "vocab", "estimate", "measured", "ratio")
+    print("{:>7} {:>5} {:>6} {:>9} {:>9} {:>6}  (MiB)".format(*head))
+    for preset in args.presets.split(","):
+        for micro in (int(m) for m in args.micro_batches.split(",")):
+            r = run_child(
+                "memory",
+                args,
+                preset=preset,
+                micro_batch=micro,
+                threads=1,
+                cpu_vocab=args.cpu_vocab,
+            )
+            print(
+                f"{preset:>7} {micro:>5} {r['vocab']:>6} {r['estimate'] / 2**20:9.1f} "
+                f"{r['measured'] / 2**20:9.1f} {r['estimate'] / r['measured']:6.3f}",
+                flush=True,
+            )
+
+
+def cpu_config(preset: str, steps: int) -> PretrainConfig:
+    """The CPU grid's run: eval and checkpoint only at the end, after the timed window."""
+    model = ModelConfig(preset=preset)  # type: ignore[arg-type]
+    total = steps + 12
+    return PretrainConfig(
+        model=model,
+        max_steps=total,
+        global_batch_tokens=CPU_MICRO * model.shape().context_length,
+        micro_batch_size=CPU_MICRO,
+        warmup_steps=10,
+        sample_prompts=(),
+        eval_batches=4,
+        eval_interval=total,
+        checkpoint_interval=total,
+    )
+
+
+WINDOW = 10  # steps per timed window: the pipeline's default log_interval
+
+
+def _windows(marks: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds between consecutive marks, less the first window (warm-up)."""
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(marks)][1:]
+
+
+def _mark() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def pipeline_windows(
+    cfg: PretrainConfig, root: Path, corpus: DatasetFile, tok: Path
+) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds per WINDOW steps of ``run_pretrain``, marked at its progress reports.
+
+    The hooks serialise each report as the job layer's would; the one-step-late read of the
+    loss shifts every mark by one step, which leaves the windows WINDOW steps long.
+    """
+    hooks, marks = JobLikeHooks(), []
+
+    def on_progress(p: Progress) -> None:
+        if p.step % WINDOW == 0 and "val_loss" not in p.metrics:
+            marks.append(_mark())
+        hooks.on_progress(p)
+
+    paths = RunPaths(work_dir=root / "work", output_dir=root / "out", cache_dir=root / "cache")
+    inputs = PretrainInputs(corpus, None, tok)
+    run_pretrain(cfg, inputs, paths, Hooks(on_progress, hooks.on_event, hooks.should_stop))
+    return _windows(marks)
+
+
+def bare_windows(
+    cfg: PretrainConfig, tokens: Any, vocab: int
+) -> tuple[list[tuple[float, float]], float]:
+    """(wall, CPU) seconds per WINDOW steps of the bare step; seconds of one checkpoint."""
+    cpu = torch.device("cpu")
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model.shape(), vocab, bos_id=0, eos_id=1, pad_id=2)
+    optimizer = build_optimizer(model, cfg.optimizer(), cpu)
+    spec = BatchSpec(cfg.seed, cfg.micro_batch_size, 1, 1, cfg.model.shape().context_length)
+    schedule, marks = cfg.schedule(), []
+    for step in range(cfg.total_steps()):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, schedule)
+        x, y = get_batch(tokens, spec, step=step, micro=0, rank=0)
+        torch.autograd.backward(lm_loss(model, x, y))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % WINDOW == 0:
+            marks.append(_mark())
+    # A checkpoint: the host copy training waits for, then the write, which runs beside
+    # training but takes a core from it on a CPU.
+    buffers = ckpt.HostBuffers()
+    ckpt.snapshot(step=1, model=model, optimizer=optimizer, state={}, buffers=buffers)
+    t = time.perf_counter()
+    snap = ckpt.snapshot(step=1, model=model, optimizer=optimizer, state={}, buffers=buffers)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt.write_snapshot(Path(tmp), snap)
+    return _windows(marks), time.perf_counter() - t
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """One variant in this fresh process; prints its figures as one JSON line."""
+    torch.set_num_threads(int(args.threads))
+    root = Path(args.root)
+    if args.child == "memory":
+        print(json.dumps(measure_memory(args.preset, args.micro_batch, args.cpu_vocab)))
+        return
+    cfg = cpu_config(args.preset, args.steps)
+    corpus, tok = DatasetFile(CORPUS, "jsonl"), root / "tok"
+    if args.child == "pipe":
+        run_dir = Path(tempfile.mkdtemp(dir=root))
+        print(json.dumps({"windows": pipeline_windows(cfg, run_dir, corpus, tok)}))
+    else:
+        shard = tokenize_dataset(corpus, tok, root / "cache")
+        vocab = len(json.loads((tok / "tokenizer.json").read_text())["model"]["vocab"])
+        windows, checkpoint_s = bare_windows(cfg, shard.tokens, vocab)
+        print(json.dumps({"windows": windows, "checkpoint_s": checkpoint_s}))
+
+
+# glibc's malloc returns a freed tensor above its mmap threshold to the kernel, and the next
+# step's allocation page-faults it back in, zeroed; the threshold also grows with what the process
+# freed before. At the tiny preset that is 3-5 ms of system time per 30 ms step, and it depends on
+# each process's history (tokenising first, say), which moved either variant by up to ±10%.
+# Both variants run with the same fixed thresholds, so only the work they do differs.
+CHILD_ENV = {
+    **os.environ,
+    "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+}
+
+
+def run_child(variant: str, args: argparse.Namespace, **extra: object) -> dict[str, Any]:
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in extra.items()]
+    cmd = [sys.executable, __file__, f"--child={variant}", f"--root={args.root}", *flags]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=CHILD_ENV).stdout
+    return cast(dict[str, Any], json.loads(out.strip().splitlines()[-1]))
+
+
+def cpu_grid(args: argparse.Namespace) -> None:
+    """Pipeline vs bare loop per preset x threads: fresh processes, ABBA order, best windows."""
+    root = Path(args.root)
+    tok = root / "tok"
+    tok.mkdir()
+    corpus = DatasetFile(CORPUS, "jsonl")
+    run_tokenizer(
+        TokenizerConfig(vocab_size=args.cpu_vocab), TokenizerInputs(corpus), RunPaths(tok, tok)
+    )
+    tokenize_dataset(corpus, tok, root / "cache")
+    steps = {k: int(v) for k, v in (item.split("=") for item in args.cpu_steps.split(","))}
+    print(
+        f"{'preset':>7} {'threads':>7} {'pipeline':>9} {'bare':>9} {'ratio':>6} {'overhead':>8} "
+        f"{'cpu-time':>8} {'ckpt':>6}  (tokens/s; {args.repeats} runs each)",
+        flush=True,
+    )
+    for preset in args.presets.split(","):
+        cfg = cpu_config(preset, steps[preset])
+        for threads in (int(t) for t in args.threads.split(",")):
+            windows: dict[str, list[tuple[float, float]]] = {"pipe": [], "bare": []}
+            checkpoint_s = []
+            for repeat in range(args.repeats):
+                order = ("bare", "pipe") if repeat % 4 in (0, 3) else ("pipe", "bare")
+                for variant in order:
+                    r = run_child(
+                        variant, args, preset=preset, threads=threads, steps=steps[preset]
+                    )
+                    windows[variant] += [tuple(w) for w in r["windows"]]
+                    checkpoint_s += [r["checkpoint_s"]] if "checkpoint_s" in r else []
+            # Other processes only ever slow a window down, so the fastest quarter of each
+            # variant's windows is the least noisy estimate of its speed.
+            wall = {k: _fastest_quarter([w for w, _ in v]) for k, v in windows.items()}
+            cpu = {k: _fastest_quarter([c for _, c in v]) for k, v in windows.items()}
+            tps = {k: cfg.global_batch_tokens * WINDOW / v for k, v in wall.items()}
+            # A checkpoint at the auto interval of a long run (500 steps), amortised.
+            ckpt_share = min(checkpoint_s) / (500 * wall["pipe"] / WINDOW)
+            print(
+                f"{preset:>7} {threads:>7} {tps['pipe']:9.0f} {tps['bare']:9.0f} "
+                f"{tps['pipe'] / tps['bare']:6.3f} {wall['pipe'] / wall['bare'] - 1:+8.1%} "
+                f"{cpu['pipe'] / cpu['bare'] - 1:+7.1%} {ckpt_share:6.2%}",
+                flush=True,
+            )
+
+
+def _fastest_quarter(seconds: list[float]) -> float:
+    return statistics.mean(sorted(seconds)[: max(1, len(seconds) // 4)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cuda", action="store_true")
@@ -306,47 +573,23 @@ def main() -> None:
     parser.add_argument("--json", help="append each --cuda cell's figures to this file")
     parser.add_argument("--presets", default="tiny,small", help="CPU grid: model presets")
     parser.add_argument("--threads", default="1,2", help="CPU grid: torch thread counts")
+    parser.add_argument("--cpu-steps", default="tiny=200,small=40", help="CPU grid: timed steps")
+    parser.add_argument("--cpu-vocab", type=int, default=2048, help="CPU tokenizer vocabulary")
+    parser.add_argument("--memory", action="store_true", help="CPU peak memory vs the estimate")
+    parser.add_argument("--micro-batches", default="4,16", help="--memory: sequences per pass")
+    parser.add_argument("--child", choices=("pipe", "bare", "memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--preset", help=argparse.SUPPRESS)
+    parser.add_argument("--micro-batch", type=int, default=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.cuda:
+    if args.child:
+        child_main(args)
+    elif args.cuda:
         cuda_main(args)
-        return
-    grid = [
-        (preset, 8, 4096, False, int(threads))
-        for preset in args.presets.split(",")
-        for threads in args.threads.split(",")
-    ]
-    corpus = DatasetFile(CORPUS, "jsonl")
-    device = torch.device("cuda" if args.cuda else "cpu")
-    ratios = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        tok = root / "tok"
-        tok.mkdir()
-        vocab_target = grid[0][2]
-        t = time.perf_counter()
-        run_tokenizer(
-            TokenizerConfig(vocab_size=vocab_target), TokenizerInputs(corpus), RunPaths(tok, tok)
-        )
-        print(f"tokenizer trained in {time.perf_counter() - t:.2f}s")
-        for i, (preset, micro, _, compile_, threads) in enumerate(grid):
-            if threads:
-                torch.set_num_threads(threads)
-            model = ModelConfig(preset=preset)  # type: ignore[arg-type]
-            cfg = PretrainConfig(
-                model=model,
-                max_steps=args.steps + 12,
-                global_batch_tokens=micro * model.shape().context_length,
-                micro_batch_size=micro,
-                warmup_steps=10,
-                compile=compile_,
-                sample_prompts=(),
-                eval_batches=4,
-            )
-            cell = bench_cell(cfg, root / f"cell{i}", corpus, tok, args)
-            where = torch.cuda.get_device_name() if args.cuda else f"cpu, {threads} threads"
-            report(cfg, cell, device, f"{preset} on {where}")
-            ratios.append((f"{preset}/{threads or 'gpu'}", cell["ratio"]))
-    print("pipeline/bare ratio per cell: " + ", ".join(f"{k} {r:.3f}" for k, r in ratios))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            args.root = tmp
+            memory_grid(args) if args.memory else cpu_grid(args)
 
 
 if __name__ == "__main__":

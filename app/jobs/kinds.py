@@ -203,7 +203,9 @@ def _pretrain_preflight(
     if params.compile and not capacity.accelerated:
         raise ConfigError("compile", "torch.compile is for CUDA workers; this queue runs on CPU")
     vocab = params.tokenizer.vocab_size if params.tokenizer else TokenizerConfig().vocab_size
-    need = estimate_memory_bytes(params.model, params, vocab_size=vocab)
+    need = estimate_memory_bytes(
+        params.model, params, vocab_size=vocab, accelerated=capacity.accelerated
+    )
     if need > capacity.device_memory_bytes:
         raise ConfigError(
             "micro_batch_size",

@@ -95,8 +95,8 @@ def test_the_memory_preflight_uses_the_queue_device_class() -> None:
         {
             "dataset_id": PLACEHOLDER_ID,
             "model": {"preset": "gpt2-small"},
-            "micro_batch_size": 64,
-            "global_batch_tokens": 65536,
+            "micro_batch_size": 192,
+            "global_batch_tokens": 196608,
             "tokenizer": {"vocab_size": 16384},
         },
     )
