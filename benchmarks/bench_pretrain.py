@@ -16,6 +16,30 @@ every 250 steps by default, ~2.7% of training time) is left out: it is not a per
 shared machine only ever slows a window down, so each variant's speed is the mean of its fastest
 quarter of windows; ``cpu-time`` is the same ratio in process CPU time.
 
+Memory (``--memory``): each cell builds and trains a model for 3 steps in a fresh process after
+a warm-up, and reports the growth of its peak resident memory, with glibc's mmap threshold fixed
+at 128 KiB so that a freed tensor leaves the resident set (with the default, dynamic threshold the
+peak ran 10-45% higher and varied from run to run with what the heap had kept).
+
+    $ python benchmarks/bench_pretrain.py --memory --micro-batches 1,4,16,32  # + --cpu-vocab 8192
+     preset micro  vocab  estimate  measured  ratio  (MiB)
+       tiny     1   2048       8.9       9.8  0.909
+       tiny     4   2048      21.6      23.3  0.928
+       tiny    16   2048      72.6      76.6  0.949
+       tiny    32   2048     140.6     147.7  0.952
+      small     1   2048      55.0      50.9  1.080
+      small     4   2048     118.0     116.5  1.013
+      small    16   2048     370.0     381.9  0.969
+      small    32   2048     706.0     735.1  0.960
+       tiny     1   8192      23.9      23.8  1.003
+       tiny     4   8192      63.6      64.5  0.987
+       tiny    16   8192     222.6     226.6  0.983
+       tiny    32   8192     434.6     441.6  0.984
+      small     1   8192      91.0      85.2  1.069
+      small     4   8192     208.0     205.4  1.013
+      small    16   8192     676.0     686.1  0.985
+      small    32   8192    1300.0    1327.9  0.979
+
 CUDA mode: both variants in one process; (a)'s throughput is read from the wall clock between
 its progress reports; one checkpoint save is timed and amortised over the default interval.
 Targets: overhead < 3% of throughput, data loading < 5% of step time.

@@ -298,7 +298,9 @@ def estimate_memory_bytes(
       heads·context score term made it 1.9-3.8× too high).
     - fp32 on a CPU: 80 bytes per layer, token and unit of width, plus 1 MiB, fitted to the
       peak resident memory a training step adds to a process (``bench_pretrain.py --memory``):
-      within 9% for tiny and small at micro-batches 1-32 and vocabularies 2048 and 8192.
+      within 10% (mostly 5%) for tiny and small at micro-batches 1-32 and vocabularies 2048
+      and 8192. That is what the tensors need; glibc's default allocator may keep 10-45% more
+      resident (freed memory it holds for reuse).
     """
     s = model_cfg.shape()
     attn = s.hidden_size * (s.hidden_size + 2 * s.kv_heads * s.head_dim) + s.hidden_size**2
