@@ -519,10 +519,10 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 # glibc's malloc returns a freed tensor above its mmap threshold to the kernel, and the next
-# step's allocation page-faults it back in, zeroed; the threshold also grows with what the process
-# freed before. At the tiny preset that is 3-5 ms of system time per 30 ms step, and it depends on
-# each process's history (tokenising first, say), which moved either variant by up to ±10%.
-# Both variants run with the same fixed thresholds, so only the work they do differs.
+# step page-faults it back in, zeroed; the threshold also grows with what the process freed
+# before, so each process's history (tokenising first, say) moved either variant by up to ±10%.
+# ``run_pretrain`` fixes the thresholds itself on a CPU (``keep_freed_memory``); the bare loop
+# gets the same through the environment, so only the work the two do differs.
 CHILD_ENV = {
     **os.environ,
     "MALLOC_MMAP_THRESHOLD_": str(256 << 20),

@@ -53,6 +53,7 @@ from workers.pipeline.training import (
     Throughput,
     build_optimizer,
     evaluate,
+    keep_freed_memory,
     lm_batch_loss,
     lr_at,
     optimizer_step,
@@ -193,6 +194,8 @@ def _setup(
 ) -> tuple[_Run, ckpt.Checkpoint | None]:
     """Tokens, model, optimiser, restored checkpoint (if any), wrapped for compile/DDP."""
     device = choose_device(info)
+    if device.type == "cpu":
+        keep_freed_memory()  # CPU tensors come from malloc: steady steps, see its docstring
     cache = paths.cache_dir if paths.cache_dir is not None else paths.work_dir / "cache"
     train_tokens, val_tokens = token_splits(
         inputs.train, inputs.validation, inputs.tokenizer_dir, cache, hooks,
