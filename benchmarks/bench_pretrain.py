@@ -12,9 +12,11 @@ windows of 10 steps (the default log interval, so each pipeline window holds one
 loss sync, metrics and serialisation), the first window dropped as warm-up. Evaluation and the
 checkpoint come after the last window; one checkpoint (host copy + write) is timed and shown
 amortised over 500 steps, the auto interval of a long run. Evaluation (20 forward-only batches
-every 250 steps by default, ~2.7% of training time) is left out: it is not a per-step cost. The
-shared machine only ever slows a window down, so each variant's speed is the mean of its fastest
-quarter of windows; ``cpu-time`` is the same ratio in process CPU time.
+every 250 steps by default, ~2.7% of training time) is left out: it is not a per-step cost. A
+run's speed is the mean of its fastest quarter of windows (other work on a shared machine only
+slows a window down); the overhead is the median over repeats of the ratio between the two
+back-to-back runs of each repeat, since the machine's speed drifts over minutes; tokens/s are
+medians over runs; ``cpu-time`` is the overhead in process CPU time.
 
 Memory (``--memory``): each cell builds and trains a model for 3 steps in a fresh process after
 a warm-up, and reports the growth of its peak resident memory, with glibc's mmap threshold fixed
@@ -65,6 +67,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -556,7 +559,7 @@ def cpu_grid(args: argparse.Namespace) -> None:
     for preset in args.presets.split(","):
         cfg = cpu_config(preset, steps[preset])
         for threads in (int(t) for t in args.threads.split(",")):
-            windows: dict[str, list[tuple[float, float]]] = {"pipe": [], "bare": []}
+            runs: dict[str, list[tuple[float, float]]] = {"pipe": [], "bare": []}
             checkpoint_s = []
             for repeat in range(args.repeats):
                 order = ("bare", "pipe") if repeat % 4 in (0, 3) else ("pipe", "bare")
@@ -564,24 +567,27 @@ def cpu_grid(args: argparse.Namespace) -> None:
                     r = run_child(
                         variant, args, preset=preset, threads=threads, steps=steps[preset]
                     )
-                    windows[variant] += [tuple(w) for w in r["windows"]]
+                    walls, cpus = zip(*r["windows"], strict=True)
+                    runs[variant].append((_fastest_quarter(walls), _fastest_quarter(cpus)))
                     checkpoint_s += [r["checkpoint_s"]] if "checkpoint_s" in r else []
-            # Other processes only ever slow a window down, so the fastest quarter of each
-            # variant's windows is the least noisy estimate of its speed.
-            wall = {k: _fastest_quarter([w for w, _ in v]) for k, v in windows.items()}
-            cpu = {k: _fastest_quarter([c for _, c in v]) for k, v in windows.items()}
-            tps = {k: cfg.global_batch_tokens * WINDOW / v for k, v in wall.items()}
+            # The machine's speed drifts over minutes (other work, frequency), so each repeat's
+            # two back-to-back runs are compared with each other and the median pair is taken.
+            pairs = list(zip(runs["pipe"], runs["bare"], strict=True))
+            wall = statistics.median(p[0] / b[0] for p, b in pairs)
+            cpu = statistics.median(p[1] / b[1] for p, b in pairs)
+            tps = {k: cfg.global_batch_tokens * WINDOW / statistics.median(w for w, _ in v)
+                   for k, v in runs.items()}  # fmt: skip
             # A checkpoint at the auto interval of a long run (500 steps), amortised.
-            ckpt_share = min(checkpoint_s) / (500 * wall["pipe"] / WINDOW)
+            ckpt_share = min(checkpoint_s) * tps["pipe"] / (500 * cfg.global_batch_tokens)
             print(
                 f"{preset:>7} {threads:>7} {tps['pipe']:9.0f} {tps['bare']:9.0f} "
-                f"{tps['pipe'] / tps['bare']:6.3f} {wall['pipe'] / wall['bare'] - 1:+8.1%} "
-                f"{cpu['pipe'] / cpu['bare'] - 1:+7.1%} {ckpt_share:6.2%}",
+                f"{1 / wall:6.3f} {wall - 1:+8.1%} {cpu - 1:+7.1%} {ckpt_share:6.2%}",
                 flush=True,
             )
 
 
-def _fastest_quarter(seconds: list[float]) -> float:
+def _fastest_quarter(seconds: Sequence[float]) -> float:
+    """Other processes only ever slow a window down: the fastest quarter is the least noisy."""
     return statistics.mean(sorted(seconds)[: max(1, len(seconds) // 4)])
 
 
