@@ -18,6 +18,19 @@ slows a window down); the overhead is the median over repeats of the ratio betwe
 back-to-back runs of each repeat, since the machine's speed drifts over minutes; tokens/s are
 medians over runs; ``cpu-time`` is the overhead in process CPU time.
 
+    $ python benchmarks/bench_pretrain.py  # 2-core shared VM, vocabulary 748, 8 x context/step
+     preset threads  pipeline      bare  ratio overhead cpu-time   ckpt  (tokens/s; 4 runs each)
+       tiny       1     39485     39317  1.008    -0.8%   -0.8%  0.07%
+       tiny       2     57574     58185  0.993    +0.7%   +0.6%  0.10%
+      small       1      5273      5289  0.998    +0.2%   +0.4%  0.02%
+      small       2      9682      9594  0.996    +0.4%   +0.5%  0.04%
+
+Before ``run_pretrain`` fixed glibc's malloc thresholds on a CPU (``keep_freed_memory``), with
+both variants on the default allocator, the same grid read +8.8% at tiny/1 thread and +1.3% at
+small/1. Not the pipeline's Python (under cProfile its loop adds < 1% of a tiny step) but, as
+far as measured, the allocator: every step page-faulted 6-8 MB back in (3-5 ms of system time
+per ~30 ms tiny step), by an amount that varied with each process's earlier allocations.
+
 Memory (``--memory``): each cell builds and trains a model for 3 steps in a fresh process after
 a warm-up, and reports the growth of its peak resident memory, with glibc's mmap threshold fixed
 at 128 KiB so that a freed tensor leaves the resident set (with the default, dynamic threshold the
