@@ -53,7 +53,7 @@ def upload_base(server: Embedded, folder: Path) -> str:
 FINAL = ("succeeded", "failed", "cancelled")
 # 96 rows in batches of 12 make 8 steps an epoch; enough epochs that the job is still running
 # when the worker's monitor (about one tick a second) sees the pause, even on a fast machine.
-STEPS_PER_EPOCH, EPOCHS = 8, 24
+STEPS_PER_EPOCH, EPOCHS = 8, 40
 
 
 def wait_status(

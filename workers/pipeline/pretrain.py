@@ -35,6 +35,7 @@ from workers.pipeline.data import (
 )
 from workers.pipeline.device import (
     DistInfo,
+    Readback,
     barrier,
     choose_device,
     current_dist,
@@ -289,12 +290,14 @@ def _fit(run: _Run, step: int) -> None:
             dist.all_reduce(flags)
         step += 1
 
-        # The host reads a step's loss one step late: by then the GPU has finished it, so the
-        # read does not wait and the GPU queue never drains (a sync every step cost ~10% of
-        # throughput on an H200). Before anything that measures or persists the weights, it
-        # catches up, so a NaN is caught before it can reach a checkpoint.
+        # The host reads a step's loss one step late, through a copy queued right behind it
+        # (Readback): the read waits for that step alone, not for the one just launched, so the
+        # GPU queue never drains (a sync every step cost ~10% of throughput on an H200). Before
+        # anything that measures or persists the weights, it catches up, so a NaN is caught
+        # before it can reach a checkpoint.
         unread = [pending] if pending is not None else []
-        pending = _Pending(step, lr, flags, out.grad_norm)
+        values = torch.cat([flags.float(), out.grad_norm.detach().float().reshape(1)])
+        pending = _Pending(step, lr, Readback(values))
         if step % cfg.eval_interval == 0 or step % cfg.checkpoint_interval == 0 or step == total:
             unread.append(pending)
             pending = None
@@ -322,12 +325,11 @@ def _fit(run: _Run, step: int) -> None:
 
 @dataclass(frozen=True)
 class _Pending:
-    """A finished step whose loss and stop flag (``flags``, on the device) are not read yet."""
+    """A launched step whose loss sum, stop flag and gradient norm are not read yet."""
 
     step: int
     lr: float
-    flags: torch.Tensor
-    grad_norm: torch.Tensor
+    values: Readback
 
 
 def _read_step(run: _Run, item: _Pending) -> bool:
@@ -336,7 +338,7 @@ def _read_step(run: _Run, item: _Pending) -> bool:
     Raises:
         PipelineError: ``train.diverged`` when the loss is NaN/inf.
     """
-    loss_sum, stop = item.flags.tolist()
+    loss_sum, stop, grad_norm = item.values.tolist()
     train_loss = loss_sum / run.dist.world_size
     if not math.isfinite(train_loss):
         raise PipelineError(
@@ -346,18 +348,18 @@ def _read_step(run: _Run, item: _Pending) -> bool:
     run.last_train_loss = train_loss
     total = run.config.total_steps()
     if item.step % run.config.log_interval == 0 or item.step == total:
-        run.metrics = _train_metrics(run, train_loss, item.lr, item.grad_norm)
+        run.metrics = _train_metrics(run, train_loss, item.lr, grad_norm)
         if run.dist.is_main:
             run.hooks.on_progress(Progress(item.step, total, run.metrics))
     return bool(stop > 0)
 
 
-def _train_metrics(run: _Run, loss: float, lr: float, grad_norm: torch.Tensor) -> dict[str, float]:
+def _train_metrics(run: _Run, loss: float, lr: float, grad_norm: float) -> dict[str, float]:
     """Loss, lr and throughput over the steps since the last report."""
     return {
         "train_loss": loss,
         "lr": lr,
-        "grad_norm": float(grad_norm),
+        "grad_norm": grad_norm,
         **run.meter.report(run.config.global_batch_tokens, run.dist.world_size),
         "memory_mb": peak_memory_mb(run.parts.device),
     }

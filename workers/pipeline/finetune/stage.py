@@ -44,6 +44,7 @@ from workers.pipeline.finetune.model import build_models, load_tokenizer
 from workers.pipeline.finetune.outputs import write_outputs
 from workers.pipeline.finetune.run import FinetuneInputs, Run
 from workers.pipeline.finetune.steps import build_optimizer, lr_at, train_step
+from workers.pipeline.training import keep_freed_memory
 from workers.pipeline.types import Hooks, PipelineError, RunPaths
 
 # Importable from here too (benchmarks and tests call the parts of the stage).
@@ -150,6 +151,8 @@ def _setup(
 ) -> tuple[Run, ChatSetup | None, tuple[DataStats, DataStats | None]]:
     info = current_dist()
     device = choose_device(info)
+    if device.type == "cpu":
+        keep_freed_memory()  # steady CPU steps: see its docstring
     dtype = resolve_dtype(config.precision, device)
     tokenizer = load_tokenizer(inputs.base_model_dir)
     train_objs = list(read_objects(inputs.train))
