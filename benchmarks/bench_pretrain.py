@@ -58,10 +58,6 @@ peak ran 10-45% higher and varied from run to run with what the heap had kept).
 CUDA mode: both variants in one process; (a)'s throughput is read from the wall clock between
 its progress reports; one checkpoint save is timed and amortised over the default interval.
 Targets: overhead < 3% of throughput, data loading < 5% of step time.
-
-Why ``encode_batch`` and no multiprocessing pool for tokenising: the Rust tokenizer already
-spreads a batch over all cores (rayon), while a pool would pickle every document across a pipe
-and still parse the file in one process; on this corpus it tokenises ~1 MB in well under 1 s.
 """
 
 from __future__ import annotations
@@ -80,7 +76,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -364,19 +360,36 @@ def _status_kib(field: str) -> int:
     raise LookupError(field)
 
 
-def _train_steps(cfg: PretrainConfig, vocab: int, steps: int) -> None:
-    """``steps`` fp32 optimiser steps of a fresh model on random tokens (the pipeline's parts)."""
+def bare_cpu_loop(
+    cfg: PretrainConfig,
+    tokens: Any,
+    vocab: int,
+    steps: int,
+    after_step: Callable[[int], None] = lambda step: None,
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """``steps`` fp32 CPU steps of a fresh model with the pipeline's parts (model, optimiser,
+    batches, schedule, clipping) and nothing else; returns the model and optimiser."""
     cpu = torch.device("cpu")
+    seed_everything(cfg.seed)
     model = build_model(cfg.model.shape(), vocab, bos_id=0, eos_id=1, pad_id=2)
     optimizer = build_optimizer(model, cfg.optimizer(), cpu)
-    tokens = np.random.default_rng(0).integers(0, vocab, 1 << 18).astype(np.uint16)
     spec = BatchSpec(cfg.seed, cfg.micro_batch_size, 1, 1, cfg.model.shape().context_length)
+    schedule = cfg.schedule()
     for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, schedule)
         x, y = get_batch(tokens, spec, step=step, micro=0, rank=0)
         torch.autograd.backward(lm_loss(model, x, y))
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        after_step(step)
+    return model, optimizer
+
+
+def _train_steps(cfg: PretrainConfig, vocab: int, steps: int) -> None:
+    tokens = np.random.default_rng(0).integers(0, vocab, 1 << 18).astype(np.uint16)
+    bare_cpu_loop(cfg, tokens, vocab, steps)
 
 
 def measure_memory(preset: str, micro: int, vocab: int) -> dict[str, Any]:
@@ -488,22 +501,13 @@ def bare_windows(
     cfg: PretrainConfig, tokens: Any, vocab: int
 ) -> tuple[list[tuple[float, float]], float]:
     """(wall, CPU) seconds per WINDOW steps of the bare step; seconds of one checkpoint."""
-    cpu = torch.device("cpu")
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model.shape(), vocab, bos_id=0, eos_id=1, pad_id=2)
-    optimizer = build_optimizer(model, cfg.optimizer(), cpu)
-    spec = BatchSpec(cfg.seed, cfg.micro_batch_size, 1, 1, cfg.model.shape().context_length)
-    schedule, marks = cfg.schedule(), []
-    for step in range(cfg.total_steps()):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, schedule)
-        x, y = get_batch(tokens, spec, step=step, micro=0, rank=0)
-        torch.autograd.backward(lm_loss(model, x, y))
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    marks: list[tuple[float, float]] = []
+
+    def mark(step: int) -> None:
         if (step + 1) % WINDOW == 0:
             marks.append(_mark())
+
+    model, optimizer = bare_cpu_loop(cfg, tokens, vocab, cfg.total_steps(), mark)
     # A checkpoint: the host copy training waits for, then the write, which runs beside
     # training but takes a core from it on a CPU.
     buffers = ckpt.HostBuffers()

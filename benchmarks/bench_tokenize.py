@@ -10,6 +10,10 @@ fresh subprocess per size, so each peak RSS is that size's own. Prints tokens/s,
 used (CPU seconds over wall seconds, all threads) and the process's peak RSS. Flat peak RSS
 across sizes is the point: memory is bounded by the chunk, not by the corpus.
 
+Why no multiprocessing pool: the Rust tokenizer already spreads a batch over all cores (rayon)
+with the GIL released, while a pool would pickle every document across a pipe and still parse
+the file in one process.
+
 Measured 2026-12-01 on the 2-core dev machine while other jobs kept both cores busy (load
 average 5-7), so this process got about one core: "cores used" is that share, not a ceiling.
 Per-thread CPU time shows the encode split evenly over rayon's two worker threads. Corpus of

@@ -150,7 +150,7 @@ def _encode(
     """The chunk's ids with EOS after each document's last piece, as one flat array."""
     # encode_batch_fast fans out over all cores in Rust (rayon) with the GIL released, so the
     # reader thread parses the next chunk meanwhile; "fast" skips the character offsets, which
-    # we never read. See benchmarks/bench_pretrain.py for why this beats a multiprocessing pool.
+    # we never read. See benchmarks/bench_tokenize.py for why this beats a multiprocessing pool.
     encodings = tokenizer.encode_batch_fast(chunk.texts, add_special_tokens=False)
     ids: list[int] = []
     for encoding, end in zip(encodings, chunk.ends, strict=True):

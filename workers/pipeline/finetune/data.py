@@ -328,8 +328,9 @@ def collate(examples: Sequence[Example], *, packing: bool, capacity: int, pad_id
             at += n
         positions[r, at:] = torch.arange(width - at)
         mask[r, :at] = 1
-        lengths = [len(examples[i]) for i in group]
-        segments.append(tuple([*lengths, width - at] if at < width else lengths))
+        if packing:
+            lengths = [len(examples[i]) for i in group]
+            segments.append(tuple([*lengths, width - at] if at < width else lengths))
     if packing:
         return Batch(ids, labels, positions, None, tuple(segments))
     return Batch(ids, labels, positions, mask)

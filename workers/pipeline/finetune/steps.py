@@ -71,13 +71,12 @@ class StepStats:
     now would wait for the GPU), counts on the host. The loop reads them one step late."""
 
     method: str
-    sums: Readback  # SFT: [loss, correct]; DPO: :func:`dpo_vector`
+    values: Readback  # the sums (SFT: [loss, correct]; DPO: :func:`dpo_vector`), grad norm
     counts: list[float]  # SFT: [labelled tokens, token positions]; DPO: [token positions]
-    grad_norm: Readback
 
     def read(self) -> dict[str, float]:
         """The step's metrics and ``tokens``, its token positions."""
-        sums, (norm,) = self.sums.tolist(), self.grad_norm.tolist()
+        *sums, norm = self.values.tolist()
         if self.method == "dpo":
             metrics = dpo_metrics(sums, "train")
         else:
@@ -104,12 +103,9 @@ def train_step(run: Run, items: list[Any]) -> StepStats:
     run.optimizer.zero_grad(set_to_none=True)
     *counts, trained = sum_across(counts, run.dist, run.device)
     run.trained_tokens += round(trained)
-    return StepStats(
-        run.config.method,
-        Readback(reduce_sum(sums, run.dist)),
-        counts,
-        Readback(full_norm(grad_norm)),
-    )
+    norm = full_norm(grad_norm).detach().to(sums.dtype).reshape(1)
+    values = torch.cat([reduce_sum(sums, run.dist), norm])
+    return StepStats(run.config.method, Readback(values), counts)
 
 
 def _sft_step(
