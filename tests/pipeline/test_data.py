@@ -17,7 +17,7 @@ from tests.pipeline.conftest import text_file
 from tests.timing import scaled
 from workers.pipeline import data
 from workers.pipeline.data import special_ids, tokenize_dataset
-from workers.pipeline.types import DatasetFile, PipelineError
+from workers.pipeline.types import DatasetFile, Hooks, PipelineError, StageCancelled
 
 REPO = Path(__file__).parents[2]
 
@@ -96,6 +96,41 @@ def test_a_reader_error_mid_stream_is_raised_and_leaves_no_partial_shard(
     assert caught.value.code == "dataset.truncated_gzip"
     assert not list((tmp_path / "tokens").glob("*/*"))  # no tmp file, no manifest
     assert threading.active_count() == threads  # the reader thread has stopped
+
+
+def test_a_stop_between_chunks_cancels_tokenising_and_a_later_run_starts_clean(
+    tmp_path: Path,
+    tiny_tokenizer_dir: Path,
+    corpus_texts: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(data, "_CHUNK_CHARS", 2000)
+    file = text_file(tmp_path / "d.jsonl", corpus_texts * 4)
+    asked: list[int] = []
+
+    def stop_on_third_chunk() -> bool:
+        asked.append(1)
+        return len(asked) == 2  # asked before the 2nd and 3rd chunks, never before the 1st
+
+    threads = threading.active_count()
+    with pytest.raises(StageCancelled, match="while tokenising"):
+        tokenize_dataset(file, tiny_tokenizer_dir, tmp_path, Hooks(should_stop=stop_on_third_chunk))
+    assert len(asked) == 2
+    assert not list((tmp_path / "tokens").glob("*/*"))  # no tmp file, no manifest
+    assert threading.active_count() == threads
+
+    shard = tokenize_dataset(file, tiny_tokenizer_dir, tmp_path)
+    assert not shard.reused and shard.documents == len(corpus_texts) * 4
+
+
+def test_a_one_chunk_dataset_is_never_asked_to_stop(
+    tmp_path: Path, tiny_tokenizer_dir: Path, corpus_texts: list[str]
+) -> None:
+    hooks = Hooks(should_stop=lambda: pytest.fail("asked to stop"))
+    shard = tokenize_dataset(
+        text_file(tmp_path / "d.jsonl", corpus_texts[:5]), tiny_tokenizer_dir, tmp_path, hooks
+    )
+    assert shard.documents == 5
 
 
 # Peak RSS once a quarter of the corpus is done (threads started, allocator arenas and the

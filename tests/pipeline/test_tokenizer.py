@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from transformers import AutoTokenizer
 
 from tests.pipeline.conftest import text_file
+from workers.pipeline import tokenizer
 from workers.pipeline.configs.base import ConfigError
 from workers.pipeline.configs.training import TokenizerConfig
 from workers.pipeline.tokenizer import TokenizerInputs, run_tokenizer
-from workers.pipeline.types import DatasetFile, PipelineError, RunPaths
+from workers.pipeline.types import DatasetFile, Hooks, PipelineError, RunPaths, StageCancelled
 
 CHAT = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eos|>{% endfor %}"
 
@@ -60,6 +63,29 @@ def test_tokenizer_fails_with_dataset_empty_on_blank_text(tmp_path: Path) -> Non
         blank = TokenizerInputs(text_file(tmp_path / "blank.jsonl", ["", "   ", "\n"]))
         run_tokenizer(TokenizerConfig(vocab_size=300), blank, _paths(tmp_path))
     assert info.value.code == "dataset.empty"
+
+
+def test_reading_a_large_text_reports_progress_and_can_be_stopped(
+    tmp_path: Path, corpus_file: DatasetFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokenizer, "_CHECK_IN_S", 0.0)  # after every document
+    read: list[int] = []
+    polls: list[int] = []
+
+    def on_event(message: str, data: Mapping[str, Any], level: str = "info") -> None:
+        read.append(data["bytes"])
+
+    def stop_on_third() -> bool:
+        polls.append(1)
+        return len(polls) == 3
+
+    hooks = Hooks(on_event=on_event, should_stop=stop_on_third)
+    with pytest.raises(StageCancelled, match="reading the training text"):
+        run_tokenizer(
+            TokenizerConfig(vocab_size=300), TokenizerInputs(corpus_file), _paths(tmp_path), hooks
+        )
+    assert len(polls) == 3 and len(read) == 2 and 0 < read[0] < read[1]
+    assert not (tmp_path / "tokenizer.json").exists()
 
 
 @pytest.mark.parametrize(

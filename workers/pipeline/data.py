@@ -31,7 +31,7 @@ from tokenizers import Tokenizer
 
 from workers.pipeline.device import DistInfo, barrier
 from workers.pipeline.formats import iter_texts
-from workers.pipeline.types import DatasetFile, Hooks, PipelineError
+from workers.pipeline.types import DatasetFile, Hooks, PipelineError, StageCancelled
 
 _FORMAT_VERSION = 1
 _CHUNK_CHARS = 4 << 20  # text handed to one encode call: enough documents to keep every core busy
@@ -76,8 +76,13 @@ def tokenize_dataset(
     the previous chunk on every core, and each chunk's ids are appended to the shard file as they
     come. Memory is bounded by a few chunks (plus the longest record), whatever the corpus size.
 
+    ``hooks.should_stop`` is asked between chunks (about a second of work each), so a job on a
+    large corpus can be cancelled, paused or drained while it tokenises; a one-chunk dataset is
+    never asked.
+
     Raises:
         PipelineError: ``dataset.empty`` when the file yields no tokens.
+        StageCancelled: ``hooks.should_stop`` answered True; no partial shard is left.
     """
     tokenizer_json = tokenizer_dir / "tokenizer.json"
     tokenizer = Tokenizer.from_file(str(tokenizer_json))
@@ -108,7 +113,9 @@ def tokenize_dataset(
     ahead = _read_ahead(chunks, depth=_READ_AHEAD)
     try:
         with tmp.open("wb") as f:
-            for chunk in ahead:
+            for index, chunk in enumerate(ahead):
+                if index and hooks.should_stop():
+                    raise StageCancelled("stopped while tokenising the dataset")
                 ids = _encode(tokenizer, chunk, eos, dtype)
                 f.write(ids.tobytes())
                 n_tokens += ids.size

@@ -150,7 +150,8 @@ def run_pretrain(
         PipelineError: ``dataset.empty`` / ``dataset.too_small`` (no or too few tokens),
             ``train.diverged`` (loss became NaN/inf; the last good checkpoint is kept),
             ``train.devices_mismatch``, ``train.checkpoint_mismatch``, ``tokenizer.invalid``.
-        StageCancelled: ``hooks.should_stop()`` answered True; a checkpoint was saved first.
+        StageCancelled: ``hooks.should_stop()`` answered True: while tokenising (nothing is
+            kept), or while training, after a checkpoint was saved.
     """
     info = current_dist()
     if info.world_size != config.devices:

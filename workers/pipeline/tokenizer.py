@@ -19,9 +19,17 @@ from transformers import PreTrainedTokenizerFast
 
 from workers.pipeline.configs.training import TokenizerConfig
 from workers.pipeline.formats import iter_texts
-from workers.pipeline.types import DatasetFile, Hooks, PipelineError, Progress, RunPaths
+from workers.pipeline.types import (
+    DatasetFile,
+    Hooks,
+    PipelineError,
+    Progress,
+    RunPaths,
+    StageCancelled,
+)
 
 _HELDOUT_MAX_BYTES = 8 << 20  # enough for a stable bytes/token estimate, bounded memory
+_CHECK_IN_S = 1.0  # between stop polls and signs of life while the trainer reads
 
 
 @dataclass(frozen=True)
@@ -46,10 +54,16 @@ class TokenizerResult:
 
 
 class _Splitter:
-    """Streams training documents to the trainer while setting every Nth one aside as held-out."""
+    """Streams training documents to the trainer while setting every Nth one aside as held-out.
 
-    def __init__(self, texts: Iterable[str], config: TokenizerConfig) -> None:
+    Reading a large corpus is most of a tokenizer job, and it happens inside the trainer, so the
+    stream itself asks ``should_stop`` and reports progress every ``_CHECK_IN_S``: the
+    trainer passes the iterator's exception through, and the worker sees a job that is alive.
+    """
+
+    def __init__(self, texts: Iterable[str], config: TokenizerConfig, hooks: Hooks) -> None:
         self.texts = texts
+        self.hooks = hooks
         self.max_bytes = config.max_training_bytes
         frac = config.heldout_fraction
         self.every = round(1 / frac) if frac > 0 else 0
@@ -58,10 +72,16 @@ class _Splitter:
         self.training_bytes = 0
 
     def __iter__(self) -> Iterator[str]:
+        read = 0
+        check_in = time.monotonic() + _CHECK_IN_S
         for i, text in enumerate(self.texts):
             if not text.strip():
                 continue
             size = len(text.encode("utf-8"))
+            read += size
+            if time.monotonic() >= check_in:
+                self._check_in(read)
+                check_in = time.monotonic() + _CHECK_IN_S
             if self.every and i % self.every == self.every - 1:
                 if self.heldout_bytes < _HELDOUT_MAX_BYTES:
                     self.heldout.append(text)
@@ -72,6 +92,11 @@ class _Splitter:
             if self.training_bytes >= self.max_bytes:
                 return
 
+    def _check_in(self, read: int) -> None:
+        if self.hooks.should_stop():
+            raise StageCancelled("stopped while reading the training text")
+        self.hooks.on_event("reading", {"bytes": read}, "debug")
+
 
 def run_tokenizer(
     config: TokenizerConfig, inputs: TokenizerInputs, paths: RunPaths, hooks: Hooks = Hooks()
@@ -80,9 +105,10 @@ def run_tokenizer(
 
     Raises:
         PipelineError: ``dataset.empty`` when there is no non-blank training text.
+        StageCancelled: ``hooks.should_stop`` answered True while the text was being read.
     """
     started = time.perf_counter()
-    splitter = _Splitter(iter_texts(inputs.train), config)
+    splitter = _Splitter(iter_texts(inputs.train), config, hooks)
     tokenizer = Tokenizer(models.BPE())
     # ByteLevel maps bytes to printable symbols before splitting on the GPT-2 regex, and the
     # decoder maps them back; add_prefix_space=False so "Hello" encodes the same mid-document.
