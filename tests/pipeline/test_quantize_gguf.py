@@ -16,7 +16,7 @@ from tests.pipeline.conftest import make_paths
 from tests.pipeline.quantize_models import SAMPLE_TEXT, save_imported, trained_tiny
 from workers.pipeline.configs.base import ConfigError
 from workers.pipeline.configs.quantize import GgufOptions, QuantizeConfig
-from workers.pipeline.quantize import gguf_export
+from workers.pipeline.quantize import gguf_export, llamacpp
 from workers.pipeline.quantize.llamacpp import loaded
 from workers.pipeline.quantize.stage import QuantizeInputs, QuantizeResult, run_quantize
 from workers.pipeline.types import DatasetFile, PipelineError, RunPaths
@@ -190,3 +190,13 @@ def test_config_rejects_unknown_types_and_bad_group_sizes() -> None:
         GptqOptions(group_size=100)
     with pytest.raises(ConfigError):
         QuantizeConfig(prompts=())
+
+
+def test_models_load_without_extra_weight_buffers_inside_the_guard() -> None:
+    """Inside the guard llama.cpp keeps weights out of AMX buffers (whose kernels crash); the
+    library's own defaults come back after."""
+    import llama_cpp
+
+    with llamacpp.plain_cpu_weights(llama_cpp):
+        assert not llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts
+    assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts

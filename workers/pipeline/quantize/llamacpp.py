@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -52,22 +54,63 @@ def quantize_file(source: Path, target: Path, kind: str, *, threads: int) -> Pat
     return target
 
 
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has Intel AMX tiles (Linux reports them in /proc/cpuinfo)."""
+    try:
+        return " amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def plain_cpu_weights(lib: Any) -> Iterator[None]:
+    """Models loaded inside keep their weights in plain CPU buffers (``use_extra_bufts`` off).
+
+    On CPUs with AMX, llama.cpp moves quantised weights into AMX buffers, and its AMX matrix
+    multiply crashes the process (SIGSEGV in ``ggml_backend_amx_mul_mat``; llama-cpp-python
+    0.3.36, q8_0 models of width 512 and 1024 as well as tiny ones). The check compares numbers,
+    which the plain kernels compute as users' builds without AMX do; a crash would instead end
+    the worker's process and, attempt after attempt, the job. llama-cpp-python has no argument
+    for this model parameter, so its defaults are wrapped while a model loads.
+    """
+    low = lib.llama_cpp
+    defaults = low.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with _PARAMS_LOCK:
+        low.llama_model_default_params = without_extra_buffers
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = defaults
+
+
 class LlamaCppModel:
     """A GGUF loaded in llama.cpp with per-position logits enabled."""
 
     def __init__(self, path: Path, *, n_ctx: int, threads: int) -> None:
         lib = _llama_cpp()
         started = time.perf_counter()
+        load = plain_cpu_weights(lib) if cpu_has_amx() else contextlib.nullcontext()
         try:
-            self.llm = lib.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=n_ctx,
-                n_threads=threads,
-                n_threads_batch=threads,
-                logits_all=True,
-                verbose=False,
-            )
+            with load:
+                self.llm = lib.Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_batch=n_ctx,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    logits_all=True,
+                    verbose=False,
+                )
         except ValueError as exc:  # llama-cpp-python's answer to "failed to load model"
             raise PipelineError(
                 "quantize.gguf_unloadable", f"llama.cpp cannot load {path.name}: {exc}"
