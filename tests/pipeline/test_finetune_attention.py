@@ -23,8 +23,10 @@ from workers.pipeline.finetune.losses import forward_logits
 
 def examples(lengths: list[int], vocab: int) -> list[Example]:
     gen = torch.Generator().manual_seed(1)
-    rows = [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in lengths]
-    return [Example(tuple(r), tuple(r)) for r in rows]
+    rows = [
+        torch.randint(3, vocab, (n,), generator=gen, dtype=torch.int32).numpy() for n in lengths
+    ]
+    return [Example(r, r) for r in rows]
 
 
 def test_segments_give_a_causal_mask_within_each_example() -> None:
@@ -90,7 +92,7 @@ def assert_packed_equals_alone(
             starts[tuple(batch.input_ids[r, start : start + n].tolist())] = (r, start)
             start += n
     for item in items:
-        r, start = starts[item.input_ids]
+        r, start = starts[tuple(item.input_ids.tolist())]
         alone = collate([item], packing=False, capacity=24, pad_id=0)
         with torch.no_grad():
             expected = forward_logits(model, alone, device)[0].float().cpu()

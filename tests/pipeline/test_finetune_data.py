@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from tests.pipeline.finetune_helpers import build_base
 from workers.pipeline.configs.base import ConfigError
 from workers.pipeline.configs.codec import decode, encode
 from workers.pipeline.configs.finetune import FinetuneConfig, check_runnable
+from workers.pipeline.finetune import data
 from workers.pipeline.finetune.chat import CHATML_NAME, ensure_chat_template
 from workers.pipeline.finetune.data import (
     IGNORE,
@@ -23,7 +25,7 @@ from workers.pipeline.finetune.data import (
     pack,
 )
 from workers.pipeline.finetune.losses import forward_logits
-from workers.pipeline.types import PipelineError
+from workers.pipeline.types import PipelineError, StageCancelled
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def tokenizer_for(bases: dict[str, Path], family: str) -> Any:
 
 
 def trained_text(tok: Any, example: Example) -> str:
-    ids = [t for t in example.labels if t != IGNORE]
+    ids = [t for t in example.labels.tolist() if t != IGNORE]
     return str(tok.decode(ids, skip_special_tokens=False))
 
 
@@ -87,7 +89,7 @@ def test_prompt_completion_trains_completion_and_eos_and_text_trains_all(
     assert trained_text(tok, ex) == "END" + tok.eos_token
     assert ex.prompt.startswith("Format") and ex.target == "END"
     text = enc.example({"text": "anna lives in paris"})
-    decoded = tok.decode([t for t in text.labels if t != IGNORE])
+    decoded = tok.decode([t for t in text.labels.tolist() if t != IGNORE])
     # The first token is never trained (in a packed row it would be predicted across examples).
     assert decoded.strip().endswith("lives in paris" + tok.eos_token)
     assert sum(t != IGNORE for t in text.labels) == len(text) - 1
@@ -107,6 +109,44 @@ def test_truncation_and_dropping_are_counted(bases: dict[str, Path]) -> None:
     assert all(len(e) <= 16 for e in examples)
     with pytest.raises(PipelineError, match="one kind of record"):
         encode_dataset([*rows, {"text": "x"}], enc)
+
+
+def test_encoding_reads_a_block_at_a_time_and_stops_between_blocks(
+    bases: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data, "_BLOCK", 4)
+    enc = Encoder(tokenizer_for(bases, "qwen2"), max_seq_len=64, train_on_inputs="auto")
+    rows = [
+        {"messages": [{"role": "user", "content": f"where is {name}?"},
+                      {"role": "assistant", "content": f"{name} lives in paris"}]}
+        for name in ("anna", "boris", "chen", "dora", "emil", "femi", "gus", "hana", "ivo", "jun")
+    ]  # fmt: skip
+    read: list[int] = []
+
+    def reading() -> Iterator[dict[str, Any]]:
+        for i, row in enumerate(rows):
+            read.append(i)
+            yield row
+
+    # Batched encoding gives each record what it gets alone.
+    examples, stats = encode_dataset(reading(), enc)
+    assert stats.examples == len(rows) == len(read)
+    for example, row in zip(examples, rows, strict=True):
+        alone = enc.example(row)
+        assert example.input_ids.tolist() == alone.input_ids.tolist()
+        assert example.labels.tolist() == alone.labels.tolist()
+
+    read.clear()
+    asked: list[int] = []
+
+    def stop_at_once() -> bool:
+        asked.append(len(read))
+        return True
+
+    with pytest.raises(StageCancelled, match="encoding"):
+        encode_dataset(reading(), enc, stop_at_once)
+    assert asked == [8]  # between the first and second blocks, not before the first
+    assert encode_dataset(rows[:4], enc, lambda: pytest.fail("asked"))[1].examples == 4
 
 
 def test_packed_rows_equal_separate_examples(bases: dict[str, Path]) -> None:

@@ -106,7 +106,8 @@ def chat_segments(
         segments.append((prefix[len(done) :], train_on_inputs))
         segments.append((full[len(prefix) :], message.get("weight", 1) != 0))
         done = full
-    whole = render(tokenizer, messages, add_generation_prompt=False)
+    ends_with_reply = bool(messages) and messages[-1]["role"] == "assistant"
+    whole = done if ends_with_reply else render(tokenizer, messages, add_generation_prompt=False)
     if len(whole) > len(done):
         segments.append((whole[len(done) :], train_on_inputs))
     return [(text, trained) for text, trained in segments if text]

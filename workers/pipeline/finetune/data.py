@@ -9,12 +9,15 @@ tokens trained are exactly those the model sees, whatever the tokenizer does at 
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -22,19 +25,27 @@ from workers.pipeline.configs.data import ValidateConfig
 from workers.pipeline.finetune.chat import chat_segments
 from workers.pipeline.formats import iter_records
 from workers.pipeline.readers import open_binary
-from workers.pipeline.types import DatasetFile, PipelineError
+from workers.pipeline.types import DatasetFile, PipelineError, StageCancelled
 
 IGNORE = -100
 KINDS = ("chat", "prompt_completion", "text", "preference")
+_BLOCK = 256  # records tokenised in one call: the tokenizer spreads a block over every core
+
+Ids = npt.NDArray[np.int32]
+Segments = Sequence[tuple[str, bool]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Example:
     """One tokenised training sequence. ``prompt``/``target`` keep the text for samples and
-    exact-match checks (the last trained turn and what precedes it); empty for plain text."""
+    exact-match checks (the last trained turn and what precedes it); empty for plain text.
 
-    input_ids: tuple[int, ...]
-    labels: tuple[int, ...]
+    Ids and labels are int32 arrays: as tuples of Python ints a dataset would cost about 70
+    bytes a token, so a few million examples would not fit in a worker's memory.
+    """
+
+    input_ids: Ids
+    labels: Ids
     prompt: str = ""
     target: str = ""
 
@@ -159,35 +170,62 @@ class Encoder:
             return [(str(obj["text"]), True)], True
         raise PipelineError("dataset.invalid_record", f"a {kind} record in supervised data")
 
-    def encode(self, segments: Sequence[tuple[str, bool]], *, add_eos: bool) -> Example:
-        """Tokenise the joined text once; a token is trained when its first character is."""
-        text = "".join(t for t, _ in segments)
-        trained_spans, offset = [], 0
-        for piece, trained in segments:
+    def encode(self, items: Sequence[tuple[Segments, bool]]) -> list[Example]:
+        """Examples from (segments, add_eos) items, tokenised in one batched call.
+
+        Each item's text is tokenised once, joined; a token is trained when its first
+        character lies in a trained segment.
+        """
+        texts = ["".join(text for text, _ in segments) for segments, _ in items]
+        if not texts:
+            return []
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [
+            self._example(segments, add_eos, ids, offsets)
+            for (segments, add_eos), ids, offsets in zip(
+                items, encoded["input_ids"], encoded["offset_mapping"], strict=True
+            )
+        ]
+
+    def _example(
+        self,
+        segments: Segments,
+        add_eos: bool,
+        token_ids: Sequence[int],
+        offsets: Sequence[tuple[int, int]],
+    ) -> Example:
+        # Trained spans as sorted boundaries [lo0, hi0, lo1, hi1, ...]: a start offset lies in
+        # a span exactly when an odd number of boundaries are at or before it.
+        bounds: list[int] = []
+        at = 0
+        for text, trained in segments:
             if trained:
-                trained_spans.append((offset, offset + len(piece)))
-            offset += len(piece)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = [*self.bos, *enc["input_ids"]]
-        labels = [IGNORE] * len(self.bos)
-        for token_id, (start, _end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
-            hit = any(lo <= start < hi for lo, hi in trained_spans)
-            labels.append(int(token_id) if hit else IGNORE)
-        if add_eos:
-            ids.append(self.eos)
-            labels.append(self.eos if segments[-1][1] else IGNORE)
+                bounds += (at, at + len(text))
+            at += len(text)
+        starts = np.fromiter((start for start, _ in offsets), np.int64, len(offsets))
+        hit = np.searchsorted(np.asarray(bounds, np.int64), starts, side="right") % 2 == 1
+        body = np.asarray(token_ids, np.int32)
+        eos = [self.eos] if add_eos else []
+        ids = np.concatenate([np.asarray(self.bos, np.int32), body, np.asarray(eos, np.int32)])
+        labels = np.concatenate(
+            [
+                np.full(len(self.bos), IGNORE, np.int32),
+                np.where(hit, body, np.int32(IGNORE)).astype(np.int32),
+                np.asarray([self.eos if segments[-1][1] else IGNORE] if add_eos else [], np.int32),
+            ]
+        )
         # Nothing predicts an example's first token: in a packed row it would be predicted from
         # the previous example's last one.
         labels[0] = IGNORE
         prompt, target = _last_turn(segments)
-        return Example(tuple(ids), tuple(labels), prompt, target)
+        return Example(ids, labels, prompt, target)
 
     def example(self, obj: Mapping[str, Any]) -> Example:
-        segments, add_eos = self.segments(obj)
-        return self.encode(segments, add_eos=add_eos)
+        return self.encode([self.segments(obj)])[0]
 
-    def pair(self, obj: Mapping[str, Any]) -> Pair:
-        """``{prompt, chosen, rejected}`` (prompt a string or a message list) or OpenAI's
+    def pair_segments(self, obj: Mapping[str, Any]) -> list[tuple[Segments, bool]]:
+        """The chosen and the rejected sequence of a preference record, as encode() items:
+        ``{prompt, chosen, rejected}`` (prompt a string or a message list) or OpenAI's
         ``{input: {messages}, preferred_output, non_preferred_output}``."""
         if "preferred_output" in obj:
             prompt: Any = obj["input"]["messages"]
@@ -196,25 +234,33 @@ class Encoder:
         else:
             prompt, chosen, rejected = obj["prompt"], obj["chosen"], obj["rejected"]
         inputs = self.train_on_inputs == "true"
-        out = []
+        out: list[tuple[Segments, bool]] = []
         for answer in (chosen, rejected):
             if isinstance(prompt, list):
                 messages = [*prompt, {"role": "assistant", "content": str(answer)}]
-                segs = chat_segments(self.tokenizer, messages, train_on_inputs=inputs)
-                out.append(self.encode(segs, add_eos=False))
+                out.append((chat_segments(self.tokenizer, messages, train_on_inputs=inputs), False))
             else:
-                out.append(self.encode([(str(prompt), inputs), (str(answer), True)], add_eos=True))
-        return Pair(out[0], out[1])
+                out.append(([(str(prompt), inputs), (str(answer), True)], True))
+        return out
+
+    def pair(self, obj: Mapping[str, Any]) -> Pair:
+        chosen, rejected = self.encode(self.pair_segments(obj))
+        return Pair(chosen, rejected)
 
     def fit(self, example: Example) -> tuple[Example | None, bool]:
         """(the example cut to max_seq_len or None if nothing trained is left, truncated?)."""
         if len(example) <= self.max_seq_len:
             return example, False
-        labels = example.labels[: self.max_seq_len]
-        if all(label == IGNORE for label in labels):
+        labels = example.labels[: self.max_seq_len].copy()  # a copy: the rest can be freed
+        if not trains(labels):
             return None, True
-        cut = Example(example.input_ids[: self.max_seq_len], labels, example.prompt, example.target)
-        return cut, True
+        ids = example.input_ids[: self.max_seq_len].copy()
+        return Example(ids, labels, example.prompt, example.target), True
+
+
+def trains(labels: Ids) -> bool:
+    """Whether any position of ``labels`` is trained."""
+    return bool((labels != IGNORE).any())
 
 
 def _last_turn(segments: Sequence[tuple[str, bool]]) -> tuple[str, str]:
@@ -226,45 +272,57 @@ def _last_turn(segments: Sequence[tuple[str, bool]]) -> tuple[str, str]:
 
 
 def encode_dataset(
-    objects: Sequence[Mapping[str, Any]], encoder: Encoder
+    objects: Iterable[Mapping[str, Any]],
+    encoder: Encoder,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[list[Example] | list[Pair], DataStats]:
     """Encode every record, truncating to max_seq_len; examples with nothing left to train on
     are dropped and counted.
 
+    Streams: records are read, tokenised and let go a block at a time, and ``should_stop`` is
+    asked between blocks (a one-block dataset is never asked).
+
     Raises:
         PipelineError: ``dataset.mixed_kinds`` or ``dataset.empty`` (nothing survived).
+        StageCancelled: ``should_stop`` answered True.
     """
-    kinds = {kind_of(o) for o in objects}
-    if len(kinds) != 1:
-        raise PipelineError("dataset.mixed_kinds", f"one kind of record per dataset, got {kinds}")
-    kind = kinds.pop()
+    kind: str | None = None
     truncated = dropped = tokens = trained = 0
     out: list[Any] = []
-    for obj in objects:
+    records = iter(objects)
+    blocks = iter(lambda: list(itertools.islice(records, _BLOCK)), [])
+    for index, block in enumerate(blocks):
+        if index and should_stop():
+            raise StageCancelled("stopped while encoding the examples")
+        for obj in block:
+            other = kind_of(obj)
+            kind = kind or other
+            if other != kind:
+                raise PipelineError(
+                    "dataset.mixed_kinds", f"one kind of record per dataset, got {kind} and {other}"
+                )
         if kind == "preference":
-            pair = encoder.pair(obj)
-            chosen, cut_c = encoder.fit(pair.chosen)
-            rejected, cut_r = encoder.fit(pair.rejected)
-            truncated += cut_c or cut_r
-            if chosen is None or rejected is None:
-                dropped += 1
-                continue
-            out.append(Pair(chosen, rejected))
-            parts = [chosen, rejected]
+            encoded = encoder.encode([item for obj in block for item in encoder.pair_segments(obj)])
+            groups = [encoded[i : i + 2] for i in range(0, len(encoded), 2)]
         else:
-            example, cut = encoder.fit(encoder.example(obj))
-            truncated += cut
-            if example is None or all(label == IGNORE for label in example.labels):
+            groups = [[example] for example in encoder.encode([encoder.segments(o) for o in block])]
+        for group in groups:
+            fitted = [encoder.fit(example) for example in group]
+            truncated += any(cut for _, cut in fitted)
+            parts = [example for example, _ in fitted if example is not None]
+            # A pair may have a side with nothing trained (an empty answer to an empty prompt):
+            # its log-probability is 0, still a preference. A lone example needs a target.
+            if len(parts) < len(group) or (kind != "preference" and not trains(parts[0].labels)):
                 dropped += 1
                 continue
-            out.append(example)
-            parts = [example]
-        tokens += sum(len(p) for p in parts)
-        trained += sum(sum(label != IGNORE for label in p.labels) for p in parts)
+            out.append(Pair(parts[0], parts[1]) if kind == "preference" else parts[0])
+            tokens += sum(len(p) for p in parts)
+            trained += sum(int((p.labels != IGNORE).sum()) for p in parts)
     if not out:
         raise PipelineError(
             "dataset.empty", f"no usable examples ({dropped} dropped: nothing left to train on)"
         )
+    assert kind is not None
     return out, DataStats(kind, len(out), truncated, dropped, tokens, trained)
 
 
@@ -322,8 +380,8 @@ def collate(examples: Sequence[Example], *, packing: bool, capacity: int, pad_id
         at = 0
         for i in group:
             n = len(examples[i])
-            ids[r, at : at + n] = torch.tensor(examples[i].input_ids)
-            labels[r, at : at + n] = torch.tensor(examples[i].labels)
+            ids[r, at : at + n] = torch.from_numpy(examples[i].input_ids)
+            labels[r, at : at + n] = torch.from_numpy(examples[i].labels)
             positions[r, at : at + n] = torch.arange(n)
             at += n
         positions[r, at:] = torch.arange(width - at)

@@ -12,9 +12,11 @@ function; rank 0 alone reports, checkpoints and exports.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -56,6 +58,8 @@ __all__ = [
     "run_finetune",
     "train_step",
 ]
+
+_T = TypeVar("_T")
 
 # Config fields that change what is reported, never the trajectory: a resume may differ in them.
 _COSMETIC = frozenset(
@@ -104,7 +108,8 @@ def run_finetune(
             ``dataset.wrong_kind`` (pairs for supervised methods or the reverse),
             ``train.qlora_needs_cuda``, ``train.devices_mismatch``, ``train.diverged``,
             ``train.checkpoint_mismatch``, ``model.tokenizer_invalid``.
-        StageCancelled: ``hooks.should_stop()`` answered True; a checkpoint was saved first.
+        StageCancelled: ``hooks.should_stop()`` answered True: while the examples were being
+            encoded (nothing is kept), or while training, after a checkpoint was saved.
     """
     info = current_dist()
     if config.devices != info.world_size:
@@ -155,11 +160,10 @@ def _setup(
         keep_freed_memory()  # steady CPU steps: see its docstring
     dtype = resolve_dtype(config.precision, device)
     tokenizer = load_tokenizer(inputs.base_model_dir)
-    train_objs = list(read_objects(inputs.train))
-    valid_objs = list(read_objects(inputs.validation)) if inputs.validation else []
-    if not train_objs:
+    first, train_objs = _peek(read_objects(inputs.train))
+    if first is None:
         raise PipelineError("dataset.empty", "the training file has no records")
-    kind = kind_of(train_objs[0])
+    kind = kind_of(first)
     if (kind == "preference") != (config.method == "dpo"):
         raise PipelineError(
             "dataset.wrong_kind",
@@ -168,15 +172,16 @@ def _setup(
             else f"method {config.method} needs chat, prompt/completion or text records",
         )
     uses_chat = kind == "chat" or (
-        kind == "preference" and isinstance(train_objs[0].get("prompt", []), list)
+        kind == "preference" and isinstance(first.get("prompt", []), list)
     )
     chat = ensure_chat_template(tokenizer) if uses_chat else None
     encoder = Encoder(
         tokenizer, max_seq_len=config.max_seq_len, train_on_inputs=config.train_on_inputs
     )
-    train, train_stats = encode_dataset(train_objs, encoder)
-    if valid_objs:
-        valid, valid_stats = encode_dataset(valid_objs, encoder)
+    train, train_stats = encode_dataset(train_objs, encoder, hooks.should_stop)
+    first_valid, valid_objs = _peek(read_objects(inputs.validation) if inputs.validation else [])
+    if first_valid is not None:
+        valid, valid_stats = encode_dataset(valid_objs, encoder, hooks.should_stop)
     else:
         train, valid = split_validation(list(train), config.validation_fraction, config.seed)
         valid_stats = None
@@ -253,3 +258,10 @@ def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
             "train.checkpoint_mismatch",
             f"cannot resume: {', '.join(changed)} differ from the checkpoint's run",
         )
+
+
+def _peek(records: Iterable[_T]) -> tuple[_T | None, Iterator[_T]]:
+    """The first record (None when there is none) and an iterator over all of them."""
+    iterator = iter(records)
+    first = next(iterator, None)
+    return first, iterator if first is None else itertools.chain([first], iterator)
