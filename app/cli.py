@@ -1,5 +1,5 @@
-"""``gristmill``: serve (embedded all-in-one), api, worker, inference, migrate, keys create; and
-the HTTP client's datasets, jobs, models and tokenizers commands."""
+"""The ``gristmill`` command: serve (embedded all-in-one), api, worker, inference, migrate, keys;
+and the HTTP client's datasets, jobs, models and tokenizers commands."""
 
 from __future__ import annotations
 
@@ -13,18 +13,24 @@ import threading
 import time
 from pathlib import Path
 
-from app.client.config import KEY_FILE
-from app.client.parser import CLIENT_COMMANDS, add_client_parsers
 from app.db import make_engine, make_session_factory, session_scope
 from app.logging import setup_logging
 from app.settings import Settings, get_settings
 from app.tenants.service import DEFAULT_TENANT, create_api_key, tenant_has_keys
+from client.config import KEY_FILE
+from client.parser import CLIENT_COMMANDS, add_client_parsers
 
 log = logging.getLogger("gristmill")
+# What --help prints is plain text (no reStructuredText markup from the docstrings).
+DESCRIPTION = (
+    "Gristmill: serve (the embedded all-in-one), api, worker, inference, migrate and keys; and "
+    "the HTTP client's datasets, jobs, models and tokenizers commands."
+)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="gristmill", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="gristmill", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("serve", "embedded: migrate, API and one worker"),
@@ -40,23 +46,27 @@ def main(argv: list[str] | None = None) -> None:
         "--max-tasks-per-child", type=int, default=0, help="1 on GPU workers: fresh CUDA per job"
     )
     worker.add_argument(
-        "--quiet", action="store_true", help="no start-up banner or warnings (for `serve`)"
+        "--quiet",
+        action="store_true",
+        help="no start-up banner or warnings (as gristmill serve runs it)",
     )
     inference = sub.add_parser("inference", help="the inference service (loads models)")
     inference.add_argument("--host", default="127.0.0.1")
     inference.add_argument("--port", type=int, default=8001)
-    inference.add_argument("--quiet", action="store_true", help="warnings only (for `serve`)")
+    inference.add_argument(
+        "--quiet", action="store_true", help="warnings only (as gristmill serve runs it)"
+    )
     sub.add_parser("migrate", help="upgrade the database schema")
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key and print it once")
     create.add_argument("--tenant", required=True)
-    add_client_parsers(sub)
+    add_client_parsers(sub, argv)  # a client group's actions load only when it is named
 
     args = parser.parse_args(argv)
     if args.command in CLIENT_COMMANDS:
         # The client talks to a server over HTTP only: no settings, logging or data folder here.
-        from app.client.commands import main as client_main
+        from client.commands import main as client_main
 
         client_main(args)
         return
@@ -133,11 +143,10 @@ def run_worker(
 
 def run_inference(host: str, port: int, *, quiet: bool = False) -> None:
     """The inference service; its settings come from ``GRISTMILL_INFERENCE_*``."""
-    if quiet:  # beside `serve`, whose first screen is the newcomer's
-        for name in ("uvicorn.error", "torchao", "torch"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    from workers.inference.server import serve as serve_inference
-    from workers.inference.settings import InferenceSettings
+    if quiet:  # beside `serve`, whose first screen is the newcomer's (import noise: app.logging)
+        logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
+    from inference.server import serve as serve_inference
+    from inference.settings import InferenceSettings
 
     serve_inference(InferenceSettings(), host, port)
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from sqlalchemy import JSON, DateTime, Engine, MetaData, Select, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from app.errors import NotFound
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -156,3 +158,55 @@ def paginate(session: Session, stmt: Select[R], *, limit: int) -> tuple[list[R],
     """Run a list query for one page: the rows, and whether more follow."""
     rows = list(session.scalars(stmt.limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+class Owned(Protocol):
+    """A row that belongs to one tenant (jobs, datasets, artifacts, comparisons)."""
+
+    @property
+    def tenant_id(self) -> str: ...
+
+
+OwnedT = TypeVar("OwnedT", bound=Owned)
+LOCKS: dict[str | None, Any] = {None: None, "read": {"read": True}, "write": True}
+
+
+def find_owned(
+    session: Session,
+    table: type[OwnedT],
+    object_id: str,
+    *,
+    tenant_id: str,
+    where: Callable[[OwnedT], bool] | None = None,
+    lock: Literal["read", "write"] | None = None,
+) -> OwnedT | None:
+    """The tenant's row with this id (that also satisfies ``where``), or None.
+
+    Another tenant's row looks exactly like a missing one, so ids cannot be probed across
+    tenants. ``lock`` holds a shared (``read``) or exclusive (``write``) row lock until commit.
+    """
+    row = session.get(table, object_id, with_for_update=LOCKS[lock])
+    if row is None or row.tenant_id != tenant_id or (where is not None and not where(row)):
+        return None
+    return row
+
+
+def get_owned(
+    session: Session,
+    table: type[OwnedT],
+    object_id: str,
+    *,
+    tenant_id: str,
+    missing: NotFound,
+    where: Callable[[OwnedT], bool] | None = None,
+    lock: Literal["read", "write"] | None = None,
+) -> OwnedT:
+    """Load-or-404, written once: the tenant's row with this id, or ``missing`` raised.
+
+    Raises:
+        NotFound: ``missing``, when there is no such row for this tenant.
+    """
+    row = find_owned(session, table, object_id, tenant_id=tenant_id, where=where, lock=lock)
+    if row is None:
+        raise missing
+    return row

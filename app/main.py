@@ -31,7 +31,7 @@ from app.api.routes import (
 )
 from app.broker import enqueue
 from app.db import make_engine, make_session_factory
-from app.jobs.reaper import ReaperThread
+from app.flows.housekeeping import ReaperThread
 from app.settings import Settings, get_settings
 from app.storage import LocalStore
 

@@ -12,10 +12,16 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from app.store.config import StoreConfig
+from app.store.settings import StorageSettings
 
 
-class Settings(BaseSettings):
+class Settings(StorageSettings):
+    """Every ``GRISTMILL_*`` setting; the ``GRISTMILL_STORAGE_*`` ones are declared (once, for
+    the inference service too) in :class:`store.settings.StorageSettings`."""
+
     model_config = SettingsConfigDict(env_prefix="GRISTMILL_", extra="ignore")
 
     data_dir: Path = Path("var")
@@ -24,13 +30,12 @@ class Settings(BaseSettings):
     """SQLAlchemy URL; default ``sqlite:///<data_dir>/gristmill.db``."""
     broker_url: str | None = None
     """Celery broker URL; default a filesystem broker under ``<data_dir>/broker``."""
-    storage_dir: Path | None = None
-    """Artifact store root that all API and worker machines mount; default <data_dir>/store."""
 
     job_lease_seconds: float = Field(60.0, gt=0)
     """A running job's lease; a worker that misses heartbeats this long is presumed dead."""
     reaper_interval_seconds: float = Field(15.0, ge=0)
-    """How often API and workers look for lost messages and expired leases (0 disables)."""
+    """How often API and workers look for lost messages, expired leases and jobs whose files are
+    now validated (0 disables all three: keep it on wherever jobs run)."""
     requeue_after_seconds: float = Field(60.0, gt=0)
     """A job still ``queued`` this long after its last enqueue is sent to the broker again."""
     max_attempts: int = Field(3, ge=1, le=100)
@@ -115,8 +120,26 @@ class Settings(BaseSettings):
         return (self.data_dir / "broker").resolve()
 
     @property
+    def resolved_store(self) -> StoreConfig:
+        """The store: ``GRISTMILL_STORAGE_URL``, else the folder ``GRISTMILL_STORAGE_DIR``,
+        else ``<data_dir>/store``."""
+        return self.store_config(default_root=self.data_dir / "store")
+
+    @property
     def resolved_storage_dir(self) -> Path:
-        return (self.storage_dir or self.data_dir / "store").resolve()
+        """The local store's folder, for the code that still opens it by path."""
+        config = self.resolved_store
+        if not config.is_local:
+            raise ValueError(
+                f"GRISTMILL_STORAGE_URL names object storage ({config.url}), but this release's "
+                "API, workers and inference service still read and write a local folder; "
+                "use file:// or GRISTMILL_STORAGE_DIR"
+            )
+        return config.local_root.resolve()
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir(default=self.data_dir / "store-cache")
 
     @property
     def resolved_rate_limit_storage_url(self) -> str:

@@ -27,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.small_model import run_paths, train_small_model
-from workers.pipeline.configs.evaluate import EvaluateConfig, PerplexityOptions
-from workers.pipeline.evaluate.stage import EvaluateInputs, run_evaluate
-from workers.pipeline.types import DatasetFile, Progress
+from pipeline.configs.evaluate import EvaluateConfig, PerplexityOptions
+from pipeline.evaluate.stage import EvaluateInputs, run_evaluate
+from pipeline.types import DatasetFile, Progress
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus" / "stories.jsonl"
 

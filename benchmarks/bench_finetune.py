@@ -55,12 +55,13 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from workers.pipeline.configs.finetune import FinetuneConfig, LoraSettings
-from workers.pipeline.finetune.chat import ensure_chat_template, render
-from workers.pipeline.finetune.data import Encoder, collate, encode_dataset, read_objects
-from workers.pipeline.finetune.model import load_tokenizer
-from workers.pipeline.finetune.stage import FinetuneInputs, _setup, train_step
-from workers.pipeline.types import DatasetFile, Hooks, RunPaths
+from pipeline.configs.finetune import FinetuneConfig, LoraSettings
+from pipeline.finetune.stage import FinetuneInputs, _setup, train_step
+from pipeline.parts.batches import collate
+from pipeline.parts.chat import ensure_chat_template, render
+from pipeline.parts.examples import Encoder, encode_dataset, read_objects
+from pipeline.parts.hf import load_tokenizer
+from pipeline.types import DatasetFile, Hooks, RunPaths
 
 
 def build_base(root: Path, hidden: int, layers: int, vocab: int) -> Path:
@@ -248,7 +249,7 @@ def encode_speed(base: Path, root: Path, n: int, vocab: int) -> dict[str, float]
 
 def cuda_methods(base: Path, data: Path, root: Path, steps: int, n_flop_params: int) -> None:
     """Full, LoRA and QLoRA in bf16 on packed batches: real tokens/s, MFU, peak memory."""
-    from workers.pipeline.modeling import peak_flops
+    from pipeline.parts.llama import peak_flops
 
     peak = peak_flops(torch.device("cuda"))
     for method in ("full", "lora", "qlora"):

@@ -44,14 +44,15 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from app.artifacts.service import NewArtifact, new_artifact_id, place_artifact
+from app.artifacts.outputs import NewArtifact
+from app.artifacts.service import new_artifact_id
 from app.db import make_engine, make_session_factory, session_scope
 from app.settings import Settings
 from app.storage import LocalStore
 from app.tenants.tables import Tenant
 from benchmarks.bench_upload import api_env, cli, free_port, wait_ready
-from workers.inference.server import create_app
-from workers.inference.settings import InferenceSettings
+from inference.server import create_app
+from inference.settings import InferenceSettings
 
 TEXT = ["the miller ground the grain at the mill by the river every morning"] * 4
 PROMPT = "the miller ground the grain at the mill by the river"
@@ -196,8 +197,9 @@ def register_model(settings: Settings, folder: Path, tenant: str) -> tuple[str, 
         output = NewArtifact(
             id=new_artifact_id("model"), category="model", folder=folder, name="bench", copy=True
         )
-        artifact = place_artifact(store=store, tenant_id=tenant_id, job_id=None, output=output)
-        session.add(artifact)
+        placed = output.place(store=store, tenant_id=tenant_id, job_id=None)
+        placed.record(session=session)
+        artifact = placed.row
         return artifact.id, store.local_path(artifact.uri)
 
 

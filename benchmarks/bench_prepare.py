@@ -2,6 +2,7 @@
 ``near-dup``, recall and precision of near-duplicate removal against the share of edited words.
 
     .venv/bin/python -m benchmarks.bench_prepare --mb 100
+    .venv/bin/python -m benchmarks.bench_prepare --mb 100 --counterfactual add
     .venv/bin/python -m benchmarks.bench_prepare near-dup
 
 ``near-dup`` plants copies of 60-200-word documents with 1-10% of their words substituted among
@@ -12,7 +13,7 @@ datasketch, on the same words) over the same data. Recall: edited copies found; 
 share of removed documents that were copies; kept: share of distinct documents kept.
 
 The throughput mode prints MB/s overall and per stage, and peak RSS of this process and of its
-pool processes.
+pool processes; ``--counterfactual`` adds the augmentation step (on every record) in that mode.
 Per-record stages run in parallel processes, so their seconds are summed over processes (CPU
 seconds); "wall" is elapsed time. Target: >= 5 MB/s overall on 2 cores.
 """
@@ -32,11 +33,11 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 from benchmarks.corpus import Prose, generate
-from workers.pipeline.configs.data import DedupConfig, PrepareConfig
-from workers.pipeline.dedup import NearDupIndex, WordSpans, minhash, permutations
-from workers.pipeline.formats import detect_format
-from workers.pipeline.prepare import PrepareInputs, run_prepare
-from workers.pipeline.types import RunPaths
+from pipeline.configs.data import CounterfactualConfig, DedupConfig, PrepareConfig
+from pipeline.parts.datasets.formats import detect_format
+from pipeline.parts.text.dedup import NearDupIndex, WordSpans, minhash, permutations
+from pipeline.prepare.stage import PrepareInputs, run_prepare
+from pipeline.types import RunPaths
 
 
 def main() -> None:
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1000, help="near-dup: edited copies per rate")
     parser.add_argument("--processes", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--counterfactual", choices=["replace", "add"], default=None)
     args = parser.parse_args()
     if args.mode == "near-dup":
         near_dup(args.pairs, args.seed)
@@ -62,7 +64,14 @@ def main() -> None:
         for name in ("work", "out"):
             (root / name).mkdir()
         paths = RunPaths(work_dir=root / "work", output_dir=root / "out")
-        config = PrepareConfig(validation_fraction=0.01, processes=args.processes)
+        cda = CounterfactualConfig(
+            enabled=args.counterfactual is not None,
+            mode=args.counterfactual or "replace",
+            fraction=1.0,
+        )
+        config = PrepareConfig(
+            validation_fraction=0.01, processes=args.processes, counterfactual=cda
+        )
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu_before = usage.ru_utime + usage.ru_stime
         t0 = time.perf_counter()
@@ -83,6 +92,10 @@ def main() -> None:
         steps["pii"]["documents_modified"],
         steps["pii"]["found"],
     )
+    cf = steps["counterfactual"]
+    if cf["enabled"]:
+        print(f"counterfactual ({cf['mode']}): {cf['records_augmented']} of "
+              f"{cf['records_chosen']} records, {cf['words_swapped']} words swapped")  # fmt: skip
     print(f"overall: {mb / wall:.2f} MB/s ({wall:.1f} s wall)")
     for stage, seconds in result.report["timings_s"].items():
         rate = mb / seconds if seconds else float("inf")

@@ -85,26 +85,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workers.pipeline import checkpoint as ckpt
-from workers.pipeline.configs.training import (
+from pipeline.configs.training import (
     ModelConfig,
     PretrainConfig,
     TokenizerConfig,
     estimate_memory_bytes,
 )
-from workers.pipeline.data import BatchSpec, get_batch, tokenize_dataset
-from workers.pipeline.device import resolve_dtype, seed_everything
-from workers.pipeline.modeling import (
+from pipeline.parts import checkpoint as ckpt
+from pipeline.parts.device import autocast, resolve_dtype, seed_everything
+from pipeline.parts.llama import (
     build_model,
     count_parameters,
     model_flops_per_token,
     model_flops_utilisation,
     peak_flops,
 )
-from workers.pipeline.pretrain import PretrainInputs, run_pretrain
-from workers.pipeline.tokenizer import TokenizerInputs, run_tokenizer
-from workers.pipeline.training import autocast, build_optimizer, lm_loss, lr_at
-from workers.pipeline.types import DatasetFile, Hooks, Progress, RunPaths
+from pipeline.parts.losses import lm_loss
+from pipeline.parts.optimizer import build_optimizer
+from pipeline.parts.schedule import lr_at
+from pipeline.parts.tokens import BatchSpec, get_batch, tokenize_dataset
+from pipeline.pretrain.stage import PretrainInputs, run_pretrain
+from pipeline.tokenizer.stage import TokenizerInputs, run_tokenizer
+from pipeline.types import DatasetFile, Hooks, Progress, RunPaths
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus" / "stories.jsonl"
 

@@ -28,9 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.small_model import run_paths, train_small_model
-from workers.pipeline.configs.quantize import GgufOptions, GptqOptions, QuantizeConfig
-from workers.pipeline.quantize.stage import QuantizeInputs, run_quantize
-from workers.pipeline.types import DatasetFile, Progress
+from pipeline.configs.quantize import GgufOptions, GptqOptions, QuantizeConfig
+from pipeline.quantize.stage import QuantizeInputs, run_quantize
+from pipeline.types import DatasetFile, Progress
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus" / "stories.jsonl"
 

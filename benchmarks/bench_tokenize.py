@@ -47,10 +47,10 @@ import time
 from pathlib import Path
 
 from benchmarks.corpus import generate
-from workers.pipeline.configs.training import TokenizerConfig
-from workers.pipeline.data import tokenize_dataset
-from workers.pipeline.tokenizer import TokenizerInputs, run_tokenizer
-from workers.pipeline.types import DatasetFile, RunPaths
+from pipeline.configs.training import TokenizerConfig
+from pipeline.parts.tokens import tokenize_dataset
+from pipeline.tokenizer.stage import TokenizerInputs, run_tokenizer
+from pipeline.types import DatasetFile, RunPaths
 
 _TOKENIZER_MB = 8
 

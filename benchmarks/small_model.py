@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from workers.pipeline.configs.training import ModelConfig, PretrainConfig, TokenizerConfig
-from workers.pipeline.pretrain import PretrainInputs, PretrainResult, run_pretrain
-from workers.pipeline.tokenizer import TokenizerInputs, run_tokenizer
-from workers.pipeline.types import DatasetFile, Hooks, Progress, RunPaths
+from pipeline.configs.training import ModelConfig, PretrainConfig, TokenizerConfig
+from pipeline.pretrain.stage import PretrainInputs, PretrainResult, run_pretrain
+from pipeline.tokenizer.stage import TokenizerInputs, run_tokenizer
+from pipeline.types import DatasetFile, Hooks, Progress, RunPaths
 
 CONTEXT = 128
 SHAPE = ModelConfig(

@@ -5,6 +5,9 @@ WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY workers ./workers
+COPY pipeline ./pipeline
+COPY inference ./inference
+COPY client ./client
 COPY migrations ./migrations
 RUN pip install .
 RUN useradd --create-home --uid 1000 gristmill && mkdir -p /data && chown gristmill /data

@@ -9,12 +9,21 @@ ENV PATH=/opt/venv/bin:$PATH
 # The CUDA build of torch, pinned here (tests and CI pin the CPU build in constraints-cpu.txt).
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini constraints-cpu.txt ./
+COPY docker/llama-cpp.cmake docker/llama-cpp-no-common.cmake ./docker/
 COPY app ./app
 COPY workers ./workers
+COPY pipeline ./pipeline
+COPY inference ./inference
+COPY client ./client
 COPY migrations ./migrations
-# llama.cpp's binding compiles here (GGUF checks); gptqmodel without its numpy pin (see Makefile).
-RUN pip install '.[worker,gguf,gptq]' && pip install --no-deps 'gptqmodel==7.6.0'
+# llama.cpp's binding compiles here with only what Gristmill calls (docker/llama-cpp.cmake: libllama
+# and ggml's CPU backend; more options with --build-arg CMAKE_ARGS="... -DGGML_CUDA=on"). The
+# constraints pin llama-cpp-python for that file; their torch==2.13.0 is met by the CUDA build
+# above. gptqmodel goes in without its numpy pin (see the Makefile).
+ARG CMAKE_ARGS="-C /app/docker/llama-cpp.cmake"
+RUN pip install -c constraints-cpu.txt '.[worker,gguf,gptq]' \
+    && pip install --no-deps 'gptqmodel==7.6.0'
 RUN useradd --create-home --uid 1000 gristmill && mkdir -p /data && chown gristmill /data
 USER gristmill
 ENV GRISTMILL_DATA_DIR=/data

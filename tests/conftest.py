@@ -5,17 +5,16 @@ Redis database number of their own. Tables are truncated between tests rather th
 because the job layer writes from background threads on connections of its own.
 
 ``GRISTMILL_TEST_TIMEOUT_FACTOR`` stretches every wait, pytest-timeout's limits included (see
-``tests.timing``). ``run_job`` is the one way a test runs a queued job to its end in-process.
+``tests.timing``). ``run_job`` (a ``RunJob``) is the one way a test runs a queued job in-process;
+``tenant`` is the one tenant id fixture (``acme``, whose key ``key`` and ``auth`` carry).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,8 @@ from typing import Any
 import pytest
 from pytest_timeout import get_env_settings
 
-from tests.timing import TIMEOUT_FACTOR, scaled
+from tests.serving import free_port
+from tests.timing import TIMEOUT_FACTOR, scaled, wait_for
 
 PG_ADMIN_URL = os.environ.get(
     "GRISTMILL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -35,15 +35,9 @@ TEST_DB = os.environ.get("GRISTMILL_TEST_DB", f"gristmill_test_{RUN_ID}")
 TEST_DATABASE_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + TEST_DB
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # A private redis-server for this run (started by the ``_redis`` fixture), so queue lengths the
 # API tests assert are never another run's messages.
-_REDIS_PORT = _free_port()
+_REDIS_PORT = free_port()
 TEST_BROKER_URL = os.environ.get("GRISTMILL_TEST_BROKER_URL", f"redis://127.0.0.1:{_REDIS_PORT}/0")
 _DATA_DIR = tempfile.mkdtemp(prefix="gristmill-test-")
 
@@ -69,6 +63,7 @@ from app.jobs.tables import Job  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.settings import Settings, get_settings  # noqa: E402
 from app.storage import LocalStore  # noqa: E402
+from app.tenants.service import CreatedKey  # noqa: E402
 from tests.factories import make_key  # noqa: E402
 from workers import runner  # noqa: E402
 
@@ -118,15 +113,14 @@ def _redis() -> Iterator[None]:
     args += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     server = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True)
     client = redis.Redis.from_url(TEST_BROKER_URL)
-    deadline = time.monotonic() + scaled(10)
-    while True:
+
+    def answers() -> bool:
         try:
-            client.ping()
-            break
+            return bool(client.ping())
         except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+            return False
+
+    wait_for(answers, timeout=10, interval=0.1, what="the test redis-server to answer PING")
     yield
     server.terminate()
     server.wait(timeout=scaled(10))
@@ -185,29 +179,67 @@ def client(settings: Settings, factory: sessionmaker[Session]) -> Iterator[TestC
         yield client
 
 
-RunJob = Callable[[str], dict[str, Any]]
+class RunJob:
+    """Runs queued jobs in this process, as a worker's pool process would: the one way a test
+    drives the job layer without Celery (the end-to-end twin is ``Api.run_job``)."""
+
+    def __init__(self, factory: sessionmaker[Session], settings: Settings) -> None:
+        self.factory, self.settings = factory, settings
+        self.store = LocalStore(settings.resolved_storage_dir)
+
+    def __call__(self, job_id: str) -> dict[str, Any]:
+        """Run the job to its end and return it as ``GET /v1/jobs/{id}`` shows it (any tenant's
+        job; the caller checks the status)."""
+        self.execute(job_id)
+        with self.factory() as session:
+            job = session.get_one(Job, job_id)
+            return JobRead.model_validate(job).model_dump(mode="json")
+
+    def execute(
+        self,
+        job_id: str,
+        *,
+        owner: str = "test-worker",
+        settings: Settings | None = None,
+        on_hung: Callable[[], None] | None = None,
+    ) -> str | None:
+        """One delivery of the job's message, as ``runner.execute`` handles it: the status the
+        attempt wrote, or None when its claim matched nothing (a duplicate delivery).
+
+        ``settings`` replaces the session's (shorter limits); ``on_hung`` replaces the worker's
+        "end this process" for a stage that hangs past its lease or time limit.
+        """
+        hung = {} if on_hung is None else {"on_hung": on_hung}
+        return runner.execute(
+            job_id,
+            owner=owner,
+            settings=settings or self.settings,
+            session_factory=self.factory,
+            store=self.store,
+            **hung,
+        )
 
 
 @pytest.fixture
 def run_job(factory: sessionmaker[Session], settings: Settings) -> RunJob:
-    """Run a queued job to its end in this process, as a worker's pool process would, and return
-    it as ``GET /v1/jobs/{id}`` shows it (any tenant's job; the caller checks the status)."""
-    store = LocalStore(settings.resolved_storage_dir)
-
-    def run(job_id: str) -> dict[str, Any]:
-        runner.execute(
-            job_id, owner="test", settings=settings, session_factory=factory, store=store
-        )
-        with factory() as session:
-            job = session.get_one(Job, job_id)
-            return JobRead.model_validate(job).model_dump(mode="json")
-
-    return run
+    return RunJob(factory, settings)
 
 
 @pytest.fixture
-def key(factory: sessionmaker[Session]) -> str:
-    return make_key(factory, "acme").key
+def acme(factory: sessionmaker[Session]) -> CreatedKey:
+    """Tenant ``acme`` and an API key of its own."""
+    return make_key(factory, "acme")
+
+
+@pytest.fixture
+def key(acme: CreatedKey) -> str:
+    return acme.key
+
+
+@pytest.fixture
+def tenant(acme: CreatedKey) -> str:
+    """The id of tenant ``acme``: the tenant ``key`` and ``auth`` act for."""
+    return acme.tenant_id
 
 
 @pytest.fixture

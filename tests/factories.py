@@ -7,13 +7,13 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
-from app.jobs import service
+from app.flows.submission import queue_job
 from app.jobs.kinds import get_kind
 from app.jobs.tables import Job
 from app.settings import get_settings
 from app.storage import LocalStore
 from app.tenants.service import CreatedKey, create_api_key
-from workers.pipeline.configs.codec import decode
+from pipeline.configs.codec import decode
 
 
 def make_key(factory: sessionmaker[Session], tenant: str = "acme") -> CreatedKey:
@@ -30,16 +30,19 @@ def make_job(
     max_attempts: int = 3,
     max_runtime_s: float | None = None,
 ) -> Job:
-    """A queued job submitted as the API would: parameters decoded and inputs checked."""
+    """A queued job submitted as the API would (parameters decoded and inputs checked), but not
+    sent to the broker: the test runs it, or the reaper re-sends it."""
     defaults = {"duration_s": 0.5, "matmul_size": 64} if job_type == "probe" else {}
     kind = get_kind(job_type)
+    settings = get_settings().model_copy(update={"max_attempts": max_attempts})
     with factory() as session:
-        return service.submit_job(
+        return queue_job(
             session=session,
-            store=LocalStore(get_settings().resolved_storage_dir),
+            settings=settings,
+            store=LocalStore(settings.resolved_storage_dir),
             tenant_id=tenant_id,
             kind=kind,
             params=decode(kind.params, {**defaults, **(params or {})}),
-            max_attempts=max_attempts,
             max_runtime_s=max_runtime_s,
+            enqueue=lambda job_id, queue: False,
         ).job

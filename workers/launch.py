@@ -1,9 +1,9 @@
 """Run a pipeline stage on several GPUs: torchrun in a subprocess, talking through files.
 
 The job layer calls :func:`run_distributed` exactly where it would call the stage in-process,
-with the same arguments and the stage named as ``"workers.pipeline.<module>:<function>"``. It
+with the same arguments and the stage named as ``"pipeline.<module>:<function>"``. It
 writes ``run.json`` (stage, config, inputs, paths; all through the one codec), starts
-``torchrun --standalone --nproc-per-node N -m workers.pipeline --config run.json``, forwards each
+``torchrun --standalone --nproc-per-node N -m pipeline --config run.json``, forwards each
 line rank 0 appends to ``progress.jsonl`` to the job's hooks, writes a ``STOP`` file once
 ``hooks.should_stop()`` answers True, and returns (or raises) what rank 0 wrote to
 ``result.json`` (the stage's encoded result). The database never enters a torchrun child.
@@ -13,7 +13,7 @@ Multi-node (not built; what it would take): replace ``--standalone`` with a rend
 node can reach and start the same command on each node::
 
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
-        --rdzv-endpoint <node0-host>:29400 --rdzv-id <job_id> -m workers.pipeline --config ...
+        --rdzv-endpoint <node0-host>:29400 --rdzv-id <job_id> -m pipeline --config ...
 
 ``--rdzv-id`` must be unique per job attempt (use the job id + attempt) so a retried job never
 joins a stale group; ``work_dir`` and ``cache_dir`` must be on storage all nodes share (only
@@ -37,8 +37,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from workers.pipeline.configs.codec import encode
-from workers.pipeline.types import (
+from pipeline.configs.codec import encode
+from pipeline.types import (
     Hooks,
     PipelineError,
     Progress,
@@ -67,7 +67,7 @@ def run_distributed(
 ) -> dict[str, Any]:
     """Run ``stage`` on ``nproc`` local processes and return rank 0's encoded result.
 
-    ``stage`` is ``"workers.pipeline.<module>:<function>"``, a function of the shared stage
+    ``stage`` is ``"pipeline.<module>:<function>"``, a function of the shared stage
     shape ``(config, inputs, paths, hooks)``; decode the returned dict with the stage's result
     type when its fields are needed as objects.
 
@@ -75,7 +75,7 @@ def run_distributed(
         PipelineError: the stage failed with a user-facing error (mirrored from result.json).
         StageCancelled: the stage stopped after ``hooks.should_stop()`` (checkpoint saved).
         RetryableError: the processes died without a result (crash, OOM kill).
-        ValueError: ``stage`` does not name a function under ``workers.pipeline``.
+        ValueError: ``stage`` does not name a function under ``pipeline``.
     """
     split_stage_name(stage)  # refuse before anything is written or started
     work = paths.work_dir
@@ -87,7 +87,7 @@ def run_distributed(
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={nproc}", "--max-restarts=0",
-        "-m", "workers.pipeline", "--config", str(run_json),
+        "-m", "pipeline", "--config", str(run_json),
     ]  # fmt: skip
     # The children must import this checkout's `workers`, wherever the worker's cwd is.
     pythonpath = [str(_REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]

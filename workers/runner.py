@@ -2,48 +2,35 @@
 
 ``execute`` is a plain function (tests call it without Celery). Every write it makes about the
 job is fenced by the attempt it claimed, so a worker that lost its lease, or a duplicate delivery,
-cannot change a job that another attempt now owns.
+cannot change a job that another attempt now owns. A job's outputs are handled through their
+protocol (``workers.handlers.base.Output``: place, record, discard), never by type, so a new
+output type is written in its domain and not here. The watcher beside the stage is
+:mod:`workers.monitor`.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import math
 import os
 import shutil
-import signal
 import socket
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import layout
-from app.artifacts.service import (
-    ImportVerdict,
-    NewArtifact,
-    place_artifact,
-    place_import,
-    record_import,
-)
-from app.artifacts.tables import Artifact
 from app.broker import enqueue
-from app.comparisons.service import ComparisonAnswers, record_answers
-from app.datasets.service import NewDataset, ValidationVerdict, place_dataset, record_verdict
-from app.datasets.tables import Dataset
 from app.db import session_scope, utcnow
 from app.errors import GristmillError
+from app.flows.inputs import load_inputs
 from app.jobs import service
-from app.jobs.inputs import load_inputs
 from app.jobs.kinds import KINDS
 from app.jobs.pauses import running_seconds, started_pause
 from app.jobs.reaper import TIME_LIMIT_MESSAGE
@@ -52,231 +39,17 @@ from app.jobs.tables import Job
 from app.logging import bind
 from app.settings import Settings
 from app.storage import LocalStore
-from workers.handlers.base import Handler, JobContext, Outcome
-from workers.launch import kill_launched_groups
-from workers.pipeline.configs.codec import decode
-from workers.pipeline.types import (
-    Hooks,
-    PipelineError,
-    Progress,
-    RetryableError,
-    RunPaths,
-    StageCancelled,
-)
+from pipeline.configs.codec import decode
+from pipeline.types import Hooks, PipelineError, RetryableError, RunPaths, StageCancelled
+from workers.handlers.base import Handler, JobContext, Outcome, Placed
+from workers.monitor import JobMonitor, end_this_process
 
 log = logging.getLogger(__name__)
-
-MAX_BUFFERED_ROWS = 100_000
 
 
 def lease_owner_id() -> str:
     """Who holds a running job's lease: this process, on this host (kept in logs, not shown)."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def drain_marker(worker_pid: int) -> Path:
-    """A file whose presence tells a worker's pool processes that the worker is shutting down."""
-    return Path(tempfile.gettempdir()) / "gristmill-drain" / str(worker_pid)
-
-
-def parent_draining() -> bool:
-    return drain_marker(os.getppid()).exists()
-
-
-def end_this_process() -> None:
-    """The last resort for a stage that ignores every request to stop: kill its process group
-    (torchrun ranks included) and this process. The pool replaces the process."""
-    kill_launched_groups()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-class JobMonitor:
-    """A thread that about once a second renews the lease, notices cancellation, flushes metrics.
-
-    Database outages are ridden out: rows stay buffered and the next tick retries. ``should_stop``
-    turns True when the job is cancelled or paused, when its lease is found lost (the reaper gave
-    the job to another attempt), when the worker is shutting down (``draining``), or when the
-    job's time limit has passed. The lease is renewed only while the stage shows signs of life
-    (progress or events within ``job_stall_seconds``), so a hung stage cannot hold its job for
-    ever; one that stays hung past its lease, or past the time limit's grace, has its process
-    ended (``on_hung``).
-    """
-
-    def __init__(
-        self,
-        factory: sessionmaker[Session],
-        settings: Settings,
-        job_id: str,
-        attempt: int,
-        draining: Callable[[], bool] = parent_draining,
-        *,
-        time_left_s: float = math.inf,
-        on_hung: Callable[[], None] = end_this_process,
-    ):
-        self.factory, self.settings = factory, settings
-        self.job_id, self.attempt = job_id, attempt
-        self.draining = draining
-        self.on_hung = on_hung
-        self.cancel_requested = threading.Event()
-        self.pause_requested = threading.Event()
-        self.lease_lost = threading.Event()
-        self.preempted = threading.Event()
-        self.time_limited = threading.Event()
-        self.deadline = time.monotonic() + time_left_s
-        self._last_sign = time.monotonic()
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._metrics: dict[tuple[int, str], float] = {}
-        self._events: list[dict[str, Any]] = []
-        self._progress: dict[str, Any] | None = None
-        self._started = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=f"monitor-{job_id}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread and write what is buffered; safe to call more than once."""
-        if self._done.is_set():
-            return
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        self._flush()
-
-    def should_stop(self) -> bool:
-        return any(
-            e.is_set()
-            for e in (
-                self.cancel_requested,
-                self.pause_requested,
-                self.lease_lost,
-                self.preempted,
-                self.time_limited,
-            )
-        )
-
-    def on_progress(self, progress: Progress) -> None:
-        self._last_sign = time.monotonic()
-        elapsed = time.monotonic() - self._started
-        info: dict[str, Any] = {"step": progress.step, "total": progress.total}
-        if progress.total:
-            fraction = min(1.0, progress.step / progress.total)
-            info["fraction"] = round(fraction, 4)
-            if fraction > 0:
-                info["eta_s"] = round(elapsed * (1 - fraction) / fraction, 1)
-        with self._lock:
-            self._progress = info
-            for name, value in progress.metrics.items():
-                self._metrics[(progress.step, name)] = float(value)
-            if len(self._metrics) > MAX_BUFFERED_ROWS:  # a long outage: keep the newest
-                for key in list(self._metrics)[: len(self._metrics) - MAX_BUFFERED_ROWS]:
-                    del self._metrics[key]
-
-    def on_event(
-        self, message: str, data: Mapping[str, Any] | None = None, level: str = "info"
-    ) -> None:
-        self._last_sign = time.monotonic()
-        log.info("%s", message)
-        with self._lock:
-            self._events.append(
-                {"message": message, "data": dict(data or {}), "level": level, "at": utcnow()}
-            )
-
-    def _run(self) -> None:
-        tick = min(1.0, self.settings.heartbeat_seconds)
-        last_flush = time.monotonic()
-        while not self._done.wait(tick):
-            if self.draining() and not self.preempted.is_set():
-                log.warning("worker shutting down: stopping the job to resume elsewhere")
-                self.preempted.set()
-            if self._past_limits():
-                return
-            stalled = time.monotonic() - self._last_sign > self.settings.job_stall_seconds
-            try:
-                with self.factory() as session:
-                    status = service.heartbeat(
-                        session=session,
-                        job_id=self.job_id,
-                        attempt=self.attempt,
-                        lease_s=self.settings.job_lease_seconds,
-                        renew=not stalled,
-                    )
-                if status is None:
-                    log.warning("lease lost: another attempt owns this job now")
-                    self.lease_lost.set()
-                elif status == JobStatus.cancelling:
-                    self.cancel_requested.set()
-                elif status == JobStatus.pausing:
-                    self.pause_requested.set()
-                else:  # resumed before the stage reached its next step: it goes on
-                    self.pause_requested.clear()
-            except DBAPIError:
-                log.warning("heartbeat failed; will retry", exc_info=True)
-            if stalled and self.lease_lost.is_set():
-                log.error("the stage reported nothing for %.0f s and lost its lease; ending it",
-                          time.monotonic() - self._last_sign)  # fmt: skip
-                self._flush()
-                self.on_hung()
-                return
-            if time.monotonic() - last_flush >= self.settings.metrics_flush_seconds:
-                self._flush()
-                last_flush = time.monotonic()
-
-    def _past_limits(self) -> bool:
-        """Ask the stage to stop at the time limit; end it if it has not stopped after the grace.
-        Returns True when the monitor has nothing left to do."""
-        now = time.monotonic()
-        if now < self.deadline:
-            return False
-        if not self.time_limited.is_set():
-            self.time_limited.set()
-            self.on_event("time limit reached; stopping", level="warning")
-        if now < self.deadline + self.settings.job_time_limit_grace_seconds:
-            return False
-        log.error("the stage did not stop within the grace after its time limit; ending it")
-        self._flush()
-        with session_scope(self.factory) as session:
-            service.transition(
-                session=session,
-                job_id=self.job_id,
-                to=JobStatus.failed,
-                fence_attempt=self.attempt,
-                error_code="job.time_limit",
-                error_message=TIME_LIMIT_MESSAGE,
-            )
-        self.on_hung()
-        return True
-
-    def _flush(self) -> None:
-        with self._lock:
-            metrics, events, progress = self._metrics, self._events, self._progress
-            self._metrics, self._events, self._progress = {}, [], None
-        if not (metrics or events or progress):
-            return
-        try:
-            with session_scope(self.factory) as session:
-                for event in events:
-                    service.add_event(
-                        session=session, job_id=self.job_id, attempt=self.attempt, **event
-                    )
-                rows = [(step, name, value) for (step, name), value in metrics.items()]
-                service.record_metrics(
-                    session=session, job_id=self.job_id, attempt=self.attempt, rows=rows
-                )
-                if progress is not None:
-                    session.execute(
-                        update(Job)
-                        .where(Job.id == self.job_id, Job.attempt == self.attempt)
-                        .values(progress=progress)
-                        .execution_options(synchronize_session=False)
-                    )
-        except DBAPIError:
-            log.warning("could not write metrics; keeping them for the next try", exc_info=True)
-            with self._lock:
-                self._metrics = {**metrics, **self._metrics}
-                self._events = events + self._events
-                self._progress = self._progress or progress
 
 
 def run_paths(store: LocalStore, tenant_id: str, job_id: str) -> RunPaths:
@@ -544,8 +317,9 @@ def _finish(
                 return None
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-    if written is None:
-        _discard(att.store, placed)
+    if written is None:  # the job ended otherwise: its outputs never become visible
+        for item in placed:
+            item.discard(store=att.store)
         return None
     if status == JobStatus.succeeded:
         # Checkpoints and scratch only serve a resume. (A failed job keeps its last good one.)
@@ -554,51 +328,19 @@ def _finish(
     return written
 
 
-Placed = list[Any]  # ORM rows to add, and verdicts to apply, in the finishing transaction
-
-
-@dataclass(frozen=True)
-class _PlacedImport:
-    artifact_id: str
-    values: dict[str, Any]
-
-
-def _place_outputs(att: _Attempt, outcome: Outcome) -> Placed:
-    """Move the outputs' files into the store (rows come with the final state)."""
-    placed: Placed = []
-    store, tenant_id, job_id = att.store, att.tenant_id, att.job_id
-    for output in outcome.outputs:
-        if isinstance(output, NewArtifact):
-            placed.append(
-                place_artifact(store=store, tenant_id=tenant_id, job_id=job_id, output=output)
-            )
-        elif isinstance(output, NewDataset):
-            placed.append(
-                place_dataset(store=store, tenant_id=tenant_id, job_id=job_id, output=output)
-            )
-        elif isinstance(output, ImportVerdict):
-            placed.append(
-                _PlacedImport(output.artifact_id, place_import(store=store, verdict=output))
-            )
-        else:
-            placed.append(output)
-    return placed
-
-
-def _discard(store: LocalStore, placed: Placed) -> None:
-    """The job ended otherwise (cancelled while finishing): its outputs never become visible."""
-    for row in placed:
-        if isinstance(row, Artifact):
-            store.delete(row.uri)
-        elif isinstance(row, Dataset):
-            store.delete(layout.dataset(row.id))
+def _place_outputs(att: _Attempt, outcome: Outcome) -> list[Placed]:
+    """Move the outputs' files into the store (their rows come with the final state)."""
+    return [
+        output.place(store=att.store, tenant_id=att.tenant_id, job_id=att.job_id)
+        for output in outcome.outputs
+    ]
 
 
 def _write_final(
     att: _Attempt,
     status: JobStatus,
     outcome: Outcome | None,
-    placed: Placed,
+    placed: list[Placed],
     values: dict[str, Any],
 ) -> str | None:
     with session_scope(att.factory) as session:
@@ -613,14 +355,7 @@ def _write_final(
             log.warning("job no longer ours to finish as %s", status.value)
             return None
         for item in placed:
-            if isinstance(item, ValidationVerdict):
-                record_verdict(session=session, verdict=item)
-            elif isinstance(item, _PlacedImport):
-                record_import(session=session, artifact_id=item.artifact_id, values=item.values)
-            elif isinstance(item, ComparisonAnswers):
-                record_answers(session=session, answers=item)
-            else:
-                session.add(item)
+            item.record(session=session)
         message = f"job {status.value}"
         if values.get("error_message"):
             message += f": {values['error_message']}"

@@ -16,10 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.broker import RUN_JOB, enqueue
 from app.db import make_engine, make_session_factory
-from app.jobs.reaper import ReaperThread
+from app.flows.housekeeping import ReaperThread
 from app.settings import Settings, get_settings
 from app.storage import LocalStore
 from workers import runner
+from workers.monitor import drain_marker
 from workers.watchdog import DeafnessWatchdog
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def _fresh_child(**_: Any) -> None:
 def _start_reaper(**_: Any) -> None:
     """Reap once at start (jobs a crashed predecessor left behind), then on a timer."""
     global _reaper
-    runner.drain_marker(os.getpid()).unlink(missing_ok=True)  # a stale one from a dead namesake
+    drain_marker(os.getpid()).unlink(missing_ok=True)  # a stale one from a dead namesake
     settings = get_settings()
     factory = make_session_factory(make_engine(settings.resolved_database_url))
     _reaper = ReaperThread(factory, settings, enqueue, LocalStore(settings.resolved_storage_dir))
@@ -96,11 +97,11 @@ def _drain(**_: Any) -> None:
         _reaper.stop()
     if _watchdog is not None:
         _watchdog.stop()
-    marker = runner.drain_marker(os.getpid())
+    marker = drain_marker(os.getpid())
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
 
 
 @worker_shutdown.connect
 def _drained(**_: Any) -> None:
-    runner.drain_marker(os.getpid()).unlink(missing_ok=True)
+    drain_marker(os.getpid()).unlink(missing_ok=True)

@@ -36,7 +36,8 @@ def deafness_window_s(settings: Settings) -> float:
 def waiting_job(
     factory: sessionmaker[Session], queues: Sequence[str], older_than_s: float
 ) -> str | None:
-    """A queued job on one of ``queues`` submitted more than ``older_than_s`` seconds ago."""
+    """A queued job on one of ``queues`` submitted more than ``older_than_s`` seconds ago and
+    sent (one waiting for its files was not: ``app.jobs.waiting``)."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     with factory() as session:
         return session.scalar(
@@ -45,6 +46,7 @@ def waiting_job(
                 Job.status == JobStatus.queued.value,
                 Job.queue.in_(list(queues)),
                 Job.created_at < cutoff,
+                Job.enqueued_at.is_not(None),
             )
             .limit(1)
         )

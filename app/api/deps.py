@@ -1,4 +1,9 @@
-"""Request dependencies: database session, settings, the caller's tenant, paging, load-or-404."""
+"""Request dependencies: database session, settings, the caller's tenant, paging, load-or-404.
+
+Each ``…Dep`` below loads the caller's own object named in the path, or answers 404: another
+tenant's object looks exactly like a missing one. The lookup itself is written once
+(``app.db.get_owned``), behind each domain's ``get_…``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,14 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.errors import Unauthorized
+from app.artifacts import service as artifacts
+from app.artifacts.tables import Artifact
+from app.comparisons import service as comparisons
+from app.comparisons.tables import Comparison
+from app.datasets import service as datasets
+from app.datasets.tables import Dataset
+from app.db import get_owned
+from app.errors import NotFound, Unauthorized
 from app.jobs import service as jobs
 from app.jobs.tables import Job
 from app.settings import Settings
@@ -79,8 +91,44 @@ PageDep = Annotated[PageParams, Depends()]
 
 
 def valid_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> Job:
-    """The caller's job, or NotFound: another tenant's job looks exactly like a missing one."""
     return jobs.get_job(session=session, tenant_id=tenant_id, job_id=job_id)
 
 
+def valid_fine_tuning_job(
+    fine_tuning_job_id: str, session: SessionDep, tenant_id: TenantDep
+) -> Job:
+    """A ``finetune`` job, as OpenAI's fine-tuning API names it (any other kind is not one)."""
+    return get_owned(
+        session,
+        Job,
+        fine_tuning_job_id,
+        tenant_id=tenant_id,
+        where=lambda job: job.type == "finetune",
+        missing=NotFound(
+            f"No fine-tuning job with id '{fine_tuning_job_id}'.",
+            code="fine_tuning_job_not_found",
+            param="fine_tuning_job_id",
+        ),
+    )
+
+
+def valid_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) -> Dataset:
+    return datasets.get_dataset(session=session, tenant_id=tenant_id, dataset_id=dataset_id)
+
+
+def valid_comparison(comparison_id: str, session: SessionDep, tenant_id: TenantDep) -> Comparison:
+    return comparisons.get_comparison(
+        session=session, tenant_id=tenant_id, comparison_id=comparison_id
+    )
+
+
+def valid_model(model: str, session: SessionDep, tenant_id: TenantDep) -> Artifact:
+    """A model by id or by the name a fine-tune is known by (``ft:…``)."""
+    return artifacts.find_model(session=session, tenant_id=tenant_id, model=model)
+
+
 JobDep = Annotated[Job, Depends(valid_job)]
+FineTuningJobDep = Annotated[Job, Depends(valid_fine_tuning_job)]
+DatasetDep = Annotated[Dataset, Depends(valid_dataset)]
+ComparisonDep = Annotated[Comparison, Depends(valid_comparison)]
+ModelDep = Annotated[Artifact, Depends(valid_model)]

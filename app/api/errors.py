@@ -20,7 +20,8 @@ from starlette.exceptions import HTTPException
 
 from app import errors
 from app.logging import current_context
-from workers.pipeline.configs.base import ConfigError
+from app.store.errors import StorageUnavailable
+from pipeline.configs.base import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,17 @@ def install(app: FastAPI) -> None:
             log.warning("database unavailable: %s", exc.orig)
             return render(503, "The database is unavailable; retry shortly.", code="db_unavailable")
         return _internal(request, exc)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        # The endpoint's address and the failed operation are the operator's, not the client's.
+        log.warning("artifact store unavailable: %s", exc.message)
+        return render(
+            503,
+            "The artifact store is unavailable; nothing was stored. Retry shortly.",
+            code=exc.code,
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

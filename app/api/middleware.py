@@ -6,8 +6,9 @@ A pure ASGI middleware, in this order:
    closed at once, so no pooled connection stays checked out while a body or a download streams;
    a request without a valid key is answered 401 before one byte of its body is read.
 2. **Rate limit** per key (429 with ``RateLimit-*`` and ``Retry-After``).
-3. **Refuse bad text at the edge**: NUL in the query or path; in a JSON body, lone surrogates
-   (``"\\udc80"``), NUL, and integers longer than Python will convert — 422 naming the field.
+3. **Refuse bad text at the edge** (``app.api.text``): NUL in the query or path; in a JSON body,
+   lone surrogates (``"\\udc80"``), NUL, and integers longer than Python will convert — 422
+   naming the field.
 4. **Bound bodies**: a JSON (non-upload) body is counted as it arrives and refused with 413 once it
    crosses ``max_json_body_bytes``; a body that stalls for ``body_idle_timeout_seconds`` is cut
    off with 408.
@@ -20,7 +21,6 @@ Routes then find the caller in ``request.state`` (see ``app.api.deps.get_tenant`
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -37,16 +37,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import pool_exhausted, render, render_exception
 from app.api.limits import KeyRateLimiter, StreamSlots
-from app.errors import (
-    GristmillError,
-    InvalidInput,
-    InvalidParameter,
-    PayloadTooLarge,
-    RequestTimeout,
-    Unauthorized,
-)
+from app.api.text import check_json_text, check_text_in_url, is_json
+from app.errors import GristmillError, InvalidInput, PayloadTooLarge, RequestTimeout, Unauthorized
 from app.settings import Settings
-from app.tenants import quotas
 from app.tenants.service import Caller, hash_key, identify
 
 log = logging.getLogger(__name__)
@@ -58,63 +51,7 @@ RATER_TOKEN_PREFIX = "gmr_"
 UPLOAD_PATHS = frozenset({"/v1/datasets", "/v1/models", "/v1/files"})  # multipart streams
 DOWNLOAD = re.compile(r"^/v1/(datasets|models|tokenizers|files)/[^/]+/(content|files/.+)$")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-MAX_INT_DIGITS = 4300  # Python's int-from-string limit (sys.get_int_max_str_digits)
 AUTH_CACHE_ENTRIES = 10_000
-
-
-class _TooLongInt:
-    """Stands in for an integer literal too long to convert, so the field can be named."""
-
-
-TOO_LONG_INT = _TooLongInt()
-
-
-def _parse_int(text: str) -> int | _TooLongInt:
-    digits = len(text.lstrip("-"))
-    return int(text) if digits <= MAX_INT_DIGITS else TOO_LONG_INT
-
-
-def find_bad_text(value: Any, path: tuple[str, ...] = ()) -> tuple[str, str] | None:
-    """The first (dotted path, reason) of text that cannot be stored or re-encoded, or None."""
-    if isinstance(value, str):
-        reason = _bad_string(value)
-        return (".".join(path), reason) if reason else None
-    if isinstance(value, _TooLongInt):
-        return ".".join(path), f"integers may have at most {MAX_INT_DIGITS} digits"
-    if isinstance(value, dict):
-        for key, item in value.items():
-            reason = _bad_string(key)
-            if reason:
-                return ".".join((*path, printable(key))), reason
-            found = find_bad_text(item, (*path, key))
-            if found:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = find_bad_text(item, (*path, str(index)))
-            if found:
-                return found
-    return None
-
-
-def printable(text: str) -> str:
-    """``text`` with each lone surrogate replaced by U+FFFD, safe to encode and to show."""
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _bad_string(text: str) -> str | None:
-    if "\x00" in text:
-        return "text must not contain NUL characters"
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return "text must be valid Unicode (a lone surrogate such as \\udc80 is not)"
-    return None
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class EdgeGate:
@@ -163,7 +100,7 @@ class EdgeGate:
         if limited is None:
             return
         send = limited
-        _check_text_in_url(scope)
+        check_text_in_url(scope)
         method, path = scope["method"], scope["path"]
         idempotency_key = headers.get(b"idempotency-key")
         if idempotency_key is not None and not idempotency_key.strip():
@@ -179,11 +116,8 @@ class EdgeGate:
             body = await self._read_body(receive, headers)
             if body is None:
                 return  # the client went away
-            if _is_json(headers):
-                _check_json_text(body)
-            if method == "POST" and path in ("/v1/jobs", "/v1/fine_tuning/jobs", "/v1/comparisons"):
-                key = idempotency_key.decode("latin-1") if idempotency_key else None
-                await self._in_thread(lambda session: self._job_quotas(session, caller, key))
+            if is_json(headers):
+                check_json_text(body)
             receive = _replay(body, receive)
         if method == "GET" and DOWNLOAD.match(path):
             await self._stream(scope, receive, self._timed_send(send), caller)
@@ -198,29 +132,16 @@ class EdgeGate:
         if limited is None:
             return
         send = limited
-        _check_text_in_url(scope)
+        check_text_in_url(scope)
         headers = dict(scope["headers"])
         if scope["method"] in BODY_METHODS:
             body = await self._read_body(receive, headers)
             if body is None:
                 return
-            if _is_json(headers):
-                _check_json_text(body)
+            if is_json(headers):
+                check_json_text(body)
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
-
-    def _job_quotas(self, session: Session, caller: Caller, key: str | None) -> None:
-        quotas.check_job_quota(
-            session=session,
-            tenant_id=caller.tenant_id,
-            limit=self.settings.quota_active_jobs,
-            idempotency_key=key,
-        )
-        quotas.check_device_hours_quota(
-            session=session,
-            tenant_id=caller.tenant_id,
-            limit=self.settings.quota_device_hours_per_day,
-        )
 
     # -- authentication -------------------------------------------------------------------------
 
@@ -394,47 +315,6 @@ def _rater_token(scope: Scope) -> str | None:
 
 def _too_large(cap: int) -> GristmillError:
     return PayloadTooLarge(f"The request body is larger than the limit of {cap} bytes.")
-
-
-def _is_json(headers: dict[bytes, bytes]) -> bool:
-    content_type = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-    return content_type in (b"", b"application/json") or content_type.endswith(b"+json")
-
-
-def _check_json_text(body: bytes) -> None:
-    """Refuse text no database or JSON encoder can carry, naming the field.
-
-    Malformed JSON is left to the route, which answers it with 400 ``invalid_json``.
-    """
-    try:
-        value = json.loads(body, parse_int=_parse_int)
-    except RecursionError:
-        raise InvalidInput("The request body is nested too deeply.", code="invalid_json") from None
-    except UnicodeDecodeError:
-        raise InvalidInput("The request body is not UTF-8.", code="invalid_json") from None
-    except ValueError:
-        return
-    found = find_bad_text(value)
-    if found is not None:
-        param, reason = found
-        raise InvalidParameter(
-            f"Invalid value for '{param}': {reason}." if param else f"Invalid body: {reason}.",
-            param=param or None,
-        )
-
-
-def _check_text_in_url(scope: Scope) -> None:
-    if "\x00" in scope["path"]:
-        raise InvalidInput("The path must not contain NUL characters.", param="path")
-    query = scope.get("query_string", b"")
-    if b"%00" in query or b"\x00" in query:
-        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-            if "\x00" in name or "\x00" in value:
-                raise InvalidParameter(
-                    f"Invalid value for '{name.replace(chr(0), '')}': "
-                    "text must not contain NUL characters.",
-                    param=name.replace("\x00", "") or None,
-                )
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tarfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import layout
 from app.artifacts.schemas import ArtifactFile, ArtifactRead, Lineage
 from app.artifacts.tables import Artifact
-from app.db import paginate
+from app.db import find_owned, get_owned, paginate
 from app.errors import InvalidInput, NotFound
 from app.ids import new_id
-from app.jobs import service as jobs
-from app.jobs.states import FINAL_STATES
-from app.jobs.tables import Job, JobInput
 from app.storage import CHUNK, LocalStore, sha256_of
 
 Category = Literal["tokenizer", "model"]
@@ -32,52 +27,6 @@ MANIFEST = "manifest.json"
 
 def new_artifact_id(category: Category) -> str:
     return new_id(PREFIXES[category])
-
-
-@dataclass(frozen=True)
-class NewArtifact:
-    """A finished folder a job hands over to become a registered tokenizer or model.
-
-    ``format`` says how to read it (``huggingface``, ``peft-adapter``, ``gguf``, ``gptq``, ...).
-    ``copy`` keeps the source folder in place, for a job that still reads it.
-    """
-
-    id: str
-    category: Category
-    folder: Path
-    name: str
-    format: str = "huggingface"
-    lineage: Mapping[str, str | None] = field(default_factory=dict)
-    details: Mapping[str, Any] = field(default_factory=dict)
-    copy: bool = False
-
-
-def place_artifact(
-    *, store: LocalStore, tenant_id: str, job_id: str | None, output: NewArtifact
-) -> Artifact:
-    """Move (or copy) the folder into the store; the returned row is added by the caller in the
-    transaction that finishes the job, so an artifact exists exactly when its job succeeded."""
-    key = layout.artifact(output.category, output.id)
-    target = store.local_path(key)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if output.copy:
-        shutil.copytree(output.folder, target)
-    else:
-        shutil.move(output.folder, target)
-    size, digest = write_manifest(target)
-    return Artifact(
-        id=output.id,
-        tenant_id=tenant_id,
-        job_id=job_id,
-        category=output.category,
-        name=output.name[:255],
-        uri=key,
-        format=output.format,
-        size_bytes=size,
-        sha256=digest,
-        lineage={k: v for k, v in output.lineage.items() if v is not None},
-        details=dict(output.details),
-    )
 
 
 def manifest(folder: Path) -> list[dict[str, Any]]:
@@ -125,10 +74,14 @@ def get_artifact(*, session: Session, tenant_id: str, category: str, artifact_id
     Raises:
         NotFound: no such artifact for this tenant.
     """
-    artifact = session.get(Artifact, artifact_id)
-    if artifact is None or artifact.tenant_id != tenant_id or artifact.category != category:
-        raise NotFound(f"No {category} with id '{artifact_id}'.", code=f"{category}.not_found")
-    return artifact
+    return get_owned(
+        session,
+        Artifact,
+        artifact_id,
+        tenant_id=tenant_id,
+        where=lambda artifact: artifact.category == category,
+        missing=NotFound(f"No {category} with id '{artifact_id}'.", code=f"{category}.not_found"),
+    )
 
 
 def find_model(*, session: Session, tenant_id: str, model: str) -> Artifact:
@@ -137,18 +90,18 @@ def find_model(*, session: Session, tenant_id: str, model: str) -> Artifact:
     Raises:
         NotFound: no such model for this tenant.
     """
-    artifact = session.get(Artifact, model)
-    if artifact is None or artifact.category != "model" or artifact.tenant_id != tenant_id:
-        artifact = session.scalar(
-            select(Artifact)
-            .where(
-                Artifact.tenant_id == tenant_id,
-                Artifact.category == "model",
-                Artifact.name == model,
-            )
-            .order_by(Artifact.id.desc())
-            .limit(1)
+    artifact = find_owned(
+        session, Artifact, model, tenant_id=tenant_id, where=lambda a: a.category == "model"
+    ) or session.scalar(
+        select(Artifact)
+        .where(
+            Artifact.tenant_id == tenant_id,
+            Artifact.category == "model",
+            Artifact.name == model,
         )
+        .order_by(Artifact.id.desc())
+        .limit(1)
+    )
     if artifact is None:
         raise NotFound(
             f"The model '{model}' does not exist.", code="model_not_found", param="model"
@@ -157,26 +110,8 @@ def find_model(*, session: Session, tenant_id: str, model: str) -> Artifact:
 
 
 def delete_model(*, session: Session, store: LocalStore, artifact: Artifact) -> None:
-    """Delete a model and its files, unless a job that has not finished reads it.
-
-    Raises:
-        InvalidInput: a queued or running job uses it (wait or cancel it first).
-    """
-    busy = session.scalar(
-        select(exists().where(
-            JobInput.object_id == artifact.id,
-            JobInput.job_id == Job.id,
-            Job.status.not_in([s.value for s in FINAL_STATES]),
-        ))
-    )  # fmt: skip
-    if busy:
-        raise InvalidInput(
-            f"Model '{artifact.id}' is used by a job that has not finished; cancel it or wait.",
-            code="model.in_use",
-            param="model",
-        )
+    """Delete the model's row (committed with whatever the caller wrote), then its files."""
     uri = artifact.uri
-    session.execute(delete(JobInput).where(JobInput.object_id == artifact.id))
     session.delete(artifact)
     session.commit()
     store.delete(uri)
@@ -249,7 +184,18 @@ def check_ready(artifact: Artifact, *, param: str) -> None:
         )
 
 
-def register_model_upload(
+def upload_name(fields: Mapping[str, str], filename: str | None, *, default: str) -> str:
+    """An uploaded model's name: the ``name`` field, else the file's name, else ``default``.
+
+    Raises:
+        InvalidInput: a field other than ``name`` and ``sha256`` was sent.
+    """
+    if set(fields) - {"name", "sha256"}:
+        raise InvalidInput("Only 'file', 'name' and 'sha256' are accepted here.")
+    return (fields.get("name") or filename or default).strip()[:255] or default
+
+
+def add_model_upload(
     *,
     session: Session,
     tenant_id: str,
@@ -258,22 +204,12 @@ def register_model_upload(
     filename: str | None,
     size_bytes: int,
     sha256: str,
-    max_attempts: int,
-) -> tuple[Artifact, Job]:
-    """Record an uploaded model archive as ``validating`` with the job that imports it."""
-    job = jobs.add_job(
-        session=session,
-        tenant_id=tenant_id,
-        job_type="import_model",  # created by the service only (not submittable)
-        params={"model_id": model_id},
-        queue="cpu",
-        max_attempts=max_attempts,
-        inputs=[model_id],
-    )
+) -> Artifact:
+    """Add an uploaded model archive as ``validating`` (flushed, not committed): the caller
+    queues the job that imports it, links it with :func:`link_import` and commits both."""
     artifact = Artifact(
         id=model_id,
         tenant_id=tenant_id,
-        job_id=job.id,
         category="model",
         name=name[:255],
         uri=layout.artifact("model", model_id),
@@ -281,45 +217,14 @@ def register_model_upload(
         status="validating",
         size_bytes=size_bytes,
         sha256=sha256,
-        lineage={"job_id": job.id},
         details={"upload": {"filename": filename, "size_bytes": size_bytes, "sha256": sha256}},
     )
     session.add(artifact)
-    session.commit()
-    return artifact, job
+    session.flush()
+    return artifact
 
 
-@dataclass(frozen=True)
-class ImportVerdict:
-    """What importing an uploaded model found: its unpacked folder, or why it was refused."""
-
-    artifact_id: str
-    folder: Path | None
-    details: Mapping[str, Any] = field(default_factory=dict)
-    errors: list[dict[str, Any]] | None = None
-
-
-def place_import(*, store: LocalStore, verdict: ImportVerdict) -> dict[str, Any]:
-    """Move an accepted model's files into its folder (the archive is dropped); return the row
-    values the finishing transaction writes."""
-    folder = store.local_path(layout.artifact("model", verdict.artifact_id))
-    store.delete(layout.model_upload(verdict.artifact_id))
-    if verdict.folder is None:
-        return {"status": "failed", "errors": verdict.errors or []}
-    folder.mkdir(parents=True, exist_ok=True)
-    for item in verdict.folder.iterdir():
-        shutil.move(item, folder / item.name)
-    size, digest = write_manifest(folder)
-    return {
-        "status": "ready",
-        "size_bytes": size,
-        "sha256": digest,
-        "details": dict(verdict.details),
-    }
-
-
-def record_import(*, session: Session, artifact_id: str, values: Mapping[str, Any]) -> None:
-    artifact = session.get_one(Artifact, artifact_id)
-    details = {**artifact.details, **values.get("details", {})}
-    for name, value in {**values, "details": details}.items():
-        setattr(artifact, name, value)
+def link_import(artifact: Artifact, job_id: str) -> None:
+    """Name the job that imports the upload, as its lineage too (its model came from it)."""
+    artifact.job_id = job_id
+    artifact.lineage = {"job_id": job_id}

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from workers.pipeline.configs.compare import MAX_PROMPT_CHARS, MAX_PROMPTS
+from pipeline.configs.compare import MAX_PROMPT_CHARS, MAX_PROMPTS
 
 Prompt = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)]
 

@@ -1,4 +1,4 @@
-"""Comparisons: create one with its ``compare`` job, invite raters, pair, vote, and rate.
+"""Comparisons: the row (its ``compare`` job is a flow), invite raters, pair, vote, and rate.
 
 Pairing and the ratings maths are :mod:`app.ratings`; this module keeps them fed from the
 database. A rater is an invited person (``rtr_…``, by token) or one of the tenant's API keys
@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -20,62 +18,25 @@ from sqlalchemy.orm import Session
 
 from app.comparisons.schemas import ComparisonCreate
 from app.comparisons.tables import Comparison, ComparisonAnswer, ComparisonVote, Rater
+from app.db import get_owned
 from app.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from app.ids import new_id
-from app.jobs import service as jobs
-from app.jobs.kinds import Capacity, CompareParams, get_kind
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.ratings import bradley_terry, pairing
 from app.ratings.bradley_terry import Vote
-from app.storage import LocalStore
-from workers.pipeline.configs.base import ConfigError
 
 RATER_TOKEN_PREFIX = "gmr_"
-
-
-@dataclass(frozen=True)
-class ComparisonAnswers:
-    """A ``compare`` job's output: stored with the job's success, which opens rating."""
-
-    comparison_id: str
-    prompts: list[str]
-    answers: Mapping[str, Sequence[str]]
-    """Model id → its answer to each prompt, in prompt order."""
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def create_comparison(
-    *,
-    session: Session,
-    store: LocalStore,
-    tenant_id: str,
-    body: ComparisonCreate,
-    max_attempts: int,
-    capacity: Capacity | None = None,
-) -> tuple[Comparison, Job]:
-    """Write the comparison and its queued ``compare`` job (committed); the caller enqueues.
-
-    Raises:
-        InvalidInput: a model or the dataset is unknown, another tenant's or not ready
-            (``param`` names ``models.<i>`` or ``dataset_id``).
-    """
-    comparison_id = new_id("cmp")
-    try:
-        params = CompareParams(
-            comparison_id=comparison_id,
-            model_ids=tuple(body.models),
-            dataset_id=body.dataset_id,
-            prompts=tuple(body.prompts or ()),
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            seed=body.seed,
-        )
-    except ConfigError as err:
-        raise InvalidInput(err.message, code="invalid_parameter", param=err.field) from None
+def add_comparison(
+    *, session: Session, comparison_id: str, tenant_id: str, body: ComparisonCreate
+) -> Comparison:
+    """Add a comparison (not committed): its ``compare`` job is queued with it, in one commit."""
     comparison = Comparison(
         id=comparison_id,
         tenant_id=tenant_id,
@@ -88,32 +49,26 @@ def create_comparison(
         secret=secrets.token_hex(32),
     )  # fmt: skip
     session.add(comparison)
-    try:
-        submitted = jobs.submit_job(
-            session=session,
-            store=store,
-            tenant_id=tenant_id,
-            kind=get_kind("compare"),
-            params=params,
-            max_attempts=max_attempts,
-            capacity=capacity,
-        )
-    except InvalidInput as err:
-        session.rollback()
-        if err.param:  # params.model_ids.1 → models.1
-            err.param = err.param.replace("params.model_ids", "models").replace("params.", "")
-        raise
-    comparison.job_id = submitted.job.id
-    session.commit()
-    return comparison, submitted.job
+    return comparison
+
+
+def new_comparison_id() -> str:
+    return new_id("cmp")
 
 
 def get_comparison(*, session: Session, tenant_id: str, comparison_id: str) -> Comparison:
-    """The tenant's comparison: another tenant's looks exactly like a missing one."""
-    comparison = session.get(Comparison, comparison_id)
-    if comparison is None or comparison.tenant_id != tenant_id:
-        raise NotFound(f"No comparison with id '{comparison_id}'.", code="comparison.not_found")
-    return comparison
+    """The tenant's comparison: another tenant's looks exactly like a missing one.
+
+    Raises:
+        NotFound: no such comparison for this tenant.
+    """
+    return get_owned(
+        session,
+        Comparison,
+        comparison_id,
+        tenant_id=tenant_id,
+        missing=NotFound(f"No comparison with id '{comparison_id}'.", code="comparison.not_found"),
+    )
 
 
 def status_of(session: Session, comparison: Comparison) -> str:
@@ -142,20 +97,6 @@ def view(session: Session, comparison: Comparison) -> dict[str, Any]:
     }
 
 
-def record_answers(*, session: Session, answers: ComparisonAnswers) -> None:
-    """Store a ``compare`` job's answers and open the comparison (in the job's final commit)."""
-    comparison = session.get_one(Comparison, answers.comparison_id)
-    comparison.prompts = list(answers.prompts)
-    for model_id, texts in answers.answers.items():
-        for index, text in enumerate(texts):
-            session.add(
-                ComparisonAnswer(
-                    comparison_id=comparison.id, prompt_index=index, model_id=model_id, text=text
-                )
-            )
-    comparison.status = "open"
-
-
 # --- raters ---------------------------------------------------------------------------------
 
 
@@ -176,18 +117,6 @@ def rater_by_token(*, session: Session, token: str) -> Rater:
     if rater is None:
         raise Unauthorized("Unknown rater token.", code="rater.invalid_token")
     return rater
-
-
-def comparison_for_rater(*, session: Session, token: str, comparison_id: str) -> Comparison:
-    """The comparison an invite token rates: a token works only for its own comparison.
-
-    Raises:
-        Unauthorized: unknown token. NotFound: the token belongs to another comparison.
-    """
-    rater = rater_by_token(session=session, token=token)
-    if rater.comparison_id != comparison_id:
-        raise NotFound(f"No comparison with id '{comparison_id}'.", code="comparison.not_found")
-    return session.get_one(Comparison, comparison_id)
 
 
 def key_rater(key_id: str) -> str:

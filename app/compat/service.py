@@ -2,7 +2,8 @@
 
 Nothing here is stored twice: a file is a dataset, a fine-tuning job is a ``finetune`` job, its
 events are the job's events plus one ``metrics`` event per reported step, its result file is a CSV
-made from the job's metrics on request.
+made from the job's metrics on request. Creating a fine-tuning job is a flow
+(``app.flows.fine_tuning``); this module maps requests and objects.
 """
 
 from __future__ import annotations
@@ -17,18 +18,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.artifacts import service as artifacts
 from app.artifacts.tables import Artifact
 from app.compat import schemas
-from app.datasets import service as datasets
 from app.datasets.schemas import DatasetRead
-from app.errors import InvalidInput, NotFound
+from app.errors import NotFound
 from app.jobs import service as jobs
-from app.jobs.kinds import Capacity, get_kind
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job, JobEvent, JobMetric
-from app.storage import LocalStore
-from workers.pipeline.configs.codec import decode
+from app.jobs.waiting import is_waiting
 
 FINE_TUNE_RECORDS = frozenset({"chat", "prompt_completion", "preference"})
 RESULT_PREFIX = "result_"
@@ -135,52 +132,6 @@ def _metric_order(name: str) -> tuple[int, str]:
 # --- Fine-tuning jobs ----------------------------------------------------------------------------
 
 
-def create_fine_tuning_job(
-    *,
-    session: Session,
-    store: LocalStore,
-    tenant_id: str,
-    body: schemas.FineTuningJobCreate,
-    capacity: Capacity,
-    max_attempts: int,
-    idempotency_key: str | None = None,
-    wait_for_files_s: float = 60.0,
-) -> Job:
-    """Map the request onto a ``finetune`` job and submit it.
-
-    A file uploaded a moment ago may still be validating: wait for it (scripts create the job
-    right after the upload, as they do against OpenAI).
-
-    Raises:
-        InvalidInput: an unknown model or file, a file that is not fine-tuning data, or
-            parameters the finetune job refuses (the param is named).
-    """
-    try:
-        model = artifacts.find_model(session=session, tenant_id=tenant_id, model=body.model)
-    except NotFound as err:  # a bad parameter of this request, not a missing resource
-        raise InvalidInput(err.message, code=err.code, param="model") from None
-    files = {"training_file": body.training_file, "validation_file": body.validation_file}
-    for param, file_id in files.items():
-        if file_id is not None:
-            _wait_until_processed(session, tenant_id, file_id, param, wait_for_files_s)
-    kind = get_kind("finetune")
-    raw = finetune_params(body, model_id=model.id)
-    try:
-        params = decode(kind.params, raw)
-    except ValueError as err:
-        raise InvalidInput(f"Invalid fine-tuning parameters: {_first_error(err)}") from None
-    return jobs.submit_job(
-        session=session,
-        store=store,
-        tenant_id=tenant_id,
-        kind=kind,
-        params=params,
-        max_attempts=max_attempts,
-        capacity=capacity,
-        idempotency_key=idempotency_key,
-    ).job
-
-
 def finetune_params(body: schemas.FineTuningJobCreate, *, model_id: str) -> dict[str, Any]:
     method = body.method.type if body.method is not None else "supervised"
     hyper: schemas.Hyperparameters | None = body.hyperparameters
@@ -216,37 +167,8 @@ def finetune_params(body: schemas.FineTuningJobCreate, *, model_id: str) -> dict
     return params
 
 
-def _wait_until_processed(
-    session: Session, tenant_id: str, file_id: str, param: str, timeout_s: float
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            dataset = datasets.get_dataset(session=session, tenant_id=tenant_id, dataset_id=file_id)
-        except NotFound:
-            raise InvalidInput(
-                f"No file with id '{file_id}'.", code="file_not_found", param=param
-            ) from None
-        view = file_view(datasets.to_read(session, [dataset])[0])
-        if view.status == "processed":
-            return
-        if view.status == "error":
-            raise InvalidInput(
-                f"File '{file_id}' cannot be used for fine-tuning: {view.status_details}",
-                code="invalid_file",
-                param=param,
-            )
-        if time.monotonic() > deadline:
-            raise InvalidInput(
-                f"File '{file_id}' is still being validated; retry in a few seconds.",
-                code="file_not_ready",
-                param=param,
-            )
-        session.rollback()  # see the validation job's commit
-        time.sleep(0.25)
-
-
-def _first_error(err: ValueError) -> str:
+def first_error(err: ValueError) -> str:
+    """The first of a validation error's messages, with where it is (``n_epochs: ...``)."""
     errors = getattr(err, "errors", None)
     if callable(errors):
         first = errors()[0]
@@ -289,7 +211,7 @@ def job_view(job: Job, *, session: Session) -> schemas.FineTuningJob:
         organization_id=job.tenant_id,
         result_files=[RESULT_PREFIX + job.id] if job.status == JobStatus.succeeded else [],
         seed=int(params.get("seed", 42)),
-        status=STATUS[JobStatus(job.status)],
+        status="validating_files" if is_waiting(job) else STATUS[JobStatus(job.status)],
         trained_tokens=result.get("trained_tokens"),
         training_file=params.get("dataset_id", ""),
         validation_file=params.get("validation_dataset_id"),

@@ -1,28 +1,23 @@
-"""Datasets: registration after upload, queries, deletion, and the checks jobs make on inputs."""
+"""Datasets: rows for uploads, queries, deletion, and the checks jobs make on their inputs."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import layout
 from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
-from app.db import paginate, utcnow
-from app.errors import Conflict, InvalidInput, NotFound
+from app.db import get_owned, paginate
+from app.errors import InvalidInput, NotFound
 from app.ids import new_id
-from app.jobs import service as jobs
 from app.jobs.states import FINAL_STATES, JobStatus
-from app.jobs.tables import Job, JobInput
-from app.storage import CHUNK, LocalStore
+from app.jobs.tables import Job
+from app.storage import LocalStore
 
 SPLITS = ("file", "paragraph", "line")
 
@@ -63,10 +58,14 @@ def get_dataset(
     Raises:
         NotFound: no such dataset for this tenant.
     """
-    dataset = session.get(Dataset, dataset_id, with_for_update={"read": True} if lock else None)
-    if dataset is None or dataset.tenant_id != tenant_id:
-        raise NotFound(f"No dataset with id '{dataset_id}'.", code="dataset.not_found")
-    return dataset
+    return get_owned(
+        session,
+        Dataset,
+        dataset_id,
+        tenant_id=tenant_id,
+        lock="read" if lock else None,
+        missing=NotFound(f"No dataset with id '{dataset_id}'.", code="dataset.not_found"),
+    )
 
 
 def check_ready(dataset: Dataset, *, param: str) -> None:
@@ -112,38 +111,27 @@ def to_read(session: Session, datasets: Sequence[Dataset]) -> list[DatasetRead]:
     return views
 
 
-def delete_dataset(*, session: Session, store: LocalStore, tenant_id: str, dataset_id: str) -> None:
-    """Delete a dataset and its files, unless a queued or running job reads it.
+def still_validating(session: Session, dataset: Dataset) -> bool:
+    """Being validated, by a validation job that has not ended (one that died leaves the
+    dataset failed: see :func:`to_read`)."""
+    return dataset.status == "validating" and to_read(session, [dataset])[0].status == "validating"
 
-    Raises:
-        NotFound: no such dataset for this tenant.
-        Conflict: a job that has not finished uses it.
-    """
-    dataset = get_dataset(session=session, tenant_id=tenant_id, dataset_id=dataset_id)
-    # Exclusive row lock: a submission that holds (or waits for) its shared lock is seen below.
+
+def lock_for_delete(*, session: Session, dataset_id: str) -> None:
+    """An exclusive row lock until commit: a submission that holds (or waits for) its shared lock
+    on the dataset is seen by the caller's reader check."""
     session.get(Dataset, dataset_id, with_for_update=True, populate_existing=True)
-    busy = session.scalar(
-        select(
-            exists().where(
-                JobInput.object_id == dataset_id,
-                JobInput.job_id == Job.id,
-                Job.status.not_in([s.value for s in FINAL_STATES]),
-            )
-        )
-    )
-    if busy:
-        raise Conflict(
-            f"Dataset '{dataset_id}' is used by a job that has not finished; cancel it or wait.",
-            code="dataset.in_use",
-        )
+
+
+def delete_dataset(*, session: Session, store: LocalStore, dataset: Dataset) -> None:
+    """Delete the dataset's row (committed with whatever the caller wrote), then its files."""
     keys = [dataset.storage_key, dataset.report_key]
-    session.execute(delete(JobInput).where(JobInput.object_id == dataset_id))
     session.delete(dataset)
     session.commit()
     for key in keys:
         if key:
             store.delete(key)
-    store.delete(layout.dataset(dataset_id))
+    store.delete(layout.dataset(dataset.id))
 
 
 def read_report(*, store: LocalStore, dataset: Dataset) -> dict[str, Any] | None:
@@ -154,7 +142,7 @@ def read_report(*, store: LocalStore, dataset: Dataset) -> dict[str, Any] | None
     return report
 
 
-def register_upload(
+def add_upload(
     *,
     session: Session,
     tenant_id: str,
@@ -164,18 +152,9 @@ def register_upload(
     options: dict[str, str],
     size_bytes: int,
     sha256: str,
-    max_attempts: int,
-) -> tuple[Dataset, Job]:
-    """Record a stored upload as ``validating`` with the job that validates it, in one commit."""
-    job = jobs.add_job(
-        session=session,
-        tenant_id=tenant_id,
-        job_type="validate",  # created by the service only (not submittable)
-        params={"dataset_id": dataset_id},
-        queue="cpu",
-        max_attempts=max_attempts,
-        inputs=[dataset_id],
-    )
+) -> Dataset:
+    """Add a stored upload as ``validating`` (flushed, not committed): the caller queues the job
+    that validates it and commits both together."""
     dataset = Dataset(
         id=dataset_id,
         tenant_id=tenant_id,
@@ -186,88 +165,11 @@ def register_upload(
         storage_key=layout.dataset_data(dataset_id),
         size_bytes=size_bytes,
         sha256=sha256,
-        job_id=job.id,
     )
     session.add(dataset)
-    session.commit()
-    return dataset, job
+    session.flush()
+    return dataset
 
 
 def new_dataset_id() -> str:
     return new_id("ds")
-
-
-@dataclass(frozen=True)
-class NewDataset:
-    """A file a job wrote (a prepared split) that becomes a new ready dataset of the tenant."""
-
-    id: str
-    path: Path
-    name: str
-    filename: str
-    record_type: str
-    parent_id: str
-    report: Path | None = None
-
-
-@dataclass(frozen=True)
-class ValidationVerdict:
-    """What validation found about an uploaded dataset: its status, format, counts, errors."""
-
-    dataset_id: str
-    values: dict[str, Any]
-
-
-def place_dataset(
-    *, store: LocalStore, tenant_id: str, job_id: str | None, output: NewDataset
-) -> Dataset:
-    """Move a written JSONL file into the store as a new dataset; the caller adds the row in the
-    transaction that finishes the job."""
-    dataset_id = output.id
-    target = store.local_path(layout.dataset_data(dataset_id))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(output.path, target)
-    report_key = None
-    if output.report is not None:
-        report_key = layout.dataset_report(dataset_id)
-        shutil.copyfile(output.report, store.local_path(report_key))
-    digest, records = _hash_and_count_lines(target)
-    size = target.stat().st_size
-    return Dataset(
-        id=dataset_id,
-        tenant_id=tenant_id,
-        name=output.name[:255],
-        status="ready",
-        filename=output.filename,
-        options={},
-        storage_key=layout.dataset_data(dataset_id),
-        size_bytes=size,
-        sha256=digest,
-        format="jsonl",
-        compression=None,
-        record_type=output.record_type,
-        records=records,
-        text_bytes=size,
-        report_key=report_key,
-        parent_id=output.parent_id,
-        job_id=job_id,
-    )
-
-
-def record_verdict(*, session: Session, verdict: ValidationVerdict) -> None:
-    session.execute(
-        update(Dataset)
-        .where(Dataset.id == verdict.dataset_id)
-        .values(**verdict.values, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-
-
-def _hash_and_count_lines(path: Path) -> tuple[str, int]:
-    """SHA-256 and JSONL record count of a file, in one read."""
-    digest, lines = hashlib.sha256(), 0
-    with path.open("rb") as handle:
-        while data := handle.read(CHUNK):
-            digest.update(data)
-            lines += data.count(b"\n")
-    return digest.hexdigest(), lines

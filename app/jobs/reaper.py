@@ -8,32 +8,27 @@
   ``cancelling`` job whose worker died is simply ``cancelled``, a ``pausing`` one ``paused``.
 - A ``paused`` job holds no lease and waits for its resume: the reaper leaves it alone.
 
-It runs in every worker and in the API, on a timer; all its writes are compare-and-set, so any
-number of reapers can run at once.
+It runs in every worker and in the API, on a timer (``app.flows.housekeeping``); all its writes
+are compare-and-set, so any number of reapers can run at once.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import utcnow
 from app.jobs import service
-from app.jobs.gc import collect_garbage
 from app.jobs.pauses import running_seconds, started_pause
 from app.jobs.states import LEASED_STATES, JobStatus
 from app.jobs.tables import Job
 from app.settings import Settings
-from app.storage import LocalStore
 
 log = logging.getLogger(__name__)
 
@@ -147,49 +142,3 @@ def _resend_stale(
             session.commit()
             if claimed and enqueue(job_id, queue):
                 report.resent += 1
-
-
-GC_INTERVAL_S = 3600.0
-
-
-class ReaperThread:
-    """Runs ``reap`` every ``reaper_interval_seconds`` until stopped, and with a ``store`` also
-    collects the store's garbage about hourly; errors are only logged."""
-
-    def __init__(
-        self,
-        factory: sessionmaker[Session],
-        settings: Settings,
-        enqueue: Enqueue,
-        store: LocalStore | None = None,
-    ):
-        self.factory, self.settings, self.enqueue = factory, settings, enqueue
-        self.store = store
-        self._last_gc = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
-
-    def start(self) -> None:
-        if self.settings.reaper_interval_seconds > 0:
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                reap(factory=self.factory, settings=self.settings, enqueue=self.enqueue)
-                if self.store is not None and time.monotonic() - self._last_gc > GC_INTERVAL_S:
-                    self._last_gc = time.monotonic()
-                    collect_garbage(
-                        factory=self.factory,
-                        store=self.store,
-                        retention_s=self.settings.work_retention_hours * 3600,
-                    )
-            except DBAPIError:
-                log.warning("reaper: database unavailable; will retry", exc_info=True)
-            except Exception:
-                log.exception("reaper failed")
-            if self._stop.wait(self.settings.reaper_interval_seconds):
-                return

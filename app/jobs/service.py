@@ -1,14 +1,13 @@
-"""Jobs: submission, queries, cancellation, and every state change (through ``transition``).
+"""Jobs: the ledger's writes and reads, and every state change (through ``transition``).
 
 All writes that race (claim, heartbeat, finish, reap) are compare-and-set UPDATEs fenced by the
 current status and, for a running job, by its attempt number: a late or duplicate worker matches
-no row and changes nothing. They behave the same on Postgres and SQLite.
+no row and changes nothing. They behave the same on Postgres and SQLite. Submitting a job crosses
+domains (quotas, inputs, capacity) and is a flow: ``app.flows.submission``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,100 +16,14 @@ from typing import Any
 from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import paginate, utcnow
-from app.errors import InvalidInput, InvalidParameter, NotFound
+from app.db import get_owned, paginate, utcnow
+from app.errors import InvalidInput, NotFound
 from app.ids import new_id
-from app.jobs.inputs import load_inputs
-from app.jobs.kinds import Capacity, JobKind
 from app.jobs.pauses import ended_pause, started_pause
 from app.jobs.states import FINAL_STATES, LEASED_STATES, JobStatus, sources_of
 from app.jobs.tables import Job, JobEvent, JobInput, JobMetric
-from app.storage import LocalStore
-from workers.pipeline.configs.base import ConfigError
-from workers.pipeline.configs.codec import encode
-
-IDEMPOTENCY_TTL_S = 24 * 3600.0
-"""How long an Idempotency-Key replays its job (Stripe's window); afterwards it is free again."""
-
-
-@dataclass(frozen=True)
-class Submitted:
-    job: Job
-    created: bool  # False when an Idempotency-Key replayed an earlier submission
-
-
-def request_hash(job_type: str, params: dict[str, Any]) -> str:
-    canonical = json.dumps({"type": job_type, "params": params}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def submit_job(
-    *,
-    session: Session,
-    store: LocalStore,
-    tenant_id: str,
-    kind: JobKind,
-    params: Any,
-    max_attempts: int,
-    capacity: Capacity | None = None,
-    max_runtime_s: float | None = None,
-    idempotency_key: str | None = None,
-    idempotency_ttl_s: float = IDEMPOTENCY_TTL_S,
-) -> Submitted:
-    """Check the job's inputs, write it queued (with the ids of what it reads) and commit.
-    The caller then enqueues its id.
-
-    Raises:
-        InvalidInput: an input is unknown, foreign or not ready; or the Idempotency-Key was
-            already used with a different request.
-        InvalidParameter: the parameters ask for more than the queue's workers offer.
-    """
-    params_json = encode(params)
-    time_limit = min(max_runtime_s or kind.time_limit_s, kind.time_limit_s)
-    digest = request_hash(kind.name, {"params": params_json, "max_runtime_s": max_runtime_s})
-    if idempotency_key is not None:
-        _expire_key(session, tenant_id, idempotency_key, idempotency_ttl_s)
-        earlier = _replay(session, tenant_id, idempotency_key, digest)
-        if earlier is not None:
-            return Submitted(earlier, created=False)
-    inputs = load_inputs(
-        session=session, store=store, tenant_id=tenant_id, kind=kind, params=params, lock=True
-    )
-    if kind.preflight is not None and capacity is not None:
-        try:
-            kind.preflight(params, capacity, inputs)
-        except ConfigError as err:
-            raise InvalidParameter(
-                f"Invalid value for 'params.{err.field}': {err.message}",
-                param=f"params.{err.field}",
-            ) from None
-    try:
-        job = add_job(
-            session=session,
-            tenant_id=tenant_id,
-            job_type=kind.name,
-            params=params_json,
-            queue=kind.queue_for(params),
-            max_attempts=max_attempts,
-            time_limit_s=time_limit,
-            inputs=[resolved.id for resolved in inputs.values()],
-            idempotency_key=idempotency_key,
-            request_hash=digest,
-        )
-        session.commit()
-    except IntegrityError:
-        # A concurrent request with the same key won the race: answer with its job.
-        session.rollback()
-        if idempotency_key is None:
-            raise
-        earlier = _replay(session, tenant_id, idempotency_key, digest)
-        if earlier is None:
-            raise
-        return Submitted(earlier, created=False)
-    return Submitted(job, created=True)
 
 
 def add_job(
@@ -125,8 +38,13 @@ def add_job(
     inputs: Sequence[str] = (),
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    waiting: bool = False,
 ) -> Job:
-    """Add a queued job to the session without committing (for callers that write more with it)."""
+    """Add a queued job to the session without committing (for callers that write more with it).
+
+    A ``waiting`` job is not sent to the broker yet: it waits queued until its inputs are ready
+    (``enqueued_at`` stays null: see ``app.jobs.waiting``).
+    """
     job = Job(
         id=new_id("job"),
         tenant_id=tenant_id,
@@ -138,7 +56,7 @@ def add_job(
         time_limit_s=time_limit_s,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
-        enqueued_at=utcnow(),
+        enqueued_at=None if waiting else utcnow(),
     )
     session.add(job)
     session.flush()
@@ -147,36 +65,19 @@ def add_job(
     return job
 
 
-def _expire_key(session: Session, tenant_id: str, key: str, ttl_s: float) -> None:
-    """Free a key whose job is older than the replay window, so it starts a new job."""
-    session.execute(
-        update(Job)
-        .where(
-            Job.tenant_id == tenant_id,
-            Job.idempotency_key == key,
-            Job.created_at < utcnow() - timedelta(seconds=ttl_s),
-        )
-        .values(idempotency_key=None)
-        .execution_options(synchronize_session=False)
-    )
-
-
-def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | None:
-    job = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
-    if job is not None and job.request_hash != digest:
-        raise InvalidInput(
-            "This Idempotency-Key was already used with a different request body.",
-            code="idempotency_key.reused",
-            param="Idempotency-Key",
-        )
-    return job
-
-
 def get_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.tenant_id != tenant_id:
-        raise NotFound(f"No job with id '{job_id}'.", code="job.not_found", param="job_id")
-    return job
+    """The tenant's job: another tenant's looks exactly like a missing one.
+
+    Raises:
+        NotFound: no such job for this tenant.
+    """
+    return get_owned(
+        session,
+        Job,
+        job_id,
+        tenant_id=tenant_id,
+        missing=NotFound(f"No job with id '{job_id}'.", code="job.not_found", param="job_id"),
+    )
 
 
 def list_jobs(

@@ -15,7 +15,7 @@ import typing
 from functools import cache
 from typing import Any, Union
 
-from workers.pipeline.configs.base import ConfigError
+from pipeline.configs.base import ConfigError
 
 
 @cache

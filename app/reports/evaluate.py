@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.artifacts.tables import Artifact
+from app.db import find_owned
 from app.errors import Conflict
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job, JobMetric
@@ -37,8 +38,8 @@ def lineage_curves(
     curves: dict[str, list[tuple[int, float]]] = {}
     seen: set[str] = set()
     for _ in range(LINEAGE_DEPTH):
-        model = session.get(Artifact, model_id) if model_id else None
-        if model is None or model.tenant_id != tenant_id or model.id in seen:
+        model = find_owned(session, Artifact, model_id, tenant_id=tenant_id) if model_id else None
+        if model is None or model.id in seen:
             break
         seen.add(model.id)
         job_id = model.lineage.get("job_id")

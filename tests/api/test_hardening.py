@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import threading
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
@@ -85,11 +83,10 @@ def test_invalid_unicode_is_422_naming_the_field(
 
 
 def test_a_row_with_a_lone_surrogate_never_breaks_the_list(
-    client: TestClient, auth: dict[str, str], factory: sessionmaker[Session]
+    client: TestClient, auth: dict[str, str], tenant: str, factory: sessionmaker[Session]
 ) -> None:
-    tenant_id = client.get("/v1/jobs", headers=auth).status_code and _tenant_of(factory, auth)
-    bad = make_job(factory, tenant_id)
-    good = make_job(factory, tenant_id)
+    bad = make_job(factory, tenant)
+    good = make_job(factory, tenant)
     with factory() as session:
         session.execute(
             update(Job).where(Job.id == bad.id).values(params={"fail_with": "x\udc80y"})
@@ -101,13 +98,6 @@ def test_a_row_with_a_lone_surrogate_never_breaks_the_list(
     one = client.get(f"/v1/jobs/{bad.id}", headers=auth)
     assert one.status_code == 200
     assert one.json()["params"]["fail_with"] == "x\ufffdy"
-
-
-def _tenant_of(factory: sessionmaker[Session], auth: dict[str, str]) -> str:
-    from app.tenants.service import authenticate
-
-    with factory() as session:
-        return authenticate(session=session, key=auth["Authorization"].split()[1])
 
 
 def test_integers_over_4300_digits_are_a_clean_422(
@@ -176,22 +166,18 @@ def test_active_job_quota_is_403(settings: Settings, auth: dict[str, str]) -> No
 
 
 def test_device_hours_quota_is_403(
-    settings: Settings, auth: dict[str, str], factory: sessionmaker[Session]
+    settings: Settings, auth: dict[str, str], tenant: str, factory: sessionmaker[Session]
 ) -> None:
     """Two device-hours used on the gpu queue today, a quota of one: the next job is refused."""
     from datetime import timedelta
 
-    from sqlalchemy import select, update
+    from sqlalchemy import update
 
     from app.db import utcnow
     from app.jobs.tables import Job
-    from app.tenants.tables import Tenant
     from tests.factories import make_job
 
-    with factory() as session:
-        tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == "acme"))
-    assert tenant_id is not None
-    used = make_job(factory, tenant_id)
+    used = make_job(factory, tenant)
     with factory() as session:
         session.execute(
             update(Job)
@@ -313,7 +299,6 @@ def test_store_files_are_private(
 
 
 def test_embedded_database_file_is_private(tmp_path: object) -> None:
-    from pathlib import Path
 
     from app.db import make_engine
 
@@ -327,55 +312,12 @@ def test_embedded_database_file_is_private(tmp_path: object) -> None:
     assert stat.S_IMODE(os.stat(db.parent).st_mode) == 0o700
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_make_run_first_screen_is_clean(tmp_path: Path) -> None:
-    """URL, key and a command to try: no alembic INFO lines, no Celery banner or root lecture."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.api.test_hardening_streams import _free_port
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRISTMILL_")}
-    env["GRISTMILL_DATA_DIR"] = str(tmp_path)
-    env["GRISTMILL_REAPER_INTERVAL_SECONDS"] = "0"
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        time.sleep(1)
-        deadline = time.monotonic() + 60
-        ready = False
-        while time.monotonic() < deadline and not ready:
-            with contextlib.suppress(httpx.HTTPError):
-                ready = httpx.get(f"http://127.0.0.1:{port}/v1/health").status_code == 200
-            time.sleep(0.3)
-        time.sleep(4)  # the worker has started (and would have printed its banner)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        output = proc.communicate(timeout=30)[0].decode()
-    key = (tmp_path / "api-key").read_text().strip()
-    assert f"http://127.0.0.1:{port}" in output
-    assert key in output
-    assert "curl" in output
-    for noise in ("INFO alembic", "superuser", "-------------- [queues]", "Started server"):
-        assert noise not in output, output
-
-
 def test_users_get_stable_messages_and_no_internals(
-    client: TestClient, auth: dict[str, str], factory: sessionmaker[Session]
+    client: TestClient, auth: dict[str, str], tenant: str, factory: sessionmaker[Session]
 ) -> None:
     from app.jobs import service
 
-    tenant_id = _tenant_of(factory, auth)
-    crashed, retried = make_job(factory, tenant_id), make_job(factory, tenant_id)
+    crashed, retried = make_job(factory, tenant), make_job(factory, tenant)
     secret = "RuntimeError: cannot open /srv/gristmill/store/jobs/job_x/work/ckpt.pt on gpu-7"
     with factory() as session:
         session.execute(

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.main import create_app
 from app.settings import Settings
 from tests.factories import make_key
+from tests.serving import serve_in_thread
+from tests.timing import wait_for
 
+STALLED = "download stalled by its reader"  # the edge's log line when it drops a reader
 SLOW = {
     "db_pool_size": 1,
     "db_max_overflow": 0,
@@ -28,29 +29,18 @@ SLOW = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serving(settings: Settings, *, slow: bool = True) -> Iterator[str]:
     """A real uvicorn server in a thread (with tight pool and timeouts unless ``slow=False``)."""
     app = create_app(settings.model_copy(update=SLOW) if slow else settings, run_reaper=False)
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(app, log_config=None, access_log=False) as url:
+        yield url
+
+
+def uploads_in_flight(settings: Settings) -> int:
+    """Uploads whose route is streaming into the store now: each writes a ``.*.tmp`` file, after
+    the edge gave it one of its tenant's stream slots."""
+    return len(list(settings.resolved_storage_dir.rglob(".*.tmp")))
 
 
 def _stalled_upload(base: str, key: str) -> socket.socket:
@@ -86,8 +76,14 @@ def test_stalled_uploads_hold_no_connection_and_time_out(
 ) -> None:
     slow, other = make_key(factory, "slowpoke").key, make_key(factory, "bystander").key
     with serving(settings) as base:
+        before = uploads_in_flight(settings)
         stalled = [_stalled_upload(base, slow) for _ in range(3)]
-        time.sleep(0.3)
+        wait_for(
+            lambda: uploads_in_flight(settings) == before + 3,
+            timeout=10,
+            interval=0.02,
+            what="three uploads to hold their stream slots",
+        )
         with httpx.Client(base_url=base, timeout=10) as client:
             # A fourth stream of the same tenant is refused; the other tenant is served at once,
             # although the pool has a single connection.
@@ -109,7 +105,7 @@ def test_stalled_uploads_hold_no_connection_and_time_out(
 
 @pytest.mark.timeout(60)
 def test_a_download_nobody_reads_is_disconnected(
-    settings: Settings, factory: sessionmaker[Session]
+    settings: Settings, factory: sessionmaker[Session], caplog: pytest.LogCaptureFixture
 ) -> None:
     key = make_key(factory, "slowreader").key
     auth = {"Authorization": f"Bearer {key}"}
@@ -126,7 +122,13 @@ def test_a_download_nobody_reads_is_disconnected(
             f"GET /v1/datasets/{ds.json()['id']}/content HTTP/1.1\r\nHost: x\r\n"
             f"Authorization: Bearer {key}\r\n\r\n".encode()
         )
-        time.sleep(4)  # read nothing for longer than the send timeout
+        # Read nothing until the server gives up on this reader (its send timeout).
+        wait_for(
+            lambda: any(STALLED in r.getMessage() for r in caplog.records),
+            timeout=15,
+            interval=0.1,
+            what="the server to drop the stalled download",
+        )
         # Meanwhile the tenant's stream slot came back and the API answers everyone.
         assert client.get("/v1/jobs", headers=auth).status_code == 200
         received = 0

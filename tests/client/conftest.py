@@ -12,18 +12,12 @@ from typing import Any
 import pytest
 
 from tests.e2e import procs
-from tests.e2e.procs import GRISTMILL, Api, Proc, wait_for
+from tests.e2e.conftest import pytest_runtest_makereport  # noqa: F401  (process logs on failure)
+from tests.e2e.procs import GRISTMILL, Proc
+from tests.e2e.stack import Api, start_serve
+from tests.timing import scaled
 
 CORPUS = Path(__file__).parents[1] / "fixtures" / "corpus" / "stories.jsonl"
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    if report.failed and procs.STARTED:
-        tails = "\n".join(proc.tail() for proc in procs.STARTED)
-        report.sections.append(("gristmill process logs", tails))
 
 
 @dataclass
@@ -50,29 +44,19 @@ class Server:
             env=self.env(**settings),
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=scaled(timeout),
         )
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("client")
-    port = procs.free_port()
     data_dir = root / "data"
-    proc = procs.start(
-        "serve",
-        [GRISTMILL, "serve", "--port", str(port)],
-        env=procs.clean_env(data_dir=str(data_dir)),
-        log_dir=root / "logs",
-        cwd=root,
-    )
-    url = f"http://127.0.0.1:{port}"
-    api = Api(url)
+    proc, api = start_serve(root, log_dir=root / "logs", data_dir=str(data_dir))
     try:
-        api.wait_ready(timeout=60, logs=[proc])
-        wait_for(lambda: " ready." in proc.log(), timeout=60, what="the worker", logs=[proc])
         api.key = (data_dir / "api-key").read_text().strip()
-        yield Server(url=url, port=port, data_dir=data_dir, proc=proc, api=api)
+        port = int(api.base_url.rsplit(":", 1)[1])
+        yield Server(url=api.base_url, port=port, data_dir=data_dir, proc=proc, api=api)
     finally:
         api.close()
         procs.stop_all([proc])

@@ -6,13 +6,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from app.client.commands import parse_params
-from app.client.config import resolve_config
-from app.client.render import final_line
-from tests.e2e.procs import free_port
+from app.datasets.schemas import DatasetRead
+from app.jobs.states import FINAL_STATES, JobStatus
+from app.settings import Settings
+from client.commands.jobs import parse_params
+from client.config import DEFAULT_DATA_DIR, resolve_config
+from client.jobview import final_line
+from client.render import STATUS_STYLE
+from client.statuses import DATASET_STATUSES, JOB_FINAL, JOB_STATUSES
+from tests.serving import free_port
 
 
 def test_params_are_json_when_they_parse_and_dotted_keys_nest() -> None:
@@ -68,12 +74,33 @@ def test_the_client_loads_neither_the_worker_stack_nor_the_server_frameworks() -
     """The client commands import no ``workers``, torch, Celery or FastAPI module: they install
     and run where only the ``client`` extra is."""
     code = (
-        "import sys, app.cli, app.client.commands, app.client.watch;"
+        "import sys, app.cli, client.commands, client.watch;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in"
         " ('workers', 'torch', 'transformers', 'celery', 'fastapi', 'starlette')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_every_command_group_imports_nothing_of_the_server() -> None:
+    """Each group's module, with everything it needs, loads no ``app`` module: the client is an
+    HTTP client of its own (the import contract says so too)."""
+    code = (
+        "import sys, client.commands.jobs, client.commands.datasets, client.commands.artifacts;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('app', 'sqlalchemy')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_clients_vocabulary_is_the_servers() -> None:
+    """The status names and the data directory the client carries (the HTTP contract and the
+    embedded server's layout) are the server's own, and every status has a colour."""
+    assert {s.value for s in JobStatus} == JOB_STATUSES
+    assert {s.value for s in FINAL_STATES} == JOB_FINAL
+    assert set(get_args(DatasetRead.model_fields["status"].annotation)) == DATASET_STATUSES
+    assert set(STATUS_STYLE) >= JOB_STATUSES | DATASET_STATUSES
+    assert Path(DEFAULT_DATA_DIR) == Settings.model_fields["data_dir"].default
 
 
 def test_an_unreachable_server_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:

@@ -14,14 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.client.http import (
-    ApiError,
-    ChecksumMismatch,
-    GristmillClient,
-    RetryPolicy,
-    parse_retry_after,
-)
-from app.client.watch import watch_job
+from client.http import ApiError, GristmillClient, RetryPolicy, parse_retry_after
+from client.transfers import ChecksumMismatch
+from client.watch import watch_job
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -107,7 +102,7 @@ def test_a_client_error_is_not_retried_and_keeps_the_envelope() -> None:
     handler, seen = scripted([httpx.Response(422, json=body)])
 
     with pytest.raises(ApiError) as raised:
-        make_client(handler, []).submit_job("pretrain", {"lr": -1})
+        make_client(handler, []).jobs.submit("pretrain", {"lr": -1})
 
     assert len(seen) == 1
     assert (raised.value.status, raised.value.param, raised.value.message) == (
@@ -123,7 +118,7 @@ def test_a_dropped_connection_is_retried_and_a_submit_keeps_its_idempotency_key(
     )
     sleeps: list[float] = []
 
-    make_client(handler, sleeps).submit_job("probe", {})
+    make_client(handler, sleeps).jobs.submit("probe", {})
 
     keys = {request.headers["Idempotency-Key"] for request in seen}
     assert len(seen) == 3 and len(keys) == 1  # the server answers the retry with the same job
@@ -144,7 +139,7 @@ def test_pages_are_followed_with_the_last_id_as_cursor() -> None:
         assert request.url.params["status"] == "running"
         return httpx.Response(200, json=pages[after])
 
-    jobs = list(make_client(handler, []).list_jobs(status="running", limit=2))
+    jobs = list(make_client(handler, []).jobs.list(status="running", limit=2))
 
     assert [j["id"] for j in jobs] == ["job_3", "job_2", "job_1"]
     assert cursors == [None, "job_2", "job_1"]
@@ -164,7 +159,7 @@ def test_metric_pages_are_cut_at_whole_steps() -> None:
         limit = 3
         return httpx.Response(200, json={"data": later[:limit], "has_more": len(later) > limit})
 
-    points = list(make_client(handler, []).job_metrics("job_1", limit=3))
+    points = list(make_client(handler, []).jobs.metrics("job_1", limit=3))
 
     assert points == rows
     assert asked == [None, "1", "2"]
@@ -202,7 +197,7 @@ def test_upload_streams_the_file_reports_progress_and_checks_the_stored_sha256(
     deleted: list[str] = []
     client = make_client(serve_upload(received, iter([503, 202]), data, deleted), [])
 
-    dataset = client.upload_dataset(path, name="c", on_progress=progress.append)
+    dataset = client.datasets.upload(path, name="c", on_progress=progress.append)
 
     assert dataset["id"] == "ds_1" and deleted == []
     assert len(received) == 2 and all(data in body for body in received)
@@ -218,7 +213,7 @@ def test_an_upload_the_server_stored_differently_is_deleted(tmp_path: Path) -> N
     client = make_client(serve_upload([], iter([202]), b"something else", deleted), [])
 
     with pytest.raises(ChecksumMismatch, match="deleted"):
-        client.upload_dataset(path)
+        client.datasets.upload(path)
 
     assert deleted == ["/v1/datasets/ds_1"]
 
@@ -229,7 +224,7 @@ def test_an_upload_cut_off_is_not_sent_twice(tmp_path: Path) -> None:
     handler, seen = scripted([httpx.ReadError("reset"), httpx.Response(202, json={})])
 
     with pytest.raises(httpx.ReadError):
-        make_client(handler, []).upload_dataset(path)
+        make_client(handler, []).datasets.upload(path)
 
     assert len(seen) == 1
 
@@ -287,16 +282,16 @@ def test_artifact_download_checks_the_manifest_and_every_file(tmp_path: Path) ->
 
     client = make_client(handler, [])
     with pytest.raises(ChecksumMismatch, match=r"model\.safetensors"):
-        client.download_artifact("model", "mdl_1", tmp_path)
+        client.models.download("mdl_1", tmp_path)
     assert not (tmp_path / "mdl_1" / "sub" / "model.safetensors").exists()
 
     tampered.clear()
-    root = client.download_artifact("model", "mdl_1", tmp_path)
+    root = client.models.download("mdl_1", tmp_path)
     assert {p: (root / p).read_bytes() for p in files} == files
 
     manifest[0]["size_bytes"] += 1  # a file list that does not hash to the artifact's sha256
     with pytest.raises(ChecksumMismatch, match="file list"):
-        client.artifact_files("model", "mdl_1")
+        client.models.files("mdl_1")
 
 
 class RecordingView:

@@ -4,19 +4,17 @@ key) votes with a click and a key, and the votes land in the database."""
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.comparisons import service
+from app.comparisons.outputs import ComparisonAnswers
 from app.comparisons.tables import Comparison
 from app.main import create_app
 from app.settings import Settings
-from tests.factories import make_key
+from tests.serving import serve_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -35,24 +33,11 @@ ANSWERS = {"mdl_x": ["x says one", "x says two"], "mdl_y": ["y says one", "y say
 
 @pytest.fixture
 def served(settings: Settings, factory: sessionmaker[Session]) -> Iterator[str]:
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(settings, run_reaper=False)
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(create_app(settings, run_reaper=False), log_level="warning") as url:
+        yield url
 
 
-def _open_comparison(factory: sessionmaker[Session]) -> tuple[str, str]:
-    tenant_id = make_key(factory, "acme").tenant_id
+def _open_comparison(factory: sessionmaker[Session], tenant_id: str) -> tuple[str, str]:
     with factory() as session:
         comparison = Comparison(
             id="cmp_01JAAAAAAAAAAAAAAAAAAAAAAA",
@@ -63,19 +48,17 @@ def _open_comparison(factory: sessionmaker[Session]) -> tuple[str, str]:
             secret="s" * 64,
         )
         session.add(comparison)
-        service.record_answers(
-            session=session,
-            answers=service.ComparisonAnswers(comparison.id, ["Prompt one", "Prompt two"], ANSWERS),
-        )
+        answers = ComparisonAnswers(comparison.id, ["Prompt one", "Prompt two"], ANSWERS)
+        answers.record(session=session)
         session.commit()
         _, token = service.add_rater(session=session, comparison=comparison, name="Ada")
         return comparison.id, token
 
 
 def test_an_invited_rater_votes_on_the_real_page(
-    served: str, factory: sessionmaker[Session]
+    served: str, factory: sessionmaker[Session], tenant: str
 ) -> None:
-    cid, token = _open_comparison(factory)
+    cid, token = _open_comparison(factory, tenant)
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or ""
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=390,844"):

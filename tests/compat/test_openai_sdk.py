@@ -7,7 +7,6 @@ import io
 import json
 import tarfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.jobs.tables import JobMetric
+from inference.server import create_app as create_inference_app
+from inference.settings import InferenceSettings
+from pipeline.finetune import stage as finetune_recipe
 from tests.conftest import RunJob
 from tests.pipeline.finetune_helpers import build_base, chat_rows, task_split
-from tests.timing import scaled
-from workers.inference.server import create_app as create_inference_app
-from workers.inference.settings import InferenceSettings
-from workers.pipeline.finetune import loop as finetune_loop
+from tests.timing import scaled, wait_for
 
 
 @pytest.fixture
@@ -152,16 +151,21 @@ def test_errors_are_the_ones_the_sdk_handles(sdk: openai.OpenAI, base_model: str
         ).models.list()
 
 
-def train_steps_slowly(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """Each optimiser step also waits ``seconds``, so a pause lands mid-run whatever the machine;
-    the numbers are the stage's own."""
-    original = finetune_loop.train_step
+def hold_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
+    """Train ``steps`` optimiser steps, then hold each next one until the stage is asked to stop,
+    so a pause lands mid-run, at the same step, whatever the machine; the numbers are the
+    stage's own."""
+    original = finetune_recipe.train_step
+    trained = 0
 
-    def slow(run: Any, items: list[Any]) -> Any:
-        time.sleep(seconds)
+    def held(run: Any, items: list[Any]) -> Any:
+        nonlocal trained
+        if trained >= steps:
+            wait_for(run.hooks.should_stop, timeout=60, interval=0.02, what="a stop request")
+        trained += 1
         return original(run, items)
 
-    monkeypatch.setattr(finetune_loop, "train_step", slow)
+    monkeypatch.setattr(finetune_recipe, "train_step", held)
 
 
 def processed_file(sdk: openai.OpenAI, client: TestClient, run_job: RunJob, rows: int) -> str:
@@ -193,17 +197,19 @@ def test_a_paused_fine_tune_resumes_from_its_checkpoint_on_the_same_loss_curve(
     straight = sdk.fine_tuning.jobs.create(**request)
     assert run_job(straight.id)["status"] == "succeeded"
 
-    train_steps_slowly(monkeypatch, 0.5)
+    # Step 2's numbers are read when step 3 has run: hold step 4 until the pause arrives.
+    hold_after(monkeypatch, 3)
     job = sdk.fine_tuning.jobs.create(**request)
     ended: list[dict[str, Any]] = []
     worker = threading.Thread(target=lambda: ended.append(run_job(job.id)))
     worker.start()
-    deadline = time.monotonic() + scaled(60)
-    while (client.get(f"/v1/jobs/{job.id}", headers=sdk.auth_headers).json()["progress"] or {}).get(
-        "step", 0
-    ) < 2:
-        assert time.monotonic() < deadline and worker.is_alive(), "the job did not start"
-        time.sleep(0.05)
+
+    def trained_two_steps() -> bool:
+        assert worker.is_alive(), f"the job ended before its pause: {ended}"
+        job_now = client.get(f"/v1/jobs/{job.id}", headers=sdk.auth_headers).json()
+        return bool((job_now["progress"] or {}).get("step", 0) >= 2)
+
+    wait_for(trained_two_steps, timeout=60, interval=0.05, what="two steps of training")
 
     pausing = sdk.fine_tuning.jobs.pause(job.id)
     assert pausing.status == "pausing"

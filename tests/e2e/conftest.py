@@ -17,14 +17,13 @@ import pytest
 
 from tests.conftest import PG_ADMIN_URL, drop_database, recreate_database
 from tests.e2e import procs
-from tests.e2e.procs import (
+from tests.e2e.procs import RedisServer, TcpProxy
+from tests.e2e.stack import (
     E2E_DB,
     PG_HOST,
     PG_PORT,
-    RedisServer,
     Stack,
     StackFactory,
-    TcpProxy,
     build_stack,
     database_url,
     truncate_jobs,

@@ -15,8 +15,10 @@ import psutil
 import pytest
 
 from tests.e2e import procs
-from tests.e2e.procs import GRISTMILL, Api, Proc, wait_for
-from tests.timing import scaled
+from tests.e2e.procs import Proc
+from tests.e2e.stack import Api
+from tests.e2e.stack import start_serve as start_server
+from tests.timing import scaled, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,21 +42,8 @@ class Embedded:
 def start_serve(cwd: Path) -> Embedded:
     """``gristmill serve`` in ``cwd`` with no GRISTMILL_* variable; wait until the API is ready and
     its worker subprocess too."""
-    port = procs.free_port()
-    proc = procs.start(
-        "serve",
-        [GRISTMILL, "serve", "--port", str(port)],
-        env=procs.clean_env(),
-        log_dir=cwd.parent / f"{cwd.name}-logs",
-        cwd=cwd,
-    )
-    embedded = Embedded(cwd=cwd, proc=proc, api=Api(f"http://127.0.0.1:{port}"))
-    embedded.api.wait_ready(timeout=60, logs=[proc])
-    # The worker subprocess writes to the same output; "ready." means its pool process is up too.
-    wait_for(
-        lambda: " ready." in proc.log(), timeout=60, what="the worker to be ready", logs=[proc]
-    )
-    return embedded
+    proc, api = start_server(cwd, log_dir=cwd.parent / f"{cwd.name}-logs")
+    return Embedded(cwd=cwd, proc=proc, api=api)
 
 
 def stop_serve(embedded: Embedded) -> None:
@@ -162,3 +151,21 @@ def _describe(process: psutil.Process) -> str:
         return f"{process.pid} {process.status()} {' '.join(process.cmdline())}"
     except psutil.NoSuchProcess:
         return f"{process.pid} gone"
+
+
+@pytest.mark.timeout(120)
+def test_make_run_first_screen_is_clean(tmp_path: Path) -> None:
+    """URL, key and a command to try: no alembic INFO lines, no Celery banner or root lecture."""
+    proc, api = start_server(
+        tmp_path, log_dir=tmp_path / "logs", data_dir=tmp_path, reaper_interval_seconds=0
+    )
+    # start_serve waited for the worker's "… ready.", which Celery logs after any banner.
+    api.close()
+    procs.stop_all([proc])
+    output = proc.log()
+    key = (tmp_path / "api-key").read_text().strip()
+    assert api.base_url in output
+    assert key in output
+    assert "curl" in output
+    for noise in ("INFO alembic", "superuser", "-------------- [queues]", "Started server"):
+        assert noise not in output, output

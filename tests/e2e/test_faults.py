@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -16,12 +15,14 @@ import redis
 
 from app.broker import RUN_JOB, create_celery
 from app.settings import Settings
-from tests.e2e.procs import RedisServer, Stack, StackFactory, TcpProxy, database_url, wait_for
-from tests.timing import scaled
+from tests.e2e.procs import RedisServer, TcpProxy
+from tests.e2e.stack import Stack, StackFactory, database_url
+from tests.timing import scaled, wait_for
 
 pytestmark = pytest.mark.slow
 
 LEASE_S = 4
+HEARTBEAT_FAILED = "heartbeat failed; will retry"  # the worker's log line (workers.runner)
 RECOVERY_S = LEASE_S + 1 + 10  # lease expiry + a reaper period + a fresh run's start
 
 
@@ -154,13 +155,16 @@ def test_job_fails_as_worker_lost_when_no_attempts_are_left(make_stack: StackFac
     job_id = stack.api.submit(duration_s=5)["id"]
     wait_running_with_progress(stack, job_id)
 
-    os.kill(stack.pool_child(), signal.SIGKILL)
+    killed = stack.pool_child()
+    os.kill(killed, signal.SIGKILL)
 
     job = stack.api.wait_status(job_id, "failed", timeout=RECOVERY_S, logs=stack.logs)
     assert job["error"]["code"] == "job.worker_lost"
     assert job["attempt"] == 1
     assert job["max_attempts"] == 1
-    time.sleep(2)  # reaper passes and a re-spawned pool process change nothing
+    # A re-spawned pool process and a later reaper pass change nothing.
+    stack.pool_child(not_pid=killed)
+    stack.reaper_pass()
     assert stack.api.job(job_id)["status"] == "failed"
     assert len(attempt_starts(stack, job_id)) == 1
 
@@ -173,7 +177,7 @@ def test_a_worker_that_stops_consuming_restarts_itself(
     deafness window; a restarted worker runs the job."""
     celery = create_celery(Settings(broker_url=redis_server.url))
     try:
-        hostname = f"gristmill@{socket.gethostname()}-{stack.worker.pid}"
+        hostname = stack.worker_hostname()
         replies = celery.control.cancel_consumer("cpu", destination=[hostname], reply=True)
         assert replies, "the worker did not answer the remote-control call"
     finally:
@@ -291,14 +295,22 @@ def test_ready_answers_503_while_postgres_is_unreachable_and_recovers(
 def test_running_job_succeeds_through_a_short_postgres_outage(
     proxied_stack: Stack, pg_proxy: TcpProxy
 ) -> None:
-    """Cut Postgres for 2 s in the middle of a 5 s probe → heartbeats and metric writes retry,
-    the lease holds, and the job ends ``succeeded`` on its first attempt."""
+    """Cut Postgres in the middle of a 5 s probe until the worker's heartbeat has failed on it →
+    heartbeats and metric writes retry, the lease holds, and the job ends ``succeeded`` on its
+    first attempt."""
     stack = proxied_stack
     job_id = stack.api.submit(duration_s=5)["id"]
     wait_running_with_progress(stack, job_id)
+    failed_heartbeats = stack.worker.log().count(HEARTBEAT_FAILED)
 
     pg_proxy.cut()
-    time.sleep(2)
+    wait_for(
+        lambda: stack.worker.log().count(HEARTBEAT_FAILED) > failed_heartbeats,
+        timeout=10,
+        interval=0.1,
+        what="a heartbeat to fail on the outage",
+        logs=stack.logs,
+    )
     pg_proxy.restore()
 
     job = stack.api.wait_status(job_id, "succeeded", timeout=30, logs=stack.logs)

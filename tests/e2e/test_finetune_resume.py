@@ -15,9 +15,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.e2e.procs import Api, Proc, Stack, StackFactory, wait_for
-from tests.e2e.test_training import get, post, upload_ready
+from tests.e2e.procs import Proc
+from tests.e2e.stack import Api, Stack, StackFactory
 from tests.pipeline.finetune_helpers import build_base, chat_rows, task_split
+from tests.timing import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -51,18 +52,13 @@ def upload_model(api: Api, folder: Path, logs: list[Proc]) -> str:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(str(folder), arcname="tiny")
-    model = post(api, "/v1/models", files={"file": ("tiny.tar.gz", buffer.getvalue())})
-    wait_for(
-        lambda: get(api, f"/v1/models/{model['id']}")["status"] == "ready",
-        timeout=60,
-        what="base model ready",
-        logs=logs,
+    return str(
+        api.upload("/v1/models", "tiny.tar.gz", buffer.getvalue(), timeout=60, logs=logs)["id"]
     )
-    return str(model["id"])
 
 
 def loss_curve(api: Api, job_id: str) -> dict[int, float]:
-    page = get(api, f"/v1/jobs/{job_id}/metrics?name=train_loss&limit=5000")
+    page = api.get(f"/v1/jobs/{job_id}/metrics?name=train_loss&limit=5000")
     assert not page["has_more"]
     return {m["step"]: m["value"] for m in page["data"]}
 
@@ -74,13 +70,13 @@ def saved_steps(api: Api, job_id: str) -> list[int]:
 
 def checkpoints(api: Api, job_id: str) -> dict[int, dict[str, Any]]:
     """Step → metrics of a succeeded job's checkpoints, in the API's order (newest first)."""
-    page = get(api, f"/v1/fine_tuning/jobs/{job_id}/checkpoints?limit=100")
+    page = api.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints?limit=100")
     assert not page["has_more"]
     return {c["step_number"]: c["metrics"] for c in page["data"]}
 
 
 def weights_sha256(api: Api, model_id: str) -> str:
-    files = get(api, f"/v1/models/{model_id}/files")["data"]
+    files = api.get(f"/v1/models/{model_id}/files")["data"]
     return next(str(f["sha256"]) for f in files if f["path"] == "model.safetensors")
 
 
@@ -148,7 +144,9 @@ def test_fine_tunes_resume_to_the_same_result_after_their_worker_is_killed(
     uninterrupted run of the same job; the resumed models load."""
     base = upload_model(stack.api, build_base("qwen2", tmp_path / "base"), stack.logs)
     rows = "".join(json.dumps(r) + "\n" for r in chat_rows(task_split()[0][:64]))
-    dataset = upload_ready(stack.api, rows.encode(), stack.logs)
+    dataset = stack.api.upload("/v1/datasets", "stories.jsonl", rows.encode(), logs=stack.logs)[
+        "id"
+    ]
     params = {
         m: {"model_id": base, "dataset_id": dataset, "method": m, **FINETUNE} for m in METHODS
     }
@@ -159,7 +157,7 @@ def test_fine_tunes_resume_to_the_same_result_after_their_worker_is_killed(
 
     for method in METHODS:
         job_id = str(
-            post(stack.api, "/v1/jobs", json={"type": "finetune", "params": params[method]})["id"]
+            stack.api.post("/v1/jobs", json={"type": "finetune", "params": params[method]})["id"]
         )
         saved = wait_for(
             partial(saved_steps, stack.api, job_id),

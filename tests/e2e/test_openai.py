@@ -8,17 +8,16 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
+from tests.e2e.stack import FINAL_STATES
 from tests.e2e.test_embedded import Embedded, start_serve, stop_serve
 from tests.pipeline.finetune_helpers import build_base, chat_rows, task, task_split
-from tests.timing import scaled
+from tests.timing import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,51 +34,42 @@ def upload_base(server: Embedded, folder: Path) -> str:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(str(folder), arcname="tiny")
-    headers = {"Authorization": f"Bearer {server.api.key}"}
-    url = server.api.base_url + "/v1/models"
-    model = httpx.post(url, files={"file": ("tiny.tar.gz", buffer.getvalue())}, headers=headers)
-    assert model.status_code == 202, model.text
-    model_id = model.json()["id"]
-    deadline = time.monotonic() + scaled(120)
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{url}/{model_id}", headers=headers).json()["status"]
-        if status != "validating":
-            assert status == "ready"
-            return str(model_id)
-        time.sleep(0.5)
-    raise AssertionError("the uploaded model was not imported in time")
+    model = server.api.upload("/v1/models", "tiny.tar.gz", buffer.getvalue(), timeout=120)
+    return str(model["id"])
 
 
-FINAL = ("succeeded", "failed", "cancelled")
 # 96 rows in batches of 12 make 8 steps an epoch; enough epochs that the job is still running
 # when the worker's monitor (about one tick a second) sees the pause, even on a fast machine.
 STEPS_PER_EPOCH, EPOCHS = 8, 40
 
 
 def wait_status(
-    sdk: openai.OpenAI, job_id: str, statuses: tuple[str, ...], timeout: float, poll: float = 1
+    sdk: openai.OpenAI, job_id: str, statuses: Collection[str], timeout: float, poll: float = 1
 ) -> openai.types.fine_tuning.FineTuningJob:
-    deadline = time.monotonic() + scaled(timeout)
-    while time.monotonic() < deadline:
+    """Poll the job through the SDK until its status is one of ``statuses``; a job that ends in
+    another status fails at once."""
+
+    def reached() -> openai.types.fine_tuning.FineTuningJob | None:
         job = sdk.fine_tuning.jobs.retrieve(job_id)
         if job.status in statuses:
             return job
-        assert job.status not in FINAL, f"job {job_id} ended {job.status}, not {statuses}"
-        time.sleep(poll)
-    raise AssertionError(f"fine-tuning job {job_id} did not become {statuses}")
+        assert job.status not in FINAL_STATES, f"job {job_id} ended {job.status}, not {statuses}"
+        return None
+
+    return wait_for(reached, timeout=timeout, interval=poll, what=f"{job_id} {statuses}")
 
 
 def wait_done(
     sdk: openai.OpenAI, job_id: str, timeout: float
 ) -> openai.types.fine_tuning.FineTuningJob:
-    return wait_status(sdk, job_id, FINAL, timeout)
+    return wait_status(sdk, job_id, FINAL_STATES, timeout)
 
 
 def pause_and_resume(sdk: openai.OpenAI, job_id: str) -> int:
     """Pause the job as soon as it runs, check it stopped with a checkpoint, resume it; returns
     the step it stopped at."""
     wait_status(sdk, job_id, ("running",), timeout=300, poll=0.1)
-    assert sdk.fine_tuning.jobs.pause(job_id).status in ("pausing", "paused")
+    assert sdk.fine_tuning.jobs.pause(job_id).status == "pausing"  # it was running
     paused = wait_status(sdk, job_id, ("paused",), timeout=120, poll=0.2)
     assert paused.fine_tuned_model is None
     events = list(sdk.fine_tuning.jobs.list_events(job_id, limit=100))

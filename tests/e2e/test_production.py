@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.procs import FINAL_STATES, RedisServer, Stack, build_stack, truncate_jobs, wait_for
-from tests.timing import scaled
+from tests.e2e.procs import RedisServer
+from tests.e2e.stack import FINAL_STATES, Stack, build_stack, truncate_jobs
+from tests.timing import scaled, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +106,7 @@ def test_cancel_stops_a_running_job_within_seconds(stack: Stack) -> None:
     assert job["error"] is None
     metrics = stack.api.metrics(job_id)
     assert all(ts(m["created_at"]) <= ts(job["finished_at"]) for m in metrics)
-    time.sleep(1.5)  # longer than the metrics flush period
+    stack.wait_idle()  # the attempt has returned: whatever it was going to flush, it has
     assert stack.api.metrics(job_id) == metrics
     assert stack.api.events(job_id)[-1]["message"] == "job cancelled"
 
@@ -117,7 +118,8 @@ def test_cancel_of_a_queued_job_ends_it_before_it_ever_starts(stack: Stack) -> N
     assert stack.api.job(job_id)["status"] == "queued"
 
     assert stack.api.cancel(job_id)["status"] == "cancelled"
-    time.sleep(3)  # past requeue_after_seconds: a queued job's message would have been re-sent
+    # A pass that would have re-sent this job's message, had it stayed queued.
+    stack.reaper_pass(like=job_id)
 
     job = stack.api.job(job_id)
     assert job["status"] == "cancelled"
@@ -133,7 +135,7 @@ def test_failing_probe_ends_failed_with_its_error_code_and_is_not_retried(stack:
     job_id = stack.api.submit(duration_s=5, fail_with="probe.drill")["id"]
 
     _, job = watch(stack, job_id)
-    time.sleep(2.5)  # a reaper pass or two: nothing may re-queue it
+    stack.reaper_pass()  # a pass after its end: nothing may re-queue it
 
     assert job["status"] == "failed"
     assert job["error"]["code"] == "probe.drill"

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.procs import Api, Stack, StackFactory, wait_for
+from tests.e2e.stack import Stack, StackFactory
+from tests.timing import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -36,29 +37,6 @@ PRETRAIN: dict[str, Any] = {
 }
 
 
-def post(api: Api, path: str, **kwargs: Any) -> dict[str, Any]:
-    response = api.client.post(path, headers=api.auth, **kwargs)
-    assert response.status_code in (200, 202), response.text
-    return dict(response.json())
-
-
-def get(api: Api, path: str) -> dict[str, Any]:
-    response = api.client.get(path, headers=api.auth)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-def upload_ready(api: Api, data: bytes, logs: list) -> str:  # type: ignore[type-arg]
-    dataset = post(api, "/v1/datasets", files={"file": ("stories.jsonl", data)})
-    wait_for(
-        lambda: get(api, f"/v1/datasets/{dataset['id']}")["status"] == "ready",
-        timeout=90,
-        what="dataset ready",
-        logs=logs,
-    )
-    return str(dataset["id"])
-
-
 @pytest.fixture
 def stack(make_stack: StackFactory) -> Stack:
     stack = make_stack(job_lease_seconds=LEASE_S)
@@ -71,13 +49,15 @@ def test_prepare_runs_its_process_pool_inside_a_worker(stack: Stack) -> None:
     """A prepare job in a real Celery pool process → it may start its own worker processes and
     succeeds with a cleaned child dataset."""
     lines = CORPUS.read_bytes().splitlines(keepends=True)[:600]
-    source = upload_ready(stack.api, b"".join(lines), stack.logs)
+    source = stack.api.upload("/v1/datasets", "stories.jsonl", b"".join(lines), logs=stack.logs)[
+        "id"
+    ]
     done = stack.api.run_job(
         "prepare", {"dataset_id": source, "validation_fraction": 0.1}, logs=stack.logs
     )
 
     children = done["result"]["dataset_ids"]
-    train = get(stack.api, f"/v1/datasets/{children['train']}")
+    train = stack.api.get(f"/v1/datasets/{children['train']}")
     assert train["status"] == "ready" and train["parent_id"] == source
 
 
@@ -87,7 +67,9 @@ def test_killed_pretraining_resumes_to_the_same_final_loss(stack: Stack) -> None
     the job, attempt 2 resumes from that checkpoint, and the run ends exactly where an
     uninterrupted run with the same settings ends."""
     lines = CORPUS.read_bytes().splitlines(keepends=True)[:1500]
-    dataset = upload_ready(stack.api, b"".join(lines), stack.logs)
+    dataset = stack.api.upload("/v1/datasets", "stories.jsonl", b"".join(lines), logs=stack.logs)[
+        "id"
+    ]
     tokenizer = stack.api.run_job(
         "tokenizer", {"dataset_id": dataset, "vocab_size": 400}, logs=stack.logs
     )
@@ -99,7 +81,7 @@ def test_killed_pretraining_resumes_to_the_same_final_loss(stack: Stack) -> None
 
     baseline = stack.api.run_job("pretrain", params, timeout=TRAIN_S, logs=stack.logs)
 
-    job = post(stack.api, "/v1/jobs", json={"type": "pretrain", "params": params})
+    job = stack.api.post("/v1/jobs", json={"type": "pretrain", "params": params})
     wait_for(
         lambda: (stack.api.job(job["id"])["progress"] or {}).get("step", 0) >= 50,
         timeout=TRAIN_S,

@@ -21,9 +21,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from workers.inference.engine import Engine
-from workers.inference.server import create_app
-from workers.inference.settings import InferenceSettings
+from inference.engine import Engine
+from inference.server import create_app
+from inference.settings import InferenceSettings
 
 TEXT = [
     "the miller ground the grain at the mill by the river every morning",

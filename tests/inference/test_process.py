@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,32 +14,31 @@ import httpx
 import pytest
 
 from tests.inference.conftest import spec
+from tests.serving import free_port
+from tests.timing import scaled, wait_for
 
 
 @pytest.fixture
 def service() -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "GRISTMILL_INFERENCE_DEVICE": "cpu", "GRISTMILL_INFERENCE_QUEUE_SIZE": "2"}
     cmd = [sys.executable, "-m", "app.cli", "inference", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert process.poll() is None, "the inference process exited"
+        try:
+            return httpx.get(f"{url}/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "the inference process exited"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the inference process did not come up"
-            time.sleep(0.2)
+        wait_for(healthy, timeout=60, what="the inference process to come up")
         yield url
     finally:
         process.terminate()
-        process.wait(timeout=15)
+        process.wait(timeout=scaled(15))
 
 
 @pytest.mark.slow
@@ -68,11 +65,11 @@ def test_inference_process_streams_and_stops_on_hangup(service: str, llama_dir: 
         for line in resp.iter_lines():
             if '"content"' in line:
                 break
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        health = httpx.get(f"{service}/health").json()
-        if health["running"] == 0:
-            break
-        time.sleep(0.05)
+    health = wait_for(
+        lambda: (h := httpx.get(f"{service}/health").json())["running"] == 0 and h,
+        timeout=10,
+        interval=0.05,
+        what="the service to stop the abandoned generation",
+    )
     assert health["running"] == 0 and health["waiting"] == 0
     assert health["stats"]["completed"] + health["stats"]["cancelled"] == 2

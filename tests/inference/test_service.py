@@ -17,8 +17,7 @@ from fastapi.testclient import TestClient
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.inference.conftest import make_app, spec
-from workers.inference.engine import (
+from inference.engine import (
     Completion,
     Delta,
     GenerationRequest,
@@ -28,7 +27,9 @@ from workers.inference.engine import (
     ModelTooLarge,
     collect,
 )
-from workers.inference.transformers_engine import TransformersEngine
+from inference.transformers_engine import TransformersEngine
+from tests.inference.conftest import make_app, spec
+from tests.timing import scaled, wait_for
 
 PROMPT = "the miller ground the"
 
@@ -39,6 +40,8 @@ class SlowEngine:
     def __init__(self, delay: float) -> None:
         self.inner = TransformersEngine(memory_budget_bytes=64 * 2**20, device="cpu")
         self.delay = delay
+        self.deltas = 0
+        """Deltas generated so far, over all requests."""
 
     def load(self, model: ModelRef) -> ModelInfo:
         return self.inner.load(model)
@@ -51,6 +54,7 @@ class SlowEngine:
         def slow() -> Iterator[Delta]:
             for delta in stream:
                 time.sleep(self.delay)
+                self.deltas += 1
                 yield delta
 
         return GenerationStream(stream.model, stream.prompt_tokens, slow())
@@ -67,7 +71,8 @@ def long_request(path: Path, **extra: Any) -> dict[str, Any]:
 
 
 async def _wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+    """``tests.timing.wait_for`` inside an event loop: the loop keeps serving while it waits."""
+    deadline = time.monotonic() + scaled(timeout)
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
@@ -120,10 +125,8 @@ def test_request_timeout_stops_generation(gpt2_dir: Path) -> None:
         started = time.monotonic()
         resp = client.post("/v1/completions", json=long_request(gpt2_dir))
         assert resp.status_code == 504 and resp.json()["error"]["code"] == "timeout"
-        assert time.monotonic() - started < 3
-    deadline = time.monotonic() + 5
-    while app.state.stats.cancelled < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+        assert time.monotonic() - started < scaled(3)
+    wait_for(lambda: app.state.stats.cancelled >= 1, timeout=5, interval=0.02, what="a cancel")
     assert app.state.stats.cancelled == 1
     assert app.state.stats.tokens < 40
 
@@ -147,8 +150,10 @@ def _scope(path: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_client_disconnect_stops_generation(gpt2_dir: Path, stream: bool) -> None:
-    """Drive the ASGI app by hand: the client goes away after a few chunks (or 0.3 s)."""
-    app = make_app(SlowEngine(0.05))
+    """Drive the ASGI app by hand: the client goes away after a few chunks (streamed) or once a
+    few tokens were generated (not streamed: nothing is sent before the end)."""
+    engine = SlowEngine(0.05)
+    app = make_app(engine)
     body = json.dumps(long_request(gpt2_dir, stream=stream)).encode()
     chunks: list[bytes] = []
 
@@ -162,7 +167,7 @@ def test_client_disconnect_stops_generation(gpt2_dir: Path, stream: bool) -> Non
                 sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
             if not stream:
-                await asyncio.sleep(0.3)
+                await _wait_for(lambda: engine.deltas >= 3)
                 gone.set()
             await gone.wait()
             return {"type": "http.disconnect"}
@@ -176,9 +181,7 @@ def test_client_disconnect_stops_generation(gpt2_dir: Path, stream: bool) -> Non
         await asyncio.wait_for(app(_scope("/v1/completions"), receive, send), 10)
 
     asyncio.run(scenario())
-    deadline = time.monotonic() + 5
-    while app.state.stats.cancelled < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: app.state.stats.cancelled >= 1, timeout=5, interval=0.02, what="a cancel")
     assert app.state.stats.cancelled == 1
     assert app.state.stats.completed == 0
     assert app.state.stats.tokens < 20  # of 40: it stopped soon after the client left

@@ -81,4 +81,6 @@ def test_an_evaluate_job_returns_the_figures(
     bad = client.post(
         "/v1/jobs", json={"type": "evaluate", "params": {"model_id": first}}, headers=auth
     )
-    assert bad.status_code in (400, 404, 422)
+    # A dataset's id where a model's belongs: the input check names the field.
+    assert bad.status_code == 400, bad.text
+    assert bad.json()["error"]["param"] == "params.model_id"

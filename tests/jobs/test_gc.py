@@ -11,13 +11,13 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import utcnow
+from app.flows.gc import collect_garbage
 from app.jobs import service
-from app.jobs.gc import collect_garbage
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.settings import Settings
 from app.storage import LocalStore
-from tests.factories import make_job, make_key
+from tests.factories import make_job
 
 DAY = 86400.0
 
@@ -30,10 +30,9 @@ def aged(path: Path, days: float) -> Path:
 
 
 def test_old_leftovers_go_and_everything_still_needed_stays(
-    factory: sessionmaker[Session], settings: Settings
+    factory: sessionmaker[Session], settings: Settings, tenant: str
 ) -> None:
     store = LocalStore(settings.resolved_storage_dir)
-    tenant = make_key(factory).tenant_id
     failed_long_ago, failed_now, queued = (make_job(factory, tenant) for _ in range(3))
     with factory() as session:
         for job, ended in ((failed_long_ago, 10), (failed_now, 0)):

@@ -8,21 +8,34 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.datasets.service import delete_dataset
 from app.datasets.tables import Dataset
 from app.errors import Conflict
+from app.flows.deletion import delete_dataset
+from app.flows.inputs import load_inputs
 from app.jobs import service
-from app.jobs.inputs import load_inputs
 from app.jobs.kinds import get_kind
 from app.settings import Settings
 from app.storage import LocalStore
+from pipeline.configs.codec import decode
 from tests.conftest import RunJob
-from workers.pipeline.configs.codec import decode
+from tests.timing import scaled, wait_for
+
+
+def waiting_on_a_lock(factory: sessionmaker[Session]) -> bool:
+    """Some session of this database is blocked on a row lock (Postgres' own view of it)."""
+    with factory() as session:
+        waiting = session.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return bool(waiting)
 
 
 def test_a_dataset_cannot_be_deleted_under_a_submission_that_reads_it(
@@ -61,7 +74,11 @@ def test_a_dataset_cannot_be_deleted_under_a_submission_that_reads_it(
 
     deleter = threading.Thread(target=delete)
     deleter.start()
-    time.sleep(1.0)
+    wait_for(
+        lambda: waiting_on_a_lock(factory) or not deleter.is_alive(),
+        timeout=10,
+        what="the delete to wait for the submission's lock",
+    )
     assert deleter.is_alive()  # waiting for the submission's lock
     service.add_job(
         session=submitting,
@@ -74,7 +91,7 @@ def test_a_dataset_cannot_be_deleted_under_a_submission_that_reads_it(
     )
     submitting.commit()
     submitting.close()
-    deleter.join(timeout=30)
+    deleter.join(timeout=scaled(30))
 
     assert isinstance(outcome["error"], Conflict)
     assert client.get(f"/v1/datasets/{dataset_id}", headers=auth).status_code == 200

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import inspect
 import json
+import pkgutil
 import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
 
+import app
+import app.jobs.kinds
+import workers.handlers
 from app.jobs.kinds import KINDS, JobKind
-from workers.pipeline.configs.codec import decode, encode
-from workers.pipeline.types import Hooks, RunPaths
+from pipeline.configs.codec import decode, encode
+from pipeline.types import Hooks, RunPaths, is_product
+from workers import runner
+from workers.handlers.base import JobContext, Outcome, resolve_stage
 from workers.runner import handler_for
 
 PLACEHOLDER_ID = "ds_01JAAAAAAAAAAAAAAAAAAAAAAA"
@@ -50,7 +58,7 @@ def test_every_kind_validates_an_example_routes_and_finds_its_handler_and_stage(
     assert decode(kind.params, encode(params)) == params  # the codec round-trips
     assert kind.queue_for(params) in ("cpu", "gpu")
     assert callable(handler_for(kind.handler))
-    assert kind.stage is not None and kind.stage.startswith("workers.pipeline.")
+    assert kind.stage is not None and kind.stage.startswith("pipeline.")
     module, function = kind.stage.split(":")
     stage = getattr(importlib.import_module(module), function)
     hints = typing.get_type_hints(stage)
@@ -59,6 +67,98 @@ def test_every_kind_validates_an_example_routes_and_finds_its_handler_and_stage(
     assert dataclasses.is_dataclass(hints["config"]) and dataclasses.is_dataclass(hints["inputs"])
     for item in kind.inputs:
         assert item.kind in ("dataset", "tokenizer", "model")
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=list(KINDS))
+def test_every_kind_is_one_module_one_handler_and_a_stage_with_a_typed_result(
+    kind: JobKind,
+) -> None:
+    """``app/jobs/kinds/<kind>.py`` declares it (params, pre-flight, entry);
+    ``workers/handlers/<kind>.py`` runs its stage, whose result is a dataclass the codec decodes
+    (torchrun children send it as JSON) and which lists the products the handler registers."""
+    module = importlib.import_module(f"app.jobs.kinds.{kind.name}")
+    assert module.KIND is kind
+    assert kind.params.__module__ in (module.__name__, *_config_modules())
+    if kind.preflight is not None:
+        assert kind.preflight.__module__ == module.__name__
+    assert kind.handler == f"workers.handlers.{kind.name}:handle_{kind.name}"
+    handler = handler_for(kind.handler)
+    hints = typing.get_type_hints(handler)
+    assert (hints["ctx"], hints["return"]) == (JobContext[kind.params], Outcome)
+    assert kind.stage is not None
+    stage = resolve_stage(kind.stage)
+    assert getattr(importlib.import_module(handler.__module__), stage.__name__) is stage
+    result_type = typing.get_type_hints(stage)["return"]
+    assert dataclasses.is_dataclass(result_type)
+    TypeAdapter(result_type)  # the codec can decode it
+    products = [f.name for f in dataclasses.fields(result_type) if is_product(f)]
+    assert products or not kind.outputs, f"{result_type.__name__} lists no products"
+
+
+def _config_modules() -> list[str]:
+    """A kind that reads no stored input may take its stage's config as its params as it is."""
+    import pipeline.configs
+
+    return [f"pipeline.configs.{m.name}" for m in pkgutil.iter_modules(pipeline.configs.__path__)]
+
+
+def test_every_kind_module_and_every_handler_module_belongs_to_a_registered_kind() -> None:
+    kind_modules = {m.name for m in pkgutil.iter_modules(app.jobs.kinds.__path__)}
+    handler_modules = {m.name for m in pkgutil.iter_modules(workers.handlers.__path__)}
+    assert kind_modules - {"registry"} == set(KINDS)
+    assert handler_modules - {"base"} == set(KINDS)
+
+
+def output_types() -> set[str]:
+    """The classes of every domain's ``outputs`` module (``app/<domain>/outputs.py``)."""
+    names: set[str] = set()
+    for domain in pkgutil.iter_modules(app.__path__):
+        if not domain.ispkg:
+            continue
+        try:
+            module = importlib.import_module(f"app.{domain.name}.outputs")
+        except ModuleNotFoundError:
+            continue
+        names |= {
+            n
+            for n, v in vars(module).items()
+            if inspect.isclass(v) and v.__module__ == module.__name__
+        }
+    return names
+
+
+def named_output_types(source: str) -> set[str]:
+    """The output types (and output modules) a module's code names anywhere: in an import, a
+    name or an attribute."""
+    named: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name):
+            named.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            named.add(node.attr)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            named.add(node.module)
+            named |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            named |= {alias.name for alias in node.names}
+    outputs = {n for n in named if n.split(".")[-1] == "outputs" and n.startswith("app.")}
+    return (named & output_types()) | outputs
+
+
+def test_the_runner_names_no_concrete_output_type() -> None:
+    """Outputs are a protocol: the runner places, records and discards them without knowing
+    their types, so a new output type touches its own domain and not the job layer."""
+    assert {"NewArtifact", "NewDataset", "ValidationVerdict", "ImportVerdict"} <= output_types()
+    # The check sees a type however it is named: the old runner's shape would fail it.
+    assert named_output_types(
+        "from app.artifacts.outputs import NewArtifact\nisinstance(o, NewArtifact)"
+    ) == {"app.artifacts.outputs", "NewArtifact"}
+    assert named_output_types("import app.datasets.outputs as d\nd.NewDataset") == {
+        "app.datasets.outputs",
+        "NewDataset",
+    }
+    source = Path(inspect.getfile(runner)).read_text()
+    assert named_output_types(source) == set()
 
 
 def test_the_request_schema_lists_every_submittable_kind(client: TestClient) -> None:
@@ -86,8 +186,8 @@ def test_input_references_come_from_the_params_dataclass_alone() -> None:
 def test_the_memory_preflight_uses_the_queue_device_class() -> None:
     """The same shape is refused on an 80 GB device class and accepted on a 141 GB one."""
     from app.jobs.kinds import Capacity
-    from workers.pipeline.configs.base import ConfigError
-    from workers.pipeline.configs.training import estimate_memory_bytes
+    from pipeline.configs.base import ConfigError
+    from pipeline.configs.training import estimate_memory_bytes
 
     pretrain = KINDS["pretrain"]
     params = decode(
@@ -134,7 +234,7 @@ H100 = 80 * 10**9
 
 def finetune_base(tmp_path: Path, config: dict[str, object]) -> dict[str, object]:
     """The resolved ``model_id`` input as the pre-flight sees it: a folder and its details."""
-    from app.jobs.inputs import Resolved
+    from app.flows.inputs import Resolved
 
     (tmp_path / "config.json").write_text(json.dumps(config))
     return {"model_id": Resolved(PLACEHOLDER_ID, "model", "base", tmp_path, "huggingface")}
@@ -151,7 +251,7 @@ def test_the_base_shape_counts_the_parameters_transformers_builds() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from workers.pipeline.configs.finetune_memory import BaseShape
+    from pipeline.configs.finetune_memory import BaseShape
 
     config = LlamaConfig(**{**LLAMA_7B, "num_key_value_heads": 8})
     with torch.device("meta"):  # shapes only: no 7B of memory
@@ -163,7 +263,7 @@ def test_the_base_shape_counts_the_parameters_transformers_builds() -> None:
 
 
 def test_the_finetune_preflight_divides_states_over_fsdp_devices_only() -> None:
-    from workers.pipeline.configs.finetune_memory import (
+    from pipeline.configs.finetune_memory import (
         BaseShape,
         MemoryEstimate,
         estimate_finetune_memory,
@@ -198,7 +298,7 @@ def test_the_finetune_preflight_refuses_what_cannot_fit_and_states_the_estimate(
     tmp_path: Path,
 ) -> None:
     from app.jobs.kinds import Capacity
-    from workers.pipeline.configs.base import ConfigError
+    from pipeline.configs.base import ConfigError
 
     preflight = KINDS["finetune"].preflight
     assert preflight is not None

@@ -8,43 +8,20 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import utcnow
+from app.flows.quotas import device_hours
 from app.jobs import service
 from app.jobs.pauses import paused_seconds, running_seconds
 from app.jobs.reaper import reap
-from app.jobs.tables import Job, JobEvent
+from app.jobs.tables import JobEvent
 from app.settings import Settings
-from app.storage import LocalStore
-from app.tenants.quotas import device_hours
-from tests.factories import make_job, make_key
-from tests.timing import scaled
-from workers import runner
-
-
-@pytest.fixture
-def tenant(factory: sessionmaker[Session]) -> str:
-    return make_key(factory).tenant_id
-
-
-def row(factory: sessionmaker[Session], job_id: str) -> Job:
-    with factory() as session:
-        return session.get_one(Job, job_id)
-
-
-def set_columns(factory: sessionmaker[Session], job_id: str, **values: object) -> None:
-    with factory() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(**values))
-        session.commit()
-
-
-def run(factory: sessionmaker[Session], settings: Settings, job_id: str) -> str | None:
-    store = LocalStore(settings.resolved_storage_dir)
-    return runner.execute(
-        job_id, owner="test-worker", settings=settings, session_factory=factory, store=store
-    )
+from tests.conftest import RunJob
+from tests.factories import make_job
+from tests.jobs.ledger import job_row, set_columns, stage_started
+from tests.timing import scaled, wait_for
 
 
 def test_a_queued_job_pauses_at_once_and_is_not_claimed_until_resumed(
@@ -63,7 +40,7 @@ def test_a_queued_job_pauses_at_once_and_is_not_claimed_until_resumed(
         resumed = service.resume_job(session=session, tenant_id=tenant, job_id=job.id)
         assert (resumed.job.status, resumed.requeued) == ("queued", True)
         assert service.claim_job(session=session, job_id=job.id, owner="w", lease_s=5) == 1
-    pauses = row(factory, job.id).pauses
+    pauses = job_row(factory, job.id).pauses
     assert pauses is not None and len(pauses) == 1 and pauses[0]["until"] is not None
 
 
@@ -106,15 +83,13 @@ def test_a_paused_job_can_be_cancelled(factory: sessionmaker[Session], tenant: s
 
 
 def test_pausing_a_running_job_stops_it_without_costing_an_attempt(
-    factory: sessionmaker[Session], settings: Settings, tenant: str
+    factory: sessionmaker[Session], settings: Settings, tenant: str, run_job: RunJob
 ) -> None:
     job = make_job(factory, tenant, params={"duration_s": 60}, max_attempts=1)
     result: list[str | None] = []
-    worker = threading.Thread(target=lambda: result.append(run(factory, settings, job.id)))
+    worker = threading.Thread(target=lambda: result.append(run_job.execute(job.id)))
     worker.start()
-    while row(factory, job.id).status != "running":
-        time.sleep(0.05)
-    time.sleep(1)
+    wait_for(lambda: stage_started(factory, job.id), timeout=10, what="the probe to start")
 
     asked = time.monotonic()
     with factory() as session:
@@ -125,7 +100,7 @@ def test_pausing_a_running_job_stops_it_without_costing_an_attempt(
 
     assert result == ["paused"]
     assert time.monotonic() - asked < scaled(4)
-    paused = row(factory, job.id)
+    paused = job_row(factory, job.id)
     assert (paused.status, paused.attempt, paused.max_attempts) == ("paused", 1, 2)
     assert paused.lease_owner is None and paused.lease_expires_at is None
     assert paused.pauses is not None and paused.pauses[-1]["until"] is None
@@ -134,13 +109,13 @@ def test_pausing_a_running_job_stops_it_without_costing_an_attempt(
     set_columns(factory, job.id, enqueued_at=utcnow() - timedelta(hours=1))
     report = reap(factory=factory, settings=settings, enqueue=lambda *_: True)
     assert (report.resent, report.requeued, report.failed) == (0, 0, 0)
-    assert row(factory, job.id).status == "paused"
+    assert job_row(factory, job.id).status == "paused"
 
     with factory() as session:
         assert service.resume_job(session=session, tenant_id=tenant, job_id=job.id).requeued
     set_columns(factory, job.id, params={"duration_s": 0.5, "matmul_size": 64})
-    assert run(factory, settings, job.id) == "succeeded"
-    done = row(factory, job.id)
+    assert run_job.execute(job.id) == "succeeded"
+    done = job_row(factory, job.id)
     assert (done.attempt, done.max_attempts) == (2, 2)  # one attempt was allowed; none lost
     with factory() as session:
         messages = list(session.scalars(select(JobEvent.message).where(JobEvent.job_id == job.id)))
@@ -166,7 +141,7 @@ def test_a_pausing_job_whose_worker_died_is_paused(
     report = reap(factory=factory, settings=settings, enqueue=enqueue)
 
     assert report.paused == 1 and sent == []
-    assert row(factory, job.id).status == "paused"
+    assert job_row(factory, job.id).status == "paused"
 
 
 def test_paused_time_is_not_running_time(factory: sessionmaker[Session], tenant: str) -> None:
@@ -187,7 +162,7 @@ def test_paused_time_is_not_running_time(factory: sessionmaker[Session], tenant:
         started_at=now - 5 * hour,
         pauses=[closed, open_],
     )
-    paused = row(factory, job.id)
+    paused = job_row(factory, job.id)
     assert running_seconds(paused, now) == pytest.approx(3 * 3600, abs=1)
     with factory() as session:
         used = device_hours(session=session, tenant_id=tenant, since=now - 24 * hour)

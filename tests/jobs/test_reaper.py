@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import utcnow
@@ -13,12 +11,8 @@ from app.jobs import service
 from app.jobs.reaper import reap
 from app.jobs.tables import Job
 from app.settings import Settings
-from tests.factories import make_job, make_key
-
-
-@pytest.fixture
-def tenant(factory: sessionmaker[Session]) -> str:
-    return make_key(factory).tenant_id
+from tests.factories import make_job
+from tests.jobs.ledger import set_columns
 
 
 class Doorbell:
@@ -28,12 +22,6 @@ class Doorbell:
     def __call__(self, job_id: str, queue: str) -> bool:
         self.sent.append((job_id, queue))
         return True
-
-
-def age(factory: sessionmaker[Session], job_id: str, **columns: object) -> None:
-    with factory() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(**columns))
-        session.commit()
 
 
 def claim(factory: sessionmaker[Session], job_id: str) -> None:
@@ -52,7 +40,7 @@ def test_a_job_queued_too_long_is_sent_again_once(
 ) -> None:
     fresh = make_job(factory, tenant)
     stale = make_job(factory, tenant)
-    age(factory, stale.id, enqueued_at=utcnow() - timedelta(minutes=5))
+    set_columns(factory, stale.id, enqueued_at=utcnow() - timedelta(minutes=5))
     bell = Doorbell()
 
     reap(factory=factory, settings=settings, enqueue=bell)
@@ -67,7 +55,7 @@ def test_an_expired_lease_requeues_the_job_for_another_attempt(
 ) -> None:
     job = make_job(factory, tenant)
     claim(factory, job.id)
-    age(factory, job.id, lease_expires_at=utcnow() - timedelta(seconds=1))
+    set_columns(factory, job.id, lease_expires_at=utcnow() - timedelta(seconds=1))
     bell = Doorbell()
 
     report = reap(factory=factory, settings=settings, enqueue=bell)
@@ -93,7 +81,7 @@ def test_the_last_attempt_lost_fails_the_job_clearly(
 ) -> None:
     job = make_job(factory, tenant, max_attempts=1)
     claim(factory, job.id)
-    age(factory, job.id, lease_expires_at=utcnow() - timedelta(seconds=1))
+    set_columns(factory, job.id, lease_expires_at=utcnow() - timedelta(seconds=1))
 
     reap(factory=factory, settings=settings, enqueue=Doorbell())
 
@@ -107,7 +95,7 @@ def test_a_cancelling_job_whose_worker_died_ends_cancelled(
     claim(factory, job.id)
     with factory() as session:
         service.cancel_job(session=session, tenant_id=tenant, job_id=job.id)
-    age(factory, job.id, lease_expires_at=utcnow() - timedelta(seconds=1))
+    set_columns(factory, job.id, lease_expires_at=utcnow() - timedelta(seconds=1))
 
     reap(factory=factory, settings=settings, enqueue=Doorbell())
 

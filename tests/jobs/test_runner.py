@@ -10,43 +10,21 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.jobs import service
-from app.jobs.tables import Job, JobEvent, JobMetric
-from app.settings import Settings
-from app.storage import LocalStore
-from tests.factories import make_job, make_key
-from tests.timing import scaled
+from app.jobs.tables import JobEvent, JobMetric
+from pipeline.types import RetryableError
+from tests.conftest import RunJob
+from tests.factories import make_job
+from tests.jobs.ledger import job_row, stage_started
+from tests.timing import scaled, wait_for
 from workers import runner
-from workers.pipeline.types import RetryableError
-
-
-@pytest.fixture
-def tenant(factory: sessionmaker[Session]) -> str:
-    return make_key(factory).tenant_id
-
-
-@pytest.fixture
-def run(factory: sessionmaker[Session], settings: Settings):  # type: ignore[no-untyped-def]
-    store = LocalStore(settings.resolved_storage_dir)
-
-    def run(job_id: str, worker: str = "test-worker") -> str | None:
-        return runner.execute(
-            job_id, owner=worker, settings=settings, session_factory=factory, store=store
-        )
-
-    return run
-
-
-def job_row(factory: sessionmaker[Session], job_id: str) -> Job:
-    with factory() as session:
-        return session.get_one(Job, job_id)
 
 
 def test_a_probe_job_succeeds_with_events_metrics_and_result(
-    factory: sessionmaker[Session], tenant: str, run
+    factory: sessionmaker[Session], tenant: str, run_job: RunJob
 ) -> None:
     job = make_job(factory, tenant, params={"duration_s": 1.5})
 
-    assert run(job.id) == "succeeded"
+    assert run_job.execute(job.id) == "succeeded"
 
     row = job_row(factory, job.id)
     assert (row.status, row.attempt, row.error_code) == ("succeeded", 1, None)
@@ -62,23 +40,24 @@ def test_a_probe_job_succeeds_with_events_metrics_and_result(
 
 
 def test_a_second_delivery_of_the_same_job_does_nothing(
-    factory: sessionmaker[Session], tenant: str, run
+    factory: sessionmaker[Session], tenant: str, run_job: RunJob
 ) -> None:
     job = make_job(factory, tenant)
 
-    assert run(job.id) == "succeeded"
-    assert run(job.id) is None
+    assert run_job.execute(job.id) == "succeeded"
+    assert run_job.execute(job.id) is None
 
     assert job_row(factory, job.id).attempt == 1
 
 
 def test_concurrent_deliveries_run_the_job_once(
-    factory: sessionmaker[Session], tenant: str, run
+    factory: sessionmaker[Session], tenant: str, run_job: RunJob
 ) -> None:
     job = make_job(factory, tenant, params={"duration_s": 1})
     outcomes: list[str | None] = []
     threads = [
-        threading.Thread(target=lambda i=i: outcomes.append(run(job.id, f"w{i}"))) for i in range(3)
+        threading.Thread(target=lambda i=i: outcomes.append(run_job.execute(job.id, owner=f"w{i}")))
+        for i in range(3)
     ]
     for t in threads:
         t.start()
@@ -94,15 +73,13 @@ def test_concurrent_deliveries_run_the_job_once(
 
 
 def test_cancelling_a_running_job_stops_it_within_seconds(
-    factory: sessionmaker[Session], tenant: str, run
+    factory: sessionmaker[Session], tenant: str, run_job: RunJob
 ) -> None:
     job = make_job(factory, tenant, params={"duration_s": 60})
     result: list[str | None] = []
-    worker = threading.Thread(target=lambda: result.append(run(job.id)))
+    worker = threading.Thread(target=lambda: result.append(run_job.execute(job.id)))
     worker.start()
-    while job_row(factory, job.id).status != "running":
-        time.sleep(0.05)
-    time.sleep(1)
+    wait_for(lambda: stage_started(factory, job.id), timeout=10, what="the probe to start")
 
     asked = time.monotonic()
     with factory() as session:
@@ -115,11 +92,11 @@ def test_cancelling_a_running_job_stops_it_within_seconds(
 
 
 def test_a_pipeline_error_fails_the_job_with_its_code_and_no_retry(
-    factory: sessionmaker[Session], tenant: str, run
+    factory: sessionmaker[Session], tenant: str, run_job: RunJob
 ) -> None:
     job = make_job(factory, tenant, params={"fail_with": "probe.drill"})
 
-    assert run(job.id) == "failed"
+    assert run_job.execute(job.id) == "failed"
 
     row = job_row(factory, job.id)
     assert (row.error_code, row.attempt) == ("probe.drill", 1)
@@ -127,7 +104,7 @@ def test_a_pipeline_error_fails_the_job_with_its_code_and_no_retry(
 
 
 def test_an_unknown_crash_fails_the_job_as_internal_error(
-    factory: sessionmaker[Session], tenant: str, run, monkeypatch: pytest.MonkeyPatch
+    factory: sessionmaker[Session], tenant: str, run_job: RunJob, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken_stage(ctx: object) -> None:
         raise KeyError("/srv/secret/path on host-7")
@@ -135,7 +112,7 @@ def test_an_unknown_crash_fails_the_job_as_internal_error(
     monkeypatch.setattr(runner, "handler_for", lambda name: broken_stage)
     job = make_job(factory, tenant)
 
-    assert run(job.id) == "failed"
+    assert run_job.execute(job.id) == "failed"
 
     row = job_row(factory, job.id)
     assert row.error_code == "internal_error"
@@ -145,7 +122,7 @@ def test_an_unknown_crash_fails_the_job_as_internal_error(
 
 
 def test_a_crashed_process_gets_another_attempt_until_none_is_left(
-    factory: sessionmaker[Session], tenant: str, run, monkeypatch: pytest.MonkeyPatch
+    factory: sessionmaker[Session], tenant: str, run_job: RunJob, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stage whose processes died (RetryableError) → queued again, then failed when attempts
     run out; a deterministic error would have failed at once."""
@@ -156,11 +133,11 @@ def test_a_crashed_process_gets_another_attempt_until_none_is_left(
     monkeypatch.setattr(runner, "handler_for", lambda job_type: crashing_stage)
     job = make_job(factory, tenant, max_attempts=2)
 
-    assert run(job.id) == "queued"
+    assert run_job.execute(job.id) == "queued"
     row = job_row(factory, job.id)
     assert (row.status, row.attempt, row.lease_owner) == ("queued", 1, None)
 
-    assert run(job.id) == "failed"
+    assert run_job.execute(job.id) == "failed"
     row = job_row(factory, job.id)
     assert (row.attempt, row.error_code) == (2, "job.attempts_exhausted")
     assert "-9" not in (row.error_message or "")  # launcher details stay in the logs

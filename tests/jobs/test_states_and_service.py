@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.jobs import service
 from app.jobs.states import FINAL_STATES, TRANSITIONS, JobStatus
 from app.jobs.tables import Job, JobMetric
-from tests.factories import make_job, make_key
-
-
-@pytest.fixture
-def tenant(factory: sessionmaker[Session]) -> str:
-    return make_key(factory).tenant_id
+from tests.factories import make_job
 
 
 def test_final_states_have_no_way_out() -> None:

@@ -9,48 +9,26 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.jobs.tables import Job
 from app.settings import Settings
-from app.storage import LocalStore
-from tests.factories import make_job, make_key
+from pipeline.types import Progress, StageCancelled
+from tests.conftest import RunJob
+from tests.factories import make_job
+from tests.jobs.ledger import job_row
+from tests.timing import scaled
 from workers import runner
 from workers.handlers.base import JobContext, Outcome
-from workers.pipeline.types import StageCancelled
-
-
-@pytest.fixture
-def tenant(factory: sessionmaker[Session]) -> str:
-    return make_key(factory).tenant_id
-
-
-def execute(
-    factory: sessionmaker[Session], settings: Settings, job_id: str, on_hung: Any
-) -> str | None:
-    return runner.execute(
-        job_id,
-        owner="test",
-        settings=settings,
-        session_factory=factory,
-        store=LocalStore(settings.resolved_storage_dir),
-        on_hung=on_hung,
-    )
-
-
-def job_row(factory: sessionmaker[Session], job_id: str) -> Job:
-    with factory() as session:
-        return session.get_one(Job, job_id)
 
 
 def test_max_runtime_stops_a_cooperative_stage_and_fails_the_job(
-    factory: sessionmaker[Session], settings: Settings, tenant: str
+    factory: sessionmaker[Session], tenant: str, run_job: RunJob
 ) -> None:
     """A 60 s probe with max_runtime_s=2 ends failed with job.time_limit soon after 2 s."""
     job = make_job(factory, tenant, params={"duration_s": 60}, max_runtime_s=2)
     started = time.monotonic()
 
-    assert execute(factory, settings, job.id, on_hung=lambda: None) == "failed"
+    assert run_job.execute(job.id, on_hung=lambda: None) == "failed"
 
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < scaled(15)
     row = job_row(factory, job.id)
     assert row.error_code == "job.time_limit"
 
@@ -59,20 +37,21 @@ def test_a_stage_ignoring_its_time_limit_is_ended_after_the_grace(
     factory: sessionmaker[Session],
     settings: Settings,
     tenant: str,
+    run_job: RunJob,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ended = threading.Event()
 
     def stubborn(ctx: JobContext[Any]) -> Outcome:
         while not ended.wait(0.1):
-            ctx.hooks.on_progress(runner.Progress(1))  # alive, but deaf to should_stop
+            ctx.hooks.on_progress(Progress(1))  # alive, but deaf to should_stop
         return Outcome()
 
     monkeypatch.setattr(runner, "handler_for", lambda name: stubborn)
     quick = settings.model_copy(update={"job_time_limit_grace_seconds": 1.0})
     job = make_job(factory, tenant, max_runtime_s=1)
 
-    execute(factory, quick, job.id, on_hung=ended.set)
+    run_job.execute(job.id, settings=quick, on_hung=ended.set)
 
     assert ended.is_set()
     row = job_row(factory, job.id)
@@ -83,6 +62,7 @@ def test_a_silent_stage_loses_its_lease_and_is_ended(
     factory: sessionmaker[Session],
     settings: Settings,
     tenant: str,
+    run_job: RunJob,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No progress for job_stall_seconds: the lease is no longer renewed, so the reaper can give
@@ -99,9 +79,9 @@ def test_a_silent_stage_loses_its_lease_and_is_ended(
     job = make_job(factory, tenant)
     started = time.monotonic()
 
-    execute(factory, quick, job.id, on_hung=ended.set)
+    run_job.execute(job.id, settings=quick, on_hung=ended.set)
 
-    assert ended.is_set() and time.monotonic() - started < 30
+    assert ended.is_set() and time.monotonic() - started < scaled(30)
     row = job_row(factory, job.id)
     assert row.status == "running"  # the reaper, not the hung attempt, decides what comes next
     assert row.lease_expires_at is not None

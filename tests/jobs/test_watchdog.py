@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import utcnow
-from app.jobs.tables import Job
 from app.settings import Settings
-from tests.factories import make_job, make_key
+from tests.factories import make_job
+from tests.jobs.ledger import set_columns
 from workers.watchdog import DeafnessWatchdog, deafness_window_s
-
-
-@pytest.fixture
-def tenant(factory: sessionmaker[Session]) -> str:
-    return make_key(factory).tenant_id
 
 
 def watchdog(factory: sessionmaker[Session], settings: Settings, *, idle: bool, queues=("cpu",)):  # type: ignore[no-untyped-def]
@@ -29,13 +22,7 @@ def watchdog(factory: sessionmaker[Session], settings: Settings, *, idle: bool, 
 
 
 def age_job(factory: sessionmaker[Session], job_id: str, seconds: float) -> None:
-    with factory() as session:
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(created_at=utcnow() - timedelta(seconds=seconds))
-        )
-        session.commit()
+    set_columns(factory, job_id, created_at=utcnow() - timedelta(seconds=seconds))
 
 
 def test_an_idle_worker_with_a_long_waiting_job_restarts(
@@ -67,6 +54,21 @@ def test_jobs_on_other_queues_or_fresh_ones_do_not_count(
     make_job(factory, tenant)  # fresh: a healthy worker may simply not have got to it yet
     dog, calls = watchdog(factory, settings, idle=True, queues=("gpu",))
     age_job(factory, make_job(factory, tenant).id, window + 5)  # old, but on the cpu queue
+
+    dog.check(now=0.0)
+    assert not dog.check(now=window + 1)
+    assert calls == []
+
+
+def test_a_job_waiting_for_its_files_does_not_count(
+    factory: sessionmaker[Session], settings: Settings, tenant: str
+) -> None:
+    """It was never sent (``app.jobs.waiting``): no worker could have missed its message."""
+    window = deafness_window_s(settings)
+    job = make_job(factory, tenant)
+    age_job(factory, job.id, window + 5)
+    set_columns(factory, job.id, enqueued_at=None)
+    dog, calls = watchdog(factory, settings, idle=True)
 
     dog.check(now=0.0)
     assert not dog.check(now=window + 1)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from workers.pipeline.configs.training import ModelConfig, PretrainConfig, TokenizerConfig
-from workers.pipeline.tokenizer import TokenizerInputs, run_tokenizer
-from workers.pipeline.types import DatasetFile, RunPaths
+from pipeline.configs.training import ModelConfig, PretrainConfig, TokenizerConfig
+from pipeline.tokenizer.stage import TokenizerInputs, run_tokenizer
+from pipeline.types import DatasetFile, RunPaths
 
 CORPUS = Path(__file__).parents[1] / "fixtures" / "corpus" / "stories.jsonl"
 

@@ -23,10 +23,10 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from pipeline.pretrain.stage import PretrainInputs, run_pretrain
+from pipeline.quantize.vocab import QWEN2_REGEX
+from pipeline.types import DatasetFile
 from tests.pipeline.conftest import make_paths, tiny_config
-from workers.pipeline.pretrain import PretrainInputs, run_pretrain
-from workers.pipeline.quantize.vocab import QWEN2_REGEX
-from workers.pipeline.types import DatasetFile
 
 SAMPLE_TEXT = (
     "Once upon a time, a little fox found 3 shiny stones.\n\n"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers.pipeline import checkpoint as ckpt
-from workers.pipeline.configs.training import ModelConfig
-from workers.pipeline.modeling import build_model
+from pipeline.configs.training import ModelConfig
+from pipeline.parts import checkpoint as ckpt
+from pipeline.parts.llama import build_model
 
 
 def _model_and_optimizer() -> tuple[torch.nn.Module, torch.optim.Optimizer]:

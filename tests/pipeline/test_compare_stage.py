@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.compare.stage import CompareInputs, run_compare
+from pipeline.configs.base import ConfigError
+from pipeline.configs.compare import CompareConfig
+from pipeline.types import DatasetFile, PipelineError, RunPaths
 from tests.pipeline.finetune_helpers import build_base
-from workers.pipeline.compare import CompareInputs, run_compare
-from workers.pipeline.configs.base import ConfigError
-from workers.pipeline.configs.compare import CompareConfig
-from workers.pipeline.types import DatasetFile, PipelineError, RunPaths
 
 
 def _paths(root: Path) -> RunPaths:

@@ -13,11 +13,11 @@ import pytest
 from tokenizers import Tokenizer
 
 from benchmarks.corpus import Prose
+from pipeline.parts import tokens as data
+from pipeline.parts.tokens import special_ids, tokenize_dataset
+from pipeline.types import DatasetFile, Hooks, PipelineError, StageCancelled
 from tests.pipeline.conftest import text_file
 from tests.timing import scaled
-from workers.pipeline import data
-from workers.pipeline.data import special_ids, tokenize_dataset
-from workers.pipeline.types import DatasetFile, Hooks, PipelineError, StageCancelled
 
 REPO = Path(__file__).parents[2]
 
@@ -141,8 +141,8 @@ _CHILD = """
 import json, resource, sys
 from pathlib import Path
 from benchmarks.corpus import generate
-from workers.pipeline import data
-from workers.pipeline.types import DatasetFile, Hooks
+from pipeline.parts import tokens as data
+from pipeline.types import DatasetFile, Hooks
 
 root, tokenizer, size = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 data._CHUNK_CHARS = 64 << 10

@@ -8,11 +8,11 @@ import json
 import random
 from pathlib import Path
 
-from workers.pipeline.configs.data import DedupConfig, PrepareConfig
-from workers.pipeline.dedup import NearDupIndex, WordSpans, lsh_bands, minhash, permutations
-from workers.pipeline.formats import detect_format
-from workers.pipeline.prepare import PrepareInputs, run_prepare
-from workers.pipeline.types import RunPaths
+from pipeline.configs.data import DedupConfig, PrepareConfig
+from pipeline.parts.datasets.formats import detect_format
+from pipeline.parts.text.dedup import NearDupIndex, WordSpans, lsh_bands, minhash, permutations
+from pipeline.prepare.stage import PrepareInputs, run_prepare
+from pipeline.types import RunPaths
 
 STORIES = Path(__file__).parents[1] / "fixtures" / "corpus" / "stories.jsonl"
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ba", "de", "fi", "go", "pe", "zu"]

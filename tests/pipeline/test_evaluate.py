@@ -13,18 +13,18 @@ import torch
 from tokenizers import Tokenizer, normalizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from tests.pipeline.quantize_models import SAMPLE_TEXT, save_imported
-from workers.pipeline.configs.base import ConfigError
-from workers.pipeline.configs.evaluate import (
+from pipeline.configs.base import ConfigError
+from pipeline.configs.evaluate import (
     BiasOptions,
     ContaminationOptions,
     EvaluateConfig,
     PerplexityOptions,
     SampleOptions,
 )
-from workers.pipeline.evaluate.perplexity import disjoint_windows, strided_windows
-from workers.pipeline.evaluate.stage import EvaluateInputs, run_evaluate
-from workers.pipeline.types import DatasetFile, PipelineError, RunPaths
+from pipeline.evaluate.stage import EvaluateInputs, run_evaluate
+from pipeline.parts.runtimes.base import disjoint_windows, strided_windows
+from pipeline.types import DatasetFile, PipelineError, RunPaths
+from tests.pipeline.quantize_models import SAMPLE_TEXT, save_imported
 
 DOCS = [
     "Once upon a time, a little fox found three shiny stones near the river.",
@@ -223,8 +223,8 @@ def test_a_gguf_scores_like_its_source(model_dir: Path, tmp_path: Path) -> None:
     """An f32 GGUF of the same weights, scored in llama.cpp with its embedded tokenizer, gives
     the torch figures (bits per byte is the comparable one; here the ids agree too)."""
     pytest.importorskip("llama_cpp")
-    from workers.pipeline.configs.quantize import GgufOptions, QuantizeConfig
-    from workers.pipeline.quantize.stage import QuantizeInputs, run_quantize
+    from pipeline.configs.quantize import GgufOptions, QuantizeConfig
+    from pipeline.quantize.stage import QuantizeInputs, run_quantize
 
     qpaths = _paths(tmp_path / "q")
     config_q = QuantizeConfig(gguf=GgufOptions(types=("f32",), generation_tokens=0))

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.quantize_models import save_imported
-from workers.pipeline.configs.evaluate import BiasOptions, EvaluateConfig, PerplexityOptions
-from workers.pipeline.evaluate.bias import (
+from pipeline.configs.evaluate import BiasOptions, EvaluateConfig, PerplexityOptions
+from pipeline.evaluate.bias import (
     BiasItem,
     LogProbFn,
     load_templates,
     parse_templates,
     probe,
 )
-from workers.pipeline.evaluate.stage import EvaluateInputs, run_evaluate
-from workers.pipeline.types import DatasetFile, PipelineError, RunPaths
+from pipeline.evaluate.stage import EvaluateInputs, run_evaluate
+from pipeline.types import DatasetFile, PipelineError, RunPaths
+from tests.pipeline.quantize_models import save_imported
 
 
 def test_shipped_set_is_complete() -> None:

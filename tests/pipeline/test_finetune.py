@@ -11,6 +11,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.configs.finetune import DpoSettings, FinetuneConfig, LoraSettings
+from pipeline.finetune.stage import FinetuneInputs, FinetuneResult, run_finetune
+from pipeline.parts.chat import render
+from pipeline.parts.runtimes.transformers import answer as generate
+from pipeline.types import DatasetFile, Hooks, Progress, StageCancelled
 from tests.pipeline.conftest import make_paths
 from tests.pipeline.finetune_helpers import (
     build_base,
@@ -19,15 +24,6 @@ from tests.pipeline.finetune_helpers import (
     task_split,
     write_jsonl,
 )
-from workers.pipeline.configs.finetune import DpoSettings, FinetuneConfig, LoraSettings
-from workers.pipeline.finetune.chat import render
-from workers.pipeline.finetune.stage import (
-    FinetuneInputs,
-    FinetuneResult,
-    generate,
-    run_finetune,
-)
-from workers.pipeline.types import DatasetFile, Hooks, Progress, StageCancelled
 
 
 class Recorder:

@@ -10,15 +10,15 @@ import torch
 import transformers.masking_utils
 from transformers import AutoModelForCausalLM
 
-from tests.pipeline.finetune_helpers import build_base
-from workers.pipeline.finetune.attention import (
+from pipeline.parts.attention import (
     VARLEN,
     block_causal_mask,
     cumulative_lengths,
     varlen_works,
 )
-from workers.pipeline.finetune.data import Example, collate
-from workers.pipeline.finetune.losses import forward_logits
+from pipeline.parts.batches import Example, collate
+from pipeline.parts.objectives import forward_logits
+from tests.pipeline.finetune_helpers import build_base
 
 
 def examples(lengths: list[int], vocab: int) -> list[Example]:

@@ -10,22 +10,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.configs.base import ConfigError
+from pipeline.configs.codec import decode, encode
+from pipeline.configs.finetune import FinetuneConfig, check_runnable
+from pipeline.parts import examples as data
+from pipeline.parts.batches import IGNORE, Example, collate, pack
+from pipeline.parts.chat import CHATML_NAME, ensure_chat_template
+from pipeline.parts.examples import Encoder, encode_dataset
+from pipeline.parts.objectives import forward_logits
+from pipeline.types import PipelineError, StageCancelled
 from tests.pipeline.finetune_helpers import build_base
-from workers.pipeline.configs.base import ConfigError
-from workers.pipeline.configs.codec import decode, encode
-from workers.pipeline.configs.finetune import FinetuneConfig, check_runnable
-from workers.pipeline.finetune import data
-from workers.pipeline.finetune.chat import CHATML_NAME, ensure_chat_template
-from workers.pipeline.finetune.data import (
-    IGNORE,
-    Encoder,
-    Example,
-    collate,
-    encode_dataset,
-    pack,
-)
-from workers.pipeline.finetune.losses import forward_logits
-from workers.pipeline.types import PipelineError, StageCancelled
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +196,8 @@ def test_config_auto_hyperparameters_and_validation() -> None:
 
 
 def test_inputs_cross_the_process_boundary_through_the_codec(tmp_path: Path) -> None:
-    from workers.pipeline.finetune.stage import FinetuneInputs
-    from workers.pipeline.types import DatasetFile
+    from pipeline.finetune.stage import FinetuneInputs
+    from pipeline.types import DatasetFile
 
     inputs = FinetuneInputs(tmp_path / "base", DatasetFile(tmp_path / "t.jsonl", "jsonl"), None)
     assert decode(FinetuneInputs, encode(inputs)) == inputs
@@ -227,10 +221,10 @@ def test_preference_pairs_in_both_shapes(bases: dict[str, Path]) -> None:
 
 
 def test_qlora_without_cuda_is_refused_by_the_stage(bases: dict[str, Path], tmp_path: Path) -> None:
+    from pipeline.finetune.stage import FinetuneInputs, run_finetune
+    from pipeline.types import DatasetFile
     from tests.pipeline.conftest import make_paths
     from tests.pipeline.finetune_helpers import chat_rows, task_split, write_jsonl
-    from workers.pipeline.finetune.stage import FinetuneInputs, run_finetune
-    from workers.pipeline.types import DatasetFile
 
     if torch.cuda.is_available():
         pytest.skip("this machine could run qlora")
@@ -247,10 +241,10 @@ def test_qlora_without_cuda_is_refused_by_the_stage(bases: dict[str, Path], tmp_
 def test_prompt_completion_on_a_template_less_base_runs_and_loads(
     bases: dict[str, Path], tmp_path: Path
 ) -> None:
+    from pipeline.finetune.stage import FinetuneInputs, run_finetune
+    from pipeline.types import DatasetFile
     from tests.pipeline.conftest import make_paths
     from tests.pipeline.finetune_helpers import write_jsonl
-    from workers.pipeline.finetune.stage import FinetuneInputs, run_finetune
-    from workers.pipeline.types import DatasetFile
 
     rows = [{"prompt": f"{n} in paris\n", "completion": f"NAME = {n}"} for n in ("anna", "kai")]
     data = write_jsonl(tmp_path / "t.jsonl", rows * 4)

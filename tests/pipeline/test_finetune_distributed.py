@@ -18,15 +18,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.configs.base import ConfigError
+from pipeline.configs.finetune import DpoSettings, FinetuneConfig, LoraSettings
+from pipeline.finetune.stage import FinetuneInputs, run_finetune
+from pipeline.types import DatasetFile, Hooks, PipelineError, Progress, StageCancelled
 from tests.pipeline.conftest import make_paths
 from tests.pipeline.finetune_helpers import build_base, chat_rows, task, task_split, write_jsonl
 from workers.launch import run_distributed
-from workers.pipeline.configs.base import ConfigError
-from workers.pipeline.configs.finetune import DpoSettings, FinetuneConfig, LoraSettings
-from workers.pipeline.finetune.stage import FinetuneInputs, run_finetune
-from workers.pipeline.types import DatasetFile, Hooks, PipelineError, Progress, StageCancelled
 
-STAGE = "workers.pipeline.finetune.stage:run_finetune"
+STAGE = "pipeline.finetune.stage:run_finetune"
 
 
 def fsdp2_on_cpu() -> bool:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.configs.finetune import FinetuneConfig
+from pipeline.finetune.stage import FinetuneInputs, run_finetune
+from pipeline.types import DatasetFile
 from tests.pipeline.conftest import make_paths
 from tests.pipeline.finetune_helpers import build_base, chat_rows, task_split, write_jsonl
-from workers.pipeline.configs.finetune import FinetuneConfig
-from workers.pipeline.finetune.stage import FinetuneInputs, run_finetune
-from workers.pipeline.types import DatasetFile
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.configs.finetune import ModelImportConfig
+from pipeline.import_model.stage import ModelImportInputs, run_model_import
+from pipeline.types import PipelineError
 from tests.pipeline.conftest import make_paths
 from tests.pipeline.finetune_helpers import build_base
-from workers.pipeline.configs.finetune import ModelImportConfig
-from workers.pipeline.finetune.import_model import ModelImportInputs, run_model_import
-from workers.pipeline.types import PipelineError
 
 
 @pytest.fixture(scope="module")

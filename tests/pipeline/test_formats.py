@@ -14,16 +14,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from workers.pipeline.configs.data import MIB, ValidateConfig
-from workers.pipeline.formats import (
+from pipeline.configs.data import MIB, ValidateConfig
+from pipeline.parts.datasets.formats import (
     Record,
     detect_format,
     iter_records,
     iter_texts,
     validate_dataset,
 )
-from workers.pipeline.readers import BGZF_EOF
-from workers.pipeline.types import Hooks, PipelineError, Progress, StageCancelled
+from pipeline.parts.datasets.readers import BGZF_EOF
+from pipeline.types import Hooks, PipelineError, Progress, StageCancelled
 
 
 def _jsonl(path: Path, rows: list[object]) -> Path:
@@ -217,7 +217,7 @@ def test_validate_reports_progress_and_honours_stop(
 ) -> None:
     path = _jsonl(tmp_path / "d.jsonl", [{"text": f"row {i}"} for i in range(100)])
     clock = iter(range(0, 10_000, 2))
-    monkeypatch.setattr("workers.pipeline.formats.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("pipeline.parts.datasets.formats.time.monotonic", lambda: next(clock))
     seen: list[Progress] = []
     result = validate_dataset(
         detect_format(path, {}), ValidateConfig(), Hooks(on_progress=seen.append)

@@ -7,23 +7,23 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.__main__ import main, resolve_stage
+from pipeline.configs.codec import encode
+from pipeline.configs.probe import ProbeConfig
+from pipeline.probe.stage import ProbeInputs, run_probe
+from pipeline.types import Hooks
 from tests.pipeline.conftest import make_paths
 from workers.launch import run_distributed
-from workers.pipeline.__main__ import main, resolve_stage
-from workers.pipeline.configs.codec import encode
-from workers.pipeline.configs.probe import ProbeConfig
-from workers.pipeline.probe import ProbeInputs, run_probe
-from workers.pipeline.types import Hooks
 
 
 @pytest.mark.parametrize(
     "name",
     [
         "os:system",
-        "workers.pipelinex.probe:run_probe",
+        "pipelinex.probe:run_probe",
         "workers.runner:execute",
-        "workers.pipeline.probe",
-        "workers.pipeline.probe:run_probe; rm",
+        "pipeline.probe.stage",
+        "pipeline.probe.stage:run_probe; rm",
     ],
 )
 def test_stage_names_outside_the_pipeline_are_refused(name: str, tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ def test_run_json_is_decoded_with_the_stage_types_and_the_result_encoded(tmp_pat
     config = ProbeConfig(duration_s=0.01, matmul_size=16)
     run_json = paths.work_dir / "run.json"
     payload = {
-        "stage": "workers.pipeline.probe:run_probe",
+        "stage": "pipeline.probe.stage:run_probe",
         "config": config,
         "inputs": ProbeInputs(),
         "paths": paths,
@@ -59,7 +59,7 @@ def test_invalid_config_in_run_json_is_refused_by_the_config_rules(tmp_path: Pat
     paths = make_paths(tmp_path)
     run_json = paths.work_dir / "run.json"
     payload = {
-        "stage": "workers.pipeline.probe:run_probe",
+        "stage": "pipeline.probe.stage:run_probe",
         "config": {"duration_s": -1},
         "inputs": {},
         "paths": encode(paths),
@@ -73,7 +73,7 @@ def test_a_failing_stage_is_reported_as_failed(tmp_path: Path) -> None:
     paths = make_paths(tmp_path)
     run_json = paths.work_dir / "run.json"
     payload = {
-        "stage": "workers.pipeline.probe:run_probe",
+        "stage": "pipeline.probe.stage:run_probe",
         "config": ProbeConfig(duration_s=0.01, matmul_size=16, fail_with="probe.drill"),
         "inputs": ProbeInputs(),
         "paths": paths,

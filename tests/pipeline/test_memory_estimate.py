@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.pipeline.configs.training import ModelConfig, PretrainConfig, estimate_memory_bytes
+from pipeline.configs.training import ModelConfig, PretrainConfig, estimate_memory_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 2**20

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import phonenumbers
 import pytest
 
-from workers.pipeline.configs.base import ConfigError
-from workers.pipeline.configs.data import PiiConfig
-from workers.pipeline.pii import PLACEHOLDERS, iban_ok, luhn_ok, scrub_pii
+from pipeline.configs.base import ConfigError
+from pipeline.configs.data import PiiConfig
+from pipeline.parts.text.pii import PLACEHOLDERS, iban_ok, luhn_ok, scrub_pii
 
 ALL_TYPES = frozenset(PLACEHOLDERS)
 

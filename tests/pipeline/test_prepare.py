@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from workers.pipeline.configs.data import PrepareConfig
-from workers.pipeline.formats import detect_format
-from workers.pipeline.prepare import PrepareInputs, PrepareResult, run_prepare
-from workers.pipeline.types import (
+from pipeline.configs.data import PrepareConfig
+from pipeline.parts.datasets.formats import detect_format
+from pipeline.prepare.stage import PrepareInputs, PrepareResult, run_prepare
+from pipeline.types import (
     DatasetFile,
     Hooks,
     PipelineError,
@@ -199,7 +199,7 @@ def test_progress_is_reported_with_throughput(
     tmp_path: Path, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = iter(range(0, 100_000, 5))
-    monkeypatch.setattr("workers.pipeline.prepare_state.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("pipeline.prepare.state.time.monotonic", lambda: next(clock))
     seen: list[Progress] = []
     inputs = PrepareInputs(detect_format(corpus.path, {}))
     run_prepare(
@@ -213,7 +213,7 @@ def test_cancellation_raises_and_leaves_no_outputs(
     tmp_path: Path, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = iter(range(0, 100_000, 5))
-    monkeypatch.setattr("workers.pipeline.prepare_state.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("pipeline.prepare.state.time.monotonic", lambda: next(clock))
     paths = _paths(tmp_path)
     with pytest.raises(StageCancelled):
         inputs = PrepareInputs(detect_format(corpus.path, {}))

@@ -15,18 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.pipeline.conftest import make_paths, tiny_config
-from tests.timing import scaled
-from workers.launch import run_distributed
-from workers.pipeline.configs.base import ConfigError
-from workers.pipeline.configs.training import (
+from pipeline.configs.base import ConfigError
+from pipeline.configs.training import (
     ModelConfig,
     PretrainConfig,
     estimate_memory_bytes,
 )
-from workers.pipeline.data import BatchSpec, get_batch, tokenize_dataset
-from workers.pipeline.pretrain import PretrainInputs, PretrainResult, run_pretrain
-from workers.pipeline.types import (
+from pipeline.parts.tokens import BatchSpec, get_batch, tokenize_dataset
+from pipeline.pretrain.stage import PretrainInputs, PretrainResult, run_pretrain
+from pipeline.types import (
     DatasetFile,
     Hooks,
     PipelineError,
@@ -34,6 +31,9 @@ from workers.pipeline.types import (
     RunPaths,
     StageCancelled,
 )
+from tests.pipeline.conftest import make_paths, tiny_config
+from tests.timing import scaled
+from workers.launch import run_distributed
 
 REPO = Path(__file__).parents[2]
 
@@ -276,7 +276,7 @@ def test_ddp_two_processes_follow_the_single_process_loss_curve(
     inputs = PretrainInputs(corpus_file, None, tiny_tokenizer_dir)
     ddp = Recorder()
     result = run_distributed(
-        "workers.pipeline.pretrain:run_pretrain",
+        "pipeline.pretrain.stage:run_pretrain",
         config,
         inputs,
         make_paths(tmp_path / "two", shared_cache),
@@ -302,7 +302,7 @@ def test_ddp_with_fewer_eval_batches_than_ranks_finishes(
     inputs = PretrainInputs(corpus_file, None, tiny_tokenizer_dir)
     recorder = Recorder()
     result = run_distributed(
-        "workers.pipeline.pretrain:run_pretrain",
+        "pipeline.pretrain.stage:run_pretrain",
         config,
         inputs,
         make_paths(tmp_path, shared_cache),
@@ -318,8 +318,8 @@ def test_ranks_deaf_to_stop_are_ended_within_the_grace(tmp_path: Path) -> None:
     import subprocess
     import time
 
+    from pipeline.types import Hooks
     from workers import launch
-    from workers.pipeline.types import Hooks
 
     # A process group that ignores SIGTERM, as a rank stuck in C code can.
     deaf = subprocess.Popen(

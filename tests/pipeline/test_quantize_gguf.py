@@ -12,14 +12,15 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+from pipeline.configs.base import ConfigError
+from pipeline.configs.quantize import GgufOptions, QuantizeConfig
+from pipeline.parts.runtimes import llamacpp
+from pipeline.parts.runtimes.llamacpp import loaded
+from pipeline.quantize import gguf_export
+from pipeline.quantize.stage import QuantizeInputs, QuantizeResult, run_quantize
+from pipeline.types import DatasetFile, PipelineError, RunPaths
 from tests.pipeline.conftest import make_paths
 from tests.pipeline.quantize_models import SAMPLE_TEXT, save_imported, trained_tiny
-from workers.pipeline.configs.base import ConfigError
-from workers.pipeline.configs.quantize import GgufOptions, QuantizeConfig
-from workers.pipeline.quantize import gguf_export, llamacpp
-from workers.pipeline.quantize.llamacpp import loaded
-from workers.pipeline.quantize.stage import QuantizeInputs, QuantizeResult, run_quantize
-from workers.pipeline.types import DatasetFile, PipelineError, RunPaths
 
 # The shared trained model takes ~1 min to train on a quiet 2-core box, several on a busy one.
 pytestmark = pytest.mark.timeout(900)
@@ -184,7 +185,7 @@ def test_config_rejects_unknown_types_and_bad_group_sizes() -> None:
         GgufOptions(types=("q3_xs",))  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         GgufOptions(types=())
-    from workers.pipeline.configs.quantize import GptqOptions
+    from pipeline.configs.quantize import GptqOptions
 
     with pytest.raises(ConfigError):
         GptqOptions(group_size=100)

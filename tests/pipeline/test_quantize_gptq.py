@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from pipeline.configs.quantize import GptqOptions, QuantizeConfig
+from pipeline.quantize.gptq import rtn_quantize_
+from pipeline.quantize.stage import QuantizeInputs, run_quantize
+from pipeline.types import DatasetFile, PipelineError
 from tests.pipeline.conftest import make_paths
 from tests.pipeline.quantize_models import trained_tiny
-from workers.pipeline.configs.quantize import GptqOptions, QuantizeConfig
-from workers.pipeline.quantize.gptq import rtn_quantize_
-from workers.pipeline.quantize.stage import QuantizeInputs, run_quantize
-from workers.pipeline.types import DatasetFile, PipelineError
 
 # The shared trained model takes ~1 min to train on a quiet 2-core box, several on a busy one.
 pytestmark = pytest.mark.timeout(900)

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
+from pipeline.configs.base import ConfigError
+from pipeline.configs.training import TokenizerConfig
+from pipeline.tokenizer import stage as tokenizer
+from pipeline.tokenizer.stage import TokenizerInputs, run_tokenizer
+from pipeline.types import DatasetFile, Hooks, PipelineError, RunPaths, StageCancelled
 from tests.pipeline.conftest import text_file
-from workers.pipeline import tokenizer
-from workers.pipeline.configs.base import ConfigError
-from workers.pipeline.configs.training import TokenizerConfig
-from workers.pipeline.tokenizer import TokenizerInputs, run_tokenizer
-from workers.pipeline.types import DatasetFile, Hooks, PipelineError, RunPaths, StageCancelled
 
 CHAT = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eos|>{% endfor %}"
 

@@ -1,4 +1,5 @@
-"""The shared training parts: schedules, the optimiser's groups, one step with any loss."""
+"""The shared training parts: schedules, the optimiser's groups, one step with any loss, the
+one-step-late reader."""
 
 from __future__ import annotations
 
@@ -9,16 +10,15 @@ import torch
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from workers.pipeline.configs.base import ConfigError
-from workers.pipeline.configs.optim import OptimizerConfig, ScheduleConfig, ScheduleKind
-from workers.pipeline.configs.training import ModelConfig
-from workers.pipeline.modeling import build_model
-from workers.pipeline.training import (
-    StepParts,
-    build_optimizer,
-    lr_at,
-    optimizer_step,
-)
+from pipeline.configs.base import ConfigError
+from pipeline.configs.finetune import FinetuneConfig, Hyperparameters
+from pipeline.configs.optim import OptimizerConfig, ScheduleConfig, ScheduleKind
+from pipeline.configs.training import ModelConfig
+from pipeline.parts.llama import build_model
+from pipeline.parts.optimizer import build_optimizer
+from pipeline.parts.readback import LateReads
+from pipeline.parts.schedule import lr_at
+from pipeline.parts.step import StepParts, optimizer_step
 
 CPU = torch.device("cpu")
 
@@ -36,6 +36,43 @@ def test_schedules_warm_up_then_decay_to_min_lr(
     assert lr_at(10, s) == 1.0
     assert lr_at(15, s) == pytest.approx(middle)
     assert lr_at(19, s) == pytest.approx(last)
+
+
+@pytest.mark.parametrize("scheduler", ["linear", "cosine", "constant"])
+def test_fine_tuning_warms_up_over_its_ratio_then_decays_to_zero(scheduler: str) -> None:
+    """Fine-tuning's schedule is the same part: warmup over ``warmup_ratio`` of the resolved
+    steps, then down to 0 (OpenAI's and Hugging Face's convention) or flat."""
+    config = FinetuneConfig(warmup_ratio=0.1, scheduler=scheduler)  # type: ignore[arg-type]
+    hp = Hyperparameters(n_epochs=2, batch_size=4, learning_rate=1e-3, steps_per_epoch=20)
+    schedule = config.schedule(hp)
+    assert (schedule.warmup_steps, schedule.total_steps, schedule.min_lr) == (4, 40, 0.0)
+    assert [lr_at(i, schedule) for i in range(4)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    progress = (30 - 4) / (40 - 4)
+    expected = {
+        "linear": 1e-3 * (1 - progress),
+        "cosine": 1e-3 * 0.5 * (1 + math.cos(math.pi * progress)),
+        "constant": 1e-3,
+    }[scheduler]
+    assert lr_at(30, schedule) == pytest.approx(expected, rel=1e-12)
+
+
+def test_fine_tuning_decays_the_embeddings_with_the_other_matrices() -> None:
+    model = _tiny()
+    config = FinetuneConfig(weight_decay=0.1)
+    hp = Hyperparameters(n_epochs=1, batch_size=1, learning_rate=1e-4, steps_per_epoch=1)
+    decay, no_decay = build_optimizer(model, config.optimizer(hp), CPU).param_groups
+    embed = model.get_input_embeddings().weight
+    assert any(p is embed for p in decay["params"])
+    assert all(p.dim() < 2 for p in no_decay["params"])
+    assert (decay["lr"], decay["betas"]) == (1e-4, (0.9, 0.999))
+
+
+def test_late_reads_give_back_the_previous_step_and_the_held_one_on_demand() -> None:
+    late: LateReads[int] = LateReads()
+    assert late.launched(1) is None  # nothing launched before the first step
+    assert late.launched(2) == 1  # step 1 is read once step 2 is on its way
+    assert late.now() == 2 and late.now() is None  # read at once: nothing is held after
+    assert late.launched(3) is None
 
 
 def test_schedule_and_optimizer_configs_are_checked() -> None:

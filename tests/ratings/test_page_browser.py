@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +11,7 @@ from fastapi import FastAPI, Header, HTTPException, Response
 from fastapi.responses import HTMLResponse
 
 from app.ratings.page import render_page
+from tests.serving import serve_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -64,20 +62,9 @@ def _app(votes: list[dict[str, Any]]) -> FastAPI:
 
 @pytest.fixture
 def served() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    import uvicorn
-
     votes: list[dict[str, Any]] = []
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(_app(votes), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", votes
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(_app(votes), log_level="warning") as url:
+        yield url, votes
 
 
 def test_votes_with_clicks_and_keys(served: tuple[str, list[dict[str, Any]]]) -> None:

@@ -13,7 +13,6 @@ from app.artifacts.tables import Artifact
 from app.db import session_scope
 from app.jobs import service as jobs
 from app.jobs.tables import Job
-from tests.factories import make_key
 
 RESULT = {
     "model_id": "mdl_CHILD",
@@ -43,11 +42,12 @@ def _model(session: Session, tenant_id: str, model_id: str, lineage: dict[str, s
 
 
 def test_the_report_page_has_every_figure_and_the_lineage_curves(
-    client: TestClient, factory: sessionmaker[Session], other_auth: dict[str, str]
+    client: TestClient,
+    factory: sessionmaker[Session],
+    auth: dict[str, str],
+    tenant: str,
+    other_auth: dict[str, str],
 ) -> None:
-    created = make_key(factory, "acme")
-    auth = {"Authorization": f"Bearer {created.key}"}
-    tenant = created.tenant_id
     with session_scope(factory) as session:
         _job(session, tenant, "job_PRETRAIN", "pretrain")
         _job(session, tenant, "job_TUNE", "finetune")
@@ -81,11 +81,10 @@ def test_the_report_page_has_every_figure_and_the_lineage_curves(
 
 
 def test_lineage_curves_follow_parents_and_keep_to_loss_metrics(
-    factory: sessionmaker[Session],
+    factory: sessionmaker[Session], tenant: str
 ) -> None:
     from app.reports.evaluate import lineage_curves
 
-    tenant = make_key(factory, "acme").tenant_id
     with session_scope(factory) as session:
         _job(session, tenant, "job_PRETRAIN", "pretrain")
         _job(session, tenant, "job_TUNE", "finetune")

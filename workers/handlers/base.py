@@ -1,35 +1,61 @@
 """What the runner hands a job handler, and what a handler hands back.
 
 A handler reads: resolve inputs (done by the runner, as :class:`JobContext.inputs`) → run the
-stage (:func:`run_stage`, in this process or under torchrun) → return the result and the outputs
-to register (:class:`Outcome`). It never touches the database or the store layout: the runner
-registers the outputs through the domain services in the transaction that finishes the job.
+stage (:func:`run_stage`, in this process or under torchrun; either way the stage's typed result
+comes back) → return the job's figures and the outputs to register (:class:`Outcome`). It never
+touches the database or the store layout, nor the stage's folder layout: the result says where
+the stage's products are, and each output places and records itself (:class:`Output`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from app.artifacts.service import ImportVerdict, NewArtifact
-from app.comparisons.service import ComparisonAnswers
-from app.datasets.service import NewDataset, ValidationVerdict
-from app.jobs.inputs import Resolved
+from sqlalchemy.orm import Session
+
+from app.flows.inputs import Resolved
 from app.jobs.kinds import JobKind
 from app.settings import Settings
+from app.storage import LocalStore
+from pipeline.configs.codec import decode, encode
+from pipeline.parts.datasets.formats import detect_format
+from pipeline.types import DatasetFile, Hooks, RunPaths, is_product, split_stage_name
 from workers.launch import run_distributed
-from workers.pipeline.configs.codec import encode
-from workers.pipeline.formats import detect_format
-from workers.pipeline.types import DatasetFile, Hooks, RunPaths
 
 P = TypeVar("P")
 C = TypeVar("C")
+I = TypeVar("I")  # noqa: E741
+R = TypeVar("R")
 
-Output = NewArtifact | NewDataset | ValidationVerdict | ImportVerdict | ComparisonAnswers
+
+class Placed(Protocol):
+    """An output whose files are in the store, waiting for the transaction that ends the job."""
+
+    def record(self, *, session: Session) -> None:
+        """Write its rows, in the transaction that marks the job succeeded."""
+
+    def discard(self, *, store: LocalStore) -> None:
+        """Undo the placing: the job ended otherwise (cancelled while finishing, or another
+        attempt owns it), so the output must never become visible."""
+
+
+class Output(Protocol):
+    """Something a job hands over: a new model, a dataset, a verdict on an upload, answers.
+
+    Each output type lives in its own domain (``app/<domain>/outputs.py``) and knows how to place
+    itself in the store, record itself in its domain's tables and discard itself, so the runner
+    handles every output alike and a new output type touches only its domain.
+    """
+
+    def place(self, *, store: LocalStore, tenant_id: str, job_id: str) -> Placed:
+        """Move its files into the store, before the final transaction; no rows yet."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -85,21 +111,57 @@ def stage_config(params: Any, config_type: type[C]) -> C:
     return config_type(**{k: v for k, v in vars(params).items() if k in names})
 
 
-def run_stage(ctx: JobContext[Any], config: Any, inputs: Any, *, devices: int = 1) -> Any:
+def run_stage(
+    ctx: JobContext[Any],
+    stage: Callable[[C, I, RunPaths, Hooks], R],
+    config: C,
+    inputs: I,
+    *,
+    devices: int = 1,
+) -> R:
     """Run the kind's pipeline stage: in this process, or on ``devices`` processes under torchrun.
 
-    Returns the stage's result as JSON data either way, so handlers read one shape.
+    Returns the stage's typed result either way: under torchrun, rank 0's JSON decoded into the
+    stage's declared result type. ``stage`` must be the function the kind declares (the launcher
+    starts it by that name), which keeps the two from drifting apart.
     """
-    stage = ctx.kind.stage
-    if stage is None:
-        raise ValueError(f"job kind {ctx.kind.name!r} declares no stage")
+    if ctx.kind.stage is None or resolve_stage(ctx.kind.stage) is not stage:
+        raise ValueError(f"job kind {ctx.kind.name!r} declares {ctx.kind.stage!r}, not {stage}")
     if devices > 1:
-        return run_distributed(stage, config, inputs, ctx.paths, ctx.hooks, devices)
-    module, function = stage.split(":")
-    run = getattr(importlib.import_module(module), function)
-    return encode(run(config, inputs, ctx.paths, ctx.hooks))
+        data = run_distributed(ctx.kind.stage, config, inputs, ctx.paths, ctx.hooks, devices)
+        result: R = decode(typing.get_type_hints(stage)["return"], data)
+        return result
+    return stage(config, inputs, ctx.paths, ctx.hooks)
 
 
-def details(result: Mapping[str, Any]) -> dict[str, Any]:
-    """A stage result as artifact details: the output folder is not the user's business."""
-    return {k: v for k, v in result.items() if k != "output_dir"}
+def resolve_stage(name: str) -> Callable[..., Any]:
+    """``"pipeline.<module>:<function>"`` → the function (only names under ``pipeline``)."""
+    module, function = split_stage_name(name)
+    stage: Callable[..., Any] = getattr(importlib.import_module(module), function)
+    return stage
+
+
+def figures(result: Any) -> dict[str, Any]:
+    """A stage's result as the job shows it: JSON data without the products (the fields marked
+    ``PRODUCT``, at any depth), since where the worker keeps files is not the user's business."""
+    data: dict[str, Any] = encode(result)
+    _drop_products(result, data)
+    return data
+
+
+def _drop_products(value: Any, data: Any) -> None:
+    if dataclasses.is_dataclass(value) and isinstance(data, dict):
+        for item in dataclasses.fields(value):
+            if is_product(item):
+                data.pop(item.name, None)
+            else:
+                _drop_products(getattr(value, item.name), data.get(item.name))
+    elif isinstance(value, list | tuple) and isinstance(data, list):
+        for one, encoded in zip(value, data, strict=True):
+            _drop_products(one, encoded)
+
+
+def slug(name: str) -> str:
+    """A name safe in a model id and a file name: letters, digits, '-', '_', '.'."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+    return "-".join(part for part in cleaned.split("-") if part)[:80] or "model"

@@ -1,16 +1,16 @@
-"""The ``compare`` job: every model answers every prompt; the answers go to the comparison.
+"""``compare``: every model answers every prompt; the answers go to the comparison.
 
-The runner stores them (:class:`app.comparisons.service.ComparisonAnswers`) in the transaction
-that marks the job succeeded, which is also what opens the comparison for rating.
+They are stored (:class:`app.comparisons.outputs.ComparisonAnswers`) in the transaction that
+marks the job succeeded, which is also what opens the comparison for rating.
 """
 
 from __future__ import annotations
 
-from app.comparisons.service import ComparisonAnswers
-from app.jobs.kinds import CompareParams
+from app.comparisons.outputs import ComparisonAnswers
+from app.jobs.kinds.compare import CompareParams
+from pipeline.compare.stage import CompareInputs, run_compare
+from pipeline.configs.compare import CompareConfig
 from workers.handlers.base import JobContext, Outcome, run_stage, stage_config
-from workers.pipeline.compare import CompareInputs
-from workers.pipeline.configs.compare import CompareConfig
 
 
 def handle_compare(ctx: JobContext[CompareParams]) -> Outcome:
@@ -19,17 +19,17 @@ def handle_compare(ctx: JobContext[CompareParams]) -> Outcome:
         model_dirs=tuple(ctx.folder(f"model_ids.{i}") for i in range(len(params.model_ids))),
         prompts=ctx.optional_dataset("dataset_id"),
     )
-    result = run_stage(ctx, stage_config(params, CompareConfig), inputs)
-    prompts: list[str] = result["prompts"]
-    texts = result["answers"]
-    answers = {m: list(t) for m, t in zip(params.model_ids, texts, strict=True)}
-    output = ComparisonAnswers(comparison_id=params.comparison_id, prompts=prompts, answers=answers)
+    result = run_stage(ctx, run_compare, stage_config(params, CompareConfig), inputs)
+    answers = {m: list(t) for m, t in zip(params.model_ids, result.answers, strict=True)}
+    output = ComparisonAnswers(
+        comparison_id=params.comparison_id, prompts=result.prompts, answers=answers
+    )
     return Outcome(
         result={
             "comparison_id": params.comparison_id,
-            "prompts": len(prompts),
+            "prompts": len(result.prompts),
             "models": list(params.model_ids),
-            "tokens": result["tokens"],
+            "tokens": result.tokens,
         },
         outputs=[output],
     )

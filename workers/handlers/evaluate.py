@@ -1,15 +1,15 @@
-"""The ``evaluate`` job: one model against the datasets it names; the figures are the job result.
+"""``evaluate``: one model against the datasets it names; the figures are the job result.
 
 Nothing is registered: an evaluation produces figures, not a model or a dataset. The per-document
-scores, bias items and samples stay in the job's output folder next to ``report.json``.
+scores, bias items and samples stay in the job's output folder next to its report.
 """
 
 from __future__ import annotations
 
-from app.jobs.kinds import EvaluateParams
-from workers.handlers.base import JobContext, Outcome, run_stage, stage_config
-from workers.pipeline.configs.evaluate import EvaluateConfig
-from workers.pipeline.evaluate.stage import EvaluateInputs
+from app.jobs.kinds.evaluate import EvaluateParams
+from pipeline.configs.evaluate import EvaluateConfig
+from pipeline.evaluate.stage import EvaluateInputs, run_evaluate
+from workers.handlers.base import JobContext, Outcome, figures, run_stage, stage_config
 
 
 def handle_evaluate(ctx: JobContext[EvaluateParams]) -> Outcome:
@@ -23,12 +23,11 @@ def handle_evaluate(ctx: JobContext[EvaluateParams]) -> Outcome:
         training=(training,) if training is not None else (),
         bias_templates=ctx.optional_dataset("bias_templates_id"),
     )
-    result = run_stage(ctx, config, inputs)
+    result = figures(run_stage(ctx, run_evaluate, config, inputs))
     ids = [i for i in (params.dataset_id, params.extra_dataset_id) if i]
-    for figures, dataset_id in zip(result["perplexity"], ids, strict=True):
-        figures["dataset_id"] = dataset_id
+    for scores, dataset_id in zip(result["perplexity"], ids, strict=True):
+        scores["dataset_id"] = dataset_id
     for report, dataset_id in zip(result["contamination"], ids, strict=True):
         report["dataset_id"] = dataset_id
         report["training_dataset_id"] = params.training_dataset_id
-    result.pop("report_path", None)
     return Outcome(result={"model_id": params.model_id, **result})

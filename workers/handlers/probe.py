@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from workers.handlers.base import JobContext, Outcome, run_stage
-from workers.pipeline.configs.probe import ProbeConfig
-from workers.pipeline.probe import ProbeInputs
+from pipeline.configs.probe import ProbeConfig
+from pipeline.probe.stage import ProbeInputs, run_probe
+from workers.handlers.base import JobContext, Outcome, figures, run_stage
 
 
 def handle_probe(ctx: JobContext[ProbeConfig]) -> Outcome:
-    return Outcome(result=run_stage(ctx, ctx.params, ProbeInputs()))
+    return Outcome(result=figures(run_stage(ctx, run_probe, ctx.params, ProbeInputs())))

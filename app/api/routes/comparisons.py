@@ -12,9 +12,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
-from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.deps import ComparisonDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
-from app.broker import enqueue
 from app.comparisons import service
 from app.comparisons.chart import ladder_png
 from app.comparisons.schemas import (
@@ -27,7 +26,7 @@ from app.comparisons.schemas import (
 )
 from app.comparisons.tables import Comparison
 from app.errors import NotFound, Unauthorized
-from app.jobs.kinds import queue_capacity
+from app.flows import comparisons as flow
 from app.ratings.page import render_page
 
 router = APIRouter(
@@ -55,31 +54,18 @@ def create_comparison(
     tenant_id: TenantDep,
 ) -> ComparisonRead:
     """Queue a ``compare`` job that generates every answer; rating opens when it succeeds."""
-    comparison, job = service.create_comparison(
-        session=session,
-        store=store,
-        tenant_id=tenant_id,
-        body=body,
-        max_attempts=settings.max_attempts,
-        capacity=queue_capacity(settings, "cpu"),
+    comparison, _ = flow.create_comparison(
+        session=session, settings=settings, store=store, tenant_id=tenant_id, body=body
     )
-    enqueue(job.id, job.queue)
     response.headers["Location"] = f"/v1/comparisons/{comparison.id}"
     return ComparisonRead.model_validate(service.view(session, comparison))
-
-
-def _own(session: SessionDep, tenant_id: TenantDep, comparison_id: str) -> Comparison:
-    return service.get_comparison(session=session, tenant_id=tenant_id, comparison_id=comparison_id)
 
 
 @router.get(
     "/{comparison_id}", response_model=ComparisonRead, responses=NOT_FOUND,
     summary="Get a comparison",
 )  # fmt: skip
-def read_comparison(
-    comparison_id: str, session: SessionDep, tenant_id: TenantDep
-) -> ComparisonRead:
-    comparison = _own(session, tenant_id, comparison_id)
+def read_comparison(comparison: ComparisonDep, session: SessionDep) -> ComparisonRead:
     return ComparisonRead.model_validate(service.view(session, comparison))
 
 
@@ -91,9 +77,8 @@ def read_comparison(
     summary="Invite a rater by link",
 )
 def invite_rater(
-    comparison_id: str, session: SessionDep, tenant_id: TenantDep, body: RaterCreate | None = None
+    comparison: ComparisonDep, session: SessionDep, body: RaterCreate | None = None
 ) -> RaterRead:
-    comparison = _own(session, tenant_id, comparison_id)
     rater, token = service.add_rater(
         session=session, comparison=comparison, name=body.name if body else None
     )
@@ -110,7 +95,9 @@ def _rater(
     """The comparison and the rater's identity: an API key of its tenant, or an invite."""
     tenant_id: str | None = getattr(request.state, "tenant_id", None)
     if tenant_id is not None:
-        comparison = _own(session, tenant_id, comparison_id)
+        comparison = service.get_comparison(
+            session=session, tenant_id=tenant_id, comparison_id=comparison_id
+        )
         return comparison, service.key_rater(request.state.key_id)
     scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
     value = header or token or (bearer.strip() if scheme.lower() == "bearer" else "")
@@ -169,10 +156,9 @@ def vote(
 
 
 @router.get("/{comparison_id}/results", responses=NOT_FOUND, summary="Ratings and figures")
-def read_results(comparison_id: str, session: SessionDep, tenant_id: TenantDep) -> dict[str, Any]:
+def read_results(comparison: ComparisonDep, session: SessionDep) -> dict[str, Any]:
     """Bradley–Terry ladder (Elo scale, 95% bootstrap intervals), win-rate matrix, votes per
     model, left-position win rate, rater agreement on control repeats."""
-    comparison = _own(session, tenant_id, comparison_id)
     return service.results(session=session, comparison=comparison)
 
 
@@ -181,8 +167,7 @@ def read_results(comparison_id: str, session: SessionDep, tenant_id: TenantDep) 
     responses={**NOT_FOUND, 200: {"content": {"image/png": {"schema": {"type": "string"}}}}},
     summary="The rating ladder as a chart",
 )
-def read_chart(comparison_id: str, session: SessionDep, tenant_id: TenantDep) -> Response:
-    comparison = _own(session, tenant_id, comparison_id)
+def read_chart(comparison: ComparisonDep, session: SessionDep) -> Response:
     figures = service.results(session=session, comparison=comparison)
     return Response(ladder_png(figures), media_type="image/png")
 
@@ -195,8 +180,7 @@ def read_chart(comparison_id: str, session: SessionDep, tenant_id: TenantDep) ->
     },
     summary="Every vote, with model identities",
 )
-def export_votes(comparison_id: str, session: SessionDep, tenant_id: TenantDep) -> Response:
-    comparison = _own(session, tenant_id, comparison_id)
+def export_votes(comparison: ComparisonDep, session: SessionDep) -> Response:
     text = service.export_jsonl(session=session, comparison=comparison)
     return Response(text, media_type="application/x-ndjson")
 

@@ -22,6 +22,7 @@ from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.artifacts import service as artifacts
 from app.artifacts.tables import Artifact
+from app.db import find_owned
 from app.errors import InvalidInput, ServiceUnavailable
 from app.storage import LocalStore
 
@@ -61,8 +62,8 @@ def model_spec(
     spec: dict[str, Any] = {"id": model, "path": str(store.local_path(artifact.uri))}
     if artifact.format == "peft-adapter":
         base_id = artifact.details.get("base_model_id")
-        base = session.get(Artifact, base_id) if base_id else None
-        if base is None or base.tenant_id != tenant_id:
+        base = find_owned(session, Artifact, base_id, tenant_id=tenant_id) if base_id else None
+        if base is None:
             raise InvalidInput(
                 f"The base of adapter '{model}' no longer exists.", code="model.base_missing"
             )

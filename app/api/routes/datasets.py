@@ -1,30 +1,22 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from app import layout
-from app.api import uploads
-from app.api.deps import PageDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.deps import DatasetDep, PageDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
-from app.broker import enqueue
+from app.api.uploads import upload_body
 from app.datasets import service
 from app.datasets.schemas import DatasetRead, DatasetReport
-from app.datasets.tables import Dataset
+from app.flows import deletion, uploads
 from app.jobs.schemas import Page
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses={401: {"model": ErrorResponse}})
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
 
-
-def valid_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) -> Dataset:
-    return service.get_dataset(session=session, tenant_id=tenant_id, dataset_id=dataset_id)
-
-
-DatasetDep = Annotated[Dataset, Depends(valid_dataset)]
 
 TEXT_PATTERN = r"^[^\u0000]*\S[^\u0000]*$"  # something besides spaces, and no NUL
 UPLOAD_BODY = {
@@ -80,35 +72,10 @@ async def create_dataset(
     tenant_id: TenantDep,
 ) -> DatasetRead:
     """Stream the file to storage, then validate it in the background (`validating` → `ready`)."""
-    limit = settings.max_upload_bytes
-    check_quota = uploads.quota_check(session, settings, tenant_id)
-    await check_quota(uploads.declared_size(request, limit))
-    dataset_id = service.new_dataset_id()
-    try:
-        key = layout.dataset_data(dataset_id)
-        received, writer = await uploads.receive_file(request, store, key, limit, code="dataset")
-        fields = received.fields
-        options = service.parse_options(fields)
-        name = service.check_name(fields.get("name") or received.filename or "dataset")
-        await check_quota(writer.size)
-        dataset, job = await run_in_threadpool(
-            lambda: service.register_upload(
-                session=session,
-                tenant_id=tenant_id,
-                dataset_id=dataset_id,
-                name=name,
-                filename=received.filename,
-                options=options,
-                size_bytes=writer.size,
-                sha256=writer.sha256,
-                max_attempts=settings.max_attempts,
-            )
-        )
-    except BaseException:
-        # Refused, cut off or failed: no trace on disk, not even the empty folder.
-        store.delete(layout.dataset(dataset_id))
-        raise
-    enqueue(job.id, job.queue)
+    uploader = uploads.Uploader(session, settings, store, tenant_id)
+    dataset = await uploads.upload_dataset(
+        uploader, upload_body(request, settings.max_upload_bytes)
+    )
     views = await run_in_threadpool(service.to_read, session, [dataset])
     return views[0]
 
@@ -177,4 +144,6 @@ def delete_dataset(
     dataset: DatasetDep, session: SessionDep, store: StoreDep, tenant_id: TenantDep
 ) -> None:
     """Refused while a queued or running job reads it."""
-    service.delete_dataset(session=session, store=store, tenant_id=tenant_id, dataset_id=dataset.id)
+    deletion.delete_dataset(
+        session=session, store=store, tenant_id=tenant_id, dataset_id=dataset.id
+    )

@@ -6,13 +6,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.api.routes import datasets as dataset_routes
+from app.api.uploads import upload_body
 from app.compat import schemas, service
 from app.datasets import service as datasets
 from app.errors import Conflict, InvalidInput
+from app.flows import deletion, uploads
 
 router = APIRouter(prefix="/files", tags=["openai"], responses={401: {"model": ErrorResponse}})
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
@@ -32,8 +35,12 @@ async def create_file(
     store: StoreDep,
     tenant_id: TenantDep,
 ) -> schemas.FileObject:
-    view = await dataset_routes.create_dataset(request, session, settings, store, tenant_id)
-    return service.file_view(view)
+    uploader = uploads.Uploader(session, settings, store, tenant_id)
+    dataset = await uploads.upload_dataset(
+        uploader, upload_body(request, settings.max_upload_bytes)
+    )
+    views = await run_in_threadpool(datasets.to_read, session, [dataset])
+    return service.file_view(views[0])
 
 
 @router.get("", response_model=schemas.ListPage, summary="List files, newest first")
@@ -106,7 +113,7 @@ def delete_file(
     if file.purpose == "fine-tune-results":
         raise InvalidInput("Result files go with their job; they cannot be deleted.")
     try:
-        datasets.delete_dataset(
+        deletion.delete_dataset(
             session=session, store=store, tenant_id=tenant_id, dataset_id=file.id
         )
     except Conflict as err:  # permanent until the job ends: a 400 the SDK does not retry

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Header, Query
 
-from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.deps import FineTuningJobDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
-from app.broker import enqueue
 from app.compat import schemas, service
-from app.errors import NotFound
+from app.flows import fine_tuning, waiting
 from app.jobs import service as jobs
-from app.jobs.kinds import get_kind, queue_capacity
 from app.jobs.states import FINAL_STATES
-from app.jobs.tables import Job
 
 router = APIRouter(
     prefix="/fine_tuning/jobs", tags=["openai"], responses={401: {"model": ErrorResponse}}
@@ -22,20 +19,6 @@ router = APIRouter(
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
 AfterQuery = Annotated[str | None, Query(max_length=100)]
 LimitQuery = Annotated[int, Query(ge=1, le=100)]
-
-
-def _job(fine_tuning_job_id: str, session: SessionDep, tenant_id: TenantDep) -> Job:
-    job = session.get(Job, fine_tuning_job_id)
-    if job is None or job.tenant_id != tenant_id or job.type != "finetune":
-        raise NotFound(
-            f"No fine-tuning job with id '{fine_tuning_job_id}'.",
-            code="fine_tuning_job_not_found",
-            param="fine_tuning_job_id",
-        )
-    return job
-
-
-FineTuningJobDep = Annotated[Job, Depends(_job)]
 
 
 @router.post(
@@ -52,17 +35,16 @@ def create_fine_tuning_job(
     tenant_id: TenantDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> schemas.FineTuningJob:
-    job = service.create_fine_tuning_job(
+    # A file still being validated is waited for: the job is `validating_files` until it is
+    # processed, then `queued` (or `failed` if the file is not fine-tuning data).
+    job = fine_tuning.create_fine_tuning_job(
         session=session,
+        settings=settings,
         store=store,
         tenant_id=tenant_id,
         body=body,
-        capacity=queue_capacity(settings, get_kind("finetune").queue_for(None)),
-        max_attempts=settings.max_attempts,
         idempotency_key=idempotency_key,
     )
-    if job.status == "queued" and job.attempt == 0:
-        enqueue(job.id, job.queue)
     return service.job_view(job, session=session)
 
 
@@ -123,13 +105,11 @@ def pause_fine_tuning_job(
     summary="Resume a paused fine-tuning job from its checkpoint",
 )
 def resume_fine_tuning_job(
-    job: FineTuningJobDep, session: SessionDep, tenant_id: TenantDep
+    job: FineTuningJobDep, session: SessionDep, store: StoreDep, tenant_id: TenantDep
 ) -> schemas.FineTuningJob:
     """Idempotent: a job that is not paused or pausing is returned unchanged."""
-    resumed = jobs.resume_job(session=session, tenant_id=tenant_id, job_id=job.id)
-    if resumed.requeued:
-        enqueue(resumed.job.id, resumed.job.queue)
-    return service.job_view(resumed.job, session=session)
+    resumed = waiting.resume_job(session=session, store=store, tenant_id=tenant_id, job_id=job.id)
+    return service.job_view(resumed, session=session)
 
 
 @router.get(

@@ -7,9 +7,9 @@ from fastapi.responses import HTMLResponse
 
 from app.api.deps import JobDep, PageDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
-from app.broker import enqueue
+from app.flows import submission, waiting
 from app.jobs import service
-from app.jobs.kinds import get_kind, queue_capacity
+from app.jobs.kinds import get_kind
 from app.jobs.schemas import JobCreate, JobEventRead, JobMetricRead, JobRead, Page, brief
 from app.jobs.states import JobStatus
 from app.reports.evaluate import render_report
@@ -35,21 +35,17 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobRead:
     """Write the job, commit, then ring the broker with its id. Same Idempotency-Key, same job."""
-    kind = get_kind(body.type)
-    submitted = service.submit_job(
+    submitted = submission.submit_job(
         session=session,
+        settings=settings,
         store=store,
         tenant_id=tenant_id,
-        kind=kind,
+        kind=get_kind(body.type),
         params=body.params,
-        max_attempts=settings.max_attempts,
-        capacity=queue_capacity(settings, kind.queue_for(body.params)),
         max_runtime_s=body.max_runtime_s,
         idempotency_key=idempotency_key,
     )
-    if submitted.created:
-        enqueue(submitted.job.id, submitted.job.queue)
-    else:
+    if not submitted.created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
     return JobRead.model_validate(submitted.job)
@@ -130,13 +126,11 @@ def pause_job(job: JobDep, session: SessionDep, tenant_id: TenantDep) -> JobRead
     responses=NOT_FOUND,
     summary="Resume a paused job",
 )
-def resume_job(job: JobDep, session: SessionDep, tenant_id: TenantDep) -> JobRead:
+def resume_job(job: JobDep, session: SessionDep, store: StoreDep, tenant_id: TenantDep) -> JobRead:
     """A paused job is queued again and continues from its checkpoint; a `pausing` one goes on
     running. Any other job is returned unchanged."""
-    resumed = service.resume_job(session=session, tenant_id=tenant_id, job_id=job.id)
-    if resumed.requeued:
-        enqueue(resumed.job.id, resumed.job.queue)
-    return JobRead.model_validate(resumed.job)
+    resumed = waiting.resume_job(session=session, store=store, tenant_id=tenant_id, job_id=job.id)
+    return JobRead.model_validate(resumed)
 
 
 @router.get(

@@ -1,0 +1,134 @@
+"""The stored objects a job reads: found, tenant-checked and located in one place.
+
+Resolving inputs crosses domains (a job's parameters name datasets, tokenizers and models), so it
+is a flow. The API calls :func:`load_inputs` before it queues a job (an unknown, foreign or unready
+input is a 400 naming the parameter), and the runner calls it again before the handler runs (the
+object may have been deleted meanwhile), so both apply the same rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.artifacts import service as artifacts
+from app.datasets import service as datasets
+from app.errors import InvalidInput, NotFound
+from app.jobs.kinds import InputKind, InputRef, JobKind
+from app.storage import LocalStore
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An input as a handler uses it: where its bytes are and how to read them."""
+
+    id: str
+    kind: InputKind
+    name: str
+    path: Path
+    """A dataset's file, or a tokenizer's or model's folder."""
+    format: str | None
+    compression: str | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+    lineage: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+    pending: bool = False
+    """A dataset still being validated: only a job that waits for its inputs admits one."""
+
+
+def load_inputs(
+    *,
+    session: Session,
+    store: LocalStore,
+    tenant_id: str,
+    kind: JobKind,
+    params: Any,
+    lock: bool = False,
+    pending: bool = False,
+) -> dict[str, Resolved]:
+    """Every input the parameters name, by parameter name.
+
+    ``lock`` holds a shared row lock on each dataset until the caller commits, so a concurrent
+    delete waits and then sees the new job as a reader (and refuses) instead of racing it.
+    ``pending`` admits a dataset that is still being validated (marked ``pending``), for a job
+    that waits queued until its files are ready; one that failed validation is still refused.
+
+    Raises:
+        InvalidInput: an input is unknown, another tenant's (indistinguishable), or not ready;
+            ``param`` names it as ``params.<name>``.
+    """
+    return {
+        item.param: _load(session, store, tenant_id, item, object_id, lock=lock, pending=pending)
+        for item, object_id in kind.referenced(params)
+    }
+
+
+def _load(
+    session: Session,
+    store: LocalStore,
+    tenant_id: str,
+    item: InputRef,
+    object_id: str,
+    *,
+    lock: bool,
+    pending: bool,
+) -> Resolved:
+    param = f"params.{item.param}"
+    try:
+        if item.kind == "dataset":
+            return _dataset(session, store, tenant_id, item, object_id, lock=lock, pending=pending)
+        artifact = artifacts.get_artifact(
+            session=session, tenant_id=tenant_id, category=item.kind, artifact_id=object_id
+        )
+    except NotFound as err:
+        raise InvalidInput(err.message, code=err.code, param=param) from None
+    if item.ready:
+        artifacts.check_ready(artifact, param=param)
+    if item.formats and artifact.format not in item.formats:
+        raise InvalidInput(
+            f"Model '{artifact.id}' is {artifact.format}; this job reads "
+            f"{' or '.join(item.formats)} models.",
+            code="model.wrong_format",
+            param=param,
+        )
+    return Resolved(
+        id=artifact.id,
+        kind=item.kind,
+        name=artifact.name,
+        path=store.local_path(artifact.uri),
+        format=artifact.format,
+        lineage=dict(artifact.lineage),
+        details=dict(artifact.details),
+    )
+
+
+def _dataset(
+    session: Session,
+    store: LocalStore,
+    tenant_id: str,
+    item: InputRef,
+    object_id: str,
+    *,
+    lock: bool,
+    pending: bool,
+) -> Resolved:
+    dataset = datasets.get_dataset(
+        session=session, tenant_id=tenant_id, dataset_id=object_id, lock=lock
+    )
+    waits = item.ready and pending and datasets.still_validating(session, dataset)
+    if item.ready and not waits:
+        datasets.check_ready(dataset, param=f"params.{item.param}")
+    return Resolved(
+        id=dataset.id,
+        kind="dataset",
+        name=dataset.name,
+        path=store.local_path(dataset.storage_key),
+        format=dataset.format,
+        compression=dataset.compression,
+        options=dict(dataset.options),
+        pending=waits,
+    )

@@ -1,0 +1,218 @@
+"""Accepting an upload: storage quota → stream → register → queue the check → enqueue.
+
+A dataset is checked by a ``validate`` job and an uploaded model unpacked and checked by an
+``import_model`` job. Both are submitted through the same registry entry and submission path as
+every other job (:func:`app.flows.submission.queue_job`), in the commit that registers the
+upload, so the row and the job that checks it exist together or not at all.
+
+No database connection is held while the body streams: the storage quota is checked in a short
+session before (from ``Content-Length``) and after (the real size), and the upload is registered
+at the end. A refused, cut-off or failed upload leaves nothing on disk, not even its folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio.to_thread
+from sqlalchemy.orm import Session
+
+from app import broker, layout
+from app.artifacts import service as artifacts
+from app.artifacts.tables import Artifact
+from app.datasets import service as datasets
+from app.datasets import upload
+from app.datasets.tables import Dataset
+from app.errors import InvalidInput
+from app.flows import quotas
+from app.flows.submission import Enqueue, queue_job
+from app.jobs.kinds import ImportModelParams, ValidateParams, get_kind
+from app.settings import Settings
+from app.storage import AtomicWriter, LocalStore
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Body:
+    """An upload as the HTTP layer hands it over."""
+
+    chunks: AsyncIterator[bytes]
+    content_type: str
+    declared_bytes: int
+    """The file size ``Content-Length`` implies (0 when it is not sent)."""
+
+
+@dataclass(frozen=True)
+class Uploader:
+    """What every upload needs: the request's session, the deployment and the caller."""
+
+    session: Session
+    settings: Settings
+    store: LocalStore
+    tenant_id: str
+    enqueue: Enqueue = broker.enqueue
+
+
+async def upload_dataset(up: Uploader, body: Body) -> Dataset:
+    """Store a dataset and queue its validation (``validating`` → ``ready`` or ``failed``).
+
+    Raises:
+        QuotaExceeded: the upload would take the tenant over its storage quota.
+        InvalidInput: a malformed body or field, or a SHA-256 that does not match.
+        PayloadTooLarge: the file is larger than ``max_upload_bytes``.
+    """
+    await _check_storage(up, body.declared_bytes)
+    dataset_id = datasets.new_dataset_id()
+    async with _removed_until_registered(up.store, layout.dataset(dataset_id)) as registration:
+        received, writer = await _receive(up, body, layout.dataset_data(dataset_id), "dataset")
+        options = datasets.parse_options(received.fields)
+        name = datasets.check_name(received.fields.get("name") or received.filename or "dataset")
+        await _check_storage(up, writer.size)
+
+        def register() -> Dataset:
+            dataset = datasets.add_upload(
+                session=up.session,
+                tenant_id=up.tenant_id,
+                dataset_id=dataset_id,
+                name=name,
+                filename=received.filename,
+                options=options,
+                size_bytes=writer.size,
+                sha256=writer.sha256,
+            )
+            _queue_check(up, "validate", ValidateParams(dataset_id=dataset_id), dataset)
+            return dataset
+
+        return await registration.run(register)
+
+
+async def upload_model(up: Uploader, body: Body) -> Artifact:
+    """Store a model archive and queue its import (``validating`` → ``ready`` or ``failed``).
+
+    Raises:
+        QuotaExceeded, InvalidInput, PayloadTooLarge: as for :func:`upload_dataset`.
+    """
+    await _check_storage(up, body.declared_bytes)
+    model_id = artifacts.new_artifact_id("model")
+    async with _removed_until_registered(
+        up.store, layout.artifact("model", model_id)
+    ) as registration:
+        received, writer = await _receive(up, body, layout.model_upload(model_id), "model")
+        name = artifacts.upload_name(received.fields, received.filename, default=model_id)
+        await _check_storage(up, writer.size)
+
+        def register() -> Artifact:
+            artifact = artifacts.add_model_upload(
+                session=up.session,
+                tenant_id=up.tenant_id,
+                model_id=model_id,
+                name=name,
+                filename=received.filename,
+                size_bytes=writer.size,
+                sha256=writer.sha256,
+            )
+            _queue_check(up, "import_model", ImportModelParams(model_id=model_id), artifact)
+            return artifact
+
+        return await registration.run(register)
+
+
+class _Registration:
+    """Whether the upload's registration was committed: from then on its files stay."""
+
+    def __init__(self) -> None:
+        self.committed = False
+
+    async def run(self, register: Callable[[], T]) -> T:
+        """``register`` in a thread (it talks to the database)."""
+
+        def call() -> T:
+            row = register()
+            self.committed = True
+            return row
+
+        return await anyio.to_thread.run_sync(call)
+
+
+@asynccontextmanager
+async def _removed_until_registered(store: LocalStore, folder: str) -> AsyncIterator[_Registration]:
+    """Any failure before the registration is committed (a refusal, a cut-off body, a cancelled
+    request) removes ``folder``."""
+    registration = _Registration()
+    try:
+        yield registration
+    except BaseException:
+        if not registration.committed:
+            store.delete(folder)
+        raise
+
+
+def _queue_check(up: Uploader, kind_name: str, params: object, row: Dataset | Artifact) -> None:
+    """Queue the job that checks the upload, linked to it in the same commit, then send it."""
+
+    def link(job_id: str) -> None:
+        if isinstance(row, Dataset):
+            row.job_id = job_id
+        else:
+            artifacts.link_import(row, job_id)
+
+    queue_job(
+        session=up.session,
+        settings=up.settings,
+        store=up.store,
+        tenant_id=up.tenant_id,
+        kind=get_kind(kind_name),
+        params=params,
+        with_job=lambda job: link(job.id),
+        enqueue=up.enqueue,
+    )
+
+
+async def _receive(
+    up: Uploader, body: Body, key: str, code: str
+) -> tuple[upload.Upload, AtomicWriter]:
+    """The streamed ``file`` part, checked against a declared SHA-256 and committed at ``key``.
+
+    Raises:
+        InvalidInput: not multipart, a cut-off body, or a SHA-256 that does not match
+            (``<code>.checksum_mismatch``).
+        PayloadTooLarge: the file grew past ``max_upload_bytes``.
+    """
+    with up.store.open_write(key) as writer:
+        received = await upload.receive(
+            body.chunks,
+            content_type=body.content_type,
+            writer=writer,
+            max_bytes=up.settings.max_upload_bytes,
+        )
+        declared = received.fields.get("sha256")
+        if declared is not None and declared.lower() != writer.sha256:
+            raise InvalidInput(
+                f"The upload's SHA-256 is {writer.sha256}, not the declared {declared}.",
+                code=f"{code}.checksum_mismatch",
+                param="sha256",
+            )
+        await anyio.to_thread.run_sync(writer.commit)
+    return received, writer
+
+
+async def _check_storage(up: Uploader, adding: int) -> None:
+    """The storage quota for ``adding`` more bytes, in a short session: its connection goes back
+    to the pool before (or after) the stream."""
+
+    def check() -> None:
+        try:
+            quotas.check_storage_quota(
+                session=up.session,
+                tenant_id=up.tenant_id,
+                limit=up.settings.quota_storage_bytes,
+                adding=adding,
+            )
+        finally:
+            up.session.close()
+
+    await anyio.to_thread.run_sync(check)

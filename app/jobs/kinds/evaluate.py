@@ -1,0 +1,44 @@
+"""``evaluate``: one model's figures on the datasets it names, a bias probe and samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.jobs.kinds.registry import DAY, JobKind, device_queue, ref
+from pipeline.configs.base import ConfigError
+from pipeline.configs.evaluate import EvaluateConfig
+
+
+@dataclass(frozen=True)
+class EvaluateParams(EvaluateConfig):
+    model_id: str = ref("model", formats=("huggingface", "gguf"))
+    """The model to evaluate: Hugging Face layout (imported, pretrained, fine-tuned) or a GGUF
+    (scored in llama.cpp)."""
+    dataset_id: str | None = ref("dataset", optional=True)
+    """Evaluation text: perplexity, bits per byte and word perplexity."""
+    extra_dataset_id: str | None = ref("dataset", optional=True)
+    """A second evaluation dataset, scored separately."""
+    training_dataset_id: str | None = ref("dataset", optional=True)
+    """The model's training text (from its lineage), to check the evaluation text for
+    contamination."""
+    bias_templates_id: str | None = ref("dataset", optional=True)
+    """Your own bias template file (JSONL in the shipped set's format) instead of Gristmill's."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.extra_dataset_id and not self.dataset_id:
+            raise ConfigError("extra_dataset_id", "give dataset_id first")
+
+
+KIND = JobKind(
+    name="evaluate",
+    summary=(
+        "Evaluate a model: perplexity and bits per byte per dataset, contamination "
+        "against training text, a bias probe, and seeded samples."
+    ),
+    params=EvaluateParams,
+    queue=device_queue,
+    handler="workers.handlers.evaluate:handle_evaluate",
+    stage="pipeline.evaluate.stage:run_evaluate",
+    time_limit_s=2 * DAY,
+)

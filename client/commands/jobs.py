@@ -1,0 +1,201 @@
+"""``gristmill jobs``: submit, list, show, cancel, watch and plot jobs.
+
+The pattern for every group: ``add_actions`` declares each action's arguments and handler;
+each handler takes the client and the parsed arguments and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+
+from client import charts, render
+from client.commands.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    emit_json,
+    err,
+    out,
+    take,
+)
+from client.http import GristmillClient, RetryPolicy
+from client.jobview import JsonJobView, LineJobView, LiveJobView
+from client.watch import JobView, watch_job
+
+if TYPE_CHECKING:
+    from client.parser import Leaf, SubParsers
+
+
+def add_actions(actions: SubParsers, leaf: Leaf, group: str) -> None:
+    submit = leaf(actions, "submit", "submit a job")
+    submit.add_argument("kind", help="job type: probe, prepare, tokenizer, pretrain, …")
+    submit.add_argument(
+        "--param",
+        "-p",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter; VALUE is read as JSON when it parses; dotted keys nest (model.preset)",
+    )
+    submit.add_argument("--params-file", type=Path, help="a JSON object of parameters")
+    submit.add_argument("--wait", action="store_true", help="watch it until it ends")
+    submit.set_defaults(handler=submit_job)
+    lister = leaf(actions, "list", "list jobs, newest first")
+    lister.add_argument("--type", dest="job_type")
+    lister.add_argument("--status")
+    lister.add_argument("--limit", type=int, default=20, help="how many (0: all)")
+    lister.set_defaults(handler=list_jobs)
+    show = leaf(actions, "show", "show a job")
+    show.add_argument("id")
+    show.set_defaults(handler=show_job)
+    cancel = leaf(actions, "cancel", "cancel a job")
+    cancel.add_argument("id")
+    cancel.set_defaults(handler=cancel_job)
+    watch = leaf(actions, "watch", "follow a job live until it ends (Ctrl-C stops watching only)")
+    watch.add_argument("id")
+    watch.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    watch.set_defaults(handler=watch_one)
+    plot = leaf(actions, "plot", "chart a job's metrics in the terminal, or into a PNG")
+    plot.add_argument("id")
+    plot.add_argument("--metric", default="train_loss,val_loss", help="comma-separated names")
+    plot.add_argument("--out", type=Path, help="write a PNG here instead of drawing")
+    plot.set_defaults(handler=plot_metrics)
+
+
+def parse_params(pairs: Iterable[str], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``key=value`` pairs into a params object: values are JSON when they parse (``8``,
+    ``true``, ``[1,2]``, ``null``) and strings otherwise; ``a.b=1`` sets ``{"a": {"b": 1}}``.
+
+    Raises:
+        ValueError: a pair without ``=``, or a key both set and nested into.
+    """
+    params: dict[str, Any] = json.loads(json.dumps(dict(base or {})))  # a deep copy
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"{key}: {part!r} is already set to a value, not an object")
+            node = child
+        node[leaf] = value
+    return params
+
+
+def submit_job(client: GristmillClient, args: argparse.Namespace) -> int:
+    try:
+        base = json.loads(args.params_file.read_text()) if args.params_file else {}
+        if not isinstance(base, dict):
+            raise ValueError(f"{args.params_file} must hold a JSON object")
+        params = parse_params(args.param, base)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        return EXIT_USAGE
+    job = client.jobs.submit(args.kind, params)
+    if not args.wait:
+        if args.json:
+            emit_json(job)
+        else:
+            out.print(
+                f"submitted {job['id']} ({job['type']}): {render.styled_status(job['status'])}"
+            )
+            out.print(f"[dim]follow it with: gristmill jobs watch {job['id']}[/]")
+        return EXIT_OK
+    return follow(client, job["id"], json_output=args.json)
+
+
+def watch_one(client: GristmillClient, args: argparse.Namespace) -> int:
+    return follow(client, args.id, json_output=args.json, interval=args.interval)
+
+
+def follow(
+    client: GristmillClient, job_id: str, *, json_output: bool, interval: float = 1.0
+) -> int:
+    """Watch until the job ends. Ctrl-C stops watching, never the job."""
+    view: JobView
+    if json_output:
+        view = JsonJobView()
+    elif out.is_terminal:
+        view = LiveJobView(out)
+    else:
+        view = LineJobView(out)
+    # The watch loop does its own backoff (and says so); the client retries only briefly.
+    client.retry, client.on_retry = RetryPolicy(attempts=2, max_s=2.0), None
+    try:
+        job = watch_job(client, job_id, view, interval=interval)
+    except KeyboardInterrupt:
+        view.stop()
+        err.print(
+            f"\nStopped watching; {job_id} keeps running on the server.\n"
+            f"  Watch again: gristmill jobs watch {job_id}\n"
+            f"  Cancel it:   gristmill jobs cancel {job_id}"
+        )
+        return EXIT_INTERRUPTED
+    return EXIT_OK if job["status"] == "succeeded" else EXIT_FAILED
+
+
+def list_jobs(client: GristmillClient, args: argparse.Namespace) -> int:
+    jobs = take(client.jobs.list(job_type=args.job_type, status=args.status), args.limit)
+    if args.json:
+        emit_json(jobs)
+    else:
+        out.print(render.jobs_table(jobs))
+    return EXIT_OK
+
+
+def show_job(client: GristmillClient, args: argparse.Namespace) -> int:
+    job = client.jobs.get(args.id)
+    if args.json:
+        emit_json(job)
+    else:
+        out.print(render.details_table(job))
+    return EXIT_OK
+
+
+def cancel_job(client: GristmillClient, args: argparse.Namespace) -> int:
+    job = client.jobs.cancel(args.id)
+    if args.json:
+        emit_json(job)
+    else:
+        out.print(f"{job['id']}: {render.styled_status(job['status'])}")
+    return EXIT_OK
+
+
+def plot_metrics(client: GristmillClient, args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.metric.split(",") if n.strip()]
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for name in names:
+        points = list(client.jobs.metrics(args.id, name=name))
+        if points:
+            series[name] = ([p["step"] for p in points], [p["value"] for p in points])
+    if args.json:
+        emit_json({n: {"steps": s, "values": v} for n, (s, v) in series.items()})
+        return EXIT_OK if series else EXIT_FAILED
+    if not series:
+        err.print(f"no metrics named {', '.join(names)} for {args.id} (yet)")
+        return EXIT_FAILED
+    title = f"{args.id}: {', '.join(series)}"
+    if args.out:
+        charts.plot_png(series, args.out, title=title)
+        out.print(f"wrote {args.out}")
+    else:
+        height = max(12, min(30, out.height - 4)) if out.is_terminal else 24
+        chart = charts.plot_terminal(
+            series, title=title, width=min(out.width, 120), height=height, color=out.is_terminal
+        )
+        print(chart)
+    return EXIT_OK

@@ -1,0 +1,68 @@
+"""The client's command groups (``datasets``, ``jobs``, ``models``, ``tokenizers``) in
+``gristmill``'s parser.
+
+Only argparse here. A group's actions are declared by its own module, ``client.commands.<module>``
+(which loads httpx and rich), and that module is imported only when the command line names its
+group, the way pip and git load a subcommand: the server's commands build their parser without
+it, so they start quickly and work where the ``client`` extra is not installed.
+
+A new group is a module in ``client/commands/`` with an ``add_actions`` function (see
+``client/commands/jobs.py``) and one entry in ``GROUPS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # argparse's class is not subscriptable at run time
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    Leaf = Callable[[SubParsers, str, str], argparse.ArgumentParser]
+
+
+@dataclass(frozen=True)
+class Group:
+    help: str
+    """One line for ``gristmill --help``."""
+    module: str
+    """``client.commands.<module>``, whose ``add_actions(actions, leaf, group)`` adds the group's
+    actions, each with its handler (``set_defaults(handler=…)``)."""
+
+
+GROUPS: dict[str, Group] = {
+    "datasets": Group("upload, list, show and download datasets", "datasets"),
+    "jobs": Group("submit, list, watch, plot and cancel jobs", "jobs"),
+    "models": Group("list, show and download models", "artifacts"),
+    "tokenizers": Group("list, show and download tokenizers", "artifacts"),
+}
+CLIENT_COMMANDS = tuple(GROUPS)
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("connection and output")
+    group.add_argument("--url", help="server URL (default $GRISTMILL_URL or 127.0.0.1:8000)")
+    group.add_argument(
+        "--key", help="API key (default $GRISTMILL_API_KEY, or a local server's key file)"
+    )
+    group.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return common
+
+
+def add_client_parsers(sub: SubParsers, argv: Sequence[str]) -> None:
+    """Add every group to ``gristmill``'s subcommands, and the actions of the group that
+    ``argv`` (the command line after ``gristmill``) names."""
+    common = _common()
+
+    def leaf(actions: SubParsers, name: str, help_text: str) -> argparse.ArgumentParser:
+        """An action: its help, and the connection and output options every action takes."""
+        return actions.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    for name, group in GROUPS.items():
+        parser = sub.add_parser(name, help=group.help)
+        if list(argv[:1]) == [name]:
+            module = importlib.import_module(f"client.commands.{group.module}")
+            module.add_actions(parser.add_subparsers(dest="action", required=True), leaf, name)

@@ -1,0 +1,362 @@
+"""The inference HTTP service: ``/v1/completions``, ``/v1/chat/completions``, ``/health``.
+
+Request bodies are OpenAI's, except that ``model`` is an object naming folders on the shared
+store (the API resolves and authorises the tenant's model id before forwarding).
+
+Concurrency. Each generation runs in a thread of its own and hands its deltas to the event loop,
+so the loop stays free to answer health checks and refuse excess load. At most ``concurrency``
+generations run at once (a slot is held until the thread really ends, even after a cancel), and
+each model runs one generation at a time: on CPU, batching unrelated requests buys little and a
+second concurrent forward pass only halves both. ``queue_size`` more requests may wait for a
+slot; beyond that the answer is 429 with ``Retry-After`` at once, never a hang. A request gets
+``request_timeout_seconds`` for waiting and generating together; past it the generation stops
+(504). A client that disconnects stops its generation at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from inference.engine import (
+    Delta,
+    Engine,
+    GenerationRequest,
+    GenerationStream,
+    InferenceError,
+    ModelRef,
+    collect,
+)
+from inference.protocol import (
+    ChatRequest,
+    ChunkWriter,
+    CompletionRequest,
+    completion_body,
+    error_body,
+)
+from inference.settings import InferenceSettings
+
+log = logging.getLogger("gristmill.inference")
+
+
+class QueueFull(Exception):
+    pass
+
+
+class RequestTimeout(Exception):
+    pass
+
+
+@dataclass
+class Stats:
+    """Counters for /health and for tests that check a generation really stopped."""
+
+    completed: int = 0
+    cancelled: int = 0
+    rejected: int = 0
+    tokens: int = 0
+
+
+class Scheduler:
+    """Admission (running + waiting <= concurrency + queue_size) and the running slots.
+
+    Thread primitives rather than asyncio ones: slots are taken and given back by the generation
+    threads, and the app must not be tied to one event loop (test clients start several).
+    """
+
+    def __init__(self, concurrency: int, queue_size: int) -> None:
+        self.limit = concurrency + queue_size
+        self.slots = threading.BoundedSemaphore(concurrency)
+        self._lock = threading.Lock()
+        self.admitted = 0
+        self.running = 0
+
+    def admit(self) -> None:
+        with self._lock:
+            if self.admitted >= self.limit:
+                raise QueueFull
+            self.admitted += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.admitted -= 1
+
+
+_END = object()
+
+
+class Run:
+    """One admitted generation: a thread that waits for a slot, runs the engine, and puts
+    ``("start", GenerationStream)``, ``("delta", Delta)``, ``("error", exc)`` and ``_END`` on an
+    asyncio queue."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        scheduler: Scheduler,
+        stats: Stats,
+        model: ModelRef,
+        request: GenerationRequest,
+        deadline: float,
+    ) -> None:
+        self.cancel = threading.Event()
+        self.deadline = deadline
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._engine, self._scheduler, self._stats = engine, scheduler, stats
+        self._model, self._request = model, request
+        threading.Thread(target=self._work, name="generation", daemon=True).start()
+
+    def _put(self, item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def _work(self) -> None:
+        try:
+            if not self._scheduler.slots.acquire(
+                timeout=max(0.0, self.deadline - time.monotonic())
+            ):
+                self._put(("error", RequestTimeout()))
+                return
+            try:
+                self._scheduler.running += 1
+                self._generate()
+            finally:
+                self._scheduler.running -= 1
+                self._scheduler.slots.release()
+        finally:
+            self._scheduler.leave()
+            self._put(_END)
+
+    def _generate(self) -> None:
+        if self.cancel.is_set():
+            return
+        try:
+            stream = self._engine.stream(self._model, self._request, self.cancel)
+            self._put(("start", stream.prompt_tokens))
+            for delta in stream:
+                self._stats.tokens += delta.tokens
+                self._put(("delta", delta))
+        except Exception as exc:  # handed to the request, which turns it into an HTTP error
+            if not isinstance(exc, InferenceError):
+                log.exception("generation failed")
+            self._put(("error", exc))
+            return
+        if self.cancel.is_set():
+            self._stats.cancelled += 1
+        else:
+            self._stats.completed += 1
+
+    async def next(self) -> Any:
+        """The next item, or :class:`RequestTimeout` raised once the deadline passes."""
+        try:
+            return await asyncio.wait_for(
+                self._queue.get(), timeout=max(0.0, self.deadline - time.monotonic())
+            )
+        except TimeoutError:
+            self.cancel.set()
+            raise RequestTimeout from None
+
+    async def start(self) -> int:
+        """Wait for the generation to start: the prompt's token count, or its error raised."""
+        item = await self.next()
+        if item is _END:
+            raise RequestTimeout
+        kind, value = item
+        if kind == "error":
+            raise value
+        return int(value)
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        while True:
+            item = await self.next()
+            if item is _END:
+                return
+            kind, value = item
+            if kind == "error":
+                raise value
+            yield value
+
+
+async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    """The body is read already, so the next ASGI message is the client going away."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancel.set()
+            return
+
+
+def _sse(data: dict[str, Any] | str) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode()
+
+
+def create_app(settings: InferenceSettings, engine: Engine | None = None) -> FastAPI:
+    """The service's app. ``engine`` defaults to :class:`TransformersEngine` from the settings."""
+    if engine is None:
+        from inference.transformers_engine import TransformersEngine
+
+        engine = TransformersEngine(
+            memory_budget_bytes=settings.memory_budget_bytes, device=settings.device
+        )
+    the_engine: Engine = engine
+    scheduler = Scheduler(settings.concurrency, settings.queue_size)
+    stats = Stats()
+    app = FastAPI(title="Gristmill inference", docs_url=None, redoc_url=None)
+    app.state.engine = the_engine
+    app.state.scheduler = scheduler
+    app.state.stats = stats
+    app.state.settings = settings
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}"
+        return JSONResponse(
+            error_body(
+                message, type_="invalid_request_error", code="invalid_request", param=".".join(loc)
+            ),
+            status_code=400,
+        )
+
+    @app.exception_handler(InferenceError)
+    async def _refused(_: Request, exc: InferenceError) -> JSONResponse:
+        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+        return JSONResponse(
+            error_body(exc.message, type_=kind, code=exc.code, param=exc.param),
+            status_code=exc.status,
+        )
+
+    @app.exception_handler(QueueFull)
+    async def _full(_: Request, __: QueueFull) -> JSONResponse:
+        stats.rejected += 1
+        return JSONResponse(
+            error_body(
+                "the inference queue is full; retry shortly",
+                type_="rate_limit_error",
+                code="queue_full",
+                param=None,
+            ),
+            status_code=429,
+            headers={"Retry-After": str(settings.retry_after_seconds)},
+        )
+
+    @app.exception_handler(RequestTimeout)
+    async def _timeout(_: Request, __: RequestTimeout) -> JSONResponse:
+        return JSONResponse(
+            error_body(
+                f"the request took longer than {settings.request_timeout_seconds:g} s",
+                type_="timeout_error",
+                code="timeout",
+                param=None,
+            ),
+            status_code=504,
+        )
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        cache = getattr(the_engine, "cache", None)
+        return {
+            "status": "ok",
+            "running": scheduler.running,
+            "waiting": scheduler.admitted - scheduler.running,
+            "loaded_models": len(cache.keys()) if cache is not None else None,
+            "memory_used_bytes": cache.used_bytes if cache is not None else None,
+            "memory_budget_bytes": settings.memory_budget_bytes,
+            "stats": vars(stats),
+        }
+
+    async def respond(
+        request: Request,
+        body: CompletionRequest | ChatRequest,
+        chat: bool,
+    ) -> Any:
+        generation = body.generation()
+        if generation.params.n > settings.max_n:
+            raise InferenceError(f"n may be at most {settings.max_n}", param="n")
+        scheduler.admit()
+        run = Run(
+            the_engine,
+            scheduler,
+            stats,
+            body.model.ref(),
+            generation,
+            time.monotonic() + settings.request_timeout_seconds,
+        )
+        want_logprobs = generation.params.logprobs is not None
+        watcher = asyncio.create_task(_watch_disconnect(request, run.cancel))
+        try:
+            prompt_tokens = await run.start()
+        except BaseException:
+            run.cancel.set()
+            watcher.cancel()
+            raise
+        if not body.stream:
+            try:
+                stream = GenerationStream(body.model.id, prompt_tokens, iter(()))
+                deltas = [d async for d in run.deltas()]
+                stream.deltas = iter(deltas)
+                result = collect(stream, generation.params.n)
+            finally:
+                run.cancel.set()  # a no-op when it finished; stops it on timeout or error
+                watcher.cancel()
+            return JSONResponse(completion_body(result, chat, want_logprobs))
+        watcher.cancel()  # StreamingResponse watches for the disconnect itself
+
+        async def events() -> AsyncIterator[bytes]:
+            writer = ChunkWriter(body.model.id, chat, generation.params.n, want_logprobs)
+            completion_tokens = 0
+            try:
+                for chunk in writer.opening(generation.params.n):
+                    yield _sse(chunk)
+                async for delta in run.deltas():
+                    completion_tokens += delta.tokens
+                    for chunk in writer.delta(delta):
+                        yield _sse(chunk)
+                if body.include_usage:
+                    yield _sse(writer.usage(prompt_tokens, completion_tokens))
+            except (InferenceError, RequestTimeout) as exc:
+                # Headers are gone; OpenAI reports mid-stream errors as an error event.
+                message = getattr(exc, "message", "the request timed out")
+                yield _sse(
+                    error_body(message, type_="server_error", code="stream_error", param=None)
+                )
+            finally:
+                # Runs on normal end, on error, and when Starlette cancels us on disconnect.
+                run.cancel.set()
+            yield _sse("[DONE]")
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, body: CompletionRequest) -> Any:
+        return await respond(request, body, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request, body: ChatRequest) -> Any:
+        return await respond(request, body, chat=True)
+
+    return app
+
+
+def serve(settings: InferenceSettings, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)

@@ -1,0 +1,32 @@
+"""Settings of the inference process, read from ``GRISTMILL_INFERENCE_*`` environment variables.
+
+Kept apart from ``app.settings`` so this process needs nothing from the API package; the CLI
+builds one and passes it to :func:`inference.server.create_app`.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class InferenceSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GRISTMILL_INFERENCE_", extra="ignore", frozen=True
+    )
+
+    memory_budget_bytes: int = Field(8 * 1024**3, gt=0)
+    """Loaded models (weights + adapters) together stay under this; least recently used go first."""
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    concurrency: int = Field(1, ge=1)
+    """Generations running at once. Each model runs one at a time anyway (no batching across
+    requests in this engine), so more only helps with several models loaded."""
+    queue_size: int = Field(8, ge=0)
+    """Requests that may wait for a slot; one more is answered 429 with ``Retry-After``."""
+    request_timeout_seconds: float = Field(300.0, gt=0)
+    """Waiting plus generating; past it the generation is stopped and the request fails (504)."""
+    retry_after_seconds: int = Field(1, ge=1)
+    """What a 429 tells the client to wait."""
+    max_n: int = Field(8, ge=1)
+    """Largest ``n`` (choices per request, decoded as one batch)."""

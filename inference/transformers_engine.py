@@ -1,0 +1,403 @@
+"""The built-in engine: transformers + peft on PyTorch, one generation at a time per model.
+
+The decoding loop is written out (prefill once, then one token per forward with the KV cache)
+rather than delegated to ``model.generate``, because the service needs things ``generate`` only
+gives at the end: per-token logprobs, a cancel check between tokens, stop strings cut from text
+that is streamed as it is made. Temperature and top-p use transformers' own logits warpers, so
+sampling means what it means in ``generate``; greedy output equals ``generate``'s (tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessorList,
+    PreTrainedModel,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from inference.cache import ModelCache
+from inference.engine import (
+    Completion,
+    Delta,
+    FinishReason,
+    GenerationRequest,
+    GenerationStream,
+    InferenceError,
+    ModelInfo,
+    ModelLoadError,
+    ModelNotFound,
+    ModelRef,
+    PromptTooLong,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+    collect,
+)
+
+log = logging.getLogger("gristmill.inference")
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    """A ``PreTrainedModel``, or a ``PeftModel`` wrapping one (adapter not merged)."""
+    tokenizer: Any
+    eos_ids: frozenset[int]
+    context_length: int
+    device: torch.device
+    memory_bytes: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """One generation at a time on this model: a second waits its turn."""
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _safetensors(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def _estimate_bytes(ref: ModelRef) -> int:
+    _check_folders(ref)
+    folders = [ref.path] + ([ref.adapter_path] if ref.adapter_path else [])
+    return sum(f.stat().st_size for folder in folders for f in _safetensors(folder))
+
+
+def _check_folders(ref: ModelRef) -> None:
+    if not (ref.path / "config.json").is_file():
+        raise ModelNotFound(f"no model at {ref.path} (config.json missing)", param="model")
+    if not _safetensors(ref.path):
+        raise ModelLoadError(
+            f"{ref.path} has no .safetensors weights; only safetensors are loaded", param="model"
+        )
+    if ref.adapter_path is not None:
+        if not (ref.adapter_path / "adapter_config.json").is_file():
+            raise ModelNotFound(
+                f"no peft adapter at {ref.adapter_path} (adapter_config.json missing)",
+                param="model",
+            )
+        if not _safetensors(ref.adapter_path):
+            raise ModelLoadError(f"{ref.adapter_path} has no .safetensors weights", param="model")
+
+
+def load_model(ref: ModelRef, device: torch.device) -> LoadedModel:
+    """Load the folders of ``ref``: safetensors only, never remote code, adapters unmerged."""
+    _check_folders(ref)
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            ref.path,
+            dtype="auto",
+            use_safetensors=True,
+            trust_remote_code=False,
+            local_files_only=True,
+        )
+        if ref.adapter_path is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, ref.adapter_path, is_trainable=False)
+        model.to(device).eval()
+        # A fine-tune saves its tokenizer (with its chat template) beside the adapter/merged
+        # weights; prefer that over the base's.
+        tokenizer_dir = ref.path
+        if ref.adapter_path is not None and any(
+            (ref.adapter_path / name).is_file() for name in _TOKENIZER_FILES
+        ):
+            tokenizer_dir = ref.adapter_path
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load {ref.id!r}: {exc}", param="model") from exc
+    base: PreTrainedModel = model.get_base_model() if ref.adapter_path else model
+    eos_ids = _eos_ids(ref, base, tokenizer)
+    config = base.config
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0)
+    if not context:
+        raise ModelLoadError(f"{ref.id!r}: config gives no context length", param="model")
+    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    log.info("loaded %s on %s (%.1f MiB)", ref.id, device, size / 2**20)
+    return LoadedModel(model, tokenizer, eos_ids, int(context), device, size)
+
+
+def _eos_ids(ref: ModelRef, base: PreTrainedModel, tokenizer: Any) -> frozenset[int]:
+    """End-of-turn ids: generation_config.json's ``eos_token_id`` (int or list), plus the
+    tokenizer's eos. A fine-tune's generation_config beside the adapter wins over the base's."""
+    config: Any = base.generation_config
+    for folder in (ref.adapter_path, ref.path):
+        if folder is not None and (folder / "generation_config.json").is_file():
+            config = GenerationConfig.from_pretrained(folder)
+            break
+    ids: set[int] = set()
+    eos = getattr(config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(int(i) for i in eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
+
+
+class TransformersEngine:
+    """The :class:`~inference.engine.Engine` on transformers/peft, CPU or one GPU."""
+
+    def __init__(self, *, memory_budget_bytes: int, device: str = "auto") -> None:
+        self.device = pick_device(device)
+        self.cache: ModelCache[LoadedModel] = ModelCache(memory_budget_bytes)
+
+    def _loaded(self, ref: ModelRef) -> LoadedModel:
+        return self.cache.get_or_load(
+            ref.key,
+            estimate=lambda: _estimate_bytes(ref),
+            load=lambda: _with_size(load_model(ref, self.device)),
+            name=ref.id,
+        )
+
+    def load(self, model: ModelRef) -> ModelInfo:
+        loaded = self._loaded(model)
+        return ModelInfo(model.id, loaded.context_length, loaded.memory_bytes, str(loaded.device))
+
+    def stream(
+        self, model: ModelRef, request: GenerationRequest, cancel: threading.Event
+    ) -> GenerationStream:
+        loaded = self._loaded(model)
+        prompt_ids = encode_prompt(loaded.tokenizer, request)
+        if len(prompt_ids) >= loaded.context_length:
+            raise PromptTooLong(
+                f"this model's maximum context length is {loaded.context_length} tokens; "
+                f"the prompt has {len(prompt_ids)}",
+                param="messages" if request.messages is not None else "prompt",
+            )
+        deltas = _generate(loaded, prompt_ids, request.params, cancel)
+        return GenerationStream(model=model.id, prompt_tokens=len(prompt_ids), deltas=deltas)
+
+    def generate(
+        self, model: ModelRef, request: GenerationRequest, cancel: threading.Event
+    ) -> Completion:
+        return collect(self.stream(model, request, cancel), request.params.n)
+
+
+def _with_size(loaded: LoadedModel) -> tuple[LoadedModel, int]:
+    return loaded, loaded.memory_bytes
+
+
+def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
+    if request.messages is None:
+        return list(tokenizer(request.prompt or "")["input_ids"])
+    if not tokenizer.chat_template:
+        raise InferenceError("this model has no chat template; use /v1/completions", param="model")
+    try:
+        ids = tokenizer.apply_chat_template(
+            list(request.messages), add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+    except Exception as exc:  # jinja errors from the template's own raise_exception
+        raise InferenceError(
+            f"the chat template rejected the messages: {exc}", param="messages"
+        ) from exc
+    return [int(i) for i in ids]
+
+
+class _Detokenizer:
+    """Incremental detokenisation (as TGI and vLLM do): decode a short window around the new
+    token, so each step costs the same however long the output is, and hold back text while the
+    last bytes are an incomplete UTF-8 character."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        after = decode(self.ids[self.prefix :], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return str(after[len(before) :])
+        return ""
+
+    def flush(self) -> str:
+        """What is still held back (an incomplete character at the very end), as decoded."""
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        after = decode(self.ids[self.prefix :], skip_special_tokens=True)
+        self.prefix = self.read = len(self.ids)
+        return str(after[len(before) :])
+
+
+@dataclass
+class _ChoiceState:
+    """Text made so far for one choice, what of it was sent, and logprobs not yet sent."""
+
+    detok: _Detokenizer
+    stop: tuple[str, ...]
+    text: str = ""
+    sent: int = 0
+    unsent_tokens: int = 0
+    pending: list[tuple[int, TokenLogprob]] = field(default_factory=list)
+    """(offset in ``text`` where the token's text starts, its logprob entry)."""
+    finished: bool = False
+
+    def _flush(self, index: int, upto: int, finish: FinishReason | None) -> Delta | None:
+        send = [lp for start, lp in self.pending if start < upto or finish is not None]
+        self.pending = [(s, lp) for s, lp in self.pending if not (s < upto or finish is not None)]
+        if upto <= self.sent and finish is None and not send:
+            return None
+        delta = Delta(index, self.text[self.sent : upto], self.unsent_tokens, tuple(send), finish)
+        self.sent = max(self.sent, upto)
+        self.unsent_tokens = 0
+        return delta
+
+    def step(self, index: int, token: int, lp: TokenLogprob | None, eos: bool) -> Delta | None:
+        self.unsent_tokens += 1
+        if lp is not None:
+            self.pending.append((len(self.text), lp))
+        if eos:
+            return self.finish(index, "stop")
+        piece = self.detok.add(token)
+        if not piece:
+            return None
+        start = len(self.text)
+        self.text += piece
+        if self.stop:
+            longest = max(len(s) for s in self.stop)
+            search_from = max(0, start - longest + 1)
+            hits = [p for s in self.stop if (p := self.text.find(s, search_from)) >= 0]
+            if hits:
+                self.finished = True
+                self.text = self.text[: min(hits)]
+                return self._flush(index, len(self.text), "stop")
+            return self._flush(index, len(self.text) - self._held_back(), None)
+        return self._flush(index, len(self.text), None)
+
+    def _held_back(self) -> int:
+        """Characters at the end that could still grow into a stop string: not sent yet."""
+        held = 0
+        for stop in self.stop:
+            for k in range(min(len(stop) - 1, len(self.text)), held, -1):
+                if self.text.endswith(stop[:k]):
+                    held = k
+                    break
+        return held
+
+    def finish(self, index: int, reason: FinishReason) -> Delta | None:
+        self.finished = True
+        if tail := self.detok.flush():
+            self.text += tail
+            if self.stop:  # the tail could complete a stop string
+                hits = [p for s in self.stop if (p := self.text.find(s, self.sent)) >= 0]
+                if hits:
+                    self.text = self.text[: min(hits)]
+                    reason = "stop"
+        return self._flush(index, len(self.text), reason)
+
+
+def _generate(
+    loaded: LoadedModel, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event
+) -> Iterator[Delta]:
+    """Decode ``params.n`` choices in one batch; yield deltas as text becomes final."""
+    room = loaded.context_length - len(prompt_ids)
+    max_new = room if params.max_tokens is None else min(params.max_tokens, room)
+    with loaded.lock, torch.inference_mode():
+        yield from _decode(loaded, prompt_ids, params, max_new, cancel)
+
+
+def _decode(
+    loaded: LoadedModel,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    max_new: int,
+    cancel: threading.Event,
+) -> Iterator[Delta]:
+    device = loaded.device
+    n = params.n
+    greedy = params.temperature == 0
+    warpers = LogitsProcessorList()
+    if not greedy:
+        if params.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(params.top_p))
+    generator = torch.Generator(device=device)
+    if params.seed is not None:
+        generator.manual_seed(params.seed)
+    else:
+        generator.seed()
+    choices = [_ChoiceState(_Detokenizer(loaded.tokenizer), params.stop) for _ in range(n)]
+    eos = loaded.eos_ids
+    input_ids = torch.tensor([prompt_ids] * n, dtype=torch.long, device=device)
+    # Prefill: the whole prompt once, keeping only the last position's logits.
+    cache = DynamicCache(config=loaded.model.config)
+    out = loaded.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+    for step in range(max_new):
+        if cancel.is_set():
+            return
+        logits = out.logits[:, -1, :].float()
+        if greedy:
+            tokens = logits.argmax(dim=-1)
+        else:
+            # Temperature and top-p look only at the scores, not at the ids.
+            scores = warpers(cast(torch.LongTensor, input_ids), logits) if warpers else logits
+            probs = torch.softmax(scores, dim=-1)
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        entries = _logprobs(loaded.tokenizer, logits, tokens, params.logprobs)
+        token_list = tokens.tolist()
+        for i, state in enumerate(choices):
+            if state.finished:
+                continue
+            delta = state.step(
+                i, token_list[i], entries[i] if entries else None, token_list[i] in eos
+            )
+            if delta is not None:
+                yield delta
+        if all(state.finished for state in choices):
+            return
+        if step + 1 == max_new:
+            break
+        out = loaded.model(input_ids=tokens[:, None], cache=cache, use_cache=True)
+    for i, state in enumerate(choices):
+        if not state.finished:
+            delta = state.finish(i, "length")
+            if delta is not None:
+                yield delta
+
+
+def _logprobs(
+    tokenizer: Any, logits: torch.Tensor, tokens: torch.Tensor, top: int | None
+) -> list[TokenLogprob] | None:
+    """Logprobs under the model's own distribution (before temperature/top-p), as OpenAI reports."""
+    if top is None:
+        return None
+    logp = torch.log_softmax(logits, dim=-1)
+    chosen = logp.gather(1, tokens[:, None]).squeeze(1).tolist()
+    if top:
+        values, indices = logp.topk(top, dim=-1)
+        top_values, top_indices = values.tolist(), indices.tolist()
+    entries = []
+    for i, token in enumerate(tokens.tolist()):
+        alternatives: tuple[TopLogprob, ...] = ()
+        if top:
+            alternatives = tuple(
+                TopLogprob(tokenizer.decode([t]), v)
+                for t, v in zip(top_indices[i], top_values[i], strict=True)
+            )
+        entries.append(TokenLogprob(tokenizer.decode([token]), chosen[i], alternatives))
+    return entries

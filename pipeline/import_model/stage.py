@@ -1,0 +1,333 @@
+"""Model import: unpack an uploaded ``.tar``/``.tar.gz``/``.zip`` of a Hugging Face model folder
+safely and prove it is a causal LM this service can load without running anyone's code.
+
+The archive is hostile until proven otherwise. Members are checked by name and type before a
+byte is written (no absolute paths, no ``..``, no links or device files), the bytes written are
+counted as they stream (a declared size may lie), and everything lands in one fresh folder.
+Weights must be safetensors: a pickle (``.bin``, ``.pt``, ``.pkl``...) can execute code when
+loaded, so it is refused by name and by content and never opened. ``config.json`` must name an
+architecture transformers has built in, with no ``auto_map``, and loading always passes
+``trust_remote_code=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import tarfile
+import uuid
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from pipeline.configs.finetune import ModelImportConfig
+from pipeline.types import PRODUCT, Hooks, PipelineError, RunPaths
+
+PICKLE_SUFFIXES = frozenset(
+    {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".dill", ".npy", ".npz"}
+)
+ALLOWED_SUFFIXES = frozenset(
+    {".json", ".safetensors", ".txt", ".model", ".jinja", ".md", ".tiktoken", ".gitattributes"}
+)
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelImportInputs:
+    archive: Path
+
+
+@dataclass(frozen=True)
+class ModelImportResult:
+    model_dir: Path = field(metadata=PRODUCT)
+    architecture: str
+    model_type: str
+    parameters: int
+    vocab_size: int
+    has_chat_template: bool
+    forward_checked: bool
+    files: int
+    bytes: int
+
+
+def run_model_import(
+    config: ModelImportConfig,
+    inputs: ModelImportInputs,
+    paths: RunPaths,
+    hooks: Hooks = Hooks(),
+) -> ModelImportResult:
+    """Extract ``inputs.archive`` to ``paths.output_dir/model`` and validate it.
+
+    Raises:
+        PipelineError: ``model.unsafe_archive`` (path escape, link, device file, bomb, too many
+            files), ``model.bad_archive`` (not a readable tar/zip), ``model.pickle_refused``,
+            ``model.remote_code``, ``model.unexpected_file``, ``model.no_config``,
+            ``model.unsupported_architecture``, ``model.no_weights``, ``model.weights_mismatch``,
+            ``model.tokenizer_invalid``, ``model.forward_failed``.
+    """
+    target = paths.output_dir / "model"
+    staging = paths.work_dir / f"extract.tmp-{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    try:
+        files, size = extract_archive(inputs.archive, staging, config)
+        root = _single_root(staging)
+        check_files(root)
+        hooks.on_event("extracted", {"files": files, "bytes": size})
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(root), str(target))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    info = validate_model_dir(target, config)
+    return ModelImportResult(target, *info, files=files, bytes=size)
+
+
+def _fail(code: str, message: str) -> PipelineError:
+    return PipelineError(code, message)
+
+
+def safe_member_path(name: str) -> PurePosixPath:
+    """The member's path if it stays inside the folder; raises for absolute paths and ``..``."""
+    normal = name.replace("\\", "/")
+    path = PurePosixPath(normal)
+    if path.is_absolute() or normal.startswith("/") or (len(normal) > 1 and normal[1] == ":"):
+        raise _fail("model.unsafe_archive", f"absolute path in the archive: {name!r}")
+    if ".." in path.parts:
+        raise _fail("model.unsafe_archive", f"path escapes the folder: {name!r}")
+    parts = [p for p in path.parts if p not in ("", ".")]
+    if not parts:
+        raise _fail("model.unsafe_archive", f"empty member name: {name!r}")
+    return PurePosixPath(*parts)
+
+
+class _Budget:
+    def __init__(self, config: ModelImportConfig, archive_bytes: int) -> None:
+        self.config, self.archive_bytes = config, max(archive_bytes, 1)
+        self.files = self.bytes = 0
+
+    def add_file(self) -> None:
+        self.files += 1
+        if self.files > self.config.max_files:
+            raise _fail("model.unsafe_archive", f"more than {self.config.max_files} files")
+
+    def add_bytes(self, n: int) -> None:
+        self.bytes += n
+        if self.bytes > self.config.max_extracted_bytes:
+            raise _fail(
+                "model.unsafe_archive",
+                f"the archive unpacks beyond {self.config.max_extracted_bytes} bytes",
+            )
+        if self.bytes > (1 << 24) and self.bytes / self.archive_bytes > self.config.max_ratio:
+            raise _fail(
+                "model.unsafe_archive", f"the archive inflates over {self.config.max_ratio:g}x"
+            )
+
+
+def _copy(source: IO[bytes], dest: Path, budget: _Budget) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL semantics: a duplicate member must not overwrite (or follow) an earlier one.
+    with dest.open("xb") as out:
+        while block := source.read(_CHUNK):
+            budget.add_bytes(len(block))
+            out.write(block)
+
+
+def extract_archive(archive: Path, dest: Path, config: ModelImportConfig) -> tuple[int, int]:
+    """Unpack a tar (plain or gzip) or zip into ``dest``; returns (files, bytes)."""
+    budget = _Budget(config, archive.stat().st_size)
+    with archive.open("rb") as f:
+        magic = f.read(4)
+    try:
+        if magic.startswith(b"PK\x03\x04") or magic.startswith(b"PK\x05\x06"):
+            _extract_zip(archive, dest, budget)
+        else:
+            _extract_tar(archive, dest, budget)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        if isinstance(exc, FileExistsError):
+            raise _fail("model.unsafe_archive", f"duplicate member: {exc.filename}") from exc
+        raise _fail("model.bad_archive", f"not a readable .tar, .tar.gz or .zip: {exc}") from exc
+    return budget.files, budget.bytes
+
+
+def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
+    with tarfile.open(archive, mode="r:*") as tar:
+        for member in _tar_members(tar):
+            rel = safe_member_path(member.name)
+            if member.isdir():
+                (dest / rel).mkdir(parents=True, exist_ok=True)
+                continue
+            if not member.isfile():
+                kind = "link" if member.issym() or member.islnk() else "special file"
+                raise _fail("model.unsafe_archive", f"{kind} in the archive: {member.name!r}")
+            budget.add_file()
+            source = tar.extractfile(member)
+            assert source is not None  # regular files always have data
+            with source:
+                _copy(source, dest / rel, budget)
+
+
+def _tar_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """Members one at a time (``getmembers`` would read a bomb's whole index first)."""
+    while (member := tar.next()) is not None:
+        yield member
+
+
+def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            rel = safe_member_path(info.filename)
+            mode = info.external_attr >> 16
+            if info.is_dir():
+                (dest / rel).mkdir(parents=True, exist_ok=True)
+                continue
+            if mode and not stat.S_ISREG(mode):
+                raise _fail("model.unsafe_archive", f"link or special file: {info.filename!r}")
+            budget.add_file()
+            with zf.open(info) as source:
+                _copy(source, dest / rel, budget)
+
+
+def _single_root(folder: Path) -> Path:
+    """Archives often hold one top folder (``my-model/config.json``): use it as the root."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith("__MACOSX")]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return folder
+
+
+def check_files(root: Path) -> None:
+    """Refuse pickles (by suffix and by content), code, and anything not a model file."""
+    for path in sorted(root.rglob("*")):
+        if path.is_dir():
+            continue
+        rel = path.relative_to(root)
+        suffix = path.suffix.lower()
+        if suffix in PICKLE_SUFFIXES:
+            raise _fail(
+                "model.pickle_refused",
+                f"{rel} is a pickle-based weight file; upload safetensors only "
+                "(convert with safetensors' convert script); it was not loaded",
+            )
+        if suffix == ".py":
+            raise _fail("model.remote_code", f"{rel}: custom model code is not accepted")
+        with path.open("rb") as f:
+            head = f.read(4)
+        if _looks_pickled(head):
+            raise _fail("model.pickle_refused", f"{rel} holds pickled data; it was not loaded")
+        if suffix not in ALLOWED_SUFFIXES and suffix != "":
+            raise _fail("model.unexpected_file", f"{rel}: unexpected file type {suffix!r}")
+
+
+def _looks_pickled(head: bytes) -> bool:
+    # Pickle protocols 2-5 start with PROTO (0x80) and the version; torch.save writes a zip.
+    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head.startswith(b"PK")
+
+
+def validate_model_dir(
+    folder: Path, config: ModelImportConfig
+) -> tuple[str, str, int, int, bool, bool]:
+    """(architecture, model_type, parameters, vocab size, has chat template, forward run)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import (  # type: ignore[attr-defined]
+        CONFIG_MAPPING_NAMES,
+    )
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from pipeline.parts.hf import load_tokenizer
+
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise _fail("model.no_config", "config.json is missing from the model folder")
+    try:
+        raw = json.loads(config_path.read_text())
+    except ValueError as exc:
+        raise _fail("model.no_config", f"config.json is not valid JSON: {exc}") from exc
+    if "auto_map" in raw:
+        raise _fail("model.remote_code", "config.json has auto_map: custom code is not accepted")
+    model_type = raw.get("model_type")
+    architectures = raw.get("architectures") or []
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if (
+        model_type not in CONFIG_MAPPING_NAMES
+        or not architectures
+        or architectures[0] not in causal
+    ):
+        raise _fail(
+            "model.unsupported_architecture",
+            f"{architectures or model_type!r} is not a causal LM architecture built into "
+            "transformers",
+        )
+    tok_config = folder / "tokenizer_config.json"
+    if tok_config.is_file() and "auto_map" in json.loads(tok_config.read_text()):
+        raise _fail("model.remote_code", "tokenizer_config.json has auto_map (custom code)")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise _fail("model.no_weights", "no .safetensors weights in the model folder")
+    try:
+        tokenizer = load_tokenizer(folder)
+    except PipelineError as exc:
+        raise _fail("model.tokenizer_invalid", exc.message) from exc
+    hf_config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+            hf_config, trust_remote_code=False
+        )
+    params = sum(p.numel() for p in meta.parameters())
+    _check_weights(weights, meta, tied=bool(getattr(hf_config, "tie_word_embeddings", False)))
+    forward = params <= config.forward_max_parameters
+    if forward:
+        _forward_once(folder, tokenizer)
+    vocab = int(meta.get_input_embeddings().weight.shape[0])
+    return (
+        architectures[0],
+        str(model_type),
+        params,
+        vocab,
+        bool(tokenizer.chat_template),
+        forward,
+    )
+
+
+def _check_weights(files: list[Path], meta: Any, *, tied: bool) -> None:
+    """Every parameter is present with the right shape, read from the safetensors headers only."""
+    from safetensors import safe_open
+
+    expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+    found: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    found[key] = tuple(f.get_slice(key).get_shape())
+        except Exception as exc:  # safetensors raises its own error types
+            raise _fail(
+                "model.weights_mismatch", f"{path.name} is not valid safetensors: {exc}"
+            ) from exc
+    missing = [k for k in expected if k not in found and not (tied and "lm_head" in k)]
+    wrong = [k for k in expected if k in found and found[k] != expected[k]]
+    if missing or wrong:
+        raise _fail(
+            "model.weights_mismatch",
+            f"weights do not match config.json: missing {missing[:5]}, wrong shape {wrong[:5]}",
+        )
+
+
+def _forward_once(folder: Path, tokenizer: Any) -> None:
+    import torch
+
+    from pipeline.parts.hf import load_causal_lm
+
+    try:
+        model: Any = load_causal_lm(folder, dtype=torch.float32)
+        model.eval()
+        ids = tokenizer("Hello, world.", return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+    except Exception as exc:  # any failure here means the model is unusable
+        raise _fail("model.forward_failed", f"a forward pass failed: {exc}") from exc
+    if not bool(torch.isfinite(logits).all()):
+        raise _fail("model.forward_failed", "the forward pass produced NaN or inf")

@@ -1,0 +1,1 @@
+"""Reading users' files: formats detected and validated, records parsed within limits, texts."""

@@ -1,0 +1,1 @@
+"""Cleaning text: normalisation and quality filters, n-gram hashing and near-duplicates, PII."""

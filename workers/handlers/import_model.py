@@ -1,0 +1,25 @@
+"""``import_model``: an uploaded archive becomes a registry model, or the model is refused."""
+
+from __future__ import annotations
+
+from app import layout
+from app.artifacts.outputs import ImportVerdict
+from app.jobs.kinds.import_model import ImportModelParams
+from pipeline.configs.finetune import ModelImportConfig
+from pipeline.import_model.stage import ModelImportInputs, run_model_import
+from pipeline.types import PipelineError
+from workers.handlers.base import JobContext, Outcome, figures, run_stage
+
+
+def handle_import_model(ctx: JobContext[ImportModelParams]) -> Outcome:
+    """A verdict whatever the archive holds: a refused upload fails its model, not the job."""
+    model = ctx.inputs["model_id"]
+    inputs = ModelImportInputs(archive=model.path / layout.UPLOAD_NAME)
+    try:
+        result = run_stage(ctx, run_model_import, ModelImportConfig(), inputs)
+    except PipelineError as err:
+        verdict = ImportVerdict(model.id, None, errors=[{"code": err.code, "reason": err.message}])
+        return Outcome(result={"model_id": model.id, "status": "failed"}, outputs=[verdict])
+    info = figures(result)
+    verdict = ImportVerdict(model.id, result.model_dir, details=info)
+    return Outcome(result={"model_id": model.id, "status": "ready", **info}, outputs=[verdict])
