@@ -13,8 +13,10 @@ import httpx
 import pytest
 
 from tests.e2e import procs
-from tests.e2e.procs import GRISTMILL, StackFactory, wait_for
-from tests.timing import scaled
+from tests.e2e.procs import GRISTMILL
+from tests.e2e.stack import StackFactory
+from tests.serving import free_port
+from tests.timing import scaled, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +39,7 @@ def test_worker_and_inference_service_start_without_import_noise(
 ) -> None:
     stack = make_stack()
     worker = stack.start_worker()
-    port = procs.free_port()
+    port = free_port()
     inference = procs.start(
         "inference",
         [GRISTMILL, "inference", "--host", "127.0.0.1", "--port", str(port)],
@@ -65,7 +67,8 @@ import logging
 from app.logging import setup_logging
 setup_logging()
 logging.getLogger("torchao").warning("an ordinary torchao warning")
-import workers.handlers.models
+import workers.handlers.finetune
+import workers.handlers.quantize
 import inference.transformers_engine
 """
 
