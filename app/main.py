@@ -84,7 +84,8 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     errors.install(app)
     # Added first, so it runs inside the observer: its refusals get a request id and a log line.
     app.add_middleware(EdgeGate, settings=settings, factory=factory)
-    observability.install(app, factory)
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    observability.install(app, factory, metrics_token=token)
     for router in (
         health.router,
         jobs.router,

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from app.store.config import StoreConfig
@@ -101,6 +101,10 @@ class Settings(StorageSettings):
     quota_device_hours_per_day: float = Field(0.0, ge=0)
     """Device-hours (a job's running time × its devices, on the gpu queue) one tenant may use in
     any 24 hours; submissions beyond answer 403 (0: no limit)."""
+
+    metrics_token: SecretStr | None = None
+    """The token a Prometheus scraper sends (``Authorization: Bearer …``) for ``/metrics``, whose
+    job counts span every tenant. Unset: ``/metrics`` answers only clients on this machine."""
 
     log_format: Literal["text", "json"] = "text"
     """``json`` prints one JSON object per log line (with job_id, attempt, request_id)."""

@@ -1,17 +1,23 @@
 """``GET /metrics`` in Prometheus text format, and the request-id / latency middleware.
 
+The job counts cover every tenant, so they are operator data: ``/metrics`` answers a scraper
+that sends ``GRISTMILL_METRICS_TOKEN``, or, with no token set, only clients on this machine
+(loopback; behind a proxy on the same host, uvicorn takes the client from X-Forwarded-For).
+
 Job counts and queue wait are read from the database at scrape time (the ledger is the truth, and
 this works with any number of API processes); request latency is per process.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
 from collections.abc import Iterator
+from ipaddress import ip_address
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -19,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import render
 from app.db import utcnow
 from app.jobs import service
 from app.jobs.tables import Job
@@ -116,7 +123,31 @@ class RequestObserver:
             log.info("%s %s %s %.1fms", scope["method"], path, status, elapsed * 1000)
 
 
-def install(app: FastAPI, factory: sessionmaker[Session]) -> None:
+def _loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def scrape_refusal(request: Request, token: str | None) -> Response | None:
+    """Why this request may not read ``/metrics``, as the error to answer; ``None`` if it may."""
+    if token is None:
+        if _loopback(request.client.host if request.client else None):
+            return None
+        return render(
+            403,
+            "/metrics answers only this machine; set GRISTMILL_METRICS_TOKEN to scrape it from "
+            "elsewhere",
+            code="metrics_forbidden",
+        )
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode()):
+        return None
+    return render(401, "/metrics needs the scrape token as a Bearer token", code="unauthorized")
+
+
+def install(app: FastAPI, factory: sessionmaker[Session], metrics_token: str | None) -> None:
     registry = CollectorRegistry()
     registry.register(JobCollector(factory))
     latency = Histogram(
@@ -128,5 +159,7 @@ def install(app: FastAPI, factory: sessionmaker[Session]) -> None:
     app.add_middleware(RequestObserver, latency=latency)
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        if refusal := scrape_refusal(request, metrics_token):
+            return refusal
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from app.main import create_app
 from app.settings import Settings
@@ -49,13 +50,42 @@ def test_docs_load_their_assets_locally(client: TestClient) -> None:
             assert response.status_code == 200 and len(response.content) > 1000, asset
 
 
+LOOPBACK = ("127.0.0.1", 50000)
+ELSEWHERE = ("203.0.113.9", 50000)
+
+
 def test_prometheus_metrics_count_jobs_and_requests(
     client: TestClient, auth: dict[str, str]
 ) -> None:
     client.post("/v1/jobs", json={"type": "probe"}, headers=auth)
 
-    text = client.get("/metrics").text
+    with TestClient(client.app, client=LOOPBACK) as local:
+        text = local.get("/metrics").text
 
     assert 'gristmill_jobs{status="queued",type="probe"} 1.0' in text
     assert "gristmill_http_request_duration_seconds_bucket" in text
     assert "gristmill_queue_wait_seconds" in text
+
+
+def test_metrics_answer_only_this_machine_without_a_scrape_token(settings: Settings) -> None:
+    app = create_app(settings, run_reaper=False)
+    with TestClient(app, client=ELSEWHERE) as remote, TestClient(app, client=LOOPBACK) as local:
+        refused = remote.get("/metrics")
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "metrics_forbidden"
+        assert "GRISTMILL_METRICS_TOKEN" in refused.json()["error"]["message"]
+        assert "gristmill_jobs" not in refused.text
+        assert local.get("/metrics").status_code == 200
+
+
+def test_metrics_with_a_scrape_token_need_it_from_everywhere(settings: Settings) -> None:
+    app = create_app(
+        settings.model_copy(update={"metrics_token": SecretStr("s3cret-scrape")}), run_reaper=False
+    )
+    with TestClient(app, client=ELSEWHERE) as remote, TestClient(app, client=LOOPBACK) as local:
+        assert remote.get("/metrics").status_code == 401
+        assert local.get("/metrics").status_code == 401
+        wrong = remote.get("/metrics", headers={"Authorization": "Bearer s3cret-scrap"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
+        right = remote.get("/metrics", headers={"Authorization": "Bearer s3cret-scrape"})
+        assert right.status_code == 200 and "gristmill_jobs" in right.text
