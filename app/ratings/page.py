@@ -22,6 +22,8 @@ stack on a phone.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 
@@ -107,6 +109,29 @@ document.addEventListener('keydown', e => {
 });
 next();
 """
+
+
+def _sha256_source(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def page_headers(*, api_base: str = "") -> dict[str, str]:
+    """Headers for the page: no caching, no referrer (the token is in the URL), never framed
+    (a framing page could click the vote buttons), and a Content-Security-Policy that runs only
+    this page's own script and style (by hash) and lets it talk only to the API."""
+    connect = "'self'" if not api_base else f"'self' {api_base.rstrip('/')}"
+    policy = (
+        f"default-src 'none'; script-src {_sha256_source(_JS)}; "
+        f"style-src {_sha256_source(_CSS)}; connect-src {connect}; img-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return {
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+        "Content-Security-Policy": policy,
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+    }
 
 
 def render_page(comparison_id: str, token: str, *, api_base: str = "") -> str:

@@ -70,6 +70,11 @@ def test_a_comparison_is_generated_rated_blind_and_scored(
     assert invite.json()["url"] == f"/rate/{token}"
     page = client.get(f"/rate/{token}")
     assert page.status_code == 200 and cid in page.text and "http" not in page.text.lower()
+    # Never framed (clickjacking the vote buttons); only its own script and style run.
+    assert page.headers["X-Frame-Options"] == "DENY"
+    policy = page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+    assert "script-src 'sha256-" in policy and "unsafe-inline" not in policy
     assert client.get("/rate/gmr_nope").status_code == 404
 
     # The invited rater, without a key: by bearer token (as the page does), header or query.

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI, Header, HTTPException, Response
 from fastapi.responses import HTMLResponse
 
-from app.ratings.page import render_page
+from app.ratings.page import page_headers, render_page
 from tests.serving import serve_in_thread
 
 pytestmark = pytest.mark.slow
@@ -40,8 +40,9 @@ def _app(votes: list[dict[str, Any]]) -> FastAPI:
             raise HTTPException(401)
 
     @app.get("/rate/{token}", response_class=HTMLResponse)
-    def page(token: str) -> str:
-        return render_page("cmp_1", TOKEN)
+    def page(token: str) -> HTMLResponse:
+        # With the API's headers, so the page is proven to work under its own CSP.
+        return HTMLResponse(render_page("cmp_1", TOKEN), headers=page_headers())
 
     @app.get("/v1/comparisons/{cid}/next")
     def next_pair(cid: str, authorization: str | None = Header(None)) -> dict[str, Any]:

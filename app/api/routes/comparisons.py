@@ -27,7 +27,7 @@ from app.comparisons.schemas import (
 from app.comparisons.tables import Comparison
 from app.errors import NotFound, Unauthorized
 from app.flows import comparisons as flow
-from app.ratings.page import render_page
+from app.ratings.page import page_headers, render_page
 
 router = APIRouter(
     prefix="/comparisons", tags=["comparisons"], responses={401: {"model": ErrorResponse}}
@@ -192,7 +192,4 @@ def rater_page(token: str, session: SessionDep) -> HTMLResponse:
         rater = service.rater_by_token(session=session, token=token)
     except Unauthorized:
         return HTMLResponse("<!doctype html><title>Not found</title><p>Unknown link.", 404)
-    return HTMLResponse(
-        render_page(rater.comparison_id, token),
-        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
-    )
+    return HTMLResponse(render_page(rater.comparison_id, token), headers=page_headers())
