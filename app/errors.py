@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+SHOWN_ID_CHARS = 40
+
+
+def shown(value: str) -> str:
+    """A caller's id or name as an error message may echo it: at most a short prefix, so a
+    404 never reflects a long hostile string back."""
+    return value if len(value) <= SHOWN_ID_CHARS else value[:SHOWN_ID_CHARS] + "…"
+
 
 class GristmillError(Exception):
     code = "internal_error"

@@ -21,7 +21,7 @@ from app.comparisons.tables import Comparison
 from app.datasets import service as datasets
 from app.datasets.tables import Dataset
 from app.db import get_owned
-from app.errors import NotFound, Unauthorized
+from app.errors import NotFound, Unauthorized, shown
 from app.jobs import service as jobs
 from app.jobs.tables import Job
 from app.settings import Settings
@@ -105,7 +105,7 @@ def valid_fine_tuning_job(
         tenant_id=tenant_id,
         where=lambda job: job.type == "finetune",
         missing=NotFound(
-            f"No fine-tuning job with id '{fine_tuning_job_id}'.",
+            f"No fine-tuning job with id '{shown(fine_tuning_job_id)}'.",
             code="fine_tuning_job_not_found",
             param="fine_tuning_job_id",
         ),

@@ -16,7 +16,7 @@ from app import layout
 from app.artifacts.schemas import ArtifactFile, ArtifactRead, Lineage
 from app.artifacts.tables import Artifact
 from app.db import find_owned, get_owned, paginate
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput, NotFound, shown
 from app.ids import new_id
 from app.storage import CHUNK, LocalStore, sha256_of
 
@@ -80,7 +80,9 @@ def get_artifact(*, session: Session, tenant_id: str, category: str, artifact_id
         artifact_id,
         tenant_id=tenant_id,
         where=lambda artifact: artifact.category == category,
-        missing=NotFound(f"No {category} with id '{artifact_id}'.", code=f"{category}.not_found"),
+        missing=NotFound(
+            f"No {category} with id '{shown(artifact_id)}'.", code=f"{category}.not_found"
+        ),
     )
 
 
@@ -104,7 +106,7 @@ def find_model(*, session: Session, tenant_id: str, model: str) -> Artifact:
     )
     if artifact is None:
         raise NotFound(
-            f"The model '{model}' does not exist.", code="model_not_found", param="model"
+            f"The model '{shown(model)}' does not exist.", code="model_not_found", param="model"
         )
     return artifact
 
@@ -137,7 +139,9 @@ def list_files(*, store: LocalStore, artifact: Artifact) -> list[ArtifactFile]:
 def file_path(*, store: LocalStore, artifact: Artifact, name: str) -> Path:
     """One file of the artifact, only if the manifest lists it (no path games)."""
     if name not in {f.path for f in list_files(store=store, artifact=artifact)}:
-        raise NotFound(f"No file '{name}' in {artifact.id}.", code="file.not_found", param="path")
+        raise NotFound(
+            f"No file '{shown(name)}' in {artifact.id}.", code="file.not_found", param="path"
+        )
     return store.local_path(artifact.uri) / name
 
 

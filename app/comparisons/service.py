@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.comparisons.schemas import ComparisonCreate
 from app.comparisons.tables import Comparison, ComparisonAnswer, ComparisonVote, Rater
 from app.db import get_owned
-from app.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from app.errors import Conflict, InvalidInput, NotFound, Unauthorized, shown
 from app.ids import new_id
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
@@ -67,7 +67,9 @@ def get_comparison(*, session: Session, tenant_id: str, comparison_id: str) -> C
         Comparison,
         comparison_id,
         tenant_id=tenant_id,
-        missing=NotFound(f"No comparison with id '{comparison_id}'.", code="comparison.not_found"),
+        missing=NotFound(
+            f"No comparison with id '{shown(comparison_id)}'.", code="comparison.not_found"
+        ),
     )
 
 

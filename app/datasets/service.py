@@ -13,7 +13,7 @@ from app import layout
 from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
 from app.db import get_owned, paginate
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput, NotFound, shown
 from app.ids import new_id
 from app.jobs.states import FINAL_STATES, JobStatus
 from app.jobs.tables import Job
@@ -64,7 +64,7 @@ def get_dataset(
         dataset_id,
         tenant_id=tenant_id,
         lock="read" if lock else None,
-        missing=NotFound(f"No dataset with id '{dataset_id}'.", code="dataset.not_found"),
+        missing=NotFound(f"No dataset with id '{shown(dataset_id)}'.", code="dataset.not_found"),
     )
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.db import get_owned, paginate, utcnow
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput, NotFound, shown
 from app.ids import new_id
 from app.jobs.pauses import ended_pause, started_pause
 from app.jobs.states import FINAL_STATES, LEASED_STATES, JobStatus, sources_of
@@ -76,7 +76,9 @@ def get_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
         Job,
         job_id,
         tenant_id=tenant_id,
-        missing=NotFound(f"No job with id '{job_id}'.", code="job.not_found", param="job_id"),
+        missing=NotFound(
+            f"No job with id '{shown(job_id)}'.", code="job.not_found", param="job_id"
+        ),
     )
 
 

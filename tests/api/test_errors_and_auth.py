@@ -91,6 +91,19 @@ def test_unknown_job_is_404(client: TestClient, auth: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
+    "path", ["/v1/jobs/{}", "/v1/datasets/{}", "/v1/models/{}", "/v1/comparisons/{}"]
+)
+def test_a_404_echoes_only_a_short_prefix_of_a_long_id(
+    client: TestClient, auth: dict[str, str], path: str
+) -> None:
+    hostile = "job_" + "<script>x</script>" * 400
+    response = client.get(path.format(hostile), headers=auth)
+    assert response.status_code == 404
+    message = response.json()["error"]["message"]
+    assert len(message) < 120 and "</script>" * 2 not in message, message
+
+
+@pytest.mark.parametrize(
     "headers",
     [
         {},

@@ -25,7 +25,7 @@ from app.comparisons.schemas import (
     VoteCreate,
 )
 from app.comparisons.tables import Comparison
-from app.errors import NotFound, Unauthorized
+from app.errors import NotFound, Unauthorized, shown
 from app.flows import comparisons as flow
 from app.ratings.page import page_headers, render_page
 
@@ -105,7 +105,9 @@ def _rater(
         raise Unauthorized("Send an API key or a rater token.", code="unauthorized")
     rater = service.rater_by_token(session=session, token=value)
     if rater.comparison_id != comparison_id:
-        raise NotFound(f"No comparison with id '{comparison_id}'.", code="comparison.not_found")
+        raise NotFound(
+            f"No comparison with id '{shown(comparison_id)}'.", code="comparison.not_found"
+        )
     return session.get_one(Comparison, comparison_id), rater.id
 
 
