@@ -79,8 +79,33 @@ def test_an_evaluate_job_returns_the_figures(
     assert len(result["samples"]) == 1
 
     bad = client.post(
-        "/v1/jobs", json={"type": "evaluate", "params": {"model_id": first}}, headers=auth
+        "/v1/jobs",
+        json={"type": "evaluate", "params": {"model_id": first, "dataset_id": first}},
+        headers=auth,
     )
     # A dataset's id where a model's belongs: the input check names the field.
     assert bad.status_code == 400, bad.text
     assert bad.json()["error"]["param"] == "params.model_id"
+
+
+def test_an_evaluate_job_needs_no_training_text(
+    client: TestClient, auth: dict[str, str], run_job: RunJob, tmp_path: Path
+) -> None:
+    """Without training text contamination is skipped; with nothing to measure at all the job
+    is refused at submission, naming the field, rather than failing later."""
+    model = upload_model(client, auth, tar_bytes(build_base("qwen2", tmp_path / "base")))
+    assert run_job(job_of(client, auth, model))["status"] == "succeeded"
+    text = _dataset(client, auth, run_job, ["A short text to score.", "And a second line."])
+
+    params = {"model_id": model["id"], "dataset_id": text}
+    response = client.post("/v1/jobs", json={"type": "evaluate", "params": params}, headers=auth)
+    assert response.status_code == 202, response.text
+    done = run_job(response.json()["id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"]["perplexity"][0]["dataset_id"] == text
+    assert done["result"]["contamination"] == []
+
+    alone = {"type": "evaluate", "params": {"model_id": model["id"]}}
+    refused = client.post("/v1/jobs", json=alone, headers=auth)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["param"] == "params.dataset_id"

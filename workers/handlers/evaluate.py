@@ -27,7 +27,8 @@ def handle_evaluate(ctx: JobContext[EvaluateParams]) -> Outcome:
     ids = [i for i in (params.dataset_id, params.extra_dataset_id) if i]
     for scores, dataset_id in zip(result["perplexity"], ids, strict=True):
         scores["dataset_id"] = dataset_id
-    for report, dataset_id in zip(result["contamination"], ids, strict=True):
+    # Contamination is checked only against training text, so its list is empty without it.
+    for report, dataset_id in zip(result["contamination"], ids if training else [], strict=True):
         report["dataset_id"] = dataset_id
         report["training_dataset_id"] = params.training_dataset_id
     return Outcome(result={"model_id": params.model_id, **result})

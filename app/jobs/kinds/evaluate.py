@@ -28,6 +28,11 @@ class EvaluateParams(EvaluateConfig):
         super().__post_init__()
         if self.extra_dataset_id and not self.dataset_id:
             raise ConfigError("extra_dataset_id", "give dataset_id first")
+        if not (self.dataset_id or self.bias.enabled or self.samples.prompts):
+            # Refused here rather than as a failed job: nothing would be measured.
+            raise ConfigError(
+                "dataset_id", "give a dataset, enable the bias probe or pass samples.prompts"
+            )
 
 
 KIND = JobKind(
