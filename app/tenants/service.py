@@ -74,7 +74,13 @@ def get_or_create_tenant(*, session: Session, name: str) -> Tenant:
     return tenant
 
 
-def create_api_key(*, session: Session, tenant_name: str, label: str | None = None) -> CreatedKey:
+def create_api_key(
+    *,
+    session: Session,
+    tenant_name: str,
+    label: str | None = None,
+    expires_at: datetime | None = None,
+) -> CreatedKey:
     """The operator's key (``gristmill serve``'s first start, ``gristmill keys create
     --tenant``): an admin key, making the tenant if it is new."""
     tenant = get_or_create_tenant(session=session, name=tenant_name)
@@ -85,6 +91,7 @@ def create_api_key(*, session: Session, tenant_name: str, label: str | None = No
         prefix=prefix,
         key_hash=digest,
         label=label,
+        expires_at=expires_at,
         admin=True,
     )
     session.add(row)
