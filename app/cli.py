@@ -1,5 +1,6 @@
-"""The ``gristmill`` command: serve (embedded all-in-one), api, worker, inference, migrate, keys;
-and the HTTP client's datasets, jobs, models and tokenizers commands."""
+"""The ``gristmill`` command: serve (embedded all-in-one), api, worker, inference, migrate and the
+operator's ``keys create --tenant``; and the HTTP client's datasets, jobs, keys, models and
+tokenizers commands."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from client.parser import CLIENT_COMMANDS, add_client_parsers
 log = logging.getLogger("gristmill")
 # What --help prints is plain text (no reStructuredText markup from the docstrings).
 DESCRIPTION = (
-    "Gristmill: serve (the embedded all-in-one), api, worker, inference, migrate and keys; and "
-    "the HTTP client's datasets, jobs, models and tokenizers commands."
+    "Gristmill: serve (the embedded all-in-one), api, worker, inference and migrate; and the "
+    "HTTP client's datasets, jobs, keys, models and tokenizers commands (keys create --tenant "
+    "is the operator's, straight in the database)."
 )
 
 
