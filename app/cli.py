@@ -1,5 +1,6 @@
-"""The ``gristmill`` command: serve (embedded all-in-one), api, worker, inference, migrate, keys;
-and the HTTP client's datasets, jobs, models and tokenizers commands."""
+"""The ``gristmill`` command: serve (embedded all-in-one), api, worker, inference, migrate and the
+operator's ``keys create --tenant``; and the HTTP client's datasets, jobs, keys, models and
+tokenizers commands."""
 
 from __future__ import annotations
 
@@ -11,25 +12,32 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from app.db import make_engine, make_session_factory, session_scope
+from app.db import make_engine, make_session_factory, session_scope, utcnow
 from app.logging import setup_logging
 from app.settings import Settings, get_settings
-from app.tenants.service import DEFAULT_TENANT, create_api_key, tenant_has_keys
+from app.tenants.service import DEFAULT_TENANT, CreatedKey, create_api_key, tenant_has_keys
 from client.config import KEY_FILE
 from client.parser import CLIENT_COMMANDS, add_client_parsers
 
 log = logging.getLogger("gristmill")
 # What --help prints is plain text (no reStructuredText markup from the docstrings).
 DESCRIPTION = (
-    "Gristmill: serve (the embedded all-in-one), api, worker, inference, migrate and keys; and "
-    "the HTTP client's datasets, jobs, models and tokenizers commands."
+    "Gristmill: serve (the embedded all-in-one), api, worker, inference and migrate; and the "
+    "HTTP client's datasets, jobs, keys, models and tokenizers commands (keys create --tenant "
+    "is the operator's, straight in the database)."
 )
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["keys", "create"] and any(a.split("=")[0] == "--tenant" for a in argv[2:]):
+        # The operator's key, in the database: before the client's `keys` group loads, so it
+        # works where the client extra (rich) is not installed.
+        operator_key(argv[2:])
+        return
     parser = argparse.ArgumentParser(prog="gristmill", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
@@ -57,10 +65,6 @@ def main(argv: list[str] | None = None) -> None:
         "--quiet", action="store_true", help="warnings only (as gristmill serve runs it)"
     )
     sub.add_parser("migrate", help="upgrade the database schema")
-    keys = sub.add_parser("keys", help="API keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a key and print it once")
-    create.add_argument("--tenant", required=True)
     add_client_parsers(sub, argv)  # a client group's actions load only when it is named
 
     args = parser.parse_args(argv)
@@ -70,16 +74,9 @@ def main(argv: list[str] | None = None) -> None:
 
         client_main(args)
         return
-    # Jobs' data, keys and the embedded database: files this process and its children create
-    # are the service user's alone (0600 files, 0700 folders).
-    os.umask(0o077)
-    settings = get_settings()
-    setup_logging(fmt=settings.log_format, level=settings.log_level)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings = server_settings()
     if args.command == "migrate":
         migrate(settings)
-    elif args.command == "keys":
-        print(create_key(settings, args.tenant).key)
     elif args.command == "api":
         run_api(settings, args.host, args.port)
     elif args.command == "worker":
@@ -90,16 +87,56 @@ def main(argv: list[str] | None = None) -> None:
         run_inference(args.host, args.port, quiet=args.quiet)
 
 
+def server_settings() -> Settings:
+    """The settings of a server-side command, with logging set up and the data folder made."""
+    # Jobs' data, keys and the embedded database: files this process and its children create
+    # are the service user's alone (0600 files, 0700 folders).
+    os.umask(0o077)
+    settings = get_settings()
+    setup_logging(fmt=settings.log_format, level=settings.log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def operator_key(argv: list[str]) -> None:
+    """``gristmill keys create --tenant NAME``: print a new admin key for the tenant once."""
+    parser = argparse.ArgumentParser(
+        prog="gristmill keys create",
+        description="Operator, on the server's machine: make an admin key for a tenant (made if "
+        "new) directly in the database, and print it once.",
+    )
+    parser.add_argument("--tenant", required=True, metavar="NAME")
+    parser.add_argument("--label", help="what the key is for")
+    parser.add_argument("--expires-in-days", type=int, metavar="DAYS")
+    parser.add_argument("--admin", action="store_true", help="(implied: operator keys are admin)")
+    args = parser.parse_args(argv)
+    expires_at = None
+    if args.expires_in_days is not None:
+        expires_at = utcnow() + timedelta(days=args.expires_in_days)
+    settings = server_settings()
+    print(create_key(settings, args.tenant, label=args.label, expires_at=expires_at).key)
+
+
 def migrate(settings: Settings) -> None:
     from app.migrate import upgrade
 
     upgrade(settings.resolved_database_url)
 
 
-def create_key(settings: Settings, tenant: str):  # type: ignore[no-untyped-def]
+def create_key(
+    settings: Settings,
+    tenant: str,
+    *,
+    label: str | None = None,
+    expires_at: datetime | None = None,
+) -> CreatedKey:
+    """An admin key for ``tenant`` (made if new), straight in the database: how a tenant gets
+    its first key; its admin key then manages the others over the API."""
     factory = make_session_factory(make_engine(settings.resolved_database_url))
     with session_scope(factory) as session:
-        return create_api_key(session=session, tenant_name=tenant)
+        return create_api_key(
+            session=session, tenant_name=tenant, label=label, expires_at=expires_at
+        )
 
 
 def run_api(settings: Settings, host: str, port: int) -> None:

@@ -51,6 +51,12 @@ class Unauthorized(GristmillError):
     code = "unauthorized"
 
 
+class Forbidden(GristmillError):
+    """The caller is known but its key may not do this (a key that is not an admin key)."""
+
+    code = "forbidden"
+
+
 class PayloadTooLarge(GristmillError):
     code = "payload_too_large"
 

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import errors, observability
+from app.api.auth_cache import AuthCache
 from app.api.errors import OPENAI_PATHS
 from app.api.middleware import PUBLIC_PATHS, UPLOAD_PATHS, EdgeGate
 from app.api.routes import (
@@ -27,6 +28,7 @@ from app.api.routes import (
     fine_tuning,
     health,
     jobs,
+    keys,
     models,
 )
 from app.broker import enqueue
@@ -81,9 +83,13 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.state.settings = settings
     app.state.session_factory = factory
     app.state.store = LocalStore(settings.resolved_storage_dir)
+    # Shared by the edge gate and the key routes, which drop a key they revoke at once.
+    app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
     errors.install(app)
     # Added first, so it runs inside the observer: its refusals get a request id and a log line.
-    app.add_middleware(EdgeGate, settings=settings, factory=factory)
+    app.add_middleware(
+        EdgeGate, settings=settings, factory=factory, auth_cache=app.state.auth_cache
+    )
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     observability.install(app, factory, metrics_token=token)
     for router in (
@@ -98,6 +104,7 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         fine_tuning.router,
         completions.router,
         comparisons.router,
+        keys.router,
     ):
         app.include_router(router, prefix="/v1")
     app.include_router(comparisons.page)

@@ -89,7 +89,8 @@ class Settings(StorageSettings):
     db_pool_timeout_seconds: float = Field(5.0, gt=0)
     """How long a request waits for a free database connection before answering 503."""
     auth_cache_seconds: float = Field(5.0, ge=0)
-    """How long a process trusts a key it checked (a revoked key works at most this long)."""
+    """How long a process trusts a key it checked: a key revoked through another process works
+    here at most this long (``app.api.auth_cache``)."""
     rate_limit: str = "600/minute"
     """Requests per API key, in the ``limits`` notation (``100/minute;10/second``); empty: none."""
     rate_limit_storage_url: str | None = None

@@ -30,6 +30,7 @@ import httpx
 from client.resources.artifacts import Artifacts
 from client.resources.datasets import Datasets
 from client.resources.jobs import Jobs
+from client.resources.keys import Keys
 from client.transfers import CHUNK, ChecksumMismatch, ProgressFn
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -117,6 +118,7 @@ class GristmillClient:
         self.datasets = Datasets(self)
         self.models = Artifacts(self, "models")
         self.tokenizers = Artifacts(self, "tokenizers")
+        self.keys = Keys(self)
 
     def close(self) -> None:
         self.http.close()

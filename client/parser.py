@@ -37,6 +37,7 @@ GROUPS: dict[str, Group] = {
     "jobs": Group("submit, list, watch, plot and cancel jobs", "jobs"),
     "models": Group("list, show and download models", "artifacts"),
     "tokenizers": Group("list, show and download tokenizers", "artifacts"),
+    "keys": Group("list, create, rotate and revoke API keys", "keys"),
 }
 CLIENT_COMMANDS = tuple(GROUPS)
 

@@ -21,11 +21,12 @@ from app.comparisons.tables import Comparison
 from app.datasets import service as datasets
 from app.datasets.tables import Dataset
 from app.db import get_owned
-from app.errors import NotFound, Unauthorized, shown
+from app.errors import Forbidden, NotFound, Unauthorized, shown
 from app.jobs import service as jobs
 from app.jobs.tables import Job
 from app.settings import Settings
 from app.storage import LocalStore
+from app.tenants.service import Caller
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -70,6 +71,33 @@ def get_tenant(
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+def get_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """The caller's tenant and key (is it an admin key?), as the edge gate found them."""
+    caller: Caller | None = getattr(request.state, "caller", None)
+    if caller is None:
+        raise Unauthorized("Missing API key. Send 'Authorization: Bearer <key>'.")
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def get_admin(caller: CallerDep) -> Caller:
+    """The caller, when its key is an admin key (403 otherwise)."""
+    if not caller.admin:
+        raise Forbidden(
+            "Only an admin key may create, revoke or rotate API keys, and this key is not one.",
+            code="forbidden",
+        )
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(get_admin)]
 
 CURSOR_PATTERN = r"^[a-z]{2,8}_[0-9A-Z]{26}$"
 

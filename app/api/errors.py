@@ -31,6 +31,7 @@ STATUS: dict[type[errors.GristmillError], int] = {
     errors.InvalidState: 400,
     errors.Unauthorized: 401,
     errors.QuotaExceeded: 403,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.RequestTimeout: 408,
     errors.Conflict: 409,
@@ -54,7 +55,9 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-def error_type(status: int) -> str:
+def error_type(status: int, code: str | None = None) -> str:
+    if code == errors.Forbidden.code:
+        return "permission_error"
     if status == 401:
         return "authentication_error"
     if status == 403:
@@ -76,7 +79,8 @@ def render(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+    kind = error_type(status, code)
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     if status == 503:

@@ -4,7 +4,8 @@ A pure ASGI middleware, in this order:
 
 1. **Authenticate before reading anything.** The key is checked in a session of its own that is
    closed at once, so no pooled connection stays checked out while a body or a download streams;
-   a request without a valid key is answered 401 before one byte of its body is read.
+   a request without a valid key is answered 401 before one byte of its body is read. A checked
+   key is trusted for ``auth_cache_seconds`` (``app.api.auth_cache``).
 2. **Rate limit** per key (429 with ``RateLimit-*`` and ``Retry-After``).
 3. **Refuse bad text at the edge** (``app.api.text``): NUL in the query or path; in a JSON body,
    lone surrogates (``"\\udc80"``), NUL, and integers longer than Python will convert — 422
@@ -23,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.auth_cache import AuthCache
 from app.api.errors import pool_exhausted, render, render_exception
 from app.api.limits import KeyRateLimiter, StreamSlots
 from app.api.text import check_json_text, check_text_in_url, is_json
@@ -51,7 +52,6 @@ RATER_TOKEN_PREFIX = "gmr_"
 UPLOAD_PATHS = frozenset({"/v1/datasets", "/v1/models", "/v1/files"})  # multipart streams
 DOWNLOAD = re.compile(r"^/v1/(datasets|models|tokenizers|files)/[^/]+/(content|files/.+)$")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-AUTH_CACHE_ENTRIES = 10_000
 
 
 class EdgeGate:
@@ -63,6 +63,7 @@ class EdgeGate:
         factory: sessionmaker[Session],
         limiter: KeyRateLimiter | None = None,
         slots: StreamSlots | None = None,
+        auth_cache: AuthCache | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -71,7 +72,7 @@ class EdgeGate:
             settings.rate_limit, settings.resolved_rate_limit_storage_url
         )
         self.slots = slots or StreamSlots(settings.max_streams_per_tenant)
-        self.auth_cache: dict[str, tuple[Caller, float]] = {}
+        self.auth_cache = auth_cache or AuthCache(settings.auth_cache_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -94,6 +95,7 @@ class EdgeGate:
         if caller is None:
             return
         state = scope.setdefault("state", {})
+        state["caller"] = caller
         state["tenant_id"], state["key_id"] = caller.tenant_id, caller.key_id
 
         limited = await self._rate_limit(scope, receive, send, caller)
@@ -158,8 +160,8 @@ class EdgeGate:
             return None
         digest = hash_key(key)
         cached = self.auth_cache.get(digest)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
+        if cached is not None:
+            return cached
         try:
             caller: Caller = await self._in_thread(
                 lambda session: identify(session=session, key=key)
@@ -170,10 +172,7 @@ class EdgeGate:
         except _Unavailable as unavailable:
             await unavailable.response(scope, receive, send)
             return None
-        if self.settings.auth_cache_seconds > 0:
-            if len(self.auth_cache) >= AUTH_CACHE_ENTRIES:
-                self.auth_cache.clear()
-            self.auth_cache[digest] = (caller, time.monotonic() + self.settings.auth_cache_seconds)
+        self.auth_cache.put(digest, caller)
         return caller
 
     async def _in_thread(self, work: Callable[[Session], Any]) -> Any:

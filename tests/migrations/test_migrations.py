@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 import app.metadata  # noqa: F401  (registers every table on Base.metadata)
-from app.db import Base, make_engine
+from app.db import Base, make_engine, make_session_factory, session_scope
 from app.migrate import downgrade, upgrade
+from app.tenants.service import hash_key, identify
+from app.tenants.tables import ApiKey
 from tests.conftest import PG_ADMIN_URL, RUN_ID, drop_database, recreate_database
 
 MIGRATIONS_DB = f"gristmill_migrations_{RUN_ID}"
@@ -79,3 +81,34 @@ def test_orm_models_match_migrations(database_url: str) -> None:
     upgrade(database_url)
 
     assert _schema_diffs(database_url) == []
+
+
+def test_keys_made_before_key_management_stay_working_admin_keys(database_url: str) -> None:
+    """A key from before labels, expiries and the admin flag: it still works, has no label and
+    no expiry, and is an admin key (operator commands made every such key)."""
+
+    upgrade(database_url, "0008")
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        when = {"t": "2026-12-01 00:00:00+00:00"}
+        conn.execute(text("INSERT INTO tenant VALUES ('ten_1', 'acme', :t)"), when)
+        conn.execute(
+            text(
+                "INSERT INTO api_key (id, tenant_id, prefix, key_hash, created_at) "
+                "VALUES ('key_1', 'ten_1', 'gm_abcdefg', :h, :t)"
+            ),
+            {"h": hash_key("gm_abcdefg-old"), **when},
+        )
+    upgrade(database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            caller = identify(session=session, key="gm_abcdefg-old")
+            row = session.get_one(ApiKey, "key_1")
+            assert (caller.key_id, caller.admin, row.label, row.expires_at) == (
+                "key_1",
+                True,
+                None,
+                None,
+            )
+    finally:
+        engine.dispose()
