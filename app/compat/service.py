@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.artifacts.tables import Artifact
 from app.compat import schemas
 from app.datasets.schemas import DatasetRead
 from app.errors import NotFound
@@ -133,10 +132,13 @@ def _metric_order(name: str) -> tuple[int, str]:
 
 
 def finetune_params(body: schemas.FineTuningJobCreate, *, model_id: str) -> dict[str, Any]:
+    """The ``finetune`` job's parameters: the base by its registry id (a name could later find
+    another model), and the request's own string kept to show as the job's ``model``."""
     method = body.method.type if body.method is not None else "supervised"
     hyper: schemas.Hyperparameters | None = body.hyperparameters
     params: dict[str, Any] = {
         "model_id": model_id,
+        "requested_model": body.model,
         "dataset_id": body.training_file,
         "validation_dataset_id": body.validation_file,
         "suffix": body.suffix,
@@ -177,7 +179,7 @@ def first_error(err: ValueError) -> str:
     return str(err)
 
 
-def job_view(job: Job, *, session: Session) -> schemas.FineTuningJob:
+def job_view(job: Job) -> schemas.FineTuningJob:
     params, result = job.params, job.result or {}
     fine_tuned = result.get("fine_tuned_model") if job.status == JobStatus.succeeded else None
     resolved = result.get("hyperparameters") or {}
@@ -197,8 +199,6 @@ def job_view(job: Job, *, session: Session) -> schemas.FineTuningJob:
     estimated = None
     if job.status in (JobStatus.running, JobStatus.cancelling) and eta is not None:
         estimated = int(time.time() + float(eta))
-    base = session.get(Artifact, params.get("model_id", ""))
-    model = base.name if base is not None else params.get("model_id", "")
     return schemas.FineTuningJob(
         id=job.id,
         created_at=unix(job.created_at) or 0,
@@ -207,7 +207,7 @@ def job_view(job: Job, *, session: Session) -> schemas.FineTuningJob:
         fine_tuned_model=fine_tuned,
         hyperparameters=hyper,
         method={"type": method_type, method_type: {"hyperparameters": method_hyper}},
-        model=model,
+        model=params.get("requested_model") or params.get("model_id", ""),
         organization_id=job.tenant_id,
         result_files=[RESULT_PREFIX + job.id] if job.status == JobStatus.succeeded else [],
         seed=int(params.get("seed", 42)),

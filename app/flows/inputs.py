@@ -81,9 +81,12 @@ def _load(
     try:
         if item.kind == "dataset":
             return _dataset(session, store, tenant_id, item, object_id, lock=lock, pending=pending)
-        artifact = artifacts.get_artifact(
-            session=session, tenant_id=tenant_id, category=item.kind, artifact_id=object_id
-        )
+        if item.kind == "model" and artifacts.fine_tuned_by(object_id):  # OpenAI's name for it
+            artifact = artifacts.find_model(session=session, tenant_id=tenant_id, model=object_id)
+        else:
+            artifact = artifacts.get_artifact(
+                session=session, tenant_id=tenant_id, category=item.kind, artifact_id=object_id
+            )
     except NotFound as err:
         raise InvalidInput(err.message, code=err.code, param=param) from None
     if item.ready:

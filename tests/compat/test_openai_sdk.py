@@ -120,6 +120,86 @@ def test_files_fine_tuning_and_models_through_the_sdk(
     assert sdk.files.delete(uploaded.id).deleted
 
 
+def test_a_fine_tune_is_known_by_its_ft_name_and_its_job_by_the_model_it_asked_for(
+    sdk: openai.OpenAI, client: TestClient, run_job: RunJob, base_model: str
+) -> None:
+    file_id = processed_file(sdk, client, run_job, 32)
+    job = sdk.fine_tuning.jobs.create(
+        model="tiny-qwen",  # the base by its name, not its id
+        training_file=file_id,
+        suffix="geo",
+        hyperparameters={"n_epochs": 2, "batch_size": 8},  # 8 steps: checkpoints at 4 and 8
+    )
+    assert job.model == "tiny-qwen"
+    assert run_job(job.id)["status"] == "succeeded"
+    done = sdk.fine_tuning.jobs.retrieve(job.id)
+    name = done.fine_tuned_model
+    assert (done.model, name) == ("tiny-qwen", f"ft:tiny-qwen:geo:{job.id}")
+    assert [j.model for j in sdk.fine_tuning.jobs.list() if j.id == job.id] == ["tiny-qwen"]
+    native = client.get(f"/v1/jobs/{job.id}", headers=sdk.auth_headers).json()["result"]
+    assert native["model_id"].startswith("mdl_")  # the jobs API keeps registry ids
+
+    checkpoints = [
+        c.fine_tuned_model_checkpoint for c in sdk.fine_tuning.jobs.checkpoints.list(job.id)
+    ]
+    assert checkpoints == [name, f"{name}:ckpt-step-4"]
+    listed = {m.id: m for m in sdk.models.list()}
+    assert {name, f"{name}:adapter", *checkpoints, base_model} == set(listed)
+    assert listed[name].model_extra["registry_id"] == native["model_id"]
+    for model in (name, native["model_id"]):  # either name finds it; OpenAI's is its id
+        retrieved = sdk.models.retrieve(model)
+        assert isinstance(retrieved, Model) and retrieved.id == name
+        strictly(retrieved)
+
+    # The ft: name is a base on either surface, and a job shows it as it was asked for.
+    again = sdk.fine_tuning.jobs.create(model=name, training_file=file_id)
+    assert (again.model, sdk.fine_tuning.jobs.retrieve(again.id).model) == (name, name)
+    body = {"type": "finetune", "params": {"model_id": name, "dataset_id": file_id}}
+    queued = client.post("/v1/jobs", json=body, headers=sdk.auth_headers)
+    assert queued.status_code == 202, queued.text
+    for running in (again.id, queued.json()["id"]):
+        assert client.post(f"/v1/jobs/{running}/cancel", headers=sdk.auth_headers).is_success
+
+    deleted = sdk.models.delete(native["model_id"])
+    assert (deleted.id, deleted.deleted) == (name, True)
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve(name)
+
+
+def ends(page: openai.BaseModel) -> tuple[object, object]:
+    """A list's ``first_id`` and ``last_id``, which the SDK keeps as extra fields."""
+    extra = page.model_extra or {}
+    return extra["first_id"], extra["last_id"]
+
+
+def test_every_list_names_its_first_and_last_ids(
+    sdk: openai.OpenAI, client: TestClient, run_job: RunJob, base_model: str
+) -> None:
+    empty = sdk.files.list()
+    assert (empty.data, ends(empty)) == ([], (None, None))
+    older = processed_file(sdk, client, run_job, 16)
+    newer = processed_file(sdk, client, run_job, 16)
+    files = sdk.files.list(limit=1)
+    assert [f.id for f in files.data] == [newer] and files.has_more
+    assert ends(files) == (newer, newer)
+    assert [f.id for f in files] == [newer, older]  # the SDK follows after=<last id>
+    assert ends(sdk.files.list(after=newer)) == (older, older)
+
+    job = sdk.fine_tuning.jobs.create(
+        model=base_model, training_file=newer, hyperparameters={"n_epochs": 1, "batch_size": 8}
+    )
+    assert run_job(job.id)["status"] == "succeeded"
+    pages = {
+        "jobs": sdk.fine_tuning.jobs.list(),
+        "events": sdk.fine_tuning.jobs.list_events(job.id, limit=5),
+        "checkpoints": sdk.fine_tuning.jobs.checkpoints.list(job.id),
+    }
+    for what, page in pages.items():
+        assert page.data, what
+        ids = [item.id for item in page.data]
+        assert ends(page) == (ids[0], ids[-1]), what
+
+
 def test_a_job_cancelled_right_after_creation_ends_cancelled(
     sdk: openai.OpenAI, client: TestClient, run_job: RunJob, base_model: str
 ) -> None:

@@ -54,7 +54,7 @@ def list_files(
         session=session, tenant_id=tenant_id, after=after, limit=limit
     )
     views = datasets.to_read(session, rows)
-    return schemas.ListPage(data=[service.file_view(v) for v in views], has_more=has_more)
+    return schemas.ListPage.of([service.file_view(v) for v in views], has_more=has_more)
 
 
 def _file(file_id: str, session: SessionDep, tenant_id: TenantDep) -> schemas.FileObject:
