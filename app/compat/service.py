@@ -85,6 +85,11 @@ def file_view(dataset: DatasetRead) -> schemas.FileObject:
     )
 
 
+def file_not_found(file_id: str) -> NotFound:
+    """OpenAI's answer for a file that does not exist (or was deleted, or is another tenant's)."""
+    return NotFound(f"No such File object: {file_id}", code="file_not_found", param="file_id")
+
+
 def result_file_view(job: Job) -> schemas.FileObject:
     return schemas.FileObject(
         id=RESULT_PREFIX + job.id,
@@ -102,7 +107,7 @@ def result_job(*, session: Session, tenant_id: str, file_id: str) -> Job | None:
         return None
     job = jobs.get_job(session=session, tenant_id=tenant_id, job_id=file_id[len(RESULT_PREFIX) :])
     if job.type != "finetune" or job.status != JobStatus.succeeded:
-        raise NotFound(f"No file with id '{file_id}'.", code="file_not_found", param="file_id")
+        raise file_not_found(file_id)
     return job
 
 

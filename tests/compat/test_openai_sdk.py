@@ -20,7 +20,11 @@ from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.datasets.tables import Dataset
+from app.flows.housekeeping import ReaperThread
 from app.jobs.tables import JobMetric
+from app.settings import Settings
+from app.storage import LocalStore
 from inference.server import create_app as create_inference_app
 from inference.settings import InferenceSettings
 from pipeline.finetune import stage as finetune_recipe
@@ -213,14 +217,28 @@ def test_a_job_cancelled_right_after_creation_ends_cancelled(
     assert sdk.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # unchanged, not an error
 
 
+def said(error: openai.APIStatusError) -> str:
+    """The message of an error in OpenAI's shape (``{"error": {"message", ...}}``)."""
+    assert isinstance(error.body, dict), error.body
+    return str(error.body["message"])
+
+
 def test_errors_are_the_ones_the_sdk_handles(sdk: openai.OpenAI, base_model: str) -> None:
     with pytest.raises(openai.NotFoundError):
         sdk.fine_tuning.jobs.retrieve("job_01JAAAAAAAAAAAAAAAAAAAAAAA")
-    with pytest.raises(openai.NotFoundError):
-        sdk.files.retrieve("ds_01JAAAAAAAAAAAAAAAAAAAAAAA")
+    missing = "ds_01JAAAAAAAAAAAAAAAAAAAAAAA"
+    for call in (sdk.files.retrieve, sdk.files.content, sdk.files.delete):
+        with pytest.raises(openai.NotFoundError) as gone:
+            call(missing)
+        assert said(gone.value) == f"No such File object: {missing}"  # a file, as OpenAI says
+        assert (gone.value.code, gone.value.type) == ("file_not_found", "invalid_request_error")
     with pytest.raises(openai.BadRequestError) as bad:
-        sdk.fine_tuning.jobs.create(model=base_model, training_file="ds_01JAAAAAAAAAAAAAAAAAAAAAAA")
+        sdk.fine_tuning.jobs.create(model=base_model, training_file=missing)
     assert bad.value.status_code == 400
+    assert (said(bad.value), bad.value.param) == (
+        f"No such File object: {missing}",
+        "training_file",
+    )
     with pytest.raises(openai.BadRequestError):  # invalid hyper-parameters: 400, not 422
         sdk.fine_tuning.jobs.create(
             model=base_model, training_file="x", hyperparameters={"n_epochs": 0}
@@ -231,17 +249,20 @@ def test_errors_are_the_ones_the_sdk_handles(sdk: openai.OpenAI, base_model: str
         ).models.list()
 
 
-def hold_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
-    """Train ``steps`` optimiser steps, then hold each next one until the stage is asked to stop,
-    so a pause lands mid-run, at the same step, whatever the machine; the numbers are the
-    stage's own."""
+def hold_after(
+    monkeypatch: pytest.MonkeyPatch, steps: int, until: threading.Event | None = None
+) -> None:
+    """Train ``steps`` optimiser steps, then hold each next one until the stage is asked to stop
+    (or ``until`` is set), so a pause lands mid-run, at the same step, whatever the machine; the
+    numbers are the stage's own."""
     original = finetune_recipe.train_step
     trained = 0
 
     def held(run: Any, items: list[Any]) -> Any:
         nonlocal trained
         if trained >= steps:
-            wait_for(run.hooks.should_stop, timeout=60, interval=0.02, what="a stop request")
+            go = until.is_set if until is not None else run.hooks.should_stop
+            wait_for(go, timeout=60, interval=0.02, what="a stop request or the test's go-ahead")
         trained += 1
         return original(run, items)
 
@@ -332,6 +353,95 @@ def test_a_paused_fine_tune_resumes_from_its_checkpoint_on_the_same_loss_curve(
     # Pausing or resuming a finished job returns it as it is.
     assert sdk.fine_tuning.jobs.pause(job.id).status == "succeeded"
     assert sdk.fine_tuning.jobs.resume(job.id).status == "succeeded"
+
+
+def stored(factory: sessionmaker[Session], settings: Settings, file_id: str) -> Path | None:
+    """Where the file's bytes are, while its row (hidden or not) is kept; None once purged."""
+    with factory() as session:
+        dataset = session.get(Dataset, file_id)
+        if dataset is None:
+            return None
+        return LocalStore(settings.resolved_storage_dir).local_path(dataset.storage_key)
+
+
+def test_a_file_deleted_while_fine_tunes_read_it_is_gone_at_once_and_they_still_succeed(
+    sdk: openai.OpenAI,
+    client: TestClient,
+    run_job: RunJob,
+    base_model: str,
+    monkeypatch: pytest.MonkeyPatch,
+    factory: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    file_id = processed_file(sdk, client, run_job, 16)
+    request: dict[str, Any] = {
+        "model": base_model,
+        "training_file": file_id,
+        "hyperparameters": {"n_epochs": 2, "batch_size": 8},  # 4 steps
+    }
+    running = sdk.fine_tuning.jobs.create(**request)
+    queued = sdk.fine_tuning.jobs.create(**request)
+    bytes_at = stored(factory, settings, file_id)
+    assert bytes_at is not None and bytes_at.is_file()
+    go_on = threading.Event()
+    hold_after(monkeypatch, 1, until=go_on)  # the first job holds at its second step
+    ended: list[dict[str, Any]] = []
+    worker = threading.Thread(target=lambda: ended.append(run_job(running.id)))
+    worker.start()
+
+    def is_running() -> bool:
+        assert worker.is_alive(), f"the job ended before the file was deleted: {ended}"
+        return sdk.fine_tuning.jobs.retrieve(running.id).status == "running"
+
+    wait_for(is_running, timeout=60, interval=0.05, what="the first job running")
+
+    deleted = sdk.files.delete(file_id)  # read by a running and a queued job: no refusal
+    assert (deleted.id, deleted.deleted) == (file_id, True)
+    assert file_id not in [f.id for f in sdk.files.list()]
+    with pytest.raises(openai.NotFoundError) as gone:
+        sdk.files.retrieve(file_id)
+    assert said(gone.value) == f"No such File object: {file_id}"
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.delete(file_id)
+    with pytest.raises(openai.BadRequestError) as refused:  # no new job may read it
+        sdk.fine_tuning.jobs.create(**request)
+    assert refused.value.param == "training_file"
+    assert client.get(f"/v1/datasets/{file_id}", headers=sdk.auth_headers).status_code == 404
+
+    go_on.set()
+    worker.join(timeout=scaled(60))
+    assert ended and ended[0]["status"] == "succeeded", ended
+    assert bytes_at.is_file()  # the queued job still reads it
+    monkeypatch.undo()
+    assert run_job(queued.id)["status"] == "succeeded"  # it opens the file only now
+    for job in (running, queued):
+        done = sdk.fine_tuning.jobs.retrieve(job.id)
+        assert (done.status, done.training_file) == ("succeeded", file_id)
+        assert done.fine_tuned_model
+    # The last job reading it has ended: its bytes and its row went with that job's end.
+    assert stored(factory, settings, file_id) is None and not bytes_at.exists()
+
+
+def test_a_deleted_file_whose_job_is_cancelled_goes_at_the_next_housekeeping_pass(
+    sdk: openai.OpenAI,
+    client: TestClient,
+    run_job: RunJob,
+    base_model: str,
+    factory: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    file_id = processed_file(sdk, client, run_job, 16)
+    job = sdk.fine_tuning.jobs.create(model=base_model, training_file=file_id)
+    assert sdk.files.delete(file_id).deleted
+    bytes_at = stored(factory, settings, file_id)
+    assert bytes_at is not None and bytes_at.is_file()  # kept for the queued job
+
+    assert sdk.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # ends it in the API
+    assert bytes_at.is_file()
+    store = LocalStore(settings.resolved_storage_dir)
+    ReaperThread(factory, settings, enqueue=lambda *_: True, store=store).tick()
+
+    assert stored(factory, settings, file_id) is None and not bytes_at.exists()
 
 
 def strictly_but_status(job: FineTuningJob) -> None:
