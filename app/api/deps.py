@@ -99,7 +99,11 @@ class ModelPageParams(PageParams):
         limit: Annotated[int, Query(ge=1, le=100, description="Items per page.")] = 100,
         after: Annotated[
             str | None,
-            Query(max_length=300, description="Id of the last item of the previous page."),
+            Query(
+                max_length=300,
+                pattern=r"^[\w.:-]+$",
+                description="Id (or ft: name) of the last item of the previous page.",
+            ),
         ] = None,
     ) -> None:
         super().__init__(limit=limit, after=after)

@@ -150,6 +150,14 @@ def test_a_fine_tune_is_known_by_its_ft_name_and_its_job_by_the_model_it_asked_f
     listed = {m.id: m for m in sdk.models.list()}
     assert {name, f"{name}:adapter", *checkpoints, base_model} == set(listed)
     assert listed[name].model_extra["registry_id"] == native["model_id"]
+    paged: list[str] = []  # page by page, an ft: name as the cursor
+    while True:
+        after = {"after": paged[-1]} if paged else {}
+        page = client.get("/v1/models", params={"limit": 1, **after}, headers=sdk.auth_headers)
+        paged += [m["id"] for m in page.json()["data"]]
+        if not page.json()["has_more"]:
+            break
+    assert paged == list(listed)
     for model in (name, native["model_id"]):  # either name finds it; OpenAI's is its id
         retrieved = sdk.models.retrieve(model)
         assert isinstance(retrieved, Model) and retrieved.id == name

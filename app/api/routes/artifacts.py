@@ -4,6 +4,7 @@ No ``from __future__ import annotations`` here: FastAPI must resolve the per-rou
 aliases defined inside ``make_router`` at import time.
 """
 
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
@@ -14,6 +15,7 @@ from app.api.errors import ErrorResponse
 from app.artifacts import service
 from app.artifacts.schemas import ArtifactFile, ArtifactRead
 from app.artifacts.tables import Artifact
+from app.errors import NotFound
 from app.jobs.schemas import Page
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
@@ -40,7 +42,8 @@ def make_router(kind: str, plural: str) -> APIRouter:
     ) -> Page[ArtifactRead]:
         after = page.after
         if after is not None and service.fine_tuned_by(after):  # a page may end with an ft: name
-            after = service.find_model(session=session, tenant_id=tenant_id, model=after).id
+            with contextlib.suppress(NotFound):  # one deleted since sorts first: the list ends
+                after = service.find_model(session=session, tenant_id=tenant_id, model=after).id
         rows, has_more = service.list_artifacts(
             session=session, tenant_id=tenant_id, category=kind, limit=page.limit, after=after
         )
