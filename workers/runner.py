@@ -29,6 +29,7 @@ from app import layout
 from app.broker import enqueue
 from app.db import session_scope, utcnow
 from app.errors import GristmillError
+from app.flows.deletion import purge_deleted
 from app.flows.inputs import load_inputs
 from app.jobs import service
 from app.jobs.kinds import KINDS
@@ -136,8 +137,14 @@ def _context(
         raise GristmillError(f"The job's parameters are no longer valid: {err}",
                              code="job.invalid_params") from None  # fmt: skip
     with session_factory() as session:
+        # A file deleted since the job was written stays for it (OpenAI's files API).
         inputs = load_inputs(
-            session=session, store=store, tenant_id=tenant_id, kind=kind, params=params
+            session=session,
+            store=store,
+            tenant_id=tenant_id,
+            kind=kind,
+            params=params,
+            include_deleted=True,
         )
     return JobContext(
         job_id=job_id,
@@ -324,8 +331,18 @@ def _finish(
     if status == JobStatus.succeeded:
         # Checkpoints and scratch only serve a resume. (A failed job keeps its last good one.)
         shutil.rmtree(att.store.local_path(layout.job(att.job_id)), ignore_errors=True)
+    _purge_deleted_inputs(att)
     log.info("job finished: %s", status.value)
     return written
+
+
+def _purge_deleted_inputs(att: _Attempt) -> None:
+    """Files deleted while this job read them go now that it has ended (unless another job
+    still reads one); a failure here is left to the housekeeping loop's next pass."""
+    try:
+        purge_deleted(factory=att.factory, store=att.store, read_by=att.job_id)
+    except Exception:
+        log.warning("could not purge the deleted files this job read", exc_info=True)
 
 
 def _place_outputs(att: _Attempt, outcome: Outcome) -> list[Placed]:

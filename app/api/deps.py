@@ -118,6 +118,25 @@ class PageParams:
 PageDep = Annotated[PageParams, Depends()]
 
 
+class ModelPageParams(PageParams):
+    """Models are listed under the ids OpenAI's API knows them by, so a page may end with a
+    fine-tune's ``ft:`` name. A page holds 100 by default: OpenAI's SDK reads one page only."""
+
+    def __init__(
+        self,
+        limit: Annotated[int, Query(ge=1, le=100, description="Items per page.")] = 100,
+        after: Annotated[
+            str | None,
+            Query(
+                max_length=300,
+                pattern=r"^[\w.:-]+$",
+                description="Id (or ft: name) of the last item of the previous page.",
+            ),
+        ] = None,
+    ) -> None:
+        super().__init__(limit=limit, after=after)
+
+
 def valid_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> Job:
     return jobs.get_job(session=session, tenant_id=tenant_id, job_id=job_id)
 

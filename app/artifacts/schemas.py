@@ -18,6 +18,10 @@ class Lineage(BaseModel):
 
 class ArtifactRead(BaseModel):
     id: str
+    """The id OpenAI's API knows it by: a fine-tuned model's ``ft:`` name, else ``registry_id``
+    (either one finds the model on every route)."""
+    registry_id: str
+    """The registry's own id (``mdl_…``, ``tok_…``), as the jobs API names it."""
     object: Literal["tokenizer", "model"]
     name: str
     status: Literal["validating", "ready", "failed"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tarfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,6 +24,11 @@ from app.storage import CHUNK, LocalStore, sha256_of
 Category = Literal["tokenizer", "model"]
 PREFIXES: dict[Category, str] = {"tokenizer": "tok", "model": "mdl"}
 MANIFEST = "manifest.json"
+FINE_TUNED_NAME = re.compile(
+    r"ft:[^:]+:[^:]+:(?P<job_id>job_[0-9A-Z]{26})(?::adapter|:ckpt-step-\d+)?"
+)
+"""The name a ``finetune`` job gives its model, adapter and kept checkpoints
+(``ft:<base>:<suffix>:<job id>[:adapter|:ckpt-step-N]``): unique, as it ends with the job's id."""
 
 
 def new_artifact_id(category: Category) -> str:
@@ -50,9 +56,24 @@ def write_manifest(folder: Path) -> tuple[int, str]:
     return sum(f["size_bytes"] for f in files), hashlib.sha256(text.encode()).hexdigest()
 
 
+def fine_tuned_by(name: str) -> str | None:
+    """The job whose fine-tune ``name`` names, or None for any other name."""
+    match = FINE_TUNED_NAME.fullmatch(name)
+    return match.group("job_id") if match else None
+
+
+def public_id(artifact: Artifact) -> str:
+    """The id OpenAI's API knows the model by: a fine-tune's ``ft:`` name (its job made it, so it
+    is unique), else the registry id. An upload that merely calls itself ``ft:…`` keeps its id."""
+    if artifact.job_id is not None and fine_tuned_by(artifact.name) == artifact.job_id:
+        return artifact.name
+    return artifact.id
+
+
 def to_read(artifact: Artifact) -> ArtifactRead:
     return ArtifactRead(
-        id=artifact.id,
+        id=public_id(artifact),
+        registry_id=artifact.id,
         object=artifact.category,
         name=artifact.name,
         status=artifact.status,
@@ -87,23 +108,23 @@ def get_artifact(*, session: Session, tenant_id: str, category: str, artifact_id
 
 
 def find_model(*, session: Session, tenant_id: str, model: str) -> Artifact:
-    """A model by id or by name (``ft:<base>:<suffix>:<job>``): the OpenAI surface names fine-tunes.
+    """A model by registry id, by the ``ft:`` name OpenAI's API knows a fine-tune by, or by name
+    (the newest of that name). An ``ft:`` name finds only the model its own job made.
 
     Raises:
         NotFound: no such model for this tenant.
     """
     artifact = find_owned(
         session, Artifact, model, tenant_id=tenant_id, where=lambda a: a.category == "model"
-    ) or session.scalar(
-        select(Artifact)
-        .where(
-            Artifact.tenant_id == tenant_id,
-            Artifact.category == "model",
-            Artifact.name == model,
-        )
-        .order_by(Artifact.id.desc())
-        .limit(1)
     )
+    if artifact is None:
+        by_name = select(Artifact).where(
+            Artifact.tenant_id == tenant_id, Artifact.category == "model", Artifact.name == model
+        )
+        job_id = fine_tuned_by(model)
+        if job_id is not None:
+            by_name = by_name.where(Artifact.job_id == job_id)
+        artifact = session.scalar(by_name.order_by(Artifact.id.desc()).limit(1))
     if artifact is None:
         raise NotFound(
             f"The model '{shown(model)}' does not exist.", code="model_not_found", param="model"

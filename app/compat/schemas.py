@@ -7,6 +7,7 @@ every response against those types. Gristmill's extension fields are marked as s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -177,6 +178,20 @@ class FineTuningJobCheckpoint(BaseModel):
 
 
 class ListPage(BaseModel):
+    """OpenAI's list: ``first_id`` and ``last_id`` (null when empty) beside ``has_more``; the
+    SDK asks for the next page with ``after=<last_id>``."""
+
     object: Literal["list"] = "list"
     data: list[Any]
     has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+    @classmethod
+    def of(cls, items: Sequence[Any], *, has_more: bool) -> ListPage:
+        return cls(
+            data=list(items),
+            has_more=has_more,
+            first_id=items[0].id if items else None,
+            last_id=items[-1].id if items else None,
+        )

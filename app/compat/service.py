@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.artifacts.tables import Artifact
 from app.compat import schemas
 from app.datasets.schemas import DatasetRead
 from app.errors import NotFound
@@ -86,6 +85,11 @@ def file_view(dataset: DatasetRead) -> schemas.FileObject:
     )
 
 
+def file_not_found(file_id: str) -> NotFound:
+    """OpenAI's answer for a file that does not exist (or was deleted, or is another tenant's)."""
+    return NotFound(f"No such File object: {file_id}", code="file_not_found", param="file_id")
+
+
 def result_file_view(job: Job) -> schemas.FileObject:
     return schemas.FileObject(
         id=RESULT_PREFIX + job.id,
@@ -103,7 +107,7 @@ def result_job(*, session: Session, tenant_id: str, file_id: str) -> Job | None:
         return None
     job = jobs.get_job(session=session, tenant_id=tenant_id, job_id=file_id[len(RESULT_PREFIX) :])
     if job.type != "finetune" or job.status != JobStatus.succeeded:
-        raise NotFound(f"No file with id '{file_id}'.", code="file_not_found", param="file_id")
+        raise file_not_found(file_id)
     return job
 
 
@@ -133,10 +137,13 @@ def _metric_order(name: str) -> tuple[int, str]:
 
 
 def finetune_params(body: schemas.FineTuningJobCreate, *, model_id: str) -> dict[str, Any]:
+    """The ``finetune`` job's parameters: the base by its registry id (a name could later find
+    another model), and the request's own string kept to show as the job's ``model``."""
     method = body.method.type if body.method is not None else "supervised"
     hyper: schemas.Hyperparameters | None = body.hyperparameters
     params: dict[str, Any] = {
         "model_id": model_id,
+        "requested_model": body.model,
         "dataset_id": body.training_file,
         "validation_dataset_id": body.validation_file,
         "suffix": body.suffix,
@@ -177,7 +184,7 @@ def first_error(err: ValueError) -> str:
     return str(err)
 
 
-def job_view(job: Job, *, session: Session) -> schemas.FineTuningJob:
+def job_view(job: Job) -> schemas.FineTuningJob:
     params, result = job.params, job.result or {}
     fine_tuned = result.get("fine_tuned_model") if job.status == JobStatus.succeeded else None
     resolved = result.get("hyperparameters") or {}
@@ -197,8 +204,6 @@ def job_view(job: Job, *, session: Session) -> schemas.FineTuningJob:
     estimated = None
     if job.status in (JobStatus.running, JobStatus.cancelling) and eta is not None:
         estimated = int(time.time() + float(eta))
-    base = session.get(Artifact, params.get("model_id", ""))
-    model = base.name if base is not None else params.get("model_id", "")
     return schemas.FineTuningJob(
         id=job.id,
         created_at=unix(job.created_at) or 0,
@@ -207,7 +212,7 @@ def job_view(job: Job, *, session: Session) -> schemas.FineTuningJob:
         fine_tuned_model=fine_tuned,
         hyperparameters=hyper,
         method={"type": method_type, method_type: {"hyperparameters": method_hyper}},
-        model=model,
+        model=params.get("requested_model") or params.get("model_id", ""),
         organization_id=job.tenant_id,
         result_files=[RESULT_PREFIX + job.id] if job.status == JobStatus.succeeded else [],
         seed=int(params.get("seed", 42)),

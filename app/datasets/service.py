@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app import layout
 from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
-from app.db import get_owned, paginate
+from app.db import get_owned, paginate, utcnow
 from app.errors import InvalidInput, NotFound, shown
 from app.ids import new_id
 from app.jobs.states import FINAL_STATES, JobStatus
@@ -49,9 +49,15 @@ def check_name(name: str) -> str:
 
 
 def get_dataset(
-    *, session: Session, tenant_id: str, dataset_id: str, lock: bool = False
+    *,
+    session: Session,
+    tenant_id: str,
+    dataset_id: str,
+    lock: bool = False,
+    include_deleted: bool = False,
 ) -> Dataset:
-    """The tenant's dataset: another tenant's looks exactly like a missing one.
+    """The tenant's dataset: another tenant's looks exactly like a missing one, and so does one
+    deleted while a job reads it, unless ``include_deleted`` (that job's own runner asks).
 
     ``lock`` takes a shared row lock until commit (a job about to read it is being submitted).
 
@@ -63,6 +69,7 @@ def get_dataset(
         Dataset,
         dataset_id,
         tenant_id=tenant_id,
+        where=lambda dataset: include_deleted or dataset.deleted_at is None,
         lock="read" if lock else None,
         missing=NotFound(f"No dataset with id '{shown(dataset_id)}'.", code="dataset.not_found"),
     )
@@ -81,7 +88,7 @@ def check_ready(dataset: Dataset, *, param: str) -> None:
 def list_datasets(
     *, session: Session, tenant_id: str, limit: int, after: str | None
 ) -> tuple[list[Dataset], bool]:
-    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id)
+    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
     if after is not None:
         stmt = stmt.where(Dataset.id < after)
     return paginate(session, stmt.order_by(Dataset.id.desc()), limit=limit)
@@ -117,10 +124,17 @@ def still_validating(session: Session, dataset: Dataset) -> bool:
     return dataset.status == "validating" and to_read(session, [dataset])[0].status == "validating"
 
 
-def lock_for_delete(*, session: Session, dataset_id: str) -> None:
+def lock_for_delete(*, session: Session, dataset_id: str) -> Dataset | None:
     """An exclusive row lock until commit: a submission that holds (or waits for) its shared lock
-    on the dataset is seen by the caller's reader check."""
-    session.get(Dataset, dataset_id, with_for_update=True, populate_existing=True)
+    on the dataset is seen by the caller's reader check. The row as it is now (None: gone)."""
+    return session.get(Dataset, dataset_id, with_for_update=True, populate_existing=True)
+
+
+def mark_deleted(*, session: Session, dataset: Dataset) -> None:
+    """Hide the dataset (committed with whatever the caller wrote); its row and bytes stay for
+    the jobs that read it."""
+    dataset.deleted_at = utcnow()
+    session.commit()
 
 
 def delete_dataset(*, session: Session, store: LocalStore, dataset: Dataset) -> None:

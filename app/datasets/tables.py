@@ -13,7 +13,10 @@ class Dataset(Base):
     """An uploaded or prepared dataset. Its bytes live in the store under ``storage_key``."""
 
     __tablename__ = "dataset"
-    __table_args__ = (Index("ix_dataset_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        Index("ix_dataset_tenant_id_id", "tenant_id", "id"),
+        Index("ix_dataset_deleted_at", "deleted_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
@@ -39,3 +42,6 @@ class Dataset(Base):
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    """Deleted while a job read it (OpenAI's files API allows it): hidden from then on; the row
+    and the bytes go when the last job reading it ends (``app.flows.deletion``)."""

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app import broker
 from app.artifacts import service as artifacts
 from app.compat import schemas
-from app.compat.service import file_view, finetune_params, first_error
+from app.compat.service import file_not_found, file_view, finetune_params, first_error
 from app.datasets import service as datasets
 from app.errors import InvalidInput, NotFound
 from app.flows.quotas import check_job_quotas
@@ -73,18 +73,26 @@ def create_fine_tuning_job(
     ).job
 
 
-def check_file(*, session: Session, tenant_id: str, file_id: str, param: str) -> bool:
+def check_file(
+    *, session: Session, tenant_id: str, file_id: str, param: str, include_deleted: bool = False
+) -> bool:
     """Whether a fine-tuning file is still being validated (False: it is processed).
+    ``include_deleted``: for a job already written, which keeps a file deleted since.
 
     Raises:
         InvalidInput: no such file (``file_not_found``), or validation found it is not
             fine-tuning data (``invalid_file``); ``param`` names the request's field.
     """
     try:
-        dataset = datasets.get_dataset(session=session, tenant_id=tenant_id, dataset_id=file_id)
+        dataset = datasets.get_dataset(
+            session=session,
+            tenant_id=tenant_id,
+            dataset_id=file_id,
+            include_deleted=include_deleted,
+        )
     except NotFound:
         raise InvalidInput(
-            f"No file with id '{file_id}'.", code="file_not_found", param=param
+            file_not_found(file_id).message, code="file_not_found", param=param
         ) from None
     view = file_view(datasets.to_read(session, [dataset])[0])
     if view.status == "error":
@@ -104,7 +112,13 @@ def check_waiting_files(session: Session, job: Job, params: FinetuneParams) -> b
     """
     files = {"training_file": params.dataset_id, "validation_file": params.validation_dataset_id}
     pending = [
-        check_file(session=session, tenant_id=job.tenant_id, file_id=file_id, param=param)
+        check_file(
+            session=session,
+            tenant_id=job.tenant_id,
+            file_id=file_id,
+            param=param,
+            include_deleted=True,
+        )
         for param, file_id in files.items()
         if file_id is not None
     ]

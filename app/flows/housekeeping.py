@@ -1,4 +1,5 @@
-"""The housekeeping loop every worker and the API run: reap, release waiting jobs, collect garbage.
+"""The housekeeping loop every worker and the API run: reap, release waiting jobs, purge deleted
+files, collect garbage.
 
 Each pass crosses domains (the ledger, the objects jobs read, the store), so the loop is a flow.
 Every write in it is compare-and-set or idempotent, so any number of processes may run it.
@@ -13,6 +14,7 @@ import time
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.flows.deletion import purge_deleted
 from app.flows.gc import collect_garbage
 from app.flows.waiting import release_waiting_jobs
 from app.jobs.reaper import Enqueue, reap
@@ -26,8 +28,9 @@ GC_INTERVAL_S = 3600.0
 
 class ReaperThread:
     """Every ``reaper_interval_seconds`` until stopped: ``reap``, then send the waiting jobs
-    whose files are ready; with a ``store`` it also collects the store's garbage about hourly.
-    Errors are only logged."""
+    whose files are ready; with a ``store`` it also purges the files deleted while jobs read them
+    once those jobs have ended, and collects the store's garbage about hourly. Errors are only
+    logged."""
 
     def __init__(
         self,
@@ -65,6 +68,8 @@ class ReaperThread:
     def tick(self) -> None:
         reap(factory=self.factory, settings=self.settings, enqueue=self.enqueue)
         release_waiting_jobs(factory=self.factory, store=self.inputs, enqueue=self.enqueue)
+        if self.store is not None:  # files deleted while read, by jobs that ended elsewhere
+            purge_deleted(factory=self.factory, store=self.store)
         if self.store is not None and time.monotonic() - self._last_gc > GC_INTERVAL_S:
             self._last_gc = time.monotonic()
             collect_garbage(

@@ -49,6 +49,7 @@ def load_inputs(
     params: Any,
     lock: bool = False,
     pending: bool = False,
+    include_deleted: bool = False,
 ) -> dict[str, Resolved]:
     """Every input the parameters name, by parameter name.
 
@@ -56,13 +57,24 @@ def load_inputs(
     delete waits and then sees the new job as a reader (and refuses) instead of racing it.
     ``pending`` admits a dataset that is still being validated (marked ``pending``), for a job
     that waits queued until its files are ready; one that failed validation is still refused.
+    ``include_deleted`` admits a file deleted after the job was submitted: a job already written
+    keeps reading it (its bytes stay until the job ends); a new one is refused it.
 
     Raises:
         InvalidInput: an input is unknown, another tenant's (indistinguishable), or not ready;
             ``param`` names it as ``params.<name>``.
     """
     return {
-        item.param: _load(session, store, tenant_id, item, object_id, lock=lock, pending=pending)
+        item.param: _load(
+            session,
+            store,
+            tenant_id,
+            item,
+            object_id,
+            lock=lock,
+            pending=pending,
+            include_deleted=include_deleted,
+        )
         for item, object_id in kind.referenced(params)
     }
 
@@ -76,14 +88,27 @@ def _load(
     *,
     lock: bool,
     pending: bool,
+    include_deleted: bool,
 ) -> Resolved:
     param = f"params.{item.param}"
     try:
         if item.kind == "dataset":
-            return _dataset(session, store, tenant_id, item, object_id, lock=lock, pending=pending)
-        artifact = artifacts.get_artifact(
-            session=session, tenant_id=tenant_id, category=item.kind, artifact_id=object_id
-        )
+            return _dataset(
+                session,
+                store,
+                tenant_id,
+                item,
+                object_id,
+                lock=lock,
+                pending=pending,
+                include_deleted=include_deleted,
+            )
+        if item.kind == "model" and artifacts.fine_tuned_by(object_id):  # OpenAI's name for it
+            artifact = artifacts.find_model(session=session, tenant_id=tenant_id, model=object_id)
+        else:
+            artifact = artifacts.get_artifact(
+                session=session, tenant_id=tenant_id, category=item.kind, artifact_id=object_id
+            )
     except NotFound as err:
         raise InvalidInput(err.message, code=err.code, param=param) from None
     if item.ready:
@@ -115,9 +140,14 @@ def _dataset(
     *,
     lock: bool,
     pending: bool,
+    include_deleted: bool,
 ) -> Resolved:
     dataset = datasets.get_dataset(
-        session=session, tenant_id=tenant_id, dataset_id=object_id, lock=lock
+        session=session,
+        tenant_id=tenant_id,
+        dataset_id=object_id,
+        lock=lock,
+        include_deleted=include_deleted,
     )
     waits = item.ready and pending and datasets.still_validating(session, dataset)
     if item.ready and not waits:

@@ -114,6 +114,7 @@ def _still_waiting(session: Session, store: LocalStore, job: Job) -> bool:
         kind=kind,
         params=params,
         pending=True,
+        include_deleted=True,  # a file deleted while the job waited stays for it
     )
     return any(resolved.pending for resolved in inputs.values())
 

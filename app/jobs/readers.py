@@ -22,3 +22,8 @@ def read_by_unfinished_job(*, session: Session, object_id: str) -> bool:
 def forget_reads(*, session: Session, object_id: str) -> None:
     """Drop the finished jobs' records of reading the object, which is about to be deleted."""
     session.execute(delete(JobInput).where(JobInput.object_id == object_id))
+
+
+def objects_read(*, session: Session, job_id: str) -> list[str]:
+    """The ids of the datasets and models the job reads."""
+    return list(session.scalars(select(JobInput.object_id).where(JobInput.job_id == job_id)))

@@ -1,7 +1,8 @@
 """The official ``openai`` SDK against a live embedded server (``gristmill serve``: API, worker
-and inference service): upload → fine-tune, paused as it runs and resumed → poll → events and
-checkpoints → chat completion, streamed too, and completions from an earlier checkpoint → a job
-cancelled right away → 404s → delete. Only ``base_url`` and the key change."""
+and inference service): upload → fine-tune, its file deleted while it is queued, paused as it
+runs and resumed → poll → events and checkpoints → chat completion, streamed too, and completions
+from an earlier checkpoint → a job cancelled right away → 404s → delete. Only ``base_url`` and
+the key change."""
 
 from __future__ import annotations
 
@@ -95,11 +96,16 @@ def test_the_sdk_fine_tunes_and_chats_with_the_result(server: Embedded, tmp_path
     )
     cancelled = sdk.fine_tuning.jobs.create(model=base, training_file=file.id)
     assert sdk.fine_tuning.jobs.cancel(cancelled.id).status == "cancelled"
+    # Deleted while the job is queued, as OpenAI allows: gone at once, kept for the job.
+    assert sdk.files.delete(file.id).deleted
+    assert file.id not in [f.id for f in sdk.files.list()]
     stopped_at = pause_and_resume(sdk, job.id)
 
     done = wait_done(sdk, job.id, timeout=600)
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model and done.fine_tuned_model.startswith("ft:")
+    assert (done.model, done.training_file) == (base, file.id)
+    assert sdk.models.retrieve(done.fine_tuned_model).id == done.fine_tuned_model
     events = list(sdk.fine_tuning.jobs.list_events(job.id, limit=100))
     assert any(e.type == "metrics" for e in events)
     assert any(e.message == "resumed" and e.data == {"step": stopped_at} for e in events)
@@ -154,5 +160,6 @@ def test_the_sdk_fine_tunes_and_chats_with_the_result(server: Embedded, tmp_path
         sdk.chat.completions.create(model="ft:nothing", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.NotFoundError):
         sdk.fine_tuning.jobs.retrieve("job_01JAAAAAAAAAAAAAAAAAAAAAAA")
-    assert sdk.models.delete(done.fine_tuned_model).deleted
-    assert sdk.files.delete(file.id).deleted
+    assert sdk.models.delete(done.fine_tuned_model).id == done.fine_tuned_model
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.retrieve(file.id)

@@ -4,16 +4,18 @@ No ``from __future__ import annotations`` here: FastAPI must resolve the per-rou
 aliases defined inside ``make_router`` at import time.
 """
 
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import FileResponse, StreamingResponse
 
-from app.api.deps import PageDep, SessionDep, StoreDep, TenantDep
+from app.api.deps import ModelPageParams, PageParams, SessionDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.artifacts import service
 from app.artifacts.schemas import ArtifactFile, ArtifactRead
 from app.artifacts.tables import Artifact
+from app.errors import NotFound
 from app.jobs.schemas import Page
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
@@ -32,17 +34,18 @@ def make_router(kind: str, plural: str) -> APIRouter:
         )
 
     ArtifactDep = Annotated[Artifact, Depends(valid)]
+    Paging = Annotated[PageParams, Depends(ModelPageParams if kind == "model" else PageParams)]
 
     @router.get("", response_model=Page[ArtifactRead], summary=f"List {plural}, newest first")
     def list_artifacts(
-        session: SessionDep, tenant_id: TenantDep, page: PageDep
+        session: SessionDep, tenant_id: TenantDep, page: Paging
     ) -> Page[ArtifactRead]:
+        after = page.after
+        if after is not None and service.fine_tuned_by(after):  # a page may end with an ft: name
+            with contextlib.suppress(NotFound):  # one deleted since sorts first: the list ends
+                after = service.find_model(session=session, tenant_id=tenant_id, model=after).id
         rows, has_more = service.list_artifacts(
-            session=session,
-            tenant_id=tenant_id,
-            category=kind,
-            limit=page.limit,
-            after=page.after,
+            session=session, tenant_id=tenant_id, category=kind, limit=page.limit, after=after
         )
         return Page[ArtifactRead](data=[service.to_read(r) for r in rows], has_more=has_more)
 

@@ -14,7 +14,7 @@ from app.api.routes import datasets as dataset_routes
 from app.api.uploads import upload_body
 from app.compat import schemas, service
 from app.datasets import service as datasets
-from app.errors import Conflict, InvalidInput
+from app.errors import InvalidInput, NotFound
 from app.flows import deletion, uploads
 
 router = APIRouter(prefix="/files", tags=["openai"], responses={401: {"model": ErrorResponse}})
@@ -54,14 +54,18 @@ def list_files(
         session=session, tenant_id=tenant_id, after=after, limit=limit
     )
     views = datasets.to_read(session, rows)
-    return schemas.ListPage(data=[service.file_view(v) for v in views], has_more=has_more)
+    return schemas.ListPage.of([service.file_view(v) for v in views], has_more=has_more)
 
 
 def _file(file_id: str, session: SessionDep, tenant_id: TenantDep) -> schemas.FileObject:
+    """The tenant's file (a dataset, or a job's result file); 404 the way OpenAI's API says it."""
     job = service.result_job(session=session, tenant_id=tenant_id, file_id=file_id)
     if job is not None:
         return service.result_file_view(job)
-    dataset = datasets.get_dataset(session=session, tenant_id=tenant_id, dataset_id=file_id)
+    try:
+        dataset = datasets.get_dataset(session=session, tenant_id=tenant_id, dataset_id=file_id)
+    except NotFound:
+        raise service.file_not_found(file_id) from None
     return service.file_view(datasets.to_read(session, [dataset])[0])
 
 
@@ -105,17 +109,19 @@ def read_file_content(
     "/{file_id}",
     response_model=schemas.FileDeleted,
     responses={**NOT_FOUND, 400: {"model": ErrorResponse}},
-    summary="Delete a file",
+    summary="Delete a file (a job reading it keeps its bytes until it ends)",
 )
 def delete_file(
     file: FileDep, session: SessionDep, store: StoreDep, tenant_id: TenantDep
 ) -> schemas.FileDeleted:
+    """Deleted at once, as OpenAI deletes: gone from the listing and from retrieve; a job that
+    reads the file keeps its bytes until it ends, then they go too."""
     if file.purpose == "fine-tune-results":
         raise InvalidInput("Result files go with their job; they cannot be deleted.")
     try:
         deletion.delete_dataset(
-            session=session, store=store, tenant_id=tenant_id, dataset_id=file.id
+            session=session, store=store, tenant_id=tenant_id, dataset_id=file.id, defer=True
         )
-    except Conflict as err:  # permanent until the job ends: a 400 the SDK does not retry
-        raise InvalidInput(err.message, code=err.code, param="file_id") from None
+    except NotFound:  # deleted by a concurrent request
+        raise service.file_not_found(file.id) from None
     return schemas.FileDeleted(id=file.id)

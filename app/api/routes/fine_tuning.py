@@ -45,7 +45,7 @@ def create_fine_tuning_job(
         body=body,
         idempotency_key=idempotency_key,
     )
-    return service.job_view(job, session=session)
+    return service.job_view(job)
 
 
 @router.get("", response_model=schemas.ListPage, summary="List fine-tuning jobs, newest first")
@@ -55,9 +55,7 @@ def list_fine_tuning_jobs(
     rows, has_more = service.list_fine_tuning_jobs(
         session=session, tenant_id=tenant_id, after=after, limit=limit
     )
-    return schemas.ListPage(
-        data=[service.job_view(r, session=session) for r in rows], has_more=has_more
-    )
+    return schemas.ListPage.of([service.job_view(r) for r in rows], has_more=has_more)
 
 
 @router.get(
@@ -66,8 +64,8 @@ def list_fine_tuning_jobs(
     responses=NOT_FOUND,
     summary="Get a fine-tuning job",
 )
-def read_fine_tuning_job(job: FineTuningJobDep, session: SessionDep) -> schemas.FineTuningJob:
-    return service.job_view(job, session=session)
+def read_fine_tuning_job(job: FineTuningJobDep) -> schemas.FineTuningJob:
+    return service.job_view(job)
 
 
 @router.post(
@@ -81,7 +79,7 @@ def cancel_fine_tuning_job(
 ) -> schemas.FineTuningJob:
     if job.status not in FINAL_STATES:
         job = jobs.cancel_job(session=session, tenant_id=tenant_id, job_id=job.id)
-    return service.job_view(job, session=session)
+    return service.job_view(job)
 
 
 @router.post(
@@ -95,7 +93,7 @@ def pause_fine_tuning_job(
 ) -> schemas.FineTuningJob:
     """Idempotent: a job that is not queued or running (paused, finished) is returned unchanged."""
     job = jobs.pause_job(session=session, tenant_id=tenant_id, job_id=job.id)
-    return service.job_view(job, session=session)
+    return service.job_view(job)
 
 
 @router.post(
@@ -109,7 +107,7 @@ def resume_fine_tuning_job(
 ) -> schemas.FineTuningJob:
     """Idempotent: a job that is not paused or pausing is returned unchanged."""
     resumed = waiting.resume_job(session=session, store=store, tenant_id=tenant_id, job_id=job.id)
-    return service.job_view(resumed, session=session)
+    return service.job_view(resumed)
 
 
 @router.get(
@@ -124,7 +122,7 @@ def list_fine_tuning_events(
     events, has_more = service.list_fine_tuning_events(
         session=session, job=job, after=after, limit=limit
     )
-    return schemas.ListPage(data=events, has_more=has_more)
+    return schemas.ListPage.of(events, has_more=has_more)
 
 
 @router.get(
@@ -139,4 +137,4 @@ def list_fine_tuning_checkpoints(
     checkpoints, has_more = service.list_checkpoints(
         session=session, job=job, after=after, limit=limit
     )
-    return schemas.ListPage(data=checkpoints, has_more=has_more)
+    return schemas.ListPage.of(checkpoints, has_more=has_more)

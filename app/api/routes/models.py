@@ -76,6 +76,6 @@ def read_model_by_name(artifact: ModelDep) -> ArtifactRead:
     summary="Delete one of your models (refused while a job uses it)",
 )
 def delete_model(artifact: ModelDep, session: SessionDep, store: StoreDep) -> ModelDeleted:
-    model_id = artifact.id
+    model_id = service.public_id(artifact)  # a fine-tune's ft: name, as OpenAI answers
     deletion.delete_model(session=session, store=store, artifact=artifact)
     return ModelDeleted(id=model_id)

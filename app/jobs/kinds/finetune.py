@@ -35,6 +35,9 @@ class FinetuneParams(FinetuneConfig):
     """Up to 64 letters, digits, '-', '_' or '.' in the fine-tuned model's name."""
     metadata: dict[str, str] | None = field(default=None, kw_only=True)
     """Up to 16 key-value pairs kept with the job (keys ≤ 64, values ≤ 512 characters)."""
+    requested_model: str | None = field(default=None, kw_only=True)
+    """The base as the request named it (an id, a name or an ``ft:`` name), shown as OpenAI's
+    fine-tuning job shows ``model``; null shows model_id."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,6 +50,8 @@ class FinetuneParams(FinetuneConfig):
             or any(len(k) > 64 or len(v) > 512 for k, v in self.metadata.items())
         ):
             raise ConfigError("metadata", "at most 16 pairs; keys ≤ 64, values ≤ 512 characters")
+        if self.requested_model is not None and not 1 <= len(self.requested_model) <= 300:
+            raise ConfigError("requested_model", "1-300 characters")
 
 
 def preflight(params: FinetuneParams, capacity: Capacity, inputs: Mapping[str, Any]) -> None:
