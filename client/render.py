@@ -165,6 +165,25 @@ def print_validation(console: Console, dataset: Mapping[str, Any], *, max_errors
         console.print(f"  … and {len(errors) - max_errors} more listed by the server")
 
 
+def print_model_import(
+    console: Console, model: Mapping[str, Any], error: Mapping[str, Any]
+) -> None:
+    """The outcome of an uploaded model's checks: what it is, or why it was refused."""
+    if model["status"] == "ready":
+        details = model.get("details") or {}
+        parameters = details.get("parameters")
+        size = f", {parameters:,} parameters" if isinstance(parameters, int) else ""
+        console.print(
+            f"[green]✔[/] {model['id']} ready: {escape(str(details.get('architecture', '-')))}"
+            f"{size}, {human_bytes(model.get('size_bytes'))}"
+        )
+        return
+    console.print(
+        f"[red]✘[/] {model['id']} failed: {escape(str(error.get('code')))}: "
+        f"{escape(str(error.get('message')))}"
+    )
+
+
 # --- transfers ----------------------------------------------------------------------------
 
 

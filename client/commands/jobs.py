@@ -1,4 +1,4 @@
-"""``gristmill jobs``: submit, list, show, cancel, watch and plot jobs.
+"""``gristmill jobs``: submit, list, show, cancel, pause, resume, watch and plot jobs.
 
 The pattern for every group: ``add_actions`` declares each action's arguments and handler;
 each handler takes the client and the parsed arguments and returns an exit code.
@@ -21,6 +21,7 @@ from client.commands.common import (
     EXIT_OK,
     EXIT_USAGE,
     emit_json,
+    emit_list,
     err,
     out,
     take,
@@ -58,6 +59,12 @@ def add_actions(actions: SubParsers, leaf: Leaf, group: str) -> None:
     cancel = leaf(actions, "cancel", "cancel a job")
     cancel.add_argument("id")
     cancel.set_defaults(handler=cancel_job)
+    pause = leaf(actions, "pause", "pause a job: a running one stops at its next checkpoint")
+    pause.add_argument("id")
+    pause.set_defaults(handler=pause_job)
+    resume = leaf(actions, "resume", "resume a paused job from its checkpoint")
+    resume.add_argument("id")
+    resume.set_defaults(handler=resume_job)
     watch = leaf(actions, "watch", "follow a job live until it ends (Ctrl-C stops watching only)")
     watch.add_argument("id")
     watch.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
@@ -151,7 +158,7 @@ def follow(
 def list_jobs(client: GristmillClient, args: argparse.Namespace) -> int:
     jobs = take(client.jobs.list(job_type=args.job_type, status=args.status), args.limit)
     if args.json:
-        emit_json(jobs)
+        emit_list(jobs)
     else:
         out.print(render.jobs_table(jobs))
     return EXIT_OK
@@ -167,7 +174,20 @@ def show_job(client: GristmillClient, args: argparse.Namespace) -> int:
 
 
 def cancel_job(client: GristmillClient, args: argparse.Namespace) -> int:
-    job = client.jobs.cancel(args.id)
+    return _print_state(client.jobs.cancel(args.id), args)
+
+
+def pause_job(client: GristmillClient, args: argparse.Namespace) -> int:
+    return _print_state(client.jobs.pause(args.id), args)
+
+
+def resume_job(client: GristmillClient, args: argparse.Namespace) -> int:
+    return _print_state(client.jobs.resume(args.id), args)
+
+
+def _print_state(job: Mapping[str, Any], args: argparse.Namespace) -> int:
+    """A job after a change of state was asked for: where it is now (the server answers with
+    the job unchanged when the change does not apply, e.g. resuming a running job)."""
     if args.json:
         emit_json(job)
     else:
