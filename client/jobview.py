@@ -93,7 +93,7 @@ def progress_line(job: Mapping[str, Any], metrics: Mapping[str, float]) -> str:
     seconds = run_seconds(job)
     if job["status"] not in JOB_FINAL:
         if seconds is None:
-            return "waiting to start"
+            return ""
         done = (job.get("progress") or {}).get("step")
         return f"for {human_seconds(seconds)}" + (f" · {done:,} done" if done else "")
     took = f"in {human_seconds(seconds)}" if seconds is not None else ""

@@ -35,13 +35,16 @@ STATUS_STYLE = {
     "ready": "green",
     "failed": "red",
     "cancelled": "magenta",
+    "generating": "yellow",
+    "open": "green",
 }
-"""A colour for every job and dataset status (``client.statuses``)."""
+"""A colour for every job, dataset and comparison status (``client.statuses``)."""
 TABLE_TIME = "%m-%d %H:%M"
 
 
 def styled_status(status: str) -> str:
-    return f"[{STATUS_STYLE.get(status, '')}]{status}[/]"
+    style = STATUS_STYLE.get(status)
+    return f"[{style}]{escape(status)}[/]" if style else escape(status)
 
 
 def human_bytes(size: float | None) -> str:
