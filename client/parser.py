@@ -50,6 +50,12 @@ def _common() -> argparse.ArgumentParser:
         "--key", help="API key (default $GRISTMILL_API_KEY, or a local server's key file)"
     )
     group.add_argument("--json", action="store_true", help="print JSON for scripts")
+    group.add_argument(
+        "--field",
+        metavar="PATH",
+        help="print only this field of the JSON answer, for shell variables "
+        "(id, result.model_id, result.model_ids.1); progress goes to stderr",
+    )
     return common
 
 

@@ -37,7 +37,31 @@ out = _console(sys.stdout)
 err = _console(sys.stderr)
 
 
+class MissingField(Exception):
+    """``--field`` named something the answer does not hold."""
+
+
+selected: str | None = None
+"""The ``--field`` of this command line, if any (set once by ``client.commands.run``)."""
+
+
+def pick(value: Any, path: str) -> Any:
+    """``result.model_ids.1`` of a JSON value: keys of objects, indexes of lists."""
+    for key in path.split("."):
+        try:
+            value = value[int(key)] if isinstance(value, list) else value[key]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise MissingField(f"the answer has no field {path!r} (at {key!r})") from None
+    return value
+
+
 def emit_json(value: Any) -> None:
+    """JSON for scripts; with ``--field``, that one field (a string bare, for ``$(…)``)."""
+    if selected is not None:
+        value = pick(value, selected)
+        if not isinstance(value, dict | list):
+            print(value if isinstance(value, str) else json.dumps(value))
+            return
     print(json.dumps(value, indent=2))
 
 

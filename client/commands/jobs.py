@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from client import charts, render
+from client.commands import common
 from client.commands.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -132,14 +133,17 @@ def watch_one(client: GristmillClient, args: argparse.Namespace) -> int:
 def follow(
     client: GristmillClient, job_id: str, *, json_output: bool, interval: float = 1.0
 ) -> int:
-    """Watch until the job ends. Ctrl-C stops watching, never the job."""
+    """Watch until the job ends. Ctrl-C stops watching, never the job. With ``--field`` people
+    see the progress on stderr and stdout gets the field of the job as it ended."""
     view: JobView
-    if json_output:
+    picking = json_output and common.selected is not None
+    console = err if picking else out
+    if json_output and not picking:
         view = JsonJobView()
-    elif out.is_terminal:
-        view = LiveJobView(out)
+    elif console.is_terminal:
+        view = LiveJobView(console)
     else:
-        view = LineJobView(out)
+        view = LineJobView(console)
     # The watch loop does its own backoff (and says so); the client retries only briefly.
     client.retry, client.on_retry = RetryPolicy(attempts=2, max_s=2.0), None
     try:
@@ -152,6 +156,8 @@ def follow(
             f"  Cancel it:   gristmill jobs cancel {job_id}"
         )
         return EXIT_INTERRUPTED
+    if picking and job["status"] == "succeeded":
+        emit_json(job)
     return EXIT_OK if job["status"] == "succeeded" else EXIT_FAILED
 
 

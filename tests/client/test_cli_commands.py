@@ -168,6 +168,11 @@ def test_datasets_delete_and_every_list_has_one_json_shape(server: Server, tmp_p
     dataset = json.loads(ok(server.cli("datasets", "upload", small, "--wait", "--json")))
     ds = dataset["id"]
 
+    job_id = ok(server.cli("datasets", "show", ds, "--field", "job_id"))
+    no_field = server.cli("datasets", "show", ds, "--field", "result.nope")
+    assert job_id == f"{dataset['job_id']}\n"  # bare, for VAR=$(…)
+    assert "the answer has no field 'result.nope'" in refused(no_field)
+
     lists = {
         group: json.loads(ok(server.cli(group, "list", "--json")))
         for group in ("datasets", "jobs", "models", "tokenizers")
@@ -186,6 +191,14 @@ def test_datasets_delete_and_every_list_has_one_json_shape(server: Server, tmp_p
     assert deleted.strip() == f"deleted {ds}"
     assert f"No dataset with id '{ds}'" in refused(gone)
     assert "(404 " in refused(again)
+
+
+def test_a_job_waited_for_prints_one_field_and_its_progress_on_stderr(server: Server) -> None:
+    args = ["jobs", "submit", "probe", "-p", "duration_s=1", "-p", "matmul_size=64"]
+    done = server.cli(*args, "--wait", "--field", "result.measurements")
+
+    assert int(ok(done)) >= 1
+    assert "Watching job_" in done.stderr and "(probe) succeeded" in done.stderr
 
 
 def test_jobs_pause_and_resume_a_queued_job(server: Server) -> None:
