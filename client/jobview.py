@@ -82,14 +82,13 @@ def figures_text(result: Mapping[str, Any], *, most: int = 4) -> str:
 
 
 def progress_line(job: Mapping[str, Any], metrics: Mapping[str, float]) -> str:
-    """The job's progress as one line after its status. A job with steps: step/total, ETA,
-    tokens/s and loss. One without: how long it ran and, once it has ended, what it did."""
+    """The job's progress as one line after its status. A job with steps: step/total, ETA and,
+    when it reports them, tokens/s and loss. One without: how long it ran and, once it has
+    ended, what it did."""
     summary = progress_summary(job, metrics)
     if has_steps(job):
-        return (
-            f"step {summary['steps']} · ETA {summary['eta']} · {summary['rate']} · "
-            f"{summary['loss']}"
-        )
+        known = [summary[k] for k in ("rate", "loss") if summary[k] != "-"]
+        return " · ".join([f"step {summary['steps']}", f"ETA {summary['eta']}", *known])
     seconds = run_seconds(job)
     if job["status"] not in JOB_FINAL:
         if seconds is None:
@@ -133,9 +132,11 @@ def final_line(job: Mapping[str, Any]) -> str:
         made = [
             f"{k.removesuffix('_id')} {v}" for k, v in result.items() if k.endswith("_id") and v
         ]
-        for key, value in result.items():  # e.g. prepare's {"dataset_ids": {"train": …}}
-            if key.endswith("_ids") and isinstance(value, dict):
+        for key, value in result.items():  # prepare's {"dataset_ids": {"train": …}}, quantize's
+            if key.endswith("_ids") and isinstance(value, dict):  # {"model_ids": [...]}
                 made += [f"{name} {ident}" for name, ident in value.items()]
+            elif key.endswith("_ids") and isinstance(value, list):
+                made += [f"{key.removesuffix('_ids')} {ident}" for ident in value]
         for key in ("final_train_loss", "final_val_loss"):
             if isinstance(result.get(key), int | float):
                 made.append(f"{key.removeprefix('final_')} {result[key]:.4f}")

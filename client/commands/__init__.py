@@ -24,8 +24,8 @@ from client.transfers import ChecksumMismatch
 
 
 def run(args: argparse.Namespace) -> int:
-    """Call the action's handler with a client for the configured server; turn API and network
-    errors into a message."""
+    """Call the action's handler with a client for the configured server (``--field`` implies
+    ``--json``); turn API and network errors into a message."""
     handler: Handler = args.handler
     common.selected = args.field
     args.json = args.json or args.field is not None

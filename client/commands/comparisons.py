@@ -182,10 +182,10 @@ def chart_results(client: GristmillClient, args: argparse.Namespace) -> int:
     results = client.comparisons.results(args.id)
     if args.json:
         emit_json({"votes": results["votes"], "ladder": results["ladder"]})
-        return EXIT_OK if results["ladder"] else EXIT_FAILED
-    if not results["ladder"]:
-        err.print(f"nothing to chart: {args.id} has no votes yet")
-        return EXIT_FAILED
+        return EXIT_OK
+    if not results["ladder"]:  # as the server's PNG says too: a state, not a failure
+        err.print(f"nothing to chart yet: {args.id} has no votes")
+        return EXIT_OK
     title = f"{args.id}: ratings (Elo scale, 95% CI) · {results['votes']} votes"
     print(charts.ladder_text(results["ladder"], title=title, width=min(out.width, 120)))
     return EXIT_OK

@@ -28,7 +28,8 @@ from client.commands.common import (
     take,
 )
 from client.http import GristmillClient, RetryPolicy
-from client.jobview import JsonJobView, LineJobView, LiveJobView
+from client.jobview import JsonJobView, LineJobView, LiveJobView, final_line, progress_line
+from client.statuses import JOB_FINAL
 from client.watch import JobView, watch_job
 
 if TYPE_CHECKING:
@@ -174,8 +175,12 @@ def show_job(client: GristmillClient, args: argparse.Namespace) -> int:
     job = client.jobs.get(args.id)
     if args.json:
         emit_json(job)
+        return EXIT_OK
+    out.print(render.details_table(job))
+    if job["status"] in JOB_FINAL:
+        out.print(final_line(job), highlight=False)
     else:
-        out.print(render.details_table(job))
+        out.print(f"{render.styled_status(job['status'])} {escape(progress_line(job, {}))}")
     return EXIT_OK
 
 

@@ -130,6 +130,8 @@ def test_the_final_line_names_what_a_job_made_or_why_it_failed() -> None:
 
     assert final_line(prepared).endswith("succeeded: source_dataset ds_a, train ds_b[/]")
     assert "failed: dataset.empty: empty" in final_line(failed)
+    quantized = {**base, "status": "succeeded", "result": {"model_ids": ["mdl_a", "mdl_b"]}}
+    assert final_line(quantized).endswith("succeeded: model mdl_a, model mdl_b[/]")
 
 
 def test_a_job_without_steps_says_how_long_it_ran_and_what_it_did() -> None:
@@ -158,7 +160,8 @@ def test_a_job_without_steps_says_how_long_it_ran_and_what_it_did() -> None:
     assert progress_line(running, {}).endswith(" · 1,792 done")
     assert progress_line(running, {}).startswith("for ")
     assert progress_line({**running, "status": "queued", "started_at": None}, {}) == ""
-    assert progress_line(trained, {"train_loss": 2.5}) == "step 20/20 · ETA 0:00 · - · loss 2.5000"
+    assert progress_line(trained, {"train_loss": 2.5}) == "step 20/20 · ETA 0:00 · loss 2.5000"
+    assert progress_line({**trained, "type": "quantize"}, {}) == "step 20/20 · ETA 0:00"
 
 
 def test_the_ladder_chart_puts_each_rating_inside_its_interval_best_first() -> None:
