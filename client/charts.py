@@ -1,10 +1,11 @@
 """Charts of a job's metrics: drawn with characters in the terminal (plotext) or into a PNG
-(matplotlib)."""
+(matplotlib); a comparison's rating ladder drawn with characters."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 Series = Mapping[str, tuple[Sequence[int], Sequence[float]]]
 """Metric name → (steps, values)."""
@@ -43,3 +44,31 @@ def plot_png(series: Series, out: Path, *, title: str) -> None:
     axes.legend()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, format="png")
+
+
+def ladder_text(ladder: Sequence[Mapping[str, Any]], *, title: str, width: int = 100) -> str:
+    """A comparison's ladder drawn with characters: each model's rating (●) inside its 95%
+    interval (├──┤), on one shared scale, best on top; ┆ marks 1000, the average model."""
+    label = max(len(str(row["model"])) for row in ladder)
+    cells = max(20, width - label - 8)
+    low = min(1000.0, *(float(min(row["ci95"][0], row["rating"])) for row in ladder))
+    high = max(1000.0, *(float(max(row["ci95"][1], row["rating"])) for row in ladder))
+    span = (high - low) or 1.0
+
+    def at(value: float) -> int:
+        return round((value - low) / span * (cells - 1))
+
+    lines = [title]
+    for row in ladder:
+        line = [" "] * cells
+        line[at(1000.0)] = "┆"
+        first, last = at(row["ci95"][0]), at(row["ci95"][1])
+        for i in range(first, last + 1):
+            line[i] = "─"
+        line[first], line[last] = "├", "┤"
+        line[at(row["rating"])] = "●"
+        lines.append(f"{row['model']:>{label}} {row['rating']:5.0f} {''.join(line)}".rstrip())
+    left, right = f"{low:.0f}", f"{high:.0f}"
+    axis = left + " " * max(1, cells - len(left) - len(right)) + right
+    lines.append(" " * (label + 7) + axis)
+    return "\n".join(lines)

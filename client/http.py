@@ -9,7 +9,8 @@ and land in place only when they match.
 
 This module is the transport: the request loop, paging and verified downloads. What the API
 offers lives in ``client.resources``, one module per collection, reached as attributes:
-``client.jobs``, ``client.datasets``, ``client.models``, ``client.tokenizers``.
+``client.jobs``, ``client.datasets``, ``client.models``, ``client.tokenizers``,
+``client.comparisons``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import hashlib
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,10 +29,11 @@ from typing import Any
 import httpx
 
 from client.resources.artifacts import Artifacts
+from client.resources.comparisons import Comparisons
 from client.resources.datasets import Datasets
 from client.resources.jobs import Jobs
 from client.resources.keys import Keys
-from client.transfers import CHUNK, ChecksumMismatch, ProgressFn
+from client.transfers import CHUNK, ChecksumMismatch, ProgressFn, ProgressReader
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -119,6 +121,7 @@ class GristmillClient:
         self.models = Artifacts(self, "models")
         self.tokenizers = Artifacts(self, "tokenizers")
         self.keys = Keys(self)
+        self.comparisons = Comparisons(self)
 
     def close(self) -> None:
         self.http.close()
@@ -182,6 +185,43 @@ class GristmillClient:
             if not page["has_more"] or not page["data"]:
                 return
             after = page["data"][-1]["id"]
+
+    # --- streamed upload and download ------------------------------------------------------
+
+    def upload(
+        self,
+        path: str,
+        file: Path,
+        *,
+        data: Mapping[str, str] | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
+        """POST ``file`` as a multipart upload to ``path``, hashing it on the way out (one read
+        of the file), and check the sha256 the server recorded against it. A mismatch deletes
+        what was created (``path/<id>``) and raises :class:`ChecksumMismatch`.
+
+        Only 429/503 answers are retried: a connection dropped mid-upload may have created the
+        object already, and a blind retry would make a second one.
+        """
+        with file.open("rb") as raw:
+            reader = ProgressReader(raw, on_progress)
+            response = self.request(
+                "POST",
+                path,
+                data=dict(data or {}),
+                files={"file": (file.name, reader, "application/octet-stream")},
+                retry_on_disconnect=False,
+                rewind=reader.rewind,
+                timeout=httpx.Timeout(self.timeout, write=None),
+            )
+        created = dict(response.json())
+        if created["sha256"] != reader.sha256.hexdigest():
+            self.request("DELETE", f"{path}/{created['id']}")
+            raise ChecksumMismatch(
+                f"the server stored sha256 {created['sha256']} for {file.name}, which hashed to "
+                f"{reader.sha256.hexdigest()} here; the upload was deleted"
+            )
+        return created
 
     # --- streamed download --------------------------------------------------------------------
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
-from client.render import human_seconds, short_time, styled_status
+from client.render import human_bytes, human_seconds, short_time, styled_status
 from client.statuses import JOB_FINAL
 
 LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
@@ -36,6 +36,68 @@ def progress_summary(job: Mapping[str, Any], metrics: Mapping[str, float]) -> di
         "rate": "-" if rate is None else f"{rate:,.0f} tok/s",
         "loss": loss_text,
     }
+
+
+def run_seconds(job: Mapping[str, Any], *, now: datetime | None = None) -> float | None:
+    """How long the job has run: to its end when it has one, else to ``now`` (None when it
+    has not started)."""
+    if not job.get("started_at"):
+        return None
+    started = _utc(job["started_at"])
+    if job.get("finished_at"):
+        end = _utc(job["finished_at"])
+    elif job["status"] in JOB_FINAL:
+        return None
+    else:
+        end = now or datetime.now(UTC)
+    return max(0.0, (end - started).total_seconds())
+
+
+def _utc(value: str) -> datetime:
+    when = datetime.fromisoformat(value)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def has_steps(job: Mapping[str, Any]) -> bool:
+    """Whether the job counts steps toward a known total (training); a job that only counts
+    what it has done (prepare's records, a probe) has no ETA to show."""
+    return bool((job.get("progress") or {}).get("total"))
+
+
+def figures_text(result: Mapping[str, Any], *, most: int = 4) -> str:
+    """A finished job's scalar figures, ids left out (the final line names those):
+    ``records in 3,000 · records out 2,850 · bytes out 1.2 MB``."""
+    shown = []
+    for key, value in result.items():
+        if key.endswith(("_id", "_ids")) or isinstance(value, bool):
+            continue
+        name = key.replace("_", " ")
+        if isinstance(value, int) and ("bytes" in key.split("_")):
+            shown.append(f"{name} {human_bytes(value)}")
+        elif isinstance(value, int):
+            shown.append(f"{name} {value:,}")
+        elif isinstance(value, float):
+            shown.append(f"{name} {value:.4g}")
+    return " · ".join(shown[:most])
+
+
+def progress_line(job: Mapping[str, Any], metrics: Mapping[str, float]) -> str:
+    """The job's progress as one line after its status. A job with steps: step/total, ETA and,
+    when it reports them, tokens/s and loss. One without: how long it ran and, once it has
+    ended, what it did."""
+    summary = progress_summary(job, metrics)
+    if has_steps(job):
+        known = [summary[k] for k in ("rate", "loss") if summary[k] != "-"]
+        return " · ".join([f"step {summary['steps']}", f"ETA {summary['eta']}", *known])
+    seconds = run_seconds(job)
+    if job["status"] not in JOB_FINAL:
+        if seconds is None:
+            return ""
+        done = (job.get("progress") or {}).get("step")
+        return f"for {human_seconds(seconds)}" + (f" · {done:,} done" if done else "")
+    took = f"in {human_seconds(seconds)}" if seconds is not None else ""
+    figures = figures_text(job.get("result") or {}) if job["status"] == "succeeded" else ""
+    return " · ".join(part for part in (took, figures) if part)
 
 
 def event_lines(event: Mapping[str, Any]) -> list[str]:
@@ -64,19 +126,17 @@ def event_lines(event: Mapping[str, Any]) -> list[str]:
 def final_line(job: Mapping[str, Any]) -> str:
     """One line that says how the job ended: what it made, or what went wrong."""
     status, result = job["status"], job.get("result") or {}
-    took = ""
-    if job.get("started_at") and job.get("finished_at"):
-        seconds = (
-            datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])
-        ).total_seconds()
-        took = f" in {human_seconds(seconds)}"
+    seconds = run_seconds(job)
+    took = f" in {human_seconds(seconds)}" if seconds is not None else ""
     if status == "succeeded":
         made = [
             f"{k.removesuffix('_id')} {v}" for k, v in result.items() if k.endswith("_id") and v
         ]
-        for key, value in result.items():  # e.g. prepare's {"dataset_ids": {"train": …}}
-            if key.endswith("_ids") and isinstance(value, dict):
+        for key, value in result.items():  # prepare's {"dataset_ids": {"train": …}}, quantize's
+            if key.endswith("_ids") and isinstance(value, dict):  # {"model_ids": [...]}
                 made += [f"{name} {ident}" for name, ident in value.items()]
+            elif key.endswith("_ids") and isinstance(value, list):
+                made += [f"{key.removesuffix('_ids')} {ident}" for ident in value]
         for key in ("final_train_loss", "final_val_loss"):
             if isinstance(result.get(key), int | float):
                 made.append(f"{key.removeprefix('final_')} {result[key]:.4f}")
@@ -99,10 +159,7 @@ class LiveJobView:
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            TextColumn("{task.fields[summary][steps]}"),
-            TextColumn("ETA {task.fields[summary][eta]}"),
-            TextColumn("{task.fields[summary][rate]}"),
-            TextColumn("{task.fields[summary][loss]}"),
+            TextColumn("{task.fields[line]}"),
             console=console,
             transient=False,
             refresh_per_second=4,
@@ -113,7 +170,7 @@ class LiveJobView:
         self.console.print(f"Watching {job['id']} ({job['type']}); Ctrl-C stops watching.")
         self.progress.start()
         self.task = self.progress.add_task(
-            self._description(job), total=None, summary=progress_summary(job, {})
+            self._description(job), total=None, line=escape(progress_line(job, {}))
         )
 
     def _description(self, job: Mapping[str, Any]) -> str:
@@ -131,7 +188,7 @@ class LiveJobView:
             description=self._description(job),
             total=total,
             completed=done,
-            summary=progress_summary(job, metrics),
+            line=escape(progress_line(job, metrics)),
         )
 
     def event(self, event: Mapping[str, Any]) -> None:
@@ -161,11 +218,7 @@ class LineJobView(LiveJobView):
         self.console.print(f"Watching {job['id']} ({job['type']}); Ctrl-C stops watching.")
 
     def update(self, job: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        summary = progress_summary(job, metrics)
-        text = (
-            f"{job['status']} step {summary['steps']} · ETA {summary['eta']} · "
-            f"{summary['rate']} · {summary['loss']}"
-        )
+        text = f"{job['status']} {progress_line(job, metrics)}".rstrip()
         now = time.monotonic()
         due = now - self._last >= self.every_s or job["status"] in JOB_FINAL
         if text != self._last_text and due:

@@ -1,5 +1,5 @@
-"""The client's command groups (``datasets``, ``jobs``, ``models``, ``tokenizers``) in
-``gristmill``'s parser.
+"""The client's command groups (``datasets``, ``jobs``, ``models``, ``tokenizers``,
+``comparisons``) in ``gristmill``'s parser.
 
 Only argparse here. A group's actions are declared by its own module, ``client.commands.<module>``
 (which loads httpx and rich), and that module is imported only when the command line names its
@@ -33,11 +33,12 @@ class Group:
 
 
 GROUPS: dict[str, Group] = {
-    "datasets": Group("upload, list, show and download datasets", "datasets"),
-    "jobs": Group("submit, list, watch, plot and cancel jobs", "jobs"),
-    "models": Group("list, show and download models", "artifacts"),
+    "datasets": Group("upload, list, show, download and delete datasets", "datasets"),
+    "jobs": Group("submit, list, watch, plot, pause, resume and cancel jobs", "jobs"),
+    "models": Group("upload, list, show, download and delete models", "artifacts"),
     "tokenizers": Group("list, show and download tokenizers", "artifacts"),
     "keys": Group("list, create, rotate and revoke API keys", "keys"),
+    "comparisons": Group("compare models blind: create, invite raters, results", "comparisons"),
 }
 CLIENT_COMMANDS = tuple(GROUPS)
 
@@ -50,6 +51,12 @@ def _common() -> argparse.ArgumentParser:
         "--key", help="API key (default $GRISTMILL_API_KEY, or a local server's key file)"
     )
     group.add_argument("--json", action="store_true", help="print JSON for scripts")
+    group.add_argument(
+        "--field",
+        metavar="PATH",
+        help="print only this field of the JSON answer, for shell variables "
+        "(id, result.model_id, result.model_ids.1); progress goes to stderr",
+    )
     return common
 
 

@@ -35,13 +35,16 @@ STATUS_STYLE = {
     "ready": "green",
     "failed": "red",
     "cancelled": "magenta",
+    "generating": "yellow",
+    "open": "green",
 }
-"""A colour for every job and dataset status (``client.statuses``)."""
+"""A colour for every job, dataset and comparison status (``client.statuses``)."""
 TABLE_TIME = "%m-%d %H:%M"
 
 
 def styled_status(status: str) -> str:
-    return f"[{STATUS_STYLE.get(status, '')}]{status}[/]"
+    style = STATUS_STYLE.get(status)
+    return f"[{style}]{escape(status)}[/]" if style else escape(status)
 
 
 def human_bytes(size: float | None) -> str:
@@ -163,6 +166,25 @@ def print_validation(console: Console, dataset: Mapping[str, Any], *, max_errors
         console.print(f"  {where}{escape(str(error.get('reason', error)))}{code}")
     if len(errors) > max_errors:
         console.print(f"  … and {len(errors) - max_errors} more listed by the server")
+
+
+def print_model_import(
+    console: Console, model: Mapping[str, Any], error: Mapping[str, Any]
+) -> None:
+    """The outcome of an uploaded model's checks: what it is, or why it was refused."""
+    if model["status"] == "ready":
+        details = model.get("details") or {}
+        parameters = details.get("parameters")
+        size = f", {parameters:,} parameters" if isinstance(parameters, int) else ""
+        console.print(
+            f"[green]✔[/] {model['id']} ready: {escape(str(details.get('architecture', '-')))}"
+            f"{size}, {human_bytes(model.get('size_bytes'))}"
+        )
+        return
+    console.print(
+        f"[red]✘[/] {model['id']} failed: {escape(str(error.get('code')))}: "
+        f"{escape(str(error.get('message')))}"
+    )
 
 
 # --- transfers ----------------------------------------------------------------------------

@@ -18,3 +18,6 @@ JOB_STATUSES = frozenset({"queued", "running", "cancelling", "pausing", "paused"
 
 DATASET_STATUSES = frozenset({"validating", "ready", "failed"})
 """Every status a dataset (or an uploaded model) can have."""
+
+COMPARISON_STATUSES = frozenset({"generating", "open", "failed"})
+"""Every status a comparison can have: its answers being written, open for rating, or failed."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -72,3 +73,23 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def pack_folder(folder: Path, archive: Path) -> int:
+    """Pack ``folder`` into an uncompressed tar at ``archive`` (one top folder, as the model
+    import expects); returns the number of files.
+
+    Plain tar, not gzip: weights hardly compress and gzip would cost minutes on a large model.
+    Links are followed, so a Hugging Face cache snapshot (a folder of links into its blobs)
+    packs as the files themselves; hidden folders (``.git``, ``.cache``) stay out.
+    """
+    files = 0
+    with tarfile.open(archive, "w", dereference=True) as tar:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if any(part.startswith(".") and part != ".gitattributes" for part in rel.parts):
+                continue
+            if path.is_file():
+                tar.add(path, arcname=f"{folder.name}/{rel.as_posix()}", recursive=False)
+                files += 1
+    return files

@@ -4,7 +4,8 @@ for models and tokenizers). Each declares its actions for the parser (``add_acti
 ``GristmillClient`` and prints for people (rich) or, with ``--json``, for scripts.
 
 Exit codes: 0 done, 1 the thing failed (a failed job or dataset, an API error, a checksum
-mismatch), 2 unusable arguments, 130 watching interrupted.
+mismatch, a ``--field`` the answer does not have), 2 unusable arguments, 130 watching
+interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import httpx
 from rich.markup import escape
 
+from client.commands import common
 from client.commands.common import EXIT_FAILED, EXIT_INTERRUPTED, Handler, err
 from client.config import resolve_config
 from client.http import ApiError, GristmillClient
@@ -22,9 +24,11 @@ from client.transfers import ChecksumMismatch
 
 
 def run(args: argparse.Namespace) -> int:
-    """Call the action's handler with a client for the configured server; turn API and network
-    errors into a message."""
+    """Call the action's handler with a client for the configured server (``--field`` implies
+    ``--json``); turn API and network errors into a message."""
     handler: Handler = args.handler
+    common.selected = args.field
+    args.json = args.json or args.field is not None
     config = resolve_config(url=args.url, key=args.key)
     client = GristmillClient(
         config.url,
@@ -43,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         err.print(
             f"[red]error:[/] cannot reach {config.url}: {escape(str(exc) or type(exc).__name__)}"
         )
+    except common.MissingField as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
     except ChecksumMismatch as exc:
         err.print(f"[red]checksum mismatch:[/] {escape(str(exc))}; nothing was kept")
     except KeyboardInterrupt:

@@ -1,5 +1,6 @@
 """What every command group uses: the consoles, exit codes, JSON output for scripts, the
-handler signature and the read actions (list, show, download) every stored kind has."""
+handler signature, waiting for a status to change, and the read actions (list, show, download)
+every stored kind has."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import itertools
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +37,54 @@ out = _console(sys.stdout)
 err = _console(sys.stderr)
 
 
+class MissingField(Exception):
+    """``--field`` named something the answer does not hold."""
+
+
+selected: str | None = None
+"""The ``--field`` of this command line, if any (set once by ``client.commands.run``)."""
+
+
+def pick(value: Any, path: str) -> Any:
+    """``result.model_ids.1`` of a JSON value: keys of objects, indexes of lists."""
+    for key in path.split("."):
+        try:
+            value = value[int(key)] if isinstance(value, list) else value[key]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise MissingField(f"the answer has no field {path!r} (at {key!r})") from None
+    return value
+
+
 def emit_json(value: Any) -> None:
+    """JSON for scripts; with ``--field``, that one field (a string bare, for ``$(…)``)."""
+    if selected is not None:
+        value = pick(value, selected)
+        if not isinstance(value, dict | list):
+            print(value if isinstance(value, str) else json.dumps(value))
+            return
     print(json.dumps(value, indent=2))
+
+
+def emit_list(items: list[dict[str, Any]]) -> None:
+    """A list for scripts in the API's own shape, whatever the command lists."""
+    emit_json({"object": "list", "data": items})
+
+
+def wait_while(
+    fetch: Callable[[], dict[str, Any]],
+    status: str,
+    what: str,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Poll ``fetch`` until what it returns leaves ``status`` (a spinner on stderr meanwhile):
+    an upload being validated, a comparison being generated."""
+    with err.status(f"{what}…"):
+        while True:
+            item = fetch()
+            if item["status"] != status:
+                return item
+            sleep(0.5)
 
 
 def take(items: Iterator[dict[str, Any]], limit: int) -> list[dict[str, Any]]:

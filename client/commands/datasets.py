@@ -1,11 +1,9 @@
-"""``gristmill datasets``: upload (streamed, optionally waiting for validation), list, show and
-download datasets."""
+"""``gristmill datasets``: upload (streamed, optionally waiting for validation), list, show,
+download and delete datasets."""
 
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +14,11 @@ from client.commands.common import (
     add_read_actions,
     downloaded,
     emit_json,
+    emit_list,
     err,
     out,
     take,
+    wait_while,
 )
 from client.http import GristmillClient
 
@@ -38,6 +38,9 @@ def add_actions(actions: SubParsers, leaf: Leaf, group: str) -> None:
         "--wait", action="store_true", help="wait for validation; exit 1 if it fails"
     )
     upload.set_defaults(handler=upload_dataset)
+    delete = leaf(actions, "delete", "delete a dataset (refused while a job reads it)")
+    delete.add_argument("id")
+    delete.set_defaults(handler=delete_dataset)
     add_read_actions(
         actions,
         leaf,
@@ -70,21 +73,16 @@ def upload_dataset(client: GristmillClient, args: argparse.Namespace) -> int:
     return EXIT_OK if dataset["status"] == "ready" else EXIT_FAILED
 
 
-def wait_for_dataset(
-    client: GristmillClient, dataset_id: str, *, sleep: Callable[[float], None] = time.sleep
-) -> dict[str, Any]:
-    with err.status(f"validating {dataset_id}…"):
-        while True:
-            dataset = client.datasets.get(dataset_id)
-            if dataset["status"] != "validating":
-                return dataset
-            sleep(0.5)
+def wait_for_dataset(client: GristmillClient, dataset_id: str) -> dict[str, Any]:
+    return wait_while(
+        lambda: client.datasets.get(dataset_id), "validating", f"validating {dataset_id}"
+    )
 
 
 def list_datasets(client: GristmillClient, args: argparse.Namespace) -> int:
     items = take(client.datasets.list(), args.limit)
     if args.json:
-        emit_json(items)
+        emit_list(items)
     else:
         out.print(render.datasets_table(items))
     return EXIT_OK
@@ -98,6 +96,15 @@ def show_dataset(client: GristmillClient, args: argparse.Namespace) -> int:
         out.print(render.details_table(dataset))
         if dataset["status"] == "failed":
             render.print_validation(out, dataset)
+    return EXIT_OK
+
+
+def delete_dataset(client: GristmillClient, args: argparse.Namespace) -> int:
+    client.datasets.delete(args.id)
+    if args.json:
+        emit_json({"id": args.id, "object": "dataset", "deleted": True})
+    else:
+        out.print(f"deleted {args.id}")
     return EXIT_OK
 
 

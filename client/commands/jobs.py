@@ -1,4 +1,4 @@
-"""``gristmill jobs``: submit, list, show, cancel, watch and plot jobs.
+"""``gristmill jobs``: submit, list, show, cancel, pause, resume, watch and plot jobs.
 
 The pattern for every group: ``add_actions`` declares each action's arguments and handler;
 each handler takes the client and the parsed arguments and returns an exit code.
@@ -15,18 +15,21 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from client import charts, render
+from client.commands import common
 from client.commands.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     emit_json,
+    emit_list,
     err,
     out,
     take,
 )
 from client.http import GristmillClient, RetryPolicy
-from client.jobview import JsonJobView, LineJobView, LiveJobView
+from client.jobview import JsonJobView, LineJobView, LiveJobView, final_line, progress_line
+from client.statuses import JOB_FINAL
 from client.watch import JobView, watch_job
 
 if TYPE_CHECKING:
@@ -58,6 +61,12 @@ def add_actions(actions: SubParsers, leaf: Leaf, group: str) -> None:
     cancel = leaf(actions, "cancel", "cancel a job")
     cancel.add_argument("id")
     cancel.set_defaults(handler=cancel_job)
+    pause = leaf(actions, "pause", "pause a job: a running one stops at its next checkpoint")
+    pause.add_argument("id")
+    pause.set_defaults(handler=pause_job)
+    resume = leaf(actions, "resume", "resume a paused job from its checkpoint")
+    resume.add_argument("id")
+    resume.set_defaults(handler=resume_job)
     watch = leaf(actions, "watch", "follow a job live until it ends (Ctrl-C stops watching only)")
     watch.add_argument("id")
     watch.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
@@ -125,14 +134,17 @@ def watch_one(client: GristmillClient, args: argparse.Namespace) -> int:
 def follow(
     client: GristmillClient, job_id: str, *, json_output: bool, interval: float = 1.0
 ) -> int:
-    """Watch until the job ends. Ctrl-C stops watching, never the job."""
+    """Watch until the job ends. Ctrl-C stops watching, never the job. With ``--field`` people
+    see the progress on stderr and stdout gets the field of the job as it ended."""
     view: JobView
-    if json_output:
+    picking = json_output and common.selected is not None
+    console = err if picking else out
+    if json_output and not picking:
         view = JsonJobView()
-    elif out.is_terminal:
-        view = LiveJobView(out)
+    elif console.is_terminal:
+        view = LiveJobView(console)
     else:
-        view = LineJobView(out)
+        view = LineJobView(console)
     # The watch loop does its own backoff (and says so); the client retries only briefly.
     client.retry, client.on_retry = RetryPolicy(attempts=2, max_s=2.0), None
     try:
@@ -145,13 +157,15 @@ def follow(
             f"  Cancel it:   gristmill jobs cancel {job_id}"
         )
         return EXIT_INTERRUPTED
+    if picking and job["status"] == "succeeded":
+        emit_json(job)
     return EXIT_OK if job["status"] == "succeeded" else EXIT_FAILED
 
 
 def list_jobs(client: GristmillClient, args: argparse.Namespace) -> int:
     jobs = take(client.jobs.list(job_type=args.job_type, status=args.status), args.limit)
     if args.json:
-        emit_json(jobs)
+        emit_list(jobs)
     else:
         out.print(render.jobs_table(jobs))
     return EXIT_OK
@@ -161,13 +175,30 @@ def show_job(client: GristmillClient, args: argparse.Namespace) -> int:
     job = client.jobs.get(args.id)
     if args.json:
         emit_json(job)
+        return EXIT_OK
+    out.print(render.details_table(job))
+    if job["status"] in JOB_FINAL:
+        out.print(final_line(job), highlight=False)
     else:
-        out.print(render.details_table(job))
+        out.print(f"{render.styled_status(job['status'])} {escape(progress_line(job, {}))}")
     return EXIT_OK
 
 
 def cancel_job(client: GristmillClient, args: argparse.Namespace) -> int:
-    job = client.jobs.cancel(args.id)
+    return _print_state(client.jobs.cancel(args.id), args)
+
+
+def pause_job(client: GristmillClient, args: argparse.Namespace) -> int:
+    return _print_state(client.jobs.pause(args.id), args)
+
+
+def resume_job(client: GristmillClient, args: argparse.Namespace) -> int:
+    return _print_state(client.jobs.resume(args.id), args)
+
+
+def _print_state(job: Mapping[str, Any], args: argparse.Namespace) -> int:
+    """A job after a change of state was asked for: where it is now (the server answers with
+    the job unchanged when the change does not apply, e.g. resuming a running job)."""
     if args.json:
         emit_json(job)
     else:

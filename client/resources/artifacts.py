@@ -1,5 +1,6 @@
 """``/v1/models`` and ``/v1/tokenizers``: stored artifacts, each a folder of files listed in a
-manifest whose sha256 is the artifact's own; downloads are checked file by file against it."""
+manifest whose sha256 is the artifact's own; downloads are checked file by file against it.
+Models are also uploaded (an archive the server imports) and deleted."""
 
 from __future__ import annotations
 
@@ -30,6 +31,20 @@ class Artifacts:
 
     def list(self, *, limit: int = 100) -> Iterator[dict[str, Any]]:
         return self.client.paginate(f"/{self.collection}", limit=limit)
+
+    def upload(
+        self, archive: Path, *, name: str | None = None, on_progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
+        """Stream a model archive (``.tar``, ``.tar.gz`` or ``.zip`` of a Hugging Face folder);
+        the server imports it in the background (``validating`` → ``ready`` or ``failed``)."""
+        data = {"name": name} if name else {}
+        return self.client.upload(
+            f"/{self.collection}", archive, data=data, on_progress=on_progress
+        )
+
+    def delete(self, artifact_id: str) -> dict[str, Any]:
+        """Refused while a job uses it."""
+        return dict(self.client.request("DELETE", f"/{self.collection}/{artifact_id}").json())
 
     def files(self, artifact_id: str) -> Manifest:
         """The manifest: every file's path, size and sha256, checked against the artifact's own

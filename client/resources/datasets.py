@@ -1,5 +1,5 @@
-"""``/v1/datasets``: streamed uploads checked against the server's sha256, reads, lists and
-verified downloads."""
+"""``/v1/datasets``: streamed uploads checked against the server's sha256, reads, lists,
+deletes and verified downloads."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from client.transfers import ChecksumMismatch, ProgressFn, ProgressReader
+from client.transfers import ProgressFn
 
 if TYPE_CHECKING:
     from client.http import GristmillClient
@@ -27,39 +25,19 @@ class Datasets:
         options: Mapping[str, str] | None = None,
         on_progress: ProgressFn | None = None,
     ) -> dict[str, Any]:
-        """Stream ``path`` as a multipart upload, hashing it on the way out (one read of the
-        file), and check the sha256 the server recorded against it. A mismatch deletes the
-        dataset and raises :class:`ChecksumMismatch`.
-
-        Only 429/503 answers are retried: a connection dropped mid-upload may have created the
-        dataset already, and a blind retry would make a second one.
-        """
+        """Stream ``path`` (see :meth:`GristmillClient.upload`): validated in the background."""
         data = {**({"name": name} if name else {}), **(options or {})}
-        with path.open("rb") as raw:
-            reader = ProgressReader(raw, on_progress)
-            response = self.client.request(
-                "POST",
-                "/datasets",
-                data=data,
-                files={"file": (path.name, reader, "application/octet-stream")},
-                retry_on_disconnect=False,
-                rewind=reader.rewind,
-                timeout=httpx.Timeout(self.client.timeout, write=None),
-            )
-        dataset = dict(response.json())
-        if dataset["sha256"] != reader.sha256.hexdigest():
-            self.client.request("DELETE", f"/datasets/{dataset['id']}")
-            raise ChecksumMismatch(
-                f"the server stored sha256 {dataset['sha256']} for {path.name}, which hashed to "
-                f"{reader.sha256.hexdigest()} here; the upload was deleted"
-            )
-        return dataset
+        return self.client.upload("/datasets", path, data=data, on_progress=on_progress)
 
     def get(self, dataset_id: str) -> dict[str, Any]:
         return self.client.get(f"/datasets/{dataset_id}")
 
     def list(self, *, limit: int = 100) -> Iterator[dict[str, Any]]:
         return self.client.paginate("/datasets", limit=limit)
+
+    def delete(self, dataset_id: str) -> None:
+        """Refused (409) while a queued or running job reads it."""
+        self.client.request("DELETE", f"/datasets/{dataset_id}")
 
     def download(
         self, dataset_id: str, folder: Path, *, on_progress: ProgressFn | None = None

@@ -1,4 +1,5 @@
-"""``/v1/jobs``: submit, read, list and cancel jobs; their events and metrics, for polling."""
+"""``/v1/jobs``: submit, read, list, cancel, pause and resume jobs; their events and metrics,
+for polling."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ class Jobs:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self.client.request("POST", f"/jobs/{job_id}/cancel").json())
+
+    def pause(self, job_id: str) -> dict[str, Any]:
+        return dict(self.client.request("POST", f"/jobs/{job_id}/pause").json())
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        return dict(self.client.request("POST", f"/jobs/{job_id}/resume").json())
 
     def events(self, job_id: str, *, after: int | None = None) -> Iterator[dict[str, Any]]:
         """Events after the id ``after``, oldest first (events are paged by their integer id)."""

@@ -126,7 +126,7 @@ def test_watch_follows_a_short_pretrain_to_its_end(
     assert f"model {model_id}" in final
 
     listed = json.loads(ok(server.cli("jobs", "list", "--type", "pretrain", "--json")))
-    assert job_id in [job["id"] for job in listed]
+    assert listed["object"] == "list" and job_id in [job["id"] for job in listed["data"]]
     assert job_id in ok(server.cli("jobs", "list"))  # ids stay whole in the table
     again = ok(server.cli("jobs", "watch", job_id))  # a finished job: just the final line
     assert again.strip().splitlines()[-1] == final

@@ -1,4 +1,5 @@
-"""Parameters from ``--param`` pairs, and where the CLI finds its server and key."""
+"""Parameters from ``--param`` pairs, where the CLI finds its server and key, and what it
+shows of a job and a comparison."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import pytest
 from app.datasets.schemas import DatasetRead
 from app.jobs.states import FINAL_STATES, JobStatus
 from app.settings import Settings
+from client.charts import ladder_text
 from client.commands.jobs import parse_params
 from client.config import DEFAULT_DATA_DIR, resolve_config
-from client.jobview import final_line
+from client.jobview import final_line, progress_line
 from client.render import STATUS_STYLE
-from client.statuses import DATASET_STATUSES, JOB_FINAL, JOB_STATUSES
+from client.statuses import COMPARISON_STATUSES, DATASET_STATUSES, JOB_FINAL, JOB_STATUSES
 from tests.serving import free_port
 
 
@@ -99,7 +101,7 @@ def test_the_clients_vocabulary_is_the_servers() -> None:
     assert {s.value for s in JobStatus} == JOB_STATUSES
     assert {s.value for s in FINAL_STATES} == JOB_FINAL
     assert set(get_args(DatasetRead.model_fields["status"].annotation)) == DATASET_STATUSES
-    assert set(STATUS_STYLE) >= JOB_STATUSES | DATASET_STATUSES
+    assert set(STATUS_STYLE) >= JOB_STATUSES | DATASET_STATUSES | COMPARISON_STATUSES
     assert Path(DEFAULT_DATA_DIR) == Settings.model_fields["data_dir"].default
 
 
@@ -128,3 +130,51 @@ def test_the_final_line_names_what_a_job_made_or_why_it_failed() -> None:
 
     assert final_line(prepared).endswith("succeeded: source_dataset ds_a, train ds_b[/]")
     assert "failed: dataset.empty: empty" in final_line(failed)
+    quantized = {**base, "status": "succeeded", "result": {"model_ids": ["mdl_a", "mdl_b"]}}
+    assert final_line(quantized).endswith("succeeded: model mdl_a, model mdl_b[/]")
+
+
+def test_a_job_without_steps_says_how_long_it_ran_and_what_it_did() -> None:
+    """A prepare job counts records, not steps toward a total: no ETA to show. Running, its
+    line says for how long and how much; finished, how long it took and its figures."""
+    base = {"id": "job_1", "type": "prepare", "started_at": "2026-01-01T00:00:00+00:00"}
+    running = {**base, "status": "running", "progress": {"step": 1792}, "finished_at": None}
+    done = {
+        **base,
+        "status": "succeeded",
+        "progress": {"step": 1792},
+        "finished_at": "2026-01-01T00:00:12+00:00",
+        "result": {
+            "dataset_ids": {"train": "ds_b"},
+            "kind": "text",
+            "records_in": 3000,
+            "records_out": 2850,
+            "bytes_out": 1_200_000,
+        },
+    }
+    trained = {**done, "type": "pretrain", "progress": {"step": 20, "total": 20, "eta_s": 0}}
+
+    assert progress_line(done, {}) == (
+        "in 0:12 · records in 3,000 · records out 2,850 · bytes out 1.2 MB"
+    )
+    assert progress_line(running, {}).endswith(" · 1,792 done")
+    assert progress_line(running, {}).startswith("for ")
+    assert progress_line({**running, "status": "queued", "started_at": None}, {}) == ""
+    assert progress_line(trained, {"train_loss": 2.5}) == "step 20/20 · ETA 0:00 · loss 2.5000"
+    assert progress_line({**trained, "type": "quantize"}, {}) == "step 20/20 · ETA 0:00"
+
+
+def test_the_ladder_chart_puts_each_rating_inside_its_interval_best_first() -> None:
+    ladder = [
+        {"model": "mdl_a", "rating": 1100.0, "ci95": [1050.0, 1150.0]},
+        {"model": "mdl_bb", "rating": 900.0, "ci95": [850.0, 950.0]},
+    ]
+
+    lines = ladder_text(ladder, title="t", width=60).splitlines()
+
+    assert lines[0] == "t" and lines[-1].split() == ["850", "1150"]
+    first, second = lines[1], lines[2]
+    assert first.split()[:2] == ["mdl_a", "1100"] and second.split()[:2] == ["mdl_bb", "900"]
+    for line in (first, second):
+        assert line.index("├") < line.index("●") < line.index("┤")
+    assert second.index("┤") < second.index("┆") < first.index("├")  # 1000 lies between them

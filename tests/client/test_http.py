@@ -1,10 +1,12 @@
 """The HTTP client against scripted servers (httpx.MockTransport): retries and backoff,
-pagination, streamed uploads and verified downloads, and the watch loop through an outage."""
+pagination, streamed uploads and verified downloads, and the watch loop through an outage; and
+a model folder packed for upload."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -15,7 +17,7 @@ import httpx
 import pytest
 
 from client.http import ApiError, GristmillClient, RetryPolicy, parse_retry_after
-from client.transfers import ChecksumMismatch
+from client.transfers import ChecksumMismatch, pack_folder
 from client.watch import watch_job
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -358,3 +360,36 @@ def test_watch_rides_out_a_dropped_connection_with_backoff() -> None:
     watch_waits = [s for s in sleeps if s >= 1.0]
     assert watch_waits == [1.0, 2.0, 3.0]  # backoff 1, 2, then capped at 3
     assert "update succeeded {'train_loss': 2.5}" in view.lines
+
+
+def test_a_model_folder_packs_with_links_followed_and_hidden_folders_left_out(
+    tmp_path: Path,
+) -> None:
+    """A Hugging Face cache snapshot is a folder of links into its blobs: the tar holds the
+    files themselves (the import refuses links), under one top folder; .git and .cache stay out."""
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "abc123").write_bytes(b"weights")
+    folder = tmp_path / "snapshot"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").symlink_to(blobs / "abc123")
+    (folder / "sub" / "tokenizer.json").write_text("{}")
+    (folder / ".gitattributes").write_text("*.safetensors filter=lfs")
+    for hidden in (".git", ".cache"):
+        (folder / hidden).mkdir()
+        (folder / hidden / "HEAD").write_text("x")
+
+    files = pack_folder(folder, tmp_path / "out.tar")
+
+    with tarfile.open(tmp_path / "out.tar") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        weights = tar.extractfile(members["snapshot/model.safetensors"])
+        assert weights is not None and weights.read() == b"weights"
+    assert sorted(members) == [
+        "snapshot/.gitattributes",
+        "snapshot/config.json",
+        "snapshot/model.safetensors",
+        "snapshot/sub/tokenizer.json",
+    ]
+    assert files == 4 and all(m.isfile() for m in members.values())
