@@ -56,17 +56,21 @@ def ladder_text(ladder: Sequence[Mapping[str, Any]], *, title: str, width: int =
     span = (high - low) or 1.0
 
     def at(value: float) -> int:
-        return round((value - low) / span * (cells - 1))
+        return 1 + round((value - low) / span * (cells - 3))  # a free cell at both ends
 
     lines = [title]
     for row in ladder:
         line = [" "] * cells
         line[at(1000.0)] = "┆"
-        first, last = at(row["ci95"][0]), at(row["ci95"][1])
+        first, last, dot = at(row["ci95"][0]), at(row["ci95"][1]), at(row["rating"])
+        # A bound that falls in the rating's own cell moves out by one cell (within the
+        # scale's rounding), so the interval stays visible next to the ●.
+        first = first - 1 if first == dot else first
+        last = last + 1 if last == dot else last
         for i in range(first, last + 1):
             line[i] = "─"
         line[first], line[last] = "├", "┤"
-        line[at(row["rating"])] = "●"
+        line[dot] = "●"
         lines.append(f"{row['model']:>{label}} {row['rating']:5.0f} {''.join(line)}".rstrip())
     left, right = f"{low:.0f}", f"{high:.0f}"
     axis = left + " " * max(1, cells - len(left) - len(right)) + right

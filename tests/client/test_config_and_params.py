@@ -178,3 +178,14 @@ def test_the_ladder_chart_puts_each_rating_inside_its_interval_best_first() -> N
     for line in (first, second):
         assert line.index("├") < line.index("●") < line.index("┤")
     assert second.index("┤") < second.index("┆") < first.index("├")  # 1000 lies between them
+
+
+def test_the_ladder_chart_shows_an_interval_that_collapsed_onto_its_rating() -> None:
+    """Few votes, all one way: the bootstrap interval can equal the rating, at either end."""
+    ladder = [
+        {"model": "mdl_a", "rating": 1100.0, "ci95": [1100.0, 1100.0]},
+        {"model": "mdl_b", "rating": 900.0, "ci95": [900.0, 900.0]},
+    ]
+
+    for line in ladder_text(ladder, title="t", width=60).splitlines()[1:3]:
+        assert line.index("├") < line.index("●") < line.index("┤"), line
