@@ -195,19 +195,17 @@ def load_model(ref: ModelRef, *, threads: int | None = None) -> LlamaCppModel:
     if template:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        # The same eos/bos texts llama-cpp-python gives its own formatter for this file.
+        # A template's ``bos_token``/``eos_token`` are the file's own, or empty where it names
+        # none (llama.cpp reports a default id even then, which transformers would not use).
+        meta = llm.metadata
         chat = Jinja2ChatFormatter(
             template=template,
-            eos_token=_token_text(llm, llm.token_eos()),
-            bos_token=_token_text(llm, llm.token_bos()),
+            eos_token=_text(llm, llm.token_eos()) if "tokenizer.ggml.eos_token_id" in meta else "",
+            bos_token=_text(llm, llm.token_bos()) if "tokenizer.ggml.bos_token_id" in meta else "",
         )
     size = estimate_bytes(ref)
     log.info("loaded %s in llama.cpp (%.1f MiB with its KV cache)", ref.id, size / 2**20)
     return LlamaCppModel(llm, chat, shape.context_length, size)
-
-
-def _token_text(llm: Any, token: int) -> str:
-    return str(llm._model.token_get_text(token)) if token >= 0 else ""
 
 
 class _Pieces:
