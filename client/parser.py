@@ -30,6 +30,9 @@ class Group:
     module: str
     """``client.commands.<module>``, whose ``add_actions(actions, leaf, group)`` adds the group's
     actions, each with its handler (``set_defaults(handler=…)``)."""
+    command: bool = False
+    """A command without actions (``gristmill chat MODEL``): ``add_command(parser, name)`` adds
+    its arguments and handler to the command's own parser."""
 
 
 GROUPS: dict[str, Group] = {
@@ -37,6 +40,8 @@ GROUPS: dict[str, Group] = {
     "jobs": Group("submit, list, watch, plot and cancel jobs", "jobs"),
     "models": Group("list, show and download models", "artifacts"),
     "tokenizers": Group("list, show and download tokenizers", "artifacts"),
+    "chat": Group("chat with a model in the terminal, answers streamed", "chat", command=True),
+    "complete": Group("stream a model's continuation of a prompt", "chat", command=True),
 }
 CLIENT_COMMANDS = tuple(GROUPS)
 
@@ -62,7 +67,11 @@ def add_client_parsers(sub: SubParsers, argv: Sequence[str]) -> None:
         return actions.add_parser(name, help=help_text, description=help_text, parents=[common])
 
     for name, group in GROUPS.items():
-        parser = sub.add_parser(name, help=group.help)
+        parents = [common] if group.command else []
+        parser = sub.add_parser(name, help=group.help, parents=parents)
         if list(argv[:1]) == [name]:
             module = importlib.import_module(f"client.commands.{group.module}")
-            module.add_actions(parser.add_subparsers(dest="action", required=True), leaf, name)
+            if group.command:
+                module.add_command(parser, name)
+            else:
+                module.add_actions(parser.add_subparsers(dest="action", required=True), leaf, name)
