@@ -29,8 +29,10 @@ CHAT = [
 ]
 
 
-def export_gguf(model_dir: Path, out: Path, *, chat_template: bool = True) -> Path:
-    """The folder a quantize job registers: one GGUF file (f32 here) written by the pipeline."""
+def export_gguf(
+    model_dir: Path, out: Path, *, chat_template: bool = True, kind: str = "f32"
+) -> Path:
+    """The folder a quantize job registers: one GGUF file written by the pipeline."""
     from transformers import AutoModelForCausalLM
 
     info = read_arch(model_dir)
@@ -39,7 +41,7 @@ def export_gguf(model_dir: Path, out: Path, *, chat_template: bool = True) -> Pa
         vocab = dataclasses.replace(vocab, chat_template=None)
     state = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
     out.mkdir(parents=True, exist_ok=True)
-    write_gguf(state, info, vocab, out / "tiny-f32.gguf", "f32", name="tiny")
+    write_gguf(state, info, vocab, out / f"tiny-{kind}.gguf", kind, name="tiny")
     return out
 
 
@@ -164,6 +166,19 @@ def test_no_template_and_a_long_prompt_are_refused_as_for_hugging_face_models(
         refused = httpx.post(f"{service}/v1/completions", json={**long, "model": model})
         assert refused.status_code == 400
         assert refused.json()["error"]["code"] == "context_length_exceeded"
+
+
+@pytest.mark.slow
+def test_a_quantised_model_runs_on_cpus_with_amx(
+    service: str, tmp_path: Path, llama_dir: Path
+) -> None:
+    """q8_0 weights in llama.cpp's AMX buffers crash the process on AMX CPUs (SIGILL or SIGSEGV
+    in its AMX matrix multiply, llama-cpp-python 0.3.36, this very model included): the service
+    loads them into plain CPU buffers and keeps answering."""
+    q8 = export_gguf(llama_dir, tmp_path / "q8", kind="q8_0")
+    body = {"model": gguf(q8), "prompt": "the miller", "max_tokens": 8, "temperature": 0}
+    assert post(service, "completions", body)["usage"]["completion_tokens"] > 0
+    assert httpx.get(f"{service}/health").json()["status"] == "ok"
 
 
 def test_gguf_and_hugging_face_models_share_one_budget(llama_dir: Path, gguf_dir: Path) -> None:
