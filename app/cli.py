@@ -1,6 +1,6 @@
 """The ``gristmill`` command: serve (embedded all-in-one), api, worker, inference, migrate and the
-operator's ``keys create --tenant``; and the HTTP client's datasets, jobs, keys, models and
-tokenizers commands."""
+operator's ``keys create --tenant``; and the HTTP client's datasets, jobs, models, tokenizers,
+comparisons and keys commands, chat and complete."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ log = logging.getLogger("gristmill")
 # What --help prints is plain text (no reStructuredText markup from the docstrings).
 DESCRIPTION = (
     "Gristmill: serve (the embedded all-in-one), api, worker, inference and migrate; and the "
-    "HTTP client's datasets, jobs, keys, models and tokenizers commands (keys create --tenant "
-    "is the operator's, straight in the database)."
+    "HTTP client's datasets, jobs, models, tokenizers, comparisons and keys commands, chat and "
+    "complete (keys create --tenant is the operator's, straight in the database)."
 )
 
 

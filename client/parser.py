@@ -1,5 +1,5 @@
 """The client's command groups (``datasets``, ``jobs``, ``models``, ``tokenizers``,
-``comparisons``) in ``gristmill``'s parser.
+``comparisons``, ``keys``) and single commands (``chat``, ``complete``) in ``gristmill``'s parser.
 
 Only argparse here. A group's actions are declared by its own module, ``client.commands.<module>``
 (which loads httpx and rich), and that module is imported only when the command line names its
@@ -30,6 +30,9 @@ class Group:
     module: str
     """``client.commands.<module>``, whose ``add_actions(actions, leaf, group)`` adds the group's
     actions, each with its handler (``set_defaults(handler=…)``)."""
+    command: bool = False
+    """A command without actions (``gristmill chat MODEL``): ``add_command(parser, name)`` adds
+    its arguments and handler to the command's own parser."""
 
 
 GROUPS: dict[str, Group] = {
@@ -39,6 +42,8 @@ GROUPS: dict[str, Group] = {
     "tokenizers": Group("list, show and download tokenizers", "artifacts"),
     "keys": Group("list, create, rotate and revoke API keys", "keys"),
     "comparisons": Group("compare models blind: create, invite raters, results", "comparisons"),
+    "chat": Group("chat with a model in the terminal, answers streamed", "chat", command=True),
+    "complete": Group("stream a model's continuation of a prompt", "chat", command=True),
 }
 CLIENT_COMMANDS = tuple(GROUPS)
 
@@ -70,7 +75,11 @@ def add_client_parsers(sub: SubParsers, argv: Sequence[str]) -> None:
         return actions.add_parser(name, help=help_text, description=help_text, parents=[common])
 
     for name, group in GROUPS.items():
-        parser = sub.add_parser(name, help=group.help)
+        parents = [common] if group.command else []
+        parser = sub.add_parser(name, help=group.help, parents=parents)
         if list(argv[:1]) == [name]:
             module = importlib.import_module(f"client.commands.{group.module}")
-            module.add_actions(parser.add_subparsers(dest="action", required=True), leaf, name)
+            if group.command:
+                module.add_command(parser, name)
+            else:
+                module.add_actions(parser.add_subparsers(dest="action", required=True), leaf, name)

@@ -1,7 +1,9 @@
-"""An LRU of loaded models inside a memory budget.
+"""An LRU of loaded models inside a memory budget, one for every engine of the service.
 
-Sizes are estimated before loading from the safetensors files (weights dominate) and replaced by
-the measured footprint once loaded. Least recently used models are evicted until the new one
+Each engine estimates a model's size before loading it (a Hugging Face model from its
+safetensors files, a GGUF from its file plus the KV cache of its context) and reports the
+footprint once loaded; one cache holds them all, so transformers and llama.cpp models share one
+budget and one recency order. Least recently used models are evicted until the new one
 fits; a model that alone exceeds the budget is refused rather than loaded and thrashed.
 """
 
@@ -13,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, TypeVar, cast
 
 from inference.engine import ModelTooLarge
 
@@ -23,15 +25,16 @@ T = TypeVar("T")
 
 
 @dataclass
-class _Entry(Generic[T]):
-    value: T
+class _Entry:
+    value: Any
+    """Whatever the engine that loaded it keeps (keys name the engine, so types never mix)."""
     size: int
 
 
-class ModelCache(Generic[T]):
+class ModelCache:
     def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = budget_bytes
-        self._entries: OrderedDict[Hashable, _Entry[T]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0
         self.evictions = 0
@@ -57,7 +60,7 @@ class ModelCache(Generic[T]):
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
-                return entry.value
+                return cast(T, entry.value)
             need = estimate()
             if need > self.budget_bytes:
                 raise ModelTooLarge(

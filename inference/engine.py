@@ -1,9 +1,14 @@
 """The seam between the HTTP service and whatever runs the model.
 
 The service speaks to an :class:`Engine`: ``load`` a model (folders on the shared store),
-``stream`` a generation as :class:`Delta` pieces, or ``generate`` it whole. The one implementation
-shipped is :class:`inference.transformers_engine.TransformersEngine` (PyTorch eager with
-the KV cache, CPU or one GPU), which is what the tests and the embedded profile use.
+``stream`` a generation as :class:`Delta` pieces, or ``generate`` it whole. Two implementations
+ship, picked by the :class:`ModelRef`'s ``format`` (:class:`inference.engines.FormatEngine`) and
+sharing one memory budget and LRU (:mod:`inference.cache`):
+
+- :class:`inference.transformers_engine.TransformersEngine` for ``huggingface`` models and peft
+  adapters on them (PyTorch eager with the KV cache, CPU or one GPU);
+- :class:`inference.llamacpp_engine.LlamaCppEngine` for ``gguf`` files, the quantize job's CPU
+  exports (``llama_cpp.Llama`` in process; the chat template from the file's metadata).
 
 Engines a deployment can put behind the same interface on GPUs, each as a small adapter class
 that turns a :class:`ModelRef` + :class:`GenerationRequest` into the engine's own call and its
@@ -15,11 +20,8 @@ output back into :class:`Delta` pieces:
   map ``SamplingParams(n, temperature, top_p, stop, seed, logprobs, max_tokens)`` one to one.
 - **Text Generation Inference** (TGI, an HTTP server per base model, LoRA via ``adapter_id``):
   ``load`` would check the server serves that base, ``stream`` would read its token SSE stream.
-- **llama.cpp server** (``llama-server``) for the ``gguf`` exports on CPU or small GPUs:
-  ``load`` would start or pick a server for the ``.gguf`` file, ``stream`` would read its
-  ``/completion`` stream (it reports ``n_probs`` for logprobs).
 
-Those engines batch requests on one model; this one runs one generation at a time per model
+Those engines batch requests on one model; the shipped ones run one generation at a time per model
 (see the service's concurrency notes), which is the honest choice on CPU.
 """
 
@@ -67,18 +69,25 @@ class PromptTooLong(InferenceError):
     code = "context_length_exceeded"
 
 
+ModelFormat = Literal["huggingface", "gguf"]
+
+
 @dataclass(frozen=True)
 class ModelRef:
-    """Which folders make up a model: a causal LM in HF layout, optionally a peft adapter on it."""
+    """Which folders make up a model: a causal LM in HF layout, optionally a peft adapter on it,
+    or (``format="gguf"``) a folder holding one GGUF file."""
 
     id: str
     path: Path
     adapter_path: Path | None = None
+    format: ModelFormat = "huggingface"
+    """Which engine runs it; an adapter's format is its base's."""
 
     @property
-    def key(self) -> tuple[str, str | None]:
+    def key(self) -> tuple[str, str, str | None]:
         """The cache key: two ids naming the same folders share one loaded copy."""
-        return (str(self.path), str(self.adapter_path) if self.adapter_path else None)
+        adapter = str(self.adapter_path) if self.adapter_path else None
+        return (self.format, str(self.path), adapter)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from inference.engine import (
     Completion,
     Delta,
     GenerationRequest,
+    ModelFormat,
     ModelRef,
     SamplingParams,
     TokenLogprob,
@@ -30,9 +31,10 @@ class ModelSpec(BaseModel):
     id: str
     path: Path
     adapter_path: Path | None = None
+    format: ModelFormat = "huggingface"
 
     def ref(self) -> ModelRef:
-        return ModelRef(self.id, self.path, self.adapter_path)
+        return ModelRef(self.id, self.path, self.adapter_path, self.format)
 
 
 class StreamOptions(BaseModel):

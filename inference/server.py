@@ -204,13 +204,12 @@ def _sse(data: dict[str, Any] | str) -> bytes:
 
 
 def create_app(settings: InferenceSettings, engine: Engine | None = None) -> FastAPI:
-    """The service's app. ``engine`` defaults to :class:`TransformersEngine` from the settings."""
+    """The service's app. ``engine`` defaults to transformers for Hugging Face models and
+    llama.cpp for GGUF ones, sharing the settings' memory budget."""
     if engine is None:
-        from inference.transformers_engine import TransformersEngine
+        from inference.engines import default_engine
 
-        engine = TransformersEngine(
-            memory_budget_bytes=settings.memory_budget_bytes, device=settings.device
-        )
+        engine = default_engine(settings)
     the_engine: Engine = engine
     scheduler = Scheduler(settings.concurrency, settings.queue_size)
     stats = Stats()

@@ -29,4 +29,7 @@ class InferenceSettings(BaseSettings):
     retry_after_seconds: int = Field(1, ge=1)
     """What a 429 tells the client to wait."""
     max_n: int = Field(8, ge=1)
-    """Largest ``n`` (choices per request, decoded as one batch)."""
+    """Largest ``n`` (choices per request; a batch in transformers, one after the other in
+    llama.cpp)."""
+    gguf_threads: int | None = Field(None, ge=1)
+    """CPU threads llama.cpp uses for GGUF models; None: its default (half the cores)."""

@@ -157,9 +157,12 @@ def _eos_ids(ref: ModelRef, base: PreTrainedModel, tokenizer: Any) -> frozenset[
 class TransformersEngine:
     """The :class:`~inference.engine.Engine` on transformers/peft, CPU or one GPU."""
 
-    def __init__(self, *, memory_budget_bytes: int, device: str = "auto") -> None:
+    def __init__(
+        self, *, memory_budget_bytes: int, device: str = "auto", cache: ModelCache | None = None
+    ) -> None:
+        """``cache``: one shared with the service's other engines, so they share the budget."""
         self.device = pick_device(device)
-        self.cache: ModelCache[LoadedModel] = ModelCache(memory_budget_bytes)
+        self.cache = cache if cache is not None else ModelCache(memory_budget_bytes)
 
     def _loaded(self, ref: ModelRef) -> LoadedModel:
         return self.cache.get_or_load(

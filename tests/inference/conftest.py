@@ -5,10 +5,14 @@ The tokenizer is a byte-level BPE trained here on a few sentences, so nothing co
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -24,6 +28,8 @@ from transformers import (
 from inference.engine import Engine
 from inference.server import create_app
 from inference.settings import InferenceSettings
+from tests.serving import free_port
+from tests.timing import scaled, wait_for
 
 TEXT = [
     "the miller ground the grain at the mill by the river every morning",
@@ -118,8 +124,15 @@ def adapter_dir(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> Pa
     return out
 
 
-def spec(path: Path, adapter: Path | None = None, id_: str = "tiny") -> dict[str, Any]:
-    return {"id": id_, "path": str(path), "adapter_path": str(adapter) if adapter else None}
+def spec(
+    path: Path, adapter: Path | None = None, id_: str = "tiny", format_: str = "huggingface"
+) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "path": str(path),
+        "adapter_path": str(adapter) if adapter else None,
+        "format": format_,
+    }
 
 
 def make_app(engine: Engine | None = None, **overrides: Any) -> Any:
@@ -139,3 +152,27 @@ def app() -> Any:
 def client(app: Any) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[str]:
+    """``gristmill inference`` as a real process on a free port, one per test module."""
+    port = free_port()
+    env = {**os.environ, "GRISTMILL_INFERENCE_DEVICE": "cpu", "GRISTMILL_INFERENCE_QUEUE_SIZE": "2"}
+    cmd = [sys.executable, "-m", "app.cli", "inference", "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(cmd, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert process.poll() is None, "the inference process exited"
+        try:
+            return httpx.get(f"{url}/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=60, what="the inference process to come up")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=scaled(15))

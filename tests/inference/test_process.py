@@ -4,41 +4,13 @@ client that hangs up mid-stream."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.inference.conftest import spec
-from tests.serving import free_port
-from tests.timing import scaled, wait_for
-
-
-@pytest.fixture
-def service() -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "GRISTMILL_INFERENCE_DEVICE": "cpu", "GRISTMILL_INFERENCE_QUEUE_SIZE": "2"}
-    cmd = [sys.executable, "-m", "app.cli", "inference", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(cmd, env=env)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert process.poll() is None, "the inference process exited"
-        try:
-            return httpx.get(f"{url}/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=60, what="the inference process to come up")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=scaled(15))
+from tests.timing import wait_for
 
 
 @pytest.mark.slow

@@ -221,7 +221,7 @@ def test_adapter_loads_on_its_base_unmerged(
         logits = peft_model(torch.tensor([ids])).logits[0, -1]
     expected = torch.log_softmax(logits, -1).topk(5).values.tolist()
     assert tuned == pytest.approx(expected, abs=1e-4)
-    loaded = app.state.engine._loaded(ModelRef("ft", llama_dir, adapter_dir))
+    loaded = app.state.engine.engines["huggingface"]._loaded(ModelRef("ft", llama_dir, adapter_dir))
     assert isinstance(loaded.model, PeftModel)  # served on the base, not merged into it
 
 

@@ -28,7 +28,7 @@ from app.storage import LocalStore
 
 router = APIRouter(tags=["openai"], responses={401: {"model": ErrorResponse}})
 MAX_BODY_BYTES = 4 * 1024 * 1024
-SERVED_FORMATS = ("huggingface", "peft-adapter")
+SERVED_FORMATS = ("huggingface", "peft-adapter", "gguf")
 RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 429, 503)
 }
@@ -43,23 +43,27 @@ OPENAPI_BODY = {
 def model_spec(
     *, session: SessionDep, store: LocalStore, tenant_id: str, model: str
 ) -> dict[str, Any]:
-    """Where the inference service finds the model: its folder, or an adapter and its base.
+    """Where the inference service finds the model: its folder, or an adapter and its base; and
+    its format, which picks the engine (transformers, or llama.cpp for a GGUF).
 
     Raises:
         NotFound: not one of the tenant's models.
-        InvalidInput: not ready, or a format this service does not serve (GGUF runs in
-            llama.cpp).
+        InvalidInput: not ready, or a format this service does not serve (GPTQ).
     """
     artifact = artifacts.find_model(session=session, tenant_id=tenant_id, model=model)
     artifacts.check_ready(artifact, param="model")
     if artifact.format not in SERVED_FORMATS:
         raise InvalidInput(
             f"Model '{model}' is {artifact.format}; the inference service serves Hugging Face "
-            "models and LoRA adapters (download a GGUF and run it in llama.cpp).",
+            "models, LoRA adapters and GGUF files (download it to run it elsewhere).",
             code="model.not_servable",
             param="model",
         )
-    spec: dict[str, Any] = {"id": model, "path": str(store.local_path(artifact.uri))}
+    spec: dict[str, Any] = {
+        "id": model,
+        "path": str(store.local_path(artifact.uri)),
+        "format": "gguf" if artifact.format == "gguf" else "huggingface",
+    }
     if artifact.format == "peft-adapter":
         base_id = artifact.details.get("base_model_id")
         base = find_owned(session, Artifact, base_id, tenant_id=tenant_id) if base_id else None

@@ -1,0 +1,59 @@
+"""The service's engine: each model goes to the engine for its format, all under one budget.
+
+``huggingface`` models (and adapters on them) run in transformers, ``gguf`` models in llama.cpp.
+Both engines draw on one :class:`~inference.cache.ModelCache`, so a GGUF loaded after a Hugging
+Face model may evict it and the reverse, exactly as two models of one engine do.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from inference.cache import ModelCache
+from inference.engine import (
+    Completion,
+    Engine,
+    GenerationRequest,
+    GenerationStream,
+    ModelInfo,
+    ModelRef,
+)
+from inference.settings import InferenceSettings
+
+
+class FormatEngine:
+    """An :class:`~inference.engine.Engine` that hands each call to ``engines[model.format]``."""
+
+    def __init__(self, engines: dict[str, Engine], cache: ModelCache) -> None:
+        self.engines = engines
+        self.cache = cache
+        """What ``/health`` reports: every engine's models together."""
+
+    def _for(self, model: ModelRef) -> Engine:
+        return self.engines[model.format]
+
+    def load(self, model: ModelRef) -> ModelInfo:
+        return self._for(model).load(model)
+
+    def stream(
+        self, model: ModelRef, request: GenerationRequest, cancel: threading.Event
+    ) -> GenerationStream:
+        return self._for(model).stream(model, request, cancel)
+
+    def generate(
+        self, model: ModelRef, request: GenerationRequest, cancel: threading.Event
+    ) -> Completion:
+        return self._for(model).generate(model, request, cancel)
+
+
+def default_engine(settings: InferenceSettings) -> FormatEngine:
+    """transformers for Hugging Face folders, llama.cpp for GGUF files, one memory budget."""
+    from inference.llamacpp_engine import LlamaCppEngine
+    from inference.transformers_engine import TransformersEngine
+
+    cache = ModelCache(settings.memory_budget_bytes)
+    hf = TransformersEngine(
+        memory_budget_bytes=settings.memory_budget_bytes, device=settings.device, cache=cache
+    )
+    gguf = LlamaCppEngine(cache=cache, threads=settings.gguf_threads)
+    return FormatEngine({"huggingface": hf, "gguf": gguf}, cache)

@@ -1,0 +1,354 @@
+"""GGUF models on the CPU through llama.cpp (``llama_cpp.Llama``), behind the same Engine seam.
+
+llama.cpp runs the model and samples; the service keeps what it owns for every engine: the
+prompt (the chat template from the file's ``tokenizer.chat_template``, rendered by
+llama-cpp-python's own Jinja2 chat formatter), the context check, incremental text with stop
+strings (:mod:`inference.text`), logprobs from the logits llama.cpp left for the sampled step, and
+a cancel check between tokens. ``n`` choices run one after the other on the model's single
+sequence, choice ``i`` sampled with ``seed + i``, under the model's lock; llama.cpp keeps the
+longest common prefix of its KV cache between calls, so a chat that resends its history
+re-reads only the new turn.
+
+Sampling differs from the transformers engine in one documented way: llama.cpp applies top-p
+before temperature (its sampler chain), transformers after. Greedy decoding (temperature 0) is
+the same argmax in both, so an f32 GGUF answers what the Hugging Face model answers (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.cache import ModelCache
+from inference.engine import (
+    Completion,
+    Delta,
+    GenerationRequest,
+    GenerationStream,
+    InferenceError,
+    ModelInfo,
+    ModelLoadError,
+    ModelNotFound,
+    ModelRef,
+    PromptTooLong,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+    collect,
+)
+from inference.text import ChoiceState, Detokenizer
+
+log = logging.getLogger("gristmill.inference")
+
+KV_BYTES = 2
+"""llama.cpp's default KV cache type is f16."""
+
+
+@dataclass
+class LlamaCppModel:
+    llm: Any
+    """A ``llama_cpp.Llama`` with the whole trained context as its ``n_ctx``."""
+    chat: Any
+    """A ``Jinja2ChatFormatter`` from the file's template, or None when it has none."""
+    context_length: int
+    memory_bytes: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """One generation at a time: the model has one sequence and one KV cache."""
+
+
+def _llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise ModelLoadError(
+            "GGUF models need llama-cpp-python on the inference service (gristmill[gguf])",
+            param="model",
+        ) from exc
+    return llama_cpp
+
+
+def gguf_file(ref: ModelRef) -> Path:
+    """The one ``.gguf`` file in the model's folder (a quantize job's output holds one)."""
+    if ref.path.is_file() and ref.path.suffix == ".gguf":
+        return ref.path
+    files = sorted(ref.path.glob("*.gguf")) if ref.path.is_dir() else []
+    if not files:
+        raise ModelNotFound(f"no .gguf file at {ref.path}", param="model")
+    if len(files) > 1:
+        raise ModelLoadError(
+            f"{ref.path} holds {len(files)} .gguf files; a GGUF model is one file",
+            param="model",
+        )
+    return files[0]
+
+
+@dataclass(frozen=True)
+class GgufShape:
+    """What the memory estimate needs from the file's metadata."""
+
+    context_length: int
+    layers: int
+    kv_width: int
+    """Per layer and position: KV heads × (key length + value length)."""
+
+
+def read_shape(path: Path) -> GgufShape:
+    """Read the header with gguf-py (memory-mapped, no weights read) to size the model before
+    llama.cpp loads it."""
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(path).fields
+    except (ValueError, OSError) as exc:
+        raise ModelLoadError(f"{path.name} is not a readable GGUF: {exc}", param="model") from exc
+
+    def value(key: str, default: int | None = None) -> int:
+        found = fields.get(key)
+        if found is None:
+            if default is None:
+                raise ModelLoadError(f"{path.name} has no {key} in its metadata", param="model")
+            return default
+        content = found.contents()
+        return int(max(content) if isinstance(content, list) else content)
+
+    arch = str(fields["general.architecture"].contents())
+    heads = value(f"{arch}.attention.head_count")
+    head_dim = value(f"{arch}.embedding_length") // heads
+    kv_heads = value(f"{arch}.attention.head_count_kv", heads)
+    width = kv_heads * (
+        value(f"{arch}.attention.key_length", head_dim)
+        + value(f"{arch}.attention.value_length", head_dim)
+    )
+    return GgufShape(value(f"{arch}.context_length"), value(f"{arch}.block_count"), width)
+
+
+def estimate_bytes(ref: ModelRef) -> int:
+    """The file (weights are mapped and read in whole) plus the f16 KV cache for the context."""
+    path = gguf_file(ref)
+    shape = read_shape(path)
+    kv = KV_BYTES * shape.layers * shape.context_length * shape.kv_width
+    return path.stat().st_size + kv
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    try:
+        return " amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def plain_cpu_weights(lib: Any) -> Iterator[None]:
+    """Load with llama.cpp's extra weight buffers off (``use_extra_bufts``), as the quantize
+    check does (pipeline/parts/runtimes/llamacpp.py; this service may not import the
+    pipeline): on AMX CPUs quantised weights otherwise go to AMX buffers whose matrix multiply
+    crashes the process (SIGSEGV in ``ggml_backend_amx_mul_mat``, llama-cpp-python 0.3.36).
+    llama-cpp-python has no argument for it, so its defaults are wrapped while a model loads."""
+    low = lib.llama_cpp
+    defaults = low.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with _PARAMS_LOCK:
+        low.llama_model_default_params = without_extra_buffers
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = defaults
+
+
+def load_model(ref: ModelRef, *, threads: int | None = None) -> LlamaCppModel:
+    """Load the folder's GGUF with its whole trained context; llama.cpp's logging silenced."""
+    lib = _llama_cpp()
+    path = gguf_file(ref)
+    shape = read_shape(path)
+    plain = plain_cpu_weights(lib) if cpu_has_amx() else contextlib.nullcontext()
+    try:
+        with plain:
+            llm = lib.Llama(
+                model_path=str(path),
+                n_ctx=shape.context_length,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
+    except ValueError as exc:  # llama-cpp-python's answer to "failed to load model"
+        raise ModelLoadError(f"llama.cpp cannot load {ref.id!r}: {exc}", param="model") from exc
+    template = llm.metadata.get("tokenizer.chat_template")
+    chat = None
+    if template:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        # A template's ``bos_token``/``eos_token`` are the file's own, or empty where it names
+        # none (llama.cpp reports a default id even then, which transformers would not use).
+        meta = llm.metadata
+        chat = Jinja2ChatFormatter(
+            template=template,
+            eos_token=_text(llm, llm.token_eos()) if "tokenizer.ggml.eos_token_id" in meta else "",
+            bos_token=_text(llm, llm.token_bos()) if "tokenizer.ggml.bos_token_id" in meta else "",
+        )
+    size = estimate_bytes(ref)
+    log.info("loaded %s in llama.cpp (%.1f MiB with its KV cache)", ref.id, size / 2**20)
+    return LlamaCppModel(llm, chat, shape.context_length, size)
+
+
+class _Pieces:
+    """``decode`` as :class:`~inference.text.Detokenizer` calls it, on llama.cpp's vocabulary."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        raw: bytes = self.llm.detokenize(ids, special=not skip_special_tokens)
+        return raw.decode("utf-8", errors="replace")
+
+
+class LlamaCppEngine:
+    """The :class:`~inference.engine.Engine` on llama.cpp, for ``gguf`` models on the CPU."""
+
+    def __init__(self, *, cache: ModelCache, threads: int | None = None) -> None:
+        self.cache = cache
+        self.threads = threads
+
+    def _loaded(self, ref: ModelRef) -> LlamaCppModel:
+        def load() -> tuple[LlamaCppModel, int]:
+            model = load_model(ref, threads=self.threads)
+            return model, model.memory_bytes
+
+        return self.cache.get_or_load(
+            ref.key, estimate=lambda: estimate_bytes(ref), load=load, name=ref.id
+        )
+
+    def load(self, model: ModelRef) -> ModelInfo:
+        loaded = self._loaded(model)
+        return ModelInfo(model.id, loaded.context_length, loaded.memory_bytes, "cpu")
+
+    def stream(
+        self, model: ModelRef, request: GenerationRequest, cancel: threading.Event
+    ) -> GenerationStream:
+        loaded = self._loaded(model)
+        prompt_ids = encode_prompt(loaded, request)
+        if len(prompt_ids) >= loaded.context_length:
+            raise PromptTooLong(
+                f"this model's maximum context length is {loaded.context_length} tokens; "
+                f"the prompt has {len(prompt_ids)}",
+                param="messages" if request.messages is not None else "prompt",
+            )
+        deltas = _generate(loaded, prompt_ids, request.params, cancel)
+        return GenerationStream(model=model.id, prompt_tokens=len(prompt_ids), deltas=deltas)
+
+    def generate(
+        self, model: ModelRef, request: GenerationRequest, cancel: threading.Event
+    ) -> Completion:
+        return collect(self.stream(model, request, cancel), request.params.n)
+
+
+def encode_prompt(loaded: LlamaCppModel, request: GenerationRequest) -> list[int]:
+    """A completion's prompt as the vocabulary says (BOS if the file asks for one); a chat's
+    rendered template with special tokens parsed and nothing added (the template adds BOS)."""
+    llm = loaded.llm
+    if request.messages is None:
+        return list(llm.tokenize((request.prompt or "").encode(), add_bos=True, special=False))
+    if loaded.chat is None:
+        raise InferenceError("this model has no chat template; use /v1/completions", param="model")
+    try:
+        prompt = loaded.chat(messages=list(request.messages)).prompt
+    except Exception as exc:  # jinja errors from the template's own raise_exception
+        raise InferenceError(
+            f"the chat template rejected the messages: {exc}", param="messages"
+        ) from exc
+    return list(llm.tokenize(prompt.encode(), add_bos=False, special=True))
+
+
+def _generate(
+    loaded: LlamaCppModel, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event
+) -> Iterator[Delta]:
+    room = loaded.context_length - len(prompt_ids)
+    max_new = room if params.max_tokens is None else min(params.max_tokens, room)
+    seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**31)
+    with loaded.lock:
+        for index in range(params.n):
+            if cancel.is_set():
+                return
+            yield from _choice(loaded, prompt_ids, params, index, seed + index, max_new, cancel)
+
+
+def _choice(
+    loaded: LlamaCppModel,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    index: int,
+    seed: int,
+    max_new: int,
+    cancel: threading.Event,
+) -> Iterator[Delta]:
+    llm = loaded.llm
+    lib = _llama_cpp()
+    vocab = lib.llama_model_get_vocab(llm.model)
+    state = ChoiceState(Detokenizer(_Pieces(llm)), params.stop)
+    llm.set_seed(seed)
+    # top_k 0 and min_p 0 switch llama.cpp's extra filters off: temperature and top-p only, as
+    # OpenAI's parameters mean. Temperature 0 is llama.cpp's greedy sampler.
+    tokens = llm.generate(
+        prompt_ids,
+        temp=params.temperature,
+        top_p=params.top_p,
+        top_k=0,
+        min_p=0.0,
+        repeat_penalty=1.0,
+    )
+    try:
+        for count, token in enumerate(tokens, start=1):
+            if cancel.is_set():
+                return
+            entry = _logprob(llm, token, params.logprobs)
+            delta = state.step(index, token, entry, bool(lib.llama_vocab_is_eog(vocab, token)))
+            if delta is not None:
+                yield delta
+            if state.finished:
+                return
+            if count >= max_new:
+                break
+    finally:
+        tokens.close()
+    if (delta := state.finish(index, "length")) is not None:
+        yield delta
+
+
+def _logprob(llm: Any, token: int, top: int | None) -> TokenLogprob | None:
+    """The sampled token's logprob under the model's own distribution (before temperature and
+    top-p, as OpenAI reports), from the logits llama.cpp kept for the step just sampled."""
+    if top is None:
+        return None
+    lib = _llama_cpp()
+    n_vocab = llm.n_vocab()
+    logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+    logits = logits.astype(np.float64)
+    peak = logits.max()
+    logp = logits - (peak + np.log(np.exp(logits - peak).sum()))
+    alternatives: tuple[TopLogprob, ...] = ()
+    if top:
+        best = np.argsort(-logp, kind="stable")[:top]
+        alternatives = tuple(TopLogprob(_text(llm, int(t)), float(logp[t])) for t in best)
+    return TokenLogprob(_text(llm, token), float(logp[token]), alternatives)
+
+
+def _text(llm: Any, token: int) -> str:
+    raw: bytes = llm.detokenize([token], special=True)
+    return raw.decode("utf-8", errors="replace")
