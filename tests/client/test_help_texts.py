@@ -76,7 +76,7 @@ def test_every_command_of_the_readme_cli_tour_parses(monkeypatch: pytest.MonkeyP
         if args.command == "jobs" and args.action == "submit":
             parse_params(args.param)
 
-    actions = {f"{args.command} {args.action}" for args in parsed}
+    actions = {f"{args.command} {getattr(args, 'action', '')}".strip() for args in parsed}
     assert len(parsed) == len(tour) > 25
     assert {
         "datasets upload",
@@ -91,6 +91,8 @@ def test_every_command_of_the_readme_cli_tour_parses(monkeypatch: pytest.MonkeyP
         "comparisons results",
         "comparisons chart",
         "comparisons export",
+        "complete",
+        "chat",
     } <= actions
-    kinds = {args.kind for args in parsed if f"{args.command} {args.action}" == "jobs submit"}
+    kinds = {args.kind for args in parsed if args.command == "jobs" and args.action == "submit"}
     assert kinds == {"prepare", "pretrain", "finetune", "quantize", "evaluate"}
