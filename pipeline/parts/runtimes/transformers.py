@@ -203,11 +203,17 @@ def prefix_token(tokenizer: PreTrainedTokenizerBase) -> int:
     )
 
 
+# Most float32 logits one continuation batch may hold (rows x kept positions x vocabulary): 1 GiB.
+_MAX_BATCH_LOGITS = 1 << 28
+
+
 class Scorer(WindowScorer):
     """Scores token sequences with a causal LM, batching equal-length windows.
 
     Windows are right-padded: under causal attention a padded position never affects the ones
-    before it, so no attention mask is needed and scores equal an unbatched pass.
+    before it, so no attention mask is needed and scores equal an unbatched pass. Continuations
+    (:meth:`continuation_nll`) are left-padded instead, so that each ends at the last position
+    and only the last few positions' logits are computed.
     """
 
     def __init__(
@@ -242,6 +248,61 @@ class Scorer(WindowScorer):
             ).sum(dim=1)
             for row, (i, _) in enumerate(batch):
                 totals[i] += float(losses[row])
+        return totals
+
+    def continuation_nll(self, seqs: Sequence[Sequence[int]], scored: Sequence[int]) -> list[float]:
+        """Summed NLL of the last ``scored[i]`` ids of each seq given everything before them (cut
+        to the last ``max_length`` ids), many short sequences per forward pass.
+
+        Rows of similar length share a pass of up to ``batch_size * max_length`` tokens. They
+        are left-padded under an attention mask, with position ids counted from each row's first
+        real id, so every continuation ends at the last position and the model computes logits
+        for the last ``max(scored)`` positions only (``logits_to_keep``): full-vocabulary logits
+        at every position would be a large share of the work and most of the memory. The
+        figures equal one sequence at a time within float tolerance.
+        """
+        if not seqs:
+            return []
+        rows: list[tuple[int, list[int], int]] = []  # (index, ids the model reads, scored)
+        for i, (seq, k) in enumerate(zip(seqs, scored, strict=True)):
+            end = len(seq) - 1
+            if not 0 < k <= min(end, self.max_length):
+                raise ValueError("scored ids must fit one window after at least one context id")
+            rows.append((i, list(seq[max(0, end - self.max_length) :]), k))
+        rows.sort(key=lambda row: len(row[1]), reverse=True)
+        vocab = int(self.model.config.get_text_config().vocab_size)
+        # Rows per pass: a token budget, and a cap on the logits kept (at the longest scored).
+        logit_rows = max(1, _MAX_BATCH_LOGITS // (max(scored) * vocab))
+        totals = [0.0] * len(seqs)
+        b = 0
+        while b < len(rows):
+            width = len(rows[b][1]) - 1  # the longest input of this batch
+            n = max(1, min(self.batch_size * self.max_length // width, logit_rows))
+            batch, b = rows[b : b + n], b + n
+            keep = max(k for _, _, k in batch)
+            ids = torch.zeros((len(batch), width), dtype=torch.long)  # (B, width)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            targets = torch.full((len(batch), keep), -100, dtype=torch.long)  # (B, keep)
+            for r, (_, row, k) in enumerate(batch):
+                n_in = len(row) - 1
+                ids[r, width - n_in :] = torch.tensor(row[:-1])
+                mask[r, width - n_in :] = 1
+                targets[r, keep - k :] = torch.tensor(row[-k:])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    position_ids=positions.to(self.device),
+                    use_cache=False,
+                    logits_to_keep=keep,
+                )
+            logits = out.logits[:, -keep:].float()  # (B, keep, vocab)
+            losses = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), targets.to(self.device), reduction="none"
+            ).sum(dim=1)
+            for r, (i, _, _) in enumerate(batch):
+                totals[i] = float(losses[r])
         return totals
 
 
