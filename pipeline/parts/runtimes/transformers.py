@@ -8,6 +8,7 @@ answers to validation prompts, evaluation's and comparison's seeded samples all 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,7 @@ class Scorer(WindowScorer):
         vocab = int(self.model.config.get_text_config().vocab_size)
         # Rows per pass: a token budget, and a cap on the logits kept (at the longest scored).
         logit_rows = max(1, _MAX_BATCH_LOGITS // (max(scored) * vocab))
+        keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         totals = [0.0] * len(seqs)
         b = 0
         while b < len(rows):
@@ -289,13 +291,15 @@ class Scorer(WindowScorer):
                 mask[r, width - n_in :] = 1
                 targets[r, keep - k :] = torch.tensor(row[-k:])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            # The few architectures without logits_to_keep compute every position's logits.
+            extra = {"logits_to_keep": keep} if keeps_logits else {}
             with torch.inference_mode():
                 out = self.model(
                     input_ids=ids.to(self.device),
                     attention_mask=mask.to(self.device),
                     position_ids=positions.to(self.device),
                     use_cache=False,
-                    logits_to_keep=keep,
+                    **extra,
                 )
             logits = out.logits[:, -keep:].float()  # (B, keep, vocab)
             losses = torch.nn.functional.cross_entropy(
