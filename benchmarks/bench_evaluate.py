@@ -15,6 +15,7 @@ Target (issue 11): evaluation tokens/s ≥ 2.5 × training tokens/s on the same 
     python benchmarks/bench_evaluate.py --bias                # the bias probe on a 135M Llama
     python benchmarks/bench_evaluate.py --bias --size small   # a quick run (~15M parameters)
     python benchmarks/bench_evaluate.py --bias --windows      # also the one-window-per-query path
+    python benchmarks/bench_evaluate.py --bias --items 40     # the first 40 template items
 
 ``--bias`` builds a randomly initialised Llama of SmolLM-135M's shape (30 layers, width 576,
 49152-token vocabulary; ``--size small``: 4 layers, width 256, 8192 tokens) with a BPE learnt from
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--bias", action="store_true", help="time the bias probe instead")
     parser.add_argument("--size", choices=sorted(SIZES), default="135m")
     parser.add_argument("--windows", action="store_true", help="with --bias: the old path too")
+    parser.add_argument("--items", type=int, default=400, help="with --bias: the first N items")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
@@ -70,7 +72,15 @@ def main() -> None:
     train = DatasetFile(root / "train.jsonl", "jsonl")
     heldout = DatasetFile(root / "heldout.jsonl", "jsonl")
     if args.bias:
-        bias_main(root, train, heldout, size=args.size, threads=args.threads, old=args.windows)
+        bias_main(
+            root,
+            train,
+            heldout,
+            size=args.size,
+            threads=args.threads,
+            old=args.windows,
+            items=args.items,
+        )
         return
 
     rates: list[float] = []
@@ -147,19 +157,32 @@ def random_llama(root: Path, train: DatasetFile, size: str) -> Path:
 
 
 def bias_main(
-    root: Path, train: DatasetFile, heldout: DatasetFile, *, size: str, threads: int, old: bool
+    root: Path,
+    train: DatasetFile,
+    heldout: DatasetFile,
+    *,
+    size: str,
+    threads: int,
+    old: bool,
+    items: int,
 ) -> None:
-    """Time the perplexity pass and the bias probe on one randomly initialised model."""
+    """Time the perplexity pass and the bias probe (its first ``items`` items) on one randomly
+    initialised model."""
     from pipeline.configs.evaluate import BiasOptions
+    from pipeline.evaluate.bias import TEMPLATES_V1
     from pipeline.parts.runtimes.base import WindowScorer
     from pipeline.parts.runtimes.transformers import Scorer
 
     model_dir = random_llama(root, train, size)
     timed: dict[str, float] = {}
 
+    templates = root / "templates.jsonl"
+    templates.write_text("".join(TEMPLATES_V1.read_text().splitlines(keepends=True)[:items]))
+    inputs = EvaluateInputs(model_dir, (heldout,), bias_templates=DatasetFile(templates, "jsonl"))
+
     def evaluate(name: str, config: EvaluateConfig) -> Any:
         started = time.perf_counter()
-        result = run_evaluate(config, EvaluateInputs(model_dir, (heldout,)), run_paths(root / name))
+        result = run_evaluate(config, inputs, run_paths(root / name))
         timed[name] = time.perf_counter() - started
         return result
 
@@ -180,7 +203,7 @@ def bias_main(
         finally:
             Scorer.continuation_nll = batched  # type: ignore[method-assign]
     [fig] = ppl.perplexity
-    items = bias.bias["items"]
+    items = bias.bias["items"]  # the shipped set: 8 attributes x 2 groups per item
     print(f"model: {ppl.model['params'] / 1e6:.1f}M params ({size}), {threads} threads")
     print(
         f"perplexity: {timed['perplexity']:7.1f}s  {fig['documents'] / timed['perplexity']:7.1f} "
