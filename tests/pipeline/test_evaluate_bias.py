@@ -194,6 +194,13 @@ def test_batched_continuation_scores_equal_one_at_a_time(kind: str, tmp_path: Pa
     vocab = runtime.model.config.vocab_size
     seqs = [[rng.randrange(vocab) for _ in range(rng.randint(2, 40))] for _ in range(30)]
     scored = [rng.randint(1, min(3, len(s) - 1)) for s in seqs]
+    # As the probe asks: several continuations of one context, packed into one row.
+    for _ in range(6):
+        context = [rng.randrange(vocab) for _ in range(rng.randint(1, 30))]
+        for _ in range(5):
+            k = rng.randint(1, 3)
+            seqs.append(context + [rng.randrange(vocab) for _ in range(k)])
+            scored.append(k)
 
     batched = runtime.scorer.continuation_nll(seqs, scored)
     # The base class scores one right-padded window per sequence: the reference.
