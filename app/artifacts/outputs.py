@@ -87,6 +87,8 @@ class ImportVerdict:
     folder: Path | None
     details: Mapping[str, Any] = field(default_factory=dict)
     errors: list[dict[str, Any]] | None = None
+    format: str = "huggingface"
+    """What import found the weights to be (``gptq`` for a GPTQ model): jobs check it."""
 
     def place(self, *, store: LocalStore, tenant_id: str, job_id: str | None) -> PlacedImport:
         """Move an accepted model's files into its folder (the archive is dropped either way)."""
@@ -98,7 +100,7 @@ class ImportVerdict:
         for item in self.folder.iterdir():
             shutil.move(item, folder / item.name)
         size, digest = write_manifest(folder)
-        values = {"status": "ready", "size_bytes": size, "sha256": digest}
+        values = {"status": "ready", "format": self.format, "size_bytes": size, "sha256": digest}
         return PlacedImport(self.artifact_id, {**values, "details": dict(self.details)})
 
 

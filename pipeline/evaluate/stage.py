@@ -172,7 +172,7 @@ def _evaluate(
 
     bias = None
     if config.bias.enabled:
-        bias = _bias(runtime, config, inputs.bias_templates, out)
+        bias = _bias(runtime, config, inputs.bias_templates, out, hooks)
     if hooks.should_stop():
         raise StageCancelled()
 
@@ -237,6 +237,7 @@ def _bias(
     config: EvaluateConfig,
     templates: DatasetFile | None,
     out: Path,
+    hooks: Hooks,
 ) -> dict[str, Any]:
     if templates is None:
         name, items = load_templates()
@@ -257,12 +258,19 @@ def _bias(
             scored.append(len(whole) - len(head))
         return [-x for x in runtime.scorer.continuation_nll(seqs, scored)]
 
+    def progress(done: int, total: int) -> None:
+        # Items done of all items: the job's progress gets a total, so it shows an ETA.
+        hooks.on_progress(Progress(step=done, total=total, metrics={"bias_items": float(done)}))
+        if done < total and hooks.should_stop():
+            raise StageCancelled()
+
     categories, per_item = probe(
         items,
         logprob,
         bootstrap_samples=config.bias.bootstrap_samples,
         permutations=config.bias.permutations,
         seed=config.bias.seed,
+        on_progress=progress,
     )
     with (out / "bias_items.jsonl").open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(x) + "\n" for x in per_item)

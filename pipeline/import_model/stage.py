@@ -7,11 +7,13 @@ counted as they stream (a declared size may lie), and everything lands in one fr
 Weights must be safetensors: a pickle (``.bin``, ``.pt``, ``.pkl``...) can execute code when
 loaded, so it is refused by name and by content and never opened. ``config.json`` must name an
 architecture transformers has built in, with no ``auto_map``, and loading always passes
-``trust_remote_code=False``.
+``trust_remote_code=False``. A ``quantization_config`` is kept, dropped or refused here, from the
+weights themselves (``quantization.py``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import stat
@@ -24,13 +26,16 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from pipeline.configs.finetune import ModelImportConfig
+from pipeline.import_model import quantization
 from pipeline.types import PRODUCT, Hooks, PipelineError, RunPaths
 
 PICKLE_SUFFIXES = frozenset(
     {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".dill", ".npy", ".npz"}
 )
+# .csv: gptqmodel writes its quant_log.csv beside a GPTQ model (data, never loaded).
 ALLOWED_SUFFIXES = frozenset(
     {".json", ".safetensors", ".txt", ".model", ".jinja", ".md", ".tiktoken", ".gitattributes"}
+    | {".csv"}
 )
 _CHUNK = 1 << 20
 
@@ -49,6 +54,11 @@ class ModelImportResult:
     vocab_size: int
     has_chat_template: bool
     forward_checked: bool
+    format: str
+    """huggingface, or gptq for a GPTQ model (as gptqmodel writes it)."""
+    quantization_dropped: str | None
+    """The method of a stale ``quantization_config`` (full-precision weights) removed from the
+    stored config.json; None when there was none to drop."""
     files: int
     bytes: int
 
@@ -66,7 +76,8 @@ def run_model_import(
             files), ``model.bad_archive`` (not a readable tar/zip), ``model.pickle_refused``,
             ``model.remote_code``, ``model.unexpected_file``, ``model.no_config``,
             ``model.unsupported_architecture``, ``model.no_weights``, ``model.weights_mismatch``,
-            ``model.tokenizer_invalid``, ``model.forward_failed``.
+            ``model.unsupported_quantization``, ``model.tokenizer_invalid``,
+            ``model.forward_failed``.
     """
     target = paths.output_dir / "model"
     staging = paths.work_dir / f"extract.tmp-{uuid.uuid4().hex}"
@@ -228,8 +239,9 @@ def _looks_pickled(head: bytes) -> bool:
 
 def validate_model_dir(
     folder: Path, config: ModelImportConfig
-) -> tuple[str, str, int, int, bool, bool]:
-    """(architecture, model_type, parameters, vocab size, has chat template, forward run)."""
+) -> tuple[str, str, int, int, bool, bool, str, str | None]:
+    """(architecture, model_type, parameters, vocab size, has chat template, forward run, format,
+    dropped quantisation method)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.models.auto.configuration_auto import (  # type: ignore[attr-defined]
@@ -277,10 +289,20 @@ def validate_model_dir(
             hf_config, trust_remote_code=False
         )
     params = sum(p.numel() for p in meta.parameters())
-    _check_weights(weights, meta, tied=bool(getattr(hf_config, "tie_word_embeddings", False)))
-    forward = params <= config.forward_max_parameters
+    tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+    expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+    tensors = _read_tensors(weights)
+    # Before anything loads the weights: a stale quantization_config would make transformers
+    # try to (de)quantise full-precision tensors.
+    quant = quantization.decide(folder, raw, tensors, expected, tied=tied)
+    _check_weights(tensors, expected, tied=tied, packed=quant.quantised_prefixes)
+    gptq = quant.format == "gptq"
+    # A GPTQ model loads through gptqmodel's kernels; a worker without them skips the pass.
+    forward = params <= config.forward_max_parameters and (
+        not gptq or importlib.util.find_spec("gptqmodel") is not None
+    )
     if forward:
-        _forward_once(folder, tokenizer)
+        _forward_once(folder, tokenizer, gptq=gptq)
     vocab = int(meta.get_input_embeddings().weight.shape[0])
     return (
         architectures[0],
@@ -289,26 +311,41 @@ def validate_model_dir(
         vocab,
         bool(tokenizer.chat_template),
         forward,
+        quant.format,
+        quant.dropped,
     )
 
 
-def _check_weights(files: list[Path], meta: Any, *, tied: bool) -> None:
-    """Every parameter is present with the right shape, read from the safetensors headers only."""
+def _read_tensors(files: list[Path]) -> dict[str, quantization.Tensor]:
+    """Every tensor's dtype and shape, from the safetensors headers only."""
     from safetensors import safe_open
 
-    expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
-    found: dict[str, tuple[int, ...]] = {}
+    found: dict[str, quantization.Tensor] = {}
     for path in files:
         try:
             with safe_open(str(path), framework="pt") as f:
                 for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    found[key] = tuple(f.get_slice(key).get_shape())
+                    part = f.get_slice(key)
+                    found[key] = quantization.Tensor(part.get_dtype(), tuple(part.get_shape()))
         except Exception as exc:  # safetensors raises its own error types
             raise _fail(
                 "model.weights_mismatch", f"{path.name} is not valid safetensors: {exc}"
             ) from exc
+    return found
+
+
+def _check_weights(
+    found: dict[str, quantization.Tensor],
+    expected: dict[str, tuple[int, ...]],
+    *,
+    tied: bool,
+    packed: frozenset[str],
+) -> None:
+    """Every parameter is present with the right shape; a ``packed`` (GPTQ) module's weight is
+    its ``qweight``, checked by :mod:`quantization` instead."""
+    expected = {k: v for k, v in expected.items() if k.removesuffix(".weight") not in packed}
     missing = [k for k in expected if k not in found and not (tied and "lm_head" in k)]
-    wrong = [k for k in expected if k in found and found[k] != expected[k]]
+    wrong = [k for k in expected if k in found and found[k].shape != expected[k]]
     if missing or wrong:
         raise _fail(
             "model.weights_mismatch",
@@ -316,13 +353,16 @@ def _check_weights(files: list[Path], meta: Any, *, tied: bool) -> None:
         )
 
 
-def _forward_once(folder: Path, tokenizer: Any) -> None:
+def _forward_once(folder: Path, tokenizer: Any, *, gptq: bool) -> None:
     import torch
 
     from pipeline.parts.hf import load_causal_lm
 
     try:
-        model: Any = load_causal_lm(folder, dtype=torch.float32)
+        if gptq:  # packed weights keep their saved dtypes
+            model: Any = load_causal_lm(folder, dtype=None, device_map="cpu")
+        else:
+            model = load_causal_lm(folder, dtype=torch.float32)
         model.eval()
         ids = tokenizer("Hello, world.", return_tensors="pt")["input_ids"]
         with torch.no_grad():

@@ -35,6 +35,7 @@ from pipeline.quantize.measure import (
     compare_logits,
     eval_text,
     perplexity,
+    perplexity_ratio,
 )
 from pipeline.quantize.vocab import GgufVocab, read_vocab
 from pipeline.types import (
@@ -55,7 +56,7 @@ class QuantizeInputs:
     model_dir: Path
     """A Hugging Face model folder (config.json, safetensors, tokenizer.json)."""
     heldout: DatasetFile | None = None
-    """Text for perplexity and bits per byte; without it the fixed prompts are scored."""
+    """Text for perplexity and bits per byte; without it the shipped default text is scored."""
     calibration: DatasetFile | None = None
     """GPTQ calibration text (required for format gptq)."""
 
@@ -76,6 +77,10 @@ class GgufReport:
     top1_agreement: float
     perplexity: float
     perplexity_ratio: float
+    perplexity_ratio_low: float
+    perplexity_ratio_high: float
+    """The ratio's 95% interval (paired block bootstrap over the scored tokens): the check
+    passes when ``perplexity_ratio_low`` is within the type's limit."""
     bits_per_byte: float
 
 
@@ -103,6 +108,7 @@ class QuantizeResult:
     reference_bits_per_byte: float
     eval_tokens: int
     eval_source: str
+    """heldout (the job's dataset) or builtin (the shipped default_eval.txt)."""
     gguf: tuple[GgufReport, ...]
     gptq: GptqReport | None
     report_path: Path = field(metadata=PRODUCT)
@@ -142,9 +148,7 @@ def run_quantize(
     model = load_causal_lm(inputs.model_dir, dtype=torch.float32)
     cast(torch.nn.Module, model).eval()  # transformers' typing of eval is missing
     window = min(config.eval_window, info.context_length)
-    text = eval_text(
-        tokenizer, inputs.heldout, config.prompts, max_tokens=config.eval_tokens, window=window
-    )
+    text = eval_text(tokenizer, inputs.heldout, max_tokens=config.eval_tokens, window=window)
     reference = perplexity(logits_fn(model), text)
     source = _Source(
         info=info,
@@ -256,7 +260,7 @@ def _check_gguf(
         n_gen = min(options.generation_tokens, n_ctx - len(prompts[0]) - 1)
         speed = llm.generation_speed(prompts[0], n_gen) if n_gen >= 8 else None
         load_seconds = llm.load_seconds
-    ratio = ppl.perplexity / source.reference.perplexity
+    ratio = perplexity_ratio(source.reference, ppl, seed=config.seed)
     size = path.stat().st_size
     report = GgufReport(
         type=kind,
@@ -270,7 +274,9 @@ def _check_gguf(
         max_logit_delta=agreement.max_abs_delta,
         top1_agreement=agreement.top1_agreement,
         perplexity=ppl.perplexity,
-        perplexity_ratio=ratio,
+        perplexity_ratio=ratio.ratio,
+        perplexity_ratio_low=ratio.low,
+        perplexity_ratio_high=ratio.high,
         bits_per_byte=ppl.bits_per_byte,
     )
     problems = []
@@ -283,8 +289,14 @@ def _check_gguf(
     if kind in _EXACT_TYPES and agreement.top1_agreement < 1.0:
         problems.append(f"top-1 agreement {agreement.top1_agreement:.1%} < 100%")
     limit = options.max_perplexity_ratio.get(kind, DEFAULT_MAX_PERPLEXITY_RATIO[kind])
-    if not ratio <= limit:
-        problems.append(f"perplexity ratio {ratio:.4f} > {limit:g}")
+    # The figure is a measurement on a finite text: fail only when even the interval's lower
+    # end is over the limit, so a correct file is not refused for the text's noise while a
+    # broken one (whose whole interval sits far above) still is. NaN fails too.
+    if not ratio.low <= limit:
+        problems.append(
+            f"perplexity ratio {ratio.ratio:.4f} (95% interval {ratio.low:.4f}-{ratio.high:.4f})"
+            f" > {limit:g}"
+        )
     if problems:
         raise PipelineError(
             "quantize.check_failed", f"the {kind} GGUF failed its check: " + "; ".join(problems)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import shutil
 import tarfile
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from pipeline.configs.quantize import GptqOptions
+from pipeline.quantize.gptq import run_gptq
 from tests.conftest import RunJob
 from tests.pipeline.finetune_helpers import build_base, chat_rows, task_split
 
@@ -162,3 +165,34 @@ def test_a_model_quantised_to_gguf_is_registered_per_type_and_downloads_as_one_f
         blob = client.get(f"/v1/models/{model_id}/files/{name}", headers=auth)
         assert blob.status_code == 200 and blob.content[:4] == b"GGUF"
     assert "/" not in json.dumps(done["result"]["gguf"])  # no server paths in what users read
+
+
+def test_an_imported_gptq_model_is_recorded_as_gptq_and_a_stale_config_is_dropped(
+    client: TestClient, auth: dict[str, str], run_job: RunJob, tmp_path: Path
+) -> None:
+    base = build_base("llama", tmp_path / "base")
+    gptq_dir = tmp_path / "gptq"
+    gptq_dir.mkdir()
+    options = GptqOptions(bits=4, group_size=32, calibration_samples=4, calibration_length=16)
+    windows = [[(7 * i + j) % 200 + 3 for j in range(16)] for i in range(4)]
+    run_gptq(base, options, windows, gptq_dir, work_dir=tmp_path / "work", threads=2)
+    shutil.copy(base / "tokenizer.json", gptq_dir / "tokenizer.json")
+    shutil.copy(base / "tokenizer_config.json", gptq_dir / "tokenizer_config.json")
+    gptq = upload_model(client, auth, tar_bytes(gptq_dir))
+    assert run_job(job_of(client, auth, gptq))["status"] == "succeeded"
+    stale_config = json.loads((base / "config.json").read_text())
+    stale_config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128}
+    (base / "config.json").write_text(json.dumps(stale_config))
+    stale = upload_model(client, auth, tar_bytes(base))
+    assert run_job(job_of(client, auth, stale))["status"] == "succeeded"
+
+    kept = client.get(f"/v1/models/{gptq['id']}", headers=auth).json()
+    dropped = client.get(f"/v1/models/{stale['id']}", headers=auth).json()
+
+    assert kept["status"] == "ready" and kept["format"] == "gptq"
+    assert dropped["status"] == "ready" and dropped["format"] == "huggingface"
+    assert dropped["details"]["quantization_dropped"] == "gptq"
+    # A fine-tune reads huggingface models only: the GPTQ model is refused before it is queued.
+    body = {"type": "finetune", "params": {"model_id": kept["id"], "dataset_id": "ds_x"}}
+    response = client.post("/v1/jobs", json=body, headers=auth)
+    assert response.status_code == 400 and "gptq" in response.json()["error"]["message"]

@@ -26,7 +26,7 @@ from transformers import (
 from pipeline.pretrain.stage import PretrainInputs, run_pretrain
 from pipeline.quantize.vocab import QWEN2_REGEX
 from pipeline.types import DatasetFile
-from tests.pipeline.conftest import make_paths, tiny_config
+from tests.pipeline.conftest import make_paths, text_file, tiny_config
 
 SAMPLE_TEXT = (
     "Once upon a time, a little fox found 3 shiny stones.\n\n"
@@ -155,3 +155,29 @@ def trained_tiny(root: Path, corpus: DatasetFile, tokenizer_dir: Path, cache: Pa
         )
         _TRAINED[tokenizer_dir] = paths.output_dir
     return _TRAINED[tokenizer_dir]
+
+
+def varied_texts(stories: Sequence[str]) -> list[str]:
+    """Varied training text: the repository's own prose, lists, tables and shell snippets (its
+    README and contributing guide, by paragraph) mixed with stories, so a model trained on it
+    meets the shipped evaluation text as new but not foreign text."""
+    root = Path(__file__).parents[2]
+    paragraphs = [
+        p.strip()
+        for doc in ("README.md", "CONTRIBUTING.md")
+        for p in (root / doc).read_text().split("\n\n")
+        if len(p.strip()) > 40
+    ]
+    return paragraphs + list(stories[: len(paragraphs)])
+
+
+def trained_varied(root: Path, stories: Sequence[str], tokenizer_dir: Path) -> Path:
+    """A model trained by the pretrain stage at preset `tiny` on :func:`varied_texts`."""
+    paths = make_paths(root)
+    corpus = text_file(root / "varied.jsonl", varied_texts(stories))
+    run_pretrain(
+        tiny_config(max_steps=60, eval_interval=60, checkpoint_interval=60, sample_tokens=0),
+        PretrainInputs(train=corpus, validation=None, tokenizer_dir=tokenizer_dir),
+        paths,
+    )
+    return paths.output_dir

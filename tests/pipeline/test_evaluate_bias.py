@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.configs.evaluate import BiasOptions, EvaluateConfig, PerplexityOptions
 from pipeline.evaluate.bias import (
@@ -18,7 +19,9 @@ from pipeline.evaluate.bias import (
     probe,
 )
 from pipeline.evaluate.stage import EvaluateInputs, run_evaluate
-from pipeline.types import DatasetFile, PipelineError, RunPaths
+from pipeline.parts.runtimes.base import WindowScorer
+from pipeline.parts.runtimes.transformers import TransformersRuntime
+from pipeline.types import DatasetFile, Hooks, PipelineError, Progress, RunPaths
 from tests.pipeline.quantize_models import save_imported
 
 
@@ -142,3 +145,69 @@ def test_probe_on_a_tiny_model_with_user_templates(tmp_path: Path) -> None:
     assert result.bias["categories"]["gender"]["bias"] != 0.0
     scores = (tmp_path / "out" / "bias_items.jsonl").read_text().splitlines()
     assert len(scores) == 8
+
+
+def _gender_templates(path: Path, frames: int) -> DatasetFile:
+    lines = []
+    for f in range(frames):
+        lines += _lines(
+            category="gender",
+            frame_id=f"f{f}",
+            text=f"Story {f}: {{group}} was {{attribute}}.",
+            group_a="the man",
+            group_b="the woman",
+            stereotyped=["strong", "brave"],
+            anti_stereotyped=["kind"],
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return DatasetFile(path=path, format="jsonl")
+
+
+def test_probe_progress_counts_items_to_their_total(tmp_path: Path) -> None:
+    model_dir = save_imported("llama", ["the man and the woman were kind"] * 3, tmp_path / "m")
+    templates = _gender_templates(tmp_path / "mine.jsonl", frames=40)
+    (tmp_path / "out").mkdir()
+    events: list[Progress] = []
+    config = EvaluateConfig(
+        perplexity=PerplexityOptions(enabled=False),
+        bias=BiasOptions(enabled=True, bootstrap_samples=10, permutations=10),
+    )
+    run_evaluate(
+        config,
+        EvaluateInputs(model_dir, bias_templates=templates),
+        RunPaths(tmp_path, tmp_path / "out"),
+        Hooks(on_progress=events.append),
+    )
+    # 40 items in chunks of 32: a job shows 32 of 40, then 40 of 40 (an ETA in between).
+    assert [(p.step, p.total) for p in events] == [(32, 40), (40, 40)]
+    assert events[-1].metrics["bias_items"] == 40
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_batched_continuation_scores_equal_one_at_a_time(kind: str, tmp_path: Path) -> None:
+    model_dir = save_imported(kind, ["the man and the woman were kind"] * 3, tmp_path / "m")
+    # A short window, so some contexts are cut; a small batch, so lengths share passes unevenly.
+    runtime = TransformersRuntime.load(
+        model_dir, device=torch.device("cpu"), max_length=24, batch_size=2
+    )
+    rng = random.Random(0)
+    vocab = runtime.model.config.vocab_size
+    seqs = [[rng.randrange(vocab) for _ in range(rng.randint(2, 40))] for _ in range(30)]
+    scored = [rng.randint(1, min(3, len(s) - 1)) for s in seqs]
+    # As the probe asks: several continuations of one context, packed into one row.
+    for _ in range(6):
+        context = [rng.randrange(vocab) for _ in range(rng.randint(1, 30))]
+        for _ in range(5):
+            k = rng.randint(1, 3)
+            seqs.append(context + [rng.randrange(vocab) for _ in range(k)])
+            scored.append(k)
+
+    batched = runtime.scorer.continuation_nll(seqs, scored)
+    # The base class scores one right-padded window per sequence: the reference.
+    single = [
+        WindowScorer.continuation_nll(runtime.scorer, [s], [k])[0]
+        for s, k in zip(seqs, scored, strict=True)
+    ]
+
+    assert batched == pytest.approx(single, rel=1e-4, abs=1e-4)
+    assert len(set(map(len, seqs))) > 10  # the batches really mixed lengths (and padding)

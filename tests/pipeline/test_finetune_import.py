@@ -5,14 +5,21 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
 
 from pipeline.configs.finetune import ModelImportConfig
+from pipeline.configs.quantize import GptqOptions
 from pipeline.import_model.stage import ModelImportInputs, run_model_import
+from pipeline.quantize.gptq import run_gptq
 from pipeline.types import PipelineError
 from tests.pipeline.conftest import make_paths
 from tests.pipeline.finetune_helpers import build_base
@@ -180,3 +187,71 @@ def test_unusable_models_are_refused(bases: dict[str, Path], tmp_path: Path) -> 
     with pytest.raises(PipelineError) as err:
         do_import(zip_of(folder, tmp_path / "noweights.zip"), tmp_path / "nw")
     assert err.value.code == "model.no_weights"
+
+
+# A quantization_config is decided at import: kept (GPTQ), dropped (stale) or refused.
+
+_STALE_GPTQ = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False}
+
+
+def _with_config(base: Path, folder: Path, **changes: Any) -> Path:
+    shutil.copytree(base, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+def test_a_stale_quantization_config_over_full_precision_weights_is_dropped(
+    bases: dict[str, Path], tmp_path: Path
+) -> None:
+    # A GGUF-derived export: full-precision safetensors under a config copied from a quantised
+    # model. Loading it would try to dequantise float weights; a fine-tune failed at save.
+    folder = _with_config(bases["llama"], tmp_path / "stale", quantization_config=_STALE_GPTQ)
+    result = do_import(tar_of(folder, tmp_path / "m.tar.gz"), tmp_path)
+    assert result.format == "huggingface" and result.quantization_dropped == "gptq"  # type: ignore[attr-defined]
+    assert result.forward_checked  # type: ignore[attr-defined]
+    stored = json.loads((result.model_dir / "config.json").read_text())  # type: ignore[attr-defined]
+    assert "quantization_config" not in stored
+    assert stored["hidden_size"] == 64  # the rest of the config is kept
+    AutoModelForCausalLM.from_pretrained(str(result.model_dir))  # type: ignore[attr-defined]
+
+
+def test_a_gptq_model_written_by_gptqmodel_is_kept_as_gptq(
+    bases: dict[str, Path], tmp_path: Path
+) -> None:
+    options = GptqOptions(bits=4, group_size=32, calibration_samples=8, calibration_length=16)
+    generator = torch.Generator().manual_seed(0)
+    windows = torch.randint(3, 200, (8, 16), generator=generator).tolist()
+    gptq_dir = tmp_path / "gptq"
+    gptq_dir.mkdir()
+    run_gptq(bases["llama"], options, windows, gptq_dir, work_dir=tmp_path / "work", threads=2)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (bases["llama"] / name).exists() and not (gptq_dir / name).exists():
+            shutil.copy(bases["llama"] / name, gptq_dir / name)
+    result = do_import(tar_of(gptq_dir, tmp_path / "m.tar.gz"), tmp_path)
+    assert result.format == "gptq" and result.quantization_dropped is None  # type: ignore[attr-defined]
+    assert result.forward_checked  # type: ignore[attr-defined]
+    stored = json.loads((result.model_dir / "config.json").read_text())  # type: ignore[attr-defined]
+    assert stored["quantization_config"]["bits"] == 4
+
+
+def test_quantised_weights_gristmill_does_not_read_are_refused(
+    bases: dict[str, Path], tmp_path: Path
+) -> None:
+    # bitsandbytes 8-bit: int8 weights with their SCB scales; nothing here can dequantise them.
+    folder = _with_config(
+        bases["llama"],
+        tmp_path / "bnb",
+        quantization_config={"quant_method": "bitsandbytes", "load_in_8bit": True},
+    )
+    weights = load_file(str(folder / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj"
+    w = weights[f"{name}.weight"]
+    scale = w.abs().amax(dim=1) / 127
+    weights[f"{name}.weight"] = torch.round(w / scale[:, None]).to(torch.int8)
+    weights[f"{name}.SCB"] = scale
+    save_file(weights, str(folder / "model.safetensors"))
+    with pytest.raises(PipelineError) as err:
+        do_import(tar_of(folder, tmp_path / "m.tar.gz"), tmp_path)
+    assert err.value.code == "model.unsupported_quantization"
+    assert "'bitsandbytes'" in err.value.message and f"{name}.SCB" in err.value.message

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -17,10 +18,22 @@ from pipeline.configs.quantize import GgufOptions, QuantizeConfig
 from pipeline.parts.runtimes import llamacpp
 from pipeline.parts.runtimes.llamacpp import loaded
 from pipeline.quantize import gguf_export
+from pipeline.quantize import stage as quantize_stage
+from pipeline.quantize.measure import (
+    DEFAULT_EVAL_TEXT,
+    Perplexity,
+    default_eval_documents,
+    perplexity_ratio,
+)
 from pipeline.quantize.stage import QuantizeInputs, QuantizeResult, run_quantize
 from pipeline.types import DatasetFile, PipelineError, RunPaths
 from tests.pipeline.conftest import make_paths
-from tests.pipeline.quantize_models import SAMPLE_TEXT, save_imported, trained_tiny
+from tests.pipeline.quantize_models import (
+    SAMPLE_TEXT,
+    save_imported,
+    trained_tiny,
+    trained_varied,
+)
 
 # The shared trained model takes ~1 min to train on a quiet 2-core box, several on a busy one.
 pytestmark = pytest.mark.timeout(900)
@@ -150,6 +163,82 @@ def test_gguf_that_fails_its_check_fails_the_stage(
     assert err.value.code == "quantize.check_failed"
     assert "logits differ" in err.value.message
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def varied_model(
+    tmp_path_factory: pytest.TempPathFactory, corpus_texts: list[str], tiny_tokenizer_dir: Path
+) -> Path:
+    return trained_varied(tmp_path_factory.mktemp("varied"), corpus_texts, tiny_tokenizer_dir)
+
+
+def test_q8_0_of_a_model_trained_on_varied_text_passes_the_default_check(
+    varied_model: Path, tmp_path: Path
+) -> None:
+    # No held-out dataset: the shipped text is scored, thousands of tokens of it, and the report
+    # carries the ratio with an interval around it.
+    paths = make_paths(tmp_path)
+    result = run_quantize(
+        QuantizeConfig(gguf=GgufOptions(types=("q8_0",), generation_tokens=0)),
+        QuantizeInputs(varied_model),
+        paths,
+    )
+    assert result.eval_source == "builtin" and result.eval_tokens > 4000
+    q8 = result.gguf[0]
+    assert q8.perplexity_ratio_low <= q8.perplexity_ratio <= q8.perplexity_ratio_high
+    assert q8.perplexity_ratio_low <= 1.03
+    report = json.loads(result.report_path.read_text())
+    assert report["gguf"][0]["perplexity_ratio_high"] == q8.perplexity_ratio_high
+
+
+def test_q8_0_with_corrupted_weights_fails_the_default_check(
+    varied_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Noise as large as the weights themselves: the file loads and tokenizes like the good one,
+    # only the perplexity ratio (whose whole interval sits far above the limit) gives it away.
+    write = quantize_stage.write_gguf
+
+    def corrupted(state: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        generator = torch.Generator().manual_seed(0)
+        noisy = {
+            k: v + torch.randn(v.shape, generator=generator) * v.std() if v.dim() == 2 else v
+            for k, v in state.items()
+        }
+        write(noisy, *args, **kwargs)
+
+    monkeypatch.setattr(quantize_stage, "write_gguf", corrupted)
+    with pytest.raises(PipelineError) as err:
+        run_quantize(
+            QuantizeConfig(gguf=GgufOptions(types=("q8_0",), generation_tokens=0)),
+            QuantizeInputs(varied_model),
+            make_paths(tmp_path),
+        )
+    assert err.value.code == "quantize.check_failed"
+    assert "perplexity ratio" in err.value.message and "95% interval" in err.value.message
+
+
+def _scored(token_nll: list[float]) -> Perplexity:
+    return Perplexity(1.0, 1.0, len(token_nll), np.array(token_nll, dtype=np.float64))
+
+
+def test_perplexity_ratio_interval_is_paired_and_widens_with_noise() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1.0, 6.0, size=2000)
+    same = perplexity_ratio(_scored(list(base)), _scored(list(base)))
+    assert (same.ratio, same.low, same.high) == (1.0, 1.0, 1.0)
+    # A constant shift per token is measured exactly, however noisy the text's own losses are.
+    shifted = perplexity_ratio(_scored(list(base)), _scored(list(base + 0.01)))
+    assert shifted.low == pytest.approx(np.exp(0.01)) == shifted.high
+    noisy = perplexity_ratio(_scored(list(base)), _scored(list(base + rng.normal(0.01, 0.3, 2000))))
+    assert noisy.low < noisy.ratio < noisy.high and noisy.high - noisy.low > 0.01
+
+
+def test_default_eval_text_is_varied_and_carries_its_licence() -> None:
+    header = DEFAULT_EVAL_TEXT.read_text().split("\n\n")[0]
+    assert "CC0" in header
+    docs = default_eval_documents()
+    assert len(docs) >= 12 and not any(d.startswith("#") or "§" in d for d in docs)
+    assert sum(len(d.split()) for d in docs) > 2500
 
 
 def test_permute_rotary_interleaves_head_halves() -> None:

@@ -21,5 +21,5 @@ def handle_import_model(ctx: JobContext[ImportModelParams]) -> Outcome:
         verdict = ImportVerdict(model.id, None, errors=[{"code": err.code, "reason": err.message}])
         return Outcome(result={"model_id": model.id, "status": "failed"}, outputs=[verdict])
     info = figures(result)
-    verdict = ImportVerdict(model.id, result.model_dir, details=info)
+    verdict = ImportVerdict(model.id, result.model_dir, details=info, format=result.format)
     return Outcome(result={"model_id": model.id, "status": "ready", **info}, outputs=[verdict])
