@@ -58,6 +58,14 @@ class RequestTimeout(Exception):
     pass
 
 
+class GenerationFailed(InferenceError):
+    """An engine crash, as tenants see it: a stable code, no traceback or server path (the
+    service's log has those)."""
+
+    status = 500
+    code = "generation_failed"
+
+
 @dataclass
 class Stats:
     """Counters for /health and for tests that check a generation really stopped."""
@@ -148,10 +156,12 @@ class Run:
             for delta in stream:
                 self._stats.tokens += delta.tokens
                 self._put(("delta", delta))
-        except Exception as exc:  # handed to the request, which turns it into an HTTP error
-            if not isinstance(exc, InferenceError):
-                log.exception("generation failed")
+        except InferenceError as exc:  # handed to the request, which turns it into an HTTP error
             self._put(("error", exc))
+            return
+        except Exception:
+            log.exception("generation failed")
+            self._put(("error", GenerationFailed("the generation failed; retry or report it")))
             return
         if self.cancel.is_set():
             self._stats.cancelled += 1
@@ -233,7 +243,9 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
 
     @app.exception_handler(InferenceError)
     async def _refused(_: Request, exc: InferenceError) -> JSONResponse:
-        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+        kind = {404: "not_found_error", 500: "server_error"}.get(
+            exc.status, "invalid_request_error"
+        )
         return JSONResponse(
             error_body(exc.message, type_=kind, code=exc.code, param=exc.param),
             status_code=exc.status,

@@ -246,3 +246,20 @@ def test_lru_evicts_within_budget_and_refuses_too_big(llama_dir: Path, gpt2_dir:
     with TestClient(app) as client:
         resp = client.post("/v1/completions", json={"model": spec(gpt2_dir), "prompt": "hi"})
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "model_too_large"
+
+
+class CrashingEngine(SlowEngine):
+    """An engine bug: a crash whose text names a server path."""
+
+    def stream(
+        self, model: ModelRef, request: GenerationRequest, cancel: threading.Event
+    ) -> GenerationStream:
+        raise RuntimeError("cannot open /srv/gristmill/store/models/m_1/model.safetensors")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_engine_crash_is_a_stable_code_without_its_text(gpt2_dir: Path, stream: bool) -> None:
+    with TestClient(make_app(CrashingEngine(0))) as client:
+        answer = client.post("/v1/completions", json={**long_request(gpt2_dir), "stream": stream})
+    assert "/srv/" not in answer.text and "RuntimeError" not in answer.text
+    assert answer.status_code == 500 and answer.json()["error"]["code"] == "generation_failed"

@@ -9,6 +9,7 @@ chunk by chunk, closed upstream when the client goes away so generation stops.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -75,6 +76,33 @@ def model_spec(
     return spec
 
 
+class _NonFinite(float):
+    """What ``NaN``, ``Infinity`` and overflowing literals such as ``1e999`` parse to: Python's
+    JSON parser takes them, but no JSON encoder will send them on (httpx refuses), so the API
+    names the field instead of failing on the way to the inference service."""
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(value)
+
+
+def _non_finite_field(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first non-finite number in a parsed body, or None."""
+    if isinstance(value, _NonFinite):
+        return path or "body"
+    items: Any = ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    for key, item in items:
+        found = _non_finite_field(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 async def _proxy(
     request: Request,
     path: str,
@@ -87,9 +115,12 @@ async def _proxy(
     if len(raw) > MAX_BODY_BYTES:
         raise InvalidInput("The request body is too large.", code="payload_too_large")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_float=_parse_float, parse_constant=_NonFinite)
     except ValueError:
         raise InvalidInput("The request body is not valid JSON.", code="invalid_json") from None
+    field = _non_finite_field(body)
+    if field is not None:
+        raise InvalidInput(f"'{field}' must be a finite number.", param=field)
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         raise InvalidInput("'model' (a string) is required.", param="model")
     spec = await run_in_threadpool(
