@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -25,7 +27,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -56,6 +58,10 @@ class QueueFull(Exception):
 
 class RequestTimeout(Exception):
     pass
+
+
+class Unauthenticated(Exception):
+    """The caller did not present the service's token."""
 
 
 class GenerationFailed(InferenceError):
@@ -229,6 +235,28 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
     app.state.stats = stats
     app.state.settings = settings
 
+    async def authenticate(request: Request) -> None:
+        """Only the API, which checked the tenant owns the model, may ask for a generation."""
+        if settings.token is None:
+            return
+        presented = request.headers.get("authorization", "")
+        expected = f"Bearer {settings.token}"
+        if not hmac.compare_digest(presented.encode(), expected.encode()):
+            raise Unauthenticated
+
+    @app.exception_handler(Unauthenticated)
+    async def _unauthenticated(_: Request, __: Unauthenticated) -> JSONResponse:
+        return JSONResponse(
+            error_body(
+                "this service answers the Gristmill API only (Authorization: Bearer <token>)",
+                type_="authentication_error",
+                code="invalid_service_token",
+                param=None,
+            ),
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -356,18 +384,35 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", dependencies=[Depends(authenticate)])
     async def completions(request: Request, body: CompletionRequest) -> Any:
         return await respond(request, body, chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=[Depends(authenticate)])
     async def chat_completions(request: Request, body: ChatRequest) -> Any:
         return await respond(request, body, chat=True)
 
     return app
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def serve(settings: InferenceSettings, host: str, port: int) -> None:
+    """Serve on ``host:port``; without a token, on a loopback address only (anyone who reaches
+    the port could otherwise generate with any model on the store)."""
     import uvicorn
+
+    if settings.token is None and not is_loopback(host):
+        raise SystemExit(
+            f"gristmill inference: refusing to listen on {host} without a token; set "
+            "GRISTMILL_INFERENCE_TOKEN (the API must send the same), or bind 127.0.0.1"
+        )
 
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)

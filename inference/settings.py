@@ -31,5 +31,9 @@ class InferenceSettings(BaseSettings):
     max_n: int = Field(8, ge=1)
     """Largest ``n`` (choices per request; a batch in transformers, one after the other in
     llama.cpp)."""
+    token: str | None = Field(None, min_length=16, repr=False)
+    """``GRISTMILL_INFERENCE_TOKEN``: the secret the API presents (``Authorization: Bearer``);
+    the service answers nothing but ``/health`` without it. Unset, the service only binds a
+    loopback address."""
     gguf_threads: int | None = Field(None, ge=1)
     """CPU threads llama.cpp uses for GGUF models; None: its default (half the cores)."""

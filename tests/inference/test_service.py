@@ -263,3 +263,18 @@ def test_an_engine_crash_is_a_stable_code_without_its_text(gpt2_dir: Path, strea
         answer = client.post("/v1/completions", json={**long_request(gpt2_dir), "stream": stream})
     assert "/srv/" not in answer.text and "RuntimeError" not in answer.text
     assert answer.status_code == 500 and answer.json()["error"]["code"] == "generation_failed"
+
+
+def test_only_the_token_holder_gets_generations(gpt2_dir: Path) -> None:
+    token = "a-token-for-this-test-only"
+    body = {"model": spec(gpt2_dir), "prompt": PROMPT, "max_tokens": 1}
+    with TestClient(make_app(token=token)) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            refused = client.post("/v1/completions", json=body, headers=headers)
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["error"]["code"] == "invalid_service_token"
+        # Refused before the body is looked at: a stranger learns nothing about validation.
+        assert client.post("/v1/chat/completions", json={}).status_code == 401
+        assert client.get("/health").status_code == 200
+        ok = client.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200, ok.text

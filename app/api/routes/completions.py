@@ -9,6 +9,7 @@ chunk by chunk, closed upstream when the client goes away so generation stops.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,7 @@ from app.db import find_owned
 from app.errors import InvalidInput, ServiceUnavailable
 from app.storage import LocalStore
 
+log = logging.getLogger("gristmill.api")
 router = APIRouter(tags=["openai"], responses={401: {"model": ErrorResponse}})
 MAX_BODY_BYTES = 4 * 1024 * 1024
 SERVED_FORMATS = ("huggingface", "peft-adapter", "gguf")
@@ -128,8 +130,12 @@ async def _proxy(
     )
     session.close()  # no database connection is held while a generation streams
     client: httpx.AsyncClient = request.app.state.inference
+    token = settings.inference_token
     upstream_request = client.build_request(
-        "POST", f"{settings.inference_url}{path}", json={**body, "model": spec}
+        "POST",
+        f"{settings.inference_url}{path}",
+        json={**body, "model": spec},
+        headers={"Authorization": f"Bearer {token}"} if token else None,
     )
     try:
         upstream = await client.send(upstream_request, stream=True)
@@ -137,6 +143,12 @@ async def _proxy(
         raise ServiceUnavailable(
             "The inference service is unavailable; retry shortly.", code="inference_unavailable"
         ) from None
+    if upstream.status_code == 401:  # the two sides disagree on GRISTMILL_INFERENCE_TOKEN
+        await upstream.aclose()
+        log.error("the inference service refused the API's token (GRISTMILL_INFERENCE_TOKEN)")
+        raise ServiceUnavailable(
+            "The inference service is unavailable; retry shortly.", code="inference_unavailable"
+        )
     headers = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}
     if upstream.headers.get("content-type", "").startswith("text/event-stream"):
 
