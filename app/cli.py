@@ -186,7 +186,10 @@ def run_inference(host: str, port: int, *, quiet: bool = False) -> None:
     from inference.server import serve as serve_inference
     from inference.settings import InferenceSettings
 
-    serve_inference(InferenceSettings(), host, port)
+    settings = InferenceSettings()
+    if settings.model_root is None:  # the store the API names keys in
+        settings = settings.model_copy(update={"model_root": get_settings().resolved_storage_dir})
+    serve_inference(settings, host, port)
 
 
 def ensure_default_key(settings: Settings) -> tuple[str, bool]:

@@ -37,6 +37,7 @@ from inference.engine import (
     GenerationRequest,
     GenerationStream,
     InferenceError,
+    ModelNotFound,
     ModelRef,
     collect,
 )
@@ -326,12 +327,15 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
         generation = body.generation()
         if generation.params.n > settings.max_n:
             raise InferenceError(f"n may be at most {settings.max_n}", param="n")
+        if settings.model_root is None:
+            raise ModelNotFound("this service has no model store configured", param="model")
+        model = body.model.ref(settings.model_root)
         scheduler.admit()
         run = Run(
             the_engine,
             scheduler,
             stats,
-            body.model.ref(),
+            model,
             generation,
             time.monotonic() + settings.request_timeout_seconds,
         )

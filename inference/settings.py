@@ -6,6 +6,8 @@ builds one and passes it to :func:`inference.server.create_app`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -31,6 +33,10 @@ class InferenceSettings(BaseSettings):
     max_n: int = Field(8, ge=1)
     """Largest ``n`` (choices per request; a batch in transformers, one after the other in
     llama.cpp)."""
+    model_root: Path | None = None
+    """The store's folder: the API names models by keys under it, never by path.
+    ``gristmill inference`` defaults it to the store the API uses (``GRISTMILL_STORAGE_DIR``,
+    else ``<data_dir>/store``); with none, every model is refused."""
     token: str | None = Field(None, min_length=16, repr=False)
     """``GRISTMILL_INFERENCE_TOKEN``: the secret the API presents (``Authorization: Bearer``);
     the service answers nothing but ``/health`` without it. Unset, the service only binds a

@@ -43,7 +43,12 @@ def test_the_api_presents_the_token_the_service_asks_for(
     settings: Settings, auth: dict[str, str], model: str
 ) -> None:
     service = create_inference_app(
-        InferenceSettings(device="cpu", memory_budget_bytes=2**28, token=TOKEN)
+        InferenceSettings(
+            device="cpu",
+            memory_budget_bytes=2**28,
+            token=TOKEN,
+            model_root=settings.resolved_storage_dir,
+        )
     )
     body = {"model": model, "prompt": "hello", "max_tokens": 2}
     for token, status in ((TOKEN, 200), (None, 503), ("not-the-token", 503)):

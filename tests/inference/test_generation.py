@@ -14,7 +14,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.inference.conftest import CONTEXT, spec
+from tests.inference.conftest import CONTEXT, key, spec
 
 PROMPT = "the miller ground the"
 
@@ -308,3 +308,23 @@ def test_load_errors_are_stable_codes_without_server_paths(
         answer = client.post("/v1/completions", json={"model": model, "prompt": "x"})
         assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), answer.text
         assert str(tmp_path) not in answer.text and "/tmp" not in answer.text, answer.text
+
+
+def test_models_are_store_keys_never_paths(
+    client: TestClient, gpt2_dir: Path, tmp_path: Path
+) -> None:
+    """A caller names keys under the service's store; the API sends the keys its ownership
+    check resolved, and nothing else on the disk can be loaded."""
+    escape = tmp_path / "escape"
+    escape.symlink_to(gpt2_dir.parent.parent.parent)  # out of the store, through a link
+    for path in (str(gpt2_dir), f"{key(gpt2_dir)}/../../..", "../etc", ""):
+        model = {**spec(gpt2_dir), "path": path}
+        answer = client.post("/v1/completions", json={"model": model, "prompt": "x"})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["param"] == "model.path"
+    adapter = {**spec(gpt2_dir), "adapter_path": "/etc"}
+    answer = client.post("/v1/completions", json={"model": adapter, "prompt": "x"})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "model.adapter_path"
+    linked = {**spec(gpt2_dir), "path": f"{key(tmp_path)}/{escape.name}"}
+    answer = client.post("/v1/completions", json={"model": linked, "prompt": "x"})
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"

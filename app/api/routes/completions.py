@@ -20,13 +20,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.artifacts import service as artifacts
 from app.artifacts.tables import Artifact
 from app.db import find_owned
 from app.errors import InvalidInput, ServiceUnavailable
-from app.storage import LocalStore
 
 log = logging.getLogger("gristmill.api")
 router = APIRouter(tags=["openai"], responses={401: {"model": ErrorResponse}})
@@ -43,10 +42,9 @@ OPENAPI_BODY = {
 }
 
 
-def model_spec(
-    *, session: SessionDep, store: LocalStore, tenant_id: str, model: str
-) -> dict[str, Any]:
-    """Where the inference service finds the model: its folder, or an adapter and its base; and
+def model_spec(*, session: SessionDep, tenant_id: str, model: str) -> dict[str, Any]:
+    """Where the inference service finds the model: its folder's store key (the service resolves
+    keys under its own store folder, never a path), or an adapter's and its base's; and
     its format, which picks the engine (transformers, or llama.cpp for a GGUF).
 
     Raises:
@@ -64,7 +62,7 @@ def model_spec(
         )
     spec: dict[str, Any] = {
         "id": model,
-        "path": str(store.local_path(artifact.uri)),
+        "path": artifact.uri,
         "format": "gguf" if artifact.format == "gguf" else "huggingface",
     }
     if artifact.format == "peft-adapter":
@@ -74,7 +72,7 @@ def model_spec(
             raise InvalidInput(
                 f"The base of adapter '{model}' no longer exists.", code="model.base_missing"
             )
-        spec = {**spec, "path": str(store.local_path(base.uri)), "adapter_path": spec["path"]}
+        spec = {**spec, "path": base.uri, "adapter_path": spec["path"]}
     return spec
 
 
@@ -110,7 +108,6 @@ async def _proxy(
     path: str,
     session: SessionDep,
     settings: SettingsDep,
-    store: StoreDep,
     tenant_id: str,
 ) -> Response:
     raw = await request.body()
@@ -126,7 +123,7 @@ async def _proxy(
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         raise InvalidInput("'model' (a string) is required.", param="model")
     spec = await run_in_threadpool(
-        lambda: model_spec(session=session, store=store, tenant_id=tenant_id, model=body["model"])
+        lambda: model_spec(session=session, tenant_id=tenant_id, model=body["model"])
     )
     session.close()  # no database connection is held while a generation streams
     client: httpx.AsyncClient = request.app.state.inference
@@ -181,10 +178,9 @@ async def create_completion(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    store: StoreDep,
     tenant_id: TenantDep,
 ) -> Response:
-    return await _proxy(request, "/v1/completions", session, settings, store, tenant_id)
+    return await _proxy(request, "/v1/completions", session, settings, tenant_id)
 
 
 @router.post(
@@ -198,7 +194,6 @@ async def create_chat_completion(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    store: StoreDep,
     tenant_id: TenantDep,
 ) -> Response:
-    return await _proxy(request, "/v1/chat/completions", session, settings, store, tenant_id)
+    return await _proxy(request, "/v1/chat/completions", session, settings, tenant_id)
