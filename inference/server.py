@@ -8,7 +8,9 @@ so the loop stays free to answer health checks and refuse excess load. At most `
 generations run at once (a slot is held until the thread really ends, even after a cancel), and
 each model runs one generation at a time: on CPU, batching unrelated requests buys little and a
 second concurrent forward pass only halves both. ``queue_size`` more requests may wait for a
-slot; beyond that the answer is 429 with ``Retry-After`` at once, never a hang. A request gets
+slot; beyond that the answer is 429 with ``Retry-After`` at once, never a hang. One tenant (named
+by the API in ``X-Gristmill-Tenant``) may hold at most ``tenant_limit`` of those running and
+waiting places, so its burst is answered 429 while other tenants still get in. A request gets
 ``request_timeout_seconds`` for waiting and generating together; past it the generation stops
 (504). A client that disconnects stops its generation at the next token.
 """
@@ -51,10 +53,16 @@ from inference.protocol import (
 from inference.settings import InferenceSettings
 
 log = logging.getLogger("gristmill.inference")
+TENANT_HEADER = "X-Gristmill-Tenant"
+"""Whose request this is, as the API (which holds the token) says: the per-tenant key."""
 
 
 class QueueFull(Exception):
     pass
+
+
+class TenantQueueFull(QueueFull):
+    """This tenant has its share of the service running and waiting; others still get in."""
 
 
 class RequestTimeout(Exception):
@@ -84,28 +92,42 @@ class Stats:
 
 
 class Scheduler:
-    """Admission (running + waiting <= concurrency + queue_size) and the running slots.
+    """Admission (running + waiting <= concurrency + queue_size, and per tenant <= tenant_limit)
+    and the running slots.
 
     Thread primitives rather than asyncio ones: slots are taken and given back by the generation
     threads, and the app must not be tied to one event loop (test clients start several).
     """
 
-    def __init__(self, concurrency: int, queue_size: int) -> None:
+    def __init__(self, concurrency: int, queue_size: int, tenant_limit: int | None = None) -> None:
         self.limit = concurrency + queue_size
+        self.tenant_limit = tenant_limit or max(1, self.limit // 2)
         self.slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
         self.admitted = 0
         self.running = 0
+        self.by_tenant: dict[str, int] = {}
+        """Admitted requests of each tenant that has any."""
 
-    def admit(self) -> None:
+    def admit(self, tenant: str | None) -> None:
+        """Raises TenantQueueFull before QueueFull: a tenant over its share hears so even when
+        the whole queue is also full. Requests without a tenant count against the total only."""
         with self._lock:
+            if tenant is not None and self.by_tenant.get(tenant, 0) >= self.tenant_limit:
+                raise TenantQueueFull
             if self.admitted >= self.limit:
                 raise QueueFull
             self.admitted += 1
+            if tenant is not None:
+                self.by_tenant[tenant] = self.by_tenant.get(tenant, 0) + 1
 
-    def leave(self) -> None:
+    def leave(self, tenant: str | None) -> None:
         with self._lock:
             self.admitted -= 1
+            if tenant is not None:
+                left = self.by_tenant.pop(tenant) - 1
+                if left:
+                    self.by_tenant[tenant] = left
 
 
 _END = object()
@@ -124,8 +146,10 @@ class Run:
         model: ModelRef,
         request: GenerationRequest,
         deadline: float,
+        tenant: str | None,
     ) -> None:
         self.cancel = threading.Event()
+        self._tenant = tenant
         self.deadline = deadline
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -151,7 +175,7 @@ class Run:
                 self._scheduler.running -= 1
                 self._scheduler.slots.release()
         finally:
-            self._scheduler.leave()
+            self._scheduler.leave(self._tenant)
             self._put(_END)
 
     def _generate(self) -> None:
@@ -228,7 +252,7 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
 
         engine = default_engine(settings)
     the_engine: Engine = engine
-    scheduler = Scheduler(settings.concurrency, settings.queue_size)
+    scheduler = Scheduler(settings.concurrency, settings.queue_size, settings.tenant_limit)
     stats = Stats()
     app = FastAPI(title="Gristmill inference", docs_url=None, redoc_url=None)
     app.state.engine = the_engine
@@ -281,13 +305,17 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
         )
 
     @app.exception_handler(QueueFull)
-    async def _full(_: Request, __: QueueFull) -> JSONResponse:
+    async def _full(_: Request, exc: QueueFull) -> JSONResponse:
         stats.rejected += 1
+        mine = isinstance(exc, TenantQueueFull)
         return JSONResponse(
             error_body(
-                "the inference queue is full; retry shortly",
+                "you have as many completions running and waiting as one tenant may; retry "
+                "when one ends"
+                if mine
+                else "the inference queue is full; retry shortly",
                 type_="rate_limit_error",
-                code="queue_full",
+                code="tenant_queue_full" if mine else "queue_full",
                 param=None,
             ),
             status_code=429,
@@ -330,7 +358,8 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
         if settings.model_root is None:
             raise ModelNotFound("this service has no model store configured", param="model")
         model = body.model.ref(settings.model_root)
-        scheduler.admit()
+        tenant = request.headers.get(TENANT_HEADER) or None
+        scheduler.admit(tenant)
         run = Run(
             the_engine,
             scheduler,
@@ -338,6 +367,7 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
             model,
             generation,
             time.monotonic() + settings.request_timeout_seconds,
+            tenant,
         )
         want_logprobs = generation.params.logprobs is not None
         watcher = asyncio.create_task(_watch_disconnect(request, run.cancel))

@@ -28,6 +28,10 @@ class InferenceSettings(BaseSettings):
     """Requests that may wait for a slot; one more is answered 429 with ``Retry-After``."""
     request_timeout_seconds: float = Field(300.0, gt=0)
     """Waiting plus generating; past it the generation is stopped and the request fails (504)."""
+    tenant_limit: int | None = Field(None, ge=1)
+    """Requests one tenant (``X-Gristmill-Tenant``, sent by the API) may have running and waiting
+    at once; past it that tenant alone gets 429, so one tenant's burst leaves room for others.
+    None: half of ``concurrency + queue_size`` (at least 1)."""
     retry_after_seconds: int = Field(1, ge=1)
     """What a 429 tells the client to wait."""
     max_n: int = Field(8, ge=1)

@@ -1,5 +1,6 @@
 """The inference service answers the API only: a shared ``GRISTMILL_INFERENCE_TOKEN``, presented
-by the API as ``Authorization: Bearer`` on every completion it forwards."""
+by the API as ``Authorization: Bearer`` on every completion it forwards, with the tenant whose
+request it is (``X-Gristmill-Tenant``, the key of the service's per-tenant limit)."""
 
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def model(
     yield str(model["id"])
 
 
-def test_the_api_presents_the_token_the_service_asks_for(
-    settings: Settings, auth: dict[str, str], model: str
+def test_the_api_presents_the_token_and_the_tenant_to_the_service(
+    settings: Settings, auth: dict[str, str], tenant: str, model: str
 ) -> None:
     service = create_inference_app(
         InferenceSettings(
@@ -51,13 +52,21 @@ def test_the_api_presents_the_token_the_service_asks_for(
         )
     )
     body = {"model": model, "prompt": "hello", "max_tokens": 2}
+    tenants: list[str | None] = []
+
+    async def seen(request: httpx.Request) -> None:
+        tenants.append(request.headers.get("X-Gristmill-Tenant"))
+
     for token, status in ((TOKEN, 200), (None, 503), ("not-the-token", 503)):
         with api(settings, token) as client:
             transport = httpx.ASGITransport(app=service)
-            client.app.state.inference = httpx.AsyncClient(transport=transport, timeout=60)  # type: ignore[attr-defined]
+            client.app.state.inference = httpx.AsyncClient(  # type: ignore[attr-defined]
+                transport=transport, timeout=60, event_hooks={"request": [seen]}
+            )
             answer = client.post("/v1/completions", json=body, headers=auth)
         if status == 200:
             assert answer.status_code == 200, answer.text
         else:  # a misconfiguration, not the tenant's fault: no token talk in the answer
             assert_error(answer, 503, code="inference_unavailable")
             assert "token" not in answer.text.lower()
+    assert tenants == [tenant] * 3  # the service's per-tenant share is keyed on it

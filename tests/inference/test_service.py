@@ -278,3 +278,34 @@ def test_only_the_token_holder_gets_generations(gpt2_dir: Path) -> None:
         assert client.get("/health").status_code == 200
         ok = client.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200, ok.text
+
+
+def test_one_tenants_burst_leaves_room_for_another(gpt2_dir: Path) -> None:
+    app = make_app(
+        SlowEngine(0.05), concurrency=1, queue_size=3, tenant_limit=2, retry_after_seconds=2
+    )
+    acme, globex = {"X-Gristmill-Tenant": "acme"}, {"X-Gristmill-Tenant": "globex"}
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as c:
+
+            def post(headers: dict[str, str]) -> Any:
+                return c.post("/v1/completions", json=long_request(gpt2_dir), headers=headers)
+
+            burst = [asyncio.create_task(post(acme)) for _ in range(2)]
+            await _wait_for(lambda: app.state.scheduler.admitted == 2)
+            refused = await post(acme)  # the queue has room, acme has its share
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
+            assert refused.json()["error"]["code"] == "tenant_queue_full"
+            admitted = asyncio.create_task(post(globex))
+            await _wait_for(lambda: app.state.scheduler.admitted == 3)
+            assert app.state.scheduler.by_tenant == {"acme": 2, "globex": 1}
+            assert [(await r).status_code for r in (*burst, admitted)] == [200, 200, 200]
+            assert app.state.scheduler.by_tenant == {}
+            again = await c.post(
+                "/v1/completions", json=long_request(gpt2_dir, max_tokens=2), headers=acme
+            )
+            assert again.status_code == 200  # a finished request gives its share back
+
+    asyncio.run(scenario())

@@ -132,7 +132,10 @@ async def _proxy(
         "POST",
         f"{settings.inference_url}{path}",
         json={**body, "model": spec},
-        headers={"Authorization": f"Bearer {token}"} if token else None,
+        headers={
+            "X-Gristmill-Tenant": tenant_id,  # the service's per-tenant share
+            **({"Authorization": f"Bearer {token}"} if token else {}),
+        },
     )
     try:
         upstream = await client.send(upstream_request, stream=True)
