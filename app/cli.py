@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -185,7 +186,10 @@ def run_inference(host: str, port: int, *, quiet: bool = False) -> None:
     from inference.server import serve as serve_inference
     from inference.settings import InferenceSettings
 
-    serve_inference(InferenceSettings(), host, port)
+    settings = InferenceSettings()
+    if settings.model_root is None:  # the store the API names keys in
+        settings = settings.model_copy(update={"model_root": get_settings().resolved_storage_dir})
+    serve_inference(settings, host, port)
 
 
 def ensure_default_key(settings: Settings) -> tuple[str, bool]:
@@ -273,7 +277,8 @@ def embedded_processes(settings: Settings, host: str, port: int) -> list[Supervi
     worker = ["worker", "--queues", "cpu,gpu", "--concurrency", "1", "--quiet"]
     processes = [Supervisor("worker", worker)]
     if "inference_url" not in settings.model_fields_set:
-        inference = ["inference", "--host", host, "--port", str(port + 1), "--quiet"]
+        # Loopback whatever the API binds: only the API beside it calls the service.
+        inference = ["inference", "--host", "127.0.0.1", "--port", str(port + 1), "--quiet"]
         processes.append(Supervisor("inference", inference))
     return processes
 
@@ -286,9 +291,14 @@ def serve(settings: Settings, host: str, port: int) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     migrate(settings)
     key, new_key = ensure_default_key(settings)
+    if settings.inference_token is None:
+        # One secret for this run, shared with the children through their environment.
+        token = secrets.token_urlsafe(32)
+        os.environ["GRISTMILL_INFERENCE_TOKEN"] = token
+        settings = settings.model_copy(update={"inference_token": token})
     processes = embedded_processes(settings, host, port)
     if "inference_url" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"inference_url": f"http://{host}:{port + 1}"})
+        settings = settings.model_copy(update={"inference_url": f"http://127.0.0.1:{port + 1}"})
     for process in processes:
         process.start()
     try:

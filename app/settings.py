@@ -68,6 +68,9 @@ class Settings(StorageSettings):
     inference_url: str = "http://127.0.0.1:8001"
     """The inference service the API forwards completions to (``gristmill inference``);
     ``gristmill serve`` starts one on the next port and points here."""
+    inference_token: str | None = Field(None, repr=False)
+    """``GRISTMILL_INFERENCE_TOKEN``: the secret the API presents to the inference service, the
+    same variable the service reads; ``gristmill serve`` makes one for its own service."""
     inference_timeout_seconds: float = Field(600.0, gt=0)
     """How long the API waits for the inference service to answer (streams may run longer)."""
 

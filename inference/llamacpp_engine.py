@@ -82,10 +82,10 @@ def gguf_file(ref: ModelRef) -> Path:
         return ref.path
     files = sorted(ref.path.glob("*.gguf")) if ref.path.is_dir() else []
     if not files:
-        raise ModelNotFound(f"no .gguf file at {ref.path}", param="model")
+        raise ModelNotFound(f"no .gguf file in {ref.id!r}", param="model")
     if len(files) > 1:
         raise ModelLoadError(
-            f"{ref.path} holds {len(files)} .gguf files; a GGUF model is one file",
+            f"{ref.id!r} holds {len(files)} .gguf files; a GGUF model is one file",
             param="model",
         )
     return files[0]
@@ -109,7 +109,8 @@ def read_shape(path: Path) -> GgufShape:
     try:
         fields = GGUFReader(path).fields
     except (ValueError, OSError) as exc:
-        raise ModelLoadError(f"{path.name} is not a readable GGUF: {exc}", param="model") from exc
+        log.warning("cannot read the GGUF header of %s: %s", path, exc)
+        raise ModelLoadError(f"{path.name} is not a readable GGUF", param="model") from exc
 
     def value(key: str, default: int | None = None) -> int:
         found = fields.get(key)
@@ -189,7 +190,8 @@ def load_model(ref: ModelRef, *, threads: int | None = None) -> LlamaCppModel:
                 verbose=False,
             )
     except ValueError as exc:  # llama-cpp-python's answer to "failed to load model"
-        raise ModelLoadError(f"llama.cpp cannot load {ref.id!r}: {exc}", param="model") from exc
+        log.warning("llama.cpp cannot load %s from %s: %s", ref.id, path, exc)
+        raise ModelLoadError(f"llama.cpp cannot load {ref.id!r}", param="model") from exc
     template = llm.metadata.get("tokenizer.chat_template")
     chat = None
     if template:
@@ -302,7 +304,7 @@ def _choice(
     lib = _llama_cpp()
     vocab = lib.llama_model_get_vocab(llm.model)
     state = ChoiceState(Detokenizer(_Pieces(llm)), params.stop)
-    llm.set_seed(seed)
+    llm.set_seed(seed % 2**32)  # llama.cpp's sampler seed is 32 bits; the API allows 64
     # top_k 0 and min_p 0 switch llama.cpp's extra filters off: temperature and top-p only, as
     # OpenAI's parameters mean. Temperature 0 is llama.cpp's greedy sampler.
     tokens = llm.generate(

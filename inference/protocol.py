@@ -19,22 +19,47 @@ from inference.engine import (
     Delta,
     GenerationRequest,
     ModelFormat,
+    ModelNotFound,
     ModelRef,
     SamplingParams,
     TokenLogprob,
 )
 
 
+def _store_key(value: str | None) -> str | None:
+    """A key relative to the store, never a path of the caller's choosing: the service reads
+    nothing the API's ownership check did not name."""
+    if value is None:
+        return None
+    if not value or value.startswith(("/", "\\")) or "\x00" in value:
+        raise ValueError("must be a key relative to the store")
+    if ".." in Path(value).parts:
+        raise ValueError("must not contain '..'")
+    return value
+
+
+def resolve_key(root: Path, key: str) -> Path:
+    """``key`` under ``root``; a symlink that leads out of it is treated as no model."""
+    path = (root / key).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ModelNotFound("no such model on the store", param="model")
+    return path
+
+
 class ModelSpec(BaseModel):
-    """The model the API resolved the request's id to: folders on the shared store."""
+    """The model the API resolved the request's id to: folders on the shared store, as keys
+    under the service's ``model_root``."""
 
     id: str
-    path: Path
-    adapter_path: Path | None = None
+    path: str
+    adapter_path: str | None = None
     format: ModelFormat = "huggingface"
 
-    def ref(self) -> ModelRef:
-        return ModelRef(self.id, self.path, self.adapter_path, self.format)
+    _keys = field_validator("path", "adapter_path")(_store_key)
+
+    def ref(self, root: Path) -> ModelRef:
+        adapter = resolve_key(root, self.adapter_path) if self.adapter_path else None
+        return ModelRef(self.id, resolve_key(root, self.path), adapter, self.format)
 
 
 class StreamOptions(BaseModel):
@@ -46,15 +71,18 @@ class _Request(BaseModel):
 
     model: ModelSpec
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    # NaN passes no comparison, so without allow_inf_nan=False it fails "<= 2": a misleading
+    # message; this way it is "a finite number".
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     n: int | None = Field(None, ge=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    """OpenAI's range (a signed 64-bit integer); torch's generator refuses more with a crash."""
+    presence_penalty: float | None = Field(None, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, allow_inf_nan=False)
 
     @field_validator("stop")
     @classmethod

@@ -8,7 +8,9 @@ so the loop stays free to answer health checks and refuse excess load. At most `
 generations run at once (a slot is held until the thread really ends, even after a cancel), and
 each model runs one generation at a time: on CPU, batching unrelated requests buys little and a
 second concurrent forward pass only halves both. ``queue_size`` more requests may wait for a
-slot; beyond that the answer is 429 with ``Retry-After`` at once, never a hang. A request gets
+slot; beyond that the answer is 429 with ``Retry-After`` at once, never a hang. One tenant (named
+by the API in ``X-Gristmill-Tenant``) may hold at most ``tenant_limit`` of those running and
+waiting places, so its burst is answered 429 while other tenants still get in. A request gets
 ``request_timeout_seconds`` for waiting and generating together; past it the generation stops
 (504). A client that disconnects stops its generation at the next token.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -25,7 +29,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -35,6 +39,7 @@ from inference.engine import (
     GenerationRequest,
     GenerationStream,
     InferenceError,
+    ModelNotFound,
     ModelRef,
     collect,
 )
@@ -48,14 +53,32 @@ from inference.protocol import (
 from inference.settings import InferenceSettings
 
 log = logging.getLogger("gristmill.inference")
+TENANT_HEADER = "X-Gristmill-Tenant"
+"""Whose request this is, as the API (which holds the token) says: the per-tenant key."""
 
 
 class QueueFull(Exception):
     pass
 
 
+class TenantQueueFull(QueueFull):
+    """This tenant has its share of the service running and waiting; others still get in."""
+
+
 class RequestTimeout(Exception):
     pass
+
+
+class Unauthenticated(Exception):
+    """The caller did not present the service's token."""
+
+
+class GenerationFailed(InferenceError):
+    """An engine crash, as tenants see it: a stable code, no traceback or server path (the
+    service's log has those)."""
+
+    status = 500
+    code = "generation_failed"
 
 
 @dataclass
@@ -69,28 +92,42 @@ class Stats:
 
 
 class Scheduler:
-    """Admission (running + waiting <= concurrency + queue_size) and the running slots.
+    """Admission (running + waiting <= concurrency + queue_size, and per tenant <= tenant_limit)
+    and the running slots.
 
     Thread primitives rather than asyncio ones: slots are taken and given back by the generation
     threads, and the app must not be tied to one event loop (test clients start several).
     """
 
-    def __init__(self, concurrency: int, queue_size: int) -> None:
+    def __init__(self, concurrency: int, queue_size: int, tenant_limit: int | None = None) -> None:
         self.limit = concurrency + queue_size
+        self.tenant_limit = tenant_limit or max(1, self.limit // 2)
         self.slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
         self.admitted = 0
         self.running = 0
+        self.by_tenant: dict[str, int] = {}
+        """Admitted requests of each tenant that has any."""
 
-    def admit(self) -> None:
+    def admit(self, tenant: str | None) -> None:
+        """Raises TenantQueueFull before QueueFull: a tenant over its share hears so even when
+        the whole queue is also full. Requests without a tenant count against the total only."""
         with self._lock:
+            if tenant is not None and self.by_tenant.get(tenant, 0) >= self.tenant_limit:
+                raise TenantQueueFull
             if self.admitted >= self.limit:
                 raise QueueFull
             self.admitted += 1
+            if tenant is not None:
+                self.by_tenant[tenant] = self.by_tenant.get(tenant, 0) + 1
 
-    def leave(self) -> None:
+    def leave(self, tenant: str | None) -> None:
         with self._lock:
             self.admitted -= 1
+            if tenant is not None:
+                left = self.by_tenant.pop(tenant) - 1
+                if left:
+                    self.by_tenant[tenant] = left
 
 
 _END = object()
@@ -109,8 +146,10 @@ class Run:
         model: ModelRef,
         request: GenerationRequest,
         deadline: float,
+        tenant: str | None,
     ) -> None:
         self.cancel = threading.Event()
+        self._tenant = tenant
         self.deadline = deadline
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -136,7 +175,7 @@ class Run:
                 self._scheduler.running -= 1
                 self._scheduler.slots.release()
         finally:
-            self._scheduler.leave()
+            self._scheduler.leave(self._tenant)
             self._put(_END)
 
     def _generate(self) -> None:
@@ -148,10 +187,12 @@ class Run:
             for delta in stream:
                 self._stats.tokens += delta.tokens
                 self._put(("delta", delta))
-        except Exception as exc:  # handed to the request, which turns it into an HTTP error
-            if not isinstance(exc, InferenceError):
-                log.exception("generation failed")
+        except InferenceError as exc:  # handed to the request, which turns it into an HTTP error
             self._put(("error", exc))
+            return
+        except Exception:
+            log.exception("generation failed")
+            self._put(("error", GenerationFailed("the generation failed; retry or report it")))
             return
         if self.cancel.is_set():
             self._stats.cancelled += 1
@@ -211,13 +252,35 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
 
         engine = default_engine(settings)
     the_engine: Engine = engine
-    scheduler = Scheduler(settings.concurrency, settings.queue_size)
+    scheduler = Scheduler(settings.concurrency, settings.queue_size, settings.tenant_limit)
     stats = Stats()
     app = FastAPI(title="Gristmill inference", docs_url=None, redoc_url=None)
     app.state.engine = the_engine
     app.state.scheduler = scheduler
     app.state.stats = stats
     app.state.settings = settings
+
+    async def authenticate(request: Request) -> None:
+        """Only the API, which checked the tenant owns the model, may ask for a generation."""
+        if settings.token is None:
+            return
+        presented = request.headers.get("authorization", "")
+        expected = f"Bearer {settings.token}"
+        if not hmac.compare_digest(presented.encode(), expected.encode()):
+            raise Unauthenticated
+
+    @app.exception_handler(Unauthenticated)
+    async def _unauthenticated(_: Request, __: Unauthenticated) -> JSONResponse:
+        return JSONResponse(
+            error_body(
+                "this service answers the Gristmill API only (Authorization: Bearer <token>)",
+                type_="authentication_error",
+                code="invalid_service_token",
+                param=None,
+            ),
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -233,20 +296,26 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
 
     @app.exception_handler(InferenceError)
     async def _refused(_: Request, exc: InferenceError) -> JSONResponse:
-        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+        kind = {404: "not_found_error", 500: "server_error"}.get(
+            exc.status, "invalid_request_error"
+        )
         return JSONResponse(
             error_body(exc.message, type_=kind, code=exc.code, param=exc.param),
             status_code=exc.status,
         )
 
     @app.exception_handler(QueueFull)
-    async def _full(_: Request, __: QueueFull) -> JSONResponse:
+    async def _full(_: Request, exc: QueueFull) -> JSONResponse:
         stats.rejected += 1
+        mine = isinstance(exc, TenantQueueFull)
         return JSONResponse(
             error_body(
-                "the inference queue is full; retry shortly",
+                "you have as many completions running and waiting as one tenant may; retry "
+                "when one ends"
+                if mine
+                else "the inference queue is full; retry shortly",
                 type_="rate_limit_error",
-                code="queue_full",
+                code="tenant_queue_full" if mine else "queue_full",
                 param=None,
             ),
             status_code=429,
@@ -286,14 +355,19 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
         generation = body.generation()
         if generation.params.n > settings.max_n:
             raise InferenceError(f"n may be at most {settings.max_n}", param="n")
-        scheduler.admit()
+        if settings.model_root is None:
+            raise ModelNotFound("this service has no model store configured", param="model")
+        model = body.model.ref(settings.model_root)
+        tenant = request.headers.get(TENANT_HEADER) or None
+        scheduler.admit(tenant)
         run = Run(
             the_engine,
             scheduler,
             stats,
-            body.model.ref(),
+            model,
             generation,
             time.monotonic() + settings.request_timeout_seconds,
+            tenant,
         )
         want_logprobs = generation.params.logprobs is not None
         watcher = asyncio.create_task(_watch_disconnect(request, run.cancel))
@@ -344,18 +418,35 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", dependencies=[Depends(authenticate)])
     async def completions(request: Request, body: CompletionRequest) -> Any:
         return await respond(request, body, chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=[Depends(authenticate)])
     async def chat_completions(request: Request, body: ChatRequest) -> Any:
         return await respond(request, body, chat=True)
 
     return app
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def serve(settings: InferenceSettings, host: str, port: int) -> None:
+    """Serve on ``host:port``; without a token, on a loopback address only (anyone who reaches
+    the port could otherwise generate with any model on the store)."""
     import uvicorn
+
+    if settings.token is None and not is_loopback(host):
+        raise SystemExit(
+            f"gristmill inference: refusing to listen on {host} without a token; set "
+            "GRISTMILL_INFERENCE_TOKEN (the API must send the same), or bind 127.0.0.1"
+        )
 
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)

@@ -6,6 +6,8 @@ builds one and passes it to :func:`inference.server.create_app`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,10 +28,22 @@ class InferenceSettings(BaseSettings):
     """Requests that may wait for a slot; one more is answered 429 with ``Retry-After``."""
     request_timeout_seconds: float = Field(300.0, gt=0)
     """Waiting plus generating; past it the generation is stopped and the request fails (504)."""
+    tenant_limit: int | None = Field(None, ge=1)
+    """Requests one tenant (``X-Gristmill-Tenant``, sent by the API) may have running and waiting
+    at once; past it that tenant alone gets 429, so one tenant's burst leaves room for others.
+    None: half of ``concurrency + queue_size`` (at least 1)."""
     retry_after_seconds: int = Field(1, ge=1)
     """What a 429 tells the client to wait."""
     max_n: int = Field(8, ge=1)
     """Largest ``n`` (choices per request; a batch in transformers, one after the other in
     llama.cpp)."""
+    model_root: Path | None = None
+    """The store's folder: the API names models by keys under it, never by path.
+    ``gristmill inference`` defaults it to the store the API uses (``GRISTMILL_STORAGE_DIR``,
+    else ``<data_dir>/store``); with none, every model is refused."""
+    token: str | None = Field(None, min_length=16, repr=False)
+    """``GRISTMILL_INFERENCE_TOKEN``: the secret the API presents (``Authorization: Bearer``);
+    the service answers nothing but ``/health`` without it. Unset, the service only binds a
+    loopback address."""
     gguf_threads: int | None = Field(None, ge=1)
     """CPU threads llama.cpp uses for GGUF models; None: its default (half the cores)."""

@@ -83,19 +83,21 @@ def _estimate_bytes(ref: ModelRef) -> int:
 
 def _check_folders(ref: ModelRef) -> None:
     if not (ref.path / "config.json").is_file():
-        raise ModelNotFound(f"no model at {ref.path} (config.json missing)", param="model")
+        raise ModelNotFound(f"no model {ref.id!r} (config.json missing)", param="model")
     if not _safetensors(ref.path):
         raise ModelLoadError(
-            f"{ref.path} has no .safetensors weights; only safetensors are loaded", param="model"
+            f"{ref.id!r} has no .safetensors weights; only safetensors are loaded", param="model"
         )
     if ref.adapter_path is not None:
         if not (ref.adapter_path / "adapter_config.json").is_file():
             raise ModelNotFound(
-                f"no peft adapter at {ref.adapter_path} (adapter_config.json missing)",
+                f"{ref.id!r} has no peft adapter (adapter_config.json missing)",
                 param="model",
             )
         if not _safetensors(ref.adapter_path):
-            raise ModelLoadError(f"{ref.adapter_path} has no .safetensors weights", param="model")
+            raise ModelLoadError(
+                f"the adapter of {ref.id!r} has no .safetensors weights", param="model"
+            )
 
 
 def load_model(ref: ModelRef, device: torch.device) -> LoadedModel:
@@ -123,7 +125,9 @@ def load_model(ref: ModelRef, device: torch.device) -> LoadedModel:
             tokenizer_dir = ref.adapter_path
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load {ref.id!r}: {exc}", param="model") from exc
+        # The library's text names server paths: it goes to the log, the tenant gets the code.
+        log.warning("cannot load %s from %s: %s", ref.id, ref.path, exc)
+        raise ModelLoadError(f"cannot load {ref.id!r}", param="model") from exc
     base: PreTrainedModel = model.get_base_model() if ref.adapter_path else model
     eos_ids = _eos_ids(ref, base, tokenizer)
     config = base.config

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from app.settings import Settings
 from inference.server import create_app as create_inference_app
 from inference.settings import InferenceSettings
 from tests.conftest import RunJob
@@ -21,9 +22,13 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture
-def inference(client: TestClient) -> None:
+def inference(client: TestClient, settings: Settings) -> None:
     """Completions reach the real inference service, in this process (on the ASGI transport)."""
-    service = create_inference_app(InferenceSettings(device="cpu", memory_budget_bytes=2**28))
+    service = create_inference_app(
+        InferenceSettings(
+            device="cpu", memory_budget_bytes=2**28, model_root=settings.resolved_storage_dir
+        )
+    )
     transport = httpx.ASGITransport(app=service)
     client.app.state.inference = httpx.AsyncClient(transport=transport, timeout=60)  # type: ignore[attr-defined]
 

@@ -110,6 +110,27 @@ def test_integers_over_4300_digits_are_a_clean_422(
     )
 
 
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"model": "m", "prompt": "x", "temperature": NaN}', "temperature"),
+        (b'{"model": "m", "prompt": "x", "top_p": Infinity}', "top_p"),
+        (b'{"model": "m", "prompt": "x", "temperature": 1e999}', "temperature"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x", "w": -Infinity}]}',
+            "messages.0.w",
+        ),
+    ],
+)
+def test_non_finite_numbers_in_completions_are_400_naming_the_field(
+    client: TestClient, auth: dict[str, str], body: bytes, param: str
+) -> None:
+    # Python's parser takes them but no encoder sends them on to the inference service.
+    headers = {**auth, "Content-Type": "application/json"}
+    answer = client.post("/v1/chat/completions", content=body, headers=headers)
+    assert_error(answer, 400, param=param)
+
+
 def test_nul_in_a_query_is_422_naming_it(client: TestClient, auth: dict[str, str]) -> None:
     assert_error(client.get("/v1/datasets?after=a%00", headers=auth), 422, param="after")
 

@@ -459,9 +459,13 @@ def strictly_but_status(job: FineTuningJob) -> None:
 
 
 @pytest.fixture
-def inference(client: TestClient) -> None:
+def inference(client: TestClient, settings: Settings) -> None:
     """Completions reach the real inference service, in this process (on the ASGI transport)."""
-    service = create_inference_app(InferenceSettings(device="cpu", memory_budget_bytes=2**28))
+    service = create_inference_app(
+        InferenceSettings(
+            device="cpu", memory_budget_bytes=2**28, model_root=settings.resolved_storage_dir
+        )
+    )
     transport = httpx.ASGITransport(app=service)
     client.app.state.inference = httpx.AsyncClient(transport=transport, timeout=60)  # type: ignore[attr-defined]
 

@@ -124,20 +124,40 @@ def adapter_dir(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> Pa
     return out
 
 
+MODEL_ROOT: list[Path] = []
+"""The test services' store: pytest's base temporary folder, where every model here is built
+(set once per session by ``_model_root``)."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_root(tmp_path_factory: pytest.TempPathFactory) -> None:
+    MODEL_ROOT[:] = [tmp_path_factory.getbasetemp().resolve()]
+
+
+def key(path: Path) -> str:
+    """The store key of a folder built in this session, as the API sends it."""
+    return str(path.resolve().relative_to(MODEL_ROOT[0]))
+
+
 def spec(
     path: Path, adapter: Path | None = None, id_: str = "tiny", format_: str = "huggingface"
 ) -> dict[str, Any]:
     return {
         "id": id_,
-        "path": str(path),
-        "adapter_path": str(adapter) if adapter else None,
+        "path": key(path),
+        "adapter_path": key(adapter) if adapter else None,
         "format": format_,
     }
 
 
 def make_app(engine: Engine | None = None, **overrides: Any) -> Any:
     settings = InferenceSettings(
-        **{"device": "cpu", "memory_budget_bytes": 64 * 2**20, **overrides}
+        **{
+            "device": "cpu",
+            "memory_budget_bytes": 64 * 2**20,
+            "model_root": MODEL_ROOT[0],
+            **overrides,
+        }
     )
     return create_app(settings, engine)
 
@@ -158,7 +178,12 @@ def client(app: Any) -> Iterator[TestClient]:
 def service() -> Iterator[str]:
     """``gristmill inference`` as a real process on a free port, one per test module."""
     port = free_port()
-    env = {**os.environ, "GRISTMILL_INFERENCE_DEVICE": "cpu", "GRISTMILL_INFERENCE_QUEUE_SIZE": "2"}
+    env = {
+        **os.environ,
+        "GRISTMILL_INFERENCE_DEVICE": "cpu",
+        "GRISTMILL_INFERENCE_QUEUE_SIZE": "2",
+        "GRISTMILL_INFERENCE_MODEL_ROOT": str(MODEL_ROOT[0]),
+    }
     cmd = [sys.executable, "-m", "app.cli", "inference", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"

@@ -14,7 +14,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.inference.conftest import CONTEXT, spec
+from tests.inference.conftest import CONTEXT, key, spec
 
 PROMPT = "the miller ground the"
 
@@ -262,3 +262,69 @@ def test_invalid_requests_are_400(client: TestClient, gpt2_dir: Path, tmp_path: 
     assert (
         no_template.status_code == 400 and "chat template" in no_template.json()["error"]["message"]
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "raw"),
+    [
+        ("temperature", "NaN"),
+        ("temperature", "1e999"),
+        ("top_p", "Infinity"),
+        ("top_p", "-Infinity"),
+        ("seed", str(2**64)),
+    ],
+)
+def test_non_finite_numbers_and_huge_seeds_are_400_naming_the_field(
+    client: TestClient, gpt2_dir: Path, field: str, raw: str
+) -> None:
+    # Python's JSON parser takes NaN and Infinity; torch's generator crashes on a seed past 64 bits.
+    body = f'{{"model": {json.dumps(spec(gpt2_dir))}, "prompt": "x", "{field}": {raw}}}'
+    answer = client.post(
+        "/v1/completions", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == field
+    assert ("finite" if field != "seed" else "less than or equal") in error["message"]
+
+
+def test_load_errors_are_stable_codes_without_server_paths(
+    client: TestClient, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # no model_type: transformers names the folder
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    gguf = tmp_path / "gguf"
+    gguf.mkdir()
+    (gguf / "model.gguf").write_bytes(b"not a gguf")
+    cases = [
+        (spec(tmp_path / "missing"), 404, "model_not_found"),
+        (spec(broken), 400, "model_load_failed"),
+        (spec(tmp_path / "missing", format_="gguf"), 404, "model_not_found"),
+        (spec(gguf, format_="gguf"), 400, "model_load_failed"),
+    ]
+    for model, status, code in cases:
+        answer = client.post("/v1/completions", json={"model": model, "prompt": "x"})
+        assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), answer.text
+        assert str(tmp_path) not in answer.text and "/tmp" not in answer.text, answer.text
+
+
+def test_models_are_store_keys_never_paths(
+    client: TestClient, gpt2_dir: Path, tmp_path: Path
+) -> None:
+    """A caller names keys under the service's store; the API sends the keys its ownership
+    check resolved, and nothing else on the disk can be loaded."""
+    escape = tmp_path / "escape"
+    escape.symlink_to(gpt2_dir.parent.parent.parent)  # out of the store, through a link
+    for path in (str(gpt2_dir), f"{key(gpt2_dir)}/../../..", "../etc", ""):
+        model = {**spec(gpt2_dir), "path": path}
+        answer = client.post("/v1/completions", json={"model": model, "prompt": "x"})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["param"] == "model.path"
+    adapter = {**spec(gpt2_dir), "adapter_path": "/etc"}
+    answer = client.post("/v1/completions", json={"model": adapter, "prompt": "x"})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "model.adapter_path"
+    linked = {**spec(gpt2_dir), "path": f"{key(tmp_path)}/{escape.name}"}
+    answer = client.post("/v1/completions", json={"model": linked, "prompt": "x"})
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"

@@ -4,13 +4,17 @@ client that hangs up mid-stream."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.inference.conftest import spec
-from tests.timing import wait_for
+from tests.serving import free_port
+from tests.timing import scaled, wait_for
 
 
 @pytest.mark.slow
@@ -45,3 +49,13 @@ def test_inference_process_streams_and_stops_on_hangup(service: str, llama_dir: 
     )
     assert health["running"] == 0 and health["waiting"] == 0
     assert health["stats"]["completed"] + health["stats"]["cancelled"] == 2
+
+
+def test_without_a_token_it_listens_on_loopback_only() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GRISTMILL_INFERENCE_TOKEN"}
+    port = str(free_port())
+    cmd = [sys.executable, "-m", "app.cli", "inference", "--host", "0.0.0.0", "--port", port]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=scaled(15))
+    assert done.returncode != 0
+    assert "GRISTMILL_INFERENCE_TOKEN" in done.stderr
+    assert "refusing to listen on 0.0.0.0" in done.stderr

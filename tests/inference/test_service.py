@@ -246,3 +246,66 @@ def test_lru_evicts_within_budget_and_refuses_too_big(llama_dir: Path, gpt2_dir:
     with TestClient(app) as client:
         resp = client.post("/v1/completions", json={"model": spec(gpt2_dir), "prompt": "hi"})
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "model_too_large"
+
+
+class CrashingEngine(SlowEngine):
+    """An engine bug: a crash whose text names a server path."""
+
+    def stream(
+        self, model: ModelRef, request: GenerationRequest, cancel: threading.Event
+    ) -> GenerationStream:
+        raise RuntimeError("cannot open /srv/gristmill/store/models/m_1/model.safetensors")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_engine_crash_is_a_stable_code_without_its_text(gpt2_dir: Path, stream: bool) -> None:
+    with TestClient(make_app(CrashingEngine(0))) as client:
+        answer = client.post("/v1/completions", json={**long_request(gpt2_dir), "stream": stream})
+    assert "/srv/" not in answer.text and "RuntimeError" not in answer.text
+    assert answer.status_code == 500 and answer.json()["error"]["code"] == "generation_failed"
+
+
+def test_only_the_token_holder_gets_generations(gpt2_dir: Path) -> None:
+    token = "a-token-for-this-test-only"
+    body = {"model": spec(gpt2_dir), "prompt": PROMPT, "max_tokens": 1}
+    with TestClient(make_app(token=token)) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            refused = client.post("/v1/completions", json=body, headers=headers)
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["error"]["code"] == "invalid_service_token"
+        # Refused before the body is looked at: a stranger learns nothing about validation.
+        assert client.post("/v1/chat/completions", json={}).status_code == 401
+        assert client.get("/health").status_code == 200
+        ok = client.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200, ok.text
+
+
+def test_one_tenants_burst_leaves_room_for_another(gpt2_dir: Path) -> None:
+    app = make_app(
+        SlowEngine(0.05), concurrency=1, queue_size=3, tenant_limit=2, retry_after_seconds=2
+    )
+    acme, globex = {"X-Gristmill-Tenant": "acme"}, {"X-Gristmill-Tenant": "globex"}
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as c:
+
+            def post(headers: dict[str, str]) -> Any:
+                return c.post("/v1/completions", json=long_request(gpt2_dir), headers=headers)
+
+            burst = [asyncio.create_task(post(acme)) for _ in range(2)]
+            await _wait_for(lambda: app.state.scheduler.admitted == 2)
+            refused = await post(acme)  # the queue has room, acme has its share
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
+            assert refused.json()["error"]["code"] == "tenant_queue_full"
+            admitted = asyncio.create_task(post(globex))
+            await _wait_for(lambda: app.state.scheduler.admitted == 3)
+            assert app.state.scheduler.by_tenant == {"acme": 2, "globex": 1}
+            assert [(await r).status_code for r in (*burst, admitted)] == [200, 200, 200]
+            assert app.state.scheduler.by_tenant == {}
+            again = await c.post(
+                "/v1/completions", json=long_request(gpt2_dir, max_tokens=2), headers=acme
+            )
+            assert again.status_code == 200  # a finished request gives its share back
+
+    asyncio.run(scenario())

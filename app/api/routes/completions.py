@@ -9,6 +9,8 @@ chunk by chunk, closed upstream when the client goes away so generation stops.
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,14 +20,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.artifacts import service as artifacts
 from app.artifacts.tables import Artifact
 from app.db import find_owned
 from app.errors import InvalidInput, ServiceUnavailable
-from app.storage import LocalStore
 
+log = logging.getLogger("gristmill.api")
 router = APIRouter(tags=["openai"], responses={401: {"model": ErrorResponse}})
 MAX_BODY_BYTES = 4 * 1024 * 1024
 SERVED_FORMATS = ("huggingface", "peft-adapter", "gguf")
@@ -40,10 +42,9 @@ OPENAPI_BODY = {
 }
 
 
-def model_spec(
-    *, session: SessionDep, store: LocalStore, tenant_id: str, model: str
-) -> dict[str, Any]:
-    """Where the inference service finds the model: its folder, or an adapter and its base; and
+def model_spec(*, session: SessionDep, tenant_id: str, model: str) -> dict[str, Any]:
+    """Where the inference service finds the model: its folder's store key (the service resolves
+    keys under its own store folder, never a path), or an adapter's and its base's; and
     its format, which picks the engine (transformers, or llama.cpp for a GGUF).
 
     Raises:
@@ -61,7 +62,7 @@ def model_spec(
         )
     spec: dict[str, Any] = {
         "id": model,
-        "path": str(store.local_path(artifact.uri)),
+        "path": artifact.uri,
         "format": "gguf" if artifact.format == "gguf" else "huggingface",
     }
     if artifact.format == "peft-adapter":
@@ -71,8 +72,35 @@ def model_spec(
             raise InvalidInput(
                 f"The base of adapter '{model}' no longer exists.", code="model.base_missing"
             )
-        spec = {**spec, "path": str(store.local_path(base.uri)), "adapter_path": spec["path"]}
+        spec = {**spec, "path": base.uri, "adapter_path": spec["path"]}
     return spec
+
+
+class _NonFinite(float):
+    """What ``NaN``, ``Infinity`` and overflowing literals such as ``1e999`` parse to: Python's
+    JSON parser takes them, but no JSON encoder will send them on (httpx refuses), so the API
+    names the field instead of failing on the way to the inference service."""
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(value)
+
+
+def _non_finite_field(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first non-finite number in a parsed body, or None."""
+    if isinstance(value, _NonFinite):
+        return path or "body"
+    items: Any = ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    for key, item in items:
+        found = _non_finite_field(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 async def _proxy(
@@ -80,25 +108,34 @@ async def _proxy(
     path: str,
     session: SessionDep,
     settings: SettingsDep,
-    store: StoreDep,
     tenant_id: str,
 ) -> Response:
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         raise InvalidInput("The request body is too large.", code="payload_too_large")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_float=_parse_float, parse_constant=_NonFinite)
     except ValueError:
         raise InvalidInput("The request body is not valid JSON.", code="invalid_json") from None
+    field = _non_finite_field(body)
+    if field is not None:
+        raise InvalidInput(f"'{field}' must be a finite number.", param=field)
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         raise InvalidInput("'model' (a string) is required.", param="model")
     spec = await run_in_threadpool(
-        lambda: model_spec(session=session, store=store, tenant_id=tenant_id, model=body["model"])
+        lambda: model_spec(session=session, tenant_id=tenant_id, model=body["model"])
     )
     session.close()  # no database connection is held while a generation streams
     client: httpx.AsyncClient = request.app.state.inference
+    token = settings.inference_token
     upstream_request = client.build_request(
-        "POST", f"{settings.inference_url}{path}", json={**body, "model": spec}
+        "POST",
+        f"{settings.inference_url}{path}",
+        json={**body, "model": spec},
+        headers={
+            "X-Gristmill-Tenant": tenant_id,  # the service's per-tenant share
+            **({"Authorization": f"Bearer {token}"} if token else {}),
+        },
     )
     try:
         upstream = await client.send(upstream_request, stream=True)
@@ -106,6 +143,12 @@ async def _proxy(
         raise ServiceUnavailable(
             "The inference service is unavailable; retry shortly.", code="inference_unavailable"
         ) from None
+    if upstream.status_code == 401:  # the two sides disagree on GRISTMILL_INFERENCE_TOKEN
+        await upstream.aclose()
+        log.error("the inference service refused the API's token (GRISTMILL_INFERENCE_TOKEN)")
+        raise ServiceUnavailable(
+            "The inference service is unavailable; retry shortly.", code="inference_unavailable"
+        )
     headers = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}
     if upstream.headers.get("content-type", "").startswith("text/event-stream"):
 
@@ -138,10 +181,9 @@ async def create_completion(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    store: StoreDep,
     tenant_id: TenantDep,
 ) -> Response:
-    return await _proxy(request, "/v1/completions", session, settings, store, tenant_id)
+    return await _proxy(request, "/v1/completions", session, settings, tenant_id)
 
 
 @router.post(
@@ -155,7 +197,6 @@ async def create_chat_completion(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    store: StoreDep,
     tenant_id: TenantDep,
 ) -> Response:
-    return await _proxy(request, "/v1/chat/completions", session, settings, store, tenant_id)
+    return await _proxy(request, "/v1/chat/completions", session, settings, tenant_id)
