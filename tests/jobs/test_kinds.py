@@ -35,6 +35,8 @@ SERVICE_EXAMPLES: dict[str, dict[str, object]] = {
         "prompts": ["Say hello."],
     }
 }
+# Kinds that need one of several optional inputs besides their required ones.
+ONE_OF_EXAMPLES: dict[str, dict[str, object]] = {"evaluate": {"dataset_id": PLACEHOLDER_ID}}
 
 
 def example_params(kind: JobKind) -> dict[str, object]:
@@ -47,7 +49,7 @@ def example_params(kind: JobKind) -> dict[str, object]:
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     assert all("ref" in f.metadata for f in required), "required fields must be input references"
-    return {f.name: PLACEHOLDER_ID for f in required}
+    return {f.name: PLACEHOLDER_ID for f in required} | ONE_OF_EXAMPLES.get(kind.name, {})
 
 
 @pytest.mark.parametrize("kind", KINDS.values(), ids=list(KINDS))
