@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
-from limits.strategies import FixedWindowRateLimiter
+from limits.strategies import MovingWindowRateLimiter
 
 from app.errors import RateLimited
 
@@ -46,11 +46,15 @@ class RateDecision:
 
 
 class KeyRateLimiter:
-    """``hit(key_id)`` counts one request against every configured window of that key."""
+    """``hit(key_id)`` counts one request against every configured window of that key.
+
+    A moving window (each request expires on its own, one period after it was made): with fixed
+    windows a key could spend its whole budget at the end of one window and again at the start of
+    the next, twice the limit in a moment."""
 
     def __init__(self, spec: str, storage_url: str) -> None:
         self.items: list[RateLimitItem] = parse_many(spec) if spec.strip() else []
-        self.limiter = FixedWindowRateLimiter(storage_from_string(storage_url))
+        self.limiter = MovingWindowRateLimiter(storage_from_string(storage_url))
         self.needs_thread = not storage_url.startswith("memory")
 
     @property

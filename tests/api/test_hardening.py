@@ -156,6 +156,26 @@ def test_rate_limit_per_key_with_headers(
         assert client.get("/v1/jobs", headers=other_auth).status_code == 200
 
 
+def test_a_key_cannot_spend_two_windows_back_to_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget is over the last period, not per fixed window: ten requests at the end of one
+    minute leave nothing for the start of the next."""
+    from app.api.limits import KeyRateLimiter
+
+    clock = [1_000_000.0]
+    monkeypatch.setattr("limits.storage.memory.time.time", lambda: clock[0])
+    monkeypatch.setattr("app.api.limits.time.time", lambda: clock[0])
+    limiter = KeyRateLimiter("10/minute", "memory://")
+    assert limiter.hit("k").allowed  # a fixed window would open here
+    clock[0] += 59
+    assert all(limiter.hit("k").allowed for _ in range(9))
+    clock[0] += 2  # a fixed window would start afresh with ten; only the first request expired
+    assert [limiter.hit("k").allowed for _ in range(3)] == [True, False, False]
+    refused = limiter.hit("k")
+    assert 0 < refused.reset_s <= 60
+    clock[0] += 59  # the nine from second 59 have expired one period later
+    assert sum(limiter.hit("k").allowed for _ in range(10)) == 9
+
+
 def test_rate_limit_counts_in_redis_across_processes(
     settings: Settings, auth: dict[str, str]
 ) -> None:
