@@ -8,16 +8,22 @@ database. A rater is an invited person (``rtr_…``, by token) or one of the ten
 from __future__ import annotations
 
 import hashlib
+import random
 import secrets
-from collections import Counter
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from app.comparisons.schemas import ComparisonCreate
-from app.comparisons.tables import Comparison, ComparisonAnswer, ComparisonVote, Rater
+from app.comparisons.tables import (
+    Comparison,
+    ComparisonAnswer,
+    ComparisonPair,
+    ComparisonVote,
+    Rater,
+)
 from app.db import get_owned
 from app.errors import Conflict, InvalidInput, NotFound, Unauthorized, shown
 from app.ids import new_id
@@ -83,9 +89,6 @@ def status_of(session: Session, comparison: Comparison) -> str:
 
 
 def view(session: Session, comparison: Comparison) -> dict[str, Any]:
-    votes = session.scalar(
-        select(func.count()).where(ComparisonVote.comparison_id == comparison.id)
-    )
     return {
         "id": comparison.id,
         "status": status_of(session, comparison),
@@ -94,7 +97,7 @@ def view(session: Session, comparison: Comparison) -> dict[str, Any]:
         "dataset_id": comparison.dataset_id,
         "settings": dict(comparison.settings),
         "job_id": comparison.job_id,
-        "votes": votes or 0,
+        "votes": comparison.votes,
         "created_at": comparison.created_at,
     }
 
@@ -128,18 +131,8 @@ def key_rater(key_id: str) -> str:
 # --- pairing and votes ------------------------------------------------------------------------
 
 
-def _answers(session: Session, comparison: Comparison) -> dict[str, dict[str, str]]:
-    rows = session.scalars(
-        select(ComparisonAnswer).where(ComparisonAnswer.comparison_id == comparison.id)
-    )
-    answers: dict[str, dict[str, str]] = {}
-    for row in rows:
-        answers.setdefault(str(row.prompt_index), {})[row.model_id] = row.text
-    return answers
-
-
-def _prompts(comparison: Comparison) -> dict[str, str]:
-    return {str(i): p for i, p in enumerate(comparison.prompts or ())}
+CONTROL_EVERY = 10
+"""Every tenth showing to a rater repeats a pair they voted on (see :mod:`app.ratings.pairing`)."""
 
 
 def _votes(session: Session, comparison: Comparison) -> list[ComparisonVote]:
@@ -152,10 +145,6 @@ def _votes(session: Session, comparison: Comparison) -> list[ComparisonVote]:
     )
 
 
-def _key(v: ComparisonVote) -> pairing.PairKey:
-    return pairing.PairKey(str(v.prompt_index), v.model_x, v.model_y, v.round)
-
-
 def _check_open(session: Session, comparison: Comparison) -> None:
     status = status_of(session, comparison)
     if status != "open":
@@ -166,19 +155,116 @@ def _check_open(session: Session, comparison: Comparison) -> None:
         )
 
 
-def next_for(*, session: Session, comparison: Comparison, rater: str) -> dict[str, Any]:
-    """``GET …/next``'s body: a ticket, the prompt and two answers, or ``{"done": true}``."""
-    _check_open(session, comparison)
-    votes = _votes(session, comparison)
-    mine = [_key(v) for v in votes if v.rater == rater]
-    counts = Counter(_key(v) for v in votes if v.round == 0)
-    answers = _answers(session, comparison)
-    showing = pairing.next_pair(
-        answers, rater, mine, secret=comparison.secret.encode(), counts=counts
+def _rater_votes(session: Session, comparison: Comparison, rater: str) -> int:
+    """Counted on the unique (comparison, rater, pair, round) index: this rater's rows only."""
+    count = session.scalar(
+        select(func.count()).where(
+            ComparisonVote.comparison_id == comparison.id, ComparisonVote.rater == rater
+        )
     )
-    if showing is None:
+    return int(count or 0)
+
+
+def _voted(rater: str, prompt_index: Any, model_x: Any, model_y: Any, round: int) -> Any:
+    """``rater`` has a vote on this pair and round (an index lookup)."""
+    return exists().where(
+        ComparisonVote.comparison_id == ComparisonPair.comparison_id,
+        ComparisonVote.rater == rater,
+        ComparisonVote.prompt_index == prompt_index,
+        ComparisonVote.model_x == model_x,
+        ComparisonVote.model_y == model_y,
+        ComparisonVote.round == round,
+    )
+
+
+def _control(session: Session, comparison: Comparison, rater: str) -> pairing.PairKey | None:
+    """The oldest pair this rater voted on and has not seen again."""
+    again = aliased(ComparisonVote)
+    first = session.scalar(
+        select(ComparisonVote)
+        .where(
+            ComparisonVote.comparison_id == comparison.id,
+            ComparisonVote.rater == rater,
+            ComparisonVote.round == 0,
+            ~exists().where(
+                again.comparison_id == ComparisonVote.comparison_id,
+                again.rater == rater,
+                again.prompt_index == ComparisonVote.prompt_index,
+                again.model_x == ComparisonVote.model_x,
+                again.model_y == ComparisonVote.model_y,
+                again.round == 1,
+            ),
+        )
+        .order_by(ComparisonVote.id)
+        .limit(1)
+    )
+    if first is None:
+        return None
+    return pairing.PairKey(str(first.prompt_index), first.model_x, first.model_y, 1)
+
+
+def _fresh(
+    session: Session, comparison: Comparison, rater: str, rng: random.Random
+) -> pairing.PairKey | None:
+    """A least-voted pair this rater has not voted on, at a random point among those tied.
+
+    Two short index scans on (comparison, votes, shuffle): the lowest count this rater can
+    still vote on, then the first tied pair at or after a random ``shuffle`` (wrapping).
+    """
+    unvoted: ColumnElement[bool] = ~_voted(
+        rater, ComparisonPair.prompt_index, ComparisonPair.model_x, ComparisonPair.model_y, 0
+    )
+    mine = select(ComparisonPair).where(ComparisonPair.comparison_id == comparison.id, unvoted)
+    least = session.scalar(mine.order_by(ComparisonPair.votes, ComparisonPair.shuffle).limit(1))
+    if least is None:
+        return None
+    start = rng.randrange(2**31)
+    pick = session.scalar(
+        mine.where(ComparisonPair.votes == least.votes, ComparisonPair.shuffle >= start)
+        .order_by(ComparisonPair.shuffle)
+        .limit(1)
+    )
+    pair = pick or least
+    return pairing.PairKey(str(pair.prompt_index), pair.model_x, pair.model_y)
+
+
+def next_for(*, session: Session, comparison: Comparison, rater: str) -> dict[str, Any]:
+    """``GET …/next``'s body: a ticket, the prompt and two answers, or ``{"done": true}``.
+
+    A few indexed queries whatever the number of votes and pairs (the pure-Python
+    :func:`app.ratings.pairing.next_pair` states the same order over in-memory votes).
+    """
+    _check_open(session, comparison)
+    count = _rater_votes(session, comparison, rater)
+    rng = random.Random(f"{rater}\x1f{count}")
+    key = None
+    if (count + 1) % CONTROL_EVERY == 0:
+        key = _control(session, comparison, rater)
+    key = key or _fresh(session, comparison, rater, rng)
+    if key is None:
         return {"done": True}
-    return showing.public(_prompts(comparison), answers)
+    models = sorted(comparison.model_ids)
+    showing = pairing.show(comparison.secret.encode(), rater, key, models, rng)
+    index = int(key.prompt_id)
+    rows = session.scalars(
+        select(ComparisonAnswer).where(
+            ComparisonAnswer.comparison_id == comparison.id,
+            ComparisonAnswer.prompt_index == index,
+            ComparisonAnswer.model_id.in_((key.model_x, key.model_y)),
+        )
+    )
+    answers = {key.prompt_id: {row.model_id: row.text for row in rows}}
+    prompts = {key.prompt_id: (comparison.prompts or [])[index]}
+    return showing.public(prompts, answers)
+
+
+def _resolve(comparison: Comparison, rater: str, ticket: str) -> pairing.Showing | None:
+    sealed = pairing.open_ticket(comparison.secret.encode(), rater, ticket)
+    if sealed is None or not sealed.prompt_id.isdigit():
+        return None
+    if int(sealed.prompt_id) >= len(comparison.prompts or ()):
+        return None
+    return sealed.showing(sorted(comparison.model_ids), ticket)
 
 
 def cast_vote(
@@ -192,27 +278,29 @@ def cast_vote(
 ) -> int:
     """Record a vote on the pair a ticket stands for; returns this rater's vote count.
 
+    The pair's and the comparison's counters move in the vote's transaction (row updates, so
+    concurrent votes add up): a vote costs the same at the first vote and the ten-thousandth.
+
     Raises:
         InvalidInput: a ticket that is not this rater's for this comparison.
         Conflict: this rater already voted on that pair (and round).
     """
     _check_open(session, comparison)
-    showing = pairing.resolve_ticket(
-        _answers(session, comparison), rater, ticket, secret=comparison.secret.encode()
-    )
+    showing = _resolve(comparison, rater, ticket)
     if showing is None:
         raise InvalidInput("Unknown ticket; ask for the next pair.", code="vote.bad_ticket",
                            param="ticket")  # fmt: skip
     vote = pairing.vote_for(showing, rater, choice, note or None)
+    key = showing.key
     session.add(
         ComparisonVote(
             comparison_id=comparison.id,
             rater=rater,
             ticket=ticket,
-            prompt_index=int(showing.key.prompt_id),
-            model_x=showing.key.model_x,
-            model_y=showing.key.model_y,
-            round=showing.key.round,
+            prompt_index=int(key.prompt_id),
+            model_x=key.model_x,
+            model_y=key.model_y,
+            round=key.round,
             left_model=vote.model_a,
             right_model=vote.model_b,
             verdict=vote.outcome,
@@ -220,16 +308,29 @@ def cast_vote(
         )
     )
     try:
-        session.commit()
+        session.flush()
     except IntegrityError:
         session.rollback()
         raise Conflict("You already voted on this pair.", code="vote.duplicate") from None
-    count = session.scalar(
-        select(func.count()).where(
-            ComparisonVote.comparison_id == comparison.id, ComparisonVote.rater == rater
+    if key.round == 0:
+        session.execute(
+            update(ComparisonPair)
+            .where(
+                ComparisonPair.comparison_id == comparison.id,
+                ComparisonPair.prompt_index == int(key.prompt_id),
+                ComparisonPair.model_x == key.model_x,
+                ComparisonPair.model_y == key.model_y,
+            )
+            .values(votes=ComparisonPair.votes + 1)
         )
+    session.execute(
+        update(Comparison)
+        .where(Comparison.id == comparison.id)
+        .values(votes=Comparison.votes + 1)
+        .execution_options(synchronize_session=False)
     )
-    return int(count or 0)
+    session.commit()
+    return _rater_votes(session, comparison, rater)
 
 
 # --- results ------------------------------------------------------------------------------

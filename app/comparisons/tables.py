@@ -31,6 +31,8 @@ class Comparison(Base):
         ForeignKey("job.id", ondelete="SET NULL"), default=None
     )
     secret: Mapped[str] = mapped_column(String(64))
+    votes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Votes so far, counted as each is cast (in its transaction): no count over all votes."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -45,6 +47,28 @@ class ComparisonAnswer(Base):
     prompt_index: Mapped[int] = mapped_column(Integer)
     model_id: Mapped[str] = mapped_column(String(40))
     text: Mapped[str] = mapped_column(Text)
+
+
+class ComparisonPair(Base):
+    """A pair raters can be shown, with its round-0 vote count kept as votes are cast: the next
+    pair is the first row of an index, not a tally over every vote.
+
+    ``shuffle`` is a random number fixed at creation that orders pairs with the same count.
+    """
+
+    __tablename__ = "comparison_pair"
+    __table_args__ = (
+        UniqueConstraint("comparison_id", "prompt_index", "model_x", "model_y"),
+        Index("ix_comparison_pair_next", "comparison_id", "votes", "shuffle"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    comparison_id: Mapped[str] = mapped_column(ForeignKey("comparison.id", ondelete="CASCADE"))
+    prompt_index: Mapped[int] = mapped_column(Integer)
+    model_x: Mapped[str] = mapped_column(String(40))
+    model_y: Mapped[str] = mapped_column(String(40))
+    votes: Mapped[int] = mapped_column(Integer, default=0)
+    shuffle: Mapped[int] = mapped_column(Integer)
 
 
 class Rater(Base):
