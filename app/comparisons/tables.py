@@ -3,7 +3,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -113,3 +122,19 @@ class ComparisonVote(Base):
     verdict: Mapped[str] = mapped_column(String(10))
     note: Mapped[str | None] = mapped_column(String(1000), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ComparisonResults(Base):
+    """The figures (and chart) as last computed, for ``votes`` votes: a bootstrap over thousands
+    of votes takes seconds, so it runs once per change of the votes, shared by every API process.
+    Valid while ``votes`` equals :attr:`Comparison.votes` (votes are only ever added)."""
+
+    __tablename__ = "comparison_results"
+
+    comparison_id: Mapped[str] = mapped_column(
+        ForeignKey("comparison.id", ondelete="CASCADE"), primary_key=True
+    )
+    votes: Mapped[int] = mapped_column(Integer)
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON)
+    chart: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)

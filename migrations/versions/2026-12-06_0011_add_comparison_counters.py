@@ -1,7 +1,9 @@
-"""add comparison counters: votes per comparison and per pair, kept as votes are cast
+"""add comparison counters and cached results
 
-A vote, and the choice of the next pair, then cost a few index lookups instead of a tally over
-every vote and every pair. Existing comparisons get their pairs and counts from their rows.
+Votes per comparison and per pair are kept as votes are cast: a vote, and the choice of the next
+pair, then cost a few index lookups instead of a tally over every vote and every pair. Existing
+comparisons get their pairs and counts from their rows. The figures and chart are cached per
+comparison, keyed by its vote count (computed again on the first read after a new vote).
 
 Revision ID: 0011
 Revises: 0010
@@ -12,6 +14,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
+import app.db
 
 revision: str = "0011"
 down_revision: str | None = "0010"
@@ -49,6 +53,21 @@ def upgrade() -> None:
     op.create_index(
         "ix_comparison_pair_next", "comparison_pair", ["comparison_id", "votes", "shuffle"]
     )
+    op.create_table(
+        "comparison_results",
+        sa.Column("comparison_id", sa.String(length=40), nullable=False),
+        sa.Column("votes", sa.Integer(), nullable=False),
+        sa.Column("figures", sa.JSON(), nullable=False),
+        sa.Column("chart", sa.LargeBinary(), nullable=True),
+        sa.Column("computed_at", app.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["comparison_id"],
+            ["comparison.id"],
+            name=op.f("fk_comparison_results_comparison_id_comparison"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("comparison_id", name=op.f("pk_comparison_results")),
+    )
     # Pairs are ordered as Python sorts model ids (code points): "C" collation on Postgres.
     collate = ' COLLATE "C"' if op.get_bind().dialect.name == "postgresql" else ""
     op.execute(
@@ -70,6 +89,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("comparison_results")
     op.drop_index("ix_comparison_pair_next", table_name="comparison_pair")
     op.drop_table("comparison_pair")
     with op.batch_alter_table("comparison", schema=None) as batch_op:

@@ -1,18 +1,20 @@
 """Rating stays cheap as a comparison grows: a vote and the next pair read a few rows by index,
-however many votes and pairs there are, and the least-rated pair still comes first."""
+however many votes and pairs there are, the least-rated pair still comes first, and the results
+and chart are computed once per new vote."""
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.comparisons import service
+from app.comparisons import chart, service
 from app.comparisons.outputs import ComparisonAnswers
 from app.comparisons.tables import (
     Comparison,
@@ -20,6 +22,7 @@ from app.comparisons.tables import (
     ComparisonPair,
     ComparisonVote,
 )
+from app.ratings import bradley_terry
 
 MODELS = [f"mdl_{c}" for c in "abcdef"]
 PROMPTS = [f"Prompt {i}" for i in range(40)]
@@ -138,3 +141,52 @@ def test_every_tenth_showing_repeats_an_earlier_pair_as_a_control(
     with factory() as session:
         rounds = session.query(ComparisonVote.round).filter_by(comparison_id=cid).all()
         assert sorted(r for (r,) in rounds) == [0] * (service.CONTROL_EVERY - 1) + [1]
+
+
+def test_results_and_chart_are_computed_once_per_new_vote(
+    client: TestClient,
+    auth: dict[str, str],
+    factory: sessionmaker[Session],
+    tenant: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cid = open_comparison(factory, tenant)
+    rater = invite(client, auth, cid)
+    computed: list[int] = []
+    drawn: list[int] = []
+    fit, draw = bradley_terry.results, chart.ladder_png
+
+    def counting_fit(votes: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        computed.append(len(votes))
+        return fit(votes, *args, **kwargs)
+
+    def counting_draw(figures: Any, **kwargs: Any) -> bytes:
+        drawn.append(figures["votes"])
+        return draw(figures, **kwargs)
+
+    monkeypatch.setattr(bradley_terry, "results", counting_fit)
+    monkeypatch.setattr(chart, "ladder_png", counting_draw)
+
+    def vote() -> None:
+        pair = client.get(f"/v1/comparisons/{cid}/next", headers=rater).json()
+        voted = client.post(
+            f"/v1/comparisons/{cid}/votes", json={"ticket": pair["ticket"], "choice": "a"},
+            headers=rater,
+        )  # fmt: skip
+        assert voted.status_code == 201, voted.text
+
+    vote()
+    vote()
+    first = [client.get(f"/v1/comparisons/{cid}/results", headers=auth) for _ in range(5)]
+    assert all(r.status_code == 200 for r in first)
+    assert all(r.json() == first[0].json() for r in first) and first[0].json()["votes"] == 2
+    pngs = [client.get(f"/v1/comparisons/{cid}/chart.png", headers=auth) for _ in range(3)]
+    assert all(p.content == pngs[0].content and p.content[:4] == b"\x89PNG" for p in pngs)
+    assert computed == [2] and drawn == [2]
+
+    # A new vote: the next read computes again, over every vote, and is then kept again.
+    vote()
+    assert client.get(f"/v1/comparisons/{cid}/chart.png", headers=auth).status_code == 200
+    again = [client.get(f"/v1/comparisons/{cid}/results", headers=auth).json() for _ in range(3)]
+    assert again[0]["votes"] == 3 and again[0] != first[0].json()
+    assert computed == [2, 3] and drawn == [2, 3]

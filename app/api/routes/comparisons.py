@@ -15,7 +15,6 @@ from fastapi.responses import HTMLResponse
 from app.api.deps import ComparisonDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.comparisons import service
-from app.comparisons.chart import ladder_png
 from app.comparisons.schemas import (
     ComparisonCreate,
     ComparisonRead,
@@ -160,7 +159,8 @@ def vote(
 @router.get("/{comparison_id}/results", responses=NOT_FOUND, summary="Ratings and figures")
 def read_results(comparison: ComparisonDep, session: SessionDep) -> dict[str, Any]:
     """Bradley–Terry ladder (Elo scale, 95% bootstrap intervals), win-rate matrix, votes per
-    model, left-position win rate, rater agreement on control repeats."""
+    model, left-position win rate, rater agreement on control repeats; computed once per new
+    vote and shared by every API process."""
     return service.results(session=session, comparison=comparison)
 
 
@@ -170,8 +170,7 @@ def read_results(comparison: ComparisonDep, session: SessionDep) -> dict[str, An
     summary="The rating ladder as a chart",
 )
 def read_chart(comparison: ComparisonDep, session: SessionDep) -> Response:
-    figures = service.results(session=session, comparison=comparison)
-    return Response(ladder_png(figures), media_type="image/png")
+    return Response(service.chart(session=session, comparison=comparison), media_type="image/png")
 
 
 @router.get(
