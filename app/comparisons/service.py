@@ -119,11 +119,46 @@ def add_rater(*, session: Session, comparison: Comparison, name: str | None) -> 
 
 
 def rater_by_token(*, session: Session, token: str) -> Rater:
-    """Raises: Unauthorized for a token that is no invite."""
+    """Raises: Unauthorized for a token that is no invite, or a revoked one."""
     rater = session.scalar(select(Rater).where(Rater.token_hash == hash_token(token)))
     if rater is None:
         raise Unauthorized("Unknown rater token.", code="rater.invalid_token")
+    if rater.revoked_at is not None:
+        raise Unauthorized("This invite link was revoked.", code="rater.revoked")
     return rater
+
+
+def revoke_rater(*, session: Session, comparison: Comparison, rater_id: str) -> None:
+    """Refuse the invite's token from now on (again: no change); its votes stay counted.
+
+    Raises:
+        NotFound: no such invite for this comparison.
+    """
+    rater = session.get(Rater, rater_id)
+    if rater is None or rater.comparison_id != comparison.id:
+        raise NotFound(f"No rater with id '{shown(rater_id)}'.", code="rater.not_found")
+    if rater.revoked_at is None:
+        rater.revoked_at = utcnow()
+        session.commit()
+
+
+def close(*, session: Session, comparison: Comparison) -> Comparison:
+    """Stop the voting for good; results stay readable. Closing a closed one changes nothing.
+
+    Raises:
+        Conflict: the comparison is not open (still generating, or failed).
+    """
+    status = status_of(session, comparison)
+    if status == "closed":
+        return comparison
+    if status != "open":
+        raise Conflict(
+            f"Comparison '{comparison.id}' is {status}; only an open comparison can be closed.",
+            code="comparison.not_open",
+        )
+    comparison.status = "closed"
+    session.commit()
+    return comparison
 
 
 def key_rater(key_id: str) -> str:
@@ -147,8 +182,18 @@ def _votes(session: Session, comparison: Comparison) -> list[ComparisonVote]:
     )
 
 
+def _closed(comparison: Comparison) -> Conflict:
+    return Conflict(
+        f"Comparison '{comparison.id}' is closed: it takes no more votes (its results stay "
+        "readable).",
+        code="comparison.closed",
+    )
+
+
 def _check_open(session: Session, comparison: Comparison) -> None:
     status = status_of(session, comparison)
+    if status == "closed":
+        raise _closed(comparison)
     if status != "open":
         raise Conflict(
             f"Comparison '{comparison.id}' is {status}; rating opens once its answers are "
@@ -325,12 +370,16 @@ def cast_vote(
             )
             .values(votes=ComparisonPair.votes + 1)
         )
-    session.execute(
+    # Only while open: a vote racing a close either lands before it or is refused.
+    counted = session.execute(
         update(Comparison)
-        .where(Comparison.id == comparison.id)
+        .where(Comparison.id == comparison.id, Comparison.status == "open")
         .values(votes=Comparison.votes + 1)
         .execution_options(synchronize_session=False)
     )
+    if counted.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise _closed(comparison)
     session.commit()
     return _rater_votes(session, comparison, rater)
 

@@ -21,8 +21,8 @@ from app.db import Base, utcnow
 class Comparison(Base):
     """Two or more models answering the same prompts, for raters who do not know which is which.
 
-    ``status``: generating (its ``compare`` job runs) → open (rating) | failed. ``secret`` signs
-    the tickets raters get (:mod:`app.ratings.pairing`).
+    ``status``: generating (its ``compare`` job runs) → open (rating) → closed (no more votes;
+    results stay) | failed. ``secret`` seals the tickets raters get (:mod:`app.ratings.pairing`).
     """
 
     __tablename__ = "comparison"
@@ -81,7 +81,8 @@ class ComparisonPair(Base):
 
 
 class Rater(Base):
-    """A person invited by link; the link's token is kept only as its SHA-256."""
+    """A person invited by link; the link's token is kept only as its SHA-256. A revoked
+    invite keeps its row (its votes name it) and its token is refused."""
 
     __tablename__ = "comparison_rater"
 
@@ -92,6 +93,7 @@ class Rater(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ComparisonVote(Base):

@@ -1,9 +1,10 @@
-"""add comparison counters and cached results
+"""add comparison counters, cached results and revocable invites
 
 Votes per comparison and per pair are kept as votes are cast: a vote, and the choice of the next
 pair, then cost a few index lookups instead of a tally over every vote and every pair. Existing
 comparisons get their pairs and counts from their rows. The figures and chart are cached per
-comparison, keyed by its vote count (computed again on the first read after a new vote).
+comparison, keyed by its vote count (computed again on the first read after a new vote). An
+invite can be revoked (its token is then refused; the row stays, its votes name it).
 
 Revision ID: 0011
 Revises: 0010
@@ -26,6 +27,10 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("comparison", schema=None) as batch_op:
         batch_op.add_column(sa.Column("votes", sa.Integer(), server_default="0", nullable=False))
+    with op.batch_alter_table("comparison_rater", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("revoked_at", app.db.UTCDateTime(timezone=True), nullable=True)
+        )
     op.create_table(
         "comparison_pair",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -92,5 +97,7 @@ def downgrade() -> None:
     op.drop_table("comparison_results")
     op.drop_index("ix_comparison_pair_next", table_name="comparison_pair")
     op.drop_table("comparison_pair")
+    with op.batch_alter_table("comparison_rater", schema=None) as batch_op:
+        batch_op.drop_column("revoked_at")
     with op.batch_alter_table("comparison", schema=None) as batch_op:
         batch_op.drop_column("votes")

@@ -84,6 +84,29 @@ def invite_rater(
     return RaterRead(id=rater.id, name=rater.name, url=f"/rate/{token}", token=token)
 
 
+@router.delete(
+    "/{comparison_id}/raters/{rater_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=NOT_FOUND,
+    summary="Revoke an invite link",
+)
+def revoke_rater(comparison: ComparisonDep, rater_id: str, session: SessionDep) -> None:
+    """Its token is refused from now on (``/next``, ``/votes`` and the page); its votes stay."""
+    service.revoke_rater(session=session, comparison=comparison, rater_id=rater_id)
+
+
+@router.post(
+    "/{comparison_id}/close",
+    response_model=ComparisonRead,
+    responses={**NOT_FOUND, 409: {"model": ErrorResponse}},
+    summary="Close a comparison to votes",
+)
+def close_comparison(comparison: ComparisonDep, session: SessionDep) -> ComparisonRead:
+    """No more votes (``409 comparison.closed``); results, chart and export stay readable."""
+    service.close(session=session, comparison=comparison)
+    return ComparisonRead.model_validate(service.view(session, comparison))
+
+
 def _rater(
     request: Request,
     session: SessionDep,
@@ -191,6 +214,8 @@ def rater_page(token: str, session: SessionDep) -> HTMLResponse:
     """The rater page for an invite (plain HTML and JS, nothing from a CDN)."""
     try:
         rater = service.rater_by_token(session=session, token=token)
-    except Unauthorized:
+    except Unauthorized as refused:
+        if refused.code == "rater.revoked":
+            return HTMLResponse("<!doctype html><title>Gone</title><p>This link was revoked.", 410)
         return HTMLResponse("<!doctype html><title>Not found</title><p>Unknown link.", 404)
     return HTMLResponse(render_page(rater.comparison_id, token), headers=page_headers())
