@@ -128,6 +128,15 @@ def rater_by_token(*, session: Session, token: str) -> Rater:
     return rater
 
 
+def rater_comparison(*, session: Session, token: str) -> str:
+    """The comparison an invite token is for (the edge gate's check, one index lookup).
+
+    Raises:
+        Unauthorized: for a token that is no invite, or a revoked one.
+    """
+    return rater_by_token(session=session, token=token).comparison_id
+
+
 def revoke_rater(*, session: Session, comparison: Comparison, rater_id: str) -> None:
     """Refuse the invite's token from now on (again: no change); its votes stay counted.
 

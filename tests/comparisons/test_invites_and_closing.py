@@ -1,11 +1,15 @@
 """The owner keeps control of a comparison: an invite link can be revoked (its token is refused
-at once, everywhere) and the comparison closed to votes, its results still readable."""
+at once, everywhere) and the comparison closed to votes, its results still readable; guessing
+tokens is throttled per address, and all of a comparison's raters share one rate limit."""
 
 from __future__ import annotations
 
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.main import create_app
+from app.settings import Settings
 from tests.comparisons.test_rating_at_scale import invite, open_comparison
 
 
@@ -95,3 +99,57 @@ def test_a_closed_comparison_takes_no_votes_and_keeps_its_results(
     assert chart.status_code == 200 and chart.content[:4] == b"\x89PNG"
     export = client.get(f"/v1/comparisons/{cid}/votes.jsonl", headers=auth)
     assert len(export.text.splitlines()) == 1
+
+
+def _limited_app(settings: Settings, **limits: str) -> FastAPI:
+    update = {"rate_limit_storage_url": "memory://", **limits}
+    return create_app(settings.model_copy(update=update), run_reaper=False)
+
+
+def test_unknown_rater_tokens_are_throttled_per_client_address(
+    client: TestClient,
+    auth: dict[str, str],
+    settings: Settings,
+    factory: sessionmaker[Session],
+    tenant: str,
+) -> None:
+    cid = open_comparison(factory, tenant)
+    good = invite(client, auth, cid)
+    token = good["X-Rater-Token"]
+    app = _limited_app(settings, rater_failure_limit="3/minute")
+    with TestClient(app, raise_server_exceptions=False, client=("203.0.113.9", 5000)) as guesser:
+        guesses = [
+            guesser.get(f"/v1/comparisons/{cid}/next", headers={"X-Rater-Token": f"gmr_{n}"})
+            for n in range(2)
+        ]
+        guesses.append(guesser.get("/rate/gmr_guess"))  # the page counts too
+        assert [g.status_code for g in guesses] == [401, 401, 404]
+        # Out of failures: refused before any lookup, even with a real token, for a while.
+        blocked = guesser.get(f"/v1/comparisons/{cid}/next", headers=good)
+        assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) >= 1
+        assert blocked.json()["error"]["code"] == "rate_limited.rater_tokens"
+        assert guesser.get(f"/rate/{token}").status_code == 429
+    with TestClient(app, raise_server_exceptions=False, client=("198.51.100.7", 5000)) as rater:
+        assert rater.get(f"/v1/comparisons/{cid}/next", headers=good).status_code == 200
+        assert rater.get(f"/rate/{token}").status_code == 200
+
+
+def test_the_raters_of_one_comparison_share_a_rate_limit(
+    client: TestClient,
+    auth: dict[str, str],
+    settings: Settings,
+    factory: sessionmaker[Session],
+    tenant: str,
+) -> None:
+    cid = open_comparison(factory, tenant)
+    first, second = invite(client, auth, cid), invite(client, auth, cid)
+    app = _limited_app(settings, rater_rate_limit="3/minute")
+    with TestClient(app, raise_server_exceptions=False) as limited:
+        answers = [
+            limited.get(f"/v1/comparisons/{cid}/next", headers=rater)
+            for rater in (first, first, second, second)
+        ]
+        # The key holder is not one of the invited raters: only its own key limit applies.
+        assert limited.get(f"/v1/comparisons/{cid}/next", headers=auth).status_code == 200
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert "this comparison's raters" in answers[3].json()["error"]["message"]

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 
 from app.api.deps import ComparisonDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
+from app.api.limits import FailureThrottle
 from app.comparisons import service
 from app.comparisons.schemas import (
     ComparisonCreate,
@@ -210,11 +211,16 @@ def export_votes(comparison: ComparisonDep, session: SessionDep) -> Response:
 
 
 @page.get("/rate/{token}", response_class=HTMLResponse, include_in_schema=False)
-def rater_page(token: str, session: SessionDep) -> HTMLResponse:
-    """The rater page for an invite (plain HTML and JS, nothing from a CDN)."""
+def rater_page(token: str, request: Request, session: SessionDep) -> HTMLResponse:
+    """The rater page for an invite (plain HTML and JS, nothing from a CDN). Unknown and revoked
+    links count against the client address, like failed tokens at the edge gate."""
+    failures: FailureThrottle = request.app.state.rater_failures
+    address = request.client.host if request.client else "unknown"
+    failures.check(address)
     try:
         rater = service.rater_by_token(session=session, token=token)
     except Unauthorized as refused:
+        failures.failed(address)
         if refused.code == "rater.revoked":
             return HTMLResponse("<!doctype html><title>Gone</title><p>This link was revoked.", 410)
         return HTMLResponse("<!doctype html><title>Not found</title><p>Unknown link.", 404)
