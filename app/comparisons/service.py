@@ -287,8 +287,9 @@ def _fresh(
 def next_for(*, session: Session, comparison: Comparison, rater: str) -> dict[str, Any]:
     """``GET …/next``'s body: a ticket, the prompt and two answers, or ``{"done": true}``.
 
-    A few indexed queries whatever the number of votes and pairs (the pure-Python
-    :func:`app.ratings.pairing.next_pair` states the same order over in-memory votes).
+    A few indexed queries whatever the number of votes and pairs, in the order of the
+    pure-Python :func:`app.ratings.pairing.next_pair` (least-rated first, ties at random per
+    rater), except that a control repeats the rater's oldest pair not yet repeated.
     """
     _check_open(session, comparison)
     count = _rater_votes(session, comparison, rater)
