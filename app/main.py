@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from app.api import errors, observability
 from app.api.auth_cache import AuthCache
 from app.api.errors import OPENAI_PATHS
+from app.api.limits import FailureThrottle
 from app.api.middleware import PUBLIC_PATHS, UPLOAD_PATHS, EdgeGate
 from app.api.routes import (
     artifacts,
@@ -87,9 +88,14 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
     errors.install(app)
     # Added first, so it runs inside the observer: its refusals get a request id and a log line.
-    app.add_middleware(
-        EdgeGate, settings=settings, factory=factory, auth_cache=app.state.auth_cache
+    # Shared by the edge gate and the rater page: failed invite-token lookups per address.
+    app.state.rater_failures = FailureThrottle(
+        settings.rater_failure_limit, settings.resolved_rate_limit_storage_url
     )
+    app.add_middleware(
+        EdgeGate, settings=settings, factory=factory, auth_cache=app.state.auth_cache,
+        rater_failures=app.state.rater_failures,
+    )  # fmt: skip
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     observability.install(app, factory, metrics_token=token)
     for router in (

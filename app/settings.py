@@ -96,6 +96,11 @@ class Settings(StorageSettings):
     here at most this long (``app.api.auth_cache``)."""
     rate_limit: str = "600/minute"
     """Requests per API key, in the ``limits`` notation (``100/minute;10/second``); empty: none."""
+    rater_rate_limit: str = "1200/minute"
+    """Requests all invited raters of one comparison may make together (each token also counts
+    against ``rate_limit``), so more invite links do not multiply a comparison's load."""
+    rater_failure_limit: str = "20/minute"
+    """Failed rater-token lookups (unknown or revoked tokens) per client address; past it, 429."""
     rate_limit_storage_url: str | None = None
     """Where rate-limit counters live; default the Redis broker, else in-process memory."""
     quota_active_jobs: int = Field(100, ge=0)

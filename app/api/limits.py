@@ -1,4 +1,5 @@
-"""Per-key rate limits (the ``limits`` library) and per-tenant caps on concurrent streams.
+"""Per-key rate limits (the ``limits`` library), throttles on failed rater-token lookups, and
+per-tenant caps on concurrent streams.
 
 Rate-limit counters live in Redis in production, so every API process counts against the same
 budget; the embedded profile (one process) keeps them in memory. Stream slots are per process:
@@ -37,9 +38,9 @@ class RateDecision:
             fields.append((b"retry-after", str(max(1, self.reset_s)).encode()))
         return fields
 
-    def error(self) -> RateLimited:
+    def error(self, subject: str = "this API key") -> RateLimited:
         return RateLimited(
-            f"Too many requests for this API key (limit {self.limit} per window); "
+            f"Too many requests for {subject} (limit {self.limit} per window); "
             f"retry in {max(1, self.reset_s)} s.",
             retry_after=max(1, self.reset_s),
         )
@@ -80,6 +81,32 @@ class KeyRateLimiter:
                 tightest = decision
         assert tightest is not None
         return tightest
+
+
+class FailureThrottle:
+    """Failed rater-token lookups per client address: once an address has used up ``spec``, its
+    lookups are refused (429) without touching the database until the window resets, so
+    guessing invite tokens is slow; lookups that succeed cost nothing here."""
+
+    def __init__(self, spec: str, storage_url: str) -> None:
+        self.items: list[RateLimitItem] = parse_many(spec) if spec.strip() else []
+        self.limiter = FixedWindowRateLimiter(storage_from_string(storage_url))
+
+    def check(self, address: str) -> None:
+        """Raises: RateLimited while ``address`` has no failures left."""
+        for item in self.items:
+            if not self.limiter.test(item, "rater-failures", address):
+                stats = self.limiter.get_window_stats(item, "rater-failures", address)
+                retry = max(1, math.ceil(stats.reset_time - time.time()))
+                raise RateLimited(
+                    f"Too many unknown rater tokens from this address; retry in {retry} s.",
+                    retry_after=retry,
+                    code="rate_limited.rater_tokens",
+                )
+
+    def failed(self, address: str) -> None:
+        for item in self.items:
+            self.limiter.hit(item, "rater-failures", address)
 
 
 class StreamSlots:

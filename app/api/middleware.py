@@ -6,7 +6,10 @@ A pure ASGI middleware, in this order:
    closed at once, so no pooled connection stays checked out while a body or a download streams;
    a request without a valid key is answered 401 before one byte of its body is read. A checked
    key is trusted for ``auth_cache_seconds`` (``app.api.auth_cache``).
-2. **Rate limit** per key (429 with ``RateLimit-*`` and ``Retry-After``).
+2. **Rate limit** per key (429 with ``RateLimit-*`` and ``Retry-After``). An invited rater's
+   token is looked up here: unknown and revoked tokens count against the client address
+   (``rater_failure_limit``), valid ones against the token (``rate_limit``) and against their
+   comparison, shared by all its raters (``rater_rate_limit``).
 3. **Refuse bad text at the edge** (``app.api.text``): NUL in the query or path; in a JSON body,
    lone surrogates (``"\\udc80"``), NUL, and integers longer than Python will convert — 422
    naming the field.
@@ -37,8 +40,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth_cache import AuthCache
 from app.api.errors import pool_exhausted, render, render_exception
-from app.api.limits import KeyRateLimiter, StreamSlots
+from app.api.limits import FailureThrottle, KeyRateLimiter, StreamSlots
 from app.api.text import check_json_text, check_text_in_url, is_json
+from app.comparisons.service import rater_comparison
 from app.errors import GristmillError, InvalidInput, PayloadTooLarge, RequestTimeout, Unauthorized
 from app.settings import Settings
 from app.tenants.service import Caller, hash_key, identify
@@ -49,6 +53,7 @@ PUBLIC_PATHS = frozenset({"/v1/health", "/v1/ready"})
 # Invited raters have a token, not a key: these two pass the gate with one (the route checks it).
 RATER_PATH = re.compile(r"^/v1/comparisons/[^/]+/(next|votes)$")
 RATER_TOKEN_PREFIX = "gmr_"
+RATER_METHODS = {"next": "GET", "votes": "POST"}
 UPLOAD_PATHS = frozenset({"/v1/datasets", "/v1/models", "/v1/files"})  # multipart streams
 DOWNLOAD = re.compile(r"^/v1/(datasets|models|tokenizers|files)/[^/]+/(content|files/.+)$")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -64,12 +69,18 @@ class EdgeGate:
         limiter: KeyRateLimiter | None = None,
         slots: StreamSlots | None = None,
         auth_cache: AuthCache | None = None,
+        rater_failures: FailureThrottle | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
         self.factory = factory
         self.limiter = limiter or KeyRateLimiter(
             settings.rate_limit, settings.resolved_rate_limit_storage_url
+        )
+        storage = settings.resolved_rate_limit_storage_url
+        self.comparison_limiter = KeyRateLimiter(settings.rater_rate_limit, storage)
+        self.rater_failures = rater_failures or FailureThrottle(
+            settings.rater_failure_limit, storage
         )
         self.slots = slots or StreamSlots(settings.max_streams_per_tenant)
         self.auth_cache = auth_cache or AuthCache(settings.auth_cache_seconds)
@@ -127,14 +138,44 @@ class EdgeGate:
         await self.app(scope, receive, send)
 
     async def _rater_gate(self, scope: Scope, receive: Receive, send: Send, token: str) -> None:
-        """A rater's call without a key: the same rate limit (per token), text and body bounds;
-        the route checks the token against the comparison."""
+        """A rater's call without a key: the token is looked up (failures throttled per client
+        address), then the same rate limit (per token) plus its comparison's, text and body
+        bounds; the route checks the token against the comparison in the path."""
+        matched = RATER_PATH.match(scope["path"])
+        if matched is None or scope["method"] != RATER_METHODS[matched.group(1)]:
+            await self.app(scope, receive, send)  # the router answers 405, nothing looked up
+            return
+        check_text_in_url(scope)
+        address = str((scope.get("client") or ("unknown",))[0])
+        failures = self.rater_failures
+
+        def lookup(session: Session) -> str:
+            failures.check(address)
+            try:
+                return rater_comparison(session=session, token=token)
+            except Unauthorized:
+                failures.failed(address)
+                raise
+
+        try:
+            comparison_id: str = await self._in_thread(lookup)
+        except _Unavailable as unavailable:
+            await unavailable.response(scope, receive, send)
+            return
+        if self.comparison_limiter.enabled:
+            decision = await anyio.to_thread.run_sync(
+                self.comparison_limiter.hit, "comparison:" + comparison_id
+            )
+            if not decision.allowed:
+                await render_exception(decision.error("this comparison's raters"))(
+                    scope, receive, send
+                )
+                return
         caller = Caller(tenant_id="", key_id="rater:" + hash_key(token)[:32])
         limited = await self._rate_limit(scope, receive, send, caller)
         if limited is None:
             return
         send = limited
-        check_text_in_url(scope)
         headers = dict(scope["headers"])
         if scope["method"] in BODY_METHODS:
             body = await self._read_body(receive, headers)

@@ -7,12 +7,14 @@ the answers are there.
 
 from __future__ import annotations
 
+import itertools
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from app.comparisons.tables import Comparison, ComparisonAnswer
+from app.comparisons.tables import Comparison, ComparisonAnswer, ComparisonPair
 from app.storage import LocalStore
 
 
@@ -30,7 +32,8 @@ class ComparisonAnswers:
         return self
 
     def record(self, *, session: Session) -> None:
-        """Store the answers and open the comparison (in the job's final commit)."""
+        """Store the answers and the pairs to rate, and open the comparison (in the job's final
+        commit)."""
         comparison = session.get_one(Comparison, self.comparison_id)
         comparison.prompts = list(self.prompts)
         for model_id, texts in self.answers.items():
@@ -43,6 +46,15 @@ class ComparisonAnswers:
                         text=text,
                     )
                 )
+        models = sorted(self.answers)
+        for index in range(len(self.prompts)):
+            for x, y in itertools.combinations(models, 2):
+                session.add(
+                    ComparisonPair(
+                        comparison_id=comparison.id, prompt_index=index, model_x=x, model_y=y,
+                        votes=0, shuffle=secrets.randbelow(2**31),
+                    )
+                )  # fmt: skip
         comparison.status = "open"
 
     def discard(self, *, store: LocalStore) -> None:

@@ -42,7 +42,7 @@ class ComparisonCreate(BaseModel):
 class ComparisonRead(BaseModel):
     id: str
     object: Literal["comparison"] = "comparison"
-    status: str = Field(description="generating → open (rating) | failed")
+    status: str = Field(description="generating → open (rating) → closed | failed")
     models: list[str]
     prompts: int | None = Field(description="Number of prompts (known once generated).")
     dataset_id: str | None

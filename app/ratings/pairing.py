@@ -2,9 +2,10 @@
 
 Stateless by design: everything is derived from the comparison's answers, the rater's own votes
 and a server secret, so any API process can answer ``GET …/next`` and check ``POST …/votes``.
-The ticket a rater gets is an HMAC of (rater, pair, round, sides): opaque to the rater (model
-names cannot be read out of it), unforgeable, and resolvable by the server with
-:func:`resolve_ticket`, which recomputes the candidates.
+The ticket a rater gets seals (pair, round, sides) for that rater: the fields are encrypted with a
+keystream drawn from the server secret and authenticated by an HMAC that also covers the rater
+(deterministic SIV-style), so it is opaque to the rater (model names cannot be read out of it),
+unforgeable, and :func:`open_ticket` reads it back in constant time, whatever the number of pairs.
 
 Order: pairs nobody has rated much come first (``counts``), ties broken at random per rater, so
 votes spread over every prompt and model pair. Every ``control_every``-th showing is a control:
@@ -63,11 +64,77 @@ class Showing:
         }
 
 
-def ticket(secret: bytes, rater: str, key: PairKey, left_model: str) -> str:
-    message = "\x1f".join(
-        (rater, key.prompt_id, key.model_x, key.model_y, str(key.round), left_model)
-    )
-    return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()[:32]
+_TAG = 12
+"""Bytes of HMAC-SHA256 that authenticate a ticket (96 bits)."""
+_FIELDS = 4
+"""round, index of model_x, index of model_y, left side (0 = model_x), then the prompt id."""
+_MAX_PAYLOAD = 32 - _TAG  # a ticket is at most 64 hex digits
+
+
+def _mac(secret: bytes, *parts: bytes) -> bytes:
+    return hmac.new(secret, b"\x1f".join(parts), hashlib.sha256).digest()
+
+
+def _stream(secret: bytes, tag: bytes, payload: bytes) -> bytes:
+    pad = _mac(secret, b"ticket-stream", tag)
+    return bytes(a ^ b for a, b in zip(payload, pad, strict=False))
+
+
+def ticket(secret: bytes, rater: str, key: PairKey, left_model: str, models: Sequence[str]) -> str:
+    """The sealed showing; ``models`` are the prompt's models, sorted (the indices sealed).
+
+    Raises:
+        ValueError: a prompt id too long to seal (ids are short: the service uses indices).
+    """
+    prompt = key.prompt_id.encode()
+    payload = bytes(
+        (key.round, models.index(key.model_x), models.index(key.model_y),
+         int(left_model != key.model_x))
+    ) + prompt  # fmt: skip
+    if len(payload) > _MAX_PAYLOAD:
+        raise ValueError("prompt id too long for a ticket")
+    tag = _mac(secret, b"ticket-tag", rater.encode(), payload)[:_TAG]
+    return (tag + _stream(secret, tag, payload)).hex()
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """What a genuine ticket says, before it is checked against the comparison's models."""
+
+    prompt_id: str
+    round: int
+    x: int
+    y: int
+    left_is_y: bool
+
+    def showing(self, models: Sequence[str], value: str) -> Showing | None:
+        """The showing over the prompt's sorted ``models`` (None if they do not fit)."""
+        if not (0 <= self.x < self.y < len(models)) or self.round not in (0, 1):
+            return None
+        key = PairKey(self.prompt_id, models[self.x], models[self.y], self.round)
+        left, right = (key.model_y, key.model_x) if self.left_is_y else (key.model_x, key.model_y)
+        return Showing(key, left, right, value)
+
+
+def open_ticket(secret: bytes, rater: str, value: str) -> Sealed | None:
+    """The fields a ticket seals for ``rater``; None for a forged ticket or another rater's."""
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        return None
+    if not _TAG + _FIELDS <= len(raw) <= _TAG + _MAX_PAYLOAD:
+        return None
+    tag = raw[:_TAG]
+    payload = _stream(secret, tag, raw[_TAG:])
+    expected = _mac(secret, b"ticket-tag", rater.encode(), payload)[:_TAG]
+    if not hmac.compare_digest(tag, expected):
+        return None
+    try:
+        prompt_id = payload[_FIELDS:].decode()
+    except UnicodeDecodeError:
+        return None
+    rnd, x, y, left = payload[:_FIELDS]
+    return Sealed(prompt_id, rnd, x, y, bool(left))
 
 
 def all_pairs(answers: Mapping[str, Mapping[str, str]]) -> Iterator[PairKey]:
@@ -99,22 +166,25 @@ def next_pair(
         if repeatable:
             first = rng.choice(repeatable)
             key = PairKey(*_base(first), 1)
-            return _show(secret, rater, key, rng)
+            return show(secret, rater, key, sorted(answers[key.prompt_id]), rng)
     fresh = [k for k in all_pairs(answers) if k not in done]
     if not fresh:
         return None
     rng.shuffle(fresh)
     fresh.sort(key=lambda k: (counts or {}).get(k, 0))
-    return _show(secret, rater, fresh[0], rng)
+    return show(secret, rater, fresh[0], sorted(answers[fresh[0].prompt_id]), rng)
 
 
 def _base(key: PairKey) -> tuple[str, str, str]:
     return key.prompt_id, key.model_x, key.model_y
 
 
-def _show(secret: bytes, rater: str, key: PairKey, rng: random.Random) -> Showing:
+def show(
+    secret: bytes, rater: str, key: PairKey, models: Sequence[str], rng: random.Random
+) -> Showing:
+    """``key`` with sides at random and its ticket; ``models``: the prompt's, sorted."""
     left, right = (key.model_x, key.model_y) if rng.random() < 0.5 else (key.model_y, key.model_x)
-    return Showing(key, left, right, ticket(secret, rater, key, left))
+    return Showing(key, left, right, ticket(secret, rater, key, left, models))
 
 
 CHOICES = ("a", "b", "tie", "both_bad")
@@ -148,10 +218,7 @@ def resolve_ticket(
     answers: Mapping[str, Mapping[str, str]], rater: str, value: str, *, secret: bytes
 ) -> Showing | None:
     """The showing a ticket stands for (None for a forged ticket or another rater's)."""
-    for base in all_pairs(answers):
-        for rnd in (0, 1):
-            key = PairKey(*_base(base), rnd)
-            for left, right in ((key.model_x, key.model_y), (key.model_y, key.model_x)):
-                if hmac.compare_digest(ticket(secret, rater, key, left), value):
-                    return Showing(key, left, right, value)
-    return None
+    sealed = open_ticket(secret, rater, value)
+    if sealed is None or sealed.prompt_id not in answers:
+        return None
+    return sealed.showing(sorted(answers[sealed.prompt_id]), value)

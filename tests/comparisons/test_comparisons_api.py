@@ -162,6 +162,8 @@ def test_a_cancelled_generation_fails_the_comparison_and_rater_calls_keep_the_ed
     assert client.get(f"/v1/comparisons/{cid}", headers=auth).json()["status"] == "failed"
     closed = client.get(f"/v1/comparisons/{cid}/next", headers={"X-Rater-Token": token})
     assert closed.status_code == 409 and closed.json()["error"]["code"] == "comparison.not_open"
+    unclosable = client.post(f"/v1/comparisons/{cid}/close", headers=auth)
+    assert unclosable.status_code == 409 and "only an open" in unclosable.json()["error"]["message"]
     # A rater's body is bounded like anyone's; the query is checked for NUL.
     huge = {"ticket": "t", "choice": "a", "note": "x" * (2 << 20)}
     too_big = client.post(f"/v1/comparisons/{cid}/votes?token={token}", json=huge)

@@ -3,6 +3,8 @@ and leave exactly the schema the ORM models describe, on Postgres and on SQLite.
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +114,60 @@ def test_keys_made_before_key_management_stay_working_admin_keys(database_url: s
             )
     finally:
         engine.dispose()
+
+
+def test_comparisons_made_before_vote_counters_get_their_pairs_and_counts(
+    database_url: str,
+) -> None:
+    """A comparison rated before the counters: the upgrade makes its pairs, with the round-0
+    votes each already has, and its vote total, so the next pair and new votes carry on."""
+    upgrade(database_url, "0010")
+    engine = make_engine(database_url)
+    when = {"t": "2026-12-01 00:00:00+00:00"}
+    models = ["mdl_b", "mdl_A", "mdl_c"]  # code-point order: mdl_A < mdl_b < mdl_c
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenant VALUES ('ten_1', 'acme', :t)"), when)
+        conn.execute(
+            text(
+                "INSERT INTO comparison (id, tenant_id, status, model_ids, settings, secret,"
+                " created_at) VALUES ('cmp_1', 'ten_1', 'open', :m, '{}', 's', :t)"
+            ),
+            {"m": json.dumps(models), **when},
+        )
+        for prompt, model in itertools.product((0, 1), models):
+            conn.execute(
+                text(
+                    "INSERT INTO comparison_answer (comparison_id, prompt_index, model_id, text)"
+                    " VALUES ('cmp_1', :p, :m, 'x')"
+                ),
+                {"p": prompt, "m": model},
+            )
+        for rater, rnd in (("key:1", 0), ("key:2", 0), ("key:1", 1)):
+            conn.execute(
+                text(
+                    "INSERT INTO comparison_vote (comparison_id, rater, ticket, prompt_index,"
+                    " model_x, model_y, round, left_model, right_model, verdict, created_at)"
+                    " VALUES ('cmp_1', :r, 't', 1, 'mdl_A', 'mdl_c', :n, 'mdl_A', 'mdl_c', 'a',"
+                    " :t)"
+                ),
+                {"r": rater, "n": rnd, **when},
+            )
+    upgrade(database_url)
+    try:
+        with engine.connect() as conn:
+            pairs = conn.execute(
+                text(
+                    "SELECT prompt_index, model_x, model_y, votes FROM comparison_pair"
+                    " ORDER BY prompt_index, model_x, model_y"
+                )
+            ).all()
+            total = conn.execute(text("SELECT votes FROM comparison WHERE id = 'cmp_1'")).scalar()
+    finally:
+        engine.dispose()
+    expected = [
+        (p, x, y, 2 if (p, x, y) == (1, "mdl_A", "mdl_c") else 0)
+        for p in (0, 1)
+        for x, y in itertools.combinations(sorted(models), 2)
+    ]
+    assert sorted(tuple(row) for row in pairs) == sorted(expected)
+    assert total == 3

@@ -14,8 +14,8 @@ from fastapi.responses import HTMLResponse
 
 from app.api.deps import ComparisonDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
+from app.api.limits import FailureThrottle
 from app.comparisons import service
-from app.comparisons.chart import ladder_png
 from app.comparisons.schemas import (
     ComparisonCreate,
     ComparisonRead,
@@ -83,6 +83,29 @@ def invite_rater(
         session=session, comparison=comparison, name=body.name if body else None
     )
     return RaterRead(id=rater.id, name=rater.name, url=f"/rate/{token}", token=token)
+
+
+@router.delete(
+    "/{comparison_id}/raters/{rater_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=NOT_FOUND,
+    summary="Revoke an invite link",
+)
+def revoke_rater(comparison: ComparisonDep, rater_id: str, session: SessionDep) -> None:
+    """Its token is refused from now on (``/next``, ``/votes`` and the page); its votes stay."""
+    service.revoke_rater(session=session, comparison=comparison, rater_id=rater_id)
+
+
+@router.post(
+    "/{comparison_id}/close",
+    response_model=ComparisonRead,
+    responses={**NOT_FOUND, 409: {"model": ErrorResponse}},
+    summary="Close a comparison to votes",
+)
+def close_comparison(comparison: ComparisonDep, session: SessionDep) -> ComparisonRead:
+    """No more votes (``409 comparison.closed``); results, chart and export stay readable."""
+    service.close(session=session, comparison=comparison)
+    return ComparisonRead.model_validate(service.view(session, comparison))
 
 
 def _rater(
@@ -160,7 +183,8 @@ def vote(
 @router.get("/{comparison_id}/results", responses=NOT_FOUND, summary="Ratings and figures")
 def read_results(comparison: ComparisonDep, session: SessionDep) -> dict[str, Any]:
     """Bradley–Terry ladder (Elo scale, 95% bootstrap intervals), win-rate matrix, votes per
-    model, left-position win rate, rater agreement on control repeats."""
+    model, left-position win rate, rater agreement on control repeats; computed once per new
+    vote and shared by every API process."""
     return service.results(session=session, comparison=comparison)
 
 
@@ -170,8 +194,7 @@ def read_results(comparison: ComparisonDep, session: SessionDep) -> dict[str, An
     summary="The rating ladder as a chart",
 )
 def read_chart(comparison: ComparisonDep, session: SessionDep) -> Response:
-    figures = service.results(session=session, comparison=comparison)
-    return Response(ladder_png(figures), media_type="image/png")
+    return Response(service.chart(session=session, comparison=comparison), media_type="image/png")
 
 
 @router.get(
@@ -188,10 +211,17 @@ def export_votes(comparison: ComparisonDep, session: SessionDep) -> Response:
 
 
 @page.get("/rate/{token}", response_class=HTMLResponse, include_in_schema=False)
-def rater_page(token: str, session: SessionDep) -> HTMLResponse:
-    """The rater page for an invite (plain HTML and JS, nothing from a CDN)."""
+def rater_page(token: str, request: Request, session: SessionDep) -> HTMLResponse:
+    """The rater page for an invite (plain HTML and JS, nothing from a CDN). Unknown and revoked
+    links count against the client address, like failed tokens at the edge gate."""
+    failures: FailureThrottle = request.app.state.rater_failures
+    address = request.client.host if request.client else "unknown"
+    failures.check(address)
     try:
         rater = service.rater_by_token(session=session, token=token)
-    except Unauthorized:
+    except Unauthorized as refused:
+        failures.failed(address)
+        if refused.code == "rater.revoked":
+            return HTMLResponse("<!doctype html><title>Gone</title><p>This link was revoked.", 410)
         return HTMLResponse("<!doctype html><title>Not found</title><p>Unknown link.", 404)
     return HTMLResponse(render_page(rater.comparison_id, token), headers=page_headers())
