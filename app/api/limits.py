@@ -85,12 +85,12 @@ class KeyRateLimiter:
 
 class FailureThrottle:
     """Failed rater-token lookups per client address: once an address has used up ``spec``, its
-    lookups are refused (429) without touching the database until the window resets, so
+    lookups are refused (429) without touching the database until old failures age out, so
     guessing invite tokens is slow; lookups that succeed cost nothing here."""
 
     def __init__(self, spec: str, storage_url: str) -> None:
         self.items: list[RateLimitItem] = parse_many(spec) if spec.strip() else []
-        self.limiter = FixedWindowRateLimiter(storage_from_string(storage_url))
+        self.limiter = MovingWindowRateLimiter(storage_from_string(storage_url))
 
     def check(self, address: str) -> None:
         """Raises: RateLimited while ``address`` has no failures left."""
