@@ -293,6 +293,9 @@ class ModelImportConfig:
     """Refuse archives that inflate more than this (weights barely compress)."""
     max_files: int = 10_000
     """Refuse archives with more files."""
+    max_entries: int = 20_000
+    """Refuse archives with more entries of any kind (directories and links count too): a
+    reader keeps every entry it has seen, so an archive of empty folders is bounded here."""
     forward_max_parameters: int = 2_000_000_000
     """Run one forward pass on CPU when the model has at most this many parameters."""
 
@@ -300,4 +303,5 @@ class ModelImportConfig:
         check_range("max_extracted_bytes", self.max_extracted_bytes, 1, 1 << 50)
         check_range("max_ratio", self.max_ratio, 1.0, 1e6)
         check_range("max_files", self.max_files, 1, 1_000_000)
+        check_range("max_entries", self.max_entries, 1, 1_000_000)
         check_range("forward_max_parameters", self.forward_max_parameters, 0, 1 << 50)

@@ -73,8 +73,9 @@ def run_model_import(
 
     Raises:
         PipelineError: ``model.unsafe_archive`` (path escape, link, device file, bomb, too many
-            files), ``model.bad_archive`` (not a readable tar/zip), ``model.pickle_refused``,
-            ``model.remote_code``, ``model.unexpected_file``, ``model.no_config``,
+            files), ``model.archive_too_many_entries``, ``model.bad_archive`` (not a readable
+            tar/zip), ``model.pickle_refused``, ``model.remote_code``, ``model.unexpected_file``,
+            ``model.no_config``,
             ``model.unsupported_architecture``, ``model.no_weights``, ``model.weights_mismatch``,
             ``model.unsupported_quantization``, ``model.tokenizer_invalid``,
             ``model.forward_failed``.
@@ -117,7 +118,16 @@ def safe_member_path(name: str) -> PurePosixPath:
 class _Budget:
     def __init__(self, config: ModelImportConfig, archive_bytes: int) -> None:
         self.config, self.archive_bytes = config, max(archive_bytes, 1)
-        self.files = self.bytes = 0
+        self.files = self.bytes = self.entries = 0
+
+    def add_entry(self) -> None:
+        """Every member, whatever its kind, before anything else is done with it."""
+        self.entries += 1
+        if self.entries > self.config.max_entries:
+            raise _fail(
+                "model.archive_too_many_entries",
+                f"the archive has more than {self.config.max_entries} entries",
+            )
 
     def add_file(self) -> None:
         self.files += 1
@@ -166,6 +176,7 @@ def extract_archive(archive: Path, dest: Path, config: ModelImportConfig) -> tup
 def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
     with tarfile.open(archive, mode="r:*") as tar:
         for member in _tar_members(tar):
+            budget.add_entry()
             rel = safe_member_path(member.name)
             if member.isdir():
                 (dest / rel).mkdir(parents=True, exist_ok=True)
@@ -189,6 +200,7 @@ def _tar_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
+            budget.add_entry()
             rel = safe_member_path(info.filename)
             mode = info.external_attr >> 16
             if info.is_dir():

@@ -7,6 +7,7 @@ import json
 import pickle
 import shutil
 import tarfile
+import tracemalloc
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,20 @@ def test_quantised_weights_gristmill_does_not_read_are_refused(
         do_import(tar_of(folder, tmp_path / "m.tar.gz"), tmp_path)
     assert err.value.code == "model.unsupported_quantization"
     assert "'bitsandbytes'" in err.value.message and f"{name}.SCB" in err.value.message
+
+
+def test_an_archive_of_empty_folders_is_refused_by_its_entry_count(tmp_path: Path) -> None:
+    archive = tmp_path / "folders.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for i in range(100_000):
+            tar.addfile(_info(f"d{i}", type=tarfile.DIRTYPE))
+    tracemalloc.start()
+    try:
+        with pytest.raises(PipelineError, match="20000 entries") as err:
+            do_import(archive, tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.value.code == "model.archive_too_many_entries"
+    assert peak < 64 << 20
+    assert not (tmp_path / "run" / "out" / "model").exists()
