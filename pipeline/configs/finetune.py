@@ -296,6 +296,9 @@ class ModelImportConfig:
     max_entries: int = 20_000
     """Refuse archives with more entries of any kind (directories and links count too): a
     reader keeps every entry it has seen, so an archive of empty folders is bounded here."""
+    max_header_bytes: int = 1 << 20
+    """Refuse a tar member whose extended (pax or GNU long-name) header declares more: tarfile
+    reads such a header into memory whole, before any member it describes."""
     forward_max_parameters: int = 2_000_000_000
     """Run one forward pass on CPU when the model has at most this many parameters."""
 
@@ -304,4 +307,5 @@ class ModelImportConfig:
         check_range("max_ratio", self.max_ratio, 1.0, 1e6)
         check_range("max_files", self.max_files, 1, 1_000_000)
         check_range("max_entries", self.max_entries, 1, 1_000_000)
+        check_range("max_header_bytes", self.max_header_bytes, 512, 1 << 30)
         check_range("forward_max_parameters", self.forward_max_parameters, 0, 1 << 50)

@@ -38,6 +38,11 @@ ALLOWED_SUFFIXES = frozenset(
     | {".csv"}
 )
 _CHUNK = 1 << 20
+# Headers whose body tarfile reads whole into memory to describe the member that follows.
+_EXTENDED_HEADERS = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
+    | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
 
 
 @dataclass(frozen=True)
@@ -73,12 +78,12 @@ def run_model_import(
 
     Raises:
         PipelineError: ``model.unsafe_archive`` (path escape, link, device file, bomb, too many
-            files), ``model.archive_too_many_entries``, ``model.bad_archive`` (not a readable
-            tar/zip), ``model.pickle_refused``, ``model.remote_code``, ``model.unexpected_file``,
-            ``model.no_config``,
-            ``model.unsupported_architecture``, ``model.no_weights``, ``model.weights_mismatch``,
-            ``model.unsupported_quantization``, ``model.tokenizer_invalid``,
-            ``model.forward_failed``.
+            files), ``model.archive_too_many_entries``, ``model.archive_header_too_large``,
+            ``model.archive_too_large`` (a declared size over the limit), ``model.bad_archive``
+            (not a readable tar/zip), ``model.pickle_refused``, ``model.remote_code``,
+            ``model.unexpected_file``, ``model.no_config``, ``model.unsupported_architecture``,
+            ``model.no_weights``, ``model.weights_mismatch``, ``model.unsupported_quantization``,
+            ``model.tokenizer_invalid``, ``model.forward_failed``.
     """
     target = paths.output_dir / "model"
     staging = paths.work_dir / f"extract.tmp-{uuid.uuid4().hex}"
@@ -134,6 +139,15 @@ class _Budget:
         if self.files > self.config.max_files:
             raise _fail("model.unsafe_archive", f"more than {self.config.max_files} files")
 
+    def declare(self, name: str, size: int) -> None:
+        """A member's declared size, refused before a byte of it is read."""
+        limit = self.config.max_extracted_bytes
+        if size < 0 or self.bytes + size > limit:
+            raise _fail(
+                "model.archive_too_large",
+                f"{name!r} declares {size} bytes: the archive would unpack beyond {limit} bytes",
+            )
+
     def add_bytes(self, n: int) -> None:
         self.bytes += n
         if self.bytes > self.config.max_extracted_bytes:
@@ -173,8 +187,27 @@ def extract_archive(archive: Path, dest: Path, config: ModelImportConfig) -> tup
     return budget.files, budget.bytes
 
 
+def _bounded_tarinfo(limit: int) -> type[tarfile.TarInfo]:
+    """A TarInfo that refuses an oversized extended header as soon as its 512-byte block is
+    parsed, before tarfile reads the body it declares."""
+
+    class Bounded(tarfile.TarInfo):
+        @classmethod
+        def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Bounded:
+            info = super().frombuf(buf, encoding, errors)
+            if info.type in _EXTENDED_HEADERS and info.size > limit:
+                raise _fail(
+                    "model.archive_header_too_large",
+                    f"an extended tar header declares {info.size} bytes (at most {limit})",
+                )
+            return info
+
+    return Bounded
+
+
 def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
-    with tarfile.open(archive, mode="r:*") as tar:
+    tarinfo = _bounded_tarinfo(budget.config.max_header_bytes)
+    with tarfile.open(archive, mode="r:*", tarinfo=tarinfo) as tar:
         for member in _tar_members(tar):
             budget.add_entry()
             rel = safe_member_path(member.name)
@@ -185,6 +218,7 @@ def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
                 kind = "link" if member.issym() or member.islnk() else "special file"
                 raise _fail("model.unsafe_archive", f"{kind} in the archive: {member.name!r}")
             budget.add_file()
+            budget.declare(member.name, member.size)
             source = tar.extractfile(member)
             assert source is not None  # regular files always have data
             with source:
@@ -209,6 +243,7 @@ def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
             if mode and not stat.S_ISREG(mode):
                 raise _fail("model.unsafe_archive", f"link or special file: {info.filename!r}")
             budget.add_file()
+            budget.declare(info.filename, info.file_size)
             with zf.open(info) as source:
                 _copy(source, dest / rel, budget)
 

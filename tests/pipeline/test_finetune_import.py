@@ -273,3 +273,36 @@ def test_an_archive_of_empty_folders_is_refused_by_its_entry_count(tmp_path: Pat
     assert err.value.code == "model.archive_too_many_entries"
     assert peak < 64 << 20
     assert not (tmp_path / "run" / "out" / "model").exists()
+
+
+def test_an_oversized_pax_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    # The header declares 300 MB; the file holds one block of it.
+    header = _info("././@PaxHeader", type=tarfile.XHDTYPE, size=300 << 20)
+    archive = tmp_path / "pax.tar"
+    archive.write_bytes(header.tobuf(format=tarfile.USTAR_FORMAT) + bytes(512))
+    tracemalloc.start()
+    try:
+        with pytest.raises(PipelineError, match="314572800 bytes") as err:
+            do_import(archive, tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.value.code == "model.archive_header_too_large"
+    assert peak < 16 << 20
+    # A real, moderately large pax header over a lowered bound.
+    big = tmp_path / "bigpax.tar"
+    with tarfile.open(big, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(_info("a.txt", pax_headers={"comment": "x" * 8192}))
+    with pytest.raises(PipelineError) as err:
+        do_import(big, tmp_path / "big", max_header_bytes=4096)
+    assert err.value.code == "model.archive_header_too_large"
+
+
+def test_a_member_declaring_more_than_the_limit_is_refused_before_reading(tmp_path: Path) -> None:
+    member = _info("my-model/model.safetensors", size=1 << 30)
+    archive = tmp_path / "liar.tar"
+    archive.write_bytes(member.tobuf() + b"x" * 512)
+    with pytest.raises(PipelineError, match="declares 1073741824 bytes") as err:
+        do_import(archive, tmp_path, max_extracted_bytes=1 << 20)
+    assert err.value.code == "model.archive_too_large"
+    assert not (tmp_path / "run" / "out" / "model").exists()
