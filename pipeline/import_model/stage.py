@@ -38,6 +38,20 @@ ALLOWED_SUFFIXES = frozenset(
     | {".csv"}
 )
 _CHUNK = 1 << 20
+# The most a config.json may declare, checked before transformers builds a module: even on the
+# meta device 20,000 layers or a huge vocabulary cost minutes and memory. Generous for real LMs.
+CONFIG_LIMITS = {
+    "num_hidden_layers": 512,
+    "hidden_size": 65_536,
+    "intermediate_size": 524_288,
+    "num_attention_heads": 1_024,
+    "num_key_value_heads": 1_024,
+    "head_dim": 4_096,
+    "vocab_size": 2_097_152,
+    "max_position_embeddings": 16_777_216,
+    "num_local_experts": 1_024,
+    "num_experts": 1_024,
+}
 # Headers whose body tarfile reads whole into memory to describe the member that follows.
 _EXTENDED_HEADERS = frozenset(
     {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
@@ -81,7 +95,8 @@ def run_model_import(
             files), ``model.archive_too_many_entries``, ``model.archive_header_too_large``,
             ``model.archive_too_large`` (a declared size over the limit), ``model.bad_archive``
             (not a readable tar/zip), ``model.pickle_refused``, ``model.remote_code``,
-            ``model.unexpected_file``, ``model.no_config``, ``model.unsupported_architecture``,
+            ``model.unexpected_file``, ``model.no_config``, ``model.config_<field>_too_large``,
+            ``model.unsupported_architecture``,
             ``model.no_weights``, ``model.weights_mismatch``, ``model.unsupported_quantization``,
             ``model.tokenizer_invalid``, ``model.forward_failed``.
     """
@@ -320,6 +335,7 @@ def validate_model_dir(
             f"{architectures or model_type!r} is not a causal LM architecture built into "
             "transformers",
         )
+    check_config_limits(raw)
     tok_config = folder / "tokenizer_config.json"
     if tok_config.is_file() and "auto_map" in json.loads(tok_config.read_text()):
         raise _fail("model.remote_code", "tokenizer_config.json has auto_map (custom code)")
@@ -361,6 +377,27 @@ def validate_model_dir(
         quant.format,
         quant.dropped,
     )
+
+
+def check_config_limits(raw: dict[str, Any]) -> None:
+    """Refuse a config.json that declares sizes past :data:`CONFIG_LIMITS` (or sizes that are
+    not positive integers), naming the field in the code: ``model.config_<field>_too_large``."""
+    nested = raw.get("text_config")
+    for where, values in (("", raw), ("text_config.", nested if isinstance(nested, dict) else {})):
+        for name, limit in CONFIG_LIMITS.items():
+            value = values.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise _fail(
+                    f"model.config_{name}_invalid",
+                    f"config.json {where}{name} is {value!r}: a whole number is expected",
+                )
+            if value > limit:
+                raise _fail(
+                    f"model.config_{name}_too_large",
+                    f"config.json {where}{name} is {value}: at most {limit} is accepted",
+                )
 
 
 def _read_tensors(files: list[Path]) -> dict[str, quantization.Tensor]:

@@ -306,3 +306,21 @@ def test_a_member_declaring_more_than_the_limit_is_refused_before_reading(tmp_pa
         do_import(archive, tmp_path, max_extracted_bytes=1 << 20)
     assert err.value.code == "model.archive_too_large"
     assert not (tmp_path / "run" / "out" / "model").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("num_hidden_layers", 20_000), ("hidden_size", 1 << 40), ("vocab_size", 10**12)],
+)
+def test_config_sizes_past_the_limits_are_refused_before_a_model_is_built(
+    bases: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str, value: int
+) -> None:
+    folder = _with_config(bases["llama"], tmp_path / "huge", **{field: value})
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("transformers built a model from a refused config")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", never)
+    with pytest.raises(PipelineError, match=f"{field} is {value}") as err:
+        do_import(tar_of(folder, tmp_path / "huge.tar.gz"), tmp_path)
+    assert err.value.code == f"model.config_{field}_too_large"
