@@ -31,6 +31,7 @@ from app.db import session_scope, utcnow
 from app.errors import GristmillError
 from app.flows.deletion import purge_deleted
 from app.flows.inputs import load_inputs
+from app.flows.quotas import stored_bytes
 from app.jobs import service
 from app.jobs.kinds import KINDS
 from app.jobs.pauses import running_seconds, started_pause
@@ -146,6 +147,9 @@ def _context(
             params=params,
             include_deleted=True,
         )
+        storage_left = settings.quota_storage_bytes - stored_bytes(
+            session=session, tenant_id=tenant_id
+        )
     return JobContext(
         job_id=job_id,
         tenant_id=tenant_id,
@@ -156,6 +160,7 @@ def _context(
         paths=run_paths(store, tenant_id, job_id),
         hooks=Hooks(monitor.on_progress, monitor.on_event, monitor.should_stop),
         settings=settings,
+        storage_left=storage_left,
     )
 
 

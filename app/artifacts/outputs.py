@@ -94,8 +94,10 @@ class ImportVerdict:
         """Move an accepted model's files into its folder (the archive is dropped either way)."""
         folder = store.local_path(layout.artifact("model", self.artifact_id))
         store.delete(layout.model_upload(self.artifact_id))
-        if self.folder is None:
-            return PlacedImport(self.artifact_id, {"status": "failed", "errors": self.errors or []})
+        if self.folder is None:  # a refused model keeps no folder and counts no bytes
+            store.delete(layout.artifact("model", self.artifact_id))
+            values = {"status": "failed", "errors": self.errors or [], "size_bytes": 0}
+            return PlacedImport(self.artifact_id, values)
         folder.mkdir(parents=True, exist_ok=True)
         for item in self.folder.iterdir():
             shutil.move(item, folder / item.name)

@@ -296,6 +296,9 @@ class ModelImportConfig:
     max_entries: int = 20_000
     """Refuse archives with more entries of any kind (directories and links count too): a
     reader keeps every entry it has seen, so an archive of empty folders is bounded here."""
+    quota_bytes: int | None = None
+    """The tenant's storage left for the unpacked model: unpacking beyond it is refused as
+    ``model.storage_quota_exceeded`` while the files are written (None: no quota)."""
     max_header_bytes: int = 1 << 20
     """Refuse a tar member whose extended (pax or GNU long-name) header declares more: tarfile
     reads such a header into memory whole, before any member it describes."""
@@ -308,4 +311,6 @@ class ModelImportConfig:
         check_range("max_files", self.max_files, 1, 1_000_000)
         check_range("max_entries", self.max_entries, 1, 1_000_000)
         check_range("max_header_bytes", self.max_header_bytes, 512, 1 << 30)
+        if self.quota_bytes is not None:
+            check_range("quota_bytes", self.quota_bytes, 0, 1 << 60)
         check_range("forward_max_parameters", self.forward_max_parameters, 0, 1 << 50)

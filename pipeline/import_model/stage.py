@@ -93,7 +93,8 @@ def run_model_import(
     Raises:
         PipelineError: ``model.unsafe_archive`` (path escape, link, device file, bomb, too many
             files), ``model.archive_too_many_entries``, ``model.archive_header_too_large``,
-            ``model.archive_too_large`` (a declared size over the limit), ``model.bad_archive``
+            ``model.archive_too_large`` (a declared size over the limit),
+            ``model.storage_quota_exceeded``, ``model.bad_archive``
             (not a readable tar/zip), ``model.pickle_refused``, ``model.remote_code``,
             ``model.unexpected_file``, ``model.no_config``, ``model.config_<field>_too_large``,
             ``model.unsupported_architecture``,
@@ -156,6 +157,7 @@ class _Budget:
 
     def declare(self, name: str, size: int) -> None:
         """A member's declared size, refused before a byte of it is read."""
+        self._check_quota(self.bytes + size)
         limit = self.config.max_extracted_bytes
         if size < 0 or self.bytes + size > limit:
             raise _fail(
@@ -163,8 +165,17 @@ class _Budget:
                 f"{name!r} declares {size} bytes: the archive would unpack beyond {limit} bytes",
             )
 
+    def _check_quota(self, total: int) -> None:
+        quota = self.config.quota_bytes
+        if quota is not None and total > quota:
+            raise _fail(
+                "model.storage_quota_exceeded",
+                f"the unpacked model goes past the {quota} bytes left in the storage quota",
+            )
+
     def add_bytes(self, n: int) -> None:
         self.bytes += n
+        self._check_quota(self.bytes)
         if self.bytes > self.config.max_extracted_bytes:
             raise _fail(
                 "model.unsafe_archive",

@@ -11,7 +11,12 @@ import tarfile
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
+from app import layout
+from app.flows.quotas import stored_bytes
+from app.settings import Settings
+from app.storage import LocalStore
 from pipeline.configs.quantize import GptqOptions
 from pipeline.quantize.gptq import run_gptq
 from tests.conftest import RunJob
@@ -196,3 +201,31 @@ def test_an_imported_gptq_model_is_recorded_as_gptq_and_a_stale_config_is_droppe
     body = {"type": "finetune", "params": {"model_id": kept["id"], "dataset_id": "ds_x"}}
     response = client.post("/v1/jobs", json=body, headers=auth)
     assert response.status_code == 400 and "gptq" in response.json()["error"]["message"]
+
+
+def test_a_model_that_unpacks_past_the_storage_quota_is_refused_and_counts_nothing(
+    client: TestClient,
+    auth: dict[str, str],
+    settings: Settings,
+    factory: sessionmaker[Session],
+    tenant: str,
+) -> None:
+    # 12 MB of zeros in a tar.gz of about 12 KB, under an 8 MB quota.
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("my-model/notes.txt")
+        info.size = 12 << 20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    model = upload_model(client, auth, buffer.getvalue())
+    quota = 8 << 20
+    run_job = RunJob(factory, settings.model_copy(update={"quota_storage_bytes": quota}))
+
+    assert run_job(job_of(client, auth, model))["status"] == "succeeded"
+
+    failed = client.get(f"/v1/models/{model['id']}", headers=auth).json()
+    assert failed["status"] == "failed"
+    assert failed["errors"][0]["code"] == "model.storage_quota_exceeded"
+    store = LocalStore(settings.resolved_storage_dir)
+    assert not store.local_path(layout.artifact("model", model["id"])).exists()
+    with factory() as session:
+        assert stored_bytes(session=session, tenant_id=tenant) == 0

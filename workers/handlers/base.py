@@ -71,6 +71,8 @@ class JobContext(Generic[P]):
     paths: RunPaths
     hooks: Hooks
     settings: Settings
+    storage_left: int | None = None
+    """The tenant's storage quota less what it stores, when the job started (None: not read)."""
 
     def dataset(self, param: str) -> DatasetFile:
         return dataset_file(self.inputs[param])

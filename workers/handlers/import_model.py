@@ -15,8 +15,11 @@ def handle_import_model(ctx: JobContext[ImportModelParams]) -> Outcome:
     """A verdict whatever the archive holds: a refused upload fails its model, not the job."""
     model = ctx.inputs["model_id"]
     inputs = ModelImportInputs(archive=model.path / layout.UPLOAD_NAME)
+    # The archive counts against the quota until the import replaces it with the unpacked files.
+    quota = None if ctx.storage_left is None else ctx.storage_left + inputs.archive.stat().st_size
     try:
-        result = run_stage(ctx, run_model_import, ModelImportConfig(), inputs)
+        config = ModelImportConfig(quota_bytes=None if quota is None else max(quota, 0))
+        result = run_stage(ctx, run_model_import, config, inputs)
     except PipelineError as err:
         verdict = ImportVerdict(model.id, None, errors=[{"code": err.code, "reason": err.message}])
         return Outcome(result={"model_id": model.id, "status": "failed"}, outputs=[verdict])
