@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import pickletools
 import shutil
 import stat
 import tarfile
@@ -27,7 +28,7 @@ from typing import IO, Any
 
 from pipeline.configs.finetune import ModelImportConfig
 from pipeline.import_model import quantization
-from pipeline.types import PRODUCT, Hooks, PipelineError, RunPaths
+from pipeline.types import PRODUCT, Hooks, PipelineError, RetryableError, RunPaths, StageCancelled
 
 PICKLE_SUFFIXES = frozenset(
     {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".dill", ".npy", ".npz"}
@@ -38,6 +39,7 @@ ALLOWED_SUFFIXES = frozenset(
     | {".csv"}
 )
 _CHUNK = 1 << 20
+_PICKLE_SAMPLE = 1 << 20
 # The most a config.json may declare, checked before transformers builds a module: even on the
 # meta device 20,000 layers or a huge vocabulary cost minutes and memory. Generous for real LMs.
 CONFIG_LIMITS = {
@@ -99,8 +101,22 @@ def run_model_import(
             ``model.unexpected_file``, ``model.no_config``, ``model.config_<field>_too_large``,
             ``model.unsupported_architecture``,
             ``model.no_weights``, ``model.weights_mismatch``, ``model.unsupported_quantization``,
-            ``model.tokenizer_invalid``, ``model.forward_failed``.
+            ``model.tokenizer_invalid``, ``model.forward_failed``, ``model.check_failed`` (any
+            other error while checking: the model must end ``failed``, never stay unchecked).
     """
+    try:
+        return _import(config, inputs, paths, hooks)
+    except (PipelineError, StageCancelled, RetryableError):
+        raise
+    except Exception as exc:
+        raise _fail(
+            "model.check_failed", f"the model could not be checked: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _import(
+    config: ModelImportConfig, inputs: ModelImportInputs, paths: RunPaths, hooks: Hooks
+) -> ModelImportResult:
     target = paths.output_dir / "model"
     staging = paths.work_dir / f"extract.tmp-{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
@@ -266,7 +282,8 @@ def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
             if info.is_dir():
                 (dest / rel).mkdir(parents=True, exist_ok=True)
                 continue
-            if mode and not stat.S_ISREG(mode):
+            # zipfile's own writestr sets permission bits and no file type: a plain file too.
+            if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
                 raise _fail("model.unsafe_archive", f"link or special file: {info.filename!r}")
             budget.add_file()
             budget.declare(info.filename, info.file_size)
@@ -298,16 +315,26 @@ def check_files(root: Path) -> None:
         if suffix == ".py":
             raise _fail("model.remote_code", f"{rel}: custom model code is not accepted")
         with path.open("rb") as f:
-            head = f.read(4)
-        if _looks_pickled(head):
+            head = f.read(_PICKLE_SAMPLE)
+        if suffix != ".safetensors" and _looks_pickled(head):
             raise _fail("model.pickle_refused", f"{rel} holds pickled data; it was not loaded")
         if suffix not in ALLOWED_SUFFIXES and suffix != "":
             raise _fail("model.unexpected_file", f"{rel}: unexpected file type {suffix!r}")
 
 
 def _looks_pickled(head: bytes) -> bool:
-    # Pickle protocols 2-5 start with PROTO (0x80) and the version; torch.save writes a zip.
-    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head.startswith(b"PK")
+    """Protocols 2-5 start with PROTO (0x80) and the version; torch.save writes a zip; protocols
+    0 and 1 have no marker, so the start of the file is disassembled (never run): a pickle is a
+    run of valid opcodes that reaches STOP."""
+    if (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head.startswith(b"PK"):
+        return True
+    try:
+        for opcode, _arg, _pos in pickletools.genops(head):
+            if opcode.name == "STOP":
+                return True
+    except Exception:  # any malformed byte: not a pickle
+        return False
+    return False
 
 
 def validate_model_dir(

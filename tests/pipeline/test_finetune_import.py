@@ -324,3 +324,39 @@ def test_config_sizes_past_the_limits_are_refused_before_a_model_is_built(
     with pytest.raises(PipelineError, match=f"{field} is {value}") as err:
         do_import(tar_of(folder, tmp_path / "huge.tar.gz"), tmp_path)
     assert err.value.code == f"model.config_{field}_too_large"
+
+
+@pytest.mark.parametrize("protocol", [0, 1])
+@pytest.mark.parametrize("name", ["my-model/weights", "my-model/notes.txt"])
+def test_old_protocol_pickles_are_refused_by_content(
+    bases: dict[str, Path], tmp_path: Path, protocol: int, name: str
+) -> None:
+    payload = pickle.dumps(_Boom(), protocol=protocol)
+    archive = tar_of(bases["qwen2"], tmp_path / "old.tar.gz", extra={name: payload})
+    with pytest.raises(PipelineError, match="pickled") as err:
+        do_import(archive, tmp_path)
+    assert err.value.code == "model.pickle_refused"
+
+
+def test_a_zip_written_with_zipfile_defaults_is_accepted(
+    bases: dict[str, Path], tmp_path: Path
+) -> None:
+    archive = tmp_path / "writestr.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(bases["llama"].rglob("*")):
+            if path.is_file():
+                zf.writestr(f"my-model/{path.relative_to(bases['llama'])}", path.read_bytes())
+    result = do_import(archive, tmp_path)
+    assert result.architecture == "LlamaForCausalLM"  # type: ignore[attr-defined]
+
+
+def test_an_unexpected_error_while_checking_fails_with_a_stable_code(
+    bases: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the tokenizer library crashed")
+
+    monkeypatch.setattr("pipeline.parts.hf.load_tokenizer", broken)
+    with pytest.raises(PipelineError, match="tokenizer library crashed") as err:
+        do_import(tar_of(bases["llama"], tmp_path / "m.tar.gz"), tmp_path)
+    assert err.value.code == "model.check_failed"

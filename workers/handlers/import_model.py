@@ -16,7 +16,8 @@ def handle_import_model(ctx: JobContext[ImportModelParams]) -> Outcome:
     model = ctx.inputs["model_id"]
     inputs = ModelImportInputs(archive=model.path / layout.UPLOAD_NAME)
     # The archive counts against the quota until the import replaces it with the unpacked files.
-    quota = None if ctx.storage_left is None else ctx.storage_left + inputs.archive.stat().st_size
+    archive = inputs.archive.stat().st_size if inputs.archive.is_file() else 0
+    quota = None if ctx.storage_left is None else ctx.storage_left + archive
     try:
         config = ModelImportConfig(quota_bytes=None if quota is None else max(quota, 0))
         result = run_stage(ctx, run_model_import, config, inputs)
