@@ -18,6 +18,7 @@ import json
 import pickletools
 import shutil
 import stat
+import struct
 import tarfile
 import uuid
 import zipfile
@@ -273,7 +274,37 @@ def _tar_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         yield member
 
 
+def zip_entry_count(archive: Path) -> int | None:
+    """The entry count a zip's end record declares (zip64 too), read before ``ZipFile`` loads
+    the whole central directory into memory; None when there is no end record to read."""
+    with archive.open("rb") as f:
+        size = f.seek(0, 2)
+        start = max(0, size - (22 + 0xFFFF))
+        f.seek(start)
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) < at + 22:
+            return None
+        (count,) = struct.unpack("<H", tail[at + 10 : at + 12])
+        locator = at - 20
+        if count != 0xFFFF or locator < 0 or tail[locator : locator + 4] != b"PK\x06\x07":
+            return int(count)
+        (offset,) = struct.unpack("<Q", tail[locator + 8 : locator + 16])
+        f.seek(offset)
+        record = f.read(56)
+        if len(record) < 40 or not record.startswith(b"PK\x06\x06"):
+            return None
+        (count64,) = struct.unpack("<Q", record[32:40])
+        return int(count64)
+
+
 def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
+    declared = zip_entry_count(archive)
+    if declared is not None and declared > budget.config.max_entries:
+        raise _fail(
+            "model.archive_too_many_entries",
+            f"the archive has more than {budget.config.max_entries} entries ({declared})",
+        )
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
             budget.add_entry()

@@ -360,3 +360,19 @@ def test_an_unexpected_error_while_checking_fails_with_a_stable_code(
     with pytest.raises(PipelineError, match="tokenizer library crashed") as err:
         do_import(tar_of(bases["llama"], tmp_path / "m.tar.gz"), tmp_path)
     assert err.value.code == "model.check_failed"
+
+
+def test_a_zip_of_empty_folders_is_refused_before_its_directory_is_loaded(tmp_path: Path) -> None:
+    archive = tmp_path / "folders.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(100_000):
+            zf.writestr(f"d{i}/", b"")
+    tracemalloc.start()
+    try:
+        with pytest.raises(PipelineError, match="100000") as err:
+            do_import(archive, tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.value.code == "model.archive_too_many_entries"
+    assert peak < 16 << 20
