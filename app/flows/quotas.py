@@ -2,9 +2,10 @@
 
 Counted from the ledger at the moment of the request (jobs and stored objects are rows of several
 domains), so every API process enforces the same numbers. The flow that starts work checks them
-first: submitting a job checks the job quotas (:func:`check_job_quotas`), an upload the storage
-quota. Two submissions racing at the very edge of a quota can both pass; the overshoot is bounded
-by the number of concurrent requests, never by time.
+first, here, never inline: submitting a job checks the job quotas (:func:`check_job_quotas`), an
+upload the storage quota and the active-job quota, since it queues the job that checks it
+(:func:`check_upload_quotas`). Two submissions racing at the very edge of a quota can both
+pass; the overshoot is bounded by the number of concurrent requests, never by time.
 """
 
 from __future__ import annotations
@@ -60,6 +61,23 @@ def check_job_quotas(
     )
     check_device_hours_quota(
         session=session, tenant_id=tenant_id, limit=settings.quota_device_hours_per_day
+    )
+
+
+def check_upload_quotas(
+    *, session: Session, settings: Settings, tenant_id: str, adding: int
+) -> None:
+    """What an upload counts against: ``adding`` more stored bytes, and one more active job (the
+    validation or import it queues). Device-hours are not: those jobs run on no device.
+
+    Raises:
+        QuotaExceeded: the tenant is at its active-job quota or would pass its storage quota.
+    """
+    check_job_quota(
+        session=session, tenant_id=tenant_id, limit=settings.quota_active_jobs, idempotency_key=None
+    )
+    check_storage_quota(
+        session=session, tenant_id=tenant_id, limit=settings.quota_storage_bytes, adding=adding
     )
 
 

@@ -41,9 +41,28 @@ def test_every_flow_that_starts_work_counts_against_the_job_quota(
             code="quota.active_jobs",
         )
         assert_error(client.post("/v1/jobs", json=PROBE, headers=auth), 403)
-        # An upload is not work a user starts: its validation is queued at the quota too.
-        files = {"file": ("d.jsonl", io.BytesIO(ROWS))}
-        assert client.post("/v1/datasets", files=files, headers=auth).status_code == 202
+
+
+def test_uploads_queue_a_job_so_they_count_against_the_job_quota(
+    settings: Settings, auth: dict[str, str]
+) -> None:
+    """A dataset's validation and a model's import are jobs: at the quota, an upload is refused
+    before any of its bytes are stored, and it leaves no folder behind."""
+    root = settings.resolved_storage_dir
+    quota = settings.model_copy(update={"quota_active_jobs": 1})
+    with TestClient(create_app(quota, run_reaper=False), raise_server_exceptions=False) as client:
+        assert client.post("/v1/jobs", json=PROBE, headers=auth).status_code == 202
+        stored = {p.relative_to(root) for p in root.rglob("*")}
+        uploads = {
+            "/v1/datasets": {"file": ("d.jsonl", io.BytesIO(ROWS))},
+            "/v1/files": {"file": ("d.jsonl", io.BytesIO(ROWS)), "purpose": (None, "fine-tune")},
+            "/v1/models": {"file": ("tiny.tar.gz", _model_archive())},
+        }
+        for path, files in uploads.items():
+            refused = client.post(path, files=files, headers=auth)
+            assert_error(refused, 403, code="quota.active_jobs")
+        assert client.get("/v1/datasets", headers=auth).json()["data"] == []
+        assert {p.relative_to(root) for p in root.rglob("*")} == stored
 
 
 def test_a_dataset_upload_queues_its_validation_through_the_registry(
@@ -67,12 +86,7 @@ def test_a_dataset_upload_queues_its_validation_through_the_registry(
 def test_a_model_upload_queues_its_import_through_the_registry(
     client: TestClient, auth: dict[str, str], factory: sessionmaker[Session]
 ) -> None:
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
-        info = tarfile.TarInfo("tiny/config.json")
-        info.size = 2
-        tar.addfile(info, io.BytesIO(b"{}"))
-    files = {"file": ("tiny.tar.gz", archive.getvalue())}
+    files = {"file": ("tiny.tar.gz", _model_archive())}
     model = client.post("/v1/models", files=files, headers=auth).json()
 
     job_id = model["lineage"]["job_id"]
@@ -84,3 +98,12 @@ def test_a_model_upload_queues_its_import_through_the_registry(
         assert row.time_limit_s == KINDS["import_model"].time_limit_s
         assert session.get(JobInput, (job_id, model["id"])) is not None
     assert redis.Redis.from_url(TEST_BROKER_URL).llen(row.queue) == 1
+
+
+def _model_archive() -> bytes:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        info = tarfile.TarInfo("tiny/config.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    return archive.getvalue()
