@@ -4,7 +4,8 @@ Counted from the ledger at the moment of the request (jobs and stored objects ar
 domains), so every API process enforces the same numbers. The flow that starts work checks them
 first, here, never inline: submitting a job checks the job quotas (:func:`check_job_quotas`), an
 upload the storage quota and the active-job quota, since it queues the job that checks it
-(:func:`check_upload_quotas`). Two submissions racing at the very edge of a quota can both
+(:func:`check_upload_quotas`), a resume of a paused job the device-hours quota
+(:func:`check_resume_quotas`). Two submissions racing at the very edge of a quota can both
 pass; the overshoot is bounded by the number of concurrent requests, never by time.
 """
 
@@ -59,6 +60,18 @@ def check_job_quotas(
         limit=settings.quota_active_jobs,
         idempotency_key=idempotency_key,
     )
+    check_device_hours_quota(
+        session=session, tenant_id=tenant_id, limit=settings.quota_device_hours_per_day
+    )
+
+
+def check_resume_quotas(*, session: Session, settings: Settings, tenant_id: str) -> None:
+    """What resuming a paused job counts against: device-hours of the last day, as a new job
+    does. Not the active-job quota: a paused job is an active one and keeps its place.
+
+    Raises:
+        QuotaExceeded: the tenant's device-hours of the last day reach the quota.
+    """
     check_device_hours_quota(
         session=session, tenant_id=tenant_id, limit=settings.quota_device_hours_per_day
     )

@@ -210,13 +210,38 @@ def test_device_hours_quota_is_403(
     settings: Settings, auth: dict[str, str], tenant: str, factory: sessionmaker[Session]
 ) -> None:
     """Two device-hours used on the gpu queue today, a quota of one: the next job is refused."""
+    _spend_two_device_hours(factory, tenant)
+    with _client(settings, quota_device_hours_per_day=1) as client:
+        assert_error(
+            client.post("/v1/jobs", json=PROBE, headers=auth), 403, code="quota.device_hours"
+        )
+    with _client(settings, quota_device_hours_per_day=3) as client:
+        assert client.post("/v1/jobs", json=PROBE, headers=auth).status_code == 202
+
+
+def test_resume_checks_the_device_hours_quota(
+    settings: Settings, auth: dict[str, str], tenant: str, factory: sessionmaker[Session]
+) -> None:
+    """A paused job already holds its place among the active jobs, but a resume starts it running
+    again: over the device-hours quota it is refused and the job stays paused."""
+    with _client(settings, quota_device_hours_per_day=1) as client:
+        job = client.post("/v1/jobs", json=PROBE, headers=auth).json()
+        paused = client.post(f"/v1/jobs/{job['id']}/pause", headers=auth).json()
+        assert paused["status"] == "paused"
+        _spend_two_device_hours(factory, tenant)
+        refused = client.post(f"/v1/jobs/{job['id']}/resume", headers=auth)
+        assert_error(refused, 403, code="quota.device_hours")
+        assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["status"] == "paused"
+    with _client(settings, quota_device_hours_per_day=3) as client:
+        resumed = client.post(f"/v1/jobs/{job['id']}/resume", headers=auth)
+        assert resumed.status_code == 200 and resumed.json()["status"] == "queued"
+
+
+def _spend_two_device_hours(factory: sessionmaker[Session], tenant: str) -> None:
+    """A gpu-queue job of the tenant that ran for two hours, finished an hour ago."""
     from datetime import timedelta
 
-    from sqlalchemy import update
-
     from app.db import utcnow
-    from app.jobs.tables import Job
-    from tests.factories import make_job
 
     used = make_job(factory, tenant)
     with factory() as session:
@@ -231,12 +256,6 @@ def test_device_hours_quota_is_403(
             )
         )
         session.commit()
-    with _client(settings, quota_device_hours_per_day=1) as client:
-        assert_error(
-            client.post("/v1/jobs", json=PROBE, headers=auth), 403, code="quota.device_hours"
-        )
-    with _client(settings, quota_device_hours_per_day=3) as client:
-        assert client.post("/v1/jobs", json=PROBE, headers=auth).status_code == 202
 
 
 def test_storage_quota_is_403_and_leaves_nothing(
