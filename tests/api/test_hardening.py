@@ -16,7 +16,7 @@ from app.jobs.tables import Job
 from app.main import create_app
 from app.settings import Settings
 from tests.api.test_errors_and_auth import assert_error
-from tests.factories import make_job
+from tests.factories import make_job, spend_device_hours
 
 PROBE = {"type": "probe", "params": {"duration_s": 1}}
 
@@ -210,7 +210,7 @@ def test_device_hours_quota_is_403(
     settings: Settings, auth: dict[str, str], tenant: str, factory: sessionmaker[Session]
 ) -> None:
     """Two device-hours used on the gpu queue today, a quota of one: the next job is refused."""
-    _spend_two_device_hours(factory, tenant)
+    spend_device_hours(factory, tenant, hours=2)
     with _client(settings, quota_device_hours_per_day=1) as client:
         assert_error(
             client.post("/v1/jobs", json=PROBE, headers=auth), 403, code="quota.device_hours"
@@ -228,34 +228,13 @@ def test_resume_checks_the_device_hours_quota(
         job = client.post("/v1/jobs", json=PROBE, headers=auth).json()
         paused = client.post(f"/v1/jobs/{job['id']}/pause", headers=auth).json()
         assert paused["status"] == "paused"
-        _spend_two_device_hours(factory, tenant)
+        spend_device_hours(factory, tenant, hours=2)
         refused = client.post(f"/v1/jobs/{job['id']}/resume", headers=auth)
         assert_error(refused, 403, code="quota.device_hours")
         assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["status"] == "paused"
     with _client(settings, quota_device_hours_per_day=3) as client:
         resumed = client.post(f"/v1/jobs/{job['id']}/resume", headers=auth)
         assert resumed.status_code == 200 and resumed.json()["status"] == "queued"
-
-
-def _spend_two_device_hours(factory: sessionmaker[Session], tenant: str) -> None:
-    """A gpu-queue job of the tenant that ran for two hours, finished an hour ago."""
-    from datetime import timedelta
-
-    from app.db import utcnow
-
-    used = make_job(factory, tenant)
-    with factory() as session:
-        session.execute(
-            update(Job)
-            .where(Job.id == used.id)
-            .values(
-                queue="gpu",
-                status="succeeded",
-                started_at=utcnow() - timedelta(hours=3),
-                finished_at=utcnow() - timedelta(hours=1),
-            )
-        )
-        session.commit()
 
 
 def test_storage_quota_is_403_and_leaves_nothing(
