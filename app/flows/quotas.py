@@ -20,6 +20,7 @@ from app.artifacts.tables import Artifact
 from app.datasets.tables import Dataset
 from app.db import utcnow
 from app.errors import QuotaExceeded
+from app.jobs import idempotency
 from app.jobs.pauses import paused_seconds
 from app.jobs.states import FINAL_STATES
 from app.jobs.tables import Job
@@ -99,19 +100,18 @@ def check_job_quota(
 ) -> None:
     """Refuse a new job when the tenant already has ``limit`` unfinished ones.
 
-    A replay of an earlier submission (same Idempotency-Key) creates nothing and always passes.
+    A replay of an earlier submission (same Idempotency-Key, within its window) creates nothing
+    and always passes; a key past its window starts a new job and counts like any other.
 
     Raises:
         QuotaExceeded: the tenant is at its limit of active jobs.
     """
     if limit <= 0:
         return
-    if idempotency_key:
-        replay = session.scalar(
-            select(Job.id).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
-        )
-        if replay is not None:
-            return
+    if idempotency_key and idempotency.replays(
+        session=session, tenant_id=tenant_id, key=idempotency_key
+    ):
+        return
     count = active_jobs(session=session, tenant_id=tenant_id)
     if count >= limit:
         raise QuotaExceeded(

@@ -206,6 +206,29 @@ def test_active_job_quota_is_403(settings: Settings, auth: dict[str, str]) -> No
         assert client.post("/v1/jobs", json=PROBE, headers=auth).status_code == 202
 
 
+def test_an_expired_idempotency_key_is_no_way_past_the_quota(
+    settings: Settings, auth: dict[str, str], factory: sessionmaker[Session]
+) -> None:
+    """A replay creates nothing and passes the quota; a key past its replay window starts a new
+    job, so it counts like any other submission."""
+    from datetime import timedelta
+
+    from app.db import utcnow
+
+    headers = {**auth, "Idempotency-Key": "old"}
+    with _client(settings, quota_active_jobs=1) as client:
+        first = client.post("/v1/jobs", json=PROBE, headers=headers).json()["id"]
+        assert client.post("/v1/jobs", json=PROBE, headers=headers).json()["id"] == first
+        with factory() as session:
+            session.execute(
+                update(Job).where(Job.id == first).values(created_at=utcnow() - timedelta(hours=25))
+            )
+            session.commit()
+        refused = client.post("/v1/jobs", json=PROBE, headers=headers)
+        assert_error(refused, 403, code="quota.active_jobs")
+        assert [job["id"] for job in client.get("/v1/jobs", headers=auth).json()["data"]] == [first]
+
+
 def test_device_hours_quota_is_403(
     settings: Settings, auth: dict[str, str], tenant: str, factory: sessionmaker[Session]
 ) -> None:
