@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import session_scope
+from app.db import session_scope, utcnow
 from app.flows.submission import queue_job
 from app.jobs.kinds import get_kind
 from app.jobs.tables import Job
@@ -46,3 +48,20 @@ def make_job(
             max_runtime_s=max_runtime_s,
             enqueue=lambda job_id, queue: False,
         ).job
+
+
+def spend_device_hours(factory: sessionmaker[Session], tenant_id: str, hours: float) -> None:
+    """A gpu-queue job of the tenant that ran ``hours`` on one device and finished an hour ago."""
+    used = make_job(factory, tenant_id)
+    with factory() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == used.id)
+            .values(
+                queue="gpu",
+                status="succeeded",
+                started_at=utcnow() - timedelta(hours=1 + hours),
+                finished_at=utcnow() - timedelta(hours=1),
+            )
+        )
+        session.commit()

@@ -89,8 +89,11 @@ def to_read(artifact: Artifact) -> ArtifactRead:
     )
 
 
-def get_artifact(*, session: Session, tenant_id: str, category: str, artifact_id: str) -> Artifact:
+def get_artifact(
+    *, session: Session, tenant_id: str, category: str, artifact_id: str, lock: bool = False
+) -> Artifact:
     """The tenant's artifact of this category: another tenant's looks exactly like a missing one.
+    ``lock`` takes a shared row lock until commit (a job about to read it is being submitted).
 
     Raises:
         NotFound: no such artifact for this tenant.
@@ -101,21 +104,28 @@ def get_artifact(*, session: Session, tenant_id: str, category: str, artifact_id
         artifact_id,
         tenant_id=tenant_id,
         where=lambda artifact: artifact.category == category,
+        lock="read" if lock else None,
         missing=NotFound(
             f"No {category} with id '{shown(artifact_id)}'.", code=f"{category}.not_found"
         ),
     )
 
 
-def find_model(*, session: Session, tenant_id: str, model: str) -> Artifact:
+def find_model(*, session: Session, tenant_id: str, model: str, lock: bool = False) -> Artifact:
     """A model by registry id, by the ``ft:`` name OpenAI's API knows a fine-tune by, or by name
-    (the newest of that name). An ``ft:`` name finds only the model its own job made.
+    (the newest of that name). An ``ft:`` name finds only the model its own job made. ``lock``
+    as for :func:`get_artifact`.
 
     Raises:
         NotFound: no such model for this tenant.
     """
     artifact = find_owned(
-        session, Artifact, model, tenant_id=tenant_id, where=lambda a: a.category == "model"
+        session,
+        Artifact,
+        model,
+        tenant_id=tenant_id,
+        where=lambda a: a.category == "model",
+        lock="read" if lock else None,
     )
     if artifact is None:
         by_name = select(Artifact).where(
@@ -124,12 +134,19 @@ def find_model(*, session: Session, tenant_id: str, model: str) -> Artifact:
         job_id = fine_tuned_by(model)
         if job_id is not None:
             by_name = by_name.where(Artifact.job_id == job_id)
-        artifact = session.scalar(by_name.order_by(Artifact.id.desc()).limit(1))
+        by_name = by_name.order_by(Artifact.id.desc()).limit(1)
+        artifact = session.scalar(by_name.with_for_update(read=True) if lock else by_name)
     if artifact is None:
         raise NotFound(
             f"The model '{shown(model)}' does not exist.", code="model_not_found", param="model"
         )
     return artifact
+
+
+def lock_for_delete(*, session: Session, artifact_id: str) -> Artifact | None:
+    """An exclusive row lock until commit: a submission that holds (or waits for) its shared lock
+    on the artifact is seen by the caller's reader check. The row as it is now (None: gone)."""
+    return session.get(Artifact, artifact_id, with_for_update=True, populate_existing=True)
 
 
 def delete_model(*, session: Session, store: LocalStore, artifact: Artifact) -> None:

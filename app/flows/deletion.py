@@ -1,8 +1,9 @@
 """Deleting a dataset or a model while jobs may read it.
 
 The check needs two domains (the object's own, and the ledger's record of which job reads what),
-so it is a flow. A submission holds a shared row lock on every dataset it reads until it commits;
-the delete takes an exclusive one first, so it waits for such a submission and then sees its job.
+so it is a flow. A submission holds a shared row lock on every dataset and model it reads until it
+commits; the delete takes an exclusive one first, so it waits for such a submission and then sees
+its job.
 
 A dataset or model that a job which has not finished reads is refused (``…in_use``), except a
 file deleted through OpenAI's files API, which OpenAI deletes at once: it is hidden then (gone from
@@ -91,8 +92,12 @@ def delete_model(*, session: Session, store: LocalStore, artifact: Artifact) -> 
     """Delete a model and its files, unless a job that has not finished reads it.
 
     Raises:
+        NotFound: a concurrent delete came first.
         InvalidInput: a queued or running job uses it (``model.in_use``: wait or cancel it).
     """
+    if artifacts.lock_for_delete(session=session, artifact_id=artifact.id) is None:
+        session.rollback()
+        raise NotFound(f"The model '{artifact.id}' does not exist.", code="model_not_found")
     if readers.read_by_unfinished_job(session=session, object_id=artifact.id):
         raise InvalidInput(
             f"Model '{artifact.id}' is used by a job that has not finished; cancel it or wait.",

@@ -53,8 +53,9 @@ def load_inputs(
 ) -> dict[str, Resolved]:
     """Every input the parameters name, by parameter name.
 
-    ``lock`` holds a shared row lock on each dataset until the caller commits, so a concurrent
-    delete waits and then sees the new job as a reader (and refuses) instead of racing it.
+    ``lock`` holds a shared row lock on each dataset and model until the caller commits, so a
+    concurrent delete waits and then sees the new job as a reader (and refuses) instead of racing
+    it.
     ``pending`` admits a dataset that is still being validated (marked ``pending``), for a job
     that waits queued until its files are ready; one that failed validation is still refused.
     ``include_deleted`` admits a file deleted after the job was submitted: a job already written
@@ -104,10 +105,16 @@ def _load(
                 include_deleted=include_deleted,
             )
         if item.kind == "model" and artifacts.fine_tuned_by(object_id):  # OpenAI's name for it
-            artifact = artifacts.find_model(session=session, tenant_id=tenant_id, model=object_id)
+            artifact = artifacts.find_model(
+                session=session, tenant_id=tenant_id, model=object_id, lock=lock
+            )
         else:
             artifact = artifacts.get_artifact(
-                session=session, tenant_id=tenant_id, category=item.kind, artifact_id=object_id
+                session=session,
+                tenant_id=tenant_id,
+                category=item.kind,
+                artifact_id=object_id,
+                lock=lock,
             )
     except NotFound as err:
         raise InvalidInput(err.message, code=err.code, param=param) from None

@@ -2,9 +2,11 @@
 
 Counted from the ledger at the moment of the request (jobs and stored objects are rows of several
 domains), so every API process enforces the same numbers. The flow that starts work checks them
-first: submitting a job checks the job quotas (:func:`check_job_quotas`), an upload the storage
-quota. Two submissions racing at the very edge of a quota can both pass; the overshoot is bounded
-by the number of concurrent requests, never by time.
+first, here, never inline: submitting a job checks the job quotas (:func:`check_job_quotas`), an
+upload the storage quota and the active-job quota, since it queues the job that checks it
+(:func:`check_upload_quotas`), a resume of a paused job the device-hours quota
+(:func:`check_resume_quotas`). Two submissions racing at the very edge of a quota can both
+pass; the overshoot is bounded by the number of concurrent requests, never by time.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from app.artifacts.tables import Artifact
 from app.datasets.tables import Dataset
 from app.db import utcnow
 from app.errors import QuotaExceeded
+from app.jobs import idempotency
 from app.jobs.pauses import paused_seconds
 from app.jobs.states import FINAL_STATES
 from app.jobs.tables import Job
@@ -63,24 +66,52 @@ def check_job_quotas(
     )
 
 
+def check_resume_quotas(*, session: Session, settings: Settings, tenant_id: str) -> None:
+    """What resuming a paused job counts against: device-hours of the last day, as a new job
+    does. Not the active-job quota: a paused job is an active one and keeps its place.
+
+    Raises:
+        QuotaExceeded: the tenant's device-hours of the last day reach the quota.
+    """
+    check_device_hours_quota(
+        session=session, tenant_id=tenant_id, limit=settings.quota_device_hours_per_day
+    )
+
+
+def check_upload_quotas(
+    *, session: Session, settings: Settings, tenant_id: str, adding: int
+) -> None:
+    """What an upload counts against: ``adding`` more stored bytes, and one more active job (the
+    validation or import it queues). Device-hours are not: those jobs run on no device.
+
+    Raises:
+        QuotaExceeded: the tenant is at its active-job quota or would pass its storage quota.
+    """
+    check_job_quota(
+        session=session, tenant_id=tenant_id, limit=settings.quota_active_jobs, idempotency_key=None
+    )
+    check_storage_quota(
+        session=session, tenant_id=tenant_id, limit=settings.quota_storage_bytes, adding=adding
+    )
+
+
 def check_job_quota(
     *, session: Session, tenant_id: str, limit: int, idempotency_key: str | None
 ) -> None:
     """Refuse a new job when the tenant already has ``limit`` unfinished ones.
 
-    A replay of an earlier submission (same Idempotency-Key) creates nothing and always passes.
+    A replay of an earlier submission (same Idempotency-Key, within its window) creates nothing
+    and always passes; a key past its window starts a new job and counts like any other.
 
     Raises:
         QuotaExceeded: the tenant is at its limit of active jobs.
     """
     if limit <= 0:
         return
-    if idempotency_key:
-        replay = session.scalar(
-            select(Job.id).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
-        )
-        if replay is not None:
-            return
+    if idempotency_key and idempotency.replays(
+        session=session, tenant_id=tenant_id, key=idempotency_key
+    ):
+        return
     count = active_jobs(session=session, tenant_id=tenant_id)
     if count >= limit:
         raise QuotaExceeded(

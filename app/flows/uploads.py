@@ -5,9 +5,10 @@ A dataset is checked by a ``validate`` job and an uploaded model unpacked and ch
 every other job (:func:`app.flows.submission.queue_job`), in the commit that registers the
 upload, so the row and the job that checks it exist together or not at all.
 
-No database connection is held while the body streams: the storage quota is checked in a short
-session before (from ``Content-Length``) and after (the real size), and the upload is registered
-at the end. A refused, cut-off or failed upload leaves nothing on disk, not even its folder.
+No database connection is held while the body streams: the quotas (storage, and active jobs,
+since the upload queues one) are checked in a short session before (from ``Content-Length``) and
+after (the real size), and the upload is registered at the end. A refused, cut-off or failed
+upload leaves nothing on disk, not even its folder.
 """
 
 from __future__ import annotations
@@ -61,17 +62,18 @@ async def upload_dataset(up: Uploader, body: Body) -> Dataset:
     """Store a dataset and queue its validation (``validating`` → ``ready`` or ``failed``).
 
     Raises:
-        QuotaExceeded: the upload would take the tenant over its storage quota.
+        QuotaExceeded: the tenant is at its active-job quota, or the upload would take it over
+            its storage quota.
         InvalidInput: a malformed body or field, or a SHA-256 that does not match.
         PayloadTooLarge: the file is larger than ``max_upload_bytes``.
     """
-    await _check_storage(up, body.declared_bytes)
+    await _check_quotas(up, body.declared_bytes)
     dataset_id = datasets.new_dataset_id()
     async with _removed_until_registered(up.store, layout.dataset(dataset_id)) as registration:
         received, writer = await _receive(up, body, layout.dataset_data(dataset_id), "dataset")
         options = datasets.parse_options(received.fields)
         name = datasets.check_name(received.fields.get("name") or received.filename or "dataset")
-        await _check_storage(up, writer.size)
+        await _check_quotas(up, writer.size)
 
         def register() -> Dataset:
             dataset = datasets.add_upload(
@@ -96,14 +98,14 @@ async def upload_model(up: Uploader, body: Body) -> Artifact:
     Raises:
         QuotaExceeded, InvalidInput, PayloadTooLarge: as for :func:`upload_dataset`.
     """
-    await _check_storage(up, body.declared_bytes)
+    await _check_quotas(up, body.declared_bytes)
     model_id = artifacts.new_artifact_id("model")
     async with _removed_until_registered(
         up.store, layout.artifact("model", model_id)
     ) as registration:
         received, writer = await _receive(up, body, layout.model_upload(model_id), "model")
         name = artifacts.upload_name(received.fields, received.filename, default=model_id)
-        await _check_storage(up, writer.size)
+        await _check_quotas(up, writer.size)
 
         def register() -> Artifact:
             artifact = artifacts.add_model_upload(
@@ -200,17 +202,14 @@ async def _receive(
     return received, writer
 
 
-async def _check_storage(up: Uploader, adding: int) -> None:
-    """The storage quota for ``adding`` more bytes, in a short session: its connection goes back
+async def _check_quotas(up: Uploader, adding: int) -> None:
+    """The upload's quotas for ``adding`` more bytes, in a short session: its connection goes back
     to the pool before (or after) the stream."""
 
     def check() -> None:
         try:
-            quotas.check_storage_quota(
-                session=up.session,
-                tenant_id=up.tenant_id,
-                limit=up.settings.quota_storage_bytes,
-                adding=adding,
+            quotas.check_upload_quotas(
+                session=up.session, settings=up.settings, tenant_id=up.tenant_id, adding=adding
             )
         finally:
             up.session.close()

@@ -21,12 +21,14 @@ from app import broker
 from app.errors import GristmillError, InvalidInput
 from app.flows import fine_tuning
 from app.flows.inputs import load_inputs
+from app.flows.quotas import check_resume_quotas
 from app.flows.submission import Enqueue, commit_then_enqueue
 from app.jobs import service as jobs
 from app.jobs import waiting
 from app.jobs.kinds import KINDS
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
+from app.settings import Settings
 from app.storage import LocalStore
 from pipeline.configs.codec import decode
 
@@ -145,6 +147,7 @@ def _fail(session: Session, job_id: str, attempt: int, err: GristmillError) -> i
 def resume_job(
     *,
     session: Session,
+    settings: Settings,
     store: LocalStore,
     tenant_id: str,
     job_id: str,
@@ -155,7 +158,11 @@ def resume_job(
 
     Raises:
         NotFound: no such job for this tenant.
+        QuotaExceeded: the job is paused and the tenant is over its device-hours quota (the job
+            stays paused).
     """
+    if jobs.get_job(session=session, tenant_id=tenant_id, job_id=job_id).status == JobStatus.paused:
+        check_resume_quotas(session=session, settings=settings, tenant_id=tenant_id)
     resumed = jobs.resume_job(session=session, tenant_id=tenant_id, job_id=job_id)
     job = resumed.job
     if not resumed.requeued:

@@ -41,6 +41,17 @@ def expire_key(*, session: Session, tenant_id: str, key: str, ttl_s: float) -> N
     )
 
 
+def replays(*, session: Session, tenant_id: str, key: str) -> bool:
+    """Whether a request with this key would replay an earlier job (one within the window)
+    rather than start a new one."""
+    stmt = select(Job.id).where(
+        Job.tenant_id == tenant_id,
+        Job.idempotency_key == key,
+        Job.created_at >= utcnow() - timedelta(seconds=IDEMPOTENCY_TTL_S),
+    )
+    return session.scalar(stmt) is not None
+
+
 def replay(*, session: Session, tenant_id: str, key: str, digest: str) -> Job | None:
     """The job an earlier request with this key created, or None.
 

@@ -16,7 +16,7 @@ from app.jobs.tables import Job
 from app.main import create_app
 from app.settings import Settings
 from tests.api.test_errors_and_auth import assert_error
-from tests.factories import make_job
+from tests.factories import make_job, spend_device_hours
 
 PROBE = {"type": "probe", "params": {"duration_s": 1}}
 
@@ -206,37 +206,58 @@ def test_active_job_quota_is_403(settings: Settings, auth: dict[str, str]) -> No
         assert client.post("/v1/jobs", json=PROBE, headers=auth).status_code == 202
 
 
+def test_an_expired_idempotency_key_is_no_way_past_the_quota(
+    settings: Settings, auth: dict[str, str], factory: sessionmaker[Session]
+) -> None:
+    """A replay creates nothing and passes the quota; a key past its replay window starts a new
+    job, so it counts like any other submission."""
+    from datetime import timedelta
+
+    from app.db import utcnow
+
+    headers = {**auth, "Idempotency-Key": "old"}
+    with _client(settings, quota_active_jobs=1) as client:
+        first = client.post("/v1/jobs", json=PROBE, headers=headers).json()["id"]
+        assert client.post("/v1/jobs", json=PROBE, headers=headers).json()["id"] == first
+        with factory() as session:
+            session.execute(
+                update(Job).where(Job.id == first).values(created_at=utcnow() - timedelta(hours=25))
+            )
+            session.commit()
+        refused = client.post("/v1/jobs", json=PROBE, headers=headers)
+        assert_error(refused, 403, code="quota.active_jobs")
+        assert [job["id"] for job in client.get("/v1/jobs", headers=auth).json()["data"]] == [first]
+
+
 def test_device_hours_quota_is_403(
     settings: Settings, auth: dict[str, str], tenant: str, factory: sessionmaker[Session]
 ) -> None:
     """Two device-hours used on the gpu queue today, a quota of one: the next job is refused."""
-    from datetime import timedelta
-
-    from sqlalchemy import update
-
-    from app.db import utcnow
-    from app.jobs.tables import Job
-    from tests.factories import make_job
-
-    used = make_job(factory, tenant)
-    with factory() as session:
-        session.execute(
-            update(Job)
-            .where(Job.id == used.id)
-            .values(
-                queue="gpu",
-                status="succeeded",
-                started_at=utcnow() - timedelta(hours=3),
-                finished_at=utcnow() - timedelta(hours=1),
-            )
-        )
-        session.commit()
+    spend_device_hours(factory, tenant, hours=2)
     with _client(settings, quota_device_hours_per_day=1) as client:
         assert_error(
             client.post("/v1/jobs", json=PROBE, headers=auth), 403, code="quota.device_hours"
         )
     with _client(settings, quota_device_hours_per_day=3) as client:
         assert client.post("/v1/jobs", json=PROBE, headers=auth).status_code == 202
+
+
+def test_resume_checks_the_device_hours_quota(
+    settings: Settings, auth: dict[str, str], tenant: str, factory: sessionmaker[Session]
+) -> None:
+    """A paused job already holds its place among the active jobs, but a resume starts it running
+    again: over the device-hours quota it is refused and the job stays paused."""
+    with _client(settings, quota_device_hours_per_day=1) as client:
+        job = client.post("/v1/jobs", json=PROBE, headers=auth).json()
+        paused = client.post(f"/v1/jobs/{job['id']}/pause", headers=auth).json()
+        assert paused["status"] == "paused"
+        spend_device_hours(factory, tenant, hours=2)
+        refused = client.post(f"/v1/jobs/{job['id']}/resume", headers=auth)
+        assert_error(refused, 403, code="quota.device_hours")
+        assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["status"] == "paused"
+    with _client(settings, quota_device_hours_per_day=3) as client:
+        resumed = client.post(f"/v1/jobs/{job['id']}/resume", headers=auth)
+        assert resumed.status_code == 200 and resumed.json()["status"] == "queued"
 
 
 def test_storage_quota_is_403_and_leaves_nothing(

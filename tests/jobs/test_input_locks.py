@@ -1,4 +1,5 @@
-"""Deleting a dataset while a job that reads it is being submitted: one of the two wins, cleanly.
+"""Deleting a dataset or a model while a job that reads it is being submitted: one of the two
+wins, cleanly.
 
 The submission holds a shared row lock on every input until it commits; the delete takes an
 exclusive one, so it waits, then sees the new job as a reader and refuses.
@@ -13,9 +14,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import layout
+from app.artifacts import service as artifacts
+from app.artifacts.tables import Artifact
 from app.datasets.tables import Dataset
-from app.errors import Conflict
-from app.flows.deletion import delete_dataset
+from app.errors import Conflict, InvalidInput
+from app.flows.deletion import delete_dataset, delete_model
 from app.flows.inputs import load_inputs
 from app.jobs import service
 from app.jobs.kinds import get_kind
@@ -95,3 +99,68 @@ def test_a_dataset_cannot_be_deleted_under_a_submission_that_reads_it(
 
     assert isinstance(outcome["error"], Conflict)
     assert client.get(f"/v1/datasets/{dataset_id}", headers=auth).status_code == 200
+
+
+def test_a_model_cannot_be_deleted_under_a_submission_that_reads_it(
+    factory: sessionmaker[Session], settings: Settings, tenant: str
+) -> None:
+    store = LocalStore(settings.resolved_storage_dir)
+    model_id = artifacts.new_artifact_id("model")
+    with factory() as session:
+        session.add(
+            Artifact(
+                id=model_id,
+                tenant_id=tenant,
+                category="model",
+                name="tiny",
+                uri=layout.artifact("model", model_id),
+                format="huggingface",
+                size_bytes=2,
+                sha256="0" * 64,
+            )
+        )
+        session.commit()
+    kind = get_kind("quantize")
+    params = decode(kind.params, {"model_id": model_id})
+
+    with factory() as submitting:  # closed (its locks released) even when an assert fails
+        inputs = load_inputs(
+            session=submitting, store=store, tenant_id=tenant, kind=kind, params=params, lock=True
+        )
+        outcome: dict[str, BaseException | None] = {}
+
+        def delete() -> None:
+            with factory() as session:
+                try:
+                    artifact = artifacts.find_model(
+                        session=session, tenant_id=tenant, model=model_id
+                    )
+                    delete_model(session=session, store=store, artifact=artifact)
+                    outcome["error"] = None
+                except BaseException as exc:
+                    outcome["error"] = exc
+
+        deleter = threading.Thread(target=delete)
+        deleter.start()
+        wait_for(
+            lambda: waiting_on_a_lock(factory) or not deleter.is_alive(),
+            timeout=10,
+            what="the delete to wait for the submission's lock",
+        )
+        assert deleter.is_alive()  # waiting for the submission's lock
+        service.add_job(
+            session=submitting,
+            tenant_id=tenant,
+            job_type=kind.name,
+            params={"model_id": model_id},
+            queue="gpu",
+            max_attempts=1,
+            inputs=[r.id for r in inputs.values()],
+        )
+        submitting.commit()
+    deleter.join(timeout=scaled(30))
+
+    assert isinstance(outcome["error"], InvalidInput)
+    assert outcome["error"].code == "model.in_use"
+    with factory() as session:
+        assert session.get(Artifact, model_id) is not None

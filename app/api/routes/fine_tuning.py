@@ -99,14 +99,21 @@ def pause_fine_tuning_job(
 @router.post(
     "/{fine_tuning_job_id}/resume",
     response_model=schemas.FineTuningJob,
-    responses=NOT_FOUND,
+    responses={**NOT_FOUND, 403: {"model": ErrorResponse}},
     summary="Resume a paused fine-tuning job from its checkpoint",
 )
 def resume_fine_tuning_job(
-    job: FineTuningJobDep, session: SessionDep, store: StoreDep, tenant_id: TenantDep
+    job: FineTuningJobDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    tenant_id: TenantDep,
 ) -> schemas.FineTuningJob:
-    """Idempotent: a job that is not paused or pausing is returned unchanged."""
-    resumed = waiting.resume_job(session=session, store=store, tenant_id=tenant_id, job_id=job.id)
+    """Idempotent: a job that is not paused or pausing is returned unchanged. Over the tenant's
+    device-hours quota a paused job stays paused (403 `quota.device_hours`)."""
+    resumed = waiting.resume_job(
+        session=session, settings=settings, store=store, tenant_id=tenant_id, job_id=job.id
+    )
     return service.job_view(resumed)
 
 

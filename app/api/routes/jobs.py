@@ -123,13 +123,18 @@ def pause_job(job: JobDep, session: SessionDep, tenant_id: TenantDep) -> JobRead
 @router.post(
     "/{job_id}/resume",
     response_model=JobRead,
-    responses=NOT_FOUND,
+    responses={**NOT_FOUND, 403: {"model": ErrorResponse}},
     summary="Resume a paused job",
 )
-def resume_job(job: JobDep, session: SessionDep, store: StoreDep, tenant_id: TenantDep) -> JobRead:
-    """A paused job is queued again and continues from its checkpoint; a `pausing` one goes on
-    running. Any other job is returned unchanged."""
-    resumed = waiting.resume_job(session=session, store=store, tenant_id=tenant_id, job_id=job.id)
+def resume_job(
+    job: JobDep, session: SessionDep, settings: SettingsDep, store: StoreDep, tenant_id: TenantDep
+) -> JobRead:
+    """A paused job is queued again and continues from its checkpoint (403 `quota.device_hours`
+    over the tenant's device-hours quota: it stays paused); a `pausing` one goes on running. Any
+    other job is returned unchanged."""
+    resumed = waiting.resume_job(
+        session=session, settings=settings, store=store, tenant_id=tenant_id, job_id=job.id
+    )
     return JobRead.model_validate(resumed)
 
 
