@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.comparisons import service
+from app.comparisons import ladder, service
 from app.comparisons.outputs import ComparisonAnswers
 from app.comparisons.tables import Comparison
 from app.main import create_app
@@ -81,6 +81,6 @@ def test_an_invited_rater_votes_on_the_real_page(
         driver.quit()
     with factory() as session:
         comparison = session.get_one(Comparison, cid)
-        results = service.results(session=session, comparison=comparison, rounds=10)
+        results = ladder.results(session=session, comparison=comparison, rounds=10)
     assert results["votes"] == 2 and results["outcomes"]["a"] == 1
     assert results["outcomes"]["b"] == 1

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse
 from app.api.deps import ComparisonDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.api.limits import FailureThrottle
-from app.comparisons import service
+from app.comparisons import ladder, service
 from app.comparisons.schemas import (
     ComparisonCreate,
     ComparisonRead,
@@ -185,7 +185,7 @@ def read_results(comparison: ComparisonDep, session: SessionDep) -> dict[str, An
     """Bradley–Terry ladder (Elo scale, 95% bootstrap intervals), win-rate matrix, votes per
     model, left-position win rate, rater agreement on control repeats; computed once per new
     vote and shared by every API process."""
-    return service.results(session=session, comparison=comparison)
+    return ladder.results(session=session, comparison=comparison)
 
 
 @router.get(
@@ -194,7 +194,7 @@ def read_results(comparison: ComparisonDep, session: SessionDep) -> dict[str, An
     summary="The rating ladder as a chart",
 )
 def read_chart(comparison: ComparisonDep, session: SessionDep) -> Response:
-    return Response(service.chart(session=session, comparison=comparison), media_type="image/png")
+    return Response(ladder.chart(session=session, comparison=comparison), media_type="image/png")
 
 
 @router.get(
@@ -206,7 +206,7 @@ def read_chart(comparison: ComparisonDep, session: SessionDep) -> Response:
     summary="Every vote, with model identities",
 )
 def export_votes(comparison: ComparisonDep, session: SessionDep) -> Response:
-    text = service.export_jsonl(session=session, comparison=comparison)
+    text = ladder.export_jsonl(session=session, comparison=comparison)
     return Response(text, media_type="application/x-ndjson")
 
 
