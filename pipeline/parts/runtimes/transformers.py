@@ -305,6 +305,20 @@ class TransformersRuntime(Runtime):
     def completion(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
+    def lead_ids(self) -> list[int]:
+        probe = list(self.tokenizer("a")["input_ids"])
+        bos = self.tokenizer.bos_token_id
+        return [int(bos)] if bos is not None and probe and probe[0] == bos else []
+
+    def chat_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            return super().chat_ids(messages)
+        # Rendered as text first: the template writes any BOS itself, so none is added.
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return self.encode(str(text))
+
     def generate(self, ids: list[int], *, seed: int, options: SampleOptions) -> list[int]:
         torch.manual_seed(seed)
         return generate(
