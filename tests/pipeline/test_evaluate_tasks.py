@@ -15,6 +15,7 @@ from pipeline.configs.tasks import TaskOptions
 from pipeline.evaluate.stage import EvaluateInputs, run_evaluate
 from pipeline.evaluate.tasks import fewshot_context, read_items
 from pipeline.types import DatasetFile, PipelineError, RunPaths
+from tests.pipeline.finetune_helpers import build_base
 from tests.pipeline.quantize_models import SAMPLE_TEXT, save_imported
 
 ITEMS = [
@@ -52,7 +53,9 @@ def _evaluate(model: Path, task: DatasetFile, tmp_path: Path, **options: Any) ->
 
 @pytest.fixture(scope="module", params=["mistral", "llama"])
 def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A GPT-2-style tokenizer (no BOS added) and a SentencePiece one (BOS added)."""
+    """A GPT-2-style tokenizer (no BOS added) and a SentencePiece-style one (BOS added)."""
+    if request.param == "llama":
+        return build_base("llama", tmp_path_factory.mktemp("llama"))
     return save_imported(request.param, TEXTS * 3, tmp_path_factory.mktemp(request.param))
 
 
