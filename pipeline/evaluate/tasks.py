@@ -190,8 +190,8 @@ def _generation(
             _progress(hooks, len(rows), len(items))
         if item.messages is not None:
             ids = runtime.chat_ids(item.messages)
-        else:
-            ids = (runtime.lead_ids() or [runtime.prefix]) + runtime.encode(item.prompt)
+        else:  # as lm-eval and fine-tuning encode a prompt: BOS only where the tokenizer adds it
+            ids = runtime.lead_ids() + runtime.encode(item.prompt) or [runtime.prefix]
         output = runtime.completion(runtime.generate(ids, seed=0, options=greedy))
         for stop in options.stop:
             output = output.split(stop, 1)[0]
