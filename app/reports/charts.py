@@ -73,7 +73,9 @@ def task_png(figures: Mapping[str, Mapping[str, Any]]) -> bytes:
     ax = fig.subplots()
     values = [float(figures[n]["value"]) / scale[n] for n in names]
     lows = [v - float(figures[n]["ci95"][0]) / scale[n] for v, n in zip(values, names, strict=True)]
-    highs = [float(figures[n]["ci95"][1]) / scale[n] - v for v, n in zip(values, names, strict=True)]
+    highs = [
+        float(figures[n]["ci95"][1]) / scale[n] - v for v, n in zip(values, names, strict=True)
+    ]
     ax.errorbar(values, range(len(names)), xerr=[lows, highs], fmt="o", capsize=4)
     ax.set_yticks(range(len(names)), [n + (" (÷100)" if scale[n] > 1 else "") for n in names])
     ax.set_xlim(-0.02, 1.02)

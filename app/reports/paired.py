@@ -87,16 +87,19 @@ def compare_examples(
         raise InvalidInput("the two jobs share no task items", param="metric")
     if any(metric not in a[i] or metric not in b[i] for i in shared):
         raise InvalidInput(f"both jobs' items must carry {metric!r}", param="metric")
-    result = paired_test([float(a[i][metric]) for i in shared],
-                         [float(b[i][metric]) for i in shared], **options)  # fmt: skip
+    result = paired_test(
+        [float(a[i][metric]) for i in shared], [float(b[i][metric]) for i in shared], **options
+    )
     return {"metric": metric, **result}
 
 
 def _examples(session: Session, store: LocalStore, job: Job) -> tuple[str, dict[int, Any]]:
     task = (job.result or {}).get("task") if job.type == "evaluate" else None
     if job.status != JobStatus.succeeded or not task or not task.get("examples_dataset_id"):
-        raise Conflict(f"Job '{job.id}' is not a succeeded evaluate job with a task.",
-                       code="report.not_available")  # fmt: skip
+        raise Conflict(
+            f"Job '{job.id}' is not a succeeded evaluate job with a task.",
+            code="report.not_available",
+        )
     dataset = find_owned(session, Dataset, task["examples_dataset_id"], tenant_id=job.tenant_id)
     if dataset is None:
         raise Conflict(f"Job '{job.id}''s task examples were deleted.", code="report.not_available")

@@ -21,10 +21,12 @@ def task_section(task: Mapping[str, Any]) -> list[str]:
     """HTML parts for a job result's ``task``."""
     kind = str(task.get("kind"))
     figures: Mapping[str, Mapping[str, Any]] = task.get("figures") or {}
-    parts = [f"<h2>Task: {html.escape(kind.replace('_', ' '))}</h2>",
-             f"<p>{int(task.get('items', 0))} items"
-             + (f", {int(task['num_fewshot'])}-shot" if task.get("num_fewshot") else "")
-             + "; 95% intervals bootstrap the items.</p>"]  # fmt: skip
+    parts = [
+        f"<h2>Task: {html.escape(kind.replace('_', ' '))}</h2>",
+        f"<p>{int(task.get('items', 0))} items"
+        + (f", {int(task['num_fewshot'])}-shot" if task.get("num_fewshot") else "")
+        + "; 95% intervals bootstrap the items.</p>",
+    ]
     if figures:
         parts.append(img(task_png(figures), "task figures with 95% intervals"))
         rows = [{"figure": name, **fig} for name, fig in figures.items()]
@@ -46,6 +48,8 @@ def task_section(task: Mapping[str, Any]) -> list[str]:
         parts.append(table(worst, columns))
     if task.get("examples_dataset_id"):
         ident = html.escape(str(task["examples_dataset_id"]))
-        parts.append(f"<p>Every item's output and scores: dataset <code>{ident}</code> "
-                     f"(<code>GET /v1/datasets/{ident}/content</code>).</p>")  # fmt: skip
+        parts.append(
+            f"<p>Every item's output and scores: dataset <code>{ident}</code> "
+            f"(<code>GET /v1/datasets/{ident}/content</code>).</p>"
+        )
     return parts

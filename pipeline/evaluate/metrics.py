@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from rouge_score import rouge_scorer
-from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics.bleu import BLEU
+from sacrebleu.metrics.chrf import CHRF
 
 Indices = npt.NDArray[np.int64]
 OTHER = "(other)"
@@ -97,13 +98,20 @@ class TextMetrics:
         ]
         out = {}
         for name, metric in (("bleu", self.bleu), ("chrf", self.chrf)):
-            stats = np.asarray(metric._extract_corpus_statistics(list(predictions), streams))
+            # sacrebleu takes None for a missing reference, though its annotation says str.
+            found = metric._extract_corpus_statistics(list(predictions), streams)  # type: ignore[arg-type]
+            stats = np.asarray(found)
 
             def score(idx: Indices, metric: Any = metric, stats: Any = stats) -> float:
                 return float(metric._compute_score_from_stats(list(stats[idx].sum(0))).score)
 
-            out[name] = figure(score(np.arange(len(predictions))), len(predictions), score,
-                               samples=samples, seed=seed)  # fmt: skip
+            out[name] = figure(
+                score(np.arange(len(predictions))),
+                len(predictions),
+                score,
+                samples=samples,
+                seed=seed,
+            )
         return out
 
 
@@ -130,8 +138,9 @@ def figure(
 def mean_figure(values: Sequence[float], *, samples: int, seed: int) -> dict[str, Any]:
     """The mean of per-item values with its bootstrap interval."""
     arr = np.asarray(values, dtype=np.float64)
-    return figure(float(arr.mean()), len(arr), lambda idx: float(arr[idx].mean()),
-                  samples=samples, seed=seed)  # fmt: skip
+    return figure(
+        float(arr.mean()), len(arr), lambda idx: float(arr[idx].mean()), samples=samples, seed=seed
+    )
 
 
 def read_label(answer: str, labels: Sequence[str]) -> str:
@@ -179,8 +188,11 @@ def label_figures(
     matrix = np.zeros((k, k + 1), dtype=np.int64)
     np.add.at(matrix, (g, p), 1)
     figures = {
-        "accuracy": mean_figure([float(a == b) for a, b in zip(gold, predicted, strict=True)],
-                                samples=samples, seed=seed),  # fmt: skip
+        "accuracy": mean_figure(
+            [float(a == b) for a, b in zip(gold, predicted, strict=True)],
+            samples=samples,
+            seed=seed,
+        ),
         "macro_f1": figure(f1_of(everything), len(g), f1_of, samples=samples, seed=seed),
     }
     return figures, {"labels": list(labels), "columns": columns, "matrix": matrix.tolist()}

@@ -65,8 +65,11 @@ def _item(obj: dict[str, Any], number: int, multiple_choice: bool) -> TaskItem:
         choices, answer = obj.get("choices"), obj.get("answer")
         if not isinstance(prompt, str):
             raise _invalid(number, "a multiple-choice record needs a string 'prompt'")
-        if not (isinstance(choices, list) and len(choices) >= 2
-                and all(isinstance(c, str) and c for c in choices)):  # fmt: skip
+        if not (
+            isinstance(choices, list)
+            and len(choices) >= 2
+            and all(isinstance(c, str) and c for c in choices)
+        ):
             raise _invalid(number, "'choices' must list at least two non-empty strings")
         if not (isinstance(answer, int) and 0 <= answer < len(choices)):
             raise _invalid(number, "'answer' must be the index of the right choice")
@@ -136,9 +139,7 @@ def encode_pair(runtime: Runtime, context: str, continuation: str) -> tuple[list
     return head, cont
 
 
-def loglikelihoods(
-    runtime: Runtime, requests: Sequence[tuple[str, str]]
-) -> list[float]:
+def loglikelihoods(runtime: Runtime, requests: Sequence[tuple[str, str]]) -> list[float]:
     """Summed log-probability of each continuation given its context (lm-eval's
     ``loglikelihood``)."""
     seqs, scored = [], []
@@ -157,21 +158,32 @@ def _multiple_choice(
         _check_stop(hooks)
         chunk = items[b : b + _ITEMS_PER_STEP]
         contexts = [fewshot_context(item, items, options) for item in chunk]
-        requests = [(ctx, options.target_delimiter + choice)
-                    for ctx, item in zip(contexts, chunk, strict=True) for choice in item.choices]  # fmt: skip
+        requests = [
+            (ctx, options.target_delimiter + choice)
+            for ctx, item in zip(contexts, chunk, strict=True)
+            for choice in item.choices
+        ]
         lls = iter(loglikelihoods(runtime, requests))
         for ctx, item in zip(contexts, chunk, strict=True):
             ll = [next(lls) for _ in item.choices]
             norm = [x / len(c) for x, c in zip(ll, item.choices, strict=True)]
             pred, pred_norm = ll.index(max(ll)), norm.index(max(norm))
             wrong = max(x for i, x in enumerate(ll) if i != item.answer)
-            rows.append({
-                "index": item.index, "prompt": item.prompt, "context": ctx,
-                "choices": list(item.choices), "answer": item.answer, "loglikelihoods": ll,
-                "pred": pred, "pred_norm": pred_norm, "acc": float(pred == item.answer),
-                "acc_norm": float(pred_norm == item.answer),
-                "margin": ll[item.answer] - wrong,  # < 0: a wrong choice was likelier
-            })  # fmt: skip
+            rows.append(
+                {
+                    "index": item.index,
+                    "prompt": item.prompt,
+                    "context": ctx,
+                    "choices": list(item.choices),
+                    "answer": item.answer,
+                    "loglikelihoods": ll,
+                    "pred": pred,
+                    "pred_norm": pred_norm,
+                    "acc": float(pred == item.answer),
+                    "acc_norm": float(pred_norm == item.answer),
+                    "margin": ll[item.answer] - wrong,  # < 0: a wrong choice was likelier
+                }
+            )
         _progress(hooks, len(rows), len(items))
     boot = {"samples": options.bootstrap_samples, "seed": options.seed}
     return rows, {m: mean_figure([r[m] for r in rows], **boot) for m in ("acc", "acc_norm")}
@@ -206,9 +218,11 @@ def _generation(
             row |= {"label": gold, "pred_label": read_label(output, labels)}
             row["correct"] = float(row["pred_label"] == gold)
         else:
-            row |= {"exact_match": exact_match(output, item.references),
-                    "f1": token_f1(output, item.references),
-                    **text.per_item(output, item.references)}  # fmt: skip
+            row |= {
+                "exact_match": exact_match(output, item.references),
+                "f1": token_f1(output, item.references),
+                **text.per_item(output, item.references),
+            }
         rows.append(row)
     _progress(hooks, len(rows), len(items))
     boot = {"samples": options.bootstrap_samples, "seed": options.seed}
@@ -250,8 +264,7 @@ def run_task(
     with out.open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     worst = sorted(rows, key=_primary)[: options.worst_examples]
-    result: dict[str, Any] = {"kind": kind, "items": len(rows), "figures": figures,
-                              "worst": worst}  # fmt: skip
+    result: dict[str, Any] = {"kind": kind, "items": len(rows), "figures": figures, "worst": worst}
     if kind == "multiple_choice":
         result["num_fewshot"] = options.num_fewshot
     if confusion is not None:

@@ -16,10 +16,13 @@ from tests.jobs.test_model_jobs import job_of, tar_bytes, upload_model
 from tests.pipeline.finetune_helpers import build_base
 
 ITEMS = [
-    {"prompt": f"Question {i}: which city is in {c}?", "choices": ["paris", "oslo", "lima"],
-     "answer": i % 3}
+    {
+        "prompt": f"Question {i}: which city is in {c}?",
+        "choices": ["paris", "oslo", "lima"],
+        "answer": i % 3,
+    }
     for i, c in enumerate(["france", "norway", "peru", "france", "norway", "peru"])
-]  # fmt: skip
+]
 
 
 def _upload(client: TestClient, auth: dict[str, str], run_job: RunJob, rows: list[Any]) -> str:
@@ -36,9 +39,12 @@ def _evaluate(
 ) -> dict[str, Any]:
     body = {
         "type": "evaluate",
-        "params": {"model_id": model, "task_dataset_id": task,
-                   "task": {"num_fewshot": 1, "bootstrap_samples": 100, "worst_examples": 2}},
-    }  # fmt: skip
+        "params": {
+            "model_id": model,
+            "task_dataset_id": task,
+            "task": {"num_fewshot": 1, "bootstrap_samples": 100, "worst_examples": 2},
+        },
+    }
     response = client.post("/v1/jobs", json=body, headers=auth)
     assert response.status_code == 202, response.text
     done = run_job(response.json()["id"])

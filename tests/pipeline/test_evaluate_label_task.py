@@ -59,9 +59,18 @@ def test_fine_tune_raises_label_accuracy_with_disjoint_intervals(tmp_path: Path)
     task = DatasetFile(write_jsonl(tmp_path / "task.jsonl", task_rows), "jsonl")
 
     before = _evaluate(base, task, tmp_path / "before")
-    config = FinetuneConfig(n_epochs=8, batch_size=16, max_seq_len=64, learning_rate=1e-2,
-                            warmup_ratio=0.05, eval_interval=1000, sample_count=0)  # fmt: skip
-    tuned = run_finetune(config, FinetuneInputs(base, train_file, None), make_paths(tmp_path / "ft"))
+    config = FinetuneConfig(
+        n_epochs=8,
+        batch_size=16,
+        max_seq_len=64,
+        learning_rate=1e-2,
+        warmup_ratio=0.05,
+        eval_interval=1000,
+        sample_count=0,
+    )
+    tuned = run_finetune(
+        config, FinetuneInputs(base, train_file, None), make_paths(tmp_path / "ft")
+    )
     after = _evaluate(tuned.model_dir, task, tmp_path / "after")
 
     acc0, acc1 = before["figures"]["accuracy"], after["figures"]["accuracy"]

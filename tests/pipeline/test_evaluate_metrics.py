@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from rouge_score import rouge_scorer
-from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics.bleu import BLEU
+from sacrebleu.metrics.chrf import CHRF
 
 from pipeline.evaluate.metrics import (
     OTHER,
@@ -56,7 +59,7 @@ def test_rouge_chrf_bleu_equal_the_libraries() -> None:
         bleu = BLEU(effective_order=True).sentence_score(pred, refs).score
         assert ours["bleu"] == pytest.approx(bleu, abs=1e-9)
     corpus = text.corpus(PREDICTIONS, REFERENCES, samples=200, seed=0)
-    streams = [[r[k] if k < len(r) else None for r in REFERENCES] for k in range(2)]
+    streams: Any = [[r[k] if k < len(r) else None for r in REFERENCES] for k in range(2)]
     assert corpus["bleu"]["value"] == pytest.approx(BLEU().corpus_score(PREDICTIONS, streams).score)
     assert corpus["chrf"]["value"] == pytest.approx(CHRF().corpus_score(PREDICTIONS, streams).score)
     for fig in corpus.values():
@@ -68,7 +71,10 @@ def test_mean_interval_is_seeded_and_narrows_with_more_items() -> None:
     assert small == mean_figure([1.0, 0.0] * 10, samples=500, seed=3)
     large = mean_figure([1.0, 0.0] * 500, samples=500, seed=3)
     assert small["value"] == large["value"] == 0.5
-    width = lambda f: f["ci95"][1] - f["ci95"][0]  # noqa: E731
+
+    def width(f: dict[str, Any]) -> float:
+        return float(f["ci95"][1] - f["ci95"][0])
+
     assert width(large) < width(small) / 3
     assert mean_figure([1.0] * 5, samples=50, seed=0)["ci95"] == [1.0, 1.0]
 

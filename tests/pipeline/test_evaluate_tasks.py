@@ -19,16 +19,28 @@ from tests.pipeline.finetune_helpers import build_base
 from tests.pipeline.quantize_models import SAMPLE_TEXT, save_imported
 
 ITEMS = [
-    {"prompt": "The little fox found", "choices": ["three shiny stones", "a", "the river"],
-     "answer": 0},
-    {"prompt": "Question: where did the dog run?\nAnswer:", "choices": ["to the park", "home"],
-     "answer": 0},
-    {"prompt": "Once upon a time, ", "choices": ["a little fox", "zzz qqq", "the end"],
-     "answer": 2},
-    {"prompt": "It ate its dinner and slept by the", "choices": ["warm fire", "cold sea"],
-     "answer": 1},
+    {
+        "prompt": "The little fox found",
+        "choices": ["three shiny stones", "a", "the river"],
+        "answer": 0,
+    },
+    {
+        "prompt": "Question: where did the dog run?\nAnswer:",
+        "choices": ["to the park", "home"],
+        "answer": 0,
+    },
+    {
+        "prompt": "Once upon a time, ",
+        "choices": ["a little fox", "zzz qqq", "the end"],
+        "answer": 2,
+    },
+    {
+        "prompt": "It ate its dinner and slept by the",
+        "choices": ["warm fire", "cold sea"],
+        "answer": 1,
+    },
     {"prompt": "Short", "choices": ["one.", "Ünïcödé ✓", "two"], "answer": 1},
-]  # fmt: skip
+]
 TEXTS = [SAMPLE_TEXT, "The little dog ran to the park and played with a red ball."]
 
 
@@ -71,12 +83,14 @@ def test_multiple_choice_equals_lm_evaluation_harness(
     rows = [json.loads(x) for x in result.task_examples_path.read_text().splitlines()]
     assert len(rows) == len(ITEMS)
 
-    hflm = lm_eval.HFLM(pretrained=str(model_dir), backend="causal", device="cpu", batch_size=1,
-                        dtype=torch.float32)  # fmt: skip
+    hflm = lm_eval.HFLM(
+        pretrained=str(model_dir), backend="causal", device="cpu", batch_size=1, dtype=torch.float32
+    )
     requests = [
         Instance("loglikelihood", doc={}, arguments=(row["context"], " " + c), idx=i)
-        for row in rows for i, c in enumerate(row["choices"])
-    ]  # fmt: skip
+        for row in rows
+        for i, c in enumerate(row["choices"])
+    ]
     theirs = iter(ll for ll, _ in hflm.loglikelihood(requests, disable_tqdm=True))
     acc = acc_norm = 0.0
     for row, item in zip(rows, ITEMS, strict=True):
