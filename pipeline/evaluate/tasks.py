@@ -263,7 +263,9 @@ def run_task(
         rows, figures, confusion = _generation(runtime, items, options, hooks)
     with out.open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    # The context (few-shot examples included) stays in the JSONL: the job result keeps short.
     worst = sorted(rows, key=_primary)[: options.worst_examples]
+    worst = [{k: v for k, v in r.items() if k != "context"} for r in worst]
     result: dict[str, Any] = {"kind": kind, "items": len(rows), "figures": figures, "worst": worst}
     if kind == "multiple_choice":
         result["num_fewshot"] = options.num_fewshot
