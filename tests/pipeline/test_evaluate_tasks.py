@@ -143,3 +143,32 @@ def test_generation_writes_outputs_and_figures(model_dir: Path, tmp_path: Path) 
     assert all(isinstance(r["output"], str) and "rouge_l" in r for r in out)
     report = json.loads(result.report_path.read_text())
     assert report["task"]["figures"] == task["figures"]
+
+
+def by_index(task: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted(task["worst"], key=lambda r: int(r["index"]))
+
+
+def test_a_gguf_scores_task_items_like_its_source(tmp_path: Path) -> None:
+    """An f32 GGUF in llama.cpp gives the torch model's log-likelihoods and answers."""
+    pytest.importorskip("llama_cpp")
+    from pipeline.configs.quantize import GgufOptions, QuantizeConfig
+    from pipeline.quantize.stage import QuantizeInputs, run_quantize
+
+    source = save_imported("mistral", TEXTS * 3, tmp_path / "hf")
+    config_q = QuantizeConfig(gguf=GgufOptions(types=("f32",), generation_tokens=0))
+    run_quantize(config_q, QuantizeInputs(source), _paths(tmp_path / "q"))
+    [gguf] = list((tmp_path / "q" / "out").glob("*.gguf"))
+    mc = _jsonl(tmp_path / "mc.jsonl", ITEMS)
+    want = _evaluate(source, mc, tmp_path / "t", num_fewshot=1).task
+    got = _evaluate(gguf, mc, tmp_path / "g", num_fewshot=1).task
+    for ours, theirs in zip(by_index(got), by_index(want), strict=True):
+        assert ours["index"] == theirs["index"]
+        assert ours["loglikelihoods"] == pytest.approx(theirs["loglikelihoods"], rel=1e-3)
+    assert got["figures"]["acc"]["value"] == want["figures"]["acc"]["value"]
+    gen = _jsonl(tmp_path / "gen.jsonl", [{"prompt": t[:20], "reference": t[20:40]} for t in TEXTS])
+    outputs = [
+        [r["output"] for r in by_index(_evaluate(m, gen, tmp_path / m.name, max_new_tokens=6).task)]
+        for m in (source, gguf)
+    ]
+    assert outputs[0] == outputs[1]
