@@ -45,7 +45,10 @@ _DOCS_PER_STEP = 64
 class EvaluateInputs:
     model_dir: Path
     """The model: a Hugging Face folder (config, weights, tokenizer) or a folder holding one
-    ``.gguf`` file (scored in llama.cpp with its embedded tokenizer)."""
+    ``.gguf`` file (scored in llama.cpp with its embedded tokenizer); with ``adapter_dir``, the
+    adapter's base."""
+    adapter_dir: Path | None = None
+    """A peft adapter (a LoRA fine-tune or its checkpoint), merged onto ``model_dir``."""
     datasets: tuple[DatasetFile, ...] = ()
     """Evaluation text: perplexity per dataset."""
     training: tuple[DatasetFile, ...] = ()
@@ -104,6 +107,7 @@ def run_evaluate(
         max_length=config.perplexity.max_length,
         batch_size=config.perplexity.batch_size,
         threads=config.threads,
+        adapter=inputs.adapter_dir,
     )
     try:
         return _evaluate(config, inputs, paths, hooks, runtime, started)

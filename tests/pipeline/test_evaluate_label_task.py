@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pipeline.configs.evaluate import EvaluateConfig
 from pipeline.configs.finetune import FinetuneConfig
 from pipeline.configs.tasks import TaskOptions
@@ -82,3 +84,37 @@ def test_fine_tune_raises_label_accuracy_with_disjoint_intervals(tmp_path: Path)
     assert after["confusion"]["columns"] == [*LABELS, "(other)"]
     assert sum(map(sum, matrix)) == len(held_out) and matrix[0][0] + matrix[1][1] >= 0.9 * 48
     assert json.dumps(after)  # the job result must be JSON
+
+
+def test_a_lora_adapter_scores_like_its_merged_model(tmp_path: Path) -> None:
+    """The adapter (merged onto its base at load) and the fine-tune's merged export agree."""
+    from pipeline.configs.finetune import LoraSettings
+
+    base = build_base("llama", tmp_path / "base")  # no chat template: LoRA adds ChatML tokens
+    train = reviews(32, seed=3)
+    rows = [{"messages": [*_messages(r), {"role": "assistant", "content": y}]} for r, y in train]
+    train_file = DatasetFile(write_jsonl(tmp_path / "train.jsonl", rows), "jsonl")
+    config = FinetuneConfig(n_epochs=1, batch_size=16, max_seq_len=64, method="lora",
+                            lora=LoraSettings(rank=4, alpha=8), eval_interval=1000,
+                            sample_count=0)  # fmt: skip
+    tuned = run_finetune(
+        config, FinetuneInputs(base, train_file, None), make_paths(tmp_path / "ft")
+    )
+    assert tuned.adapter_dir is not None
+    items = [{"prompt": f"Sentiment of: {r}", "choices": LABELS, "answer": LABELS.index(y)}
+             for r, y in reviews(6, seed=4)]  # fmt: skip
+    task = DatasetFile(write_jsonl(tmp_path / "mc.jsonl", items), "jsonl")
+    config_e = EvaluateConfig(task=TaskOptions(bootstrap_samples=50), threads=1)
+    merged = run_evaluate(config_e, EvaluateInputs(model_dir=tuned.model_dir, task=task),
+                          make_paths(tmp_path / "merged"))  # fmt: skip
+    adapter = run_evaluate(
+        config_e,
+        EvaluateInputs(model_dir=base, adapter_dir=tuned.adapter_dir, task=task),
+        make_paths(tmp_path / "adapter"),
+    )
+    assert adapter.model["format"] == "peft-adapter"
+    assert merged.task is not None and adapter.task is not None
+    got = sorted(adapter.task["worst"], key=lambda r: int(r["index"]))
+    want = sorted(merged.task["worst"], key=lambda r: int(r["index"]))
+    for ours, theirs in zip(got, want, strict=True):
+        assert ours["loglikelihoods"] == pytest.approx(theirs["loglikelihoods"], abs=1e-4)

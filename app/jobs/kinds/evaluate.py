@@ -11,9 +11,9 @@ from pipeline.configs.evaluate import EvaluateConfig
 
 @dataclass(frozen=True)
 class EvaluateParams(EvaluateConfig):
-    model_id: str = ref("model", formats=("huggingface", "gguf"))
-    """The model to evaluate: Hugging Face layout (imported, pretrained, fine-tuned) or a GGUF
-    (scored in llama.cpp)."""
+    model_id: str = ref("model", formats=("huggingface", "gguf", "peft-adapter"))
+    """The model to evaluate: Hugging Face layout (imported, pretrained, fine-tuned), a LoRA
+    adapter (merged onto its base) or a GGUF (scored in llama.cpp)."""
     dataset_id: str | None = ref("dataset", optional=True)
     """Evaluation text: perplexity, bits per byte and word perplexity."""
     extra_dataset_id: str | None = ref("dataset", optional=True)
