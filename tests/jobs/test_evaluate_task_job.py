@@ -98,3 +98,40 @@ def test_an_evaluate_job_scores_a_task_dataset(
     assert bad.status_code == 400
     missing = client.get(f"/v1/jobs/{first['id']}/compare/job_nope", headers=auth)
     assert missing.status_code == 404
+
+
+def test_a_lora_adapter_is_evaluated_on_its_base(
+    client: TestClient, auth: dict[str, str], run_job: RunJob, tmp_path: Path
+) -> None:
+    model = upload_model(client, auth, tar_bytes(build_base("qwen2", tmp_path / "base")))
+    assert run_job(job_of(client, auth, model))["status"] == "succeeded"
+    chat = [
+        {"messages": [{"role": "user", "content": f"Where is {c}?"},
+                      {"role": "assistant", "content": c}]}
+        for c in ["paris", "oslo", "lima"] * 6
+    ]  # fmt: skip
+    train = _upload(client, auth, run_job, chat)
+    body = {
+        "type": "finetune",
+        "params": {
+            "model_id": model["id"],
+            "dataset_id": train,
+            "method": "lora",
+            "n_epochs": 1,
+            "batch_size": 8,
+        },
+    }
+    job = client.post("/v1/jobs", json=body, headers=auth)
+    assert job.status_code == 202, job.text
+    tuned = run_job(job.json()["id"])
+    assert tuned["status"] == "succeeded", tuned
+    task = _upload(client, auth, run_job, ITEMS)
+    adapter = _evaluate(client, auth, run_job, tuned["result"]["adapter_id"], task)
+    merged = _evaluate(client, auth, run_job, tuned["result"]["model_id"], task)
+    rows = []
+    for done in (adapter, merged):
+        examples = done["result"]["task"]["examples_dataset_id"]
+        text = client.get(f"/v1/datasets/{examples}/content", headers=auth).text
+        rows.append([json.loads(line)["loglikelihoods"] for line in text.splitlines()])
+    for ours, theirs in zip(*rows, strict=True):
+        assert ours == pytest.approx(theirs, abs=1e-4)
