@@ -40,6 +40,11 @@ ITEMS = [
         "answer": 1,
     },
     {"prompt": "Short", "choices": ["one.", "Ünïcödé ✓", "two"], "answer": 1},
+    {
+        "prompt": "",
+        "choices": ["Once upon a time", "river"],
+        "answer": 0,
+    },  # lm-eval: BOS/EOS context
 ]
 TEXTS = [SAMPLE_TEXT, "The little dog ran to the park and played with a red ball."]
 
