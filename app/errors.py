@@ -39,11 +39,13 @@ def public_reasons(errors: list[dict[str, Any]] | None) -> list[dict[str, Any]] 
     """A refused model's or dataset's ``errors`` list, each ``reason`` under the same rule."""
     if errors is None:
         return None
-    return [
-        {k: public_message(v) if k in ("reason", "message") and isinstance(v, str) else v
-         for k, v in error.items()}  # fmt: skip
-        for error in errors
-    ]
+    return [{k: _public_value(k, v) for k, v in error.items()} for error in errors]
+
+
+def _public_value(key: str, value: Any) -> Any:
+    if key in ("reason", "message") and isinstance(value, str):
+        return public_message(value)
+    return value
 
 
 def internal_error(reference: str) -> GristmillError:
