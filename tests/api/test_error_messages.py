@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import layout
 from app.artifacts.tables import Artifact
 from app.datasets.tables import Dataset
-from app.errors import public_message
 from app.jobs.tables import Job, JobEvent
 from app.settings import Settings
 from tests.conftest import RunJob
@@ -168,6 +167,8 @@ def test_an_internal_error_in_a_stage_is_a_stable_code_with_a_reference(
 
 
 def test_the_rule_keeps_routes_and_relative_names_and_drops_the_rest() -> None:
+    from app.errors import public_message
+
     raw = (
         "[Errno 2] No such file or directory: '/srv/gristmill/data/models/mdl_1/x.bin' in "
         "/usr/lib/python3/site-packages/safetensors/__init__.py\n"
