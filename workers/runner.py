@@ -197,9 +197,9 @@ def _run_and_finish(
     except Exception:
         # Details (exception text, paths) go to the log; the user gets a stable message.
         log.exception("job crashed")
-        err = internal_error(f"job id {ctx.job_id}, attempt {ctx.attempt}")
+        public = internal_error(f"job id {ctx.job_id}, attempt {ctx.attempt}")
         return _finish(
-            att, monitor, JobStatus.failed, error_code=err.code, error_message=err.message
+            att, monitor, JobStatus.failed, error_code=public.code, error_message=public.message
         )
     return _finish(att, monitor, JobStatus.succeeded, outcome=outcome)
 

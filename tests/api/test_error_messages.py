@@ -161,8 +161,8 @@ def test_an_internal_error_in_a_stage_is_a_stable_code_with_a_reference(
     assert job["status"] == "failed"
     assert job["error"]["code"] == "internal_error"
     assert job["id"] in job["error"]["message"]
-    for path in (f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/events"):
-        assert_no_internals(client.get(path, headers=auth).text, settings)
+    for route in (f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/events"):
+        assert_no_internals(client.get(route, headers=auth).text, settings)
     assert_no_internals(job_record(factory, job["id"]), settings)
 
 
