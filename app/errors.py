@@ -15,9 +15,10 @@ def shown(value: str) -> str:
     return value if len(value) <= SHOWN_ID_CHARS else value[:SHOWN_ID_CHARS] + "…"
 
 
-# An absolute server path (two segments or more; the API's own routes, /v1/…, are words for the
-# client): the storage dir, /tmp, site-packages. A tenant may see a member's relative name only.
-_PATH = re.compile(r"(?<![\w.~])/(?!v1/|rate/)(?:[^\s/:'\"()<>,;]+/)+[^\s/:'\"()<>,;]*")
+# An absolute server path of two segments or more (the storage dir, /tmp, site-packages); the
+# API's own routes (/v1/…) and a URL's path are words for the client. A tenant may see a
+# member's relative name only.
+_PATH = re.compile(r"(?<![\w.~:/])/(?!v1/|rate/)(?:[^\s/:'\"()<>,;]+/)+[^\s/:'\"()<>,;]*")
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\).*", re.S)
 _FRAME = re.compile(r'File "[^"]*", line \d+')
 

@@ -177,6 +177,9 @@ def test_the_rule_keeps_routes_and_relative_names_and_drops_the_rest() -> None:
     public = public_message(raw)
     assert "/srv" not in public and "site-packages" not in public and "Traceback" not in public
     assert public.startswith("[Errno 2] No such file or directory: '<path>'")
-    kept = "config.json is missing; create another admin key first (POST /v1/keys)"
+    kept = (
+        "config.json is missing; create another admin key first (POST /v1/keys); "
+        "see https://errors.pydantic.dev/2.11/v/greater_than"
+    )
     assert public_message(kept) == kept
     assert len(public_message("x" * 5000)) <= 500
