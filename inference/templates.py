@@ -1,0 +1,383 @@
+"""Chat templates are tenant input: rendered in a sandbox, in a child process, on a budget.
+
+A model's chat template is Jinja2 that whoever trained or uploaded the model wrote, so it is
+rendered as transformers renders it (``ImmutableSandboxedEnvironment``, ``trim_blocks``,
+``lstrip_blocks``, ``loopcontrols``, its ``tojson``, ``raise_exception``, ``strftime_now``,
+``dict`` and hardened ``namespace``) but never in the service's own process: Jinja2 in a thread
+cannot be stopped, and a nested loop or a 500 MB string would hold the process (and, rendered in
+a generation slot, every tenant) until a restart. So each render goes to one of a few child
+processes (``python -m inference.templates``) over a pipe, as JSON both ways, and costs:
+
+- at most ``timeout`` seconds of wall clock: past it the child is killed (SIGKILL) and a new one
+  starts at the next render; ``RLIMIT_CPU`` also ends a child whose parent went away mid-render;
+- at most ``max_chars`` of output, counted as ``Template.generate`` streams it, and no sequence
+  repeated (``'x' * n``) past that size;
+- at most ``memory_bytes`` of address space beyond what the child holds when idle
+  (``RLIMIT_AS``): a string built in a loop fails with ``MemoryError`` in the child alone.
+
+The service renders before a request takes a generation slot (:func:`render_chat`), so a bad
+template costs its own request and a render worker for ``timeout`` seconds, never a slot. The
+child inherits no environment but ``PATH`` and ``PYTHONPATH``: no token or key is in reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import os
+import queue
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from inference.engine import ChatTemplate, Engine, GenerationRequest, InferenceError, ModelRef
+from inference.scheduler import RequestTimeout
+
+log = logging.getLogger("gristmill.inference")
+
+
+class TemplateFailed(InferenceError):
+    """The model's chat template raised (its own ``raise_exception`` too) or does not compile."""
+
+    status = 422
+    code = "template.error"
+
+
+class TemplateTimeout(TemplateFailed):
+    code = "template.timeout"
+
+
+class TemplateTooLarge(TemplateFailed):
+    code = "template.too_large"
+
+
+# --- the child: python -m inference.templates MAX_CHARS MEMORY_BYTES --------------------------
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _environment(max_chars: int) -> Any:
+    """transformers' chat-template environment, plus a size check on ``*`` (intercepted binary
+    operators are also kept out of Jinja2's compile-time constant folding)."""
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.utils import Namespace
+
+    class Sandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            for seq, times in ((left, right), (right, left)):
+                sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
+                if sized and len(seq) * times > max_chars:
+                    raise _TooLarge
+            return super().call_binop(context, operator, left, right)
+
+    class Generation(Extension):
+        """``{% generation %}`` marks assistant text for transformers' masks: its body, as is."""
+
+        tags = {"generation"}  # noqa: RUF012 (Jinja2's own attribute)
+
+        def parse(self, parser: Any) -> Any:
+            parser.stream.skip(1)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    class TemplateDict:
+        def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+            return dict(*args, **kwargs)
+
+        def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+            return dict.fromkeys(*args, **kwargs)
+
+    class TemplateNamespace(Namespace):
+        """Jinja's namespace refusing underscore names (no route to CPython internals)."""
+
+        def __init__(*args: Any, **kwargs: Any) -> None:
+            self, attrs = args[0], dict(*args[1:], **kwargs)
+            for name in attrs:
+                TemplateNamespace.check(name)
+            Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name: str, value: Any) -> None:
+            TemplateNamespace.check(name)
+            Namespace.__setitem__(self, name, value)
+
+        @staticmethod
+        def check(name: Any) -> None:
+            if isinstance(name, str) and name.startswith("_"):
+                raise jinja2.exceptions.SecurityError(f"namespace attribute {name!r} refused")
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, **kw: Any) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, **kw)
+
+    def strftime_now(fmt: str) -> str:
+        import datetime
+
+        return datetime.datetime.now().strftime(fmt)
+
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals.update(
+        raise_exception=raise_exception,
+        strftime_now=strftime_now,
+        dict=TemplateDict(),
+        namespace=TemplateNamespace,
+    )
+    return env
+
+
+def _limit(resource_kind: str, extra: int) -> None:
+    """Soft limit = what the child uses now + ``extra`` (address space bytes or CPU seconds)."""
+    import resource
+
+    if resource_kind == "as":
+        try:
+            with open("/proc/self/statm") as statm:
+                used = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:  # not Linux: no address-space cap, the timeout still holds
+            return
+        kind = resource.RLIMIT_AS
+    else:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        used, kind = math.ceil(usage.ru_utime + usage.ru_stime), resource.RLIMIT_CPU
+    hard = resource.getrlimit(kind)[1]
+    soft = used + extra if hard == resource.RLIM_INFINITY else min(used + extra, hard)
+    resource.setrlimit(kind, (soft, hard))
+
+
+def _render(env: Any, compiled: dict[str, Any], job: dict[str, Any], max_chars: int) -> str:
+    source = job["source"]
+    if source not in compiled:
+        if len(compiled) >= 16:
+            compiled.clear()
+        compiled[source] = env.from_string(source)
+    pieces, size = [], 0
+    variables = {**job["variables"], "messages": job["messages"], "add_generation_prompt": True}
+    for piece in compiled[source].generate(**variables):
+        size += len(piece)
+        if size > max_chars:
+            raise _TooLarge
+        pieces.append(piece)
+    return "".join(pieces)
+
+
+def _child(max_chars: int, memory_bytes: int) -> None:
+    env = _environment(max_chars)
+    compiled: dict[str, Any] = {}
+    _limit("as", memory_bytes)
+    reader, writer = sys.stdin.buffer, sys.stdout.buffer
+    writer.write(b'{"ready": true}\n')
+    writer.flush()
+    for line in reader:  # ends when the service closes the pipe or exits
+        job = json.loads(line)
+        _limit("cpu", job["cpu_seconds"])
+        out_of_memory = False
+        try:
+            reply: dict[str, Any] = {"text": _render(env, compiled, job, max_chars)}
+        except _TooLarge:
+            reply = {"error": "too_large"}
+        except MemoryError:  # the heap may be fragmented past the cap: this child retires
+            reply, out_of_memory = {"error": "too_large", "retire": True}, True
+        except RecursionError:
+            reply = {"error": "error", "message": "the chat template recursed too deeply"}
+        except Exception as exc:  # the template's own errors: syntax, undefined, raise_exception
+            reply = {"error": "error", "message": f"{type(exc).__name__}: {exc}"[:300]}
+        writer.write(json.dumps(reply).encode() + b"\n")
+        writer.flush()
+        if out_of_memory:
+            return
+
+
+# --- the service's side -----------------------------------------------------------------------
+
+
+class _Worker:
+    """One child and its pipes; ``ask`` sends a job and waits at most ``timeout`` seconds."""
+
+    def __init__(self, max_chars: int, memory_bytes: int) -> None:
+        package_root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "inference.templates", str(max_chars), str(memory_bytes)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": path},
+        )
+        self._pending = bytearray()
+
+    def _pipes(self) -> tuple[IO[bytes], IO[bytes]]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        return self.proc.stdin, self.proc.stdout
+
+    def read(self, timeout: float) -> dict[str, Any] | None:
+        """The child's next line as JSON; None once ``timeout`` passes; EOFError if it died."""
+        fd = self._pipes()[1].fileno()
+        deadline = time.monotonic() + timeout
+        while (end := self._pending.find(b"\n")) < 0:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                raise EOFError
+            self._pending += chunk
+        line = bytes(self._pending[:end])
+        del self._pending[: end + 1]
+        return dict(json.loads(line))
+
+    def ask(self, job: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        stdin = self._pipes()[0]
+        stdin.write(json.dumps(job).encode() + b"\n")
+        stdin.flush()
+        return self.read(timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        for pipe in self._pipes():
+            pipe.close()
+
+
+class TemplateRenderer:
+    """A pool of ``workers`` render children, started on first use and replaced when killed."""
+
+    def __init__(
+        self, *, workers: int, timeout_seconds: float, max_chars: int, memory_bytes: int
+    ) -> None:
+        self.timeout = timeout_seconds
+        self.max_chars = max_chars
+        self.memory_bytes = memory_bytes
+        self._idle: queue.LifoQueue[_Worker | None] = queue.LifoQueue()
+        for _ in range(workers):
+            self._idle.put(None)  # a place whose child starts when first needed
+        self._live: set[_Worker] = set()
+        self._lock = threading.Lock()
+        self.killed = 0
+        """Children killed for running past the timeout (for /health and tests)."""
+
+    def _start(self) -> _Worker:
+        worker = _Worker(self.max_chars, self.memory_bytes)
+        with self._lock:
+            self._live.add(worker)
+        try:  # the child's start (Python, Jinja2) is not part of any template's budget
+            if worker.read(max(30.0, self.timeout)) is None:
+                raise EOFError
+        except EOFError:
+            self._retire(worker)
+            raise TemplateFailed("the template renderer did not start", param=None) from None
+        return worker
+
+    def _retire(self, worker: _Worker) -> None:
+        with self._lock:
+            self._live.discard(worker)
+        worker.kill()
+
+    def render(
+        self, template: ChatTemplate, messages: Sequence[dict[str, Any]], deadline: float
+    ) -> str:
+        """``template`` with ``messages`` and ``add_generation_prompt``; waits for a free child
+        until ``deadline`` (then :class:`RequestTimeout`).
+
+        Raises:
+            TemplateTimeout, TemplateTooLarge, TemplateFailed: the request's own answer.
+        """
+        try:
+            worker = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise RequestTimeout from None
+        job = {
+            "source": template.source,
+            "variables": dict(template.variables),
+            "messages": list(messages),
+            "cpu_seconds": math.ceil(self.timeout) + 1,
+        }
+        try:
+            worker, reply = self._ask(worker, job)
+        except BaseException:
+            self._idle.put(None)  # _ask retired the child; the next render starts another
+            raise
+        self._idle.put(worker)
+        return _reply_text(reply, self.max_chars)
+
+    def _ask(
+        self, worker: _Worker | None, job: dict[str, Any]
+    ) -> tuple[_Worker | None, dict[str, Any]]:
+        """The reply, and the child to keep (None where it was retired)."""
+        if worker is not None and worker.proc.poll() is not None:  # it ran out of memory
+            self._retire(worker)
+            worker = None
+        if worker is None:
+            worker = self._start()
+        try:
+            reply = worker.ask(job, self.timeout)
+        except BaseException as exc:
+            self._retire(worker)
+            if isinstance(exc, OSError | EOFError | ValueError):
+                log.warning("a chat template render child died mid-render: %r", exc)
+                raise TemplateFailed(
+                    "the chat template could not be rendered", param="model"
+                ) from None
+            raise
+        if reply is None:
+            self._retire(worker)
+            self.killed += 1
+            raise TemplateTimeout(
+                f"the model's chat template ran past its {self.timeout:g} s budget", param="model"
+            )
+        if reply.get("retire"):
+            self._retire(worker)
+            return None, reply
+        return worker, reply
+
+    def close(self) -> None:
+        """Kill every child (the service is stopping); a later render starts new ones."""
+        with self._lock:
+            live, self._live = list(self._live), set()
+        for worker in live:
+            worker.kill()
+
+
+def _reply_text(reply: dict[str, Any], max_chars: int) -> str:
+    if "text" in reply:
+        return str(reply["text"])
+    if reply.get("error") == "too_large":
+        raise TemplateTooLarge(
+            f"the model's chat template built more than {max_chars} characters", param="model"
+        )
+    raise TemplateFailed(
+        f"the chat template rejected the messages: {reply.get('message', '')}", param="messages"
+    )
+
+
+async def render_chat(
+    engine: Engine,
+    renderer: TemplateRenderer,
+    model: ModelRef,
+    request: GenerationRequest,
+    deadline: float,
+) -> GenerationRequest:
+    """``request`` with its messages rendered (``chat_prompt``), before it takes a slot."""
+    template = await asyncio.to_thread(engine.chat_template, model)
+    if template is None:
+        raise InferenceError("this model has no chat template; use /v1/completions", param="model")
+    messages = request.messages or ()
+    text = await asyncio.to_thread(renderer.render, template, messages, deadline)
+    return dataclasses.replace(request, chat_prompt=text)
+
+
+if __name__ == "__main__":
+    _child(int(sys.argv[1]), int(sys.argv[2]))
