@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from inference.engine import ChatTemplate, Engine, GenerationRequest, InferenceError, ModelRef
 from inference.scheduler import RequestTimeout
@@ -93,30 +93,26 @@ def _environment(max_chars: int) -> Any:
             parser.stream.skip(1)
             return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
-    class TemplateDict:
-        def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
-            return dict(*args, **kwargs)
+    class TemplateDict:  # dict() and dict.fromkeys(), not the class itself
+        __call__: Any = staticmethod(dict)
+        fromkeys: Any = staticmethod(dict.fromkeys)
 
-        def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
-            return dict.fromkeys(*args, **kwargs)
+    def check(name: Any) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"namespace attribute {name!r} refused")
 
     class TemplateNamespace(Namespace):
         """Jinja's namespace refusing underscore names (no route to CPython internals)."""
 
         def __init__(*args: Any, **kwargs: Any) -> None:
-            self, attrs = args[0], dict(*args[1:], **kwargs)
+            attrs = dict(*args[1:], **kwargs)
             for name in attrs:
-                TemplateNamespace.check(name)
-            Namespace.__init__(self, attrs)
+                check(name)
+            Namespace.__init__(args[0], attrs)
 
         def __setitem__(self, name: str, value: Any) -> None:
-            TemplateNamespace.check(name)
+            check(name)
             Namespace.__setitem__(self, name, value)
-
-        @staticmethod
-        def check(name: Any) -> None:
-            if isinstance(name, str) and name.startswith("_"):
-                raise jinja2.exceptions.SecurityError(f"namespace attribute {name!r} refused")
 
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
@@ -206,7 +202,7 @@ def _child(max_chars: int, memory_bytes: int) -> None:
 
 
 class _Worker:
-    """One child and its pipes; ``ask`` sends a job and waits at most ``timeout`` seconds."""
+    """One child and its pipes (JSON lines both ways; the service never unpickles its output)."""
 
     def __init__(self, max_chars: int, memory_bytes: int) -> None:
         package_root = str(Path(__file__).resolve().parents[1])
@@ -217,15 +213,13 @@ class _Worker:
             stdout=subprocess.PIPE,
             env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": path},
         )
-        self._pending = bytearray()
-
-    def _pipes(self) -> tuple[IO[bytes], IO[bytes]]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        return self.proc.stdin, self.proc.stdout
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        self._pending = bytearray()
 
     def read(self, timeout: float) -> dict[str, Any] | None:
         """The child's next line as JSON; None once ``timeout`` passes; EOFError if it died."""
-        fd = self._pipes()[1].fileno()
+        fd = self.stdout.fileno()
         deadline = time.monotonic() + timeout
         while (end := self._pending.find(b"\n")) < 0:
             left = deadline - time.monotonic()
@@ -240,16 +234,15 @@ class _Worker:
         return dict(json.loads(line))
 
     def ask(self, job: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-        stdin = self._pipes()[0]
-        stdin.write(json.dumps(job).encode() + b"\n")
-        stdin.flush()
+        self.stdin.write(json.dumps(job).encode() + b"\n")
+        self.stdin.flush()
         return self.read(timeout)
 
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
-        for pipe in self._pipes():
-            pipe.close()
+        self.stdin.close()
+        self.stdout.close()
 
 
 class TemplateRenderer:
@@ -268,23 +261,6 @@ class TemplateRenderer:
         self._lock = threading.Lock()
         self.killed = 0
         """Children killed for running past the timeout (for /health and tests)."""
-
-    def _start(self) -> _Worker:
-        worker = _Worker(self.max_chars, self.memory_bytes)
-        with self._lock:
-            self._live.add(worker)
-        try:  # the child's start (Python, Jinja2) is not part of any template's budget
-            if worker.read(max(30.0, self.timeout)) is None:
-                raise EOFError
-        except EOFError:
-            self._retire(worker)
-            raise TemplateFailed("the template renderer did not start", param=None) from None
-        return worker
-
-    def _retire(self, worker: _Worker) -> None:
-        with self._lock:
-            self._live.discard(worker)
-        worker.kill()
 
     def render(
         self, template: ChatTemplate, messages: Sequence[dict[str, Any]], deadline: float
@@ -305,43 +281,36 @@ class TemplateRenderer:
             "messages": list(messages),
             "cpu_seconds": math.ceil(self.timeout) + 1,
         }
+        reply = None
         try:
-            worker, reply = self._ask(worker, job)
-        except BaseException:
-            self._idle.put(None)  # _ask retired the child; the next render starts another
-            raise
-        self._idle.put(worker)
-        return _reply_text(reply, self.max_chars)
-
-    def _ask(
-        self, worker: _Worker | None, job: dict[str, Any]
-    ) -> tuple[_Worker | None, dict[str, Any]]:
-        """The reply, and the child to keep (None where it was retired)."""
-        if worker is not None and worker.proc.poll() is not None:  # it ran out of memory
-            self._retire(worker)
-            worker = None
-        if worker is None:
-            worker = self._start()
-        try:
+            if worker is None or worker.proc.poll() is not None:  # new, or retired itself
+                if worker is not None:
+                    self._retire(worker)
+                worker = _Worker(self.max_chars, self.memory_bytes)
+                with self._lock:
+                    self._live.add(worker)
+                if worker.read(max(30.0, self.timeout)) is None:  # start: on no one's budget
+                    raise EOFError
             reply = worker.ask(job, self.timeout)
-        except BaseException as exc:
-            self._retire(worker)
-            if isinstance(exc, OSError | EOFError | ValueError):
-                log.warning("a chat template render child died mid-render: %r", exc)
-                raise TemplateFailed(
-                    "the chat template could not be rendered", param="model"
-                ) from None
-            raise
+        except (OSError, EOFError, ValueError) as exc:
+            log.warning("a chat template render child died: %r", exc)
+            raise TemplateFailed("the chat template could not be rendered", param="model") from None
+        finally:
+            if worker is not None and (reply is None or reply.get("retire")):
+                self._retire(worker)  # timed out, died, or out of memory
+                worker = None
+            self._idle.put(worker)
         if reply is None:
-            self._retire(worker)
             self.killed += 1
             raise TemplateTimeout(
                 f"the model's chat template ran past its {self.timeout:g} s budget", param="model"
             )
-        if reply.get("retire"):
-            self._retire(worker)
-            return None, reply
-        return worker, reply
+        return _reply_text(reply, self.max_chars)
+
+    def _retire(self, worker: _Worker) -> None:
+        with self._lock:
+            self._live.discard(worker)
+        worker.kill()
 
     def close(self) -> None:
         """Kill every child (the service is stopping); a later render starts new ones."""
