@@ -37,7 +37,7 @@ RICH = (
     "{% set ns.turns = ns.turns + 1 %}<|im_start|>{{ m['role'] }}\n"
     "{% generation %}{{ m['content'] | trim }}{% endgeneration %}<|im_end|>\n{% endfor %}"
     "{{ dict(turns=ns.turns, last=messages[-1]) | tojson }}{{ strftime_now('%Y-%m') }}"
-    "{{ pad_token }}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{{ pad_token }}{{ eos_token }}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SILENT_LOOP = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
 TOO_LARGE = {
