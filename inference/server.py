@@ -12,7 +12,10 @@ slot; beyond that the answer is 429 with ``Retry-After`` at once, never a hang. 
 by the API in ``X-Gristmill-Tenant``) may hold at most ``tenant_limit`` of those running and
 waiting places, so its burst is answered 429 while other tenants still get in. A request gets
 ``request_timeout_seconds`` for waiting and generating together; past it the generation stops
-(504). A client that disconnects stops its generation at the next token.
+(504). A client that disconnects stops its generation at the next token. A chat's template is
+tenant input: it is rendered after admission but before the request waits for a slot, in a
+sandboxed child process on a time, size and memory budget (:mod:`inference.templates`), so a
+template that loops or grows fails its own request (422 ``template.*``) and holds no slot.
 """
 
 from __future__ import annotations
@@ -204,7 +207,9 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
         deadline = time.monotonic() + settings.request_timeout_seconds
         try:  # a tenant's template renders in a child, on its budget, before any slot is taken
             if generation.messages is not None:
-                generation = await render_chat(the_engine, renderer, model, generation, deadline)
+                generation = await render_chat(
+                    the_engine, renderer, model, generation, deadline, tenant
+                )
         except BaseException:
             scheduler.leave(tenant)
             raise

@@ -15,9 +15,10 @@ processes (``python -m inference.templates``) over a pipe, as JSON both ways, an
 - at most ``memory_bytes`` of address space beyond what the child holds when idle
   (``RLIMIT_AS``): a string built in a loop fails with ``MemoryError`` in the child alone.
 
-The service renders before a request takes a generation slot (:func:`render_chat`), so a bad
-template costs its own request and a render worker for ``timeout`` seconds, never a slot. The
-child inherits no environment but ``PATH`` and ``PYTHONPATH``: no token or key is in reach.
+The service renders before a request takes a generation slot (:func:`render_chat`), one render
+at a time per tenant, so a bad template costs its own request and one child for ``timeout``
+seconds, never a slot, and other tenants still find a child free. The child inherits no
+environment but ``PATH`` and ``PYTHONPATH``: no token or key is in reach.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import logging
 import math
 import os
 import queue
+import resource
 import select
 import subprocess
 import sys
@@ -136,20 +138,14 @@ def _environment(max_chars: int) -> Any:
     return env
 
 
-def _limit(resource_kind: str, extra: int) -> None:
-    """Soft limit = what the child uses now + ``extra`` (address space bytes or CPU seconds)."""
-    import resource
-
-    if resource_kind == "as":
-        try:
-            with open("/proc/self/statm") as statm:
-                used = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:  # not Linux: no address-space cap, the timeout still holds
-            return
-        kind = resource.RLIMIT_AS
-    else:
+def _limit(kind: int, extra: int) -> None:
+    """Soft limit ``kind`` to what the child uses now plus ``extra`` (bytes, or CPU seconds)."""
+    if kind == resource.RLIMIT_CPU:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        used, kind = math.ceil(usage.ru_utime + usage.ru_stime), resource.RLIMIT_CPU
+        used = math.ceil(usage.ru_utime + usage.ru_stime)
+    else:  # address space, as Linux counts it
+        with open("/proc/self/statm") as statm:
+            used = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     hard = resource.getrlimit(kind)[1]
     soft = used + extra if hard == resource.RLIM_INFINITY else min(used + extra, hard)
     resource.setrlimit(kind, (soft, hard))
@@ -174,27 +170,26 @@ def _render(env: Any, compiled: dict[str, Any], job: dict[str, Any], max_chars: 
 def _child(max_chars: int, memory_bytes: int) -> None:
     env = _environment(max_chars)
     compiled: dict[str, Any] = {}
-    _limit("as", memory_bytes)
+    _limit(resource.RLIMIT_AS, memory_bytes)
     reader, writer = sys.stdin.buffer, sys.stdout.buffer
     writer.write(b'{"ready": true}\n')
     writer.flush()
     for line in reader:  # ends when the service closes the pipe or exits
         job = json.loads(line)
-        _limit("cpu", job["cpu_seconds"])
-        out_of_memory = False
+        _limit(resource.RLIMIT_CPU, job["cpu_seconds"])
         try:
             reply: dict[str, Any] = {"text": _render(env, compiled, job, max_chars)}
         except _TooLarge:
             reply = {"error": "too_large"}
         except MemoryError:  # the heap may be fragmented past the cap: this child retires
-            reply, out_of_memory = {"error": "too_large", "retire": True}, True
+            reply = {"error": "too_large", "retire": True}
         except RecursionError:
             reply = {"error": "error", "message": "the chat template recursed too deeply"}
         except Exception as exc:  # the template's own errors: syntax, undefined, raise_exception
             reply = {"error": "error", "message": f"{type(exc).__name__}: {exc}"[:300]}
         writer.write(json.dumps(reply).encode() + b"\n")
         writer.flush()
-        if out_of_memory:
+        if reply.get("retire"):
             return
 
 
@@ -259,18 +254,41 @@ class TemplateRenderer:
             self._idle.put(None)  # a place whose child starts when first needed
         self._live: set[_Worker] = set()
         self._lock = threading.Lock()
+        self._turns = threading.Condition()
+        self._rendering: set[str] = set()
+        """Tenants with a render under way: one each, so a tenant's loops hold one child."""
         self.killed = 0
         """Children killed for running past the timeout (for /health and tests)."""
 
     def render(
-        self, template: ChatTemplate, messages: Sequence[dict[str, Any]], deadline: float
+        self,
+        template: ChatTemplate,
+        messages: Sequence[dict[str, Any]],
+        deadline: float,
+        tenant: str | None = None,
     ) -> str:
-        """``template`` with ``messages`` and ``add_generation_prompt``; waits for a free child
-        until ``deadline`` (then :class:`RequestTimeout`).
+        """``template`` with ``messages`` and ``add_generation_prompt``. Waits until ``deadline``
+        (then :class:`RequestTimeout`) for the tenant's previous render to end and for a child.
 
         Raises:
             TemplateTimeout, TemplateTooLarge, TemplateFailed: the request's own answer.
         """
+        with self._turns:
+            while tenant in self._rendering:
+                if not self._turns.wait(max(0.0, deadline - time.monotonic())):
+                    raise RequestTimeout
+            if tenant is not None:
+                self._rendering.add(tenant)
+        try:
+            return self._render(template, messages, deadline)
+        finally:
+            with self._turns:
+                self._rendering.discard(tenant)
+                self._turns.notify_all()
+
+    def _render(
+        self, template: ChatTemplate, messages: Sequence[dict[str, Any]], deadline: float
+    ) -> str:
         try:
             worker = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
@@ -338,13 +356,14 @@ async def render_chat(
     model: ModelRef,
     request: GenerationRequest,
     deadline: float,
+    tenant: str | None,
 ) -> GenerationRequest:
     """``request`` with its messages rendered (``chat_prompt``), before it takes a slot."""
     template = await asyncio.to_thread(engine.chat_template, model)
     if template is None:
         raise InferenceError("this model has no chat template; use /v1/completions", param="model")
     messages = request.messages or ()
-    text = await asyncio.to_thread(renderer.render, template, messages, deadline)
+    text = await asyncio.to_thread(renderer.render, template, messages, deadline, tenant)
     return dataclasses.replace(request, chat_prompt=text)
 
 

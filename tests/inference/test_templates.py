@@ -51,7 +51,7 @@ TOO_LARGE = {
         "{% endfor %}{{ ns.s | length }}"
     ),
 }
-TEMPLATE_TIMEOUT = scaled(3)
+TEMPLATE_TIMEOUT = scaled(4)
 TENANT = "X-Gristmill-Tenant"
 
 
@@ -138,7 +138,10 @@ def test_gguf_rendering_matches_llama_cpp_formatter(
 
 @pytest.fixture(scope="module")
 def template_service() -> Iterator[tuple[str, int]]:
-    env = {"GRISTMILL_INFERENCE_TEMPLATE_TIMEOUT_SECONDS": str(TEMPLATE_TIMEOUT)}
+    env = {
+        "GRISTMILL_INFERENCE_TEMPLATE_TIMEOUT_SECONDS": str(TEMPLATE_TIMEOUT),
+        "GRISTMILL_INFERENCE_TENANT_LIMIT": "2",
+    }
     with run_service(**env) as (url, process):
         yield url, process.pid
 
@@ -157,44 +160,66 @@ def assert_refused(response: httpx.Response, code: str) -> None:
     assert "/" not in response.json()["error"]["message"]
 
 
+def timed(url: str, model: dict[str, Any], tenant: str) -> tuple[httpx.Response, float]:
+    """The response and when it came (``time.monotonic``)."""
+    response = chat(url, model, tenant)
+    return response, time.monotonic()
+
+
+def at(answer: tuple[httpx.Response, float]) -> float:
+    return answer[1]
+
+
+def waiting(url: str) -> int:
+    return int(httpx.get(f"{url}/health").json()["waiting"])
+
+
 def assert_idle(url: str) -> dict[str, Any]:
     health: dict[str, Any] = httpx.get(f"{url}/health").json()
     assert health["running"] == 0 and health["waiting"] == 0
     return health
 
 
-def test_a_looping_template_fails_alone_while_another_tenant_is_served(
+def test_looping_templates_fail_alone_while_another_tenant_is_served(
     template_service: tuple[str, int], models: dict[str, Path], llama_dir: Path
 ) -> None:
+    """Tenant a sends two loops (both render children would be theirs, but a tenant renders one
+    at a time); tenant b is answered while they loop, on the one generation slot."""
     url, _ = template_service
     normal = spec(llama_dir)
     assert chat(url, normal, "b").status_code == 200  # loads the model
     began = time.monotonic()
     solo = chat(url, normal, "b")
     solo_seconds = time.monotonic() - began
+    killed = assert_idle(url)["templates_killed"]
 
-    with ThreadPoolExecutor(1) as pool:
+    loop = spec(models["silent_loop"], id_="loop")
+    with ThreadPoolExecutor(2) as pool:
         began = time.monotonic()
-        looping = pool.submit(chat, url, spec(models["silent_loop"], id_="loop"), "a")
+        loops = [pool.submit(timed, url, loop, "a") for _ in range(2)]
         wait_for(
-            lambda: looping.done() or httpx.get(f"{url}/health").json()["waiting"] == 1,
+            lambda: any(f.done() for f in loops) or waiting(url) == 2,
             timeout=10,
             interval=0.02,
-            what="the looping request to be admitted",
+            what="both looping requests to be admitted",
         )
         other_began = time.monotonic()
         other = chat(url, normal, "b")
         other_seconds = time.monotonic() - other_began
-        # Served while the loop still ran (concurrency is 1: on a slot it would have waited).
-        assert not looping.done()
-        refused = looping.result()
-        loop_seconds = time.monotonic() - began
+        # Served while both still ran (on a slot, or on every child, it would have waited).
+        assert not any(f.done() for f in loops)
+        (first, first_at), (second, second_at) = sorted((f.result() for f in loops), key=at)
+    first_seconds, second_seconds = first_at - began, second_at - began
     assert other.status_code == 200 and other.json()["choices"] == solo.json()["choices"]
-    assert_refused(refused, "template.timeout")
-    assert TEMPLATE_TIMEOUT <= loop_seconds < TEMPLATE_TIMEOUT + scaled(5)
-    print(f"loop failed in {loop_seconds:.2f}s; other tenant {other_seconds:.2f}s", end=" ")
-    print(f"(alone {solo_seconds:.2f}s)")
-    assert assert_idle(url)["templates_killed"] == 1
+    for refused in (first, second):
+        assert_refused(refused, "template.timeout")
+    assert TEMPLATE_TIMEOUT <= first_seconds < TEMPLATE_TIMEOUT + scaled(5)
+    assert 2 * TEMPLATE_TIMEOUT <= second_seconds < 2 * TEMPLATE_TIMEOUT + scaled(8)
+    print(
+        f"loops failed after {first_seconds:.2f}s and {second_seconds:.2f}s; the other tenant "
+        f"was answered in {other_seconds:.2f}s (alone {solo_seconds:.2f}s)"
+    )
+    assert assert_idle(url)["templates_killed"] == killed + 2
     assert chat(url, normal, "a").json()["choices"] == solo.json()["choices"]
 
 
