@@ -89,6 +89,7 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
         timeout_seconds=settings.template_timeout_seconds,
         max_chars=settings.template_max_chars,
         memory_bytes=settings.template_memory_bytes,
+        threads=settings.concurrency + settings.queue_size,
     )
 
     @asynccontextmanager

@@ -1,12 +1,11 @@
 """Chat templates are tenant input: rendered in a sandbox, in a child process, on a budget.
 
-A model's chat template is Jinja2 that whoever trained or uploaded the model wrote, so it is
+A model's chat template is Jinja2 written by whoever trained or uploaded the model. It is
 rendered as transformers renders it (``ImmutableSandboxedEnvironment``, ``trim_blocks``,
 ``lstrip_blocks``, ``loopcontrols``, its ``tojson``, ``raise_exception``, ``strftime_now``,
-``dict`` and hardened ``namespace``) but never in the service's own process: Jinja2 in a thread
-cannot be stopped, and a nested loop or a 500 MB string would hold the process (and, rendered in
-a generation slot, every tenant) until a restart. So each render goes to one of a few child
-processes (``python -m inference.templates``) over a pipe, as JSON both ways, and costs:
+``dict``, hardened ``namespace``) but never in the service's process, where a nested loop or a
+500 MB string could not be stopped. Each render goes to one of a few child processes
+(``python -m inference.templates``) over a pipe, JSON both ways, and costs:
 
 - at most ``timeout`` seconds of wall clock: past it the child is killed (SIGKILL) and a new one
   starts at the next render; ``RLIMIT_CPU`` also ends a child whose parent went away mid-render;
@@ -25,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import json
 import logging
 import math
@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +124,6 @@ def _environment(max_chars: int) -> Any:
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, **kw)
 
     def strftime_now(fmt: str) -> str:
-        import datetime
-
         return datetime.datetime.now().strftime(fmt)
 
     env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
@@ -244,16 +243,23 @@ class TemplateRenderer:
     """A pool of ``workers`` render children, started on first use and replaced when killed."""
 
     def __init__(
-        self, *, workers: int, timeout_seconds: float, max_chars: int, memory_bytes: int
+        self,
+        *,
+        workers: int,
+        timeout_seconds: float,
+        max_chars: int,
+        memory_bytes: int,
+        threads: int = 8,
     ) -> None:
+        """``threads``: requests rendering or waiting to (the service's admission limit), each
+        on a thread of this pool, so their waits starve nothing else."""
+        self.threads = ThreadPoolExecutor(threads, thread_name_prefix="chat-template")
         self.timeout = timeout_seconds
         self.max_chars = max_chars
         self.memory_bytes = memory_bytes
         self._idle: queue.LifoQueue[_Worker | None] = queue.LifoQueue()
         for _ in range(workers):
             self._idle.put(None)  # a place whose child starts when first needed
-        self._live: set[_Worker] = set()
-        self._lock = threading.Lock()
         self._turns = threading.Condition()
         self._rendering: set[str] = set()
         """Tenants with a render under way: one each, so a tenant's loops hold one child."""
@@ -303,10 +309,8 @@ class TemplateRenderer:
         try:
             if worker is None or worker.proc.poll() is not None:  # new, or retired itself
                 if worker is not None:
-                    self._retire(worker)
+                    worker.kill()
                 worker = _Worker(self.max_chars, self.memory_bytes)
-                with self._lock:
-                    self._live.add(worker)
                 if worker.read(max(30.0, self.timeout)) is None:  # start: on no one's budget
                     raise EOFError
             reply = worker.ask(job, self.timeout)
@@ -315,7 +319,7 @@ class TemplateRenderer:
             raise TemplateFailed("the chat template could not be rendered", param="model") from None
         finally:
             if worker is not None and (reply is None or reply.get("retire")):
-                self._retire(worker)  # timed out, died, or out of memory
+                worker.kill()  # timed out, died, or out of memory
                 worker = None
             self._idle.put(worker)
         if reply is None:
@@ -323,31 +327,26 @@ class TemplateRenderer:
             raise TemplateTimeout(
                 f"the model's chat template ran past its {self.timeout:g} s budget", param="model"
             )
-        return _reply_text(reply, self.max_chars)
-
-    def _retire(self, worker: _Worker) -> None:
-        with self._lock:
-            self._live.discard(worker)
-        worker.kill()
+        if reply.get("error") == "too_large":
+            raise TemplateTooLarge(
+                f"the model's chat template built more than {self.max_chars} characters",
+                param="model",
+            )
+        if "text" not in reply:
+            message = f"the chat template rejected the messages: {reply.get('message', '')}"
+            raise TemplateFailed(message, param="messages")
+        return str(reply["text"])
 
     def close(self) -> None:
-        """Kill every child (the service is stopping); a later render starts new ones."""
-        with self._lock:
-            live, self._live = list(self._live), set()
-        for worker in live:
-            worker.kill()
-
-
-def _reply_text(reply: dict[str, Any], max_chars: int) -> str:
-    if "text" in reply:
-        return str(reply["text"])
-    if reply.get("error") == "too_large":
-        raise TemplateTooLarge(
-            f"the model's chat template built more than {max_chars} characters", param="model"
-        )
-    raise TemplateFailed(
-        f"the chat template rejected the messages: {reply.get('message', '')}", param="messages"
-    )
+        """Kill the idle children (the service is stopping; one mid-render ends within its
+        budget, and with the service's pipe); a later render starts new ones."""
+        places = []
+        while not self._idle.empty():
+            places.append(self._idle.get_nowait())
+        for worker in places:
+            if worker is not None:
+                worker.kill()
+            self._idle.put(None)
 
 
 async def render_chat(
@@ -359,11 +358,14 @@ async def render_chat(
     tenant: str | None,
 ) -> GenerationRequest:
     """``request`` with its messages rendered (``chat_prompt``), before it takes a slot."""
-    template = await asyncio.to_thread(engine.chat_template, model)
+    loop = asyncio.get_running_loop()
+    template = await loop.run_in_executor(renderer.threads, engine.chat_template, model)
     if template is None:
         raise InferenceError("this model has no chat template; use /v1/completions", param="model")
     messages = request.messages or ()
-    text = await asyncio.to_thread(renderer.render, template, messages, deadline, tenant)
+    text = await loop.run_in_executor(
+        renderer.threads, renderer.render, template, messages, deadline, tenant
+    )
     return dataclasses.replace(request, chat_prompt=text)
 
 
