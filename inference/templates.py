@@ -23,6 +23,7 @@ environment but ``PATH`` and ``PYTHONPATH``: no token or key is in reach.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -341,8 +342,9 @@ class TemplateRenderer:
         """Kill the idle children (the service is stopping; one mid-render ends within its
         budget, and with the service's pipe); a later render starts new ones."""
         places = []
-        while not self._idle.empty():
-            places.append(self._idle.get_nowait())
+        with contextlib.suppress(queue.Empty):
+            while True:
+                places.append(self._idle.get_nowait())
         for worker in places:
             if worker is not None:
                 worker.kill()
