@@ -40,8 +40,8 @@ class SynthesizeChecks:
     """Remove regurgitating records (false: keep them, flagged in the report only)."""
 
     def __post_init__(self) -> None:
-        check_range("checks.contamination_ngram", self.contamination_ngram, 1, 64)
-        check_range("checks.regurgitation_chars", self.regurgitation_chars, 16, 1000)
+        check_range("contamination_ngram", self.contamination_ngram, 1, 64)
+        check_range("regurgitation_chars", self.regurgitation_chars, 16, 1000)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ evaluation items, PII or copied spans), with a byte-level BPE trained on those v
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -30,14 +31,14 @@ def memorising_teacher(
         vocab_size=700, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator([t for pair in pairs for t in pair], trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+    tokenizer: Any = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
     eos = int(tokenizer.eos_token_id)
     config = Qwen2Config(
         vocab_size=len(tokenizer), eos_token_id=eos, tie_word_embeddings=True, hidden_size=96,
         intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=512,
     )  # fmt: skip
-    model = Qwen2ForCausalLM(config)
+    model: Any = Qwen2ForCausalLM(config)
     rows = []
     for prompt, answer in pairs:
         context = [eos, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
@@ -67,7 +68,7 @@ def memorising_teacher(
     return out
 
 
-def _learned(model: Qwen2ForCausalLM, rows: list[tuple[list[int], list[int]]]) -> bool:
+def _learned(model: Any, rows: list[tuple[list[int], list[int]]]) -> bool:
     model.eval()
     try:
         with torch.no_grad():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,7 +44,7 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return memorising_teacher(root, [(p + "\n", a) for p, a in PLANTED.items()])
 
 
-def run(teacher: Path, root: Path, **checks: object) -> SynthesizeResult:
+def run(teacher: Path, root: Path, **checks: Any) -> SynthesizeResult:
     root.mkdir(parents=True, exist_ok=True)
     prompts = DatasetFile(write_jsonl(root / "p.jsonl", [{"text": p} for p in PLANTED]), "jsonl")
     evals = DatasetFile(write_jsonl(root / "e.jsonl", [{"text": EVAL_ITEM}, {"text": "x"}]),
@@ -55,7 +56,7 @@ def run(teacher: Path, root: Path, **checks: object) -> SynthesizeResult:
         device="cpu",
         threads=1,
         checks=SynthesizeChecks(**checks),
-    )  # type: ignore[arg-type]
+    )
     inputs = SynthesizeInputs(teacher, prompts, eval=(evals,), source=source, teacher_id="mdl_t")
     return run_synthesize(config, inputs, make_paths(root))
 
