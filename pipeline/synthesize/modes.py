@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from pipeline.types import DatasetFile, Hooks, PipelineError, Progress, StageCan
 
 INSTRUCTION_HEADER = "Come up with a new task, different from these.\n"
 MIN_INSTRUCTION_WORDS, MAX_INSTRUCTION_WORDS = 3, 150  # the Self-Instruct paper's filter
+PROGRESS_EVERY_S = 1.0  # generations can take milliseconds: report at most about once a second
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class Teacher:
     generations: int = 0
     tokens: int = 0
     closed: bool = False
+    _reported: float = float("-inf")
 
     def close(self) -> None:
         """Free the model (once; the judge may need the memory before the stage ends)."""
@@ -128,8 +131,12 @@ class Teacher:
         sample = self.runtime.samples(options)[0]
         self.generations += 1
         self.tokens += int(sample["tokens"])
-        metrics = {"tokens": float(self.tokens)}
-        self.hooks.on_progress(Progress(step=self.generations, total=self.total, metrics=metrics))
+        now = time.monotonic()
+        if now - self._reported >= PROGRESS_EVERY_S or self.generations == self.total:
+            self._reported = now
+            metrics = {"tokens": float(self.tokens)}
+            progress = Progress(step=self.generations, total=self.total, metrics=metrics)
+            self.hooks.on_progress(progress)
         return str(sample["completion"]).strip()
 
     def answer(self, prompt: str, seed: int) -> str:

@@ -130,6 +130,11 @@ def run_synthesize(
                 "synthesize.nothing_left", "every synthetic record was skipped or removed"
             )
         figures = checks.report()
+        hooks.on_event(
+            "synthetic dataset checked",
+            {"records_out": records_out, "removed": dict(removed),
+             "pii_scrubbed": figures["privacy"]["pii_scrubbed"]},
+        )  # fmt: skip
         result = SynthesizeResult(
             dataset_path=dataset, report_path=report_path, mode=config.mode,
             record_type="preference" if config.mode == "preferences" else "chat",
@@ -159,6 +164,9 @@ def _checks(config: SynthesizeConfig, inputs: SynthesizeInputs, hooks: Hooks) ->
         spans = SpanIndex.build(
             iter_texts(inputs.source), cfg.regurgitation_chars, hooks.should_stop
         )
+        if spans.truncated:
+            message = f"regurgitation checked against the source's first {spans.chars:,} characters"
+            hooks.on_event(message, {"source_chars_indexed": spans.chars}, "warn")
     bias_set, items = load_templates()
     terms = group_terms(items)
     return RiskChecks(cfg, grams, spans, TermCounts(terms), TermCounts(terms), bias_set)

@@ -144,6 +144,21 @@ def test_preference_pairs_are_ranked_and_train_dpo(random_teacher: Path, tmp_pat
     assert "train_loss" in metrics
 
 
+def test_a_separate_judge_ranks_after_the_teacher_is_closed(
+    random_teacher: Path, tmp_path: Path
+) -> None:
+    judge = build_base("qwen2", tmp_path / "judge", seed=3)
+    prompts = prompt_file(tmp_path, [{"text": p} for p in PROMPTS[:2]])
+    config = SynthesizeConfig(mode="preferences", samples=3, temperature=1.5, max_new_tokens=8,
+                              device="cpu", threads=1)  # fmt: skip
+    inputs = SynthesizeInputs(random_teacher, prompts, judge_dir=judge, teacher_id="mdl_teacher",
+                              judge_id="mdl_judge")  # fmt: skip
+    result = run_synthesize(config, inputs, make_paths(tmp_path / "run"))
+    pairs = records(result)
+    assert pairs and all(p["provenance"]["judge"] == "mdl_judge" for p in pairs)
+    assert json.loads(result.report_path.read_text())["judge"] == "mdl_judge"
+
+
 def test_reference_ranking_needs_answers_in_the_prompt_records(
     random_teacher: Path, tmp_path: Path
 ) -> None:
