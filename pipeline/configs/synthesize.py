@@ -59,6 +59,9 @@ class SynthesizeConfig:
     """Prompts (or seed instructions) read from the prompt dataset, in file order (1-10000)."""
     prompt_template: str = "{prompt}\n"
     """What the teacher is asked, with ``{prompt}`` standing for the prompt (written once)."""
+    chat_template: bool = False
+    """Wrap the templated prompt in the teacher's own chat template as a user turn (a Hugging
+    Face teacher whose tokenizer has one); false: the teacher continues the text as it is."""
     max_new_tokens: int = 256
     """Tokens generated per answer (1-4096)."""
     temperature: float = 0.7

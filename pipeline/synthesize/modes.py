@@ -22,6 +22,7 @@ from rouge_score import rouge_scorer, tokenizers
 
 from pipeline.configs.evaluate import SampleOptions
 from pipeline.configs.synthesize import SynthesizeConfig
+from pipeline.parts.chat import render
 from pipeline.parts.datasets.formats import iter_records
 from pipeline.parts.datasets.records import Record
 from pipeline.parts.runtimes.base import Runtime
@@ -140,7 +141,31 @@ class Teacher:
         return str(sample["completion"]).strip()
 
     def answer(self, prompt: str, seed: int) -> str:
-        return self.ask(self.config.prompt_template.replace("{prompt}", prompt), seed)
+        return self.ask(self.question(prompt), seed)
+
+    def question(self, prompt: str) -> str:
+        """What the teacher is asked for ``prompt``: the prompt template filled, then put in
+        the teacher's chat template when the config asks for it.
+
+        Raises:
+            PipelineError: ``synthesize.no_chat_template`` when the teacher has none.
+        """
+        text = self.config.prompt_template.replace("{prompt}", prompt)
+        if not self.config.chat_template:
+            return text
+        tokenizer = getattr(self.runtime, "tokenizer", None)
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise PipelineError(
+                "synthesize.no_chat_template",
+                "chat_template is on but the teacher has no chat template (a GGUF, or a "
+                "tokenizer without one); use prompt_template instead",
+            )
+        rendered = render(
+            tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True
+        )
+        bos = tokenizer.bos_token
+        # The runtime starts every prompt from BOS itself: do not give it a second one.
+        return rendered[len(bos) :] if bos and rendered.startswith(bos) else rendered
 
 
 def distill(

@@ -10,7 +10,7 @@ makes no pair: a tie teaches DPO nothing.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from rouge_score import rouge_scorer
@@ -21,11 +21,9 @@ from pipeline.synthesize.modes import Prompt, Synthetic
 from pipeline.types import Hooks, PipelineError, StageCancelled
 
 
-def judge_scores(
-    runtime: Runtime, config: SynthesizeConfig, prompt: str, answers: Sequence[str]
-) -> list[float]:
-    """Mean log-probability per token of each answer after the templated prompt."""
-    context = [runtime.prefix, *runtime.encode(config.prompt_template.replace("{prompt}", prompt))]
+def judge_scores(runtime: Runtime, question: str, answers: Sequence[str]) -> list[float]:
+    """Mean log-probability per token of each answer after the question the teacher was asked."""
+    context = [runtime.prefix, *runtime.encode(question)]
     room = runtime.scorer.max_length
     seqs, scored = [], []
     for answer in answers:
@@ -53,11 +51,13 @@ def preference_pairs(
     prompts: Sequence[Prompt],
     samples: Sequence[Sequence[tuple[int, str]]],
     judge: Runtime | None,
+    question: Callable[[str], str],
     base: dict[str, Any],
     skipped: Counter[str],
     hooks: Hooks,
 ) -> Iterator[Synthetic]:
-    """One pair per prompt from its (seed, answer) samples, ranked by ``config.ranking``.
+    """One pair per prompt from its (seed, answer) samples, ranked by ``config.ranking``
+    (``question``: what the teacher was asked for a prompt, the judge's context).
 
     Raises:
         PipelineError: ``synthesize.no_reference`` for ``reference`` ranking without answers.
@@ -72,7 +72,7 @@ def preference_pairs(
         answers = [a for _, a in drawn]
         if config.ranking == "judge":
             assert judge is not None
-            scores = judge_scores(judge, config, prompt.text, answers)
+            scores = judge_scores(judge, question(prompt.text), answers)
         else:
             scores = _rule_scores(config.ranking, prompt, answers)
         order = sorted(range(len(drawn)), key=lambda i: (-scores[i], drawn[i][0]))

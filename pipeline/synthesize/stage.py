@@ -102,7 +102,8 @@ def run_synthesize(
         "source": {"dataset": inputs.prompts_id},
         "sampling": {"temperature": config.temperature, "top_p": config.top_p,
                      "max_new_tokens": config.max_new_tokens,
-                     "prompt_template": config.prompt_template},
+                     "prompt_template": config.prompt_template,
+                     "chat_template": config.chat_template},
     }  # fmt: skip
     teacher = Teacher(load_runtime(inputs.teacher_dir, device=device, threads=config.threads),
                       config, hooks, total=_total(config, prompts))  # fmt: skip
@@ -196,19 +197,23 @@ def _generate(
     if config.mode == "self_instruct":
         yield from self_instruct(teacher, prompts, base, skipped)
         return
+    asked = {p.text: teacher.question(p.text) for p in prompts}  # before the teacher is closed
+    ask = asked.__getitem__
     samples = sample_answers(teacher, prompts)
     if config.ranking != "judge":
-        yield from preference_pairs(config, prompts, samples, None, base, skipped, hooks)
+        yield from preference_pairs(config, prompts, samples, None, ask, base, skipped, hooks)
         return
     if inputs.judge_dir is None:  # the teacher judges its own answers
         base = {**base, "judge": inputs.teacher_id}
-        yield from preference_pairs(config, prompts, samples, teacher.runtime, base, skipped, hooks)
+        yield from preference_pairs(
+            config, prompts, samples, teacher.runtime, ask, base, skipped, hooks
+        )
         return
     teacher.close()  # one model in memory at a time
     judge = load_runtime(inputs.judge_dir, device=device, threads=config.threads)
     try:
         base = {**base, "judge": inputs.judge_id}
-        yield from preference_pairs(config, prompts, samples, judge, base, skipped, hooks)
+        yield from preference_pairs(config, prompts, samples, judge, ask, base, skipped, hooks)
     finally:
         judge.close()
 

@@ -15,10 +15,16 @@ EOS = "<|endoftext|>"
 
 
 def memorising_teacher(
-    out: Path, pairs: list[tuple[str, str]], *, max_steps: int = 600, seed: int = 0
+    out: Path,
+    pairs: list[tuple[str, str]],
+    *,
+    max_steps: int = 600,
+    seed: int = 0,
+    chat_template: str | None = None,
 ) -> Path:
     """Save to ``out`` (HF layout) a model whose greedy continuation of ``prefix + prompt`` is
-    ``answer`` then EOS for every pair (the runtime starts prompts from EOS: there is no BOS).
+    ``answer`` then EOS for every pair (the runtime starts prompts from EOS: there is no BOS);
+    its tokenizer carries ``chat_template`` when one is given.
 
     Raises:
         AssertionError: the model did not learn every answer within ``max_steps``.
@@ -31,7 +37,9 @@ def memorising_teacher(
         vocab_size=700, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator([t for pair in pairs for t in pair], trainer)
-    tokenizer: Any = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+    tokenizer: Any = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, pad_token=EOS, chat_template=chat_template
+    )
     eos = int(tokenizer.eos_token_id)
     config = Qwen2Config(
         vocab_size=len(tokenizer), eos_token_id=eos, tie_word_embeddings=True, hidden_size=96,
@@ -58,10 +66,10 @@ def memorising_teacher(
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        if step % 25 == 24 and float(loss) < 0.05 and _learned(model, rows):
+        if step % 25 == 24 and loss.item() < 0.05 and _learned(model, rows):
             break
     else:
-        raise AssertionError(f"the teacher did not learn its answers (loss {float(loss):.3f})")
+        raise AssertionError(f"the teacher did not learn its answers (loss {loss.item():.3f})")
     model.eval()
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))

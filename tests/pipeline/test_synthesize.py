@@ -21,7 +21,7 @@ from pipeline.synthesize.modes import Novelty, instruction_request, seed_for
 from pipeline.synthesize.stage import SynthesizeInputs, SynthesizeResult, run_synthesize
 from pipeline.types import DatasetFile, Hooks, PipelineError, StageCancelled
 from tests.pipeline.conftest import make_paths
-from tests.pipeline.finetune_helpers import build_base, write_jsonl
+from tests.pipeline.finetune_helpers import QWEN_TEMPLATE, build_base, write_jsonl
 from tests.pipeline.synth_teachers import memorising_teacher
 
 PROMPTS = ["Format: anna in paris", "Format: boris in oslo", "Format: chen in lima",
@@ -157,6 +157,22 @@ def test_a_separate_judge_ranks_after_the_teacher_is_closed(
     pairs = records(result)
     assert pairs and all(p["provenance"]["judge"] == "mdl_judge" for p in pairs)
     assert json.loads(result.report_path.read_text())["judge"] == "mdl_judge"
+
+
+def test_a_chat_template_wraps_the_question_when_asked(tmp_path: Path) -> None:
+    # QWEN_TEMPLATE renders one user turn and the assistant's opening as:
+    rendered = "<|im_start|>user\nHi there\n<|im_end|>\n<|im_start|>assistant\n"
+    teacher = memorising_teacher(tmp_path / "chat", [(rendered, "Hello, friend.")],
+                                 chat_template=QWEN_TEMPLATE)  # fmt: skip
+    prompts = prompt_file(tmp_path, [{"text": "Hi there"}])
+    result = synthesize(teacher, prompts, tmp_path / "on", chat_template=True, temperature=0.0)
+    made = records(result)
+    assert made[0]["messages"][1]["content"] == "Hello, friend."
+    assert made[0]["provenance"]["sampling"]["chat_template"] is True
+    plain = memorising_teacher(tmp_path / "plain", [("Hi there\n", "Hello.")])
+    with pytest.raises(PipelineError) as err:
+        synthesize(plain, prompts, tmp_path / "off", chat_template=True)
+    assert err.value.code == "synthesize.no_chat_template"
 
 
 def test_reference_ranking_needs_answers_in_the_prompt_records(
