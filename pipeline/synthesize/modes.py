@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 from rouge_score import rouge_scorer, tokenizers
@@ -30,6 +29,7 @@ from pipeline.types import DatasetFile, Hooks, PipelineError, Progress, StageCan
 
 INSTRUCTION_HEADER = "Come up with a new task, different from these.\n"
 MIN_INSTRUCTION_WORDS, MAX_INSTRUCTION_WORDS = 3, 150  # the Self-Instruct paper's filter
+MAX_PROMPT_CHARS = 8000  # longer prompts are skipped
 PROGRESS_EVERY_S = 1.0  # generations can take milliseconds: report at most about once a second
 
 
@@ -66,17 +66,28 @@ class Synthetic:
         return {"messages": messages, "provenance": self.provenance}
 
 
-def read_prompts(file: DatasetFile, limit: int) -> list[Prompt]:
+def read_prompts(file: DatasetFile, limit: int, skipped: Counter[str]) -> list[Prompt]:
     """The first ``limit`` prompts: a chat record's last user turn before its last answer, a
-    prompt/completion's or preference pair's prompt, a text record's text.
+    prompt/completion's or preference pair's prompt, a text record's text. A prompt longer than
+    ``MAX_PROMPT_CHARS`` is skipped and counted (cut short, it would make a record that answers
+    a question nobody asked).
 
     Raises:
         PipelineError: ``dataset.empty`` when the dataset has no prompt.
     """
-    found = (p for p in map(_prompt, iter_records(file)) if p is not None)
-    prompts = list(islice(found, limit))
+    prompts: list[Prompt] = []
+    for record in iter_records(file):
+        prompt = _prompt(record)
+        if prompt is None:
+            continue
+        if len(prompt.text) > MAX_PROMPT_CHARS:
+            skipped["long_prompt"] += 1
+            continue
+        prompts.append(prompt)
+        if len(prompts) == limit:
+            break
     if not prompts:
-        raise PipelineError("dataset.empty", "the prompt dataset has no prompts")
+        raise PipelineError("dataset.empty", "the prompt dataset has no usable prompts")
     return prompts
 
 

@@ -71,7 +71,8 @@ class SynthesizeResult:
     tokens: int
     records_out: int
     skipped: dict[str, int] = field(default_factory=dict)
-    """Records never made: empty answers, similar or unfit instructions, tied pairs."""
+    """Records never made: long prompts, empty answers, similar or unfit instructions, tied
+    pairs."""
     removed: dict[str, int] = field(default_factory=dict)
     """Records made and then removed by the checks: contaminated, regurgitated."""
     checks: dict[str, Any] = field(default_factory=dict)
@@ -89,13 +90,13 @@ def run_synthesize(
             removed), ``evaluate.no_cuda`` / ``evaluate.model_format`` (the teacher).
         StageCancelled: ``hooks.should_stop`` answered True between generations.
     """
-    prompts = read_prompts(inputs.prompts, config.max_prompts)
+    skipped: Counter[str] = Counter()
+    prompts = read_prompts(inputs.prompts, config.max_prompts, skipped)
     checks = _checks(config, inputs, hooks)
     for p in prompts:
         checks.bias_prompts.add(p.text)
     device = inference_device(config.device)
     torch.set_num_threads(config.threads)
-    skipped: Counter[str] = Counter()
     base = {
         "mode": config.mode,
         "teacher": inputs.teacher_id,

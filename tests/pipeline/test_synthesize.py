@@ -62,7 +62,7 @@ def test_distill_writes_reproducible_chat_records_that_fine_tuning_trains_on(
 ) -> None:
     rows = [{"messages": [{"role": "system", "content": "Be terse."},
                           {"role": "user", "content": p}, {"role": "assistant", "content": "x"}]}
-            for p in PROMPTS]  # fmt: skip
+            for p in [*PROMPTS, "x" * 8001]]  # fmt: skip
     prompts = prompt_file(tmp_path, rows)
     first = synthesize(random_teacher, prompts, tmp_path / "a", temperature=1.0, seed=5)
     again = synthesize(random_teacher, prompts, tmp_path / "b", temperature=1.0, seed=5)
@@ -71,6 +71,7 @@ def test_distill_writes_reproducible_chat_records_that_fine_tuning_trains_on(
     assert first.dataset_path.read_bytes() != other.dataset_path.read_bytes()
     made = records(first)
     assert (first.record_type, first.records_out, first.generations) == ("chat", 4, 4)
+    assert first.skipped == {"long_prompt": 1}
     assert [r["messages"][0]["content"] for r in made] == PROMPTS
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in made)
     provenance = made[0]["provenance"]
