@@ -201,14 +201,12 @@ class RiskChecks:
     def apply(self, texts: list[str], generated: Sequence[bool]) -> Verdict:
         """Check a record's texts (``generated[i]``: the teacher wrote ``texts[i]``); the
         verdict holds the scrubbed texts, or why the record was removed."""
-        for text, made in zip(texts, generated, strict=True):
-            at = self.spans.first_copy(text) if made and self.spans is not None else None
-            if at is not None:
-                self.regurgitated += 1
-                self._example("regurgitated", text[at : at + self.spans.width])  # type: ignore[union-attr]
-                if self.config.drop_regurgitated:
-                    return Verdict(texts, "regurgitated")
-                break
+        copied = self._copied(texts, generated)
+        if copied is not None:
+            self.regurgitated += 1
+            self._example("regurgitated", copied)
+            if self.config.drop_regurgitated:
+                return Verdict(texts, "regurgitated")
         clean, found = [], Counter[str]()
         if self.config.pii.enabled:
             for text in texts:
@@ -230,6 +228,16 @@ class RiskChecks:
             if made:
                 self.bias_generated.add(text)
         return Verdict(clean)
+
+    def _copied(self, texts: list[str], generated: Sequence[bool]) -> str | None:
+        """The first span a generated text copied from the source, if any."""
+        if self.spans is None:
+            return None
+        for text, made in zip(texts, generated, strict=True):
+            at = self.spans.first_copy(text) if made else None
+            if at is not None:
+                return text[at : at + self.spans.width]
+        return None
 
     def _example(self, reason: str, text: str) -> None:
         kept = self.examples.setdefault(reason, [])
