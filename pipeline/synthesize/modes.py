@@ -67,8 +67,9 @@ class Synthetic:
 
 
 def read_prompts(file: DatasetFile, limit: int, skipped: Counter[str]) -> list[Prompt]:
-    """The first ``limit`` prompts: a chat record's last user turn before its last answer, a
-    prompt/completion's or preference pair's prompt, a text record's text. A prompt longer than
+    """The first ``limit`` prompts: a chat record's last user turn (the turn after it is the
+    record's own answer), a prompt/completion's or preference pair's prompt, a text record's
+    text. A prompt longer than
     ``MAX_PROMPT_CHARS`` is skipped and counted (cut short, it would make a record that answers
     a question nobody asked).
 
