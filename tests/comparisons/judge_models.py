@@ -67,3 +67,17 @@ def build_judge(out: Path, *, prefers: str) -> Path:
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     return out
+
+
+MODELS = ("mdl_plantedx", "mdl_plantedy")
+"""The compared models' ids: the judge reads only their answers, so no model rows are needed."""
+
+
+def planted_answers(prompts: int = 6) -> tuple[list[str], dict[str, list[str]]]:
+    """Prompts and two models' answers where, per prompt, exactly one answer holds the marker
+    (x's on even prompts, y's on odd ones): the planted truth is that the marked answer wins.
+    No text holds a capital B, which the marker judge reads as the start of answer B."""
+    questions = [f"how warm is the sun, take {i}?" for i in range(prompts)]
+    x = [f"the sun is warm{' ' + MARKER if i % 2 == 0 else ''}" for i in range(prompts)]
+    y = [f"the sun is hot{' ' + MARKER if i % 2 else ''}" for i in range(prompts)]
+    return questions, {MODELS[0]: x, MODELS[1]: y}
