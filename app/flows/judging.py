@@ -46,6 +46,7 @@ def start_judge(
             secret is unknown (``secret``), or a parameter is invalid.
         QuotaExceeded: the tenant is at one of its job quotas.
     """
+    check_job_quotas(session=session, settings=settings, tenant_id=tenant_id, idempotency_key=None)
     status = comparisons.status_of(session, comparison)
     if status not in JUDGED:
         raise Conflict(
@@ -58,7 +59,6 @@ def start_judge(
             secrets.get_secret(session=session, tenant_id=tenant_id, name=body.secret)
         except NotFound as err:
             raise InvalidInput(err.message, code=err.code, param="secret") from None
-    check_job_quotas(session=session, settings=settings, tenant_id=tenant_id, idempotency_key=None)
     extra: dict[str, Any] = {"rubric": body.rubric} if body.rubric is not None else {}
     try:
         params = JudgeParams(
