@@ -44,9 +44,10 @@ def build_judge(out: Path, *, prefers: str) -> Path:
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-        for norm in [model.model.norm, *(n for layer in model.model.layers
-                     for n in (layer.input_layernorm, layer.post_attention_layernorm))]:  # fmt: skip
-            norm.weight.fill_(1.0)
+        model.model.norm.weight.fill_(1.0)
+        for layer in model.model.layers:
+            layer.input_layernorm.weight.fill_(1.0)
+            layer.post_attention_layernorm.weight.fill_(1.0)
         emb = model.model.embed_tokens.weight
         emb[:, C] = 1.0
         emb[b_id, L] = 1.0

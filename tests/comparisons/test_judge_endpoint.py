@@ -17,8 +17,12 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.comparisons.judge_models import MARKER
-from tests.comparisons.judging import judge, judge_figures, make_planted_comparison
-from tests.comparisons.judging import vote_for_the_marker
+from tests.comparisons.judging import (
+    judge,
+    judge_figures,
+    make_planted_comparison,
+    vote_for_the_marker,
+)
 from tests.conftest import RunJob
 from tests.serving import serve_in_thread
 
