@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from client.commands.common import (
 )
 from client.commands.jobs import follow
 from client.http import GristmillClient
+from client.statuses import JOB_FINAL
 
 if TYPE_CHECKING:
     from client.parser import Leaf, SubParsers
@@ -144,9 +146,14 @@ def judge_comparison(client: GristmillClient, args: argparse.Namespace) -> int:
             return EXIT_USAGE
     started = client.comparisons.judge(args.id, body)
     job_id = started["job_id"]
-    if args.wait and not args.json:
+    job = None
+    if args.wait and args.json:
+        with err.status(f"judging {args.id}…"):
+            while (job := client.jobs.get(job_id))["status"] not in JOB_FINAL:
+                time.sleep(0.5)
+    elif args.wait:
         follow(client, job_id, json_output=False)
-    job = client.jobs.get(job_id) if args.wait else None
+        job = client.jobs.get(job_id)
     if args.json:
         emit_json(job or started)
     else:
