@@ -24,7 +24,7 @@ ADMIN_ONLY: dict[int | str, dict[str, Any]] = {403: {"model": ErrorResponse}}
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=SecretRead,
-    responses={**ADMIN_ONLY, 409: {"model": ErrorResponse}},
+    responses={**ADMIN_ONLY, 400: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
     summary="Store an endpoint's URL and key, encrypted",
 )
 def create_secret(
