@@ -88,6 +88,8 @@ def test_an_endpoint_judge_votes_through_a_secret_that_never_leaks(
     assert set(created.json()) == {"id", "object", "name", "hint", "created_at"}
     assert created.json()["hint"] == "…wxyz"
     assert call("POST", "/v1/secrets", json=body, headers=auth).status_code == 409
+    invalid = call("POST", "/v1/secrets", json={**body, "name": "no spaces"}, headers=auth)
+    assert invalid.status_code == 422 and invalid.json()["error"]["param"] == "name"
     listed = call("GET", "/v1/secrets", headers=auth).json()["data"]
     assert [s["name"] for s in listed] == ["grader"] and url not in repr(listed)
     assert call("GET", "/v1/secrets", headers=other_auth).json()["data"] == []
