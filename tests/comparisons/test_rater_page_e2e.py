@@ -89,6 +89,7 @@ def test_an_invited_rater_votes_on_the_real_page(
         results = ladder.results(session=session, comparison=comparison, rounds=10)
     assert results["votes"] == 4 and results["raters"] == 2
     assert results["outcomes"] == {"a": 2, "b": 1, "tie": 1, "both_bad": 0}
+    assert results["left_win_rate"] == 0.5  # people's votes only: a judge sees both sides
     (judged,) = results["judges"]
     assert judged["name"] == "judge:mdl_j" and judged["position_bias"] == 0.5
     assert judged["human_agreement"]["pairs"] == 2
