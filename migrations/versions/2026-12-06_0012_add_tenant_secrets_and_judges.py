@@ -3,7 +3,7 @@
 A tenant's named external endpoints (URL and key as Fernet ciphertext, a masked hint), and
 raters that are judges: a ``judge`` job's model or endpoint, with its figures.
 
-Revision ID: 0014
+Revision ID: 0012
 Revises: 0011
 Create Date: 2026-12-06 18:30:00
 """
@@ -15,7 +15,7 @@ from alembic import op
 
 import app.db
 
-revision: str = "0014"
+revision: str = "0012"
 down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
