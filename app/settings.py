@@ -114,6 +114,11 @@ class Settings(StorageSettings):
     """Device-hours (a job's running time × its devices, on the gpu queue) one tenant may use in
     any 24 hours; submissions beyond answer 403 (0: no limit)."""
 
+    secret_key: SecretStr | None = None
+    """``GRISTMILL_SECRET_KEY``: encrypts tenant secrets at rest (a Fernet key, or any passphrase,
+    hashed into one). Unset: a key made once in ``<data_dir>/secret.key``; set it wherever the API
+    and workers do not share that folder."""
+
     metrics_token: SecretStr | None = None
     """The token a Prometheus scraper sends (``Authorization: Bearer …``) for ``/metrics``, whose
     job counts span every tenant. Unset: ``/metrics`` answers only clients on this machine."""

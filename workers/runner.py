@@ -161,6 +161,7 @@ def _context(
         hooks=Hooks(monitor.on_progress, monitor.on_event, monitor.should_stop),
         settings=settings,
         storage_left=storage_left,
+        session_factory=session_factory,
     )
 
 

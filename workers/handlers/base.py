@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import public_message
 from app.flows.inputs import Resolved
@@ -81,6 +81,9 @@ class JobContext(Generic[P]):
     settings: Settings
     storage_left: int | None = None
     """The tenant's storage quota less what it stores, when the job started (None: not read)."""
+    session_factory: sessionmaker[Session] | None = None
+    """For a handler whose inputs are rows, not files (a judge reads a comparison's answers and
+    decrypts a secret only when it runs, so neither is ever stored with the job)."""
 
     def dataset(self, param: str) -> DatasetFile:
         return dataset_file(self.inputs[param])
