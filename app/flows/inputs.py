@@ -38,6 +38,8 @@ class Resolved:
     details: Mapping[str, Any] = field(default_factory=dict)
     pending: bool = False
     """A dataset still being validated: only a job that waits for its inputs admits one."""
+    base_path: Path | None = None
+    """A peft adapter's base model folder (the adapter itself is ``path``)."""
 
 
 def load_inputs(
@@ -127,6 +129,16 @@ def _load(
             code="model.wrong_format",
             param=param,
         )
+    base_path = None
+    if artifact.format == "peft-adapter":
+        base_id = artifact.details.get("base_model_id")
+        try:
+            base = artifacts.get_artifact(session=session, tenant_id=tenant_id, category="model",
+                                          artifact_id=str(base_id), lock=lock)  # fmt: skip
+        except NotFound:
+            raise InvalidInput(f"The base of adapter '{artifact.id}' no longer exists.",
+                               code="model.base_missing", param=param) from None  # fmt: skip
+        base_path = store.local_path(base.uri)
     return Resolved(
         id=artifact.id,
         kind=item.kind,
@@ -135,6 +147,7 @@ def _load(
         format=artifact.format,
         lineage=dict(artifact.lineage),
         details=dict(artifact.details),
+        base_path=base_path,
     )
 
 

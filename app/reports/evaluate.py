@@ -1,4 +1,5 @@
-"""The report page of an ``evaluate`` job: bits per byte, bias per category, training curves.
+"""The report page of an ``evaluate`` job: bits per byte, bias per category, task figures,
+training curves.
 
 The training curves are the loss metrics of the jobs in the model's lineage (the job that made
 it, then its parent model's, up to a few generations), so a fine-tune shows its base's
@@ -7,9 +8,8 @@ pretraining too. Charts are PNGs inlined as base64, so the page is one self-cont
 
 from __future__ import annotations
 
-import base64
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -21,14 +21,12 @@ from app.errors import Conflict
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job, JobMetric
 from app.reports.charts import bias_png, bits_per_byte_png, loss_curves_png
+from app.reports.html import img as _img
+from app.reports.html import table as _table
+from app.reports.tasks import task_section
 
 LINEAGE_DEPTH = 4
 MAX_POINTS = 20_000
-
-
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def lineage_curves(
@@ -97,6 +95,9 @@ def render_report(*, session: Session, job: Job) -> str:
     else:
         parts.append("<p>The bias probe was not run.</p>")
 
+    if result.get("task"):
+        parts += task_section(result["task"])
+
     curves = lineage_curves(session, job.tenant_id, model_id if isinstance(model_id, str) else None)
     parts.append("<h2>Training loss (from the model's lineage)</h2>")
     if curves:
@@ -120,19 +121,3 @@ td,th{{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align
 {body}
 </body></html>
 """
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_cell(v) for v in value) + "]"
-    return html.escape("" if value is None else str(value))
-
-
-def _table(rows: Sequence[Mapping[str, Any]], columns: tuple[str, ...]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
 from pipeline.configs.base import PYDANTIC_CONFIG, ConfigError, check_range
+from pipeline.configs.tasks import TaskOptions
 
 Windowing = Literal["disjoint", "strided"]
 EvalDevice = Literal["auto", "cpu", "cuda"]
@@ -128,6 +129,8 @@ class EvaluateConfig:
     """The counterfactual bias probe."""
     samples: SampleOptions = field(default_factory=SampleOptions)
     """Generations for given prompts."""
+    task: TaskOptions = field(default_factory=TaskOptions)
+    """How the task dataset (``task_dataset_id``) is scored, when one is given."""
     device: EvalDevice = "auto"
     """Where to run: ``auto`` takes CUDA when present."""
     threads: int = 2

@@ -2,9 +2,9 @@
 
 Order: read the evaluation documents → contamination against the training datasets (when given;
 contaminated documents are reported and, if asked, left out) → perplexity per dataset → bias
-probe → samples. Products under ``output_dir``: ``report.json`` (every figure), and
-``documents.jsonl`` (one line per scored document), ``bias_items.jsonl`` and ``samples.jsonl``
-when those ran.
+probe → task items (:mod:`~pipeline.evaluate.tasks`) → samples. Products under ``output_dir``:
+``report.json`` (every figure), and ``documents.jsonl`` (one line per scored document),
+``bias_items.jsonl``, ``task_examples.jsonl`` and ``samples.jsonl`` when those ran.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pipeline.configs.evaluate import EvaluateConfig
 from pipeline.evaluate.bias import load_templates, parse_templates, probe
 from pipeline.evaluate.contamination import find_overlap
 from pipeline.evaluate.perplexity import DocScore, Totals, encode_document
+from pipeline.evaluate.tasks import run_task
 from pipeline.parts.datasets.formats import iter_texts
 from pipeline.parts.device import inference_device
 from pipeline.parts.runtimes import load_runtime
@@ -44,13 +45,18 @@ _DOCS_PER_STEP = 64
 class EvaluateInputs:
     model_dir: Path
     """The model: a Hugging Face folder (config, weights, tokenizer) or a folder holding one
-    ``.gguf`` file (scored in llama.cpp with its embedded tokenizer)."""
+    ``.gguf`` file (scored in llama.cpp with its embedded tokenizer); with ``adapter_dir``, the
+    adapter's base."""
+    adapter_dir: Path | None = None
+    """A peft adapter (a LoRA fine-tune or its checkpoint), merged onto ``model_dir``."""
     datasets: tuple[DatasetFile, ...] = ()
     """Evaluation text: perplexity per dataset."""
     training: tuple[DatasetFile, ...] = ()
     """The model's training text (from its lineage), for the contamination check."""
     bias_templates: DatasetFile | None = None
     """A bias template file of the user's (JSONL, same format as the shipped set)."""
+    task: DatasetFile | None = None
+    """Task items (JSONL) scored as ``config.task`` says."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class EvaluateResult:
     contamination: list[dict[str, Any]] = field(default_factory=list)
     bias: dict[str, Any] | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
+    task: dict[str, Any] | None = None
+    task_examples_path: Path | None = field(default=None, metadata=PRODUCT)
     report_path: Path | None = field(default=None, metadata=PRODUCT)
     seconds: float = 0.0
 
@@ -87,9 +95,10 @@ def run_evaluate(
     """
     started = time.perf_counter()
     want_ppl = config.perplexity.enabled and bool(inputs.datasets)
-    if not (want_ppl or config.bias.enabled or config.samples.prompts):
+    if not (want_ppl or config.bias.enabled or config.samples.prompts or inputs.task):
         raise PipelineError(
-            "evaluate.nothing_to_do", "give a dataset, enable the bias probe or pass prompts"
+            "evaluate.nothing_to_do",
+            "give a dataset or a task dataset, enable the bias probe or pass prompts",
         )
     torch.set_num_threads(config.threads)
     runtime = load_runtime(
@@ -98,6 +107,7 @@ def run_evaluate(
         max_length=config.perplexity.max_length,
         batch_size=config.perplexity.batch_size,
         threads=config.threads,
+        adapter=inputs.adapter_dir,
     )
     try:
         return _evaluate(config, inputs, paths, hooks, runtime, started)
@@ -176,6 +186,11 @@ def _evaluate(
     if hooks.should_stop():
         raise StageCancelled()
 
+    task, task_path = None, None
+    if inputs.task is not None:
+        task_path = out / "task_examples.jsonl"
+        task = run_task(runtime, inputs.task, config.task, task_path, hooks)
+
     samples: list[dict[str, Any]] = []
     if config.samples.prompts:
         samples = runtime.samples(config.samples)
@@ -190,6 +205,7 @@ def _evaluate(
         "contamination": contamination,
         "bias": bias,
         "samples": samples,
+        "task": task,
         "seconds": seconds,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -199,6 +215,8 @@ def _evaluate(
         contamination=contamination,
         bias=bias,
         samples=samples,
+        task=task,
+        task_examples_path=task_path,
         report_path=out / "report.json",
         seconds=seconds,
     )

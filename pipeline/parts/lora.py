@@ -151,6 +151,18 @@ def save_adapter_and_merge(
     merged.save_pretrained(str(model_dir))
 
 
+def load_merged(base_dir: Path, adapter_dir: Path, *, vocab_size: int) -> nn.Module:
+    """Base + peft adapter as one plain fp32 model, the way :func:`save_adapter_and_merge`
+    merges a fine-tune (the base's embeddings grown to the adapter's tokenizer first)."""
+    from peft import PeftModel
+
+    base: Any = load_causal_lm(base_dir, dtype=torch.float32)
+    if base.get_input_embeddings().weight.size(0) < vocab_size:
+        base.resize_token_embeddings(vocab_size)
+    merged: nn.Module = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    return merged
+
+
 def export(
     model: nn.Module,
     *,

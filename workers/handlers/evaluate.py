@@ -1,15 +1,26 @@
 """``evaluate``: one model against the datasets it names; the figures are the job result.
 
-Nothing is registered: an evaluation produces figures, not a model or a dataset. The per-document
-scores, bias items and samples stay in the job's output folder next to its report.
+An evaluation produces figures, not a model. The per-document scores, bias items and samples stay
+in the job's output folder next to its report; a task's per-item outputs and scores become a new
+dataset of the tenant (JSONL, downloadable), named in the result as
+``task.examples_dataset_id``.
 """
 
 from __future__ import annotations
 
+from app.datasets.outputs import NewDataset
+from app.datasets.service import new_dataset_id
 from app.jobs.kinds.evaluate import EvaluateParams
 from pipeline.configs.evaluate import EvaluateConfig
 from pipeline.evaluate.stage import EvaluateInputs, run_evaluate
-from workers.handlers.base import JobContext, Outcome, figures, run_stage, stage_config
+from workers.handlers.base import (
+    JobContext,
+    Outcome,
+    Output,
+    figures,
+    run_stage,
+    stage_config,
+)
 
 
 def handle_evaluate(ctx: JobContext[EvaluateParams]) -> Outcome:
@@ -17,13 +28,17 @@ def handle_evaluate(ctx: JobContext[EvaluateParams]) -> Outcome:
     config = stage_config(params, EvaluateConfig)
     datasets = tuple(ctx.dataset(p) for p in ("dataset_id", "extra_dataset_id") if p in ctx.inputs)
     training = ctx.optional_dataset("training_dataset_id")
+    model = ctx.inputs["model_id"]
     inputs = EvaluateInputs(
-        model_dir=ctx.folder("model_id"),
+        model_dir=model.base_path or model.path,
+        adapter_dir=model.path if model.base_path else None,
         datasets=datasets,
         training=(training,) if training is not None else (),
         bias_templates=ctx.optional_dataset("bias_templates_id"),
+        task=ctx.optional_dataset("task_dataset_id"),
     )
-    result = figures(run_stage(ctx, run_evaluate, config, inputs))
+    stage_result = run_stage(ctx, run_evaluate, config, inputs)
+    result = figures(stage_result)
     ids = [i for i in (params.dataset_id, params.extra_dataset_id) if i]
     for scores, dataset_id in zip(result["perplexity"], ids, strict=True):
         scores["dataset_id"] = dataset_id
@@ -31,4 +46,17 @@ def handle_evaluate(ctx: JobContext[EvaluateParams]) -> Outcome:
     for report, dataset_id in zip(result["contamination"], ids if training else [], strict=True):
         report["dataset_id"] = dataset_id
         report["training_dataset_id"] = params.training_dataset_id
-    return Outcome(result={"model_id": params.model_id, **result})
+    outputs: list[Output] = []
+    if stage_result.task_examples_path is not None and result["task"] is not None:
+        source = ctx.inputs["task_dataset_id"]
+        examples = NewDataset(
+            id=new_dataset_id(),
+            path=stage_result.task_examples_path,
+            name=f"{source.name} (task examples of {params.model_id})",
+            filename="task_examples.jsonl",
+            record_type="task_examples",
+            parent_id=source.id,
+        )
+        outputs.append(examples)
+        result["task"] |= {"dataset_id": source.id, "examples_dataset_id": examples.id}
+    return Outcome(result={"model_id": params.model_id, **result}, outputs=outputs)

@@ -13,6 +13,8 @@ from app.jobs.kinds import get_kind
 from app.jobs.schemas import JobCreate, JobEventRead, JobMetricRead, JobRead, Page, brief
 from app.jobs.states import JobStatus
 from app.reports.evaluate import render_report
+from app.reports.paired import compare_jobs
+from app.reports.schemas import PairedComparison
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses={401: {"model": ErrorResponse}})
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
@@ -91,6 +93,24 @@ def read_report(job: JobDep, session: SessionDep) -> Response:
     """Bits per byte per dataset, bias per category with intervals, the training loss curves
     of the model's lineage, and the samples: charts inlined, one self-contained page."""
     return HTMLResponse(render_report(session=session, job=job))
+
+
+@router.get(
+    "/{job_id}/compare/{other_job_id}",
+    response_model=PairedComparison,
+    responses={**NOT_FOUND, 400: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    summary="Two evaluate jobs' task scores, paired item by item",
+)
+def compare_task_jobs(
+    job: JobDep, other_job_id: str, session: SessionDep, store: StoreDep, metric: str = "acc"
+) -> PairedComparison:
+    """The mean per-item difference (other minus this) in ``metric`` (acc, acc_norm,
+    exact_match, f1, rouge_l, chrf, bleu, or correct for label tasks) over the task items both
+    scored, with a paired bootstrap 95% interval and a sign-flip permutation p-value."""
+    found = compare_jobs(
+        session=session, store=store, job=job, other_id=other_job_id, metric=metric
+    )
+    return PairedComparison(**found)
 
 
 @router.post(

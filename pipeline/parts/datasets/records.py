@@ -2,6 +2,8 @@
 
 Three record kinds exist because they train differently: ``text`` (pretraining prose),
 ``chat`` (a conversation whose assistant turns are the targets) and ``prompt_completion``.
+A fourth, ``task``, is evaluated, not trained on: an item with ``choices`` or references (the
+evaluate stage checks its fields in full; here it is kept as uploaded).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("text", "chat", "prompt_completion", "preference")
+KINDS = ("text", "chat", "prompt_completion", "preference", "task")
+TASK_FIELDS = frozenset({"choices", "reference", "references"})
 _ROLES = frozenset({"system", "user", "assistant"})
 
 
@@ -26,6 +29,8 @@ class Record:
     completion: str | None = None
     chosen: str | None = None
     rejected: str | None = None
+    raw: dict[str, Any] | None = None
+    """A task item as uploaded (its fields are the evaluate stage's business)."""
 
     def contents(self) -> list[str]:
         """The free-text fields, in order: what filters, PII scrubbing and dedup look at."""
@@ -50,10 +55,14 @@ class Record:
             return Record("chat", self.line, messages=msgs)
         if self.kind == "prompt_completion":
             return Record(self.kind, self.line, prompt=contents[0], completion=contents[1])
+        if self.kind == "task":
+            return Record("task", self.line, text=contents[0], raw=self.raw)
         return Record("text", self.line, text=contents[0])
 
     def training_text(self) -> str:
         """The text a language model is trained on for this record."""
+        if self.kind == "task":
+            return self.text or ""
         if self.kind == "preference":
             return (self.prompt or "") + (self.chosen or "")
         if self.kind == "chat":
@@ -64,6 +73,8 @@ class Record:
 
     def to_json(self) -> dict[str, Any]:
         """The JSONL object for this record, in the same shape the user uploaded."""
+        if self.kind == "task":
+            return dict(self.raw or {})
         if self.kind == "preference":
             return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
         if self.kind == "chat":
@@ -130,6 +141,8 @@ def record_from_object(obj: dict[str, Any], line: int) -> Record | RecordError:
     fields."""
     if {"chosen", "rejected", "preferred_output", "non_preferred_output"} & obj.keys():
         return _preference_record(obj, line)
+    if TASK_FIELDS & obj.keys():
+        return _task_record(obj, line)
     if "messages" in obj:
         return _chat_record(obj["messages"], line)
     if "prompt" in obj or "completion" in obj:
@@ -149,6 +162,20 @@ def record_from_object(obj: dict[str, Any], line: int) -> Record | RecordError:
     return RecordError(
         line, "missing field: expected 'text', 'messages' or 'prompt' and 'completion'"
     )
+
+
+def _task_record(obj: dict[str, Any], line: int) -> Record | RecordError:
+    """An evaluation item: a prompt (or messages) and choices or references."""
+    prompt, messages = obj.get("prompt"), obj.get("messages")
+    if isinstance(prompt, str):
+        text = prompt
+    elif isinstance(messages, list) and all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
+    ):
+        text = "\n".join(m["content"] for m in messages)
+    else:
+        return RecordError(line, "a task item needs a string 'prompt' or a list of 'messages'")
+    return Record("task", line, text=text, raw=obj)
 
 
 def _preference_record(obj: dict[str, Any], line: int) -> Record | RecordError:

@@ -20,10 +20,12 @@ def load_runtime(
     max_length: int | None = None,
     batch_size: int = 1,
     threads: int = 1,
+    adapter: Path | None = None,
 ) -> Runtime:
     """A Hugging Face folder in torch on ``device``, or a folder (or file) holding exactly one
     ``.gguf`` in llama.cpp with ``threads`` threads. ``max_length`` is the scoring window (None:
     the model's context, at most 2048); ``batch_size`` windows are scored at once in torch.
+    ``adapter``: a peft adapter folder for the Hugging Face model in ``folder`` (its base).
 
     Raises:
         PipelineError: ``evaluate.model_format`` when the folder holds neither.
@@ -39,5 +41,5 @@ def load_runtime(
             "the model folder holds neither a Hugging Face model nor exactly one .gguf file",
         )
     return TransformersRuntime.load(
-        folder, device=device, max_length=max_length, batch_size=batch_size
+        folder, device=device, max_length=max_length, batch_size=batch_size, adapter=adapter
     )

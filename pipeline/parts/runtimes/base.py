@@ -125,6 +125,19 @@ class Runtime:
         """The text of ``ids``, special tokens and spacing kept (for the round-trip check)."""
         raise NotImplementedError
 
+    def lead_ids(self) -> list[int]:
+        """What the tokenizer itself puts before text (BOS for most Llama-style tokenizers,
+        nothing for GPT-2-style ones): how lm-evaluation-harness encodes a context."""
+        return [self.prefix]
+
+    def chat_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        """``messages`` in the model's chat template, ending with the assistant's turn opened.
+
+        Raises:
+            PipelineError: ``task.no_chat_template`` when the model has none.
+        """
+        raise PipelineError("task.no_chat_template", "this model cannot render chat messages")
+
     def completion(self, ids: list[int]) -> str:
         """Generated ids as the text a reader sees."""
         return self.decode(ids)

@@ -239,6 +239,11 @@ class LlamaCppRuntime(Runtime):
     def encode(self, text: str) -> list[int]:
         return self.model.tokenize(text)  # type: ignore[no-any-return]
 
+    def lead_ids(self) -> list[int]:
+        # llama.cpp starts text with BOS unless the GGUF says its tokenizer does not.
+        adds = str(self.model.llm.metadata.get("tokenizer.ggml.add_bos_token", "true"))
+        return [] if adds.lower() == "false" else [self.prefix]
+
     def decode(self, ids: list[int]) -> str:
         raw: bytes = self.model.llm.detokenize(ids)
         return raw.decode("utf-8", errors="replace")

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.configs.evaluate import SampleOptions
 from pipeline.parts.hf import load_causal_lm, load_tokenizer
+from pipeline.parts.lora import load_merged
 from pipeline.parts.runtimes.base import (
     DEFAULT_MAX_LENGTH,
     Runtime,
@@ -271,20 +272,34 @@ class TransformersRuntime(Runtime):
 
     @classmethod
     def load(
-        cls, folder: Path, *, device: torch.device, max_length: int | None, batch_size: int
+        cls,
+        folder: Path,
+        *,
+        device: torch.device,
+        max_length: int | None,
+        batch_size: int,
+        adapter: Path | None = None,
     ) -> TransformersRuntime:
-        """Raises:
+        """``adapter``: a peft adapter on the base in ``folder``, merged (a fine-tune saves its
+        tokenizer beside the adapter, and that one is used).
+
+        Raises:
         PipelineError: ``model.tokenizer_invalid``, ``evaluate.no_bos``,
             ``evaluate.max_length``."""
-        tokenizer = load_tokenizer(folder)
-        model: Any = load_causal_lm(folder, dtype=torch.float32)
+        if adapter is not None:
+            tokenizer_dir = adapter if (adapter / "tokenizer_config.json").is_file() else folder
+            tokenizer = load_tokenizer(tokenizer_dir)
+            model: Any = load_merged(folder, adapter, vocab_size=len(tokenizer))
+        else:
+            tokenizer = load_tokenizer(folder)
+            model = load_causal_lm(folder, dtype=torch.float32)
         model.to(device)
         model.eval()
         context = int(getattr(model.config, "max_position_embeddings", 0) or DEFAULT_MAX_LENGTH)
         window = window_length(max_length, context)
         scorer = Scorer(model, max_length=window, batch_size=batch_size, device=device)
         info = {
-            "format": "huggingface",
+            "format": "huggingface" if adapter is None else "peft-adapter",
             "architecture": type(model).__name__,
             "params": sum(p.numel() for p in model.parameters()),
             "max_length": window,
@@ -304,6 +319,20 @@ class TransformersRuntime(Runtime):
 
     def completion(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def lead_ids(self) -> list[int]:
+        probe = list(self.tokenizer("a")["input_ids"])
+        bos = self.tokenizer.bos_token_id
+        return [int(bos)] if bos is not None and probe and probe[0] == bos else []
+
+    def chat_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            return super().chat_ids(messages)
+        # Rendered as text first: the template writes any BOS itself, so none is added.
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return self.encode(str(text))
 
     def generate(self, ids: list[int], *, seed: int, options: SampleOptions) -> list[int]:
         torch.manual_seed(seed)
