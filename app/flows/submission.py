@@ -26,7 +26,7 @@ from app.flows.inputs import Resolved, load_inputs
 from app.flows.quotas import check_job_quotas
 from app.jobs import idempotency, waiting
 from app.jobs import service as jobs
-from app.jobs.kinds import JobKind, queue_capacity
+from app.jobs.kinds import JobKind, check_threads, queue_capacity
 from app.jobs.tables import Job
 from app.settings import Settings
 from app.storage import LocalStore
@@ -212,11 +212,13 @@ def _replay(
 def _preflight(
     settings: Settings, kind: JobKind, params: Any, inputs: Mapping[str, Resolved]
 ) -> None:
-    """The kind's checks against what one worker of its queue offers (devices, memory)."""
-    if kind.preflight is None:
-        return
+    """The kind's checks against what one worker of its queue offers (devices, memory), and
+    every kind's ``threads`` against its cores."""
+    capacity = queue_capacity(settings, kind.queue_for(params))
     try:
-        kind.preflight(params, queue_capacity(settings, kind.queue_for(params)), inputs)
+        check_threads(params, capacity)
+        if kind.preflight is not None:
+            kind.preflight(params, capacity, inputs)
     except ConfigError as err:
         raise InvalidParameter(
             f"Invalid value for 'params.{err.field}': {err.message}",

@@ -24,7 +24,7 @@ from pipeline.evaluate.bias import load_templates, parse_templates, probe
 from pipeline.evaluate.contamination import find_overlap
 from pipeline.evaluate.perplexity import DocScore, Totals, encode_document
 from pipeline.parts.datasets.formats import iter_texts
-from pipeline.parts.device import inference_device
+from pipeline.parts.device import cpu_threads, inference_device
 from pipeline.parts.runtimes import load_runtime
 from pipeline.parts.runtimes.base import Runtime
 from pipeline.types import (
@@ -91,13 +91,14 @@ def run_evaluate(
         raise PipelineError(
             "evaluate.nothing_to_do", "give a dataset, enable the bias probe or pass prompts"
         )
-    torch.set_num_threads(config.threads)
+    threads = cpu_threads(config.threads)
+    torch.set_num_threads(threads)
     runtime = load_runtime(
         inputs.model_dir,
         device=inference_device(config.device),
         max_length=config.perplexity.max_length,
         batch_size=config.perplexity.batch_size,
-        threads=config.threads,
+        threads=threads,
     )
     try:
         return _evaluate(config, inputs, paths, hooks, runtime, started)
@@ -178,7 +179,7 @@ def _evaluate(
 
     samples: list[dict[str, Any]] = []
     if config.samples.prompts:
-        samples = runtime.samples(config.samples)
+        samples = runtime.samples(config.samples, hooks.should_stop)
         with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
 
