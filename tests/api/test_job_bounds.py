@@ -9,32 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import layout
-from app.artifacts import service as artifacts
-from app.artifacts.tables import Artifact
 from app.main import create_app
 from app.settings import Settings
 from tests.api.test_errors_and_auth import assert_error
-
-
-def _model(factory: sessionmaker[Session], tenant: str) -> str:
-    """A ready model row: submission checks it exists, nothing here reads its files."""
-    model_id = artifacts.new_artifact_id("model")
-    with factory() as session:
-        session.add(
-            Artifact(
-                id=model_id,
-                tenant_id=tenant,
-                category="model",
-                name="tiny",
-                uri=layout.artifact("model", model_id),
-                format="huggingface",
-                size_bytes=2,
-                sha256="0" * 64,
-            )
-        )
-        session.commit()
-    return model_id
+from tests.factories import make_model
 
 
 @pytest.mark.parametrize(
@@ -70,7 +48,7 @@ def test_threads_are_bounded_by_the_queues_cores(
     params: dict[str, Any],
     param: str,
 ) -> None:
-    model_id = _model(factory, tenant)
+    model_id = make_model(factory, tenant)
     app = create_app(settings.model_copy(update={"queue_cores": {"cpu": 2}}), run_reaper=False)
     with TestClient(app, raise_server_exceptions=False) as client:
         body = {"type": kind, "params": {"model_id": model_id, **params}}

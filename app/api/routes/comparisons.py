@@ -52,11 +52,20 @@ def create_comparison(
     settings: SettingsDep,
     store: StoreDep,
     tenant_id: TenantDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> ComparisonRead:
-    """Queue a ``compare`` job that generates every answer; rating opens when it succeeds."""
-    comparison, _ = flow.create_comparison(
-        session=session, settings=settings, store=store, tenant_id=tenant_id, body=body
+    """Queue a ``compare`` job that generates every answer; rating opens when it succeeds.
+    Same Idempotency-Key and body, same comparison."""
+    comparison, created = flow.create_comparison(
+        session=session,
+        settings=settings,
+        store=store,
+        tenant_id=tenant_id,
+        body=body,
+        idempotency_key=idempotency_key,
     )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/comparisons/{comparison.id}"
     return ComparisonRead.model_validate(service.view(session, comparison))
 
