@@ -179,6 +179,8 @@ def _evaluate(
 
     samples: list[dict[str, Any]] = []
     if config.samples.prompts:
+        count = len(config.samples.prompts) * len(config.samples.seeds)
+        hooks.on_event(f"sampling {count} generations", {"samples": count})
         samples = runtime.samples(config.samples, hooks.should_stop)
         with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
