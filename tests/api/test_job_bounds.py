@@ -66,3 +66,17 @@ def _with_threads(params: dict[str, Any], threads: int) -> dict[str, Any]:
     if "gguf" in params:
         return {**params, "gguf": {**params["gguf"], "threads": threads}}
     return {**params, "threads": threads}
+
+
+def test_a_default_thread_count_is_left_to_the_stage_on_a_smaller_queue(
+    settings: Settings, factory: sessionmaker[Session], tenant: str, auth: dict[str, str]
+) -> None:
+    """A comparison cannot set threads at all: its default (2) is clamped on a one-core worker
+    at run time rather than refused."""
+    model_id = make_model(factory, tenant)
+    app = create_app(settings.model_copy(update={"queue_cores": {"cpu": 1}}), run_reaper=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        body = {"type": "evaluate", "params": {"model_id": model_id, "samples": {"prompts": ["p"]}}}
+        assert client.post("/v1/jobs", json=body, headers=auth).status_code == 202
+        body["params"]["threads"] = 3  # type: ignore[index]
+        assert_error(client.post("/v1/jobs", json=body, headers=auth), 422, param="params.threads")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +286,11 @@ def test_a_gguf_scores_like_its_source(model_dir: Path, tmp_path: Path) -> None:
     assert got["tokens"] == want["tokens"] and got["bytes"] == want["bytes"]
     assert got["bits_per_byte"] == pytest.approx(want["bits_per_byte"], rel=1e-3)
     assert len(gguf_res.samples) == 1 and gguf_res.samples[0]["tokens"] <= 4
+
+
+def test_threads_never_exceed_the_machines_cores() -> None:
+    from pipeline.parts.device import cpu_threads
+
+    cores = os.cpu_count() or 1
+    assert cpu_threads(cores + 100) == cores
+    assert cpu_threads(1) == 1

@@ -150,7 +150,8 @@ def check_devices(devices: int, capacity: Capacity) -> None:
 def check_threads(params: Any, capacity: Capacity) -> None:
     """The pre-flight check every kind gets for each ``threads`` setting in its parameters
     (``threads``, ``gguf.threads``): no more threads than a worker has cores (more only thrash,
-    and starve the jobs beside it)."""
+    and starve the jobs beside it). A default left alone is not refused (a comparison cannot
+    even set it); the stage clamps it to the worker's cores."""
     for name, threads in _thread_settings(params, ""):
         if threads > capacity.cores:
             raise ConfigError(
@@ -161,7 +162,7 @@ def check_threads(params: Any, capacity: Capacity) -> None:
 def _thread_settings(params: Any, prefix: str) -> Iterator[tuple[str, int]]:
     for item in dataclasses.fields(params):
         value = getattr(params, item.name)
-        if item.name == "threads" and isinstance(value, int):
+        if item.name == "threads" and isinstance(value, int) and value != item.default:
             yield prefix + item.name, value
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             yield from _thread_settings(value, f"{prefix}{item.name}.")
