@@ -4,6 +4,8 @@ the same key is refused."""
 
 from __future__ import annotations
 
+import threading
+
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,3 +45,27 @@ def test_the_same_key_and_body_make_one_comparison(
     assert (
         client.post("/v1/comparisons", json=body, headers=auth).json()["id"] != first.json()["id"]
     )
+
+
+def test_two_racing_requests_with_one_key_make_one_comparison(
+    client: TestClient, auth: dict[str, str], factory: sessionmaker[Session], tenant: str
+) -> None:
+    models = [make_model(factory, tenant), make_model(factory, tenant)]
+    body = {"models": models, "prompts": ["Hi"], "max_tokens": 2}
+    headers = {**auth, "Idempotency-Key": "compare-raced"}
+    start = threading.Barrier(4)
+    answers: list[tuple[int, str]] = []
+
+    def create() -> None:
+        start.wait()
+        response = client.post("/v1/comparisons", json=body, headers=headers)
+        answers.append((response.status_code, response.json().get("id", response.text)))
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {status for status, _ in answers} == {202}, answers
+    assert len({comparison for _, comparison in answers}) == 1
+    assert (_count(factory, Comparison), _count(factory, Job)) == (1, 1)
