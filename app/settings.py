@@ -104,6 +104,9 @@ class Settings(StorageSettings):
     against ``rate_limit``), so more invite links do not multiply a comparison's load."""
     rater_failure_limit: str = "20/minute"
     """Failed rater-token lookups (unknown or revoked tokens) per client address; past it, 429."""
+    auth_failure_limit: str = "30/minute"
+    """Failed API-key lookups (unknown, revoked or expired keys) per client address, over a
+    moving window; past it that address's key lookups answer 429 with Retry-After."""
     rate_limit_storage_url: str | None = None
     """Where rate-limit counters live; default the Redis broker, else in-process memory."""
     quota_active_jobs: int = Field(100, ge=0)
