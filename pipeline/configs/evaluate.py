@@ -115,9 +115,6 @@ class SampleOptions:
     def __post_init__(self) -> None:
         if len(self.prompts) > MAX_SAMPLE_PROMPTS:
             raise ConfigError("prompts", f"at most {MAX_SAMPLE_PROMPTS} prompts")
-        for i, prompt in enumerate(self.prompts):
-            if len(prompt) > MAX_PROMPT_CHARS:
-                raise ConfigError(f"prompts.{i}", f"at most {MAX_PROMPT_CHARS} characters")
         if not 1 <= len(self.seeds) <= MAX_SAMPLE_SEEDS:
             raise ConfigError("seeds", f"give 1-{MAX_SAMPLE_SEEDS} seeds")
         for i, seed in enumerate(self.seeds):
@@ -156,3 +153,8 @@ class EvaluateConfig:
         if self.device not in get_args(EvalDevice):
             raise ConfigError("device", f"one of {get_args(EvalDevice)}")
         check_range("threads", self.threads, 1, 256)
+        # Here, not in SampleOptions: stages that template their own prompts (synthesize) use
+        # SampleOptions too, with longer texts; this bounds what a user sends.
+        for i, prompt in enumerate(self.samples.prompts):
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise ConfigError(f"samples.prompts.{i}", f"at most {MAX_PROMPT_CHARS} characters")

@@ -235,7 +235,6 @@ def test_a_cancel_stops_sampling_between_tokens(model_dir: Path, tmp_path: Path)
         ({"seeds": ()}, "seeds"),
         ({"seeds": (-1,)}, "seeds.0"),
         ({"seeds": (0, 2**32)}, "seeds.1"),
-        ({"prompts": ("x" * 4001,)}, "prompts.0"),
         ({"prompts": ("p",) * 257}, "prompts"),
         ({"prompts": ("p",) * 200, "seeds": tuple(range(6))}, "seeds"),
     ],
@@ -244,6 +243,13 @@ def test_sample_options_are_bounded(options: dict[str, Any], field: str) -> None
     with pytest.raises(ConfigError) as err:
         SampleOptions(**options)
     assert err.value.field == field
+
+
+def test_a_sample_prompt_is_bounded_where_users_send_it() -> None:
+    long = SampleOptions(prompts=("p", "x" * 4001))  # a stage's own templated prompt may be long
+    with pytest.raises(ConfigError) as err:
+        EvaluateConfig(samples=long)
+    assert err.value.field == "samples.prompts.1"
 
 
 def test_config_checks() -> None:
