@@ -12,7 +12,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
-from app.api.deps import ComparisonDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.deps import (
+    ComparisonDep,
+    IdempotencyKey,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+)
 from app.api.errors import ErrorResponse
 from app.api.limits import FailureThrottle
 from app.comparisons import ladder, service
@@ -52,7 +59,7 @@ def create_comparison(
     settings: SettingsDep,
     store: StoreDep,
     tenant_id: TenantDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> ComparisonRead:
     """Queue a ``compare`` job that generates every answer; rating opens when it succeeds.
     Same Idempotency-Key and body, same comparison."""
