@@ -24,7 +24,7 @@ import torch
 from pipeline.configs.synthesize import SynthesizeConfig
 from pipeline.evaluate.bias import load_templates
 from pipeline.parts.datasets.formats import iter_texts
-from pipeline.parts.device import inference_device
+from pipeline.parts.device import cpu_threads, inference_device
 from pipeline.parts.runtimes import load_runtime
 from pipeline.synthesize.checks import EvalGrams, RiskChecks, SpanIndex, TermCounts, group_terms
 from pipeline.synthesize.modes import (
@@ -96,7 +96,8 @@ def run_synthesize(
     for p in prompts:
         checks.bias_prompts.add(p.text)
     device = inference_device(config.device)
-    torch.set_num_threads(config.threads)
+    threads = cpu_threads(config.threads)
+    torch.set_num_threads(threads)
     base = {
         "mode": config.mode,
         "teacher": inputs.teacher_id,
@@ -106,7 +107,7 @@ def run_synthesize(
                      "prompt_template": config.prompt_template,
                      "chat_template": config.chat_template},
     }  # fmt: skip
-    teacher = Teacher(load_runtime(inputs.teacher_dir, device=device, threads=config.threads),
+    teacher = Teacher(load_runtime(inputs.teacher_dir, device=device, threads=threads),
                       config, hooks, total=_total(config, prompts))  # fmt: skip
     try:
         made = list(_generate(config, inputs, teacher, prompts, base, skipped, hooks, device))
@@ -211,7 +212,7 @@ def _generate(
         )
         return
     teacher.close()  # one model in memory at a time
-    judge = load_runtime(inputs.judge_dir, device=device, threads=config.threads)
+    judge = load_runtime(inputs.judge_dir, device=device, threads=cpu_threads(config.threads))
     try:
         base = {**base, "judge": inputs.judge_id}
         yield from preference_pairs(config, prompts, samples, judge, ask, base, skipped, hooks)
