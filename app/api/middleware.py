@@ -44,7 +44,7 @@ from app.api.auth_cache import AuthCache
 from app.api.errors import pool_exhausted, render, render_exception
 from app.api.limits import FailureThrottle, KeyRateLimiter, StreamSlots
 from app.api.text import check_json_text, check_text_in_url, is_json
-from app.comparisons.service import rater_comparison
+from app.comparisons.invites import rater_comparison
 from app.errors import GristmillError, InvalidInput, PayloadTooLarge, RequestTimeout, Unauthorized
 from app.settings import Settings
 from app.tenants.service import Caller, hash_key, identify

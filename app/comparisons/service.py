@@ -7,7 +7,6 @@ database. A rater is an invited person (``rtr_…``, by token) or one of the ten
 
 from __future__ import annotations
 
-import hashlib
 import random
 import secrets
 from typing import Any
@@ -22,20 +21,13 @@ from app.comparisons.tables import (
     ComparisonAnswer,
     ComparisonPair,
     ComparisonVote,
-    Rater,
 )
-from app.db import get_owned, utcnow
-from app.errors import Conflict, InvalidInput, NotFound, Unauthorized, shown
+from app.db import get_owned
+from app.errors import Conflict, InvalidInput, NotFound, shown
 from app.ids import new_id
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.ratings import pairing
-
-RATER_TOKEN_PREFIX = "gmr_"
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def add_comparison(
@@ -107,50 +99,6 @@ def view(session: Session, comparison: Comparison) -> dict[str, Any]:
 
 
 # --- raters ---------------------------------------------------------------------------------
-
-
-def add_rater(*, session: Session, comparison: Comparison, name: str | None) -> tuple[Rater, str]:
-    """An invite: the token is returned once and kept only as its SHA-256."""
-    token = RATER_TOKEN_PREFIX + secrets.token_urlsafe(24)
-    rater = Rater(
-        id=new_id("rtr"), comparison_id=comparison.id, token_hash=hash_token(token), name=name
-    )
-    session.add(rater)
-    session.commit()
-    return rater, token
-
-
-def rater_by_token(*, session: Session, token: str) -> Rater:
-    """Raises: Unauthorized for a token that is no invite, or a revoked one."""
-    rater = session.scalar(select(Rater).where(Rater.token_hash == hash_token(token)))
-    if rater is None:
-        raise Unauthorized("Unknown rater token.", code="rater.invalid_token")
-    if rater.revoked_at is not None:
-        raise Unauthorized("This invite link was revoked.", code="rater.revoked")
-    return rater
-
-
-def rater_comparison(*, session: Session, token: str) -> str:
-    """The comparison an invite token is for (the edge gate's check, one index lookup).
-
-    Raises:
-        Unauthorized: for a token that is no invite, or a revoked one.
-    """
-    return rater_by_token(session=session, token=token).comparison_id
-
-
-def revoke_rater(*, session: Session, comparison: Comparison, rater_id: str) -> None:
-    """Refuse the invite's token from now on (again: no change); its votes stay counted.
-
-    Raises:
-        NotFound: no such invite for this comparison.
-    """
-    rater = session.get(Rater, rater_id)
-    if rater is None or rater.comparison_id != comparison.id:
-        raise NotFound(f"No rater with id '{shown(rater_id)}'.", code="rater.not_found")
-    if rater.revoked_at is None:
-        rater.revoked_at = utcnow()
-        session.commit()
 
 
 def close(*, session: Session, comparison: Comparison) -> Comparison:

@@ -89,6 +89,7 @@ class Rater(Base):
     opens it): ``details`` holds its figures (position bias, pairs, the job's id)."""
 
     __tablename__ = "comparison_rater"
+    __table_args__ = (UniqueConstraint("comparison_id", "idempotency_key"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     comparison_id: Mapped[str] = mapped_column(
@@ -100,6 +101,8 @@ class Rater(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     judge: Mapped[bool] = mapped_column(default=False, server_default=false())
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class ComparisonVote(Base):

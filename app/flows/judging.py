@@ -36,9 +36,11 @@ def start_judge(
     tenant_id: str,
     comparison: Comparison,
     body: JudgeCreate,
+    idempotency_key: str | None = None,
     enqueue: Enqueue = broker.enqueue,
-) -> Job:
-    """Queue the judge job (commit, then send).
+) -> tuple[Job, bool]:
+    """Queue the judge job (commit, then send); the job, and False when an Idempotency-Key
+    replayed an earlier request (the same key and body answer with the job made then).
 
     Raises:
         Conflict: the comparison has no answers yet (generating) or failed.
@@ -46,7 +48,9 @@ def start_judge(
             secret is unknown (``secret``), or a parameter is invalid.
         QuotaExceeded: the tenant is at one of its job quotas.
     """
-    check_job_quotas(session=session, settings=settings, tenant_id=tenant_id, idempotency_key=None)
+    check_job_quotas(
+        session=session, settings=settings, tenant_id=tenant_id, idempotency_key=idempotency_key
+    )
     status = comparisons.status_of(session, comparison)
     if status not in JUDGED:
         raise Conflict(
@@ -72,13 +76,15 @@ def start_judge(
         submitted = queue_job(
             session=session, settings=settings, store=store, tenant_id=tenant_id,
             kind=get_kind("judge"), params=params, enqueue=enqueue,
+            idempotency_key=idempotency_key,
+            request={"comparison_id": comparison.id, **body.model_dump(mode="json")},
         )  # fmt: skip
     except InvalidInput as err:
         session.rollback()
         if err.param == "params.judge_model_id":
             err.param = "model"
         raise
-    return submitted.job
+    return submitted.job, submitted.created
 
 
 def judge_material(

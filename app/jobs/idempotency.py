@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -66,3 +66,37 @@ def replay(*, session: Session, tenant_id: str, key: str, digest: str) -> Job | 
             param="Idempotency-Key",
         )
     return job
+
+
+class Replayable(Protocol):
+    """A row a create route keeps its Idempotency-Key on (an invite, a secret): the key, the
+    request's digest and when the row was made."""
+
+    idempotency_key: str | None
+    request_hash: str | None
+    created_at: datetime
+
+
+R = TypeVar("R", bound=Replayable)
+
+
+def earlier_row(session: Session, row: R | None, digest: str) -> R | None:
+    """``row`` (the one an earlier request with this key made) when it is within the replay
+    window and was made by the same request; past the window the key is freed and None returned.
+
+    Raises:
+        InvalidInput: the key was used with a different request (``idempotency_key.reused``).
+    """
+    if row is None:
+        return None
+    if row.created_at < utcnow() - timedelta(seconds=IDEMPOTENCY_TTL_S):
+        row.idempotency_key = None
+        session.flush()
+        return None
+    if row.request_hash != digest:
+        raise InvalidInput(
+            "This Idempotency-Key was already used with a different request body.",
+            code="idempotency_key.reused",
+            param="Idempotency-Key",
+        )
+    return row

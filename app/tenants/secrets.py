@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 from app.db import paginate
 from app.errors import Conflict, GristmillError, NotFound, shown
 from app.ids import new_id
+from app.jobs.idempotency import earlier_row
 from app.settings import Settings
 from app.tenants.tables import TenantSecret
 
@@ -73,26 +75,59 @@ def hint(api_key: str) -> str:
 
 
 def create_secret(
-    *, session: Session, settings: Settings, tenant_id: str, name: str, base_url: str, api_key: str
-) -> TenantSecret:
-    """Raises: Conflict when the tenant already has a secret of that name."""
+    *,
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    name: str,
+    base_url: str,
+    api_key: str,
+    idempotency_key: str | None = None,
+) -> tuple[TenantSecret, bool]:
+    """Store the endpoint; the secret, and False when an Idempotency-Key replayed an earlier
+    request (the same key and body within a day answer with the secret made then).
+
+    Raises:
+        Conflict: the tenant already has a secret of that name.
+        InvalidInput: the Idempotency-Key was used with another request.
+    """
     plain = json.dumps({"base_url": base_url, "api_key": api_key}).encode()
+    digest = hmac.new(_key_bytes(settings), name.encode() + b"\0" + plain, "sha256").hexdigest()
+    if idempotency_key is not None:
+        earlier = _earlier(session, tenant_id, idempotency_key, digest)
+        if earlier is not None:
+            return earlier, False
     row = TenantSecret(
         id=new_id("sec"),
         tenant_id=tenant_id,
         name=name,
         ciphertext=cipher(settings).encrypt(plain),
         hint=hint(api_key),
+        idempotency_key=idempotency_key,
+        request_hash=digest if idempotency_key is not None else None,
     )
     session.add(row)
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
+        # A concurrent request with the same Idempotency-Key made the secret first.
+        earlier = _earlier(session, tenant_id, idempotency_key, digest) if idempotency_key else None
+        if earlier is not None:
+            return earlier, False
         raise Conflict(
             f"A secret named '{shown(name)}' exists; delete it first.", code="secret.exists"
         ) from None
-    return row
+    return row, True
+
+
+def _earlier(session: Session, tenant_id: str, key: str, digest: str) -> TenantSecret | None:
+    row = session.scalar(
+        select(TenantSecret).where(
+            TenantSecret.tenant_id == tenant_id, TenantSecret.idempotency_key == key
+        )
+    )
+    return earlier_row(session, row, digest)
 
 
 def get_secret(*, session: Session, tenant_id: str, name: str) -> TenantSecret:

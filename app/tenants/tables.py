@@ -46,7 +46,10 @@ class TenantSecret(Base):
     as Fernet ciphertext under ``GRISTMILL_SECRET_KEY``; ``hint`` is what the API may show."""
 
     __tablename__ = "tenant_secret"
-    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name"),
+        UniqueConstraint("tenant_id", "idempotency_key"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
@@ -54,3 +57,7 @@ class TenantSecret(Base):
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     hint: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    """An HMAC of the request under the deployment's key: a replay is recognised without
+    keeping anything that could be tested against a guessed key."""

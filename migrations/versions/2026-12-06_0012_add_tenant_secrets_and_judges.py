@@ -1,7 +1,8 @@
 """add tenant secrets and judge raters
 
 A tenant's named external endpoints (URL and key as Fernet ciphertext, a masked hint), and
-raters that are judges: a ``judge`` job's model or endpoint, with its figures.
+raters that are judges: a ``judge`` job's model or endpoint, with its figures; and the
+Idempotency-Key of invites and secrets (a retried create makes nothing new).
 
 Revision ID: 0012
 Revises: 0011
@@ -30,6 +31,8 @@ def upgrade() -> None:
         sa.Column("ciphertext", sa.LargeBinary(), nullable=False),
         sa.Column("hint", sa.String(length=16), nullable=False),
         sa.Column("created_at", app.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("idempotency_key", sa.String(length=255), nullable=True),
+        sa.Column("request_hash", sa.String(length=64), nullable=True),
         sa.ForeignKeyConstraint(
             ["tenant_id"],
             ["tenant.id"],
@@ -38,6 +41,11 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tenant_secret")),
         sa.UniqueConstraint("tenant_id", "name", name=op.f("uq_tenant_secret_tenant_id_name")),
+        sa.UniqueConstraint(
+            "tenant_id",
+            "idempotency_key",
+            name=op.f("uq_tenant_secret_tenant_id_idempotency_key"),
+        ),
     )
     with op.batch_alter_table("tenant_secret", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_tenant_secret_tenant_id"), ["tenant_id"])
@@ -46,10 +54,21 @@ def upgrade() -> None:
             sa.Column("judge", sa.Boolean(), server_default=sa.false(), nullable=False)
         )
         batch_op.add_column(sa.Column("details", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("idempotency_key", sa.String(length=255), nullable=True))
+        batch_op.add_column(sa.Column("request_hash", sa.String(length=64), nullable=True))
+        batch_op.create_unique_constraint(
+            batch_op.f("uq_comparison_rater_comparison_id_idempotency_key"),
+            ["comparison_id", "idempotency_key"],
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("comparison_rater", schema=None) as batch_op:
+        batch_op.drop_constraint(
+            batch_op.f("uq_comparison_rater_comparison_id_idempotency_key"), type_="unique"
+        )
+        batch_op.drop_column("request_hash")
+        batch_op.drop_column("idempotency_key")
         batch_op.drop_column("details")
         batch_op.drop_column("judge")
     with op.batch_alter_table("tenant_secret", schema=None) as batch_op:

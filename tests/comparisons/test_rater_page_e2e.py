@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.comparisons import ladder, service
+from app.comparisons import invites, ladder
 from app.comparisons.judges import JudgeVote, JudgeVotes
 from app.comparisons.outputs import ComparisonAnswers
 from app.comparisons.tables import Comparison
@@ -56,7 +56,7 @@ def _open_comparison(factory: sessionmaker[Session], tenant_id: str) -> tuple[st
             JudgeVote(0, "mdl_x", "mdl_y", "mdl_x"), JudgeVote(1, "mdl_x", "mdl_y", "tie"),
         ]).record(session=session)  # fmt: skip
         session.commit()
-        _, token = service.add_rater(session=session, comparison=comparison, name="Ada")
+        _, token, _ = invites.add_rater(session=session, comparison=comparison, name="Ada")
         return comparison.id, token
 
 

@@ -40,7 +40,7 @@ def test_a_secret_is_revealed_only_with_the_key_that_stored_it(
 ) -> None:
     first, other = _settings(tmp_path, "first key"), _settings(tmp_path, "another key")
     with factory() as session:
-        row = secrets.create_secret(
+        row, _ = secrets.create_secret(
             session=session, settings=first, tenant_id=tenant, name="grader",
             base_url="https://judge.example/v1", api_key=KEY,
         )  # fmt: skip

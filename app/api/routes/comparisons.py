@@ -22,7 +22,7 @@ from app.api.deps import (
 )
 from app.api.errors import ErrorResponse
 from app.api.limits import FailureThrottle
-from app.comparisons import ladder, service
+from app.comparisons import invites, ladder, service
 from app.comparisons.schemas import (
     ComparisonCreate,
     ComparisonRead,
@@ -93,11 +93,17 @@ def read_comparison(comparison: ComparisonDep, session: SessionDep) -> Compariso
     summary="Invite a rater by link",
 )
 def invite_rater(
-    comparison: ComparisonDep, session: SessionDep, body: RaterCreate | None = None
-) -> RaterRead:
-    rater, token = service.add_rater(
-        session=session, comparison=comparison, name=body.name if body else None
-    )
+    comparison: ComparisonDep, session: SessionDep, response: Response,
+    body: RaterCreate | None = None, idempotency_key: IdempotencyKey = None,
+) -> RaterRead:  # fmt: skip
+    """The same Idempotency-Key and body answer with the same invite and a fresh link (the
+    first one stops working), until somebody votes through it."""
+    rater, token, created = invites.add_rater(
+        session=session, comparison=comparison, name=body.name if body else None,
+        idempotency_key=idempotency_key,
+    )  # fmt: skip
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
     return RaterRead(id=rater.id, name=rater.name, url=f"/rate/{token}", token=token)
 
 
@@ -109,7 +115,7 @@ def invite_rater(
 )
 def revoke_rater(comparison: ComparisonDep, rater_id: str, session: SessionDep) -> None:
     """Its token is refused from now on (``/next``, ``/votes`` and the page); its votes stay."""
-    service.revoke_rater(session=session, comparison=comparison, rater_id=rater_id)
+    invites.revoke_rater(session=session, comparison=comparison, rater_id=rater_id)
 
 
 @router.post(
@@ -142,7 +148,7 @@ def _rater(
     value = header or token or (bearer.strip() if scheme.lower() == "bearer" else "")
     if not value:
         raise Unauthorized("Send an API key or a rater token.", code="unauthorized")
-    rater = service.rater_by_token(session=session, token=value)
+    rater = invites.rater_by_token(session=session, token=value)
     if rater.comparison_id != comparison_id:
         raise NotFound(
             f"No comparison with id '{shown(comparison_id)}'.", code="comparison.not_found"
@@ -234,7 +240,7 @@ def rater_page(token: str, request: Request, session: SessionDep) -> HTMLRespons
     address = request.client.host if request.client else "unknown"
     failures.check(address)
     try:
-        rater = service.rater_by_token(session=session, token=token)
+        rater = invites.rater_by_token(session=session, token=token)
     except Unauthorized as refused:
         failures.failed(address)
         if refused.code == "rater.revoked":

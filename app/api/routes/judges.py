@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import ComparisonDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.deps import (
+    ComparisonDep,
+    IdempotencyKey,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+)
 from app.api.errors import ErrorResponse
 from app.comparisons.schemas import JudgeCreate, JudgeStarted
 from app.flows import judging
@@ -31,11 +38,15 @@ router = APIRouter(
 def judge_comparison(
     comparison: ComparisonDep, body: JudgeCreate, response: Response, session: SessionDep,
     settings: SettingsDep, store: StoreDep, tenant_id: TenantDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> JudgeStarted:  # fmt: skip
-    """Queue a ``judge`` job: each pair asked in both orders, disagreeing orders a tie."""
-    job = judging.start_judge(
+    """Queue a ``judge`` job: each pair asked in both orders, disagreeing orders a tie. The
+    same Idempotency-Key and body answer with the job made then."""
+    job, created = judging.start_judge(
         session=session, settings=settings, store=store, tenant_id=tenant_id,
-        comparison=comparison, body=body,
+        comparison=comparison, body=body, idempotency_key=idempotency_key,
     )  # fmt: skip
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JudgeStarted(comparison_id=comparison.id, job_id=job.id)

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import AdminDep, CallerDep, PageDep, SessionDep, SettingsDep
+from app.api.deps import AdminDep, CallerDep, IdempotencyKey, PageDep, SessionDep, SettingsDep
 from app.api.errors import ErrorResponse
 from app.jobs.schemas import Page
 from app.tenants import secrets as service
@@ -29,12 +29,15 @@ ADMIN_ONLY: dict[int | str, dict[str, Any]] = {403: {"model": ErrorResponse}}
 )
 def create_secret(
     body: SecretCreate, response: Response, session: SessionDep, settings: SettingsDep,
-    caller: AdminDep,
+    caller: AdminDep, idempotency_key: IdempotencyKey = None,
 ) -> SecretRead:  # fmt: skip
-    row = service.create_secret(
+    """The same Idempotency-Key and body answer with the secret made then."""
+    row, created = service.create_secret(
         session=session, settings=settings, tenant_id=caller.tenant_id, name=body.name,
-        base_url=body.base_url, api_key=body.api_key,
+        base_url=body.base_url, api_key=body.api_key, idempotency_key=idempotency_key,
     )  # fmt: skip
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/secrets/{row.name}"
     return SecretRead.model_validate(row)
 
