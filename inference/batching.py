@@ -116,6 +116,12 @@ class Batcher:
         return sum(r.rows for r in self._active)
 
     @property
+    def idle(self) -> bool:
+        """No rows, no queue, no thread: everything submitted has left."""
+        with self._lock:
+            return self._thread is None and not self._pending
+
+    @property
     def waiting(self) -> int:
         """Requests queued for a place in the batch."""
         return len(self._pending)
