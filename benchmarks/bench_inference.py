@@ -9,6 +9,9 @@ Builds a small random Llama (no hub), saves it, and in the same run measures:
 - service: ``gristmill inference``'s app under uvicorn on a local socket, a streamed
   ``/v1/completions`` request read with httpx: first text chunk and the whole stream.
 Target: service tokens/s >= 0.9x bare. Medians of ``--repeats`` runs after one warm-up each.
+- batching: a ``gristmill inference`` process, 1, 2, 4 and 8 streamed ``/v1/completions``
+  released together (``--rounds`` rounds after a warm-up): aggregate tokens/s against one stream
+  on the same process (target at 8 streams >= 3x), time to first token p50/p99 at each level.
 - proxy: real ``gristmill inference`` and ``gristmill api`` processes (embedded SQLite, the
   model registered as the tenant's); the same streamed ``/v1/chat/completions`` request sent
   directly to the service and through the API (key checked, model resolved, stream relayed),
@@ -50,6 +53,7 @@ from app.db import make_engine, make_session_factory, session_scope
 from app.settings import Settings
 from app.storage import LocalStore
 from app.tenants.tables import Tenant
+from benchmarks import streams
 from benchmarks.bench_upload import api_env, cli, free_port, wait_ready
 from inference.server import create_app
 from inference.settings import InferenceSettings
@@ -108,7 +112,7 @@ def bare(folder: Path, tokens: int, repeats: int) -> tuple[float, float, float]:
 
 
 def service(folder: Path, tokens: int, repeats: int) -> tuple[float, float, float]:
-    settings = InferenceSettings(device="cpu")
+    settings = InferenceSettings(device="cpu", model_root=folder.parent)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -121,7 +125,7 @@ def service(folder: Path, tokens: int, repeats: int) -> tuple[float, float, floa
         time.sleep(0.05)
     url = f"http://127.0.0.1:{port}/v1/completions"
     body = {
-        "model": {"id": "bench", "path": str(folder)},
+        "model": {"id": "bench", "path": folder.name},
         "prompt": PROMPT,
         "max_tokens": tokens,
         "temperature": 0,
@@ -305,6 +309,38 @@ def report_proxy(runs: dict[str, list[Latency]], tokens: int) -> None:
         )
 
 
+def batching(
+    folder: Path, tokens: int, levels: list[int], rounds: int, threads: int
+) -> list[streams.Level]:
+    body = {
+        "model": {"id": "bench", "path": folder.name},
+        "prompt": PROMPT,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with streams.service(folder, max_batch=max(levels), threads=threads) as url:
+        return [streams.level(url, body, n, rounds) for n in levels]
+
+
+def report_batching(runs: list[streams.Level], tokens: int, rounds: int) -> None:
+    base = statistics.median(runs[0].tokens_per_s)
+    print(
+        f"batching: {tokens} new tokens per stream, {rounds} rounds per level, one service"
+        " process (--service-threads)"
+    )
+    for run in runs:
+        tps = statistics.median(run.tokens_per_s)
+        p50, p99 = (streams.percentile(run.first_token_s, q) for q in (50, 99))
+        print(
+            f"  {run.streams} streams: {tps:8.1f} tok/s aggregate ({tps / base:5.2f}x one stream)"
+            f"  first token p50 {p50 * 1000:7.1f} ms  p99 {p99 * 1000:7.1f} ms"
+            f"  ({len(run.first_token_s)} requests)"
+        )
+    print(f"  target: {runs[-1].streams} streams >= 3x one stream")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=128)
@@ -313,17 +349,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--proxy-repeats", type=int, default=10, help="ABBA rounds for the proxy")
     parser.add_argument(
-        "--service-threads", type=int, default=1, help="OpenMP threads of the proxied service"
+        "--service-threads",
+        type=int,
+        default=1,
+        help="OpenMP threads of the service processes (batching, proxy)",
     )
+    parser.add_argument("--streams", default="1,2,4,8", help="concurrent streams per level")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per batching level")
+    parser.add_argument("--no-proxy", action="store_true", help="skip the API proxy figures")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = Path(tmp) / "model"
         build(folder, args.hidden, args.layers)
+        params = sum(t.numel() for t in AutoModelForCausalLM.from_pretrained(folder).parameters())
         bare_tps, bare_ttft, bare_decode = bare(folder, args.tokens, args.repeats)
         svc_tps, svc_ttft, svc_decode = service(folder, args.tokens, args.repeats)
-        proxied = proxy(folder, args.tokens, args.proxy_repeats, args.service_threads)
-    print(f"model: Llama hidden={args.hidden} layers={args.layers}, {args.tokens} new tokens, CPU")
+        levels = [int(n) for n in args.streams.split(",")]
+        batched = batching(folder, args.tokens, levels, args.rounds, args.service_threads)
+        if not args.no_proxy:
+            proxied = proxy(folder, args.tokens, args.proxy_repeats, args.service_threads)
+    print(
+        f"model: Llama hidden={args.hidden} layers={args.layers} ({params / 1e6:.0f}M parameters),"
+        f" {args.tokens} new tokens, CPU"
+    )
     for name, tps, ttft, decode in (
         ("bare model.generate", bare_tps, bare_ttft, bare_decode),
         ("service (HTTP SSE) ", svc_tps, svc_ttft, svc_decode),
@@ -336,7 +385,9 @@ def main() -> None:
         f"service / bare: {svc_tps / bare_tps:.2f}x overall, {svc_decode / bare_decode:.2f}x "
         f"after the first token (target >= 0.9x)"
     )
-    report_proxy(proxied, args.tokens)
+    report_batching(batched, args.tokens, args.rounds)
+    if not args.no_proxy:
+        report_proxy(proxied, args.tokens)
 
 
 if __name__ == "__main__":

@@ -229,7 +229,7 @@ class Batcher:
         self._logits = torch.cat([self._logits, logits])
 
     def _step(self) -> None:
-        """Sample every row's next token, let finished requests go, then one forward for the rest."""
+        """Sample each row's next token, let finished requests go, one forward for the rest."""
         tokens: list[torch.Tensor] = []
         keep: list[int] = []
         row = 0
