@@ -8,8 +8,9 @@ so the loop stays free to answer health checks and refuse excess load. At most `
 generations run at once (a slot is held until the thread really ends, even after a cancel). The
 running generations of one transformers model share its batch (``max_batch`` rows, joined and
 left between tokens: :mod:`inference.batching`); a llama.cpp model runs one at a time.
-``queue_size`` more requests may wait for a slot; beyond that the answer is 429 with ``Retry-After`` at once, never a hang. One tenant (named
-by the API in ``X-Gristmill-Tenant``) may hold at most ``tenant_limit`` of those running and
+``queue_size`` more requests may wait for a slot; beyond that the answer is 429 with
+``Retry-After`` at once, never a hang. One tenant (named by the API in ``X-Gristmill-Tenant``)
+may hold at most ``tenant_limit`` of those running and
 waiting places, so its burst is answered 429 while other tenants still get in. A request gets
 ``request_timeout_seconds`` for waiting and generating together; past it the generation stops
 (504). A client that disconnects stops its generation, and frees its place in the batch, at the
