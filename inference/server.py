@@ -10,11 +10,10 @@ running generations of one transformers model share its batch (``max_batch`` row
 left between tokens: :mod:`inference.batching`); a llama.cpp model runs one at a time.
 ``queue_size`` more requests may wait for a slot; beyond that the answer is 429 with
 ``Retry-After`` at once, never a hang. One tenant (named by the API in ``X-Gristmill-Tenant``)
-may hold at most ``tenant_limit`` of those running and
-waiting places, so its burst is answered 429 while other tenants still get in. A request gets
-``request_timeout_seconds`` for waiting and generating together; past it the generation stops
-(504). A client that disconnects stops its generation, and frees its place in the batch, at the
-next token.
+may hold at most ``tenant_limit`` of those running and waiting places, so its burst is answered
+429 while other tenants still get in. A request gets ``request_timeout_seconds`` for waiting and
+generating together; past it the generation stops (504). A client that disconnects stops its
+generation, and frees its place in the batch, at the next token.
 """
 
 from __future__ import annotations
