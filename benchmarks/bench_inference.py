@@ -8,7 +8,7 @@ Builds a small random Llama (no hub), saves it, and in the same run measures:
   time to first token is ``generate`` with one new token;
 - service: ``gristmill inference``'s app under uvicorn on a local socket, a streamed
   ``/v1/completions`` request read with httpx: first text chunk and the whole stream.
-Target: service tokens/s >= 0.9x bare. Medians of ``--repeats`` runs after one warm-up each.
+Target: service tokens/s >= 0.9x bare. Medians of ``--repeats`` ABBA rounds after a warm-up.
 - batching: a ``gristmill inference`` process, 1, 2, 4 and 8 streamed ``/v1/completions``
   released together (``--rounds`` rounds after a warm-up): aggregate tokens/s against one stream
   on the same process (target at 8 streams >= 3x), time to first token p50/p99 at each level.
@@ -91,12 +91,18 @@ def build(folder: Path, hidden: int, layers: int) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def bare(folder: Path, tokens: int, repeats: int) -> tuple[float, float, float]:
+Single = tuple[float, float, float]
+"""tokens/s overall, time to first token (s), tokens/s after the first."""
+
+
+def single(folder: Path, tokens: int, repeats: int) -> tuple[Single, Single]:
+    """Bare ``generate`` and one stream through the service, alternated ABBA in one process so
+    that load from elsewhere on a shared machine hits both alike."""
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
 
-    def run(n: int) -> float:
+    def generate(n: int) -> float:
         started = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
@@ -105,13 +111,6 @@ def bare(folder: Path, tokens: int, repeats: int) -> tuple[float, float, float]:
         assert out.shape[1] == ids.shape[1] + n
         return time.perf_counter() - started
 
-    run(tokens)
-    ttft = statistics.median(run(1) for _ in range(repeats))
-    total = statistics.median(run(tokens) for _ in range(repeats))
-    return tokens / total, ttft, (tokens - 1) / (total - ttft)
-
-
-def service(folder: Path, tokens: int, repeats: int) -> tuple[float, float, float]:
     settings = InferenceSettings(device="cpu", model_root=folder.parent)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -133,29 +132,32 @@ def service(folder: Path, tokens: int, repeats: int) -> tuple[float, float, floa
         "stream_options": {"include_usage": True},
     }
 
-    def run() -> tuple[float, float]:
-        started = time.perf_counter()
-        first = None
-        completion = 0
-        with httpx.Client(timeout=300) as client, client.stream("POST", url, json=body) as resp:
-            for line in resp.iter_lines():
-                if first is None and '"text":"' in line and '"text":""' not in line:
-                    first = time.perf_counter() - started
-                if '"usage":{' in line:
-                    completion = int(line.split('"completion_tokens":')[1].split(",")[0])
-        total = time.perf_counter() - started
-        assert completion == tokens, completion
-        return tokens / total, first or total
+    def bare() -> tuple[float, float]:
+        return generate(tokens), generate(1)
 
+    def served() -> tuple[float, float]:
+        with httpx.Client(timeout=300) as client:
+            run = streams.stream(client, url.removesuffix("/v1/completions"), body)
+        assert run.tokens == tokens, run.tokens
+        return run.total_s, run.first_token_s
+
+    runs: dict[str, list[tuple[float, float]]] = {"bare": [], "service": []}
+    measure = {"bare": bare, "service": served}
     try:
-        run()
-        runs = [run() for _ in range(repeats)]
+        bare(), served()  # warm-up: the service loads the model
+        for _ in range(repeats):
+            for name in ("bare", "service", "service", "bare"):
+                runs[name].append(measure[name]())
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-    tps = statistics.median(r[0] for r in runs)
-    ttft = statistics.median(r[1] for r in runs)
-    return tps, ttft, (tokens - 1) / (tokens / tps - ttft)
+
+    def summary(samples: list[tuple[float, float]]) -> Single:
+        total = statistics.median(r[0] for r in samples)
+        ttft = statistics.median(r[1] for r in samples)
+        return tokens / total, ttft, (tokens - 1) / (total - ttft)
+
+    return summary(runs["bare"]), summary(runs["service"])
 
 
 @dataclass(frozen=True)
@@ -321,14 +323,14 @@ def batching(
         "stream_options": {"include_usage": True},
     }
     with streams.service(folder, max_batch=max(levels), threads=threads) as url:
-        return [streams.level(url, body, n, rounds) for n in levels]
+        return streams.levels(url, body, levels, rounds)
 
 
 def report_batching(runs: list[streams.Level], tokens: int, rounds: int) -> None:
     base = statistics.median(runs[0].tokens_per_s)
     print(
-        f"batching: {tokens} new tokens per stream, {rounds} rounds per level, one service"
-        " process (--service-threads)"
+        f"batching: {tokens} new tokens per stream, {rounds} interleaved rounds per level, one"
+        " service process (--service-threads)"
     )
     for run in runs:
         tps = statistics.median(run.tokens_per_s)
@@ -363,8 +365,9 @@ def main() -> None:
         folder = Path(tmp) / "model"
         build(folder, args.hidden, args.layers)
         params = sum(t.numel() for t in AutoModelForCausalLM.from_pretrained(folder).parameters())
-        bare_tps, bare_ttft, bare_decode = bare(folder, args.tokens, args.repeats)
-        svc_tps, svc_ttft, svc_decode = service(folder, args.tokens, args.repeats)
+        (bare_tps, bare_ttft, bare_decode), (svc_tps, svc_ttft, svc_decode) = single(
+            folder, args.tokens, args.repeats
+        )
         levels = [int(n) for n in args.streams.split(",")]
         batched = batching(folder, args.tokens, levels, args.rounds, args.service_threads)
         if not args.no_proxy:

@@ -99,28 +99,36 @@ def stream(client: httpx.Client, url: str, body: dict[str, Any]) -> Stream:
     return Stream(first or total, total, tokens)
 
 
-def level(url: str, body: dict[str, Any], streams: int, rounds: int) -> Level:
-    """``rounds`` rounds of ``streams`` requests released together, after one warm-up round."""
-    tokens_per_s: list[float] = []
-    firsts: list[float] = []
-    with httpx.Client(timeout=600, limits=httpx.Limits(max_connections=streams)) as client:
-        for round_ in range(rounds + 1):
-            results: list[Stream] = []
-            gate = threading.Barrier(streams)
+def release(client: httpx.Client, url: str, body: dict[str, Any], n: int) -> list[Stream]:
+    """``n`` streamed requests released together; their results once all ended."""
+    results: list[Stream] = []
+    gate = threading.Barrier(n)
 
-            def one(gate: threading.Barrier, results: list[Stream]) -> None:
-                gate.wait()
-                results.append(stream(client, url, body))
+    def one() -> None:
+        gate.wait()
+        results.append(stream(client, url, body))
 
-            threads = [threading.Thread(target=one, args=(gate, results)) for _ in range(streams)]
-            started = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            wall = time.perf_counter() - started
-            assert len(results) == streams and all(r.tokens == body["max_tokens"] for r in results)
-            if round_:  # the first round warms the model and the connections up
-                tokens_per_s.append(sum(r.tokens for r in results) / wall)
-                firsts.extend(r.first_token_s for r in results)
-    return Level(streams, tokens_per_s, firsts)
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == n and all(r.tokens == body["max_tokens"] for r in results)
+    return results
+
+
+def levels(url: str, body: dict[str, Any], counts: list[int], rounds: int) -> list[Level]:
+    """Each count of streams ``rounds`` times after a warm-up, the counts in turn forwards then
+    backwards (1 2 4 8 8 4 2 1 …), so drift in the machine's load hits every level alike."""
+    runs = {n: Level(n, [], []) for n in counts}
+    most = max(counts)
+    with httpx.Client(timeout=600, limits=httpx.Limits(max_connections=most)) as client:
+        release(client, url, body, most)  # warm-up: the model loads, connections open
+        for round_ in range(rounds):
+            for n in counts if round_ % 2 == 0 else counts[::-1]:
+                started = time.perf_counter()
+                results = release(client, url, body, n)
+                wall = time.perf_counter() - started
+                runs[n].tokens_per_s.append(sum(r.tokens for r in results) / wall)
+                runs[n].first_token_s.extend(r.first_token_s for r in results)
+    return [runs[n] for n in counts]

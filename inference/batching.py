@@ -28,6 +28,7 @@ from typing import Any, cast
 import torch
 from transformers import (
     DynamicCache,
+    DynamicLayer,
     LogitsProcessorList,
     TemperatureLogitsWarper,
     TopPLogitsWarper,
@@ -98,6 +99,11 @@ class Batcher:
         self.max_rows = max_rows
         """Rows (choices) decoded together; a request with more ``n`` than this runs alone."""
         self.stats = BatchStats()
+        self.mergeable = all(
+            type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers
+        )
+        """Plain full-attention layers only: a sliding-window or hybrid cache keeps offsets of its
+        own that padding would break, so such a model runs one request at a time."""
         self._lock = threading.Lock()
         self._pending: list[_Request] = []
         self._thread: threading.Thread | None = None
@@ -179,7 +185,8 @@ class Batcher:
         """Pending requests (first come, first in) that fit in the batch beside the running rows."""
         rows = self.rows
         joining: list[_Request] = []
-        while self._pending and (rows == 0 or rows + self._pending[0].rows <= self.max_rows):
+        room = self.max_rows if self.mergeable else 0
+        while self._pending and (rows == 0 or rows + self._pending[0].rows <= room):
             request = self._pending.pop(0)
             rows += request.rows
             joining.append(request)

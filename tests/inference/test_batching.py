@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,10 @@ import httpx
 import pytest
 
 from inference.batching import Batcher
-from inference.engine import ModelRef
+from inference.engine import GenerationRequest, ModelRef, SamplingParams
 from inference.transformers_engine import TransformersEngine
 from tests.inference.conftest import make_app, spec
-from tests.inference.test_service import _scope, _wait_for, long_request
+from tests.inference.test_service import PROMPT, _scope, _wait_for, long_request
 from tests.timing import wait_for
 
 PROMPTS = [
@@ -130,3 +131,21 @@ def test_a_disconnect_mid_stream_frees_its_batch_slot(gpt2_dir: Path) -> None:
     assert app.state.stats.cancelled == 1 and app.state.stats.completed == 2
     wait_for(lambda: batcher.idle, timeout=5, interval=0.02, what="the decode loop to end")
     assert app.state.scheduler.admitted == 0
+
+
+def test_a_request_cancelled_while_waiting_for_a_place_leaves_the_queue(gpt2_dir: Path) -> None:
+    engine, batcher = slowed_engine(gpt2_dir, max_batch=1, pause=0.02)
+    ref = ModelRef("tiny", gpt2_dir)
+    params = GenerationRequest(SamplingParams(max_tokens=40, temperature=0), prompt=PROMPT)
+    running, waiting = threading.Event(), threading.Event()
+    first = engine.stream(ref, params, running)
+    second = engine.stream(ref, params, waiting)
+    next(iter(first))
+    wait_for(lambda: batcher.rows == 1 and batcher.waiting == 1, timeout=5, what="a queue")
+    waiting.set()
+    assert list(second) == []  # ended, without a finish reason
+    wait_for(lambda: batcher.waiting == 0, timeout=5, interval=0.02, what="the queue to empty")
+    assert batcher.rows == 1  # the running one goes on
+    rest = list(first)
+    assert rest and rest[-1].finish_reason is not None  # it ran to its end
+    assert batcher.stats.joined == 1
