@@ -113,8 +113,8 @@ class Batcher:
         """(rows, cache length): 1 where the row has a real token, 0 over its left padding."""
         self._positions = torch.empty(0, dtype=torch.long)
         """(rows,): the position of each row's next token, i.e. its count of real tokens."""
-        self._logits = torch.empty(0, 0)
-        """(rows, vocab): each row's scores for its next token, as float32."""
+        self._next = torch.empty(0, dtype=torch.long)
+        """(rows,): each row's newest token, sampled but not yet through the model."""
 
     @property
     def rows(self) -> int:
@@ -195,10 +195,11 @@ class Batcher:
     def _reset(self) -> None:
         self._active, self._cache = [], None
         self._mask = torch.empty(0, 0, dtype=torch.long)
-        self._positions = torch.empty(0, dtype=torch.long)
+        self._positions = self._next = torch.empty(0, dtype=torch.long)
 
     def _join(self, request: _Request) -> None:
-        """Prefill the prompt alone (``n`` copies) and merge its cache into the batch."""
+        """Prefill the prompt alone (``n`` copies), hand out its first token at once, and merge
+        its cache into the batch."""
         if request.max_new <= 0:
             self._finish(request)
             return
@@ -211,52 +212,48 @@ class Batcher:
             log.exception("prefill failed")
             request.out.put(exc)
             return
-        logits = out.logits[:, -1, :].float()
+        chosen = self._sample(request, out.logits[:, -1, :].float())
+        if request.done:
+            return
         mask = torch.ones(n, length, dtype=torch.long, device=ids.device)
         positions = torch.full((n,), length, dtype=torch.long, device=ids.device)
         if self._cache is None:
-            self._cache, self._mask, self._positions, self._logits = cache, mask, positions, logits
+            self._cache, self._mask, self._positions, self._next = cache, mask, positions, chosen
         else:
-            self._merge(cache, mask, positions, logits)
+            self._merge(cache, mask, positions, chosen)
         self._active.append(request)
         self.stats.joined += 1
         self.stats.peak_rows = max(self.stats.peak_rows, self.rows)
 
     def _merge(
-        self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor, logits: torch.Tensor
+        self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor, chosen: torch.Tensor
     ) -> None:
         assert self._cache is not None
-        ours, theirs = self._mask.shape[1], mask.shape[1]
-        width = max(ours, theirs)
+        width = max(self._mask.shape[1], mask.shape[1])
         for mine, new in zip(_layers(self._cache), _layers(cache), strict=True):
             mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(new.keys, width)])
             mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(new.values, width)])
         self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)])
         self._positions = torch.cat([self._positions, positions])
-        self._logits = torch.cat([self._logits, logits])
+        self._next = torch.cat([self._next, chosen])
 
     def _step(self) -> None:
-        """Sample each row's next token, let finished requests go, one forward for the rest."""
-        tokens: list[torch.Tensor] = []
-        keep: list[int] = []
-        row = 0
+        """Let stopped requests go, one forward for every row's next token, then each request
+        samples the token after it."""
         for request in self._active:
-            rows = range(row, row + request.rows)
-            row += request.rows
             if request.stopped:
                 request.done = True
                 request.out.put(_END)
-                continue
-            chosen = self._sample(request, self._logits[rows.start : rows.stop])
-            if not request.done:
-                keep.extend(rows)
-                tokens.append(chosen)
-        if len(keep) < row:
-            self._leave(keep)
+        self._retain()
         if not self._active:
-            self._reset()
             return
-        self._forward(torch.cat(tokens))
+        logits = self._forward()
+        chosen, row = [], 0
+        for request in self._active:
+            chosen.append(self._sample(request, logits[row : row + request.rows]))
+            row += request.rows
+        self._next = torch.cat(chosen)
+        self._retain()
 
     def _sample(self, request: _Request, logits: torch.Tensor) -> torch.Tensor:
         """Choose the request's next tokens, hand out the text that became final, and mark the
@@ -296,10 +293,19 @@ class Batcher:
         request.done = True
         request.out.put(_END)
 
-    def _leave(self, keep: list[int]) -> None:
-        """Drop the rows not in ``keep``, then the leading columns no remaining row uses."""
+    def _retain(self) -> None:
+        """Drop the rows of done requests, then the leading columns no remaining row uses."""
+        keep: list[int] = []
+        row = 0
+        for request in self._active:
+            if not request.done:
+                keep.extend(range(row, row + request.rows))
+            row += request.rows
+        if len(keep) == row:
+            return
         self._active = [r for r in self._active if not r.done]
         if not keep:
+            self._reset()
             return
         assert self._cache is not None
         index = torch.tensor(keep, dtype=torch.long, device=self._mask.device)
@@ -311,12 +317,14 @@ class Batcher:
             layer.keys = layer.keys.index_select(0, index)[:, :, start:]
             layer.values = layer.values.index_select(0, index)[:, :, start:]
         self._positions = self._positions.index_select(0, index)
+        self._next = self._next.index_select(0, index)
 
-    def _forward(self, tokens: torch.Tensor) -> None:
-        ones = torch.ones(len(tokens), 1, dtype=torch.long, device=self._mask.device)
+    def _forward(self) -> torch.Tensor:
+        """Every row's next token through the model: the scores (float32) for the one after."""
+        ones = torch.ones(len(self._next), 1, dtype=torch.long, device=self._mask.device)
         mask = torch.cat([self._mask, ones], dim=1)
         out = self.model(
-            input_ids=tokens[:, None],
+            input_ids=self._next[:, None],
             # No padding anywhere: no mask, the very call a solo generation makes.
             attention_mask=None if bool(mask.all()) else mask,
             position_ids=self._positions[:, None],
@@ -325,8 +333,9 @@ class Batcher:
         )
         self._mask = mask
         self._positions = self._positions + 1
-        self._logits = out.logits[:, -1, :].float()
         self.stats.steps += 1
+        logits: torch.Tensor = out.logits[:, -1, :].float()
+        return logits
 
 
 def _layers(cache: DynamicCache) -> list[Any]:
