@@ -143,9 +143,11 @@ def create_key(
 def run_api(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
+    from app.api.serving import uvicorn_options
     from app.main import create_app
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    options = uvicorn_options(settings.send_timeout_seconds)
+    uvicorn.run(create_app(settings), host=host, port=port, **options)
 
 
 def run_worker(

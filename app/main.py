@@ -29,8 +29,10 @@ from app.api.routes import (
     fine_tuning,
     health,
     jobs,
+    judges,
     keys,
     models,
+    secrets,
 )
 from app.broker import enqueue
 from app.db import make_engine, make_session_factory
@@ -110,7 +112,9 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         fine_tuning.router,
         completions.router,
         comparisons.router,
+        judges.router,
         keys.router,
+        secrets.router,
     ):
         app.include_router(router, prefix="/v1")
     app.include_router(comparisons.page)

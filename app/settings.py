@@ -101,6 +101,9 @@ class Settings(StorageSettings):
     against ``rate_limit``), so more invite links do not multiply a comparison's load."""
     rater_failure_limit: str = "20/minute"
     """Failed rater-token lookups (unknown or revoked tokens) per client address; past it, 429."""
+    auth_failure_limit: str = "30/minute"
+    """Failed API-key lookups (unknown, revoked or expired keys) per client address, over a
+    moving window; past it that address's key lookups answer 429 with Retry-After."""
     rate_limit_storage_url: str | None = None
     """Where rate-limit counters live; default the Redis broker, else in-process memory."""
     quota_active_jobs: int = Field(100, ge=0)
@@ -110,6 +113,11 @@ class Settings(StorageSettings):
     quota_device_hours_per_day: float = Field(0.0, ge=0)
     """Device-hours (a job's running time × its devices, on the gpu queue) one tenant may use in
     any 24 hours; submissions beyond answer 403 (0: no limit)."""
+
+    secret_key: SecretStr | None = None
+    """``GRISTMILL_SECRET_KEY``: encrypts tenant secrets at rest (a Fernet key, or any passphrase,
+    hashed into one). Unset: a key made once in ``<data_dir>/secret.key``; set it wherever the API
+    and workers do not share that folder."""
 
     metrics_token: SecretStr | None = None
     """The token a Prometheus scraper sends (``Authorization: Bearer …``) for ``/metrics``, whose

@@ -33,6 +33,7 @@ from client.resources.comparisons import Comparisons
 from client.resources.datasets import Datasets
 from client.resources.jobs import Jobs
 from client.resources.keys import Keys
+from client.resources.secrets import Secrets
 from client.transfers import CHUNK, ChecksumMismatch, ProgressFn, ProgressReader
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -122,6 +123,7 @@ class GristmillClient:
         self.tokenizers = Artifacts(self, "tokenizers")
         self.keys = Keys(self)
         self.comparisons = Comparisons(self)
+        self.secrets = Secrets(self)
 
     def close(self) -> None:
         self.http.close()

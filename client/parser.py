@@ -41,7 +41,10 @@ GROUPS: dict[str, Group] = {
     "models": Group("upload, list, show, download and delete models", "artifacts"),
     "tokenizers": Group("list, show and download tokenizers", "artifacts"),
     "keys": Group("list, create, rotate and revoke API keys", "keys"),
-    "comparisons": Group("compare models blind: create, invite raters, results", "comparisons"),
+    "comparisons": Group(
+        "compare models blind: create, invite raters, judge, results", "comparisons"
+    ),
+    "secrets": Group("store, list and delete endpoint credentials for judges", "secrets"),
     "chat": Group("chat with a model in the terminal, answers streamed", "chat", command=True),
     "complete": Group("stream a model's continuation of a prompt", "chat", command=True),
 }

@@ -119,6 +119,19 @@ class GenerationRequest:
     params: SamplingParams
     prompt: str | None = None
     messages: tuple[dict[str, Any], ...] | None = None
+    chat_prompt: str | None = None
+    """``messages`` rendered through the model's chat template by the service, in a sandboxed
+    child before the request takes a slot (:mod:`inference.templates`); engines tokenise it as
+    it is (special tokens parsed, nothing added), as ``apply_chat_template`` does."""
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A model's chat template and what it renders with besides ``messages`` and
+    ``add_generation_prompt`` (``bos_token``, ``eos_token``, …, as the tokenizer names them)."""
+
+    source: str
+    variables: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -186,6 +199,11 @@ class Engine(Protocol):
     """
 
     def load(self, model: ModelRef) -> ModelInfo: ...
+
+    def chat_template(self, model: ModelRef) -> ChatTemplate | None:
+        """The model's chat template (None: it has none), read without loading its weights:
+        the service calls it before the request takes a slot."""
+        ...
 
     def stream(
         self, model: ModelRef, request: GenerationRequest, cancel: threading.Event

@@ -11,6 +11,7 @@ import threading
 
 from inference.cache import ModelCache
 from inference.engine import (
+    ChatTemplate,
     Completion,
     Engine,
     GenerationRequest,
@@ -34,6 +35,9 @@ class FormatEngine:
 
     def load(self, model: ModelRef) -> ModelInfo:
         return self._for(model).load(model)
+
+    def chat_template(self, model: ModelRef) -> ChatTemplate | None:
+        return self._for(model).chat_template(model)
 
     def stream(
         self, model: ModelRef, request: GenerationRequest, cancel: threading.Event

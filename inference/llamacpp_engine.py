@@ -1,13 +1,13 @@
 """GGUF models on the CPU through llama.cpp (``llama_cpp.Llama``), behind the same Engine seam.
 
 llama.cpp runs the model and samples; the service keeps what it owns for every engine: the
-prompt (the chat template from the file's ``tokenizer.chat_template``, rendered by
-llama-cpp-python's own Jinja2 chat formatter), the context check, incremental text with stop
-strings (:mod:`inference.text`), logprobs from the logits llama.cpp left for the sampled step, and
-a cancel check between tokens. ``n`` choices run one after the other on the model's single
-sequence, choice ``i`` sampled with ``seed + i``, under the model's lock; llama.cpp keeps the
-longest common prefix of its KV cache between calls, so a chat that resends its history
-re-reads only the new turn.
+prompt (the file's ``tokenizer.chat_template``, rendered in the service's sandbox,
+:mod:`inference.templates`, as Hugging Face models' are), the context check, incremental
+text with stop strings (:mod:`inference.text`), logprobs from the logits llama.cpp left for the
+sampled step, and a cancel check between tokens. ``n`` choices run one after the other on the
+model's single sequence, choice ``i`` sampled with ``seed + i``, under the model's lock;
+llama.cpp keeps the longest common prefix of its KV cache between calls, so a chat that resends
+its history re-reads only the new turn.
 
 Sampling differs from the transformers engine in one documented way: llama.cpp applies top-p
 before temperature (its sampler chain), transformers after. Greedy decoding (temperature 0) is
@@ -30,11 +30,11 @@ import numpy as np
 
 from inference.cache import ModelCache
 from inference.engine import (
+    ChatTemplate,
     Completion,
     Delta,
     GenerationRequest,
     GenerationStream,
-    InferenceError,
     ModelInfo,
     ModelLoadError,
     ModelNotFound,
@@ -57,8 +57,6 @@ KV_BYTES = 2
 class LlamaCppModel:
     llm: Any
     """A ``llama_cpp.Llama`` with the whole trained context as its ``n_ctx``."""
-    chat: Any
-    """A ``Jinja2ChatFormatter`` from the file's template, or None when it has none."""
     context_length: int
     memory_bytes: int
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -132,6 +130,41 @@ def read_shape(path: Path) -> GgufShape:
     return GgufShape(value(f"{arch}.context_length"), value(f"{arch}.block_count"), width)
 
 
+def read_chat_template(ref: ModelRef) -> ChatTemplate | None:
+    """``tokenizer.chat_template`` with the BOS and EOS tokens' text (empty where the file names
+    none, as llama.cpp's formatter has it), from the header alone (cached per file version)."""
+    path = gguf_file(ref)
+    stat = path.stat()
+    return _chat_template(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _chat_template(path: Path, mtime_ns: int, size: int) -> ChatTemplate | None:
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(path).fields
+    except (ValueError, OSError) as exc:
+        log.warning("cannot read the GGUF header of %s: %s", path, exc)
+        raise ModelLoadError(f"{path.name} is not a readable GGUF", param="model") from exc
+    source = fields.get("tokenizer.chat_template")
+    if source is None or not source.contents():
+        return None
+    tokens = fields.get("tokenizer.ggml.tokens")
+
+    def token(key: str) -> str:
+        found = fields.get(key)
+        if found is None or tokens is None:
+            return ""
+        return str(tokens.contents(int(found.contents())))
+
+    variables = {
+        "bos_token": token("tokenizer.ggml.bos_token_id"),
+        "eos_token": token("tokenizer.ggml.eos_token_id"),
+    }
+    return ChatTemplate(str(source.contents()), variables)
+
+
 def estimate_bytes(ref: ModelRef) -> int:
     """The file (weights are mapped and read in whole) plus the f16 KV cache for the context."""
     path = gguf_file(ref)
@@ -192,22 +225,9 @@ def load_model(ref: ModelRef, *, threads: int | None = None) -> LlamaCppModel:
     except ValueError as exc:  # llama-cpp-python's answer to "failed to load model"
         log.warning("llama.cpp cannot load %s from %s: %s", ref.id, path, exc)
         raise ModelLoadError(f"llama.cpp cannot load {ref.id!r}", param="model") from exc
-    template = llm.metadata.get("tokenizer.chat_template")
-    chat = None
-    if template:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        # A template's ``bos_token``/``eos_token`` are the file's own, or empty where it names
-        # none (llama.cpp reports a default id even then, which transformers would not use).
-        meta = llm.metadata
-        chat = Jinja2ChatFormatter(
-            template=template,
-            eos_token=_text(llm, llm.token_eos()) if "tokenizer.ggml.eos_token_id" in meta else "",
-            bos_token=_text(llm, llm.token_bos()) if "tokenizer.ggml.bos_token_id" in meta else "",
-        )
     size = estimate_bytes(ref)
     log.info("loaded %s in llama.cpp (%.1f MiB with its KV cache)", ref.id, size / 2**20)
-    return LlamaCppModel(llm, chat, shape.context_length, size)
+    return LlamaCppModel(llm, shape.context_length, size)
 
 
 class _Pieces:
@@ -241,6 +261,9 @@ class LlamaCppEngine:
         loaded = self._loaded(model)
         return ModelInfo(model.id, loaded.context_length, loaded.memory_bytes, "cpu")
 
+    def chat_template(self, model: ModelRef) -> ChatTemplate | None:
+        return read_chat_template(model)
+
     def stream(
         self, model: ModelRef, request: GenerationRequest, cancel: threading.Event
     ) -> GenerationStream:
@@ -267,15 +290,9 @@ def encode_prompt(loaded: LlamaCppModel, request: GenerationRequest) -> list[int
     llm = loaded.llm
     if request.messages is None:
         return list(llm.tokenize((request.prompt or "").encode(), add_bos=True, special=False))
-    if loaded.chat is None:
-        raise InferenceError("this model has no chat template; use /v1/completions", param="model")
-    try:
-        prompt = loaded.chat(messages=list(request.messages)).prompt
-    except Exception as exc:  # jinja errors from the template's own raise_exception
-        raise InferenceError(
-            f"the chat template rejected the messages: {exc}", param="messages"
-        ) from exc
-    return list(llm.tokenize(prompt.encode(), add_bos=False, special=True))
+    if request.chat_prompt is None:
+        raise ValueError("chat messages reach the engine rendered (inference.templates)")
+    return list(llm.tokenize(request.chat_prompt.encode(), add_bos=False, special=True))
 
 
 def _generate(

@@ -13,7 +13,10 @@ left between tokens: :mod:`inference.batching`); a llama.cpp model runs one at a
 may hold at most ``tenant_limit`` of those running and waiting places, so its burst is answered
 429 while other tenants still get in. A request gets ``request_timeout_seconds`` for waiting and
 generating together; past it the generation stops (504). A client that disconnects stops its
-generation, and frees its place in the batch, at the next token.
+generation, and frees its place in the batch, at the next token. A chat's template is tenant
+input: it is rendered after admission but before the request waits for a slot, in a sandboxed
+child process on a time, size and memory budget (:mod:`inference.templates`), so a template
+that loops or grows fails its own request (422 ``template.*``) and holds no slot.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -47,6 +51,7 @@ from inference.protocol import (
 )
 from inference.scheduler import QueueFull, RequestTimeout, Run, Scheduler, Stats, TenantQueueFull
 from inference.settings import InferenceSettings
+from inference.templates import TemplateRenderer, render_chat
 
 TENANT_HEADER = "X-Gristmill-Tenant"
 """Whose request this is, as the API (which holds the token) says: the per-tenant key."""
@@ -80,8 +85,22 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
     the_engine: Engine = engine
     scheduler = Scheduler(settings.concurrency, settings.queue_size, settings.tenant_limit)
     stats = Stats()
-    app = FastAPI(title="Gristmill inference", docs_url=None, redoc_url=None)
+    renderer = TemplateRenderer(
+        workers=settings.template_workers,
+        timeout_seconds=settings.template_timeout_seconds,
+        max_chars=settings.template_max_chars,
+        memory_bytes=settings.template_memory_bytes,
+        threads=settings.concurrency + settings.queue_size,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        renderer.close()
+
+    app = FastAPI(title="Gristmill inference", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.engine = the_engine
+    app.state.renderer = renderer
     app.state.scheduler = scheduler
     app.state.stats = stats
     app.state.settings = settings
@@ -171,6 +190,7 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
             "memory_used_bytes": cache.used_bytes if cache is not None else None,
             "memory_budget_bytes": settings.memory_budget_bytes,
             "stats": vars(stats),
+            "templates_killed": renderer.killed,
         }
 
     async def respond(
@@ -186,15 +206,16 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
         model = body.model.ref(settings.model_root)
         tenant = request.headers.get(TENANT_HEADER) or None
         scheduler.admit(tenant)
-        run = Run(
-            the_engine,
-            scheduler,
-            stats,
-            model,
-            generation,
-            time.monotonic() + settings.request_timeout_seconds,
-            tenant,
-        )
+        deadline = time.monotonic() + settings.request_timeout_seconds
+        try:  # a tenant's template renders in a child, on its budget, before any slot is taken
+            if generation.messages is not None:
+                generation = await render_chat(
+                    the_engine, renderer, model, generation, deadline, tenant
+                )
+        except BaseException:
+            scheduler.leave(tenant)
+            raise
+        run = Run(the_engine, scheduler, stats, model, generation, deadline, tenant)
         want_logprobs = generation.params.logprobs is not None
         watcher = asyncio.create_task(_watch_disconnect(request, run.cancel))
         try:

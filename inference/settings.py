@@ -52,3 +52,13 @@ class InferenceSettings(BaseSettings):
     loopback address."""
     gguf_threads: int | None = Field(None, ge=1)
     """CPU threads llama.cpp uses for GGUF models; None: its default (half the cores)."""
+    template_timeout_seconds: float = Field(2.0, gt=0)
+    """Wall clock one chat template render may take (in a child process, before the request
+    takes a slot); past it the child is killed and the request answers 422 ``template.timeout``."""
+    template_max_chars: int = Field(1_000_000, ge=1)
+    """Longest rendered chat prompt; past it 422 ``template.too_large``."""
+    template_memory_bytes: int = Field(256 * 2**20, ge=16 * 2**20)
+    """Address space a render child may add while rendering (``RLIMIT_AS``); past it 422
+    ``template.too_large``."""
+    template_workers: int = Field(2, ge=1)
+    """Render children: renders at once (each waits for a free one)."""

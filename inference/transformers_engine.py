@@ -11,6 +11,7 @@ greedy output equals ``generate``'s, alone or batched (tested).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Iterator
@@ -29,11 +30,11 @@ from transformers import (
 from inference.batching import Batcher
 from inference.cache import ModelCache
 from inference.engine import (
+    ChatTemplate,
     Completion,
     Delta,
     GenerationRequest,
     GenerationStream,
-    InferenceError,
     ModelInfo,
     ModelLoadError,
     ModelNotFound,
@@ -112,14 +113,7 @@ def load_model(ref: ModelRef, device: torch.device) -> LoadedModel:
 
             model = PeftModel.from_pretrained(model, ref.adapter_path, is_trainable=False)
         model.to(device).eval()
-        # A fine-tune saves its tokenizer (with its chat template) beside the adapter/merged
-        # weights; prefer that over the base's.
-        tokenizer_dir = ref.path
-        if ref.adapter_path is not None and any(
-            (ref.adapter_path / name).is_file() for name in _TOKENIZER_FILES
-        ):
-            tokenizer_dir = ref.adapter_path
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(ref), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         # The library's text names server paths: it goes to the log, the tenant gets the code.
         log.warning("cannot load %s from %s: %s", ref.id, ref.path, exc)
@@ -133,6 +127,41 @@ def load_model(ref: ModelRef, device: torch.device) -> LoadedModel:
     size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     log.info("loaded %s on %s (%.1f MiB)", ref.id, device, size / 2**20)
     return LoadedModel(model, tokenizer, eos_ids, int(context), device, size)
+
+
+def _tokenizer_dir(ref: ModelRef) -> Path:
+    """A fine-tune saves its tokenizer (with its chat template) beside the adapter/merged
+    weights; prefer that over the base's."""
+    if ref.adapter_path is not None and any(
+        (ref.adapter_path / name).is_file() for name in _TOKENIZER_FILES
+    ):
+        return ref.adapter_path
+    return ref.path
+
+
+def read_chat_template(ref: ModelRef) -> ChatTemplate | None:
+    """The tokenizer's chat template and special tokens, as ``apply_chat_template`` renders
+    with them; only the tokenizer is read (cached per folder and modification time)."""
+    _check_folders(ref)
+    folder = _tokenizer_dir(ref)
+    stamp = tuple(f.stat().st_mtime_ns for f in sorted(folder.glob("*")) if f.is_file())
+    try:
+        return _chat_template(folder, stamp)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("cannot read the tokenizer of %s from %s: %s", ref.id, folder, exc)
+        raise ModelLoadError(f"cannot load {ref.id!r}", param="model") from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _chat_template(folder: Path, stamp: tuple[int, ...]) -> ChatTemplate | None:
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if not tokenizer.chat_template:
+        return None
+    try:
+        source = tokenizer.get_chat_template()
+    except ValueError:  # several named templates and no "default": none to pick for chat
+        return None
+    return ChatTemplate(str(source), dict(tokenizer.special_tokens_map))
 
 
 def _eos_ids(ref: ModelRef, base: PreTrainedModel, tokenizer: Any) -> frozenset[int]:
@@ -194,6 +223,9 @@ class TransformersEngine:
         loaded = self._loaded(model)
         return ModelInfo(model.id, loaded.context_length, loaded.memory_bytes, str(loaded.device))
 
+    def chat_template(self, model: ModelRef) -> ChatTemplate | None:
+        return read_chat_template(model)
+
     def stream(
         self, model: ModelRef, request: GenerationRequest, cancel: threading.Event
     ) -> GenerationStream:
@@ -215,19 +247,13 @@ class TransformersEngine:
 
 
 def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
+    """A completion's prompt with the tokenizer's special tokens; a chat's rendered template
+    with none added (the template writes them), as ``apply_chat_template`` tokenises it."""
     if request.messages is None:
         return list(tokenizer(request.prompt or "")["input_ids"])
-    if not tokenizer.chat_template:
-        raise InferenceError("this model has no chat template; use /v1/completions", param="model")
-    try:
-        ids = tokenizer.apply_chat_template(
-            list(request.messages), add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-    except Exception as exc:  # jinja errors from the template's own raise_exception
-        raise InferenceError(
-            f"the chat template rejected the messages: {exc}", param="messages"
-        ) from exc
-    return [int(i) for i in ids]
+    if request.chat_prompt is None:
+        raise ValueError("chat messages reach the engine rendered (inference.templates)")
+    return list(tokenizer(request.chat_prompt, add_special_tokens=False)["input_ids"])
 
 
 def _generate(

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import layout
 from app.broker import enqueue
 from app.db import session_scope, utcnow
-from app.errors import GristmillError
+from app.errors import GristmillError, internal_error, public_message
 from app.flows.deletion import purge_deleted
 from app.flows.inputs import load_inputs
 from app.flows.quotas import stored_bytes
@@ -161,6 +161,7 @@ def _context(
         hooks=Hooks(monitor.on_progress, monitor.on_event, monitor.should_stop),
         settings=settings,
         storage_left=storage_left,
+        session_factory=session_factory,
     )
 
 
@@ -197,12 +198,9 @@ def _run_and_finish(
     except Exception:
         # Details (exception text, paths) go to the log; the user gets a stable message.
         log.exception("job crashed")
-        message = (
-            f"The job stopped on an internal error (job {ctx.job_id}, attempt {ctx.attempt}); "
-            "the operator's logs have the details."
-        )
+        public = internal_error(f"job id {ctx.job_id}, attempt {ctx.attempt}")
         return _finish(
-            att, monitor, JobStatus.failed, error_code="internal_error", error_message=message
+            att, monitor, JobStatus.failed, error_code=public.code, error_message=public.message
         )
     return _finish(att, monitor, JobStatus.succeeded, outcome=outcome)
 
@@ -365,6 +363,8 @@ def _write_final(
     placed: list[Placed],
     values: dict[str, Any],
 ) -> str | None:
+    if values.get("error_message"):
+        values["error_message"] = public_message(values["error_message"])
     with session_scope(att.factory) as session:
         if outcome is not None:
             values["result"] = outcome.result

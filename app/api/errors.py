@@ -2,7 +2,7 @@
 
 Every error body is ``{"error": {"message", "type", "param", "code"}}``: domain errors, request
 validation, unknown routes and unexpected exceptions alike (a 500 carries only a request id; the
-traceback goes to the log).
+traceback goes to the log). Every message passes ``app.errors.public_message`` (no server path).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def render(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     kind = error_type(status, code)
+    message = errors.public_message(message)
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
@@ -206,12 +207,8 @@ def _internal(request: Request, exc: Exception) -> JSONResponse:
         "request_id", "unknown"
     )
     log.error("unhandled error (request %s)", request_id, exc_info=exc)
-    return render(
-        500,
-        f"Internal error; quote request id {request_id} when reporting it.",
-        code="internal_error",
-        headers={"X-Request-ID": request_id},
-    )
+    public = errors.internal_error(f"request id {request_id}")
+    return render(500, public.message, code=public.code, headers={"X-Request-ID": request_id})
 
 
 def _allowed_methods(request: Request) -> str:

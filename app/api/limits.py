@@ -1,5 +1,5 @@
-"""Per-key rate limits (the ``limits`` library), throttles on failed rater-token lookups, and
-per-tenant caps on concurrent streams.
+"""Per-key rate limits (the ``limits`` library), throttles on failed key and rater-token lookups
+per client address, and per-tenant caps on concurrent streams.
 
 Rate-limit counters live in Redis in production, so every API process counts against the same
 budget; the embedded profile (one process) keeps them in memory. Stream slots are per process:
@@ -84,29 +84,33 @@ class KeyRateLimiter:
 
 
 class FailureThrottle:
-    """Failed rater-token lookups per client address: once an address has used up ``spec``, its
-    lookups are refused (429) without touching the database until old failures age out, so
-    guessing invite tokens is slow; lookups that succeed cost nothing here."""
+    """Failed credential lookups (API keys, rater tokens) per client address: once an address
+    has used up ``spec`` over the moving window, its lookups are refused (429) without touching
+    the database until old failures age out, so guessing is slow; lookups that succeed cost
+    nothing here. ``what`` names the credential in the refusal's code, ``label`` in its text."""
 
-    def __init__(self, spec: str, storage_url: str) -> None:
+    def __init__(
+        self, spec: str, storage_url: str, *, what: str = "rater_tokens", label: str = ""
+    ) -> None:
         self.items: list[RateLimitItem] = parse_many(spec) if spec.strip() else []
         self.limiter = MovingWindowRateLimiter(storage_from_string(storage_url))
+        self.what, self.label = what, label or what.replace("_", " ")
 
     def check(self, address: str) -> None:
         """Raises: RateLimited while ``address`` has no failures left."""
         for item in self.items:
-            if not self.limiter.test(item, "rater-failures", address):
-                stats = self.limiter.get_window_stats(item, "rater-failures", address)
+            if not self.limiter.test(item, self.what, "failures", address):
+                stats = self.limiter.get_window_stats(item, self.what, "failures", address)
                 retry = max(1, math.ceil(stats.reset_time - time.time()))
                 raise RateLimited(
-                    f"Too many unknown rater tokens from this address; retry in {retry} s.",
+                    f"Too many unknown {self.label} from this address; retry in {retry} s.",
                     retry_after=retry,
-                    code="rate_limited.rater_tokens",
+                    code=f"rate_limited.{self.what}",
                 )
 
     def failed(self, address: str) -> None:
         for item in self.items:
-            self.limiter.hit(item, "rater-failures", address)
+            self.limiter.hit(item, self.what, "failures", address)
 
 
 class StreamSlots:

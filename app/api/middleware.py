@@ -5,7 +5,9 @@ A pure ASGI middleware, in this order:
 1. **Authenticate before reading anything.** The key is checked in a session of its own that is
    closed at once, so no pooled connection stays checked out while a body or a download streams;
    a request without a valid key is answered 401 before one byte of its body is read. A checked
-   key is trusted for ``auth_cache_seconds`` (``app.api.auth_cache``).
+   key is trusted for ``auth_cache_seconds`` (``app.api.auth_cache``). Unknown, revoked and
+   expired keys count against the client address (``auth_failure_limit``); past it the address's
+   lookups answer 429 without touching the database, while cached valid keys pass.
 2. **Rate limit** per key (429 with ``RateLimit-*`` and ``Retry-After``). An invited rater's
    token is looked up here: unknown and revoked tokens count against the client address
    (``rater_failure_limit``), valid ones against the token (``rate_limit``) and against their
@@ -70,6 +72,7 @@ class EdgeGate:
         slots: StreamSlots | None = None,
         auth_cache: AuthCache | None = None,
         rater_failures: FailureThrottle | None = None,
+        key_failures: FailureThrottle | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -81,6 +84,9 @@ class EdgeGate:
         self.comparison_limiter = KeyRateLimiter(settings.rater_rate_limit, storage)
         self.rater_failures = rater_failures or FailureThrottle(
             settings.rater_failure_limit, storage
+        )
+        self.key_failures = key_failures or FailureThrottle(
+            settings.auth_failure_limit, storage, what="api_keys", label="API keys"
         )
         self.slots = slots or StreamSlots(settings.max_streams_per_tenant)
         self.auth_cache = auth_cache or AuthCache(settings.auth_cache_seconds)
@@ -146,7 +152,7 @@ class EdgeGate:
             await self.app(scope, receive, send)  # the router answers 405, nothing looked up
             return
         check_text_in_url(scope)
-        address = str((scope.get("client") or ("unknown",))[0])
+        address = _client_address(scope)
         failures = self.rater_failures
 
         def lookup(session: Session) -> str:
@@ -203,10 +209,19 @@ class EdgeGate:
         cached = self.auth_cache.get(digest)
         if cached is not None:
             return cached
+        address = _client_address(scope)
+        failures = self.key_failures
+
+        def lookup(session: Session) -> Caller:
+            failures.check(address)
+            try:
+                return identify(session=session, key=key)
+            except Unauthorized:
+                failures.failed(address)
+                raise
+
         try:
-            caller: Caller = await self._in_thread(
-                lambda session: identify(session=session, key=key)
-            )
+            caller: Caller = await self._in_thread(lookup)
         except Unauthorized as exc:
             await render_exception(exc)(scope, receive, send)
             return None
@@ -338,6 +353,12 @@ class _Unavailable(Exception):
 
 class _SlowReader(Exception):
     pass
+
+
+def _client_address(scope: Scope) -> str:
+    """Whom failed lookups count against: the peer (behind a proxy on this host, uvicorn takes
+    it from X-Forwarded-For)."""
+    return str((scope.get("client") or ("unknown",))[0])
 
 
 def _rater_token(scope: Scope) -> str | None:

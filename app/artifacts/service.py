@@ -17,7 +17,7 @@ from app import layout
 from app.artifacts.schemas import ArtifactFile, ArtifactRead, Lineage
 from app.artifacts.tables import Artifact
 from app.db import find_owned, get_owned, paginate
-from app.errors import InvalidInput, NotFound, shown
+from app.errors import InvalidInput, NotFound, public_reasons, shown
 from app.ids import new_id
 from app.storage import CHUNK, LocalStore, sha256_of
 
@@ -82,7 +82,7 @@ def to_read(artifact: Artifact) -> ArtifactRead:
         sha256=artifact.sha256,
         lineage=Lineage(**artifact.lineage),
         details=artifact.details,
-        errors=artifact.errors,
+        errors=public_reasons(artifact.errors),
         created_at=artifact.created_at,
         created=int(artifact.created_at.timestamp()),
         owned_by=artifact.tenant_id,

@@ -9,10 +9,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.comparisons import chart as charts
-from app.comparisons.tables import Comparison, ComparisonResults, ComparisonVote
+from app.comparisons.judges import judge_raters
+from app.comparisons.tables import Comparison, ComparisonResults, ComparisonVote, Rater
 from app.db import utcnow
 from app.ratings import bradley_terry, pairing
 from app.ratings.bradley_terry import Vote
+from app.ratings.judges import agreement_with_people
 
 
 def _votes(session: Session, comparison: Comparison) -> list[ComparisonVote]:
@@ -50,9 +52,34 @@ def results(*, session: Session, comparison: Comparison, rounds: int = 1000) -> 
     votes = [_as_vote(v) for v in _votes(session, comparison)]
     figures = bradley_terry.results(votes, comparison.model_ids, rounds=rounds)
     raters = len({v.rater for v in votes})
-    computed = {"comparison_id": comparison.id, "raters": raters, **figures}
+    judges = judge_raters(session=session, comparison_id=comparison.id)
+    people = [v for v in votes if v.rater not in {j.id for j in judges}]
+    # A judge's votes show each pair both ways round, so only people's measure the left side.
+    figures["left_win_rate"] = bradley_terry.left_win_rate(people)
+    computed = {
+        "comparison_id": comparison.id,
+        "raters": raters,
+        **figures,
+        "judges": [_judge(judge, votes, people) for judge in judges],
+    }
     _store(session, comparison.id, len(votes), figures=computed)
     return computed
+
+
+def _judge(judge: Rater, votes: list[Vote], people: list[Vote]) -> dict[str, Any]:
+    """A judge's figures: its votes, position bias and agreement with the people (every rater
+    that is not a judge) on the pairs both voted on."""
+    mine = [v for v in votes if v.rater == judge.id]
+    details = judge.details or {}
+    return {
+        "rater": judge.id,
+        "name": judge.name,
+        "votes": len(mine),
+        "ties": sum(v.outcome == "tie" for v in mine),
+        "position_bias": details.get("position_bias"),
+        "job_id": details.get("job_id"),
+        "human_agreement": agreement_with_people(mine, people),
+    }
 
 
 def _store(session: Session, comparison_id: str, votes: int, **values: Any) -> None:

@@ -75,3 +75,41 @@ class VoteCreate(BaseModel):
 
 class VoteCount(BaseModel):
     votes: int = Field(description="This rater's votes so far.")
+
+
+class JudgeCreate(BaseModel):
+    """A judge for the comparison's pairs: one of your models, or an endpoint's model named by
+    one of your secrets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        default=None, max_length=40, description="A ready model of yours (Hugging Face or GGUF)."
+    )
+    secret: str | None = Field(
+        default=None, max_length=100, description="A secret naming an OpenAI-compatible endpoint."
+    )
+    endpoint_model: str = Field(
+        default="", max_length=200, description="The endpoint's model to ask (with secret)."
+    )
+    rubric: str | None = Field(
+        default=None,
+        max_length=8000,
+        description="The prompt, with {question}, {answer_a} and {answer_b}; default: MT-Bench's "
+        "pairwise prompt, shortened.",
+    )
+    max_pairs: int = Field(default=2000, ge=1, le=100_000, description="Pairs judged at most.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where a model judge runs."
+    )
+
+    @model_validator(mode="after")
+    def _one_judge(self) -> JudgeCreate:
+        if (self.model is None) == (self.secret is None):
+            raise ValueError("give model or secret (one of them)")
+        return self
+
+
+class JudgeStarted(BaseModel):
+    comparison_id: str
+    job_id: str = Field(description="The ``judge`` job; its votes count when it succeeds.")

@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -82,7 +83,10 @@ class ComparisonPair(Base):
 
 class Rater(Base):
     """A person invited by link; the link's token is kept only as its SHA-256. A revoked
-    invite keeps its row (its votes name it) and its token is refused."""
+    invite keeps its row (its votes name it) and its token is refused.
+
+    A ``judge`` rater is a ``judge`` job's model or endpoint (named ``judge:<model>``; no token
+    opens it): ``details`` holds its figures (position bias, pairs, the job's id)."""
 
     __tablename__ = "comparison_rater"
 
@@ -94,6 +98,8 @@ class Rater(Base):
     name: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    judge: Mapped[bool] = mapped_column(default=False, server_default=false())
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class ComparisonVote(Base):

@@ -22,6 +22,7 @@ from app.compat import schemas
 from app.datasets.schemas import DatasetRead
 from app.errors import NotFound
 from app.jobs import service as jobs
+from app.jobs.messages import public_error, public_event
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job, JobEvent, JobMetric
 from app.jobs.waiting import is_waiting
@@ -199,7 +200,8 @@ def job_view(job: Job) -> schemas.FineTuningJob:
         method_hyper["beta"] = (params.get("dpo") or {}).get("beta", "auto")
     error = None
     if job.error_code:
-        error = schemas.JobError(code=job.error_code, message=job.error_message or "")
+        message = public_error(job.error_code, job.error_message or "", job.id)
+        error = schemas.JobError(code=job.error_code, message=message)
     eta = (job.progress or {}).get("eta_s")
     estimated = None
     if job.status in (JobStatus.running, JobStatus.cancelling) and eta is not None:
@@ -251,13 +253,14 @@ def _event_id(moment: datetime, tail: str) -> str:
 
 def _message_events(session: Session, job: Job) -> Iterable[schemas.FineTuningJobEvent]:
     for event in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id)):
+        message, data = public_event(event.message, event.data, job.id)
         yield schemas.FineTuningJobEvent(
             id=_event_id(event.created_at, f"e{event.id:012d}"),
             created_at=unix(event.created_at) or 0,
             level=LEVELS.get(event.level, "info"),
-            message=event.message,
+            message=message,
             type="message",
-            data=event.data,
+            data=data,
         )
 
 

@@ -13,7 +13,7 @@ from app import layout
 from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
 from app.db import get_owned, paginate, utcnow
-from app.errors import InvalidInput, NotFound, shown
+from app.errors import InvalidInput, NotFound, public_message, public_reasons, shown
 from app.ids import new_id
 from app.jobs.states import FINAL_STATES, JobStatus
 from app.jobs.tables import Job
@@ -103,13 +103,14 @@ def to_read(session: Session, datasets: Sequence[Dataset]) -> list[DatasetRead]:
             select(Job.id, Job.status, Job.error_message).where(Job.id.in_(job_ids))
         )
         failed = {
-            job_id: message or f"validation {status}"
+            job_id: public_message(message or f"validation {status}")
             for job_id, status, message in rows
             if status in FINAL_STATES and status != JobStatus.succeeded
         }
     views = []
     for d in datasets:
         view = DatasetRead.model_validate(d, from_attributes=True)
+        view = view.model_copy(update={"errors": public_reasons(view.errors)})
         if d.job_id in failed:
             view = view.model_copy(
                 update={"status": "failed", "errors": [{"reason": failed[d.job_id]}]}

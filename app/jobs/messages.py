@@ -4,9 +4,9 @@ Workers record what happened in their own terms (exception text, launcher logs, 
 of the worker); those details stay in the worker's log, which carries the job id. The API shows:
 
 * for ``internal_error``: one stable sentence with the job id to quote;
-* for other errors and for events: the message with server paths replaced by ``<path>``, the
-  worker's ``host:pid`` dropped, exception-looking text after ``job failed:`` replaced, and a
-  length cap; event ``data`` without the worker, host, pid or log fields.
+* for other errors and for events: the message under ``app.errors.public_message`` (no server
+  paths or tracebacks, a length cap), the worker's ``host:pid`` dropped, exception-looking text
+  after ``job failed:`` replaced; event ``data`` without the worker, host, pid or log fields.
 """
 
 from __future__ import annotations
@@ -14,29 +14,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
-INTERNAL_ERROR = "The job stopped on an internal error; quote job id {job_id} when reporting it."
-MAX_MESSAGE = 500
+from app.errors import internal_error, public_message
+
 PRIVATE_DATA_KEYS = frozenset({"worker", "host", "hostname", "pid", "log", "stderr", "traceback"})
 
-_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/:'\"()<>,;]+/)+[^\s/:'\"()<>,;]*")
 _STARTED_ON = re.compile(r"^(attempt \d+ started) on \S+$")
 _EXCEPTION = re.compile(r"^(job failed): [A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*", re.S)
-_TRACEBACK = re.compile(r"Traceback \(most recent call last\).*", re.S)
-
-
-def scrub(message: str) -> str:
-    """``message`` without server paths or tracebacks, at most ``MAX_MESSAGE`` characters."""
-    text = _TRACEBACK.sub("(details in the server log)", message)
-    text = _PATH.sub("<path>", text)
-    if len(text) > MAX_MESSAGE:
-        text = text[: MAX_MESSAGE - 1] + "…"
-    return text
 
 
 def public_error(code: str, message: str, job_id: str) -> str:
     if code == "internal_error":
-        return INTERNAL_ERROR.format(job_id=job_id)
-    return scrub(message)
+        return internal_error(f"job id {job_id}").message
+    return public_message(message)
 
 
 def public_event(
@@ -47,7 +36,7 @@ def public_event(
         message = started.group(1)
     exception = _EXCEPTION.match(message)
     if exception:
-        message = f"{exception.group(1)}: {INTERNAL_ERROR.format(job_id=job_id)}"
+        message = f"{exception.group(1)}: {internal_error(f'job id {job_id}').message}"
     if data:
         data = {k: v for k, v in data.items() if k not in PRIVATE_DATA_KEYS} or None
-    return scrub(message), data
+    return public_message(message), data

@@ -162,18 +162,21 @@ def results(
     for v in votes:
         per_model[v.model_a] += 1
         per_model[v.model_b] += 1
-    decisive = [v for v in votes if v.outcome in ("a", "b")]
     return {
         "votes": len(votes),
         "ladder": ladder,
         "win_rate": matrix,
         "votes_per_model": per_model,
-        "left_win_rate": (
-            sum(v.outcome == "a" for v in decisive) / len(decisive) if decisive else None
-        ),
+        "left_win_rate": left_win_rate(votes),
         "outcomes": {o: sum(v.outcome == o for v in votes) for o in ("a", "b", "tie", "both_bad")},
         "rater_agreement": agreement(votes),
     }
+
+
+def left_win_rate(votes: Sequence[Vote]) -> float | None:
+    """Share of decisive votes won by the answer shown on the left (0.5: no position bias)."""
+    decisive = [v for v in votes if v.outcome in ("a", "b")]
+    return sum(v.outcome == "a" for v in decisive) / len(decisive) if decisive else None
 
 
 def _verdict(v: Vote) -> str:

@@ -60,3 +60,32 @@ class KeyRotate(BaseModel):
 
     grace_seconds: int = Field(0, ge=0, le=MAX_GRACE_SECONDS)
     """How long the old secret keeps working beside the new one (0: it stops at once)."""
+
+
+SECRET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+class SecretCreate(BaseModel):
+    """An external OpenAI-compatible endpoint a job may call: kept encrypted, never shown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=SECRET_NAME_PATTERN, description="How jobs name it.")
+    base_url: str = Field(
+        pattern=r"^https?://\S+$", max_length=2000,
+        description="The endpoint's base URL, e.g. https://api.openai.com/v1.",
+    )  # fmt: skip
+    api_key: str = Field(min_length=1, max_length=4000, description="Sent as a bearer token.")
+
+
+class SecretRead(BaseModel):
+    """A secret as the API shows it: its name and a masked hint, never the URL or key."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    object: Literal["secret"] = "secret"
+    name: str
+    hint: str
+    """``…`` and the key's last four characters (long keys only)."""
+    created_at: datetime

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from client.commands.common import (
 )
 from client.commands.jobs import follow
 from client.http import GristmillClient
+from client.statuses import JOB_FINAL
 
 if TYPE_CHECKING:
     from client.parser import Leaf, SubParsers
@@ -52,6 +54,17 @@ def add_actions(actions: SubParsers, leaf: Leaf, group: str) -> None:
     invite.add_argument("id")
     invite.add_argument("--name", help="who the link is for")
     invite.set_defaults(handler=invite_rater)
+    judge = leaf(actions, "judge", "have a model or an endpoint vote on every pair, both orders")
+    judge.add_argument("id")
+    who = judge.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", metavar="ID", help="one of your ready models as the judge")
+    who.add_argument("--secret", metavar="NAME", help="a secret naming an endpoint (see secrets)")
+    judge.add_argument("--endpoint-model", default="", help="the endpoint's model (with --secret)")
+    judge.add_argument("--rubric-file", type=Path, help="the prompt, with {question}, "
+                       "{answer_a} and {answer_b} (default: the server's)")  # fmt: skip
+    judge.add_argument("--max-pairs", type=int, help="judge at most this many pairs")
+    judge.add_argument("--wait", action="store_true", help="follow the job; exit 1 if it fails")
+    judge.set_defaults(handler=judge_comparison)
     results = leaf(actions, "results", "the rating ladder, win rates and rater agreement")
     results.add_argument("id")
     results.set_defaults(handler=show_results)
@@ -121,6 +134,33 @@ def invite_rater(client: GristmillClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def judge_comparison(client: GristmillClient, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"endpoint_model": args.endpoint_model}
+    body.update({k: v for k, v in (("model", args.model), ("secret", args.secret),
+                                   ("max_pairs", args.max_pairs)) if v is not None})  # fmt: skip
+    if args.rubric_file:
+        try:
+            body["rubric"] = args.rubric_file.read_text()
+        except OSError as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}")
+            return EXIT_USAGE
+    started = client.comparisons.judge(args.id, body)
+    job_id = started["job_id"]
+    job = None
+    if args.wait and args.json:
+        with err.status(f"judging {args.id}…"):
+            while (job := client.jobs.get(job_id))["status"] not in JOB_FINAL:
+                time.sleep(0.5)
+    elif args.wait:
+        follow(client, job_id, json_output=False)
+        job = client.jobs.get(job_id)
+    if args.json:
+        emit_json(job or started)
+    else:
+        out.print(f"[dim]results with: gristmill comparisons results {args.id}[/]")
+    return EXIT_FAILED if job is not None and job["status"] == "failed" else EXIT_OK
+
+
 def show_results(client: GristmillClient, args: argparse.Namespace) -> int:
     results = client.comparisons.results(args.id)
     if args.json:
@@ -162,7 +202,24 @@ def show_results(client: GristmillClient, args: argparse.Namespace) -> int:
         f"{agreement.get('repeats', 0)} repeat(s) · outcomes "
         + ", ".join(f"{k} {v}" for k, v in (results.get("outcomes") or {}).items())
     )
+    if results.get("judges"):
+        out.print(_judges_table(results["judges"]))
     return EXIT_OK
+
+
+def _judges_table(judges: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold", title="judges")
+    for name in ("judge", "votes", "ties", "position bias", "pairs with people", "kappa"):
+        table.add_column(name, no_wrap=True, justify="left" if name == "judge" else "right")
+    for judge in judges:
+        agreement = judge.get("human_agreement") or {}
+        kappa = agreement.get("kappa")
+        table.add_row(
+            escape(judge["name"] or judge["rater"]), str(judge["votes"]), str(judge["ties"]),
+            _share(judge.get("position_bias")), str(agreement.get("pairs", 0)),
+            "-" if kappa is None else f"{kappa:.2f}",
+        )  # fmt: skip
+    return table
 
 
 def _share(value: float | None) -> str:

@@ -28,6 +28,12 @@ class Comparisons:
         response = self.client.request("POST", f"/comparisons/{comparison_id}/raters", json=body)
         return dict(response.json())
 
+    def judge(self, comparison_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Queue a ``judge`` job (its ``job_id``): a model or an endpoint votes on every pair."""
+        response = self.client.request("POST", f"/comparisons/{comparison_id}/judges",
+                                       json=dict(body))  # fmt: skip
+        return dict(response.json())
+
     def results(self, comparison_id: str) -> dict[str, Any]:
         """The ladder (Elo scale, 95% intervals), win rates, votes per model, left-position win
         rate and rater agreement."""

@@ -111,9 +111,24 @@ def extract_archive(archive: Path, dest: Path, config: ModelImportConfig) -> tup
             _extract_tar(archive, dest, budget)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         if isinstance(exc, FileExistsError):
-            raise _fail("model.unsafe_archive", f"duplicate member: {exc.filename}") from exc
-        raise _fail("model.bad_archive", f"not a readable .tar, .tar.gz or .zip: {exc}") from exc
+            member = _member(exc, dest)
+            raise _fail("model.unsafe_archive", f"duplicate member: {member}") from exc
+        # An OSError names the absolute path it failed on: say which member, relative to the top.
+        reason = (
+            f"{exc.strerror or type(exc).__name__} at {_member(exc, dest)}"
+            if isinstance(exc, OSError)
+            else str(exc)
+        )
+        raise _fail("model.bad_archive", f"not a readable .tar, .tar.gz or .zip: {reason}") from exc
     return budget.files, budget.bytes
+
+
+def _member(exc: OSError, dest: Path) -> str:
+    """The member an extraction error is about, as the archive names it (never a server path)."""
+    try:
+        return Path(exc.filename).relative_to(dest).as_posix()
+    except (TypeError, ValueError):
+        return "a member"
 
 
 def _bounded_tarinfo(limit: int) -> type[tarfile.TarInfo]:

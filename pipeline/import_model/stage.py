@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import pickletools
 import shutil
 import uuid
@@ -27,6 +28,7 @@ from pipeline.import_model import quantization
 from pipeline.import_model.archives import extract_archive
 from pipeline.types import PRODUCT, Hooks, PipelineError, RetryableError, RunPaths, StageCancelled
 
+log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = frozenset(
     {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".dill", ".npy", ".npz"}
 )
@@ -100,8 +102,11 @@ def run_model_import(
     except (PipelineError, StageCancelled, RetryableError):
         raise
     except Exception as exc:
+        # The exception's text (often a server path) is for the worker's log, not the tenant.
+        log.exception("model import failed unexpectedly")
         raise _fail(
-            "model.check_failed", f"the model could not be checked: {type(exc).__name__}: {exc}"
+            "model.check_failed",
+            f"the model could not be checked ({type(exc).__name__}); the server log has details",
         ) from exc
 
 

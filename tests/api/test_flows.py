@@ -18,6 +18,7 @@ from app.jobs.tables import Job, JobInput
 from app.main import create_app
 from app.settings import Settings
 from tests.api.test_errors_and_auth import assert_error
+from tests.comparisons.judging import make_planted_comparison
 from tests.conftest import TEST_BROKER_URL
 from tests.factories import spend_device_hours
 
@@ -54,6 +55,7 @@ STARTS_WORK = {
     "POST /v1/fine_tuning/jobs",
     "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/resume",
     "POST /v1/comparisons",  # its compare job generates the answers
+    "POST /v1/comparisons/{comparison_id}/judges",  # its judge job votes
     "POST /v1/datasets",  # queues the dataset's validation
     "POST /v1/files",  # the same, through OpenAI's files API
     "POST /v1/models",  # queues the model's import
@@ -75,6 +77,8 @@ STARTS_NO_WORK = {
     "POST /v1/keys",
     "DELETE /v1/keys/{key_id}",
     "POST /v1/keys/{key_id}/rotate",
+    "POST /v1/secrets",
+    "DELETE /v1/secrets/{name}",
 }
 
 
@@ -105,11 +109,13 @@ def test_a_tenant_at_its_quotas_starts_no_work_through_any_route(
         session.execute(update(Job).where(Job.id == fine_tuning_job_id).values(type="finetune"))
         session.commit()
     spend_device_hours(factory, tenant, hours=2)
+    comparison_id = make_planted_comparison(factory, tenant)
     jobs_before = _jobs(factory)
     requests: dict[str, dict[str, Any]] = {
         "POST /v1/jobs": {"json": PROBE},
         "POST /v1/fine_tuning/jobs": {"json": {"model": "mdl_a", "training_file": "ds_a"}},
         "POST /v1/comparisons": {"json": {"models": ["mdl_a", "mdl_b"], "prompts": ["Hi."]}},
+        "POST /v1/comparisons/{comparison_id}/judges": {"json": {"model": "mdl_a"}},
         "POST /v1/datasets": {"files": {"file": ("d.jsonl", ROWS)}},
         "POST /v1/files": {"files": {"file": ("d.jsonl", ROWS), "purpose": (None, "fine-tune")}},
         "POST /v1/models": {"files": {"file": ("tiny.tar.gz", _model_archive())}},
@@ -121,7 +127,9 @@ def test_a_tenant_at_its_quotas_starts_no_work_through_any_route(
     with TestClient(create_app(quota, run_reaper=False), raise_server_exceptions=False) as client:
         for route, kwargs in requests.items():
             method, path = route.split(" ")
-            url = path.format(job_id=job_id, fine_tuning_job_id=fine_tuning_job_id)
+            url = path.format(
+                job_id=job_id, fine_tuning_job_id=fine_tuning_job_id, comparison_id=comparison_id
+            )
             answer = client.request(method, url, headers=auth, **kwargs)
             error = assert_error(answer, 403)
             assert error["code"] in {"quota.active_jobs", "quota.device_hours"}, route

@@ -12,11 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.serving import uvicorn_options
 from app.main import create_app
 from app.settings import Settings
 from tests.factories import make_key
 from tests.serving import serve_in_thread
-from tests.timing import wait_for
+from tests.timing import scaled, wait_for
 
 STALLED = "download stalled by its reader"  # the edge's log line when it drops a reader
 SLOW = {
@@ -32,8 +33,9 @@ SLOW = {
 @contextlib.contextmanager
 def serving(settings: Settings, *, slow: bool = True) -> Iterator[str]:
     """A real uvicorn server in a thread (with tight pool and timeouts unless ``slow=False``)."""
-    app = create_app(settings.model_copy(update=SLOW) if slow else settings, run_reaper=False)
-    with serve_in_thread(app, log_config=None, access_log=False) as url:
+    settings = settings.model_copy(update=SLOW) if slow else settings
+    app = create_app(settings, run_reaper=False)
+    with serve_in_thread(app, **uvicorn_options(settings.send_timeout_seconds)) as url:
         yield url
 
 
@@ -138,6 +140,50 @@ def test_a_download_nobody_reads_is_disconnected(
                 received += len(chunk)
         sock.close()
         assert 0 < received < len(body)  # cut off, not served in full
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    """The kernel's TCP state of this end (``tcpi_state``: 1 established, 7 closed by a reset,
+    8 close-wait after the peer's FIN), read without reading any data."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_download_has_its_connection_closed_not_only_its_slot(
+    settings: Settings, factory: sessionmaker[Session]
+) -> None:
+    key = make_key(factory, "stalled").key
+    auth = {"Authorization": f"Bearer {key}"}
+    body = (b'{"text": "' + b"b" * 1000 + b'"}\n') * 16_000  # 16 MB: more than socket buffers
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=30) as client:
+        ds = client.post("/v1/datasets", files={"file": ("big.jsonl", body)}, headers=auth)
+        assert ds.status_code == 202, ds.text
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+        sock.sendall(
+            f"GET /v1/datasets/{ds.json()['id']}/content HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {key}\r\n\r\n".encode()
+        )
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")  # a few bytes, then nothing
+        # Without reading another byte, the connection is seen closed from this end: the
+        # server dropped its socket after the send timeout (2 s) and a short grace.
+        wait_for(
+            lambda: _tcp_state(sock) != 1,
+            timeout=15,
+            interval=0.1,
+            what="the server to close the stalled download's connection",
+        )
+        sock.settimeout(scaled(5))
+        received, ended = 0, False
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+            ended = True
+        ended = ended or _tcp_state(sock) == 7
+        sock.close()
+        assert ended and received < 1 << 20, received  # the rest was never sent
+        assert client.get("/v1/jobs", headers=auth).status_code == 200
 
 
 def test_an_exhausted_pool_answers_503_with_retry_after(

@@ -162,6 +162,33 @@ def test_a_comparison_from_creation_to_exported_votes(
     assert "(422 " in refused(one_model)
 
 
+def test_a_judge_votes_on_a_comparison_and_secrets_are_stored_listed_and_deleted(
+    server: Server, folder_model: tuple[str, str], zip_model: str
+) -> None:
+    first, second = folder_model[0], zip_model
+    create = ["comparisons", "create", first, second, "--prompt", "The cat", "--prompt", "A dog"]
+    create += ["--max-tokens", "3", "--temperature", "0", "--wait", "--json"]
+    cid = json.loads(ok(server.cli(*create)))["id"]
+
+    judged = json.loads(ok(server.cli("comparisons", "judge", cid, "--model", first, "--wait",
+                                      "--json")))  # fmt: skip
+    assert judged["status"] == "succeeded" and judged["result"]["pairs"] == 2
+    table = ok(server.cli("comparisons", "results", cid))
+    assert "judges" in table and f"judge:{first}" in table and "position bias" in table
+
+    key = "sk-cli-0123456789abcdefghijkl"
+    stored = server.cli("secrets", "create", "grader", "--base-url", "http://127.0.0.1:9/v1",
+                        "--key-env", "GRISTMILL_JUDGE_KEY", judge_key=key)  # fmt: skip
+    assert "stored grader (…ijkl)" in ok(stored)
+    listed = ok(server.cli("secrets", "list", "--json"))
+    assert json.loads(listed)["data"][0]["name"] == "grader" and key not in listed
+    assert "deleted grader" in ok(server.cli("secrets", "delete", "grader"))
+    assert "(404 " in refused(server.cli("secrets", "delete", "grader"))
+    no_key = server.cli("secrets", "create", "other", "--base-url", "http://127.0.0.1:9/v1",
+                        "--key-env", "GRISTMILL_UNSET_VAR")  # fmt: skip
+    assert "no API key given" in refused(no_key, 2)
+
+
 def test_datasets_delete_and_every_list_has_one_json_shape(server: Server, tmp_path: Path) -> None:
     small = tmp_path / "small.jsonl"
     small.write_bytes(b"".join(CORPUS.read_bytes().splitlines(keepends=True)[:20]))

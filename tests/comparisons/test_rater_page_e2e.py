@@ -1,5 +1,6 @@
 """The rater page served by the real API, in a real headless Chromium: an invited rater (no API
-key) votes with a click and a key, and the votes land in the database."""
+key) votes with a click and a key, and the votes land in the database, beside a judge's votes
+that were there first (they neither hide pairs from people nor change what the page shows)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.comparisons import ladder, service
+from app.comparisons.judges import JudgeVote, JudgeVotes
 from app.comparisons.outputs import ComparisonAnswers
 from app.comparisons.tables import Comparison
 from app.main import create_app
@@ -50,6 +52,9 @@ def _open_comparison(factory: sessionmaker[Session], tenant_id: str) -> tuple[st
         session.add(comparison)
         answers = ComparisonAnswers(comparison.id, ["Prompt one", "Prompt two"], ANSWERS)
         answers.record(session=session)
+        JudgeVotes(comparison.id, "judge:mdl_j", {"position_bias": 0.5}, [
+            JudgeVote(0, "mdl_x", "mdl_y", "mdl_x"), JudgeVote(1, "mdl_x", "mdl_y", "tie"),
+        ]).record(session=session)  # fmt: skip
         session.commit()
         _, token = service.add_rater(session=session, comparison=comparison, name="Ada")
         return comparison.id, token
@@ -82,5 +87,9 @@ def test_an_invited_rater_votes_on_the_real_page(
     with factory() as session:
         comparison = session.get_one(Comparison, cid)
         results = ladder.results(session=session, comparison=comparison, rounds=10)
-    assert results["votes"] == 2 and results["outcomes"]["a"] == 1
-    assert results["outcomes"]["b"] == 1
+    assert results["votes"] == 4 and results["raters"] == 2
+    assert results["outcomes"] == {"a": 2, "b": 1, "tie": 1, "both_bad": 0}
+    assert results["left_win_rate"] == 0.5  # people's votes only: a judge sees both sides
+    (judged,) = results["judges"]
+    assert judged["name"] == "judge:mdl_j" and judged["position_bias"] == 0.5
+    assert judged["human_agreement"]["pairs"] == 2

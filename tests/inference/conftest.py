@@ -5,6 +5,7 @@ The tokenizer is a byte-level BPE trained here on a few sentences, so nothing co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -174,15 +175,17 @@ def client(app: Any) -> Iterator[TestClient]:
         yield test_client
 
 
-@pytest.fixture(scope="module")
-def service() -> Iterator[str]:
-    """``gristmill inference`` as a real process on a free port, one per test module."""
+@contextlib.contextmanager
+def run_service(**env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``gristmill inference`` as a real process on a free port, with ``env`` on top of the
+    test settings; yields its URL (once healthy) and the process."""
     port = free_port()
     env = {
         **os.environ,
         "GRISTMILL_INFERENCE_DEVICE": "cpu",
         "GRISTMILL_INFERENCE_QUEUE_SIZE": "2",
         "GRISTMILL_INFERENCE_MODEL_ROOT": str(MODEL_ROOT[0]),
+        **env,
     }
     cmd = [sys.executable, "-m", "app.cli", "inference", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(cmd, env=env)
@@ -197,7 +200,14 @@ def service() -> Iterator[str]:
 
     try:
         wait_for(healthy, timeout=60, what="the inference process to come up")
-        yield url
+        yield url, process
     finally:
         process.terminate()
         process.wait(timeout=scaled(15))
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[str]:
+    """``gristmill inference`` as a real process on a free port, one per test module."""
+    with run_service() as (url, _):
+        yield url

@@ -18,6 +18,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from inference.engine import (
+    ChatTemplate,
     Completion,
     Delta,
     GenerationRequest,
@@ -45,6 +46,9 @@ class SlowEngine:
 
     def load(self, model: ModelRef) -> ModelInfo:
         return self.inner.load(model)
+
+    def chat_template(self, model: ModelRef) -> ChatTemplate | None:
+        return self.inner.chat_template(model)
 
     def stream(
         self, model: ModelRef, request: GenerationRequest, cancel: threading.Event

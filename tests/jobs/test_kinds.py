@@ -33,7 +33,11 @@ SERVICE_EXAMPLES: dict[str, dict[str, object]] = {
         "comparison_id": "cmp_01JAAAAAAAAAAAAAAAAAAAAAAA",
         "model_ids": ["mdl_01JAAAAAAAAAAAAAAAAAAAAAAA", "mdl_01JBBBBBBBBBBBBBBBBBBBBBBB"],
         "prompts": ["Say hello."],
-    }
+    },
+    "judge": {
+        "comparison_id": "cmp_01JAAAAAAAAAAAAAAAAAAAAAAA",
+        "judge_model_id": "mdl_01JAAAAAAAAAAAAAAAAAAAAAAA",
+    },
 }
 # Kinds that need one of several optional inputs besides their required ones.
 ONE_OF_EXAMPLES: dict[str, dict[str, object]] = {"evaluate": {"dataset_id": PLACEHOLDER_ID}}

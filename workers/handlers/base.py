@@ -17,15 +17,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.errors import public_message
 from app.flows.inputs import Resolved
 from app.jobs.kinds import JobKind
 from app.settings import Settings
 from app.storage import LocalStore
 from pipeline.configs.codec import decode, encode
 from pipeline.parts.datasets.formats import detect_format
-from pipeline.types import DatasetFile, Hooks, RunPaths, is_product, split_stage_name
+from pipeline.types import (
+    DatasetFile,
+    Hooks,
+    PipelineError,
+    RunPaths,
+    is_product,
+    split_stage_name,
+)
 from workers.launch import run_distributed
 
 P = TypeVar("P")
@@ -73,6 +81,9 @@ class JobContext(Generic[P]):
     settings: Settings
     storage_left: int | None = None
     """The tenant's storage quota less what it stores, when the job started (None: not read)."""
+    session_factory: sessionmaker[Session] | None = None
+    """For a handler whose inputs are rows, not files (a judge reads a comparison's answers and
+    decrypts a secret only when it runs, so neither is ever stored with the job)."""
 
     def dataset(self, param: str) -> DatasetFile:
         return dataset_file(self.inputs[param])
@@ -129,11 +140,18 @@ def run_stage(
     """
     if ctx.kind.stage is None or resolve_stage(ctx.kind.stage) is not stage:
         raise ValueError(f"job kind {ctx.kind.name!r} declares {ctx.kind.stage!r}, not {stage}")
-    if devices > 1:
-        data = run_distributed(ctx.kind.stage, config, inputs, ctx.paths, ctx.hooks, devices)
-        result: R = decode(typing.get_type_hints(stage)["return"], data)
-        return result
-    return stage(config, inputs, ctx.paths, ctx.hooks)
+    try:
+        if devices > 1:
+            data = run_distributed(ctx.kind.stage, config, inputs, ctx.paths, ctx.hooks, devices)
+            result: R = decode(typing.get_type_hints(stage)["return"], data)
+            return result
+        return stage(config, inputs, ctx.paths, ctx.hooks)
+    except PipelineError as err:
+        # A stage may quote a library's message, which can name a server path: the tenant reads
+        # this on the job, the model or the dataset.
+        err.message = public_message(err.message)
+        err.args = (err.message,)
+        raise
 
 
 def resolve_stage(name: str) -> Callable[..., Any]:

@@ -39,17 +39,19 @@ def ref(
     optional: bool = False,
     ready: bool = True,
     formats: tuple[str, ...] = (),
+    many: bool = False,
 ) -> Any:
     """A parameter that names a stored object the job reads (``dataset_id``, ``tokenizer_id``).
 
     The registry finds every such field; the API checks each one (the tenant's own, and ready)
     before the job is queued, and the runner resolves them to files before the handler runs.
     ``ready=False`` admits an object still being validated (only its validation job reads one);
-    ``formats`` limits a model to the formats the job can read (``huggingface``, ``gguf``, …).
+    ``formats`` limits a model to the formats the job can read (``huggingface``, ``gguf``, …);
+    ``many`` with ``optional`` makes an optional tuple of ids (empty by default).
     """
     meta = {"ref": kind, "ready": ready, "formats": formats}
     if optional:
-        return field(default=None, kw_only=True, metadata=meta)
+        return field(default=() if many else None, kw_only=True, metadata=meta)
     return field(kw_only=True, metadata=meta)
 
 

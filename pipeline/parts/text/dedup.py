@@ -264,3 +264,16 @@ class NearDupIndex:
                 else:
                     self._buckets[key] = [hit, slot]
         return slot, None
+
+
+def char_shingles(text: str, width: int) -> U64:
+    """Hashes of every run of ``width`` characters of ``text`` as written (case and spacing
+    kept: verbatim copying is what they find); none when the text is shorter."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    count = len(codes) - width + 1
+    if count <= 0:
+        return np.zeros(0, np.uint64)
+    with np.errstate(over="ignore"):
+        weighted = (codes.astype(np.uint64) + np.uint64(1)) * _powers(_BASE, len(codes))
+        prefix = np.concatenate(([np.uint64(0)], np.cumsum(weighted, dtype=np.uint64)))
+        return _mix((prefix[width:] - prefix[:count]) * _powers(_BASE_INV, count))
