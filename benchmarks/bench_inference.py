@@ -1,9 +1,11 @@
 """Tokens/s and time to first token through the inference service vs a bare ``model.generate``,
 and the latency the API's proxy adds in front of the service.
 
-    .venv/bin/python -m benchmarks.bench_inference --tokens 128
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_inference --tokens 64 --no-proxy
 
-Builds a small random Llama (no hub), saves it, and in the same run measures:
+Builds a random Llama (no hub; by default 8 layers of width 1024, about 134M parameters, the
+135M class), saves it, and in the same run measures (one OpenMP thread each is the steadier
+choice on a small shared machine: spinning idle threads make two-thread figures erratic):
 - bare: ``model.generate`` greedy with the KV cache, ``max_new_tokens`` forced (no eos);
   time to first token is ``generate`` with one new token;
 - service: ``gristmill inference``'s app under uvicorn on a local socket, a streamed
@@ -346,8 +348,8 @@ def report_batching(runs: list[streams.Level], tokens: int, rounds: int) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--proxy-repeats", type=int, default=10, help="ABBA rounds for the proxy")
     parser.add_argument(
