@@ -1,14 +1,19 @@
 """Tokens/s and time to first token through the inference service vs a bare ``model.generate``,
 and the latency the API's proxy adds in front of the service.
 
-    .venv/bin/python -m benchmarks.bench_inference --tokens 128
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_inference --tokens 64 --no-proxy
 
-Builds a small random Llama (no hub), saves it, and in the same run measures:
+Builds a random Llama (no hub; by default 8 layers of width 1024, about 134M parameters, the
+135M class), saves it, and in the same run measures (one OpenMP thread each is the steadier
+choice on a small shared machine: spinning idle threads make two-thread figures erratic):
 - bare: ``model.generate`` greedy with the KV cache, ``max_new_tokens`` forced (no eos);
   time to first token is ``generate`` with one new token;
 - service: ``gristmill inference``'s app under uvicorn on a local socket, a streamed
   ``/v1/completions`` request read with httpx: first text chunk and the whole stream.
-Target: service tokens/s >= 0.9x bare. Medians of ``--repeats`` runs after one warm-up each.
+Target: service tokens/s >= 0.9x bare. Medians of ``--repeats`` ABBA rounds after a warm-up.
+- batching: a ``gristmill inference`` process, 1, 2, 4 and 8 streamed ``/v1/completions``
+  released together (``--rounds`` rounds after a warm-up): aggregate tokens/s against one stream
+  on the same process (target at 8 streams >= 3x), time to first token p50/p99 at each level.
 - proxy: real ``gristmill inference`` and ``gristmill api`` processes (embedded SQLite, the
   model registered as the tenant's); the same streamed ``/v1/chat/completions`` request sent
   directly to the service and through the API (key checked, model resolved, stream relayed),
@@ -50,6 +55,7 @@ from app.db import make_engine, make_session_factory, session_scope
 from app.settings import Settings
 from app.storage import LocalStore
 from app.tenants.tables import Tenant
+from benchmarks import streams
 from benchmarks.bench_upload import api_env, cli, free_port, wait_ready
 from inference.server import create_app
 from inference.settings import InferenceSettings
@@ -87,12 +93,18 @@ def build(folder: Path, hidden: int, layers: int) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def bare(folder: Path, tokens: int, repeats: int) -> tuple[float, float, float]:
+Single = tuple[float, float, float]
+"""tokens/s overall, time to first token (s), tokens/s after the first."""
+
+
+def single(folder: Path, tokens: int, repeats: int) -> tuple[Single, Single]:
+    """Bare ``generate`` and one stream through the service, alternated ABBA in one process so
+    that load from elsewhere on a shared machine hits both alike."""
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
 
-    def run(n: int) -> float:
+    def generate(n: int) -> float:
         started = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
@@ -101,14 +113,7 @@ def bare(folder: Path, tokens: int, repeats: int) -> tuple[float, float, float]:
         assert out.shape[1] == ids.shape[1] + n
         return time.perf_counter() - started
 
-    run(tokens)
-    ttft = statistics.median(run(1) for _ in range(repeats))
-    total = statistics.median(run(tokens) for _ in range(repeats))
-    return tokens / total, ttft, (tokens - 1) / (total - ttft)
-
-
-def service(folder: Path, tokens: int, repeats: int) -> tuple[float, float, float]:
-    settings = InferenceSettings(device="cpu")
+    settings = InferenceSettings(device="cpu", model_root=folder.parent)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -121,7 +126,7 @@ def service(folder: Path, tokens: int, repeats: int) -> tuple[float, float, floa
         time.sleep(0.05)
     url = f"http://127.0.0.1:{port}/v1/completions"
     body = {
-        "model": {"id": "bench", "path": str(folder)},
+        "model": {"id": "bench", "path": folder.name},
         "prompt": PROMPT,
         "max_tokens": tokens,
         "temperature": 0,
@@ -129,29 +134,32 @@ def service(folder: Path, tokens: int, repeats: int) -> tuple[float, float, floa
         "stream_options": {"include_usage": True},
     }
 
-    def run() -> tuple[float, float]:
-        started = time.perf_counter()
-        first = None
-        completion = 0
-        with httpx.Client(timeout=300) as client, client.stream("POST", url, json=body) as resp:
-            for line in resp.iter_lines():
-                if first is None and '"text":"' in line and '"text":""' not in line:
-                    first = time.perf_counter() - started
-                if '"usage":{' in line:
-                    completion = int(line.split('"completion_tokens":')[1].split(",")[0])
-        total = time.perf_counter() - started
-        assert completion == tokens, completion
-        return tokens / total, first or total
+    def bare() -> tuple[float, float]:
+        return generate(tokens), generate(1)
 
+    def served() -> tuple[float, float]:
+        with httpx.Client(timeout=300) as client:
+            run = streams.stream(client, url.removesuffix("/v1/completions"), body)
+        assert run.tokens == tokens, run.tokens
+        return run.total_s, run.first_token_s
+
+    runs: dict[str, list[tuple[float, float]]] = {"bare": [], "service": []}
+    measure = {"bare": bare, "service": served}
     try:
-        run()
-        runs = [run() for _ in range(repeats)]
+        bare(), served()  # warm-up: the service loads the model
+        for _ in range(repeats):
+            for name in ("bare", "service", "service", "bare"):
+                runs[name].append(measure[name]())
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-    tps = statistics.median(r[0] for r in runs)
-    ttft = statistics.median(r[1] for r in runs)
-    return tps, ttft, (tokens - 1) / (tokens / tps - ttft)
+
+    def summary(samples: list[tuple[float, float]]) -> Single:
+        total = statistics.median(r[0] for r in samples)
+        ttft = statistics.median(r[1] for r in samples)
+        return tokens / total, ttft, (tokens - 1) / (total - ttft)
+
+    return summary(runs["bare"]), summary(runs["service"])
 
 
 @dataclass(frozen=True)
@@ -305,25 +313,71 @@ def report_proxy(runs: dict[str, list[Latency]], tokens: int) -> None:
         )
 
 
+def batching(
+    folder: Path, tokens: int, levels: list[int], rounds: int, threads: int
+) -> list[streams.Level]:
+    body = {
+        "model": {"id": "bench", "path": folder.name},
+        "prompt": PROMPT,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with streams.service(folder, max_batch=max(levels), threads=threads) as url:
+        return streams.levels(url, body, levels, rounds)
+
+
+def report_batching(runs: list[streams.Level], tokens: int, rounds: int) -> None:
+    base = statistics.median(runs[0].tokens_per_s)
+    print(
+        f"batching: {tokens} new tokens per stream, {rounds} interleaved rounds per level, one"
+        " service process (--service-threads)"
+    )
+    for run in runs:
+        tps = statistics.median(run.tokens_per_s)
+        p50, p99 = (streams.percentile(run.first_token_s, q) for q in (50, 99))
+        print(
+            f"  {run.streams} streams: {tps:8.1f} tok/s aggregate ({tps / base:5.2f}x one stream)"
+            f"  first token p50 {p50 * 1000:7.1f} ms  p99 {p99 * 1000:7.1f} ms"
+            f"  ({len(run.first_token_s)} requests)"
+        )
+    print(f"  target: {runs[-1].streams} streams >= 3x one stream")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--proxy-repeats", type=int, default=10, help="ABBA rounds for the proxy")
     parser.add_argument(
-        "--service-threads", type=int, default=1, help="OpenMP threads of the proxied service"
+        "--service-threads",
+        type=int,
+        default=1,
+        help="OpenMP threads of the service processes (batching, proxy)",
     )
+    parser.add_argument("--streams", default="1,2,4,8", help="concurrent streams per level")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per batching level")
+    parser.add_argument("--no-proxy", action="store_true", help="skip the API proxy figures")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = Path(tmp) / "model"
         build(folder, args.hidden, args.layers)
-        bare_tps, bare_ttft, bare_decode = bare(folder, args.tokens, args.repeats)
-        svc_tps, svc_ttft, svc_decode = service(folder, args.tokens, args.repeats)
-        proxied = proxy(folder, args.tokens, args.proxy_repeats, args.service_threads)
-    print(f"model: Llama hidden={args.hidden} layers={args.layers}, {args.tokens} new tokens, CPU")
+        params = sum(t.numel() for t in AutoModelForCausalLM.from_pretrained(folder).parameters())
+        (bare_tps, bare_ttft, bare_decode), (svc_tps, svc_ttft, svc_decode) = single(
+            folder, args.tokens, args.repeats
+        )
+        levels = [int(n) for n in args.streams.split(",")]
+        batched = batching(folder, args.tokens, levels, args.rounds, args.service_threads)
+        if not args.no_proxy:
+            proxied = proxy(folder, args.tokens, args.proxy_repeats, args.service_threads)
+    print(
+        f"model: Llama hidden={args.hidden} layers={args.layers} ({params / 1e6:.0f}M parameters),"
+        f" {args.tokens} new tokens, CPU"
+    )
     for name, tps, ttft, decode in (
         ("bare model.generate", bare_tps, bare_ttft, bare_decode),
         ("service (HTTP SSE) ", svc_tps, svc_ttft, svc_decode),
@@ -336,7 +390,9 @@ def main() -> None:
         f"service / bare: {svc_tps / bare_tps:.2f}x overall, {svc_decode / bare_decode:.2f}x "
         f"after the first token (target >= 0.9x)"
     )
-    report_proxy(proxied, args.tokens)
+    report_batching(batched, args.tokens, args.rounds)
+    if not args.no_proxy:
+        report_proxy(proxied, args.tokens)
 
 
 if __name__ == "__main__":

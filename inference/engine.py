@@ -21,8 +21,8 @@ output back into :class:`Delta` pieces:
 - **Text Generation Inference** (TGI, an HTTP server per base model, LoRA via ``adapter_id``):
   ``load`` would check the server serves that base, ``stream`` would read its token SSE stream.
 
-Those engines batch requests on one model; the shipped ones run one generation at a time per model
-(see the service's concurrency notes), which is the honest choice on CPU.
+Those engines batch requests on one model, and so does the transformers engine
+(:mod:`inference.batching`); the llama.cpp one runs one generation at a time per model.
 """
 
 from __future__ import annotations

@@ -57,7 +57,10 @@ def default_engine(settings: InferenceSettings) -> FormatEngine:
 
     cache = ModelCache(settings.memory_budget_bytes)
     hf = TransformersEngine(
-        memory_budget_bytes=settings.memory_budget_bytes, device=settings.device, cache=cache
+        memory_budget_bytes=settings.memory_budget_bytes,
+        device=settings.device,
+        cache=cache,
+        max_batch=settings.max_batch,
     )
     gguf = LlamaCppEngine(cache=cache, threads=settings.gguf_threads)
     return FormatEngine({"huggingface": hf, "gguf": gguf}, cache)

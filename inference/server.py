@@ -5,17 +5,18 @@ store (the API resolves and authorises the tenant's model id before forwarding).
 
 Concurrency. Each generation runs in a thread of its own and hands its deltas to the event loop,
 so the loop stays free to answer health checks and refuse excess load. At most ``concurrency``
-generations run at once (a slot is held until the thread really ends, even after a cancel), and
-each model runs one generation at a time: on CPU, batching unrelated requests buys little and a
-second concurrent forward pass only halves both. ``queue_size`` more requests may wait for a
-slot; beyond that the answer is 429 with ``Retry-After`` at once, never a hang. One tenant (named
-by the API in ``X-Gristmill-Tenant``) may hold at most ``tenant_limit`` of those running and
-waiting places, so its burst is answered 429 while other tenants still get in. A request gets
-``request_timeout_seconds`` for waiting and generating together; past it the generation stops
-(504). A client that disconnects stops its generation at the next token. A chat's template is
-tenant input: it is rendered after admission but before the request waits for a slot, in a
-sandboxed child process on a time, size and memory budget (:mod:`inference.templates`), so a
-template that loops or grows fails its own request (422 ``template.*``) and holds no slot.
+generations run at once (a slot is held until the thread really ends, even after a cancel). The
+running generations of one transformers model share its batch (``max_batch`` rows, joined and
+left between tokens: :mod:`inference.batching`); a llama.cpp model runs one at a time.
+``queue_size`` more requests may wait for a slot; beyond that the answer is 429 with
+``Retry-After`` at once, never a hang. One tenant (named by the API in ``X-Gristmill-Tenant``)
+may hold at most ``tenant_limit`` of those running and waiting places, so its burst is answered
+429 while other tenants still get in. A request gets ``request_timeout_seconds`` for waiting and
+generating together; past it the generation stops (504). A client that disconnects stops its
+generation, and frees its place in the batch, at the next token. A chat's template is tenant
+input: it is rendered after admission but before the request waits for a slot, in a sandboxed
+child process on a time, size and memory budget (:mod:`inference.templates`), so a template
+that loops or grows fails its own request (422 ``template.*``) and holds no slot.
 """
 
 from __future__ import annotations

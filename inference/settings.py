@@ -21,9 +21,14 @@ class InferenceSettings(BaseSettings):
     """Loaded models (weights + adapters) together stay under this; least recently used go first."""
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    concurrency: int = Field(1, ge=1)
-    """Generations running at once. Each model runs one at a time anyway (no batching across
-    requests in this engine), so more only helps with several models loaded."""
+    concurrency: int = Field(8, ge=1)
+    """Generations running at once, over all models. On a transformers model the running ones
+    share one batch (``max_batch``), so this is what lets concurrent requests batch; a llama.cpp
+    model still runs one at a time."""
+    max_batch: int = Field(8, ge=1)
+    """``GRISTMILL_INFERENCE_MAX_BATCH``: rows (choices: a request counts ``n``) one
+    transformers model decodes together; requests beyond it wait for a finished one to leave the
+    batch. Larger batches raise throughput and each step's latency together."""
     queue_size: int = Field(8, ge=0)
     """Requests that may wait for a slot; one more is answered 429 with ``Retry-After``."""
     request_timeout_seconds: float = Field(300.0, gt=0)

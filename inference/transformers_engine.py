@@ -1,10 +1,12 @@
-"""The built-in engine: transformers + peft on PyTorch, one generation at a time per model.
+"""The built-in engine: transformers + peft on PyTorch, concurrent generations batched per model.
 
-The decoding loop is written out (prefill once, then one token per forward with the KV cache)
-rather than delegated to ``model.generate``, because the service needs things ``generate`` only
-gives at the end: per-token logprobs, a cancel check between tokens, stop strings cut from text
-that is streamed as it is made. Temperature and top-p use transformers' own logits warpers, so
-sampling means what it means in ``generate``; greedy output equals ``generate``'s (tested).
+The decoding loop is written out (:mod:`inference.batching`: prefill once, then one token per
+forward with the KV cache, all of a model's running requests in one forward) rather than
+delegated to ``model.generate``, because the service needs things ``generate`` only gives at the
+end: per-token logprobs, a cancel check between tokens, stop strings cut from text that is
+streamed as it is made, and requests joining and leaving the batch between tokens. Temperature
+and top-p use transformers' own logits warpers, so sampling means what it means in ``generate``;
+greedy output equals ``generate``'s, alone or batched (tested).
 """
 
 from __future__ import annotations
@@ -13,22 +15,19 @@ import functools
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    DynamicCache,
     GenerationConfig,
-    LogitsProcessorList,
     PreTrainedModel,
-    TemperatureLogitsWarper,
-    TopPLogitsWarper,
 )
 
+from inference.batching import Batcher
 from inference.cache import ModelCache
 from inference.engine import (
     ChatTemplate,
@@ -42,11 +41,8 @@ from inference.engine import (
     ModelRef,
     PromptTooLong,
     SamplingParams,
-    TokenLogprob,
-    TopLogprob,
     collect,
 )
-from inference.text import ChoiceState, Detokenizer
 
 log = logging.getLogger("gristmill.inference")
 
@@ -62,8 +58,8 @@ class LoadedModel:
     context_length: int
     device: torch.device
     memory_bytes: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    """One generation at a time on this model: a second waits its turn."""
+    batcher: Batcher | None = None
+    """The model's decode loop: concurrent generations share its batch."""
 
 
 def pick_device(device: str) -> torch.device:
@@ -191,19 +187,37 @@ class TransformersEngine:
     """The :class:`~inference.engine.Engine` on transformers/peft, CPU or one GPU."""
 
     def __init__(
-        self, *, memory_budget_bytes: int, device: str = "auto", cache: ModelCache | None = None
+        self,
+        *,
+        memory_budget_bytes: int,
+        device: str = "auto",
+        cache: ModelCache | None = None,
+        max_batch: int = 8,
     ) -> None:
-        """``cache``: one shared with the service's other engines, so they share the budget."""
+        """``cache``: one shared with the service's other engines, so they share the budget.
+        ``max_batch``: rows (choices) one model decodes together; more wait for a place."""
         self.device = pick_device(device)
         self.cache = cache if cache is not None else ModelCache(memory_budget_bytes)
+        self.max_batch = max_batch
 
     def _loaded(self, ref: ModelRef) -> LoadedModel:
         return self.cache.get_or_load(
             ref.key,
             estimate=lambda: _estimate_bytes(ref),
-            load=lambda: _with_size(load_model(ref, self.device)),
+            load=lambda: self._load(ref),
             name=ref.id,
         )
+
+    def _load(self, ref: ModelRef) -> tuple[LoadedModel, int]:
+        loaded = load_model(ref, self.device)
+        loaded.batcher = Batcher(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.eos_ids,
+            device=loaded.device,
+            max_rows=self.max_batch,
+        )
+        return loaded, loaded.memory_bytes
 
     def load(self, model: ModelRef) -> ModelInfo:
         loaded = self._loaded(model)
@@ -232,10 +246,6 @@ class TransformersEngine:
         return collect(self.stream(model, request, cancel), request.params.n)
 
 
-def _with_size(loaded: LoadedModel) -> tuple[LoadedModel, int]:
-    return loaded, loaded.memory_bytes
-
-
 def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
     """A completion's prompt with the tokenizer's special tokens; a chat's rendered template
     with none added (the template writes them), as ``apply_chat_template`` tokenises it."""
@@ -249,91 +259,8 @@ def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
 def _generate(
     loaded: LoadedModel, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event
 ) -> Iterator[Delta]:
-    """Decode ``params.n`` choices in one batch; yield deltas as text becomes final."""
+    """Decode ``params.n`` choices in the model's running batch; deltas as text becomes final."""
     room = loaded.context_length - len(prompt_ids)
     max_new = room if params.max_tokens is None else min(params.max_tokens, room)
-    with loaded.lock, torch.inference_mode():
-        yield from _decode(loaded, prompt_ids, params, max_new, cancel)
-
-
-def _decode(
-    loaded: LoadedModel,
-    prompt_ids: list[int],
-    params: SamplingParams,
-    max_new: int,
-    cancel: threading.Event,
-) -> Iterator[Delta]:
-    device = loaded.device
-    n = params.n
-    greedy = params.temperature == 0
-    warpers = LogitsProcessorList()
-    if not greedy:
-        if params.temperature != 1.0:
-            warpers.append(TemperatureLogitsWarper(params.temperature))
-        if params.top_p < 1.0:
-            warpers.append(TopPLogitsWarper(params.top_p))
-    generator = torch.Generator(device=device)
-    if params.seed is not None:
-        generator.manual_seed(params.seed)
-    else:
-        generator.seed()
-    choices = [ChoiceState(Detokenizer(loaded.tokenizer), params.stop) for _ in range(n)]
-    eos = loaded.eos_ids
-    input_ids = torch.tensor([prompt_ids] * n, dtype=torch.long, device=device)
-    # Prefill: the whole prompt once, keeping only the last position's logits.
-    cache = DynamicCache(config=loaded.model.config)
-    out = loaded.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
-    for step in range(max_new):
-        if cancel.is_set():
-            return
-        logits = out.logits[:, -1, :].float()
-        if greedy:
-            tokens = logits.argmax(dim=-1)
-        else:
-            # Temperature and top-p look only at the scores, not at the ids.
-            scores = warpers(cast(torch.LongTensor, input_ids), logits) if warpers else logits
-            probs = torch.softmax(scores, dim=-1)
-            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        entries = _logprobs(loaded.tokenizer, logits, tokens, params.logprobs)
-        token_list = tokens.tolist()
-        for i, state in enumerate(choices):
-            if state.finished:
-                continue
-            delta = state.step(
-                i, token_list[i], entries[i] if entries else None, token_list[i] in eos
-            )
-            if delta is not None:
-                yield delta
-        if all(state.finished for state in choices):
-            return
-        if step + 1 == max_new:
-            break
-        out = loaded.model(input_ids=tokens[:, None], cache=cache, use_cache=True)
-    for i, state in enumerate(choices):
-        if not state.finished:
-            delta = state.finish(i, "length")
-            if delta is not None:
-                yield delta
-
-
-def _logprobs(
-    tokenizer: Any, logits: torch.Tensor, tokens: torch.Tensor, top: int | None
-) -> list[TokenLogprob] | None:
-    """Logprobs under the model's own distribution (before temperature/top-p), as OpenAI reports."""
-    if top is None:
-        return None
-    logp = torch.log_softmax(logits, dim=-1)
-    chosen = logp.gather(1, tokens[:, None]).squeeze(1).tolist()
-    if top:
-        values, indices = logp.topk(top, dim=-1)
-        top_values, top_indices = values.tolist(), indices.tolist()
-    entries = []
-    for i, token in enumerate(tokens.tolist()):
-        alternatives: tuple[TopLogprob, ...] = ()
-        if top:
-            alternatives = tuple(
-                TopLogprob(tokenizer.decode([t]), v)
-                for t, v in zip(top_indices[i], top_values[i], strict=True)
-            )
-        entries.append(TokenLogprob(tokenizer.decode([token]), chosen[i], alternatives))
-    return entries
+    assert loaded.batcher is not None
+    return loaded.batcher.submit(prompt_ids, params, max_new, cancel)
