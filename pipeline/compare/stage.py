@@ -39,6 +39,8 @@ class CompareInputs:
     """One folder per model, in the comparison's order."""
     prompts: DatasetFile | None = None
     """Prompts as a dataset's texts (the first 500), when the config carries none."""
+    adapter_dirs: tuple[Path | None, ...] = ()
+    """Per model, the peft adapter put on its folder (then the adapter's base); empty: none."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,9 @@ def run_compare(
     answers: list[list[str]] = []
     tokens = 0
     total = len(inputs.model_dirs) * len(prompts)
-    for folder in inputs.model_dirs:
-        runtime = load_runtime(folder, device=device, threads=threads)
+    adapters = inputs.adapter_dirs or (None,) * len(inputs.model_dirs)
+    for folder, adapter in zip(inputs.model_dirs, adapters, strict=True):
+        runtime = load_runtime(folder, device=device, threads=threads, adapter=adapter)
         try:
             texts: list[str] = []
             for start in range(0, len(prompts), _CHUNK):

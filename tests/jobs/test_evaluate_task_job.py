@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.comparisons.tables import ComparisonAnswer
 from tests.conftest import RunJob
 from tests.jobs.test_model_jobs import job_of, tar_bytes, upload_model
 from tests.pipeline.finetune_helpers import build_base
@@ -100,8 +103,12 @@ def test_an_evaluate_job_scores_a_task_dataset(
     assert missing.status_code == 404
 
 
-def test_a_lora_adapter_is_evaluated_on_its_base(
-    client: TestClient, auth: dict[str, str], run_job: RunJob, tmp_path: Path
+def test_a_lora_adapter_is_evaluated_and_compared_on_its_base(
+    client: TestClient,
+    auth: dict[str, str],
+    run_job: RunJob,
+    tmp_path: Path,
+    factory: sessionmaker[Session],
 ) -> None:
     model = upload_model(client, auth, tar_bytes(build_base("qwen2", tmp_path / "base")))
     assert run_job(job_of(client, auth, model))["status"] == "succeeded"
@@ -135,3 +142,18 @@ def test_a_lora_adapter_is_evaluated_on_its_base(
         rows.append([json.loads(line)["loglikelihoods"] for line in text.splitlines()])
     for ours, theirs in zip(*rows, strict=True):
         assert ours == pytest.approx(theirs, abs=1e-4)
+
+    # A comparison runs the adapter on its base too: greedy, it answers as its merged model.
+    models = [tuned["result"]["adapter_id"], tuned["result"]["model_id"]]
+    body = {"models": models, "prompts": ["Where is oslo?", "Where is lima?"], "max_tokens": 6,
+            "temperature": 0}  # fmt: skip
+    compared = client.post("/v1/comparisons", json=body, headers=auth)
+    assert compared.status_code == 202, compared.text
+    assert run_job(compared.json()["job_id"])["status"] == "succeeded"
+    with factory() as session:
+        answers = session.scalars(
+            select(ComparisonAnswer).where(ComparisonAnswer.comparison_id == compared.json()["id"])
+        ).all()
+    by_model = {m: sorted((a.prompt_index, a.text) for a in answers if a.model_id == m)
+                for m in models}  # fmt: skip
+    assert len(by_model[models[0]]) == 2 and by_model[models[0]] == by_model[models[1]]

@@ -94,6 +94,12 @@ class JobContext(Generic[P]):
     def folder(self, param: str) -> Path:
         return self.inputs[param].path
 
+    def model_folders(self, param: str) -> tuple[Path, Path | None]:
+        """The folder a runtime loads and the peft adapter to put on it: ``(path, None)`` for a
+        whole model, ``(base, adapter)`` for an adapter (its base was resolved with it)."""
+        model = self.inputs[param]
+        return (model.base_path, model.path) if model.base_path else (model.path, None)
+
 
 @dataclass(frozen=True)
 class Outcome:

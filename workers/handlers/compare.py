@@ -15,9 +15,11 @@ from workers.handlers.base import JobContext, Outcome, run_stage, stage_config
 
 def handle_compare(ctx: JobContext[CompareParams]) -> Outcome:
     params = ctx.params
+    folders = [ctx.model_folders(f"model_ids.{i}") for i in range(len(params.model_ids))]
     inputs = CompareInputs(
-        model_dirs=tuple(ctx.folder(f"model_ids.{i}") for i in range(len(params.model_ids))),
+        model_dirs=tuple(folder for folder, _ in folders),
         prompts=ctx.optional_dataset("dataset_id"),
+        adapter_dirs=tuple(adapter for _, adapter in folders),
     )
     result = run_stage(ctx, run_compare, stage_config(params, CompareConfig), inputs)
     answers = {m: list(t) for m, t in zip(params.model_ids, result.answers, strict=True)}

@@ -28,10 +28,10 @@ def handle_evaluate(ctx: JobContext[EvaluateParams]) -> Outcome:
     config = stage_config(params, EvaluateConfig)
     datasets = tuple(ctx.dataset(p) for p in ("dataset_id", "extra_dataset_id") if p in ctx.inputs)
     training = ctx.optional_dataset("training_dataset_id")
-    model = ctx.inputs["model_id"]
+    model_dir, adapter_dir = ctx.model_folders("model_id")
     inputs = EvaluateInputs(
-        model_dir=model.base_path or model.path,
-        adapter_dir=model.path if model.base_path else None,
+        model_dir=model_dir,
+        adapter_dir=adapter_dir,
         datasets=datasets,
         training=(training,) if training is not None else (),
         bias_templates=ctx.optional_dataset("bias_templates_id"),

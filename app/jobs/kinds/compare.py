@@ -16,7 +16,7 @@ from pipeline.configs.compare import CompareConfig
 class CompareParams(CompareConfig):
     comparison_id: str = field(kw_only=True)
     """The comparison whose answers this job generates (created by ``POST /v1/comparisons``)."""
-    model_ids: tuple[str, ...] = ref("model", formats=("huggingface", "gguf"))
+    model_ids: tuple[str, ...] = ref("model", formats=("huggingface", "gguf", "peft-adapter"))
     """The models compared, two or more, each the tenant's own and ready."""
     dataset_id: str | None = ref("dataset", optional=True)
     """Prompts as a dataset's texts (the first 500) instead of ``prompts``."""
