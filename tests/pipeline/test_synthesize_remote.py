@@ -18,7 +18,7 @@ from pipeline.synthesize.modes import INSTRUCTION_HEADER
 from pipeline.synthesize.stage import SynthesizeInputs, SynthesizeResult, run_synthesize
 from pipeline.types import DatasetFile, PipelineError
 from tests.pipeline.conftest import make_paths
-from tests.pipeline.finetune_helpers import write_jsonl
+from tests.pipeline.finetune_helpers import build_base, write_jsonl
 from tests.synth_endpoint import INSTRUCTIONS, KEY, PLANTED, teacher_endpoint
 
 
@@ -28,11 +28,13 @@ def endpoint() -> Iterator[tuple[str, list[dict[str, Any]]]]:
         yield served
 
 
-def run(url: str, root: Path, key: str = KEY, **config: Any) -> SynthesizeResult:
+def run(
+    url: str, root: Path, key: str = KEY, judge: Path | None = None, **config: Any
+) -> SynthesizeResult:
     root.mkdir(parents=True, exist_ok=True)
     prompts = DatasetFile(write_jsonl(root / "p.jsonl", [{"text": p} for p in PLANTED]), "jsonl")
     inputs = SynthesizeInputs(None, prompts, endpoint=Endpoint(url, "teacher-1", key),
-                              secret="teacher")  # fmt: skip
+                              secret="teacher", judge_dir=judge, judge_id="mdl_judge")  # fmt: skip
     assert key not in repr(inputs)
     cfg = SynthesizeConfig(device="cpu", threads=1, seed=3, **config)
     return run_synthesize(cfg, inputs, make_paths(root))
@@ -70,6 +72,18 @@ def test_preference_pairs_from_an_endpoint_are_ranked_by_a_rule(
     records, _ = _written(result)
     assert result.record_type == "preference" and records
     assert all(len(r["chosen"]) > len(r["rejected"]) for r in records)
+
+
+def test_preference_pairs_from_an_endpoint_are_ranked_by_a_registry_judge(
+    endpoint: tuple[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    url, _ = endpoint
+    judge = build_base("qwen2", tmp_path / "judge", seed=3)
+    result = run(url, tmp_path / "run", judge=judge, mode="preferences", samples=3)
+    records, _ = _written(result)
+    assert records and all(r["provenance"]["judge"] == "mdl_judge" for r in records)
+    ranking = records[0]["provenance"]["ranking"]
+    assert ranking["rule"] == "judge" and ranking["chosen_score"] > ranking["rejected_score"]
 
 
 def test_a_refused_key_is_a_stable_error_that_does_not_repeat_it(
