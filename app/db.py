@@ -183,9 +183,13 @@ def find_owned(
     """The tenant's row with this id (that also satisfies ``where``), or None.
 
     Another tenant's row looks exactly like a missing one, so ids cannot be probed across
-    tenants. ``lock`` holds a shared (``read``) or exclusive (``write``) row lock until commit.
+    tenants. ``lock`` holds a shared (``read``) or exclusive (``write``) row lock until commit,
+    and reads the row as it is once locked: a copy loaded earlier in the session (before a
+    concurrent delete hid it) must not pass for the locked row.
     """
-    row = session.get(table, object_id, with_for_update=LOCKS[lock])
+    row = session.get(
+        table, object_id, with_for_update=LOCKS[lock], populate_existing=lock is not None
+    )
     if row is None or row.tenant_id != tenant_id or (where is not None and not where(row)):
         return None
     return row

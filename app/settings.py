@@ -62,6 +62,9 @@ class Settings(StorageSettings):
     memory pre-flight refuses jobs that would not fit. Unlisted: this machine's RAM for the
     ``cpu`` queue and in the embedded profile (whose worker runs every queue on the CPU),
     80 GB for ``gpu`` in production."""
+    queue_cores: dict[str, int] = Field(default_factory=dict)
+    """CPU cores one worker of each queue offers a job, e.g. ``{"cpu": 32}``; a job asking for
+    more ``threads`` is refused. Unlisted: this machine's cores."""
     queue_accelerated: dict[str, bool] = Field(default_factory=dict)
     """Whether a queue's workers have CUDA devices. Unlisted: ``gpu`` in production only."""
 

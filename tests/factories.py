@@ -8,6 +8,9 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import layout
+from app.artifacts import service as artifacts
+from app.artifacts.tables import Artifact
 from app.db import session_scope, utcnow
 from app.flows.submission import queue_job
 from app.jobs.kinds import get_kind
@@ -21,6 +24,26 @@ from pipeline.configs.codec import decode
 def make_key(factory: sessionmaker[Session], tenant: str = "acme") -> CreatedKey:
     with session_scope(factory) as session:
         return create_api_key(session=session, tenant_name=tenant)
+
+
+def make_model(factory: sessionmaker[Session], tenant_id: str) -> str:
+    """A ready model's row and no files: for submissions and deletes, which never read them."""
+    model_id = artifacts.new_artifact_id("model")
+    with factory() as session:
+        session.add(
+            Artifact(
+                id=model_id,
+                tenant_id=tenant_id,
+                category="model",
+                name="tiny",
+                uri=layout.artifact("model", model_id),
+                format="huggingface",
+                size_bytes=2,
+                sha256="0" * 64,
+            )
+        )
+        session.commit()
+    return model_id
 
 
 def make_job(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -116,6 +116,9 @@ class PageParams:
 
 
 PageDep = Annotated[PageParams, Depends()]
+IdempotencyKey = Annotated[str | None, Header(max_length=255)]
+"""A create request's ``Idempotency-Key``: the same key and request answer with what the first
+made, and make nothing (``app.jobs.idempotency``)."""
 
 
 class ModelPageParams(PageParams):

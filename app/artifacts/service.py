@@ -135,7 +135,9 @@ def find_model(*, session: Session, tenant_id: str, model: str, lock: bool = Fal
         if job_id is not None:
             by_name = by_name.where(Artifact.job_id == job_id)
         by_name = by_name.order_by(Artifact.id.desc()).limit(1)
-        artifact = session.scalar(by_name.with_for_update(read=True) if lock else by_name)
+        if lock:  # as find_owned: the locked row as it is now, not a copy loaded before
+            by_name = by_name.with_for_update(read=True).execution_options(populate_existing=True)
+        artifact = session.scalar(by_name)
     if artifact is None:
         raise NotFound(
             f"The model '{shown(model)}' does not exist.", code="model_not_found", param="model"

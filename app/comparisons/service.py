@@ -78,6 +78,11 @@ def get_comparison(*, session: Session, tenant_id: str, comparison_id: str) -> C
     )
 
 
+def comparison_of_job(*, session: Session, job_id: str) -> Comparison:
+    """The comparison a ``compare`` job generates answers for."""
+    return session.scalars(select(Comparison).where(Comparison.job_id == job_id)).one()
+
+
 def status_of(session: Session, comparison: Comparison) -> str:
     """``failed`` when its job ended without answers; the stored status otherwise."""
     if comparison.status == "generating" and comparison.job_id is not None:

@@ -26,16 +26,22 @@ def create_comparison(
     store: LocalStore,
     tenant_id: str,
     body: ComparisonCreate,
+    idempotency_key: str | None = None,
     enqueue: Enqueue = broker.enqueue,
-) -> tuple[Comparison, Job]:
-    """Write the comparison and its queued ``compare`` job, commit, then send the job.
+) -> tuple[Comparison, bool]:
+    """Write the comparison and its queued ``compare`` job, commit, then send the job; the
+    comparison, and False when an Idempotency-Key replayed an earlier one.
 
     Raises:
         QuotaExceeded: the tenant is at one of its job quotas.
         InvalidInput: a model or the dataset is unknown, another tenant's or not ready
-            (``param`` names ``models.<i>`` or ``dataset_id``), or invalid settings.
+            (``param`` names ``models.<i>`` or ``dataset_id``), or invalid settings; or the
+            Idempotency-Key was used with another request (the same key and body answer with
+            the comparison made then, and make nothing).
     """
-    check_job_quotas(session=session, settings=settings, tenant_id=tenant_id, idempotency_key=None)
+    check_job_quotas(
+        session=session, settings=settings, tenant_id=tenant_id, idempotency_key=idempotency_key
+    )
     comparison_id = comparisons.new_comparison_id()
     try:
         params = CompareParams(
@@ -66,10 +72,15 @@ def create_comparison(
             params=params,
             with_job=link,
             enqueue=enqueue,
+            idempotency_key=idempotency_key,
+            request=body.model_dump(mode="json"),
         )
     except InvalidInput as err:
         session.rollback()
         if err.param:  # params.model_ids.1 → models.1: the request's own names
             err.param = err.param.replace("params.model_ids", "models").replace("params.", "")
         raise
-    return comparison, submitted.job
+    if not submitted.created:  # the same Idempotency-Key and body: the comparison made then
+        session.rollback()
+        comparison = comparisons.comparison_of_job(session=session, job_id=submitted.job.id)
+    return comparison, submitted.created

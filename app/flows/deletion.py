@@ -2,8 +2,10 @@
 
 The check needs two domains (the object's own, and the ledger's record of which job reads what),
 so it is a flow. A submission holds a shared row lock on every dataset and model it reads until it
-commits; the delete takes an exclusive one first, so it waits for such a submission and then sees
-its job.
+commits (``app.flows.inputs.load_inputs``, every way a job is submitted); the delete takes an
+exclusive one first, so it waits for such a submission and then sees its job. The lock reads the
+row afresh (``app.db.find_owned``), so a copy the submission loaded earlier cannot hide a delete
+that came in between.
 
 A dataset or model that a job which has not finished reads is refused (``…in_use``), except a
 file deleted through OpenAI's files API, which OpenAI deletes at once: it is hidden then (gone from

@@ -79,14 +79,24 @@ def check_resume_quotas(*, session: Session, settings: Settings, tenant_id: str)
 
 
 def check_upload_quotas(
-    *, session: Session, settings: Settings, tenant_id: str, adding: int
+    *,
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    adding: int,
+    idempotency_key: str | None = None,
 ) -> None:
     """What an upload counts against: ``adding`` more stored bytes, and one more active job (the
-    validation or import it queues). Device-hours are not: those jobs run on no device.
+    validation or import it queues). Device-hours are not: those jobs run on no device. A replay
+    of an earlier upload (same Idempotency-Key) keeps nothing and always passes.
 
     Raises:
         QuotaExceeded: the tenant is at its active-job quota or would pass its storage quota.
     """
+    if idempotency_key and idempotency.replays(
+        session=session, tenant_id=tenant_id, key=idempotency_key
+    ):
+        return
     check_job_quota(
         session=session, tenant_id=tenant_id, limit=settings.quota_active_jobs, idempotency_key=None
     )

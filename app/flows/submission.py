@@ -26,7 +26,7 @@ from app.flows.inputs import Resolved, load_inputs
 from app.flows.quotas import check_job_quotas
 from app.jobs import idempotency, waiting
 from app.jobs import service as jobs
-from app.jobs.kinds import JobKind, queue_capacity
+from app.jobs.kinds import JobKind, check_threads, queue_capacity
 from app.jobs.tables import Job
 from app.settings import Settings
 from app.storage import LocalStore
@@ -96,22 +96,25 @@ def queue_job(
     wait_for_inputs: bool = False,
     with_job: Callable[[Job], None] | None = None,
     enqueue: Enqueue = broker.enqueue,
+    request: Mapping[str, Any] | None = None,
 ) -> Submitted:
     """Check the job's inputs and parameters, write it queued (with the ids of what it reads),
     commit, then send its id to its queue.
 
     ``with_job`` writes what goes with the job in the same commit (the comparison or the upload
     it belongs to). ``wait_for_inputs`` admits datasets still being validated: the job then waits
-    queued, unsent, until they are ready (``app.flows.waiting``).
+    queued, unsent, until they are ready (``app.flows.waiting``). ``request`` is what an
+    Idempotency-Key stands for (default: the parameters and time limit); a caller whose
+    parameters hold ids it made up (a comparison's) passes the request as the client sent it.
 
     Raises:
         InvalidInput: an input is unknown, foreign or not ready; or the Idempotency-Key was
             already used with a different request.
         InvalidParameter: the parameters ask for more than the queue's workers offer.
     """
-    digest = idempotency.request_hash(
-        kind.name, {"params": encode(params), "max_runtime_s": max_runtime_s}
-    )
+    if request is None:
+        request = {"params": encode(params), "max_runtime_s": max_runtime_s}
+    digest = idempotency.request_hash(kind.name, dict(request))
     if idempotency_key is not None:
         earlier = _replay(session, tenant_id, idempotency_key, digest, expire=True)
         if earlier is not None:
@@ -224,11 +227,13 @@ def _check_secret(session: Session, tenant_id: str, params: Any) -> None:
 def _preflight(
     settings: Settings, kind: JobKind, params: Any, inputs: Mapping[str, Resolved]
 ) -> None:
-    """The kind's checks against what one worker of its queue offers (devices, memory)."""
-    if kind.preflight is None:
-        return
+    """The kind's checks against what one worker of its queue offers (devices, memory), and
+    every kind's ``threads`` against its cores."""
+    capacity = queue_capacity(settings, kind.queue_for(params))
     try:
-        kind.preflight(params, queue_capacity(settings, kind.queue_for(params)), inputs)
+        check_threads(params, capacity)
+        if kind.preflight is not None:
+            kind.preflight(params, capacity, inputs)
     except ConfigError as err:
         raise InvalidParameter(
             f"Invalid value for 'params.{err.field}': {err.message}",

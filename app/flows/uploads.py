@@ -13,12 +13,13 @@ upload leaves nothing on disk, not even its folder.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio.to_thread
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import broker, layout
@@ -56,10 +57,14 @@ class Uploader:
     store: LocalStore
     tenant_id: str
     enqueue: Enqueue = broker.enqueue
+    idempotency_key: str | None = None
+    """The same key and upload (bytes, name, fields) answer with the first upload's row and
+    keep nothing of the second: its bytes are dropped once they are known to be the same."""
 
 
-async def upload_dataset(up: Uploader, body: Body) -> Dataset:
-    """Store a dataset and queue its validation (``validating`` → ``ready`` or ``failed``).
+async def upload_dataset(up: Uploader, body: Body) -> tuple[Dataset, bool]:
+    """Store a dataset and queue its validation (``validating`` → ``ready`` or ``failed``); the
+    dataset, and False when an Idempotency-Key replayed an earlier upload.
 
     Raises:
         QuotaExceeded: the tenant is at its active-job quota, or the upload would take it over
@@ -75,7 +80,7 @@ async def upload_dataset(up: Uploader, body: Body) -> Dataset:
         name = datasets.check_name(received.fields.get("name") or received.filename or "dataset")
         await _check_quotas(up, writer.size)
 
-        def register() -> Dataset:
+        def register() -> tuple[Dataset, bool]:
             dataset = datasets.add_upload(
                 session=up.session,
                 tenant_id=up.tenant_id,
@@ -86,14 +91,20 @@ async def upload_dataset(up: Uploader, body: Body) -> Dataset:
                 size_bytes=writer.size,
                 sha256=writer.sha256,
             )
-            _queue_check(up, "validate", ValidateParams(dataset_id=dataset_id), dataset)
-            return dataset
+            params = ValidateParams(dataset_id=dataset_id)
+            request = {"sha256": writer.sha256, "filename": received.filename, **received.fields}
+            earlier = _queue_check(up, "validate", params, dataset, request)
+            if earlier is None:
+                return dataset, True
+            up.store.delete(layout.dataset(dataset_id))
+            return up.session.scalars(select(Dataset).where(Dataset.job_id == earlier)).one(), False
 
         return await registration.run(register)
 
 
-async def upload_model(up: Uploader, body: Body) -> Artifact:
-    """Store a model archive and queue its import (``validating`` → ``ready`` or ``failed``).
+async def upload_model(up: Uploader, body: Body) -> tuple[Artifact, bool]:
+    """Store a model archive and queue its import (``validating`` → ``ready`` or ``failed``); the
+    model, and False when an Idempotency-Key replayed an earlier upload.
 
     Raises:
         QuotaExceeded, InvalidInput, PayloadTooLarge: as for :func:`upload_dataset`.
@@ -107,7 +118,7 @@ async def upload_model(up: Uploader, body: Body) -> Artifact:
         name = artifacts.upload_name(received.fields, received.filename, default=model_id)
         await _check_quotas(up, writer.size)
 
-        def register() -> Artifact:
+        def register() -> tuple[Artifact, bool]:
             artifact = artifacts.add_model_upload(
                 session=up.session,
                 tenant_id=up.tenant_id,
@@ -117,8 +128,14 @@ async def upload_model(up: Uploader, body: Body) -> Artifact:
                 size_bytes=writer.size,
                 sha256=writer.sha256,
             )
-            _queue_check(up, "import_model", ImportModelParams(model_id=model_id), artifact)
-            return artifact
+            params = ImportModelParams(model_id=model_id)
+            request = {"sha256": writer.sha256, "filename": received.filename, **received.fields}
+            earlier = _queue_check(up, "import_model", params, artifact, request)
+            if earlier is None:
+                return artifact, True
+            up.store.delete(layout.artifact("model", model_id))
+            replayed = select(Artifact).where(Artifact.job_id == earlier)
+            return up.session.scalars(replayed).one(), False
 
         return await registration.run(register)
 
@@ -153,8 +170,19 @@ async def _removed_until_registered(store: LocalStore, folder: str) -> AsyncIter
         raise
 
 
-def _queue_check(up: Uploader, kind_name: str, params: object, row: Dataset | Artifact) -> None:
-    """Queue the job that checks the upload, linked to it in the same commit, then send it."""
+def _queue_check(
+    up: Uploader,
+    kind_name: str,
+    params: object,
+    row: Dataset | Artifact,
+    request: Mapping[str, object],
+) -> str | None:
+    """Queue the job that checks the upload, linked to it in the same commit, then send it.
+
+    The upload's Idempotency-Key is that job's (``request`` is what it stands for: the row's id
+    is new each time). A replay writes nothing: the new row is dropped and the id of the job
+    that checks the earlier upload is returned.
+    """
 
     def link(job_id: str) -> None:
         if isinstance(row, Dataset):
@@ -162,7 +190,7 @@ def _queue_check(up: Uploader, kind_name: str, params: object, row: Dataset | Ar
         else:
             artifacts.link_import(row, job_id)
 
-    queue_job(
+    submitted = queue_job(
         session=up.session,
         settings=up.settings,
         store=up.store,
@@ -171,7 +199,14 @@ def _queue_check(up: Uploader, kind_name: str, params: object, row: Dataset | Ar
         params=params,
         with_job=lambda job: link(job.id),
         enqueue=up.enqueue,
+        idempotency_key=up.idempotency_key,
+        request=request,
     )
+    if submitted.created:
+        return None
+    job_id = submitted.job.id
+    up.session.rollback()
+    return job_id
 
 
 async def _receive(
@@ -209,7 +244,11 @@ async def _check_quotas(up: Uploader, adding: int) -> None:
     def check() -> None:
         try:
             quotas.check_upload_quotas(
-                session=up.session, settings=up.settings, tenant_id=up.tenant_id, adding=adding
+                session=up.session,
+                settings=up.settings,
+                tenant_id=up.tenant_id,
+                adding=adding,
+                idempotency_key=up.idempotency_key,
             )
         finally:
             up.session.close()

@@ -19,7 +19,7 @@ import torch
 from pipeline.configs.compare import MAX_PROMPT_CHARS, MAX_PROMPTS, CompareConfig
 from pipeline.configs.evaluate import SampleOptions
 from pipeline.parts.datasets.formats import iter_texts
-from pipeline.parts.device import inference_device
+from pipeline.parts.device import cpu_threads, inference_device
 from pipeline.parts.runtimes import load_runtime
 from pipeline.types import (
     DatasetFile,
@@ -76,12 +76,13 @@ def run_compare(
     """
     prompts = read_prompts(config, inputs.prompts)
     device = inference_device(config.device)
-    torch.set_num_threads(config.threads)
+    threads = cpu_threads(config.threads)
+    torch.set_num_threads(threads)
     answers: list[list[str]] = []
     tokens = 0
     total = len(inputs.model_dirs) * len(prompts)
     for folder in inputs.model_dirs:
-        runtime = load_runtime(folder, device=device, threads=config.threads)
+        runtime = load_runtime(folder, device=device, threads=threads)
         try:
             texts: list[str] = []
             for start in range(0, len(prompts), _CHUNK):
@@ -93,7 +94,7 @@ def run_compare(
                     max_new_tokens=config.max_tokens,
                     temperature=config.temperature,
                 )
-                for sample in runtime.samples(options):
+                for sample in runtime.samples(options, hooks.should_stop):
                     texts.append(sample["completion"])
                     tokens += int(sample["tokens"])
                 done = len(answers) * len(prompts) + len(texts)

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
 from pipeline.configs.base import PYDANTIC_CONFIG, ConfigError, check_range
+from pipeline.configs.compare import MAX_PROMPT_CHARS
 from pipeline.configs.tasks import TaskOptions
+
+MAX_SAMPLE_PROMPTS = 256
+MAX_SAMPLE_SEEDS = 64
+MAX_SAMPLES = 1024
+"""Generations per job (prompts × seeds): each costs up to ``max_new_tokens`` forward passes."""
+MAX_SEED = 2**32 - 1
+"""llama.cpp takes a 32-bit seed; torch's would be wider, but a sample must repeat in both."""
 
 Windowing = Literal["disjoint", "strided"]
 EvalDevice = Literal["auto", "cpu", "cuda"]
@@ -106,10 +114,18 @@ class SampleOptions:
     """Nucleus sampling threshold."""
 
     def __post_init__(self) -> None:
-        if len(self.prompts) > 256:
-            raise ConfigError("prompts", "at most 256 prompts")
-        if not self.seeds:
-            raise ConfigError("seeds", "give at least one seed")
+        if len(self.prompts) > MAX_SAMPLE_PROMPTS:
+            raise ConfigError("prompts", f"at most {MAX_SAMPLE_PROMPTS} prompts")
+        if not 1 <= len(self.seeds) <= MAX_SAMPLE_SEEDS:
+            raise ConfigError("seeds", f"give 1-{MAX_SAMPLE_SEEDS} seeds")
+        for i, seed in enumerate(self.seeds):
+            check_range(f"seeds.{i}", seed, 0, MAX_SEED)
+        if len(self.prompts) * len(self.seeds) > MAX_SAMPLES:
+            raise ConfigError(
+                "seeds",
+                f"at most {MAX_SAMPLES} generations (prompts × seeds), got "
+                f"{len(self.prompts) * len(self.seeds)}",
+            )
         check_range("max_new_tokens", self.max_new_tokens, 1, 4096)
         check_range("temperature", self.temperature, 0.0, 10.0)
         check_range("top_p", self.top_p, 0.01, 1.0)
@@ -140,3 +156,8 @@ class EvaluateConfig:
         if self.device not in get_args(EvalDevice):
             raise ConfigError("device", f"one of {get_args(EvalDevice)}")
         check_range("threads", self.threads, 1, 256)
+        # Here, not in SampleOptions: stages that template their own prompts (synthesize) use
+        # SampleOptions too, with longer texts; this bounds what a user sends.
+        for i, prompt in enumerate(self.samples.prompts):
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise ConfigError(f"samples.prompts.{i}", f"at most {MAX_PROMPT_CHARS} characters")

@@ -25,7 +25,7 @@ from pipeline.evaluate.contamination import find_overlap
 from pipeline.evaluate.perplexity import DocScore, Totals, encode_document
 from pipeline.evaluate.tasks import run_task
 from pipeline.parts.datasets.formats import iter_texts
-from pipeline.parts.device import inference_device
+from pipeline.parts.device import cpu_threads, inference_device
 from pipeline.parts.runtimes import load_runtime
 from pipeline.parts.runtimes.base import Runtime
 from pipeline.types import (
@@ -47,8 +47,6 @@ class EvaluateInputs:
     """The model: a Hugging Face folder (config, weights, tokenizer) or a folder holding one
     ``.gguf`` file (scored in llama.cpp with its embedded tokenizer); with ``adapter_dir``, the
     adapter's base."""
-    adapter_dir: Path | None = None
-    """A peft adapter (a LoRA fine-tune or its checkpoint), merged onto ``model_dir``."""
     datasets: tuple[DatasetFile, ...] = ()
     """Evaluation text: perplexity per dataset."""
     training: tuple[DatasetFile, ...] = ()
@@ -57,6 +55,8 @@ class EvaluateInputs:
     """A bias template file of the user's (JSONL, same format as the shipped set)."""
     task: DatasetFile | None = None
     """Task items (JSONL) scored as ``config.task`` says."""
+    adapter_dir: Path | None = None
+    """A peft adapter (a LoRA fine-tune or its checkpoint), merged onto ``model_dir``."""
 
 
 @dataclass(frozen=True)
@@ -100,13 +100,14 @@ def run_evaluate(
             "evaluate.nothing_to_do",
             "give a dataset or a task dataset, enable the bias probe or pass prompts",
         )
-    torch.set_num_threads(config.threads)
+    threads = cpu_threads(config.threads)
+    torch.set_num_threads(threads)
     runtime = load_runtime(
         inputs.model_dir,
         device=inference_device(config.device),
         max_length=config.perplexity.max_length,
         batch_size=config.perplexity.batch_size,
-        threads=config.threads,
+        threads=threads,
         adapter=inputs.adapter_dir,
     )
     try:
@@ -193,7 +194,9 @@ def _evaluate(
 
     samples: list[dict[str, Any]] = []
     if config.samples.prompts:
-        samples = runtime.samples(config.samples)
+        count = len(config.samples.prompts) * len(config.samples.seeds)
+        hooks.on_event(f"sampling {count} generations", {"samples": count})
+        samples = runtime.samples(config.samples, hooks.should_stop)
         with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
 

@@ -120,6 +120,12 @@ def choose_device(info: DistInfo) -> torch.device:
     )
 
 
+def cpu_threads(requested: int) -> int:
+    """The threads a stage uses: as asked, but never more than this machine's cores (the API
+    refuses more than the queue's workers offer; this guards a worker smaller than declared)."""
+    return max(1, min(requested, os.cpu_count() or 1))
+
+
 def inference_device(requested: str) -> torch.device:
     """The device an evaluation or comparison runs on: ``auto`` takes CUDA when there is one.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedModel
 
 from pipeline.configs.quantize import DEFAULT_MAX_PERPLEXITY_RATIO, QuantizeConfig
+from pipeline.parts.device import cpu_threads
 from pipeline.parts.hf import load_causal_lm, load_tokenizer
 from pipeline.parts.runtimes.llamacpp import loaded, quantize_file
 from pipeline.parts.runtimes.transformers import logits_fn
@@ -141,6 +142,8 @@ def run_quantize(
             output failed its check; nothing is left in output_dir), ``quantize.no_calibration``,
             ``quantize.bad_group_size``, ``dataset.too_small``.
     """
+    gguf = replace(config.gguf, threads=cpu_threads(config.gguf.threads))
+    config = replace(config, gguf=gguf)
     # Refuse an unsupported model or tokenizer before loading anything heavy.
     info = read_arch(inputs.model_dir)
     vocab = read_vocab(inputs.model_dir, info.vocab_size) if config.format == "gguf" else None

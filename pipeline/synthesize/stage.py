@@ -24,7 +24,7 @@ import torch
 from pipeline.configs.synthesize import SynthesizeConfig
 from pipeline.evaluate.bias import load_templates
 from pipeline.parts.datasets.formats import iter_texts
-from pipeline.parts.device import inference_device
+from pipeline.parts.device import cpu_threads, inference_device
 from pipeline.parts.endpoints import Endpoint
 from pipeline.parts.runtimes import load_runtime
 from pipeline.synthesize.checks import EvalGrams, RiskChecks, SpanIndex, TermCounts, group_terms
@@ -104,7 +104,8 @@ def run_synthesize(
     for p in prompts:
         checks.bias_prompts.add(p.text)
     device = inference_device(config.device)
-    torch.set_num_threads(config.threads)
+    threads = cpu_threads(config.threads)
+    torch.set_num_threads(threads)
     base = {
         "mode": config.mode,
         "teacher": _teacher(inputs),
@@ -180,7 +181,7 @@ def _teacher_of(
         return Teacher(None, config, hooks, total=total, remote=remote)
     if inputs.teacher_dir is None:
         raise PipelineError("synthesize.no_teacher", "give a teacher model or an endpoint")
-    runtime = load_runtime(inputs.teacher_dir, device=device, threads=config.threads)
+    runtime = load_runtime(inputs.teacher_dir, device=device, threads=cpu_threads(config.threads))
     return Teacher(runtime, config, hooks, total=total)
 
 
@@ -244,7 +245,7 @@ def _generate(
         )
         return
     teacher.close()  # one model in memory at a time
-    judge = load_runtime(inputs.judge_dir, device=device, threads=config.threads)
+    judge = load_runtime(inputs.judge_dir, device=device, threads=cpu_threads(config.threads))
     try:
         base = {**base, "judge": inputs.judge_id}
         yield from preference_pairs(config, prompts, samples, judge, ask, base, skipped, hooks)

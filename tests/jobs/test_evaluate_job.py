@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.jobs.tables import JobEvent
 from tests.conftest import RunJob
 from tests.jobs.test_model_jobs import job_of, tar_bytes, upload_model
 from tests.pipeline.finetune_helpers import build_base
+from tests.timing import scaled, wait_for
 
 
 def _dataset(client: TestClient, auth: dict[str, str], run_job: RunJob, texts: list[str]) -> str:
@@ -109,3 +115,39 @@ def test_an_evaluate_job_needs_no_training_text(
     refused = client.post("/v1/jobs", json=alone, headers=auth)
     assert refused.status_code == 422, refused.text
     assert refused.json()["error"]["param"] == "params.dataset_id"
+
+
+def test_cancelling_an_evaluate_job_stops_its_sampling(
+    client: TestClient,
+    auth: dict[str, str],
+    run_job: RunJob,
+    factory: sessionmaker[Session],
+    tmp_path: Path,
+) -> None:
+    """1,024 generations of 512 tokens (minutes on this model); a cancel once sampling has begun
+    ends the job within seconds, not after the last sample."""
+    model = upload_model(client, auth, tar_bytes(build_base("qwen2", tmp_path / "base")))
+    assert run_job(job_of(client, auth, model))["status"] == "succeeded"
+    samples = {"prompts": [f"Story {i}:" for i in range(64)], "seeds": list(range(16))}
+    params = {"model_id": model["id"], "samples": {**samples, "max_new_tokens": 512}}
+    job = client.post("/v1/jobs", json={"type": "evaluate", "params": params}, headers=auth)
+    assert job.status_code == 202, job.text
+    job_id = job.json()["id"]
+    result: list[str | None] = []
+    worker = threading.Thread(target=lambda: result.append(run_job.execute(job_id)))
+    worker.start()
+
+    def sampling() -> bool:
+        with factory() as session:
+            started = select(func.count()).where(
+                JobEvent.job_id == job_id, JobEvent.message.like("sampling %")
+            )
+            return bool(session.scalar(started))
+
+    wait_for(sampling, timeout=30, what="sampling to begin")
+    asked = time.monotonic()
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 200
+    worker.join(timeout=scaled(30))
+
+    assert result == ["cancelled"]
+    assert time.monotonic() - asked < scaled(10)

@@ -212,8 +212,8 @@ def test_the_memory_preflight_uses_the_queue_device_class() -> None:
     need = estimate_memory_bytes(params.model, params, vocab_size=16384)
     assert 80e9 < need < 141e9
     assert pretrain.preflight is not None
-    h200 = Capacity(devices=1, device_memory_bytes=141 * 10**9, accelerated=True)
-    h100 = Capacity(devices=1, device_memory_bytes=80 * 10**9, accelerated=True)
+    h200 = Capacity(devices=1, device_memory_bytes=141 * 10**9, accelerated=True, cores=16)
+    h100 = Capacity(devices=1, device_memory_bytes=80 * 10**9, accelerated=True, cores=16)
     pretrain.preflight(params, h200, {})
     with pytest.raises(ConfigError) as refused:
         pretrain.preflight(params, h100, {})
@@ -312,7 +312,7 @@ def test_the_finetune_preflight_refuses_what_cannot_fit_and_states_the_estimate(
     preflight = KINDS["finetune"].preflight
     assert preflight is not None
     inputs = finetune_base(tmp_path, LLAMA_7B)
-    eight = Capacity(devices=8, device_memory_bytes=H100, accelerated=True)
+    eight = Capacity(devices=8, device_memory_bytes=H100, accelerated=True, cores=16)
     with pytest.raises(ConfigError) as full:
         preflight(finetune_params(method="full"), eight, inputs)
     assert full.value.field == "method"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from pipeline.configs.evaluate import (
 )
 from pipeline.evaluate.stage import EvaluateInputs, run_evaluate
 from pipeline.parts.runtimes.base import disjoint_windows, strided_windows
-from pipeline.types import DatasetFile, PipelineError, RunPaths
+from pipeline.types import DatasetFile, Hooks, PipelineError, RunPaths, StageCancelled
 from tests.pipeline.quantize_models import SAMPLE_TEXT, save_imported
 
 DOCS = [
@@ -205,6 +206,52 @@ def test_samples_repeat_with_their_seed(model_dir: Path, tmp_path: Path) -> None
     assert (tmp_path / "out" / "samples.jsonl").read_text().count("\n") == 2
 
 
+def test_a_cancel_stops_sampling_between_tokens(model_dir: Path, tmp_path: Path) -> None:
+    """16 generations of 64 tokens are asked for; the stop comes a few tokens into the first
+    one, and the stage ends there instead of finishing every sample."""
+    config = EvaluateConfig(
+        perplexity=PerplexityOptions(enabled=False),
+        samples=SampleOptions(prompts=("Once upon a time",) * 4, seeds=(1, 2, 3, 4)),
+    )
+    asked = 0
+
+    def should_stop() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked >= 5
+
+    with pytest.raises(StageCancelled):
+        run_evaluate(
+            config, EvaluateInputs(model_dir), _paths(tmp_path), Hooks(should_stop=should_stop)
+        )
+    assert asked <= 6  # the first True ends it (one more ask to drop the cut sample), not 16×64
+    assert not (tmp_path / "out" / "samples.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"seeds": tuple(range(65))}, "seeds"),
+        ({"seeds": ()}, "seeds"),
+        ({"seeds": (-1,)}, "seeds.0"),
+        ({"seeds": (0, 2**32)}, "seeds.1"),
+        ({"prompts": ("p",) * 257}, "prompts"),
+        ({"prompts": ("p",) * 200, "seeds": tuple(range(6))}, "seeds"),
+    ],
+)
+def test_sample_options_are_bounded(options: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        SampleOptions(**options)
+    assert err.value.field == field
+
+
+def test_a_sample_prompt_is_bounded_where_users_send_it() -> None:
+    long = SampleOptions(prompts=("p", "x" * 4001))  # a stage's own templated prompt may be long
+    with pytest.raises(ConfigError) as err:
+        EvaluateConfig(samples=long)
+    assert err.value.field == "samples.prompts.1"
+
+
 def test_config_checks() -> None:
     with pytest.raises(ConfigError) as err:
         PerplexityOptions(windowing="strided", max_length=8, stride=9)
@@ -245,3 +292,11 @@ def test_a_gguf_scores_like_its_source(model_dir: Path, tmp_path: Path) -> None:
     assert got["tokens"] == want["tokens"] and got["bytes"] == want["bytes"]
     assert got["bits_per_byte"] == pytest.approx(want["bits_per_byte"], rel=1e-3)
     assert len(gguf_res.samples) == 1 and gguf_res.samples[0]["tokens"] <= 4
+
+
+def test_threads_never_exceed_the_machines_cores() -> None:
+    from pipeline.parts.device import cpu_threads
+
+    cores = os.cpu_count() or 1
+    assert cpu_threads(cores + 100) == cores
+    assert cpu_threads(1) == 1

@@ -12,7 +12,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
-from app.api.deps import ComparisonDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.deps import (
+    ComparisonDep,
+    IdempotencyKey,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+)
 from app.api.errors import ErrorResponse
 from app.api.limits import FailureThrottle
 from app.comparisons import ladder, service
@@ -52,11 +59,20 @@ def create_comparison(
     settings: SettingsDep,
     store: StoreDep,
     tenant_id: TenantDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> ComparisonRead:
-    """Queue a ``compare`` job that generates every answer; rating opens when it succeeds."""
-    comparison, _ = flow.create_comparison(
-        session=session, settings=settings, store=store, tenant_id=tenant_id, body=body
+    """Queue a ``compare`` job that generates every answer; rating opens when it succeeds.
+    Same Idempotency-Key and body, same comparison."""
+    comparison, created = flow.create_comparison(
+        session=session,
+        settings=settings,
+        store=store,
+        tenant_id=tenant_id,
+        body=body,
+        idempotency_key=idempotency_key,
     )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/comparisons/{comparison.id}"
     return ComparisonRead.model_validate(service.view(session, comparison))
 

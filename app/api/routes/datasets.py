@@ -2,11 +2,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DatasetDep, PageDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.deps import (
+    DatasetDep,
+    IdempotencyKey,
+    PageDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+)
 from app.api.errors import ErrorResponse
 from app.api.uploads import upload_body
 from app.datasets import service
@@ -70,12 +78,19 @@ async def create_dataset(
     settings: SettingsDep,
     store: StoreDep,
     tenant_id: TenantDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> DatasetRead:
-    """Stream the file to storage, then validate it in the background (`validating` → `ready`)."""
-    uploader = uploads.Uploader(session, settings, store, tenant_id)
-    dataset = await uploads.upload_dataset(
+    """Stream the file to storage, then validate it in the background (`validating` → `ready`).
+    Same Idempotency-Key and file, same dataset."""
+    uploader = uploads.Uploader(
+        session, settings, store, tenant_id, idempotency_key=idempotency_key
+    )
+    dataset, created = await uploads.upload_dataset(
         uploader, upload_body(request, settings.max_upload_bytes)
     )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
     views = await run_in_threadpool(service.to_read, session, [dataset])
     return views[0]
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.api.routes import datasets as dataset_routes
 from app.api.uploads import upload_body
@@ -34,11 +34,17 @@ async def create_file(
     settings: SettingsDep,
     store: StoreDep,
     tenant_id: TenantDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> schemas.FileObject:
-    uploader = uploads.Uploader(session, settings, store, tenant_id)
-    dataset = await uploads.upload_dataset(
+    uploader = uploads.Uploader(
+        session, settings, store, tenant_id, idempotency_key=idempotency_key
+    )
+    dataset, created = await uploads.upload_dataset(
         uploader, upload_body(request, settings.max_upload_bytes)
     )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
     views = await run_in_threadpool(datasets.to_read, session, [dataset])
     return service.file_view(views[0])
 

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Query
 
-from app.api.deps import FineTuningJobDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.deps import (
+    FineTuningJobDep,
+    IdempotencyKey,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+)
 from app.api.errors import ErrorResponse
 from app.compat import schemas, service
 from app.flows import fine_tuning, waiting
@@ -33,7 +40,7 @@ def create_fine_tuning_job(
     settings: SettingsDep,
     store: StoreDep,
     tenant_id: TenantDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> schemas.FineTuningJob:
     # A file still being validated is waited for: the job is `validating_files` until it is
     # processed, then `queued` (or `failed` if the file is not fine-tuning data).

@@ -2,10 +2,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import HTMLResponse
 
-from app.api.deps import JobDep, PageDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.deps import (
+    IdempotencyKey,
+    JobDep,
+    PageDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+)
 from app.api.errors import ErrorResponse
 from app.flows import submission, waiting
 from app.jobs import service
@@ -34,7 +42,7 @@ def create_job(
     settings: SettingsDep,
     store: StoreDep,
     tenant_id: TenantDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     """Write the job, commit, then ring the broker with its id. Same Idempotency-Key, same job."""
     submitted = submission.submit_job(

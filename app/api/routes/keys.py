@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Request, Response, status
+from fastapi import APIRouter, Body, Request, Response, status
 
 from app.api.auth_cache import AuthCache
-from app.api.deps import AdminDep, CallerDep, PageDep, SessionDep
+from app.api.deps import AdminDep, CallerDep, IdempotencyKey, PageDep, SessionDep
 from app.api.errors import ErrorResponse
 from app.jobs.schemas import Page
 from app.tenants import service
@@ -50,7 +50,7 @@ def create_key(
     response: Response,
     session: SessionDep,
     caller: AdminDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> KeyCreated:
     """Same Idempotency-Key and body, same key: a retry of a lost answer gets a fresh secret
     for it while it has never been used, and 409 once it has."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 
-from app.api.deps import ModelDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from app.api.deps import IdempotencyKey, ModelDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.api.uploads import upload_body
 from app.artifacts import service
@@ -53,10 +53,18 @@ async def create_model(
     settings: SettingsDep,
     store: StoreDep,
     tenant_id: TenantDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> ArtifactRead:
-    """Safetensors only: pickled weights are refused and never loaded (`validating` → `ready`)."""
-    uploader = uploads.Uploader(session, settings, store, tenant_id)
-    artifact = await uploads.upload_model(uploader, upload_body(request, settings.max_upload_bytes))
+    """Safetensors only: pickled weights are refused and never loaded (`validating` → `ready`).
+    Same Idempotency-Key and archive, same model."""
+    uploader = uploads.Uploader(
+        session, settings, store, tenant_id, idempotency_key=idempotency_key
+    )
+    body = upload_body(request, settings.max_upload_bytes)
+    artifact, created = await uploads.upload_model(uploader, body)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
     return service.to_read(artifact)
 
 

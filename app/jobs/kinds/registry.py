@@ -62,6 +62,8 @@ class Capacity:
     devices: int
     device_memory_bytes: int
     accelerated: bool
+    cores: int
+    """CPU cores: the most ``threads`` a job may ask for."""
 
 
 def queue_capacity(settings: Settings, queue: str) -> Capacity:
@@ -74,6 +76,7 @@ def queue_capacity(settings: Settings, queue: str) -> Capacity:
         devices=settings.queue_devices.get(queue, 1),
         device_memory_bytes=int(memory_gb * 1e9),
         accelerated=accelerated,
+        cores=settings.queue_cores.get(queue) or os.cpu_count() or 1,
     )
 
 
@@ -144,6 +147,27 @@ def check_devices(devices: int, capacity: Capacity) -> None:
             "devices",
             f"{devices} devices asked for; this queue's workers offer {capacity.devices}",
         )
+
+
+def check_threads(params: Any, capacity: Capacity) -> None:
+    """The pre-flight check every kind gets for each ``threads`` setting in its parameters
+    (``threads``, ``gguf.threads``): no more threads than a worker has cores (more only thrash,
+    and starve the jobs beside it). A default left alone is not refused (a comparison cannot
+    even set it); the stage clamps it to the worker's cores."""
+    for name, threads in _thread_settings(params, ""):
+        if threads > capacity.cores:
+            raise ConfigError(
+                name, f"{threads} threads asked for; this queue's workers offer {capacity.cores}"
+            )
+
+
+def _thread_settings(params: Any, prefix: str) -> Iterator[tuple[str, int]]:
+    for item in dataclasses.fields(params):
+        value = getattr(params, item.name)
+        if item.name == "threads" and isinstance(value, int) and value != item.default:
+            yield prefix + item.name, value
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            yield from _thread_settings(value, f"{prefix}{item.name}.")
 
 
 class OnDevice(Protocol):

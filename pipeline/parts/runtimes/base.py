@@ -21,12 +21,12 @@ A window is ``(start, end, scored)``: the model reads ``seq[start:end]``, its lo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.configs.evaluate import SampleOptions
-from pipeline.types import PipelineError
+from pipeline.types import PipelineError, StageCancelled
 
 DEFAULT_MAX_LENGTH = 2048
 """The window when neither the caller nor the model's config names one."""
@@ -107,6 +107,10 @@ def window_length(requested: int | None, context: int) -> int:
     return max_length
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass
 class Runtime:
     """A loaded model, scored and sampled the same way whatever engine runs it."""
@@ -142,20 +146,37 @@ class Runtime:
         """Generated ids as the text a reader sees."""
         return self.decode(ids)
 
-    def generate(self, ids: list[int], *, seed: int, options: SampleOptions) -> list[int]:
-        """New ids after ``ids``, sampled with ``seed`` set right before (greedy at T=0)."""
+    def generate(
+        self,
+        ids: list[int],
+        *,
+        seed: int,
+        options: SampleOptions,
+        should_stop: Callable[[], bool] = _never,
+    ) -> list[int]:
+        """New ids after ``ids``, sampled with ``seed`` set right before (greedy at T=0); ends
+        early, between tokens, once ``should_stop`` answers True."""
         raise NotImplementedError
 
-    def samples(self, options: SampleOptions) -> list[dict[str, Any]]:
+    def samples(
+        self, options: SampleOptions, should_stop: Callable[[], bool] = _never
+    ) -> list[dict[str, Any]]:
         """One generation per prompt and seed, each naming its prompt, seed and settings (the
         seed is set right before each one, so a sample does not depend on which others were
         asked for). Prompts start with the same single prefix token the perplexity figures use.
+
+        Raises:
+            StageCancelled: ``should_stop`` answered True (asked between samples and tokens).
         """
         out: list[dict[str, Any]] = []
         for prompt in options.prompts:
             ids = [self.prefix, *self.encode(prompt)]
             for seed in options.seeds:
-                new = self.generate(ids, seed=seed, options=options)
+                if should_stop():
+                    raise StageCancelled()
+                new = self.generate(ids, seed=seed, options=options, should_stop=should_stop)
+                if should_stop():  # cut short: not the sample its seed gives
+                    raise StageCancelled()
                 out.append(
                     {
                         "prompt": prompt,

@@ -12,7 +12,7 @@ import ctypes
 import functools
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,14 +248,21 @@ class LlamaCppRuntime(Runtime):
         raw: bytes = self.model.llm.detokenize(ids)
         return raw.decode("utf-8", errors="replace")
 
-    def generate(self, ids: list[int], *, seed: int, options: SampleOptions) -> list[int]:
+    def generate(
+        self,
+        ids: list[int],
+        *,
+        seed: int,
+        options: SampleOptions,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[int]:
         eos = self.model.llm.token_eos()
         new: list[int] = []
         stream = self.model.stream(
             ids, temperature=options.temperature, top_p=options.top_p, seed=seed
         )
         for token in stream:
-            if token == eos or len(new) >= options.max_new_tokens:
+            if token == eos or len(new) >= options.max_new_tokens or should_stop():
                 break
             new.append(token)
         return new

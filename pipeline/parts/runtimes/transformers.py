@@ -19,7 +19,12 @@ import numpy.typing as npt
 import torch
 from tokenizers import Tokenizer
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from pipeline.configs.evaluate import SampleOptions
 from pipeline.parts.hf import load_causal_lm, load_tokenizer
@@ -52,6 +57,19 @@ class Sampling:
 GREEDY = Sampling()
 
 
+class _AskStop(StoppingCriteria):
+    """Ends generation once ``should_stop`` answers True (every sequence of the batch)."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        stop = torch.full((input_ids.shape[0],), self.should_stop(), device=input_ids.device)
+        return stop.bool()  # type: ignore[return-value]
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -62,6 +80,7 @@ def generate(
     pad_id: int | None,
     sampling: Sampling = GREEDY,
     eos_ids: Sequence[int] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[int]:
     """The ids ``model`` generates after ``prompt`` (with the KV cache), up to an id of
     ``eos_ids`` (default: the model's generation config) or ``max_new_tokens``.
@@ -74,6 +93,8 @@ def generate(
     inputs = torch.tensor([list(prompt)], device=device)
     sample = sampling.temperature > 0
     extra: dict[str, Any] = {} if eos_ids is None else {"eos_token_id": list(eos_ids)}
+    if should_stop is not None:  # asked after every token: a cancel need not wait for the end
+        extra["stopping_criteria"] = StoppingCriteriaList([_AskStop(should_stop)])
     out = model.generate(  # type: ignore[operator]
         inputs,
         attention_mask=torch.ones_like(inputs),
@@ -334,7 +355,14 @@ class TransformersRuntime(Runtime):
         )
         return self.encode(str(text))
 
-    def generate(self, ids: list[int], *, seed: int, options: SampleOptions) -> list[int]:
+    def generate(
+        self,
+        ids: list[int],
+        *,
+        seed: int,
+        options: SampleOptions,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[int]:
         torch.manual_seed(seed)
         return generate(
             self.model,
@@ -343,4 +371,5 @@ class TransformersRuntime(Runtime):
             max_new_tokens=options.max_new_tokens,
             pad_id=self.tokenizer.pad_token_id or self.prefix,
             sampling=Sampling(temperature=options.temperature, top_p=options.top_p),
+            should_stop=should_stop,
         )
