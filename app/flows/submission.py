@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import broker
-from app.errors import InvalidParameter
+from app.errors import InvalidInput, InvalidParameter, NotFound
 from app.flows.inputs import Resolved, load_inputs
 from app.flows.quotas import check_job_quotas
 from app.jobs import idempotency, waiting
@@ -30,6 +30,7 @@ from app.jobs.kinds import JobKind, check_threads, queue_capacity
 from app.jobs.tables import Job
 from app.settings import Settings
 from app.storage import LocalStore
+from app.tenants import secrets
 from pipeline.configs.base import ConfigError
 from pipeline.configs.codec import encode
 
@@ -128,6 +129,7 @@ def queue_job(
         pending=wait_for_inputs,
     )
     _preflight(settings, kind, params, inputs)
+    _check_secret(session, tenant_id, params)
     try:
         job = _write(
             session,
@@ -210,6 +212,16 @@ def _replay(
             session=session, tenant_id=tenant_id, key=key, ttl_s=idempotency.IDEMPOTENCY_TTL_S
         )
     return idempotency.replay(session=session, tenant_id=tenant_id, key=key, digest=digest)
+
+
+def _check_secret(session: Session, tenant_id: str, params: Any) -> None:
+    """A job that names a tenant secret (an endpoint to call) is refused when it has none such."""
+    name = getattr(params, "secret", None)
+    if isinstance(name, str):
+        try:
+            secrets.get_secret(session=session, tenant_id=tenant_id, name=name)
+        except NotFound as err:
+            raise InvalidInput(err.message, code=err.code, param="params.secret") from None
 
 
 def _preflight(

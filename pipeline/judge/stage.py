@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from pipeline.configs.judge import JudgeConfig
 from pipeline.parts.device import inference_device
+from pipeline.parts.endpoints import Endpoint, chat_text, post
 from pipeline.parts.runtimes import load_runtime
 from pipeline.parts.runtimes.base import Runtime
 from pipeline.types import Hooks, PipelineError, Progress, RunPaths, StageCancelled
@@ -33,7 +33,6 @@ from pipeline.types import Hooks, PipelineError, Progress, RunPaths, StageCancel
 Pick = Literal["A", "B", ""]
 _CHUNK = 16  # pairs scored per call (each pair: two orders, two candidate labels)
 _LETTER = re.compile(r"\b([AB])\b")
-_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -44,15 +43,6 @@ class JudgePair:
     question: str
     answer_x: str
     answer_y: str
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """An OpenAI-compatible endpoint; ``repr`` leaves the key out."""
-
-    base_url: str
-    model: str
-    api_key: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -118,57 +108,14 @@ def _model_asker(runtime: Runtime) -> Asker:
     return ask
 
 
-def _endpoint_asker(endpoint: Endpoint, config: JudgeConfig, client: httpx.Client) -> Asker:
-    url = endpoint.base_url.rstrip("/") + "/chat/completions"
-    headers = {"Authorization": f"Bearer {endpoint.api_key}"}
-
+def _endpoint_asker(endpoint: Endpoint, client: httpx.Client) -> Asker:
     def one(text: str) -> Pick:
-        body = {
-            "model": endpoint.model,
-            "messages": [{"role": "user", "content": text}],
-            "temperature": 0,
-            "max_tokens": 8,
-        }
-        for attempt in range(_TRIES):
-            try:
-                response = client.post(url, json=body, headers=headers)
-            except httpx.HTTPError as err:
-                if attempt + 1 == _TRIES:
-                    raise PipelineError(
-                        "judge.endpoint_unreachable",
-                        f"the judge endpoint did not answer ({type(err).__name__})",
-                    ) from None
-                time.sleep(2**attempt)
-                continue
-            if response.status_code in (401, 403):
-                raise PipelineError(
-                    "judge.endpoint_refused",
-                    f"the judge endpoint refused the secret's key ({response.status_code})",
-                )
-            retry = response.status_code == 429 or response.status_code >= 500
-            if retry and attempt + 1 < _TRIES:
-                time.sleep(2**attempt)
-                continue
-            if response.status_code != 200:
-                raise PipelineError(
-                    "judge.endpoint_failed",
-                    f"the judge endpoint answered {response.status_code}",
-                )
-            return _letter(response)
-        raise AssertionError("unreachable")
+        body = {"messages": [{"role": "user", "content": text}], "temperature": 0, "max_tokens": 8}
+        answer = post(client, endpoint, "/chat/completions", body, domain="judge")
+        found = _LETTER.search(chat_text(answer, domain="judge")[0])
+        return found.group(1) if found else ""  # type: ignore[return-value]
 
     return lambda texts: [one(text) for text in texts]
-
-
-def _letter(response: httpx.Response) -> Pick:
-    try:
-        content = response.json()["choices"][0]["message"]["content"] or ""
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise PipelineError(
-            "judge.endpoint_failed", "the judge endpoint's answer is not a chat completion"
-        ) from None
-    found = _LETTER.search(str(content))
-    return found.group(1) if found else ""  # type: ignore[return-value]
 
 
 def run_judge(
@@ -188,7 +135,7 @@ def run_judge(
     client: httpx.Client | None = None
     if inputs.endpoint is not None:
         client = httpx.Client(timeout=config.timeout_s)
-        ask = _endpoint_asker(inputs.endpoint, config, client)
+        ask = _endpoint_asker(inputs.endpoint, client)
     elif inputs.model_dir is not None:
         torch.set_num_threads(config.threads)
         runtime = load_runtime(

@@ -1,7 +1,8 @@
 """How a teacher writes records in each ``synthesize`` mode: answers to prompts (distillation),
 new instructions grown from seeds (Self-Instruct, Wang et al. 2023) and ranked answer pairs.
 
-Every generation is one seeded sample of a runtime (:mod:`pipeline.parts.runtimes`), the seed
+Every generation is one seeded sample of a runtime (:mod:`pipeline.parts.runtimes`) or of an
+external endpoint (:mod:`pipeline.synthesize.remote`), the seed
 derived from the job's seed and the generation's place (:func:`seed_for`) and recorded in the
 record's provenance, so any record can be regenerated alone. ``should_stop`` is asked before
 every generation.
@@ -25,6 +26,7 @@ from pipeline.parts.chat import render
 from pipeline.parts.datasets.formats import iter_records
 from pipeline.parts.datasets.records import Record
 from pipeline.parts.runtimes.base import Runtime
+from pipeline.synthesize.remote import RemoteTeacher
 from pipeline.types import DatasetFile, Hooks, PipelineError, Progress, StageCancelled
 
 INSTRUCTION_HEADER = "Come up with a new task, different from these.\n"
@@ -113,12 +115,14 @@ def seed_for(seed: int, *place: object) -> int:
 
 @dataclass
 class Teacher:
-    """The teacher's runtime, asked one seeded question at a time."""
+    """The teacher, asked one seeded question at a time: a runtime (a registry model) or an
+    external endpoint (``remote``)."""
 
-    runtime: Runtime
+    runtime: Runtime | None
     config: SynthesizeConfig
     hooks: Hooks
     total: int | None = None
+    remote: RemoteTeacher | None = None
     generations: int = 0
     tokens: int = 0
     closed: bool = False
@@ -128,29 +132,40 @@ class Teacher:
         """Free the model (once; the judge may need the memory before the stage ends)."""
         if not self.closed:
             self.closed = True
-            self.runtime.close()
+            if self.runtime is not None:
+                self.runtime.close()
+            if self.remote is not None:
+                self.remote.close()
 
-    def ask(self, text: str, seed: int) -> str:
-        """The teacher's continuation of ``text`` (already templated), stripped.
+    def ask(self, text: str, seed: int, *, raw: bool = False) -> str:
+        """The teacher's continuation of ``text`` (already templated), stripped. ``raw``: a
+        continuation rather than an answer (an endpoint is then asked for a text completion).
 
         Raises:
             StageCancelled: ``should_stop`` answered True before the generation.
+            PipelineError: ``synthesize.endpoint_*`` when an endpoint fails.
         """
         if self.hooks.should_stop():
             raise StageCancelled()
-        cfg = self.config
-        options = SampleOptions(prompts=(text,), seeds=(seed,), max_new_tokens=cfg.max_new_tokens,
-                                temperature=cfg.temperature, top_p=cfg.top_p)  # fmt: skip
-        sample = self.runtime.samples(options)[0]
+        if self.remote is not None:
+            completion, tokens = self.remote.generate(text, seed, raw=raw)
+        else:
+            assert self.runtime is not None
+            cfg = self.config
+            options = SampleOptions(prompts=(text,), seeds=(seed,),
+                                    max_new_tokens=cfg.max_new_tokens,
+                                    temperature=cfg.temperature, top_p=cfg.top_p)  # fmt: skip
+            sample = self.runtime.samples(options)[0]
+            completion, tokens = str(sample["completion"]), int(sample["tokens"])
         self.generations += 1
-        self.tokens += int(sample["tokens"])
+        self.tokens += tokens
         now = time.monotonic()
         if now - self._reported >= PROGRESS_EVERY_S or self.generations == self.total:
             self._reported = now
             metrics = {"tokens": float(self.tokens)}
             progress = Progress(step=self.generations, total=self.total, metrics=metrics)
             self.hooks.on_progress(progress)
-        return str(sample["completion"]).strip()
+        return completion.strip()
 
     def answer(self, prompt: str, seed: int) -> str:
         return self.ask(self.question(prompt), seed)
@@ -250,7 +265,8 @@ def self_instruct(
             break
         seed = seed_for(cfg.seed, "instruction", attempt)
         shown = random.Random(seed).sample(list(seeds), min(cfg.few_shot, len(seeds)))
-        text = _first_line(teacher.ask(instruction_request([s.text for s in shown]), seed))
+        request = instruction_request([s.text for s in shown])
+        text = _first_line(teacher.ask(request, seed, raw=True))
         if not MIN_INSTRUCTION_WORDS <= len(text.split()) <= MAX_INSTRUCTION_WORDS:
             skipped["unfit_instruction"] += 1
             continue

@@ -25,6 +25,7 @@ from pipeline.configs.synthesize import SynthesizeConfig
 from pipeline.evaluate.bias import load_templates
 from pipeline.parts.datasets.formats import iter_texts
 from pipeline.parts.device import cpu_threads, inference_device
+from pipeline.parts.endpoints import Endpoint
 from pipeline.parts.runtimes import load_runtime
 from pipeline.synthesize.checks import EvalGrams, RiskChecks, SpanIndex, TermCounts, group_terms
 from pipeline.synthesize.modes import (
@@ -37,13 +38,14 @@ from pipeline.synthesize.modes import (
     self_instruct,
 )
 from pipeline.synthesize.ranking import preference_pairs
+from pipeline.synthesize.remote import RemoteTeacher
 from pipeline.types import PRODUCT, DatasetFile, Hooks, PipelineError, RunPaths
 
 
 @dataclass(frozen=True)
 class SynthesizeInputs:
-    teacher_dir: Path
-    """The teacher: a Hugging Face folder or a folder holding one GGUF."""
+    teacher_dir: Path | None
+    """The teacher: a Hugging Face folder or a folder holding one GGUF (None: ``endpoint``)."""
     prompts: DatasetFile
     """Prompts to answer (``distill``, ``preferences``) or seed instructions (``self_instruct``)."""
     judge_dir: Path | None = None
@@ -54,6 +56,11 @@ class SynthesizeInputs:
     """Text the generations must not copy long spans of (the regurgitation check)."""
     teacher_id: str = ""
     """How provenance names the teacher (the registry's model id)."""
+    endpoint: Endpoint | None = None
+    """The teacher as an external endpoint (its key is never written anywhere)."""
+    secret: str = ""
+    """The name of the tenant secret ``endpoint`` came from: provenance names the teacher by it
+    and the endpoint's model."""
     judge_id: str | None = None
     prompts_id: str = ""
     """How provenance names the prompt dataset."""
@@ -87,7 +94,8 @@ def run_synthesize(
     Raises:
         PipelineError: ``dataset.empty`` (no prompts), ``synthesize.no_reference`` (reference
             ranking without answers), ``synthesize.nothing_left`` (every record was skipped or
-            removed), ``evaluate.no_cuda`` / ``evaluate.model_format`` (the teacher).
+            removed), ``evaluate.no_cuda`` / ``evaluate.model_format`` (the teacher),
+            ``synthesize.endpoint_refused`` / ``_unreachable`` / ``_failed`` (an endpoint teacher).
         StageCancelled: ``hooks.should_stop`` answered True between generations.
     """
     skipped: Counter[str] = Counter()
@@ -100,15 +108,14 @@ def run_synthesize(
     torch.set_num_threads(threads)
     base = {
         "mode": config.mode,
-        "teacher": inputs.teacher_id,
+        "teacher": _teacher(inputs),
         "source": {"dataset": inputs.prompts_id},
         "sampling": {"temperature": config.temperature, "top_p": config.top_p,
                      "max_new_tokens": config.max_new_tokens,
                      "prompt_template": config.prompt_template,
                      "chat_template": config.chat_template},
     }  # fmt: skip
-    teacher = Teacher(load_runtime(inputs.teacher_dir, device=device, threads=threads),
-                      config, hooks, total=_total(config, prompts))  # fmt: skip
+    teacher = _teacher_of(config, inputs, hooks, device, _total(config, prompts))
     try:
         made = list(_generate(config, inputs, teacher, prompts, base, skipped, hooks, device))
     finally:
@@ -144,7 +151,7 @@ def run_synthesize(
             prompts=len(prompts), generations=teacher.generations, tokens=teacher.tokens,
             records_out=records_out, skipped=dict(skipped), removed=dict(removed), checks=figures,
         )  # fmt: skip
-        report = {"teacher": inputs.teacher_id, "judge": inputs.judge_id,
+        report = {"teacher": _teacher(inputs), "judge": inputs.judge_id,
                   "prompts_dataset": inputs.prompts_id, "config_seed": config.seed,
                   **{k: v for k, v in vars(result).items() if not isinstance(v, Path)}}  # fmt: skip
         _tmp(report_path).write_text(json.dumps(report, indent=2, ensure_ascii=False))
@@ -154,6 +161,28 @@ def run_synthesize(
         tmp.unlink(missing_ok=True)
         _tmp(report_path).unlink(missing_ok=True)
     return result
+
+
+def _teacher(inputs: SynthesizeInputs) -> str | dict[str, str]:
+    if inputs.endpoint is None:
+        return inputs.teacher_id
+    return {"secret": inputs.secret, "endpoint_model": inputs.endpoint.model}
+
+
+def _teacher_of(
+    config: SynthesizeConfig,
+    inputs: SynthesizeInputs,
+    hooks: Hooks,
+    device: torch.device,
+    total: int,
+) -> Teacher:
+    if inputs.endpoint is not None:
+        remote = RemoteTeacher(inputs.endpoint, config)
+        return Teacher(None, config, hooks, total=total, remote=remote)
+    if inputs.teacher_dir is None:
+        raise PipelineError("synthesize.no_teacher", "give a teacher model or an endpoint")
+    runtime = load_runtime(inputs.teacher_dir, device=device, threads=cpu_threads(config.threads))
+    return Teacher(runtime, config, hooks, total=total)
 
 
 def _checks(config: SynthesizeConfig, inputs: SynthesizeInputs, hooks: Hooks) -> RiskChecks:
@@ -206,7 +235,11 @@ def _generate(
         yield from preference_pairs(config, prompts, samples, None, ask, base, skipped, hooks)
         return
     if inputs.judge_dir is None:  # the teacher judges its own answers
-        base = {**base, "judge": inputs.teacher_id}
+        if teacher.runtime is None:
+            raise PipelineError(
+                "synthesize.no_judge", "an endpoint teacher cannot judge: name a judge model"
+            )
+        base = {**base, "judge": _teacher(inputs)}
         yield from preference_pairs(
             config, prompts, samples, teacher.runtime, ask, base, skipped, hooks
         )

@@ -37,3 +37,41 @@ def test_a_valid_request_is_checked_against_the_tenants_inputs(
     response = client.post("/v1/jobs", json=body, headers=auth)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "params.model_id"  # inputs in declared order
+
+
+ENDPOINT = {"secret": "teacher", "endpoint_model": "teacher-1", "dataset_id": DATASET}
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"dataset_id": DATASET}, "params.model_id"),  # no teacher
+        ({**ENDPOINT, "model_id": MODEL}, "params.model_id"),  # two teachers
+        ({**ENDPOINT, "endpoint_model": None}, "params.endpoint_model"),
+        (
+            {"model_id": MODEL, "dataset_id": DATASET, "endpoint_model": "m"},
+            "params.endpoint_model",
+        ),
+        ({**ENDPOINT, "chat_template": True}, "params.chat_template"),
+        # An endpoint has no log-likelihoods: judge ranking needs a registry judge model.
+        ({**ENDPOINT, "mode": "preferences"}, "params.judge_model_id"),
+    ],
+)
+def test_an_endpoint_teacher_is_refused_where_it_cannot_serve_naming_the_field(
+    client: TestClient, auth: dict[str, str], params: dict[str, object], param: str
+) -> None:
+    response = client.post("/v1/jobs", json={"type": "synthesize", "params": params}, headers=auth)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_an_endpoint_teacher_with_a_rule_or_a_judge_model_is_accepted_for_preferences(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    for extra in ({"ranking": "length"}, {"judge_model_id": MODEL}):
+        params = {**ENDPOINT, "mode": "preferences", **extra}
+        response = client.post(
+            "/v1/jobs", json={"type": "synthesize", "params": params}, headers=auth
+        )
+        assert response.status_code == 400, response.text  # past validation: the inputs
+        assert response.json()["error"]["param"] == "params.dataset_id"

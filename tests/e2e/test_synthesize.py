@@ -1,6 +1,7 @@
 """A synthesize job through the real API and a worker process: a teacher from the registry answers
 an uploaded prompt dataset, the record that overlaps an evaluation dataset is removed and counted,
-and the synthetic dataset (ready, its lineage and report kept) is what a fine-tune job trains on."""
+and the synthetic dataset (ready, its lineage and report kept) is what a fine-tune job trains on.
+The same with an external endpoint teacher, whose key no response and no process log shows."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from tests.e2e.stack import Stack, StackFactory
 from tests.e2e.test_finetune_resume import upload_model
 from tests.pipeline.finetune_helpers import build_base
+from tests.synth_endpoint import EMAIL, EVAL_ITEM, KEY, PHONE, PLANTED, teacher_endpoint
 
 pytestmark = pytest.mark.slow
 
@@ -67,3 +69,30 @@ def test_a_synthetic_dataset_is_checked_registered_and_fine_tuned_on(
         logs=logs,
     )  # fmt: skip
     assert tuned["result"]["train_data"]["examples"] == 3
+
+
+def test_an_endpoint_teacher_distils_through_a_worker_process_without_leaking_its_key(
+    stack: Stack,
+) -> None:
+    api, logs = stack.api, stack.logs
+    with teacher_endpoint() as (url, calls):
+        secret = {"name": "teacher", "base_url": url, "api_key": KEY}
+        seen = [repr(api.post("/v1/secrets", status=201, json=secret))]
+        prompts = api.upload("/v1/datasets", "prompts.jsonl",
+                             jsonl([{"text": p} for p in PLANTED]), logs=logs)["id"]  # fmt: skip
+        evals = api.upload("/v1/datasets", "eval.jsonl", jsonl([{"text": EVAL_ITEM}]), logs=logs)
+        params = {"secret": "teacher", "endpoint_model": "teacher-1", "dataset_id": prompts,
+                  "eval_dataset_ids": [evals["id"]], "seed": 7, "device": "cpu",
+                  "checks": {"contamination_ngram": 8}}  # fmt: skip
+        done = api.run_job("synthesize", params, timeout=JOB_S, logs=logs)
+    result = done["result"]
+    assert result["records_out"] == 3 and result["removed"] == {"contaminated": 1}
+    assert len(calls) == len(PLANTED) + 1  # one 503 retried
+    content = api.client.get(f"/v1/datasets/{result['dataset_id']}/content", headers=api.auth)
+    assert EMAIL not in content.text and PHONE not in content.text
+    seen += [repr(done), content.text, repr(api.events(done["id"])), repr(api.metrics(done["id"]))]
+    seen += [repr(api.get(f"/v1/datasets/{result['dataset_id']}/report"))]
+    seen += [proc.log() for proc in logs]
+    assert any("synthesize" in text for text in seen[-len(logs) :])  # the logs were read
+    for text in seen:
+        assert KEY not in text

@@ -40,7 +40,10 @@ SERVICE_EXAMPLES: dict[str, dict[str, object]] = {
     },
 }
 # Kinds that need one of several optional inputs besides their required ones.
-ONE_OF_EXAMPLES: dict[str, dict[str, object]] = {"evaluate": {"dataset_id": PLACEHOLDER_ID}}
+ONE_OF_EXAMPLES: dict[str, dict[str, object]] = {
+    "evaluate": {"dataset_id": PLACEHOLDER_ID},
+    "synthesize": {"model_id": PLACEHOLDER_ID},  # or a secret and endpoint_model
+}
 
 
 def example_params(kind: JobKind) -> dict[str, object]:

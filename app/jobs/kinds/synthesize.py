@@ -3,7 +3,7 @@ pairs), checked for contamination, privacy and bias before it is kept."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.jobs.kinds.registry import DAY, JobKind, device_queue, ref
 from pipeline.configs.base import ConfigError
@@ -14,9 +14,15 @@ MAX_EVAL_DATASETS = 8
 
 @dataclass(frozen=True)
 class SynthesizeParams(SynthesizeConfig):
-    model_id: str = ref("model", formats=("huggingface", "gguf"))
+    model_id: str | None = ref("model", optional=True, formats=("huggingface", "gguf"))
     """The teacher: a registry model in Hugging Face layout (a fine-tune's merged model
-    included) or a GGUF (run in llama.cpp)."""
+    included) or a GGUF (run in llama.cpp). Give this or ``secret``."""
+    secret: str | None = field(default=None, kw_only=True)
+    """The teacher as an external OpenAI-compatible endpoint: the name of a tenant secret
+    (``POST /v1/secrets``). Answers come from its ``/chat/completions``, Self-Instruct's new
+    instructions from its ``/completions``; the job stores the name only."""
+    endpoint_model: str | None = field(default=None, kw_only=True)
+    """With ``secret``: the endpoint's model to ask."""
     dataset_id: str = ref("dataset")
     """Prompts to answer, or the seed instructions of ``self_instruct`` (chat, prompt/completion,
     preference or text records; a record's own answer serves ``reference`` ranking)."""
@@ -38,6 +44,28 @@ class SynthesizeParams(SynthesizeConfig):
             self.mode != "preferences" or self.ranking != "judge"
         ):
             raise ConfigError("judge_model_id", "only for mode preferences with ranking judge")
+        self._check_teacher()
+
+    def _check_teacher(self) -> None:
+        if (self.model_id is None) == (self.secret is None):
+            raise ConfigError("model_id", "give model_id or secret (one of them)")
+        if self.secret is None:
+            if self.endpoint_model is not None:
+                raise ConfigError("endpoint_model", "only with secret")
+            return
+        if not self.endpoint_model or len(self.endpoint_model) > 200:
+            raise ConfigError("endpoint_model", "name the endpoint's model (up to 200 characters)")
+        if self.chat_template:
+            raise ConfigError(
+                "chat_template",
+                "an endpoint teacher is asked through its chat API, which applies its own template",
+            )
+        if self.mode == "preferences" and self.ranking == "judge" and self.judge_model_id is None:
+            raise ConfigError(
+                "judge_model_id",
+                "an endpoint teacher gives no log-likelihoods: name a judge model, or rank by "
+                "reference or length",
+            )
 
 
 KIND = JobKind(
