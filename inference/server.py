@@ -83,6 +83,9 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
 
         engine = default_engine(settings)
     the_engine: Engine = engine
+    # A request holding a slot while it waits for an engine's own capacity (a free llama.cpp
+    # context) is waiting, not running, in what /health reports.
+    queued: Any = getattr(engine, "queued", lambda: 0)
     scheduler = Scheduler(settings.concurrency, settings.queue_size, settings.tenant_limit)
     stats = Stats()
     renderer = TemplateRenderer(
@@ -184,8 +187,8 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
         cache = getattr(the_engine, "cache", None)
         return {
             "status": "ok",
-            "running": scheduler.running,
-            "waiting": scheduler.admitted - scheduler.running,
+            "running": scheduler.running - queued(),
+            "waiting": scheduler.admitted - scheduler.running + queued(),
             "loaded_models": len(cache.keys()) if cache is not None else None,
             "memory_used_bytes": cache.used_bytes if cache is not None else None,
             "memory_budget_bytes": settings.memory_budget_bytes,
@@ -296,4 +299,10 @@ def serve(settings: InferenceSettings, host: str, port: int) -> None:
             "GRISTMILL_INFERENCE_TOKEN (the API must send the same), or bind 127.0.0.1"
         )
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    from inference.vllm_engine import EngineUnavailable
+
+    try:
+        app = create_app(settings)
+    except EngineUnavailable as exc:  # an operator's setting, not a bug: no traceback
+        raise SystemExit(f"gristmill inference: {exc}") from None
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
