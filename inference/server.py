@@ -7,7 +7,8 @@ Concurrency. Each generation runs in a thread of its own and hands its deltas to
 so the loop stays free to answer health checks and refuse excess load. At most ``concurrency``
 generations run at once (a slot is held until the thread really ends, even after a cancel). The
 running generations of one transformers model share its batch (``max_batch`` rows, joined and
-left between tokens: :mod:`inference.batching`); a llama.cpp model runs one at a time.
+left between tokens: :mod:`inference.batching`); a llama.cpp model runs ``gguf_parallel``
+at once, and a request waiting for one of its contexts counts as waiting in ``/health``.
 ``queue_size`` more requests may wait for a slot; beyond that the answer is 429 with
 ``Retry-After`` at once, never a hang. One tenant (named by the API in ``X-Gristmill-Tenant``)
 may hold at most ``tenant_limit`` of those running and waiting places, so its burst is answered

@@ -56,7 +56,7 @@ gpu = pytest.mark.skipif(
 
 
 def build_models(root: Path) -> tuple[Path, Path]:
-    """A small fp16 Llama with a ChatML tokenizer, and a LoRA adapter that changes its output."""
+    """A small Llama with a ChatML tokenizer, and a LoRA adapter that changes its output."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -77,12 +77,12 @@ def build_models(root: Path) -> tuple[Path, Path]:
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
     )
-    LlamaForCausalLM(config).to(torch.float16).save_pretrained(base)
+    LlamaForCausalLM(config).save_pretrained(base)  # vLLM runs fp32 checkpoints in fp16
     tokenizer.save_pretrained(base)
     lora = LoraConfig(
         r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
     )
-    get_peft_model(LlamaForCausalLM.from_pretrained(base), lora).save_pretrained(adapter)
+    get_peft_model(LlamaForCausalLM.from_pretrained(base), lora).save_pretrained(str(adapter))
     return base, adapter
 
 
