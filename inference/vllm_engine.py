@@ -97,10 +97,13 @@ class VllmEngine:
     """The :class:`~inference.engine.Engine` on vLLM, for ``huggingface`` models (and peft
     adapters on them) on one CUDA GPU."""
 
-    def __init__(self, *, gpu_memory_utilization: float = 0.85, max_loras: int = 4) -> None:
+    def __init__(
+        self, *, gpu_memory_utilization: float = 0.85, max_loras: int = 4, max_lora_rank: int = 64
+    ) -> None:
         require_vllm()
         self.gpu_memory_utilization = gpu_memory_utilization
         self.max_loras = max_loras
+        self.max_lora_rank = max_lora_rank
         self._lock = threading.Lock()
         self._served: _Served | None = None
         self._lora_ids: dict[Path, int] = {}
@@ -124,15 +127,20 @@ class VllmEngine:
                         f"vLLM serves another base model now; retry {ref.id!r} when it is idle",
                         param="model",
                     )
-                served.engine.shutdown()
+                getattr(served.engine, "shutdown", lambda: None)()
                 self._served = None
             args = AsyncEngineArgs(
                 model=str(ref.path),
                 gpu_memory_utilization=self.gpu_memory_utilization,
                 enable_lora=True,
                 max_loras=self.max_loras,
+                max_lora_rank=self.max_lora_rank,
             )
-            engine = AsyncLLMEngine.from_engine_args(args)
+
+            async def start() -> Any:  # on the engine's loop, where its output handler runs
+                return AsyncLLMEngine.from_engine_args(args)
+
+            engine = self._run(start())
             config = self._run(engine.get_model_config())
             self._served = _Served(ref.path, engine, {}, int(config.max_model_len))
             log.info("loaded %s in vLLM", ref.id)

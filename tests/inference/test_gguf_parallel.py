@@ -5,17 +5,18 @@ context is busy."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from inference.engine import ModelRef
+from inference.engine import GenerationRequest, ModelRef, SamplingParams
 from inference.llamacpp_engine import LlamaCppEngine, LlamaCppModel, estimate_bytes
 from tests.inference.conftest import make_app, spec
 from tests.inference.test_gguf import export_gguf
-from tests.timing import scaled
+from tests.timing import scaled, wait_for
 
 PROMPTS = ["the miller", "a small cat sat on the warm stone", "hello", "bread and flour, wind"]
 
@@ -104,3 +105,22 @@ def test_requests_waiting_for_a_context_show_as_waiting_and_run_once_it_is_free(
 
     asyncio.run(scenario())
     assert engine.queued() == 0 and app.state.stats.completed == 2
+
+
+def test_a_request_cancelled_while_waiting_for_a_context_never_takes_one(q8_dir: Path) -> None:
+    app = make_app(gguf_parallel=1)
+    engine = gguf_engine(app)
+    model = loaded(engine, q8_dir)
+    held = model.free.get_nowait()
+    cancel = threading.Event()
+    request = GenerationRequest(SamplingParams(max_tokens=8, temperature=0), prompt="hello")
+    stream = engine.stream(ModelRef("tiny-q8", q8_dir.resolve(), format="gguf"), request, cancel)
+    deltas: list[Any] = []
+    reader = threading.Thread(target=lambda: deltas.extend(stream))
+    reader.start()
+    wait_for(lambda: engine.queued() == 1, timeout=10, interval=0.01, what="the request to wait")
+    cancel.set()
+    reader.join(timeout=scaled(10))
+    assert not reader.is_alive() and deltas == [] and engine.queued() == 0
+    model.free.put(held)
+    assert model.free.qsize() == 1
