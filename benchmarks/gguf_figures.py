@@ -5,7 +5,8 @@ The benchmark's random Llama is exported as the quantize stage does (f32 and f16
 its GGUF writer, q4_k_m made from the f32 by llama.cpp's quantiser), no downloads. Each file is
 served by its own ``gristmill inference`` process (``gguf_threads`` threads per context), so its
 resident memory is the service's own: measured once healthy (before the model loads) and after
-the warm-up request, the difference being what the model costs. Bare llama.cpp runs the same
+the warm-up request, the difference being what the model costs; PSS as well as RSS, since RSS
+counts the file's pages once per llama.cpp context that maps them. Bare llama.cpp runs the same
 greedy loop in this process with the same threads. One stream, ABBA rounds after a warm-up,
 medians; then aggregate tokens/s of ``gguf_parallel`` streams against one.
 """
@@ -120,6 +121,9 @@ class Figures:
     parallel_tps: float
     rss_idle: int
     rss_loaded: int
+    pss_idle: int
+    pss_loaded: int
+    """Proportional set size: RSS counts a file page mapped by each context once per context."""
     file_bytes: int
 
 
@@ -129,7 +133,7 @@ def measure(
     bare = bare_run(path, prompt, tokens, threads)
     request = body(path.parent, prompt, tokens)
     with serve(path.parent, threads, parallel) as (url, proc):
-        idle = proc.memory_info().rss
+        idle = proc.memory_full_info()
         with httpx.Client(timeout=600) as client:
 
             def served() -> float:
@@ -138,7 +142,7 @@ def measure(
                 return tokens / run.total_s
 
             bare(), served()  # warm-up: the service loads the model
-            loaded = proc.memory_info().rss
+            loaded = proc.memory_full_info()
             runs: dict[str, list[float]] = {"bare": [], "service": []}
             for _ in range(repeats):
                 runs["bare"].append(bare())
@@ -150,8 +154,10 @@ def measure(
         statistics.median(runs["bare"]),
         statistics.median(runs["service"]),
         statistics.median(levels[0].tokens_per_s),
-        idle,
-        loaded,
+        idle.rss,
+        loaded.rss,
+        idle.pss,
+        loaded.pss,
         path.stat().st_size,
     )
 
@@ -176,11 +182,16 @@ def report(figures: list[Figures], tokens: int, threads: int, parallel: int) -> 
             f"  {f.kind:7s} file {f.file_bytes / mib:6.1f} MiB  bare {f.bare_tps:7.1f} tok/s"
             f"  service {f.service_tps:7.1f} tok/s ({f.service_tps / f.bare_tps:.2f}x bare,"
             f" target >= 0.9x)  {parallel} streams {f.parallel_tps:7.1f} tok/s aggregate"
-            f" ({f.parallel_tps / f.service_tps:.2f}x)  service RSS {f.rss_idle / mib:6.0f} ->"
-            f" {f.rss_loaded / mib:6.0f} MiB (+{(f.rss_loaded - f.rss_idle) / mib:.0f})"
+            f" ({f.parallel_tps / f.service_tps:.2f}x)"
+        )
+        print(
+            f"          service RSS {f.rss_idle / mib:5.0f} -> {f.rss_loaded / mib:5.0f} MiB"
+            f" (+{(f.rss_loaded - f.rss_idle) / mib:.0f}), PSS {f.pss_idle / mib:5.0f} ->"
+            f" {f.pss_loaded / mib:5.0f} MiB (+{(f.pss_loaded - f.pss_idle) / mib:.0f})"
         )
     f16, q4 = figures
     print(
         f"  q4_k_m / f16 through the service: {q4.service_tps / f16.service_tps:.2f}x tok/s,"
-        f" {(q4.rss_loaded - q4.rss_idle) / max(1, f16.rss_loaded - f16.rss_idle):.2f}x memory"
+        f" {(q4.pss_loaded - q4.pss_idle) / max(1, f16.pss_loaded - f16.pss_idle):.2f}x memory"
+        " (PSS added by the model)"
     )
