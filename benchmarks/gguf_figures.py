@@ -130,7 +130,6 @@ class Figures:
 def measure(
     path: Path, prompt: str, tokens: int, repeats: int, threads: int, parallel: int
 ) -> Figures:
-    bare = bare_run(path, prompt, tokens, threads)
     request = body(path.parent, prompt, tokens)
     with serve(path.parent, threads, parallel) as (url, proc):
         idle = proc.memory_full_info()
@@ -141,8 +140,11 @@ def measure(
                 assert run.tokens == tokens, run.tokens
                 return tokens / run.total_s
 
-            bare(), served()  # warm-up: the service loads the model
+            served()  # warm-up: the service loads the model
+            # Before the bare model maps the same file here (PSS would share its pages).
             loaded = proc.memory_full_info()
+            bare = bare_run(path, prompt, tokens, threads)
+            bare()
             runs: dict[str, list[float]] = {"bare": [], "service": []}
             for _ in range(repeats):
                 runs["bare"].append(bare())

@@ -141,7 +141,9 @@ class VllmEngine:
                 return AsyncLLMEngine.from_engine_args(args)
 
             engine = self._run(start())
-            config = self._run(engine.get_model_config())
+            config = getattr(engine, "model_config", None)  # v1; older engines: a coroutine
+            if config is None:
+                config = self._run(engine.get_model_config())
             self._served = _Served(ref.path, engine, {}, int(config.max_model_len))
             log.info("loaded %s in vLLM", ref.id)
             return self._served
@@ -163,7 +165,9 @@ class VllmEngine:
         from vllm.lora.request import LoRARequest
 
         with self._lock:
-            lora_id = self._lora_ids.setdefault(ref.adapter_path, next(self._ids))
+            if ref.adapter_path not in self._lora_ids:
+                self._lora_ids[ref.adapter_path] = next(self._ids)
+            lora_id = self._lora_ids[ref.adapter_path]
         return LoRARequest(ref.id, lora_id, str(ref.adapter_path))
 
     def load(self, model: ModelRef) -> ModelInfo:
