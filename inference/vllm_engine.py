@@ -229,30 +229,26 @@ class VllmEngine:
 
         with self._lock:
             served.active += 1
+        # Cancelling the pump cancels vLLM's generate(), which aborts the request in the engine.
+        pumping = asyncio.run_coroutine_threadsafe(pump(), self._loop)
         try:
-            asyncio.run_coroutine_threadsafe(pump(), self._loop)
             seen_text = [0] * ours.n
             seen_tokens = [0] * ours.n
-            while True:
+            while not cancel.is_set():
                 try:
                     item = outputs.get(timeout=0.05)
                 except queue.Empty:
-                    if cancel.is_set():
-                        self._run(served.engine.abort(request_id))
-                        return
                     continue
                 if item is _DONE:
                     return
                 if isinstance(item, Exception):
                     raise item
-                if cancel.is_set():
-                    self._run(served.engine.abort(request_id))
-                    return
                 for choice in item.outputs:
                     delta = to_delta(choice, seen_text, seen_tokens, ours.logprobs)
                     if delta is not None:
                         yield delta
         finally:
+            pumping.cancel()
             with self._lock:
                 served.active -= 1
 
