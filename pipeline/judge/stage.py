@@ -50,6 +50,8 @@ class JudgeInputs:
     pairs: tuple[JudgePair, ...]
     model_dir: Path | None = None
     """The judge's folder, for a registry model."""
+    adapter_dir: Path | None = None
+    """A peft adapter put on ``model_dir`` (then the adapter's base)."""
     endpoint: Endpoint | None = None
     """The judge, for an external endpoint."""
 
@@ -140,7 +142,7 @@ def run_judge(
         torch.set_num_threads(config.threads)
         runtime = load_runtime(
             inputs.model_dir, device=inference_device(config.device),
-            max_length=config.max_length, threads=config.threads,
+            max_length=config.max_length, threads=config.threads, adapter=inputs.adapter_dir,
         )  # fmt: skip
         ask = _model_asker(runtime)
     else:
