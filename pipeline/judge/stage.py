@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import httpx
 import torch
 
 from pipeline.configs.judge import JudgeConfig
+from pipeline.parts.chat_endpoint import ChatEndpoint, Endpoint
 from pipeline.parts.device import inference_device
 from pipeline.parts.runtimes import load_runtime
 from pipeline.parts.runtimes.base import Runtime
@@ -33,7 +32,6 @@ from pipeline.types import Hooks, PipelineError, Progress, RunPaths, StageCancel
 Pick = Literal["A", "B", ""]
 _CHUNK = 16  # pairs scored per call (each pair: two orders, two candidate labels)
 _LETTER = re.compile(r"\b([AB])\b")
-_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -44,15 +42,6 @@ class JudgePair:
     question: str
     answer_x: str
     answer_y: str
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """An OpenAI-compatible endpoint; ``repr`` leaves the key out."""
-
-    base_url: str
-    model: str
-    api_key: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -118,57 +107,12 @@ def _model_asker(runtime: Runtime) -> Asker:
     return ask
 
 
-def _endpoint_asker(endpoint: Endpoint, config: JudgeConfig, client: httpx.Client) -> Asker:
-    url = endpoint.base_url.rstrip("/") + "/chat/completions"
-    headers = {"Authorization": f"Bearer {endpoint.api_key}"}
-
+def _endpoint_asker(chat: ChatEndpoint) -> Asker:
     def one(text: str) -> Pick:
-        body = {
-            "model": endpoint.model,
-            "messages": [{"role": "user", "content": text}],
-            "temperature": 0,
-            "max_tokens": 8,
-        }
-        for attempt in range(_TRIES):
-            try:
-                response = client.post(url, json=body, headers=headers)
-            except httpx.HTTPError as err:
-                if attempt + 1 == _TRIES:
-                    raise PipelineError(
-                        "judge.endpoint_unreachable",
-                        f"the judge endpoint did not answer ({type(err).__name__})",
-                    ) from None
-                time.sleep(2**attempt)
-                continue
-            if response.status_code in (401, 403):
-                raise PipelineError(
-                    "judge.endpoint_refused",
-                    f"the judge endpoint refused the secret's key ({response.status_code})",
-                )
-            retry = response.status_code == 429 or response.status_code >= 500
-            if retry and attempt + 1 < _TRIES:
-                time.sleep(2**attempt)
-                continue
-            if response.status_code != 200:
-                raise PipelineError(
-                    "judge.endpoint_failed",
-                    f"the judge endpoint answered {response.status_code}",
-                )
-            return _letter(response)
-        raise AssertionError("unreachable")
+        found = _LETTER.search(chat.ask(text, max_tokens=8))
+        return found.group(1) if found else ""  # type: ignore[return-value]
 
     return lambda texts: [one(text) for text in texts]
-
-
-def _letter(response: httpx.Response) -> Pick:
-    try:
-        content = response.json()["choices"][0]["message"]["content"] or ""
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise PipelineError(
-            "judge.endpoint_failed", "the judge endpoint's answer is not a chat completion"
-        ) from None
-    found = _LETTER.search(str(content))
-    return found.group(1) if found else ""  # type: ignore[return-value]
 
 
 def run_judge(
@@ -185,10 +129,10 @@ def run_judge(
     if not pairs:
         raise PipelineError("judge.no_pairs", "the comparison has no pairs to judge")
     runtime: Runtime | None = None
-    client: httpx.Client | None = None
+    chat: ChatEndpoint | None = None
     if inputs.endpoint is not None:
-        client = httpx.Client(timeout=config.timeout_s)
-        ask = _endpoint_asker(inputs.endpoint, config, client)
+        chat = ChatEndpoint(inputs.endpoint, role="judge", timeout_s=config.timeout_s)
+        ask = _endpoint_asker(chat)
     elif inputs.model_dir is not None:
         torch.set_num_threads(config.threads)
         runtime = load_runtime(
@@ -203,8 +147,8 @@ def run_judge(
     finally:
         if runtime is not None:
             runtime.close()
-        if client is not None:
-            client.close()
+        if chat is not None:
+            chat.close()
     _write(paths.output_dir, verdicts)
     return _summary(verdicts)
 

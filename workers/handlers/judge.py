@@ -13,7 +13,8 @@ from app.errors import GristmillError
 from app.flows.judging import judge_material
 from app.jobs.kinds.judge import JudgeParams
 from pipeline.configs.judge import JudgeConfig
-from pipeline.judge.stage import Endpoint, JudgeInputs, JudgePair, run_judge
+from pipeline.judge.stage import JudgeInputs, JudgePair, run_judge
+from pipeline.parts.chat_endpoint import Endpoint
 from pipeline.types import PipelineError
 from workers.handlers.base import JobContext, Outcome, run_stage, stage_config
 
