@@ -2,19 +2,35 @@
 temperature 0): the pairwise judge's and the score grader's one way to call it.
 
 The key travels in the ``Authorization`` header only; no error message, ``repr`` or log line
-holds it (nor the URL, which may carry a token of its own).
+holds it, nor the URL, which is part of the secret too (it may carry a token of its own): while
+an endpoint is open, httpx's and httpcore's log records naming its host are dropped.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpx
 
 from pipeline.types import PipelineError
 
 _TRIES = 3
+_HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2",
+                 "httpcore.proxy")  # fmt: skip
+
+
+class _HideHost(logging.Filter):
+    """Drops log records that name the endpoint's host (httpx logs each request's URL)."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__()
+        self.host = host
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.host or self.host not in record.getMessage()
 
 
 @dataclass(frozen=True)
@@ -35,9 +51,14 @@ class ChatEndpoint:
         self.role = role
         self.url = endpoint.base_url.rstrip("/") + "/chat/completions"
         self.client = httpx.Client(timeout=timeout_s)
+        self.hide = _HideHost(urlsplit(endpoint.base_url).hostname or endpoint.base_url)
+        for name in _HTTP_LOGGERS:
+            logging.getLogger(name).addFilter(self.hide)
 
     def close(self) -> None:
         self.client.close()
+        for name in _HTTP_LOGGERS:
+            logging.getLogger(name).removeFilter(self.hide)
 
     def ask(self, text: str, *, max_tokens: int) -> str:
         """The reply's text; 429 and 5xx answers and network errors are tried three times.
