@@ -24,8 +24,12 @@ from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.storage import LocalStore
 
-PER_ITEM = ("acc", "acc_norm", "exact_match", "f1", "rouge_l", "chrf", "bleu", "correct")
-"""Per-item scores a comparison can use (``correct`` is a label task's accuracy)."""
+PER_ITEM = (
+    "acc", "acc_norm", "exact_match", "f1", "rouge_l", "chrf", "bleu", "correct", "grader_score"
+)  # fmt: skip
+"""Per-item scores a comparison can use (``correct`` is a label task's accuracy,
+``grader_score`` a score grader's 1–10, where items it could not grade in either run are left
+out)."""
 
 
 def paired_test(
@@ -87,6 +91,9 @@ def compare_examples(
         raise InvalidInput("the two jobs share no task items", param="metric")
     if any(metric not in a[i] or metric not in b[i] for i in shared):
         raise InvalidInput(f"both jobs' items must carry {metric!r}", param="metric")
+    shared = [i for i in shared if a[i][metric] is not None and b[i][metric] is not None]
+    if not shared:
+        raise InvalidInput(f"no item has {metric!r} in both jobs", param="metric")
     result = paired_test(
         [float(a[i][metric]) for i in shared], [float(b[i][metric]) for i in shared], **options
     )
