@@ -110,8 +110,11 @@ def _examples(session: Session, store: LocalStore, job: Job) -> tuple[str, dict[
     dataset = find_owned(session, Dataset, task["examples_dataset_id"], tenant_id=job.tenant_id)
     if dataset is None:
         raise Conflict(f"Job '{job.id}''s task examples were deleted.", code="report.not_available")
+    # Two uploads of the same file are the same items: the source is known by its content.
+    source = find_owned(session, Dataset, str(task.get("dataset_id")), tenant_id=job.tenant_id)
+    key = source.sha256 if source is not None else str(task.get("dataset_id"))
     with store.local_path(dataset.storage_key).open(encoding="utf-8") as f:
-        return str(task.get("dataset_id")), read_examples(f)
+        return key, read_examples(f)
 
 
 def compare_jobs(
@@ -121,7 +124,8 @@ def compare_jobs(
 
     Raises:
         NotFound: ``other_id`` is not a job of the tenant's.
-        Conflict: either job has no task examples, or they scored different task datasets.
+        Conflict: either job has no task examples, or they scored different task datasets
+            (by content: two uploads of one file are the same items).
         InvalidInput: see :func:`compare_examples`.
     """
     other = find_owned(session, Job, other_id, tenant_id=job.tenant_id)

@@ -4,6 +4,7 @@ external endpoint named by a tenant secret, whose key reaches that endpoint and 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -96,7 +97,8 @@ def test_graders_rate_each_answer_and_the_key_never_leaks(
         assert response.status_code == 202, response.text
         return dict(run_job(response.json()["id"]))
 
-    both = {"type": "evaluate", "params": params | {"grader_model_id": grader, "grader_secret": "g"}}
+    both = {"type": "evaluate",
+            "params": params | {"grader_model_id": grader, "grader_secret": "g"}}  # fmt: skip
     refused = call("POST", "/v1/jobs", json=both, headers=auth)
     assert refused.status_code == 422 and "grader_model_id" in refused.json()["error"]["param"]
 
@@ -106,7 +108,8 @@ def test_graders_rate_each_answer_and_the_key_never_leaks(
     assert result["figures"]["grader_score"]["value"] == FIXED
     assert result["grader"] == {"scored": 5, "missing": 0, "name": grader}
     page = call("GET", f"/v1/jobs/{by_model['id']}/report.html", headers=auth)
-    assert page.status_code == 200 and "grader_score" in page.text and "rated 5 answers" in page.text
+    assert page.status_code == 200 and "grader_score" in page.text
+    assert "rated 5 answers" in page.text
 
     body = {"name": "grader", "base_url": url, "api_key": KEY}
     assert call("POST", "/v1/secrets", json=body, headers=auth).status_code == 201
@@ -119,8 +122,8 @@ def test_graders_rate_each_answer_and_the_key_never_leaks(
     fig = result["figures"]["grader_score"]
     assert fig["value"] == pytest.approx(2.5) and fig["n"] == 4
     examples = call("GET", f"/v1/datasets/{result['examples_dataset_id']}/content", headers=auth)
-    assert [r["grader_score"] for r in map(__import__("json").loads, examples.text.splitlines())] \
-        == [1, 2, 3, 4, None]  # fmt: skip
+    scores = [json.loads(line)["grader_score"] for line in examples.text.splitlines()]
+    assert scores == [1, 2, 3, 4, None]
     seen.append(repr(call("GET", f"/v1/jobs/{by_endpoint['id']}", headers=auth).json()))
     seen.append(repr(call("GET", f"/v1/jobs/{by_endpoint['id']}/events", headers=auth).json()))
 
