@@ -40,7 +40,15 @@ def test_evaluate_with_a_task_file_and_compare_two_jobs(server: Server, tmp_path
     task.write_text("".join(json.dumps(r) + "\n" for r in ITEMS), encoding="utf-8")
     jobs = []
     for model in models:
-        args = ["jobs", "submit", "evaluate", "--task", task, "-p", f"model_id={model}"]
+        args: list[str | Path] = [
+            "jobs",
+            "submit",
+            "evaluate",
+            "--task",
+            task,
+            "-p",
+            f"model_id={model}",
+        ]
         done = server.cli(*args, "-p", "task.bootstrap_samples=100", "--wait", "--field", "id")
         assert "uploaded cities.jsonl as " in done.stderr
         jobs.append(ok(done).strip())

@@ -88,8 +88,9 @@ def test_graders_rate_each_answer_and_the_key_never_leaks(
     model = _model(client, auth, run_job, build_base("qwen2", tmp_path / "base"))
     grader = _model(client, auth, run_job, build_grader(tmp_path / "grader", scores="fixed"))
     task = _upload(client, auth, run_job, ROWS)
-    params = {"model_id": model, "task_dataset_id": task,
-              "task": {"max_new_tokens": 4, "bootstrap_samples": 100}}  # fmt: skip
+    task_options: dict[str, Any] = {"max_new_tokens": 4, "bootstrap_samples": 100}
+    params: dict[str, Any] = {"model_id": model, "task_dataset_id": task,
+              "task": task_options}  # fmt: skip
 
     def evaluate(extra: dict[str, Any]) -> dict[str, Any]:
         body = {"type": "evaluate", "params": params | extra}
@@ -114,7 +115,7 @@ def test_graders_rate_each_answer_and_the_key_never_leaks(
     body = {"name": "grader", "base_url": url, "api_key": KEY}
     assert call("POST", "/v1/secrets", json=body, headers=auth).status_code == 201
     graded = {"grader_secret": "grader"}
-    by_endpoint = evaluate(graded | {"task": params["task"] | {"grader_endpoint_model": "g-1"}})
+    by_endpoint = evaluate(graded | {"task": task_options | {"grader_endpoint_model": "g-1"}})
     assert by_endpoint["status"] == "succeeded", by_endpoint
     assert len(calls) == 5 and {c["model"] for c in calls} == {"g-1"}
     result = by_endpoint["result"]["task"]
@@ -131,10 +132,10 @@ def test_graders_rate_each_answer_and_the_key_never_leaks(
     call("DELETE", "/v1/secrets/grader", headers=auth)
     wrong = {**body, "api_key": KEY[::-1]}
     assert call("POST", "/v1/secrets", json=wrong, headers=auth).status_code == 201
-    failed = evaluate(graded | {"task": params["task"] | {"grader_endpoint_model": "g-1"}})
+    failed = evaluate(graded | {"task": task_options | {"grader_endpoint_model": "g-1"}})
     assert failed["status"] == "failed" and failed["error"]["code"] == "grader.endpoint_refused"
     call("DELETE", "/v1/secrets/grader", headers=auth)
-    gone = evaluate(graded | {"task": params["task"] | {"grader_endpoint_model": "g-1"}})
+    gone = evaluate(graded | {"task": task_options | {"grader_endpoint_model": "g-1"}})
     assert gone["status"] == "failed" and gone["error"]["code"] == "secret.not_found"
 
     records = "".join(_rows(factory, t) for t in ("job", "job_event", "job_metric", "dataset"))
