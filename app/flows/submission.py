@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import broker
-from app.errors import InvalidParameter
+from app.errors import InvalidInput, InvalidParameter, NotFound
 from app.flows.inputs import Resolved, load_inputs
 from app.flows.quotas import check_job_quotas
 from app.jobs import idempotency, waiting
@@ -30,6 +30,7 @@ from app.jobs.kinds import JobKind, queue_capacity
 from app.jobs.tables import Job
 from app.settings import Settings
 from app.storage import LocalStore
+from app.tenants import secrets
 from pipeline.configs.base import ConfigError
 from pipeline.configs.codec import encode
 
@@ -62,11 +63,14 @@ def submit_job(
 
     Raises:
         QuotaExceeded: the tenant is at its limit of active jobs or device-hours.
-        InvalidInput, InvalidParameter: see :func:`queue_job`.
+        InvalidInput: a tenant secret the parameters name (``grader_secret``) is unknown;
+            see :func:`queue_job` for the rest.
+        InvalidParameter: see :func:`queue_job`.
     """
     check_job_quotas(
         session=session, settings=settings, tenant_id=tenant_id, idempotency_key=idempotency_key
     )
+    _check_secrets(session, tenant_id, params)
     return queue_job(
         session=session,
         settings=settings,
@@ -207,6 +211,22 @@ def _replay(
             session=session, tenant_id=tenant_id, key=key, ttl_s=idempotency.IDEMPOTENCY_TTL_S
         )
     return idempotency.replay(session=session, tenant_id=tenant_id, key=key, digest=digest)
+
+
+SECRET_PARAMS = ("grader_secret",)
+"""Parameters that name a tenant secret (the worker decrypts it): an unknown name is refused
+before anything is queued."""
+
+
+def _check_secrets(session: Session, tenant_id: str, params: Any) -> None:
+    for name in SECRET_PARAMS:
+        value = getattr(params, name, None)
+        if value is None:
+            continue
+        try:
+            secrets.get_secret(session=session, tenant_id=tenant_id, name=value)
+        except NotFound as err:
+            raise InvalidInput(err.message, code=err.code, param=f"params.{name}") from None
 
 
 def _preflight(

@@ -135,8 +135,13 @@ def test_graders_rate_each_answer_and_the_key_never_leaks(
     failed = evaluate(graded | {"task": task_options | {"grader_endpoint_model": "g-1"}})
     assert failed["status"] == "failed" and failed["error"]["code"] == "grader.endpoint_refused"
     call("DELETE", "/v1/secrets/grader", headers=auth)
-    gone = evaluate(graded | {"task": task_options | {"grader_endpoint_model": "g-1"}})
-    assert gone["status"] == "failed" and gone["error"]["code"] == "secret.not_found"
+    unknown = {
+        "type": "evaluate",
+        "params": params | graded | {"task": task_options | {"grader_endpoint_model": "g"}},
+    }
+    gone = call("POST", "/v1/jobs", json=unknown, headers=auth)
+    assert gone.status_code == 400, gone.text
+    assert gone.json()["error"]["param"] == "params.grader_secret"  # refused before queueing
 
     records = "".join(_rows(factory, t) for t in ("job", "job_event", "job_metric", "dataset"))
     assert "grader/g-1" in records  # the search reads what it should
