@@ -68,18 +68,21 @@ class ModelCache:
         load: Callable[[], tuple[T, int]],
         name: str,
         *,
-        parent: Hashable | None = None,
+        parent: tuple[Hashable, Any] | None = None,
         release: Callable[[], None] | None = None,
     ) -> T:
         """The loaded value for ``key``; ``load`` returns (value, measured bytes). With
-        ``parent``, that entry must be loaded (else :class:`ParentGone`) and stays loaded."""
+        ``parent`` (key, value), that entry must still hold that value (else
+        :class:`ParentGone`) and stays loaded."""
+        parent_key = parent[0] if parent is not None else None
         # One lock for lookups and loads: two requests for a new model load it once, and an
         # eviction never races a load. Loads are rare next to generations.
         with self._lock:
             if parent is not None:
-                if parent not in self._entries:
-                    raise ParentGone(parent)
-                self._entries.move_to_end(parent)
+                held = self._entries.get(parent[0])
+                if held is None or held.value is not parent[1]:
+                    raise ParentGone(parent[0])
+                self._entries.move_to_end(parent[0])
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
@@ -90,11 +93,11 @@ class ModelCache:
                     f"model {name!r} needs about {need / 2**20:.1f} MiB, more than the inference "
                     f"memory budget of {self.budget_bytes / 2**20:.1f} MiB"
                 )
-            keep = {key, parent}
+            keep = {key, parent_key}
             self._evict_until(self.budget_bytes - need, keep)
             value, size = load()
             self.loads += 1
-            self._entries[key] = _Entry(value, size, parent, release)
+            self._entries[key] = _Entry(value, size, parent_key, release)
             self._evict_until(self.budget_bytes, keep)
             return value
 

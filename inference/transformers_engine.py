@@ -245,7 +245,7 @@ class TransformersEngine:
                 return loaded, None
             try:
                 return loaded, self._attached(ref, loaded)
-            except ParentGone:  # another load evicted the base just now: load it again
+            except ParentGone:  # another load evicted (or replaced) the base just now
                 continue
 
     def _attached(self, ref: ModelRef, loaded: LoadedModel) -> LoadedAdapter:
@@ -262,7 +262,7 @@ class TransformersEngine:
             estimate=lambda: _estimate_bytes(ref),
             load=load,
             name=ref.id,
-            parent=ModelRef(ref.id, ref.path, None, ref.format).key,
+            parent=(ModelRef(ref.id, ref.path, None, ref.format).key, loaded),
             release=lambda: shared.retire(attached[0].name),
         )
         return adapter

@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from inference.engine import ModelRef
 from inference.transformers_engine import TransformersEngine
-from tests.inference.conftest import make_app, spec
+from tests.inference.conftest import CONTEXT, make_app, spec
+from tests.inference.test_service import _wait_for
 from tests.timing import wait_for
 
 PROMPTS = ["the miller ground the", "a small cat sat on", "hello world, hello"]
@@ -163,3 +164,35 @@ def test_evicting_an_adapter_frees_only_it(
     engine.load(a)
     assert engine._loaded(a) is loaded and loaded.shared.adapters == ["lora3"]
     assert engine.cache.loads == 4
+
+
+def test_an_adapter_attaches_while_its_base_is_mid_generation(
+    llama_dir: Path, adapter_dir: Path
+) -> None:
+    """The base alone is decoding when the first adapter request arrives: the adapter attaches
+    to it between steps, its rows join the running batch, and neither answer changes."""
+    engine = TransformersEngine(memory_budget_bytes=64 * 2**20, device="cpu", max_batch=4)
+    loaded = slowed(engine, llama_dir, pause=0.03)
+    batcher = loaded.batcher
+    app = make_app(engine, concurrency=4, queue_size=4)
+    base = {"model": spec(llama_dir, id_="base"), "prompt": PROMPTS[0], "temperature": 0}
+    base["max_tokens"] = CONTEXT - 16
+    tuned = {"model": spec(llama_dir, adapter_dir, id_="ft"), "prompt": PROMPTS[1]}
+    tuned.update(max_tokens=MAX_TOKENS, temperature=0)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as c:
+            solo = (await c.post("/v1/completions", json=base)).json()
+            assert loaded.shared is not None and loaded.shared.adapters == []
+            running = asyncio.create_task(c.post("/v1/completions", json=base))
+            await _wait_for(lambda: batcher.rows == 1)
+            answer = (await c.post("/v1/completions", json=tuned)).json()
+            assert not running.done()  # the adapter's request ran beside the base's
+            return solo, (await running).json(), answer
+
+    solo, beside, answer = asyncio.run(scenario())
+    assert solo["usage"]["completion_tokens"] == CONTEXT - 16  # long enough to overlap
+    assert beside["choices"][0]["text"] == solo["choices"][0]["text"]
+    assert answer["choices"][0]["text"] == merged_reference(llama_dir, adapter_dir, PROMPTS[1])
+    assert batcher.stats.peak_rows == 2 and engine.cache.loads == 2
