@@ -70,12 +70,16 @@ class SharedBase:
 
         name = f"lora{next(self._names)}"
         with self._lock:
-            if self.peft is None:
-                self.peft = PeftModel.from_pretrained(
-                    self.base, path, adapter_name=name, is_trainable=False
-                )
-            else:
-                self.peft.load_adapter(path, adapter_name=name, is_trainable=False)
+            try:
+                if self.peft is None:
+                    self.peft = PeftModel.from_pretrained(
+                        self.base, path, adapter_name=name, is_trainable=False
+                    )
+                else:
+                    self.peft.load_adapter(path, adapter_name=name, is_trainable=False)
+            except Exception:
+                self._scrub(name)
+                raise
             self.peft.to(self.device).eval()
         size = sum(
             p.numel() * p.element_size()
@@ -114,3 +118,14 @@ class SharedBase:
         if self.peft is not None and name in self.peft.peft_config:
             self.peft.delete_adapter(name)
             log.info("detached adapter %s from its base", name)
+
+    def _scrub(self, name: str) -> None:
+        """A load that failed may have left the adapter injected in some layers (where it would
+        be active for every row): take it out of all of them."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for holder in (self.peft, self.base):  # peft keeps its configs on the base model too
+            getattr(holder, "peft_config", {}).pop(name, None)
+        for module in self.base.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.delete_adapter(name)

@@ -149,7 +149,7 @@ def attach_adapter(ref: ModelRef, loaded: LoadedModel) -> LoadedAdapter:
     try:
         name, size = loaded.shared.attach(ref.adapter_path)
         tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(ref), local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # weights that do not fit too
         log.warning("cannot load the adapter of %s from %s: %s", ref.id, ref.adapter_path, exc)
         raise ModelLoadError(f"cannot load {ref.id!r}", param="model") from exc
     log.info("attached %s to its loaded base as %s (%.1f MiB)", ref.id, name, size / 2**20)

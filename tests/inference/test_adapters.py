@@ -4,6 +4,7 @@ as it does alone and as its merged model does, and the budget counts the base on
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from inference.engine import ModelRef
@@ -196,3 +199,35 @@ def test_an_adapter_attaches_while_its_base_is_mid_generation(
     assert beside["choices"][0]["text"] == solo["choices"][0]["text"]
     assert answer["choices"][0]["text"] == merged_reference(llama_dir, adapter_dir, PROMPTS[1])
     assert batcher.stats.peak_rows == 2 and engine.cache.loads == 2
+
+
+def test_a_broken_adapter_fails_alone_and_leaves_its_base_as_it_was(
+    tmp_path_factory: pytest.TempPathFactory, llama_dir: Path, adapter_dir: Path
+) -> None:
+    """Weights that do not fit the base fail that model's requests with a stable code; the
+    half-loaded adapter is taken out of the base, whose answers and other adapters stay."""
+    broken = tmp_path_factory.mktemp("broken")
+    shutil.copy(adapter_dir / "adapter_config.json", broken)
+    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    save_file(
+        {k: v[:, :1].contiguous() for k, v in weights.items()}, broken / "adapter_model.safetensors"
+    )
+    engine = TransformersEngine(memory_budget_bytes=64 * 2**20, device="cpu")
+    app = make_app(engine)
+    with TestClient(app) as client:
+
+        def ask(adapter: Path | None) -> httpx.Response:
+            model = spec(llama_dir, adapter, id_="m")
+            body = {"model": model, "prompt": PROMPTS[0], "max_tokens": MAX_TOKENS}
+            return client.post("/v1/completions", json={**body, "temperature": 0})
+
+        before = ask(None).json()["choices"][0]["text"]
+        for _ in range(2):  # the first try wraps the base, the second adds to the wrapper
+            failed = ask(broken)
+            assert failed.status_code == 400, failed.text
+            assert failed.json()["error"]["code"] == "model_load_failed"
+            assert ask(None).json()["choices"][0]["text"] == before
+            good = ask(adapter_dir).json()["choices"][0]["text"]
+            assert good == merged_reference(llama_dir, adapter_dir, PROMPTS[0])
+    loaded = engine._loaded(ModelRef("m", llama_dir))
+    assert loaded.shared is not None and len(loaded.shared.adapters) == 1
