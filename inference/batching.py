@@ -54,7 +54,7 @@ class _Request:
     choices: list[ChoiceState]
     warpers: LogitsProcessorList
     generator: torch.Generator
-    lora: tuple[str, frozenset[int]]
+    lora: tuple[str, frozenset[int], Any]
     out: queue.SimpleQueue[Delta | BaseException | None] = field(default_factory=queue.SimpleQueue)
     made: int = 0
     """Tokens generated so far by each choice (the choices step together)."""
@@ -139,10 +139,10 @@ class Batcher:
         params: SamplingParams,
         max_new: int,
         cancel: threading.Event,
-        lora: tuple[str, frozenset[int]],
+        lora: tuple[str, frozenset[int], Any],
     ) -> Iterator[Delta]:
-        """Queue a generation (``lora``: its adapter's name, ``"__base__"`` for none, and its
-        end-of-turn ids); iterate the result for its deltas. Once ``cancel`` is set (or the
+        """Queue a generation (``lora``: its adapter, ``"__base__"`` for none, with its eos ids
+        and tokenizer); iterate the result for its deltas. Once ``cancel`` is set (or the
         iterator is closed), the stream ends and the rows leave the batch at the next step."""
         warpers = LogitsProcessorList()
         if params.temperature != 0:
@@ -155,7 +155,7 @@ class Batcher:
             generator.manual_seed(params.seed)
         else:
             generator.seed()
-        choices = [ChoiceState(Detokenizer(self.tokenizer), params.stop) for _ in range(params.n)]
+        choices = [ChoiceState(Detokenizer(lora[2]), params.stop) for _ in range(params.n)]
         request = _Request(prompt_ids, params, max_new, cancel, choices, warpers, generator, lora)
         with self._lock:
             self._pending.append(request)
@@ -275,7 +275,7 @@ class Batcher:
             scores = request.warpers(ids, logits) if request.warpers else logits
             probs = torch.softmax(scores, dim=-1)
             tokens = torch.multinomial(probs, 1, generator=request.generator).squeeze(1)
-        entries = logprobs(self.tokenizer, logits, tokens, params.logprobs)
+        entries = logprobs(request.lora[2], logits, tokens, params.logprobs)
         for i, (state, token) in enumerate(zip(request.choices, tokens.tolist(), strict=True)):
             if state.finished:
                 continue

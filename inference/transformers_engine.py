@@ -330,7 +330,9 @@ def _generate(
     max_new = room if params.max_tokens is None else min(params.max_tokens, room)
     assert loaded.batcher is not None and loaded.shared is not None
     if adapter is None:
-        return loaded.batcher.submit(prompt_ids, params, max_new, cancel, (BASE, loaded.eos_ids))
-    lora = (adapter.name, adapter.eos_ids)
+        return loaded.batcher.submit(
+            prompt_ids, params, max_new, cancel, (BASE, loaded.eos_ids, loaded.tokenizer)
+        )
+    lora = (adapter.name, adapter.eos_ids, adapter.tokenizer)
     deltas = loaded.batcher.submit(prompt_ids, params, max_new, cancel, lora)
     return loaded.shared.using(adapter.name, deltas)
