@@ -41,7 +41,7 @@ def second_adapter(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) ->
         init_lora_weights=False,
         task_type="CAUSAL_LM",
     )
-    get_peft_model(base, config).save_pretrained(out)
+    get_peft_model(base, config).save_pretrained(str(out))
     return out
 
 
@@ -125,6 +125,7 @@ def test_two_adapters_and_their_base_share_one_copy_and_one_batch(
     assert health["loaded_models"] == 1 and health["loaded_adapters"] == 2
     assert engine._loaded(ModelRef("ft-b", llama_dir, second_adapter)) is loaded
     assert engine.cache.loads == 3  # the base once, each adapter once
+    assert loaded.shared is not None
     peft_model = loaded.shared.peft
     assert peft_model.get_base_model() is loaded.model
     assert sorted(peft_model.peft_config) == ["lora1", "lora2"]
@@ -178,9 +179,9 @@ def test_an_adapter_attaches_while_its_base_is_mid_generation(
     loaded = slowed(engine, llama_dir, pause=0.03)
     batcher = loaded.batcher
     app = make_app(engine, concurrency=4, queue_size=4)
-    base = {"model": spec(llama_dir, id_="base"), "prompt": PROMPTS[0], "temperature": 0}
-    base["max_tokens"] = CONTEXT - 16
-    tuned = {"model": spec(llama_dir, adapter_dir, id_="ft"), "prompt": PROMPTS[1]}
+    base: dict[str, Any] = {"model": spec(llama_dir, id_="base"), "prompt": PROMPTS[0]}
+    base.update(max_tokens=CONTEXT - 16, temperature=0)
+    tuned: dict[str, Any] = {"model": spec(llama_dir, adapter_dir, id_="ft"), "prompt": PROMPTS[1]}
     tuned.update(max_tokens=MAX_TOKENS, temperature=0)
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -216,7 +217,7 @@ def test_a_broken_adapter_fails_alone_and_leaves_its_base_as_it_was(
     app = make_app(engine)
     with TestClient(app) as client:
 
-        def ask(adapter: Path | None) -> httpx.Response:
+        def ask(adapter: Path | None) -> Any:
             model = spec(llama_dir, adapter, id_="m")
             body = {"model": model, "prompt": PROMPTS[0], "max_tokens": MAX_TOKENS}
             return client.post("/v1/completions", json={**body, "temperature": 0})
