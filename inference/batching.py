@@ -54,6 +54,7 @@ class _Request:
     choices: list[ChoiceState]
     warpers: LogitsProcessorList
     generator: torch.Generator
+    lora: tuple[str, frozenset[int], Any]
     out: queue.SimpleQueue[Delta | BaseException | None] = field(default_factory=queue.SimpleQueue)
     made: int = 0
     """Tokens generated so far by each choice (the choices step together)."""
@@ -133,9 +134,15 @@ class Batcher:
         return len(self._pending)
 
     def submit(
-        self, prompt_ids: list[int], params: SamplingParams, max_new: int, cancel: threading.Event
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        max_new: int,
+        cancel: threading.Event,
+        lora: tuple[str, frozenset[int], Any],
     ) -> Iterator[Delta]:
-        """Queue a generation; iterate the result for its deltas. Once ``cancel`` is set (or the
+        """Queue a generation (``lora``: its adapter, ``"__base__"`` for none, with its eos ids
+        and tokenizer); iterate the result for its deltas. Once ``cancel`` is set (or the
         iterator is closed), the stream ends and the rows leave the batch at the next step."""
         warpers = LogitsProcessorList()
         if params.temperature != 0:
@@ -148,8 +155,8 @@ class Batcher:
             generator.manual_seed(params.seed)
         else:
             generator.seed()
-        choices = [ChoiceState(Detokenizer(self.tokenizer), params.stop) for _ in range(params.n)]
-        request = _Request(prompt_ids, params, max_new, cancel, choices, warpers, generator)
+        choices = [ChoiceState(Detokenizer(lora[2]), params.stop) for _ in range(params.n)]
+        request = _Request(prompt_ids, params, max_new, cancel, choices, warpers, generator, lora)
         with self._lock:
             self._pending.append(request)
             if self._thread is None:
@@ -207,7 +214,8 @@ class Batcher:
             n, length = request.rows, len(request.prompt_ids)
             ids = torch.tensor([request.prompt_ids] * n, dtype=torch.long, device=self.device)
             cache = DynamicCache(config=self.model.config)
-            out = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+            names = [request.lora[0]] * n
+            out = self.model(ids, names, cache=cache, use_cache=True, logits_to_keep=1)
         except Exception as exc:  # this prompt's failure is this request's alone
             log.exception("prefill failed")
             request.out.put(exc)
@@ -267,12 +275,12 @@ class Batcher:
             scores = request.warpers(ids, logits) if request.warpers else logits
             probs = torch.softmax(scores, dim=-1)
             tokens = torch.multinomial(probs, 1, generator=request.generator).squeeze(1)
-        entries = logprobs(self.tokenizer, logits, tokens, params.logprobs)
+        entries = logprobs(request.lora[2], logits, tokens, params.logprobs)
         for i, (state, token) in enumerate(zip(request.choices, tokens.tolist(), strict=True)):
             if state.finished:
                 continue
             entry = entries[i] if entries else None
-            delta = state.step(i, token, entry, token in self.eos_ids)
+            delta = state.step(i, token, entry, token in request.lora[1])
             if delta is not None:
                 request.out.put(delta)
         request.made += 1
@@ -330,6 +338,7 @@ class Batcher:
             position_ids=self._positions[:, None],
             cache=self._cache,
             use_cache=True,
+            adapter_names=[r.lora[0] for r in self._active for _ in range(r.rows)],
         )
         self._mask = mask
         self._positions = self._positions + 1

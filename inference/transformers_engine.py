@@ -6,7 +6,8 @@ delegated to ``model.generate``, because the service needs things ``generate`` o
 end: per-token logprobs, a cancel check between tokens, stop strings cut from text that is
 streamed as it is made, and requests joining and leaving the batch between tokens. Temperature
 and top-p use transformers' own logits warpers, so sampling means what it means in ``generate``;
-greedy output equals ``generate``'s, alone or batched (tested).
+greedy output equals ``generate``'s, alone or batched (tested). LoRA adapters run on one shared
+copy of their base, in its batch (:mod:`inference.adapters`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from transformers import (
     PreTrainedModel,
 )
 
+from inference.adapters import BASE, SharedBase
 from inference.batching import Batcher
-from inference.cache import ModelCache
+from inference.cache import ModelCache, ParentGone
 from inference.engine import (
     ChatTemplate,
     Completion,
@@ -52,14 +54,25 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 @dataclass
 class LoadedModel:
     model: Any
-    """A ``PreTrainedModel``, or a ``PeftModel`` wrapping one (adapter not merged)."""
+    """The base ``PreTrainedModel``; its adapters live in ``shared``."""
     tokenizer: Any
     eos_ids: frozenset[int]
     context_length: int
     device: torch.device
     memory_bytes: int
     batcher: Batcher | None = None
-    """The model's decode loop: concurrent generations share its batch."""
+    """The model's decode loop: concurrent generations (and its adapters') share its batch."""
+    shared: SharedBase | None = None
+
+
+@dataclass
+class LoadedAdapter:
+    """A LoRA adapter attached to a loaded base, under ``name`` in its ``PeftModel``."""
+
+    name: str
+    tokenizer: Any
+    eos_ids: frozenset[int]
+    memory_bytes: int
 
 
 def pick_device(device: str) -> torch.device:
@@ -73,9 +86,10 @@ def _safetensors(folder: Path) -> list[Path]:
 
 
 def _estimate_bytes(ref: ModelRef) -> int:
+    """The base's weights, or for an adapter its own weights only (the base is counted once)."""
     _check_folders(ref)
-    folders = [ref.path] + ([ref.adapter_path] if ref.adapter_path else [])
-    return sum(f.stat().st_size for folder in folders for f in _safetensors(folder))
+    folder = ref.adapter_path or ref.path
+    return sum(f.stat().st_size for f in _safetensors(folder))
 
 
 def _check_folders(ref: ModelRef) -> None:
@@ -98,7 +112,9 @@ def _check_folders(ref: ModelRef) -> None:
 
 
 def load_model(ref: ModelRef, device: torch.device) -> LoadedModel:
-    """Load the folders of ``ref``: safetensors only, never remote code, adapters unmerged."""
+    """Load the base folder of ``ref``: safetensors only, never remote code (adapters are
+    attached to it afterwards, see :func:`attach_adapter`)."""
+    ref = ModelRef(ref.id, ref.path, None, ref.format)
     _check_folders(ref)
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
@@ -108,17 +124,13 @@ def load_model(ref: ModelRef, device: torch.device) -> LoadedModel:
             trust_remote_code=False,
             local_files_only=True,
         )
-        if ref.adapter_path is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, ref.adapter_path, is_trainable=False)
         model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(ref), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         # The library's text names server paths: it goes to the log, the tenant gets the code.
         log.warning("cannot load %s from %s: %s", ref.id, ref.path, exc)
         raise ModelLoadError(f"cannot load {ref.id!r}", param="model") from exc
-    base: PreTrainedModel = model.get_base_model() if ref.adapter_path else model
+    base: PreTrainedModel = model
     eos_ids = _eos_ids(ref, base, tokenizer)
     config = base.config
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0)
@@ -127,6 +139,21 @@ def load_model(ref: ModelRef, device: torch.device) -> LoadedModel:
     size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     log.info("loaded %s on %s (%.1f MiB)", ref.id, device, size / 2**20)
     return LoadedModel(model, tokenizer, eos_ids, int(context), device, size)
+
+
+def attach_adapter(ref: ModelRef, loaded: LoadedModel) -> LoadedAdapter:
+    """Attach the adapter of ``ref`` to its loaded base, with the fine-tune's own tokenizer
+    (for prompts) and end-of-turn ids; the base is not reloaded."""
+    assert ref.adapter_path is not None and loaded.shared is not None
+    _check_folders(ref)
+    try:
+        name, size = loaded.shared.attach(ref.adapter_path)
+        tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(ref), local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # weights that do not fit too
+        log.warning("cannot load the adapter of %s from %s: %s", ref.id, ref.adapter_path, exc)
+        raise ModelLoadError(f"cannot load {ref.id!r}", param="model") from exc
+    log.info("attached %s to its loaded base as %s (%.1f MiB)", ref.id, name, size / 2**20)
+    return LoadedAdapter(name, tokenizer, _eos_ids(ref, loaded.model, tokenizer), size)
 
 
 def _tokenizer_dir(ref: ModelRef) -> Path:
@@ -201,17 +228,50 @@ class TransformersEngine:
         self.max_batch = max_batch
 
     def _loaded(self, ref: ModelRef) -> LoadedModel:
+        """The loaded base of ``ref`` (itself when it has no adapter): one copy per base."""
+        base = ModelRef(ref.id, ref.path, None, ref.format)
         return self.cache.get_or_load(
-            ref.key,
-            estimate=lambda: _estimate_bytes(ref),
-            load=lambda: self._load(ref),
+            base.key,
+            estimate=lambda: _estimate_bytes(base),
+            load=lambda: self._load(base),
             name=ref.id,
         )
 
+    def _adapter(self, ref: ModelRef) -> tuple[LoadedModel, LoadedAdapter | None]:
+        """The loaded base of ``ref`` and its adapter attached to it (``None`` without one)."""
+        while True:
+            loaded = self._loaded(ref)
+            if ref.adapter_path is None:
+                return loaded, None
+            try:
+                return loaded, self._attached(ref, loaded)
+            except ParentGone:  # another load evicted (or replaced) the base just now
+                continue
+
+    def _attached(self, ref: ModelRef, loaded: LoadedModel) -> LoadedAdapter:
+        shared = loaded.shared
+        assert shared is not None
+        attached: list[LoadedAdapter] = []
+
+        def load() -> tuple[LoadedAdapter, int]:
+            attached.append(attach_adapter(ref, loaded))
+            return attached[0], attached[0].memory_bytes
+
+        adapter: LoadedAdapter = self.cache.get_or_load(
+            ref.key,
+            estimate=lambda: _estimate_bytes(ref),
+            load=load,
+            name=ref.id,
+            parent=(ModelRef(ref.id, ref.path, None, ref.format).key, loaded),
+            release=lambda: shared.retire(attached[0].name),
+        )
+        return adapter
+
     def _load(self, ref: ModelRef) -> tuple[LoadedModel, int]:
         loaded = load_model(ref, self.device)
+        loaded.shared = SharedBase(loaded.model, loaded.device)
         loaded.batcher = Batcher(
-            loaded.model,
+            loaded.shared,
             loaded.tokenizer,
             loaded.eos_ids,
             device=loaded.device,
@@ -220,8 +280,9 @@ class TransformersEngine:
         return loaded, loaded.memory_bytes
 
     def load(self, model: ModelRef) -> ModelInfo:
-        loaded = self._loaded(model)
-        return ModelInfo(model.id, loaded.context_length, loaded.memory_bytes, str(loaded.device))
+        loaded, adapter = self._adapter(model)
+        size = loaded.memory_bytes + (adapter.memory_bytes if adapter else 0)
+        return ModelInfo(model.id, loaded.context_length, size, str(loaded.device))
 
     def chat_template(self, model: ModelRef) -> ChatTemplate | None:
         return read_chat_template(model)
@@ -229,15 +290,15 @@ class TransformersEngine:
     def stream(
         self, model: ModelRef, request: GenerationRequest, cancel: threading.Event
     ) -> GenerationStream:
-        loaded = self._loaded(model)
-        prompt_ids = encode_prompt(loaded.tokenizer, request)
+        loaded, adapter = self._adapter(model)
+        prompt_ids = encode_prompt(adapter.tokenizer if adapter else loaded.tokenizer, request)
         if len(prompt_ids) >= loaded.context_length:
             raise PromptTooLong(
                 f"this model's maximum context length is {loaded.context_length} tokens; "
                 f"the prompt has {len(prompt_ids)}",
                 param="messages" if request.messages is not None else "prompt",
             )
-        deltas = _generate(loaded, prompt_ids, request.params, cancel)
+        deltas = _generate(loaded, adapter, prompt_ids, request.params, cancel)
         return GenerationStream(model=model.id, prompt_tokens=len(prompt_ids), deltas=deltas)
 
     def generate(
@@ -257,10 +318,21 @@ def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
 
 
 def _generate(
-    loaded: LoadedModel, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event
+    loaded: LoadedModel,
+    adapter: LoadedAdapter | None,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    cancel: threading.Event,
 ) -> Iterator[Delta]:
-    """Decode ``params.n`` choices in the model's running batch; deltas as text becomes final."""
+    """Decode ``params.n`` choices in the base's running batch, on the adapter's rows if any;
+    deltas as text becomes final."""
     room = loaded.context_length - len(prompt_ids)
     max_new = room if params.max_tokens is None else min(params.max_tokens, room)
-    assert loaded.batcher is not None
-    return loaded.batcher.submit(prompt_ids, params, max_new, cancel)
+    assert loaded.batcher is not None and loaded.shared is not None
+    if adapter is None:
+        return loaded.batcher.submit(
+            prompt_ids, params, max_new, cancel, (BASE, loaded.eos_ids, loaded.tokenizer)
+        )
+    lora = (adapter.name, adapter.eos_ids, adapter.tokenizer)
+    deltas = loaded.batcher.submit(prompt_ids, params, max_new, cancel, lora)
+    return loaded.shared.using(adapter.name, deltas)

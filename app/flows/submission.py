@@ -63,7 +63,9 @@ def submit_job(
 
     Raises:
         QuotaExceeded: the tenant is at its limit of active jobs or device-hours.
-        InvalidInput, InvalidParameter: see :func:`queue_job`.
+        InvalidInput: a tenant secret the parameters name (``secret``, ``grader_secret``) is
+            unknown; see :func:`queue_job` for the rest.
+        InvalidParameter: see :func:`queue_job`.
     """
     check_job_quotas(
         session=session, settings=settings, tenant_id=tenant_id, idempotency_key=idempotency_key
@@ -129,7 +131,7 @@ def queue_job(
         pending=wait_for_inputs,
     )
     _preflight(settings, kind, params, inputs)
-    _check_secret(session, tenant_id, params)
+    _check_secrets(session, tenant_id, params)
     try:
         job = _write(
             session,
@@ -214,14 +216,20 @@ def _replay(
     return idempotency.replay(session=session, tenant_id=tenant_id, key=key, digest=digest)
 
 
-def _check_secret(session: Session, tenant_id: str, params: Any) -> None:
-    """A job that names a tenant secret (an endpoint to call) is refused when it has none such."""
-    name = getattr(params, "secret", None)
-    if isinstance(name, str):
+SECRET_PARAMS = ("secret", "grader_secret")
+"""Parameters that name a tenant secret (the worker decrypts it): an unknown name is refused
+before anything is queued."""
+
+
+def _check_secrets(session: Session, tenant_id: str, params: Any) -> None:
+    for name in SECRET_PARAMS:
+        value = getattr(params, name, None)
+        if value is None:
+            continue
         try:
-            secrets.get_secret(session=session, tenant_id=tenant_id, name=name)
+            secrets.get_secret(session=session, tenant_id=tenant_id, name=value)
         except NotFound as err:
-            raise InvalidInput(err.message, code=err.code, param="params.secret") from None
+            raise InvalidInput(err.message, code=err.code, param=f"params.{name}") from None
 
 
 def _preflight(

@@ -64,11 +64,14 @@ def loss_curves_png(curves: Mapping[str, Sequence[tuple[int, float]]]) -> bytes:
     return _png(fig)
 
 
+_SCALES = {"bleu": 100.0, "chrf": 100.0, "grader_score": 10.0}
+
+
 def task_png(figures: Mapping[str, Mapping[str, Any]]) -> bytes:
     """Each task figure with its 95% bootstrap interval, on one 0–1 axis (BLEU and chrF, which
-    sacrebleu gives in 0–100, are divided by 100 and say so)."""
+    sacrebleu gives in 0–100, are divided by 100 and say so; the grader's 1–10 by 10)."""
     names = list(figures)[::-1]
-    scale = {n: 100.0 if n in ("bleu", "chrf") else 1.0 for n in names}
+    scale = {n: _SCALES.get(n, 1.0) for n in names}
     fig = _figure(7, 1.2 + 0.45 * max(len(names), 1))
     ax = fig.subplots()
     values = [float(figures[n]["value"]) / scale[n] for n in names]
@@ -77,7 +80,9 @@ def task_png(figures: Mapping[str, Mapping[str, Any]]) -> bytes:
         float(figures[n]["ci95"][1]) / scale[n] - v for v, n in zip(values, names, strict=True)
     ]
     ax.errorbar(values, range(len(names)), xerr=[lows, highs], fmt="o", capsize=4)
-    ax.set_yticks(range(len(names)), [n + (" (÷100)" if scale[n] > 1 else "") for n in names])
+    ax.set_yticks(
+        range(len(names)), [n + (f" (÷{scale[n]:g})" if scale[n] > 1 else "") for n in names]
+    )
     ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel("score with 95% bootstrap interval (higher is better)")
     return _png(fig)

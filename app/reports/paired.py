@@ -24,8 +24,12 @@ from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.storage import LocalStore
 
-PER_ITEM = ("acc", "acc_norm", "exact_match", "f1", "rouge_l", "chrf", "bleu", "correct")
-"""Per-item scores a comparison can use (``correct`` is a label task's accuracy)."""
+PER_ITEM = (
+    "acc", "acc_norm", "exact_match", "f1", "rouge_l", "chrf", "bleu", "correct", "grader_score"
+)  # fmt: skip
+"""Per-item scores a comparison can use (``correct`` is a label task's accuracy,
+``grader_score`` a score grader's 1–10, where items it could not grade in either run are left
+out)."""
 
 
 def paired_test(
@@ -87,6 +91,9 @@ def compare_examples(
         raise InvalidInput("the two jobs share no task items", param="metric")
     if any(metric not in a[i] or metric not in b[i] for i in shared):
         raise InvalidInput(f"both jobs' items must carry {metric!r}", param="metric")
+    shared = [i for i in shared if a[i][metric] is not None and b[i][metric] is not None]
+    if not shared:
+        raise InvalidInput(f"no item has {metric!r} in both jobs", param="metric")
     result = paired_test(
         [float(a[i][metric]) for i in shared], [float(b[i][metric]) for i in shared], **options
     )
@@ -103,8 +110,11 @@ def _examples(session: Session, store: LocalStore, job: Job) -> tuple[str, dict[
     dataset = find_owned(session, Dataset, task["examples_dataset_id"], tenant_id=job.tenant_id)
     if dataset is None:
         raise Conflict(f"Job '{job.id}''s task examples were deleted.", code="report.not_available")
+    # Two uploads of the same file are the same items: the source is known by its content.
+    source = find_owned(session, Dataset, str(task.get("dataset_id")), tenant_id=job.tenant_id)
+    key = source.sha256 if source is not None else str(task.get("dataset_id"))
     with store.local_path(dataset.storage_key).open(encoding="utf-8") as f:
-        return str(task.get("dataset_id")), read_examples(f)
+        return key, read_examples(f)
 
 
 def compare_jobs(
@@ -114,7 +124,8 @@ def compare_jobs(
 
     Raises:
         NotFound: ``other_id`` is not a job of the tenant's.
-        Conflict: either job has no task examples, or they scored different task datasets.
+        Conflict: either job has no task examples, or they scored different task datasets
+            (by content: two uploads of one file are the same items).
         InvalidInput: see :func:`compare_examples`.
     """
     other = find_owned(session, Job, other_id, tenant_id=job.tenant_id)

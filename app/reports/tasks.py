@@ -31,6 +31,13 @@ def task_section(task: Mapping[str, Any]) -> list[str]:
         parts.append(img(task_png(figures), "task figures with 95% intervals"))
         rows = [{"figure": name, **fig} for name, fig in figures.items()]
         parts.append(table(rows, ("figure", "value", "ci95", "n")))
+    grader = task.get("grader")
+    if grader:
+        parts.append(
+            f"<p>Grader <code>{html.escape(str(grader.get('name', '')))}</code> rated "
+            f"{int(grader.get('scored', 0))} answers 1–10 (grader_score); "
+            f"{int(grader.get('missing', 0))} replies held no score.</p>"
+        )
     confusion = task.get("confusion")
     if confusion:
         head = "".join(f"<th>{cell(c)}</th>" for c in confusion["columns"])
@@ -44,6 +51,8 @@ def task_section(task: Mapping[str, Any]) -> list[str]:
     if worst:
         style = "labels" if confusion else kind
         columns = _WORST_COLUMNS.get(style, _WORST_COLUMNS["generation"])
+        if any("grader_score" in row for row in worst):
+            columns = (*columns, "grader_score")
         parts.append("<h3>Worst examples</h3>")
         parts.append(table(worst, columns))
     if task.get("examples_dataset_id"):

@@ -1,4 +1,4 @@
-"""``gristmill jobs``: submit, list, show, cancel, pause, resume, watch and plot jobs.
+"""``gristmill jobs``: submit, list, show, cancel, pause, resume, watch, plot and compare jobs.
 
 The pattern for every group: ``add_actions`` declares each action's arguments and handler;
 each handler takes the client and the parsed arguments and returns an exit code.
@@ -48,6 +48,13 @@ def add_actions(actions: SubParsers, leaf: Leaf, group: str) -> None:
         help="a parameter; VALUE is read as JSON when it parses; dotted keys nest (model.preset)",
     )
     submit.add_argument("--params-file", type=Path, help="a JSON object of parameters")
+    submit.add_argument(
+        "--task",
+        type=Path,
+        metavar="FILE",
+        help="evaluate only: upload this task JSONL, wait for its validation and score it "
+        "(sets task_dataset_id)",
+    )
     submit.add_argument("--wait", action="store_true", help="watch it until it ends")
     submit.set_defaults(handler=submit_job)
     lister = leaf(actions, "list", "list jobs, newest first")
@@ -76,6 +83,17 @@ def add_actions(actions: SubParsers, leaf: Leaf, group: str) -> None:
     plot.add_argument("--metric", default="train_loss,val_loss", help="comma-separated names")
     plot.add_argument("--out", type=Path, help="write a PNG here instead of drawing")
     plot.set_defaults(handler=plot_metrics)
+    compare = leaf(
+        actions, "compare", "two evaluate jobs' task scores, paired item by item (B minus A)"
+    )
+    compare.add_argument("a", help="the first evaluate job")
+    compare.add_argument("b", help="the second evaluate job, on the same task dataset")
+    compare.add_argument(
+        "--metric",
+        default="acc",
+        help="acc, acc_norm, exact_match, f1, rouge_l, chrf, bleu, correct or grader_score",
+    )
+    compare.set_defaults(handler=compare_jobs)
 
 
 def parse_params(pairs: Iterable[str], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -111,9 +129,20 @@ def submit_job(client: GristmillClient, args: argparse.Namespace) -> int:
         if not isinstance(base, dict):
             raise ValueError(f"{args.params_file} must hold a JSON object")
         params = parse_params(args.param, base)
+        if args.task is not None and args.kind != "evaluate":
+            raise ValueError("--task goes with evaluate jobs only")
+        if args.task is not None and not args.task.is_file():
+            raise ValueError(f"{args.task} is not a file")
     except (OSError, ValueError) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         return EXIT_USAGE
+    if args.task is not None:
+        task = _upload_task(client, args.task)
+        if task["status"] != "ready":
+            err.print(f"[red]error:[/] the task file {task['id']} is {task['status']}")
+            render.print_validation(err, task)
+            return EXIT_FAILED
+        params["task_dataset_id"] = task["id"]
     job = client.jobs.submit(args.kind, params)
     if not args.wait:
         if args.json:
@@ -125,6 +154,31 @@ def submit_job(client: GristmillClient, args: argparse.Namespace) -> int:
             out.print(f"[dim]follow it with: gristmill jobs watch {job['id']}[/]")
         return EXIT_OK
     return follow(client, job["id"], json_output=args.json)
+
+
+def _upload_task(client: GristmillClient, path: Path) -> dict[str, Any]:
+    """Upload a task file and wait until it is validated (it must be ready to be scored)."""
+    dataset = client.datasets.upload(path, name=path.name, options={})
+    err.print(f"uploaded {path.name} as {dataset['id']}", highlight=False)
+    return common.wait_while(
+        lambda: client.datasets.get(dataset["id"]), "validating", f"validating {dataset['id']}"
+    )
+
+
+def compare_jobs(client: GristmillClient, args: argparse.Namespace) -> int:
+    found = client.jobs.compare(args.a, args.b, metric=args.metric)
+    if args.json:
+        emit_json(found)
+        return EXIT_OK
+    low, high = found["ci95"]
+    out.print(
+        f"{found['metric']} over {found['n']} paired items: {args.a} {found['mean_a']:.4f}, "
+        f"{args.b} {found['mean_b']:.4f}\n"
+        f"difference (B - A) {found['difference']:+.4f}, 95% CI [{low:+.4f}, {high:+.4f}], "
+        f"p = {found['p_value']:.4g}",
+        highlight=False,
+    )
+    return EXIT_OK
 
 
 def watch_one(client: GristmillClient, args: argparse.Namespace) -> int:

@@ -37,6 +37,10 @@ class Jobs:
     ) -> Iterator[dict[str, Any]]:
         return self.client.paginate("/jobs", limit=limit, type=job_type, status=status)
 
+    def compare(self, job_id: str, other_id: str, *, metric: str) -> dict[str, Any]:
+        """``other_id`` minus ``job_id`` on a per-item task metric, paired over shared items."""
+        return self.client.get(f"/jobs/{job_id}/compare/{other_id}", metric=metric)
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self.client.request("POST", f"/jobs/{job_id}/cancel").json())
 

@@ -6,16 +6,14 @@ Stdlib only (the API imports this module to validate a judge request).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
 
 from pipeline.configs.base import PYDANTIC_CONFIG, ConfigError, check_range
+from pipeline.configs.rubric import check_rubric, fill
 
 JudgeDevice = Literal["auto", "cpu", "cuda"]
-SLOTS = ("{question}", "{answer_a}", "{answer_b}")
-MAX_RUBRIC_CHARS = 8000
-_SLOT = re.compile(r"\{(question|answer_a|answer_b)\}")
+SLOTS = ("question", "answer_a", "answer_b")
 
 DEFAULT_RUBRIC = (
     "Two assistants answered the same question. Decide which answer is better: more helpful, "
@@ -54,11 +52,7 @@ class JudgeConfig:
     """CPU threads for torch and llama.cpp."""
 
     def __post_init__(self) -> None:
-        if len(self.rubric) > MAX_RUBRIC_CHARS:
-            raise ConfigError("rubric", f"at most {MAX_RUBRIC_CHARS} characters")
-        for slot in SLOTS:
-            if self.rubric.count(slot) != 1:
-                raise ConfigError("rubric", f"must hold {slot} exactly once")
+        check_rubric("rubric", self.rubric, SLOTS)
         if len(self.endpoint_model) > 200:
             raise ConfigError("endpoint_model", "at most 200 characters")
         check_range("max_pairs", self.max_pairs, 1, 100_000)
@@ -71,5 +65,4 @@ class JudgeConfig:
 
     def render(self, question: str, answer_a: str, answer_b: str) -> str:
         """The rubric filled in, in one pass (braces in the texts are kept as they are)."""
-        values = {"question": question, "answer_a": answer_a, "answer_b": answer_b}
-        return _SLOT.sub(lambda m: values[m.group(1)], self.rubric)
+        return fill(self.rubric, {"question": question, "answer_a": answer_a, "answer_b": answer_b})

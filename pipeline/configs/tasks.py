@@ -11,8 +11,22 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
 
 from pipeline.configs.base import PYDANTIC_CONFIG, ConfigError, check_range
+from pipeline.configs.rubric import check_rubric, fill
 
 TaskKind = Literal["auto", "multiple_choice", "generation"]
+
+DEFAULT_GRADER_RUBRIC = (
+    "Rate how well the answer responds to the question: correct, complete and clear. A "
+    "reference answer is given as a guide to what is correct.\n\n"
+    "Question: {question}\n\n"
+    "Reference answer: {reference}\n\n"
+    "Answer: {answer}\n\n"
+    "Rate the answer from 1 (useless or wrong) to 10 (fully correct and clear). Reply with the "
+    "number only.\n"
+    "Score:"
+)
+"""OpenAI's score-model grader's task, shortened: the score is what comes next."""
+GRADER_SLOTS = ("question", "reference")
 
 
 @dataclass(frozen=True)
@@ -54,7 +68,21 @@ class TaskOptions:
     worst_examples: int = 10
     """How many of the worst-scored items the result and the report show."""
 
+    grader_rubric: str = DEFAULT_GRADER_RUBRIC
+    """With a grader (``grader_model_id`` or ``grader_secret``): the prompt each generated
+    answer is rated with, 1 to 10. ``{answer}`` is filled in (once); ``{question}`` and
+    ``{reference}`` (the references, one per line) may be. It should end where the score
+    comes."""
+    grader_endpoint_model: str = ""
+    """The model name sent to the grader endpoint (required with ``grader_secret``)."""
+    grader_timeout_s: float = 60.0
+    """How long one grader endpoint call may take (each is tried up to three times)."""
+
     def __post_init__(self) -> None:
+        check_rubric("grader_rubric", self.grader_rubric, ("answer",), GRADER_SLOTS)
+        if len(self.grader_endpoint_model) > 200:
+            raise ConfigError("grader_endpoint_model", "at most 200 characters")
+        check_range("grader_timeout_s", self.grader_timeout_s, 1.0, 600.0)
         if self.kind not in get_args(TaskKind):
             raise ConfigError("kind", f"one of {get_args(TaskKind)}")
         check_range("num_fewshot", self.num_fewshot, 0, 64)
@@ -69,3 +97,8 @@ class TaskOptions:
             raise ConfigError("stop", "at most 16 non-empty strings")
         if len(self.target_delimiter) > 64 or len(self.fewshot_delimiter) > 64:
             raise ConfigError("fewshot_delimiter", "delimiters are at most 64 characters")
+
+    def grader_prompt(self, question: str, answer: str, references: tuple[str, ...]) -> str:
+        """The grader's rubric filled in for one answer."""
+        values = {"question": question, "answer": answer, "reference": "\n".join(references)}
+        return fill(self.grader_rubric, values)

@@ -22,6 +22,7 @@ import torch
 from pipeline.configs.evaluate import EvaluateConfig
 from pipeline.evaluate.bias import load_templates, parse_templates, probe
 from pipeline.evaluate.contamination import find_overlap
+from pipeline.evaluate.grader import Grader, GraderInputs
 from pipeline.evaluate.perplexity import DocScore, Totals, encode_document
 from pipeline.evaluate.tasks import run_task
 from pipeline.parts.datasets.formats import iter_texts
@@ -55,6 +56,8 @@ class EvaluateInputs:
     """A bias template file of the user's (JSONL, same format as the shipped set)."""
     task: DatasetFile | None = None
     """Task items (JSONL) scored as ``config.task`` says."""
+    grader: GraderInputs | None = None
+    """A score grader rating each generated answer of the task (a model or an endpoint)."""
     adapter_dir: Path | None = None
     """A peft adapter (a LoRA fine-tune or its checkpoint), merged onto ``model_dir``."""
 
@@ -190,7 +193,16 @@ def _evaluate(
     task, task_path = None, None
     if inputs.task is not None:
         task_path = out / "task_examples.jsonl"
-        task = run_task(runtime, inputs.task, config.task, task_path, hooks)
+        grader = None
+        if inputs.grader is not None:
+            device = inference_device(config.device)
+            grader = Grader(inputs.grader, config.task, device=device, threads=config.threads)
+        try:
+            grade = grader.grade if grader is not None else None
+            task = run_task(runtime, inputs.task, config.task, task_path, hooks, grade)
+        finally:
+            if grader is not None:
+                grader.close()
 
     samples: list[dict[str, Any]] = []
     if config.samples.prompts:

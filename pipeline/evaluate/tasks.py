@@ -12,7 +12,8 @@ with score them.
 * **Generation** (``{"prompt" | "messages", "reference" | "references"}``): a greedy answer cut
   at the first stop string, then exact match, token F1, ROUGE-L, chrF and BLEU
   (:mod:`~pipeline.evaluate.metrics`); with labels (options or record), accuracy, macro-F1 and
-  a confusion matrix instead.
+  a confusion matrix instead. With a grader, each answer is also rated 1–10
+  (``grader_score``).
 
 Every figure comes with a bootstrap 95% interval over items; each item's output and scores are
 written to ``task_examples.jsonl``.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ from pipeline.parts.runtimes.base import Runtime
 from pipeline.types import DatasetFile, Hooks, PipelineError, Progress, StageCancelled
 
 _ITEMS_PER_STEP = 32
+
+Grade = Callable[[Sequence[str]], list[int | None]]
+"""Filled-in grader rubrics → a score 1–10 each, or None (:mod:`~pipeline.evaluate.grader`)."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,44 @@ def _generation(
     return rows, figures, None
 
 
+def _question(item: TaskItem) -> str:
+    if item.messages is None:
+        return item.prompt
+    return "\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in item.messages)
+
+
+def _grade(
+    grade: Grade,
+    items: list[TaskItem],
+    rows: list[dict[str, Any]],
+    options: TaskOptions,
+    hooks: Hooks,
+) -> dict[str, Any]:
+    """Rate every answer (``grader_score`` on its row, None when the reply held no score);
+    the figure over the rated ones and the count of missing ones."""
+    scores: list[int | None] = []
+    for b in range(0, len(items), _ITEMS_PER_STEP):
+        _check_stop(hooks)
+        chunk = list(
+            zip(items[b : b + _ITEMS_PER_STEP], rows[b : b + _ITEMS_PER_STEP], strict=True)
+        )
+        prompts = [options.grader_prompt(_question(i), r["output"], i.references) for i, r in chunk]
+        scores += grade(prompts)
+        hooks.on_progress(
+            Progress(step=len(scores), total=len(items),
+                     metrics={"graded_items": float(len(scores))})
+        )  # fmt: skip
+    for row, score in zip(rows, scores, strict=True):
+        row["grader_score"] = score
+    rated = [float(s) for s in scores if s is not None]
+    boot = {"samples": options.bootstrap_samples, "seed": options.seed}
+    return {
+        "figure": mean_figure(rated, **boot) if rated else None,
+        "scored": len(rated),
+        "missing": len(scores) - len(rated),
+    }
+
+
 def _primary(row: dict[str, Any]) -> float:
     """How well one item went, lowest first in the worst examples."""
     for key in ("margin", "correct", "f1"):
@@ -246,21 +288,36 @@ def _primary(row: dict[str, Any]) -> float:
 
 
 def run_task(
-    runtime: Runtime, file: DatasetFile, options: TaskOptions, out: Path, hooks: Hooks
+    runtime: Runtime,
+    file: DatasetFile,
+    options: TaskOptions,
+    out: Path,
+    hooks: Hooks,
+    grade: Grade | None = None,
 ) -> dict[str, Any]:
     """Score the task dataset; write ``out`` (one JSON line per item); return the figures.
+    ``grade``: a score grader for generated answers (refused for multiple choice).
 
     Raises:
         PipelineError: ``task.invalid_record``, ``task.fewshot``, ``task.no_chat_template``,
-            ``dataset.empty``.
+            ``dataset.empty``, ``task.grader_generation_only``, ``grader.endpoint_*``.
         StageCancelled: when ``hooks.should_stop`` answers True.
     """
     kind, items = read_items(file, options)
-    confusion = None
+    confusion, graded = None, None
     if kind == "multiple_choice":
+        if grade is not None:
+            raise PipelineError(
+                "task.grader_generation_only", "a grader rates generated answers only"
+            )
         rows, figures = _multiple_choice(runtime, items, options, hooks)
     else:
         rows, figures, confusion = _generation(runtime, items, options, hooks)
+        if grade is not None:
+            graded = _grade(grade, items, rows, options, hooks)
+            if graded["figure"] is not None:
+                figures["grader_score"] = graded.pop("figure")
+            graded.pop("figure", None)
     with out.open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     # The context (few-shot examples included) stays in the JSONL: the job result keeps short.
@@ -271,6 +328,8 @@ def run_task(
         result["num_fewshot"] = options.num_fewshot
     if confusion is not None:
         result["confusion"] = confusion
+    if graded is not None:
+        result["grader"] = graded
     return result
 
 

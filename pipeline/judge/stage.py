@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import httpx
 import torch
 
 from pipeline.configs.judge import JudgeConfig
 from pipeline.parts.device import inference_device
-from pipeline.parts.endpoints import Endpoint, chat_text, post
+from pipeline.parts.endpoints import ChatEndpoint, Endpoint
 from pipeline.parts.runtimes import load_runtime
 from pipeline.parts.runtimes.base import Runtime
 from pipeline.types import Hooks, PipelineError, Progress, RunPaths, StageCancelled
@@ -50,6 +49,8 @@ class JudgeInputs:
     pairs: tuple[JudgePair, ...]
     model_dir: Path | None = None
     """The judge's folder, for a registry model."""
+    adapter_dir: Path | None = None
+    """A peft adapter put on ``model_dir`` (then the adapter's base)."""
     endpoint: Endpoint | None = None
     """The judge, for an external endpoint."""
 
@@ -108,11 +109,9 @@ def _model_asker(runtime: Runtime) -> Asker:
     return ask
 
 
-def _endpoint_asker(endpoint: Endpoint, client: httpx.Client) -> Asker:
+def _endpoint_asker(chat: ChatEndpoint) -> Asker:
     def one(text: str) -> Pick:
-        body = {"messages": [{"role": "user", "content": text}], "temperature": 0, "max_tokens": 8}
-        answer = post(client, endpoint, "/chat/completions", body, domain="judge")
-        found = _LETTER.search(chat_text(answer, domain="judge")[0])
+        found = _LETTER.search(chat.ask(text, max_tokens=8))
         return found.group(1) if found else ""  # type: ignore[return-value]
 
     return lambda texts: [one(text) for text in texts]
@@ -132,15 +131,15 @@ def run_judge(
     if not pairs:
         raise PipelineError("judge.no_pairs", "the comparison has no pairs to judge")
     runtime: Runtime | None = None
-    client: httpx.Client | None = None
+    chat: ChatEndpoint | None = None
     if inputs.endpoint is not None:
-        client = httpx.Client(timeout=config.timeout_s)
-        ask = _endpoint_asker(inputs.endpoint, client)
+        chat = ChatEndpoint(inputs.endpoint, role="judge", timeout_s=config.timeout_s)
+        ask = _endpoint_asker(chat)
     elif inputs.model_dir is not None:
         torch.set_num_threads(config.threads)
         runtime = load_runtime(
             inputs.model_dir, device=inference_device(config.device),
-            max_length=config.max_length, threads=config.threads,
+            max_length=config.max_length, threads=config.threads, adapter=inputs.adapter_dir,
         )  # fmt: skip
         ask = _model_asker(runtime)
     else:
@@ -150,8 +149,8 @@ def run_judge(
     finally:
         if runtime is not None:
             runtime.close()
-        if client is not None:
-            client.close()
+        if chat is not None:
+            chat.close()
     _write(paths.output_dir, verdicts)
     return _summary(verdicts)
 

@@ -1,23 +1,30 @@
-"""Calling an external OpenAI-compatible endpoint (a tenant secret's base URL and key).
+"""Calling an external OpenAI-compatible endpoint (a tenant secret's base URL and key): the
+synthesize teacher's, the pairwise judge's and the score grader's one way to call it.
 
 One POST with the retries every caller wants: a transport error, 429 or 5xx is tried again
 after a doubling pause; 401/403 is final (the key is wrong, retrying will not fix it). Errors are
 ``PipelineError``\\ s named after the caller (``<domain>.endpoint_refused``,
 ``<domain>.endpoint_unreachable``, ``<domain>.endpoint_failed``) and never repeat the key, which
-``Endpoint``'s ``repr`` leaves out too.
+``Endpoint``'s ``repr`` leaves out too. The URL is part of the secret as well (it may carry a
+token of its own): while an endpoint is open (:class:`HiddenHost`), httpx's and httpcore's log
+records naming its host are dropped.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from pipeline.types import PipelineError
 
 TRIES = 3
+_HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2",
+                 "httpcore.proxy")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -120,3 +127,47 @@ def _tokens(answer: dict[str, Any]) -> int:
     usage = answer.get("usage")
     tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
     return tokens if isinstance(tokens, int) else 0
+
+
+class HiddenHost(logging.Filter):
+    """Drops the HTTP libraries' log records that name the endpoint's host (httpx logs each
+    request's URL) from creation until :meth:`remove`."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        super().__init__()
+        self.host = urlsplit(endpoint.base_url).hostname or endpoint.base_url
+        for name in _HTTP_LOGGERS:
+            logging.getLogger(name).addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.host or self.host not in record.getMessage()
+
+    def remove(self) -> None:
+        for name in _HTTP_LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
+
+class ChatEndpoint:
+    """One prompt at a time as a chat completion at temperature 0 (a judge's or a grader's
+    question); failures raise ``PipelineError`` codes under ``role`` (``judge.endpoint_refused``,
+    ``grader.endpoint_unreachable``...)."""
+
+    def __init__(self, endpoint: Endpoint, *, role: str, timeout_s: float) -> None:
+        self.endpoint = endpoint
+        self.role = role
+        self.client = httpx.Client(timeout=timeout_s)
+        self.hidden = HiddenHost(endpoint)
+
+    def close(self) -> None:
+        self.client.close()
+        self.hidden.remove()
+
+    def ask(self, text: str, *, max_tokens: int) -> str:
+        """The reply's text (see :func:`post` for the retries and the errors)."""
+        body = {
+            "messages": [{"role": "user", "content": text}],
+            "temperature": 0,
+            "max_tokens": max_tokens,
+        }
+        answer = post(self.client, self.endpoint, "/chat/completions", body, domain=self.role)
+        return chat_text(answer, domain=self.role)[0]

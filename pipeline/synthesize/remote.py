@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from pipeline.configs.synthesize import SynthesizeConfig
-from pipeline.parts.endpoints import Endpoint, chat_text, completion_text, post
+from pipeline.parts.endpoints import Endpoint, HiddenHost, chat_text, completion_text, post
 
 TIMEOUT_S = 120.0
 DOMAIN = "synthesize"
@@ -27,6 +27,10 @@ class RemoteTeacher:
     config: SynthesizeConfig
     backoff_s: float = 1.0
     client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=TIMEOUT_S))
+    hidden: HiddenHost = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hidden = HiddenHost(self.endpoint)
 
     def generate(self, text: str, seed: int, *, raw: bool) -> tuple[str, int]:
         """The endpoint's answer to ``text`` and the tokens it reports having generated.
@@ -50,3 +54,4 @@ class RemoteTeacher:
 
     def close(self) -> None:
         self.client.close()
+        self.hidden.remove()

@@ -58,6 +58,10 @@ class SynthesizeInputs:
     """How provenance names the teacher (the registry's model id)."""
     endpoint: Endpoint | None = None
     """The teacher as an external endpoint (its key is never written anywhere)."""
+    teacher_adapter: Path | None = None
+    """A peft adapter put on ``teacher_dir`` (then the adapter's base)."""
+    judge_adapter: Path | None = None
+    """A peft adapter put on ``judge_dir`` (then the adapter's base)."""
     secret: str = ""
     """The name of the tenant secret ``endpoint`` came from: provenance names the teacher by it
     and the endpoint's model."""
@@ -181,7 +185,10 @@ def _teacher_of(
         return Teacher(None, config, hooks, total=total, remote=remote)
     if inputs.teacher_dir is None:
         raise PipelineError("synthesize.no_teacher", "give a teacher model or an endpoint")
-    runtime = load_runtime(inputs.teacher_dir, device=device, threads=cpu_threads(config.threads))
+    runtime = load_runtime(
+        inputs.teacher_dir, device=device, threads=cpu_threads(config.threads),
+        adapter=inputs.teacher_adapter,
+    )  # fmt: skip
     return Teacher(runtime, config, hooks, total=total)
 
 
@@ -245,7 +252,10 @@ def _generate(
         )
         return
     teacher.close()  # one model in memory at a time
-    judge = load_runtime(inputs.judge_dir, device=device, threads=cpu_threads(config.threads))
+    judge = load_runtime(
+        inputs.judge_dir, device=device, threads=cpu_threads(config.threads),
+        adapter=inputs.judge_adapter,
+    )  # fmt: skip
     try:
         base = {**base, "judge": inputs.judge_id}
         yield from preference_pairs(config, prompts, samples, judge, ask, base, skipped, hooks)

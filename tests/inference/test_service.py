@@ -226,7 +226,11 @@ def test_adapter_loads_on_its_base_unmerged(
     expected = torch.log_softmax(logits, -1).topk(5).values.tolist()
     assert tuned == pytest.approx(expected, abs=1e-4)
     loaded = app.state.engine.engines["huggingface"]._loaded(ModelRef("ft", llama_dir, adapter_dir))
-    assert isinstance(loaded.model, PeftModel)  # served on the base, not merged into it
+    assert loaded.shared is not None  # served on the base, not merged into it
+    assert (
+        isinstance(loaded.shared.peft, PeftModel)
+        and loaded.shared.peft.get_base_model() is loaded.model
+    )
 
 
 def test_lru_evicts_within_budget_and_refuses_too_big(llama_dir: Path, gpt2_dir: Path) -> None:

@@ -103,7 +103,7 @@ def test_an_evaluate_job_scores_a_task_dataset(
     assert missing.status_code == 404
 
 
-def test_a_lora_adapter_is_evaluated_and_compared_on_its_base(
+def test_a_lora_adapter_is_evaluated_compared_judge_and_teacher_on_its_base(
     client: TestClient,
     auth: dict[str, str],
     run_job: RunJob,
@@ -157,3 +157,26 @@ def test_a_lora_adapter_is_evaluated_and_compared_on_its_base(
     by_model = {m: sorted((a.prompt_index, a.text) for a in answers if a.model_id == m)
                 for m in models}  # fmt: skip
     assert len(by_model[models[0]]) == 2 and by_model[models[0]] == by_model[models[1]]
+
+    # As a judge of that comparison and as a synthesize teacher, the adapter is its merged model.
+    judged = []
+    for model_id in models:
+        started = client.post(f"/v1/comparisons/{compared.json()['id']}/judges",
+                              json={"model": model_id}, headers=auth)  # fmt: skip
+        assert started.status_code == 202, started.text
+        judged.append(run_job(started.json()["job_id"]))
+    assert [j["status"] for j in judged] == ["succeeded"] * 2, judged
+    figures = [{k: v for k, v in j["result"].items() if k != "judge"} for j in judged]
+    assert figures[0] == figures[1]
+    prompts = _upload(client, auth, run_job, [{"text": "Where is paris?"}])
+    taught = []
+    for model_id in models:
+        params = {"model_id": model_id, "dataset_id": prompts, "temperature": 0,
+                  "max_new_tokens": 6}  # fmt: skip
+        job = client.post("/v1/jobs", json={"type": "synthesize", "params": params}, headers=auth)
+        assert job.status_code == 202, job.text
+        done = run_job(job.json()["id"])
+        assert done["status"] == "succeeded", done
+        content = client.get(f"/v1/datasets/{done['result']['dataset_id']}/content", headers=auth)
+        taught.append([json.loads(line)["messages"] for line in content.text.splitlines()])
+    assert taught[0] == taught[1] and len(taught[0]) == 1

@@ -4,15 +4,23 @@ An evaluation produces figures, not a model. The per-document scores, bias items
 in the job's output folder next to its report; a task's per-item outputs and scores become a new
 dataset of the tenant (JSONL, downloadable), named in the result as
 ``task.examples_dataset_id``.
+
+A grader endpoint's key is decrypted here, handed to the stage in its inputs (never in its
+config, which is stored), and appears in no result, event or log line.
 """
 
 from __future__ import annotations
 
 from app.datasets.outputs import NewDataset
 from app.datasets.service import new_dataset_id
+from app.errors import GristmillError
 from app.jobs.kinds.evaluate import EvaluateParams
+from app.tenants import secrets
 from pipeline.configs.evaluate import EvaluateConfig
+from pipeline.evaluate.grader import GraderInputs
 from pipeline.evaluate.stage import EvaluateInputs, run_evaluate
+from pipeline.parts.endpoints import Endpoint
+from pipeline.types import PipelineError
 from workers.handlers.base import (
     JobContext,
     Outcome,
@@ -36,6 +44,7 @@ def handle_evaluate(ctx: JobContext[EvaluateParams]) -> Outcome:
         training=(training,) if training is not None else (),
         bias_templates=ctx.optional_dataset("bias_templates_id"),
         task=ctx.optional_dataset("task_dataset_id"),
+        grader=_grader(ctx),
     )
     stage_result = run_stage(ctx, run_evaluate, config, inputs)
     result = figures(stage_result)
@@ -59,4 +68,28 @@ def handle_evaluate(ctx: JobContext[EvaluateParams]) -> Outcome:
         )
         outputs.append(examples)
         result["task"] |= {"dataset_id": source.id, "examples_dataset_id": examples.id}
+        if "grader" in result["task"]:
+            result["task"]["grader"]["name"] = (
+                params.grader_model_id
+                or f"{params.grader_secret}/{params.task.grader_endpoint_model}"
+            )
     return Outcome(result={"model_id": params.model_id, **result}, outputs=outputs)
+
+
+def _grader(ctx: JobContext[EvaluateParams]) -> GraderInputs | None:
+    params = ctx.params
+    if params.grader_model_id is not None:
+        return GraderInputs(model_dir=ctx.folder("grader_model_id"))
+    if params.grader_secret is None:
+        return None
+    assert ctx.session_factory is not None  # the runner always gives one
+    try:
+        with ctx.session_factory() as session:
+            secret = secrets.reveal(
+                session=session, settings=ctx.settings, tenant_id=ctx.tenant_id,
+                name=params.grader_secret,
+            )  # fmt: skip
+    except GristmillError as err:  # the secret was deleted (or the deployment's key changed)
+        raise PipelineError(err.code, err.message) from None
+    endpoint = Endpoint(secret.base_url, params.task.grader_endpoint_model, secret.api_key)
+    return GraderInputs(endpoint=endpoint)

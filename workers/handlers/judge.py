@@ -32,12 +32,14 @@ def handle_judge(ctx: JobContext[JudgeParams]) -> Outcome:
     endpoint = None
     if secret is not None:
         endpoint = Endpoint(secret.base_url, params.endpoint_model, secret.api_key)
+    folders = ctx.model_folders("judge_model_id") if params.judge_model_id else (None, None)
     inputs = JudgeInputs(
         pairs=tuple(
             JudgePair(p.prompt_index, p.model_x, p.model_y, p.question, p.answer_x, p.answer_y)
             for p in pairs
         ),
-        model_dir=ctx.folder("judge_model_id") if params.judge_model_id else None,
+        model_dir=folders[0],
+        adapter_dir=folders[1],
         endpoint=endpoint,
     )
     result = run_stage(ctx, run_judge, stage_config(params, JudgeConfig), inputs)

@@ -24,10 +24,18 @@ from workers.handlers.base import JobContext, Outcome, figures, run_stage, stage
 def handle_synthesize(ctx: JobContext[SynthesizeParams]) -> Outcome:
     params = ctx.params
     prompts = ctx.inputs["dataset_id"]
+    teacher_dir, teacher_adapter = (
+        ctx.model_folders("model_id") if "model_id" in ctx.inputs else (None, None)
+    )
+    judge_dir, judge_adapter = (
+        ctx.model_folders("judge_model_id") if "judge_model_id" in ctx.inputs else (None, None)
+    )
     inputs = SynthesizeInputs(
-        teacher_dir=ctx.folder("model_id") if params.model_id is not None else None,
+        teacher_dir=teacher_dir,
+        teacher_adapter=teacher_adapter,
         prompts=ctx.dataset("dataset_id"),
-        judge_dir=ctx.folder("judge_model_id") if "judge_model_id" in ctx.inputs else None,
+        judge_dir=judge_dir,
+        judge_adapter=judge_adapter,
         eval=tuple(
             ctx.dataset(f"eval_dataset_ids.{i}") for i in range(len(params.eval_dataset_ids))
         ),

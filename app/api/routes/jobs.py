@@ -113,8 +113,9 @@ def compare_task_jobs(
     job: JobDep, other_job_id: str, session: SessionDep, store: StoreDep, metric: str = "acc"
 ) -> PairedComparison:
     """The mean per-item difference (other minus this) in ``metric`` (acc, acc_norm,
-    exact_match, f1, rouge_l, chrf, bleu, or correct for label tasks) over the task items both
-    scored, with a paired bootstrap 95% interval and a sign-flip permutation p-value."""
+    exact_match, f1, rouge_l, chrf, bleu, correct for label tasks, or grader_score) over the
+    task items both scored, with a paired bootstrap 95% interval and a sign-flip permutation
+    p-value."""
     found = compare_jobs(
         session=session, store=store, job=job, other_id=other_job_id, metric=metric
     )

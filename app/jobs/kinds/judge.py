@@ -18,7 +18,9 @@ from pipeline.configs.judge import JudgeConfig
 class JudgeParams(JudgeConfig):
     comparison_id: str = field(kw_only=True)
     """The comparison whose pairs are judged (open or closed, with its answers)."""
-    judge_model_id: str | None = ref("model", optional=True, formats=("huggingface", "gguf"))
+    judge_model_id: str | None = ref(
+        "model", optional=True, formats=("huggingface", "gguf", "peft-adapter")
+    )
     """A ready model of the tenant's as the judge (Hugging Face folder or GGUF)."""
     secret: str | None = field(default=None, kw_only=True)
     """The name of a tenant secret holding an OpenAI-compatible endpoint, as the judge."""

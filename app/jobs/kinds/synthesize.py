@@ -14,7 +14,9 @@ MAX_EVAL_DATASETS = 8
 
 @dataclass(frozen=True)
 class SynthesizeParams(SynthesizeConfig):
-    model_id: str | None = ref("model", optional=True, formats=("huggingface", "gguf"))
+    model_id: str | None = ref(
+        "model", optional=True, formats=("huggingface", "gguf", "peft-adapter")
+    )
     """The teacher: a registry model in Hugging Face layout (a fine-tune's merged model
     included) or a GGUF (run in llama.cpp). Give this or ``secret``."""
     secret: str | None = field(default=None, kw_only=True)
@@ -26,7 +28,9 @@ class SynthesizeParams(SynthesizeConfig):
     dataset_id: str = ref("dataset")
     """Prompts to answer, or the seed instructions of ``self_instruct`` (chat, prompt/completion,
     preference or text records; a record's own answer serves ``reference`` ranking)."""
-    judge_model_id: str | None = ref("model", optional=True, formats=("huggingface", "gguf"))
+    judge_model_id: str | None = ref(
+        "model", optional=True, formats=("huggingface", "gguf", "peft-adapter")
+    )
     """``preferences`` ranked by ``judge``: the judge model (null: the teacher judges)."""
     eval_dataset_ids: tuple[str, ...] = ref("dataset", optional=True, many=True)
     """Evaluation datasets (up to 8): synthetic records sharing an n-gram with them are
