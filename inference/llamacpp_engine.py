@@ -9,8 +9,9 @@ sampled step, and a cancel check between tokens.
 Concurrency: a model holds ``parallel`` llama.cpp contexts (``GRISTMILL_INFERENCE_GGUF_PARALLEL``),
 each a ``Llama`` over the same memory-mapped file, so the weights are in memory once and each
 context adds its own KV cache (what the budget counts). A request takes a free context for its
-whole generation and requests beyond ``parallel`` wait for one (``queued``, shown as waiting in
-``/health``), checking their cancel while they wait. Contexts generate in parallel threads
+whole generation and requests beyond ``parallel`` wait for one in arrival order
+(:mod:`inference.gguf_pool`; ``queued``, shown as waiting in ``/health``), checking their
+cancel while they wait. Contexts generate in parallel threads
 (llama.cpp releases the GIL while it computes). This is llama.cpp's server's ``--parallel``
 without its shared batch: sequences batched in one ``llama_decode`` go through other matmul
 kernels than one alone, and on q4_k_m a greedy answer then changed (tried: 1 of 4 prompts over
@@ -29,9 +30,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import queue
 import random
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ from inference.engine import (
     collect,
 )
 from inference.gguf_files import estimate_bytes, gguf_file, read_chat_template, read_shape
+from inference.gguf_pool import ContextPool
 from inference.text import ChoiceState, Detokenizer
 
 __all__ = ["LlamaCppEngine", "estimate_bytes", "load_model", "read_chat_template"]
@@ -70,11 +72,10 @@ class LlamaCppModel:
     as its ``n_ctx``; one generation at a time on each."""
     context_length: int
     memory_bytes: int
-    free: queue.Queue[Any] = field(default_factory=queue.Queue)
+    pool: ContextPool = field(init=False)
 
     def __post_init__(self) -> None:
-        for llm in self.contexts:
-            self.free.put(llm)
+        self.pool = ContextPool(self.contexts)
 
     @property
     def llm(self) -> Any:
@@ -183,12 +184,12 @@ class LlamaCppEngine:
         self.cache = cache
         self.threads = threads
         self.parallel = parallel
-        self._waiting = 0
-        self._lock = threading.Lock()
+        self._pools: weakref.WeakSet[ContextPool] = weakref.WeakSet()
+        """The loaded models' pools (an evicted model's goes with it)."""
 
     def queued(self) -> int:
         """Requests waiting for a free context of their model."""
-        return self._waiting
+        return sum(pool.waiting for pool in list(self._pools))
 
     def _loaded(self, ref: ModelRef) -> LlamaCppModel:
         def load() -> tuple[LlamaCppModel, int]:
@@ -200,23 +201,10 @@ class LlamaCppEngine:
         )
 
     def _acquire(self, loaded: LlamaCppModel, cancel: threading.Event) -> Any | None:
-        """A free context, or None once ``cancel`` is set while waiting for one."""
-        try:
-            return loaded.free.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            self._waiting += 1
-        try:
-            while not cancel.is_set():
-                try:
-                    return loaded.free.get(timeout=0.05)
-                except queue.Empty:
-                    continue
-            return None
-        finally:
-            with self._lock:
-                self._waiting -= 1
+        """A context of the model (in arrival order), or None once ``cancel`` is set while
+        waiting for one."""
+        self._pools.add(loaded.pool)
+        return loaded.pool.acquire(cancel)
 
     def _generate(
         self,
@@ -237,7 +225,7 @@ class LlamaCppEngine:
                     return
                 yield from _choice(llm, prompt_ids, params, index, seed + index, max_new, cancel)
         finally:
-            loaded.free.put(llm)
+            loaded.pool.release(llm)
 
     def load(self, model: ModelRef) -> ModelInfo:
         loaded = self._loaded(model)

@@ -5,6 +5,7 @@ context is busy."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def test_four_concurrent_greedy_requests_return_their_solo_outputs(q8_dir: Path)
 
     asyncio.run(scenario())
     model = loaded(engine, q8_dir)
-    assert len(model.contexts) == 2 and model.free.qsize() == 2  # every context given back
+    assert len(model.contexts) == 2 and model.pool.idle == 2  # every context given back
     # The budget counts the weights once and one KV cache per context.
     one, two = estimate_bytes(ModelRef("q", q8_dir, format="gguf"), 1), model.memory_bytes
     assert app.state.engine.cache.used_bytes == two and one < two < 2 * one
@@ -77,7 +78,7 @@ def test_requests_waiting_for_a_context_show_as_waiting_and_run_once_it_is_free(
     app = make_app(concurrency=4, queue_size=4, gguf_parallel=1)
     engine = gguf_engine(app)
     model = loaded(engine, q8_dir)
-    held = model.free.get_nowait()  # the model's only context, busy as if generating
+    held = model.pool.acquire(threading.Event())  # the model's only context, busy as if generating
 
     async def scenario() -> None:
         transport = httpx.ASGITransport(app=app)
@@ -97,7 +98,7 @@ def test_requests_waiting_for_a_context_show_as_waiting_and_run_once_it_is_free(
             # Both hold a service slot, but neither generates: waiting, not running.
             assert (await health())["running"] == 0 and engine.queued() == 2
             assert not any(task.done() for task in waiting)
-            model.free.put(held)
+            model.pool.release(held)
             for resp in await asyncio.gather(*waiting):
                 assert resp.status_code == 200, resp.text
             final = await health()
@@ -111,7 +112,7 @@ def test_a_request_cancelled_while_waiting_for_a_context_never_takes_one(q8_dir:
     app = make_app(gguf_parallel=1)
     engine = gguf_engine(app)
     model = loaded(engine, q8_dir)
-    held = model.free.get_nowait()
+    held = model.pool.acquire(threading.Event())
     cancel = threading.Event()
     request = GenerationRequest(SamplingParams(max_tokens=8, temperature=0), prompt="hello")
     stream = engine.stream(ModelRef("tiny-q8", q8_dir.resolve(), format="gguf"), request, cancel)
@@ -122,5 +123,31 @@ def test_a_request_cancelled_while_waiting_for_a_context_never_takes_one(q8_dir:
     cancel.set()
     reader.join(timeout=scaled(10))
     assert not reader.is_alive() and deltas == [] and engine.queued() == 0
-    model.free.put(held)
-    assert model.free.qsize() == 1
+    model.pool.release(held)
+    assert model.pool.idle == 1
+
+
+def test_a_freed_context_goes_to_the_request_that_waited_longest(q8_dir: Path) -> None:
+    app = make_app(gguf_parallel=1)
+    engine = gguf_engine(app)
+    model = loaded(engine, q8_dir)
+    held = model.pool.acquire(threading.Event())
+    ref = ModelRef("tiny-q8", q8_dir.resolve(), format="gguf")
+    started: list[str] = []
+
+    def run(name: str) -> None:
+        request = GenerationRequest(SamplingParams(max_tokens=6, temperature=0), prompt=name)
+        for _ in engine.stream(ref, request, threading.Event()):
+            if name not in started:
+                started.append(name)
+
+    readers = []
+    for count, name in enumerate(["hello", "the miller", "bread"], start=1):
+        readers.append(threading.Thread(target=run, args=(name,)))
+        readers[-1].start()
+        waited = functools.partial(lambda n: engine.queued() == n, count)
+        wait_for(waited, timeout=10, interval=0.01, what="the request to wait")
+    model.pool.release(held)
+    for reader in readers:
+        reader.join(timeout=scaled(30))
+    assert started == ["hello", "the miller", "bread"] and model.pool.idle == 1
