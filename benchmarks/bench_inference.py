@@ -55,6 +55,7 @@ from app.db import make_engine, make_session_factory, session_scope
 from app.settings import Settings
 from app.storage import LocalStore
 from app.tenants.tables import Tenant
+from benchmarks import gguf_figures as gguf
 from benchmarks import streams
 from benchmarks.bench_upload import api_env, cli, free_port, wait_ready
 from inference.server import create_app
@@ -352,13 +353,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--proxy-repeats", type=int, default=10, help="ABBA rounds for the proxy")
-    parser.add_argument(
-        "--service-threads",
-        type=int,
-        default=1,
-        help="OpenMP threads of the service processes (batching, proxy)",
-    )
-    parser.add_argument("--streams", default="1,2,4,8", help="concurrent streams per level")
+    parser.add_argument("--service-threads", type=int, default=1, help="of the service processes")
+    parser.add_argument("--gguf", choices=["no", "also", "only"], default="no")
+    parser.add_argument("--streams", default="1,2,4,8", type=lambda s: list(map(int, s.split(","))))
     parser.add_argument("--rounds", type=int, default=3, help="rounds per batching level")
     parser.add_argument("--no-proxy", action="store_true", help="skip the API proxy figures")
     args = parser.parse_args()
@@ -367,11 +364,14 @@ def main() -> None:
         folder = Path(tmp) / "model"
         build(folder, args.hidden, args.layers)
         params = sum(t.numel() for t in AutoModelForCausalLM.from_pretrained(folder).parameters())
+        if args.gguf != "no":  # threads per llama.cpp context: --service-threads
+            gguf.run(folder, PROMPT, args.tokens, args.repeats, args.service_threads)
+        if args.gguf == "only":
+            return
         (bare_tps, bare_ttft, bare_decode), (svc_tps, svc_ttft, svc_decode) = single(
             folder, args.tokens, args.repeats
         )
-        levels = [int(n) for n in args.streams.split(",")]
-        batched = batching(folder, args.tokens, levels, args.rounds, args.service_threads)
+        batched = batching(folder, args.tokens, args.streams, args.rounds, args.service_threads)
         if not args.no_proxy:
             proxied = proxy(folder, args.tokens, args.proxy_repeats, args.service_threads)
     print(

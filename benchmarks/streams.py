@@ -48,9 +48,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextmanager
-def service(folder: Path, *, max_batch: int, threads: int) -> Iterator[str]:
+def service(
+    folder: Path, *, max_batch: int, threads: int, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """``gristmill inference`` serving ``folder``'s parent as its store, with ``threads``
-    OpenMP threads; yields its URL."""
+    OpenMP threads (and ``env``'s settings over the CPU defaults); yields its URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -61,12 +63,13 @@ def service(folder: Path, *, max_batch: int, threads: int) -> Iterator[str]:
         "GRISTMILL_INFERENCE_MAX_BATCH": str(max_batch),
         "GRISTMILL_INFERENCE_CONCURRENCY": str(max_batch),
         "OMP_NUM_THREADS": str(threads),
+        **(env or {}),
     }
     cmd = [sys.executable, "-m", "app.cli", "inference", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # vLLM compiles and profiles before it listens
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"the inference service exited with {proc.returncode}")

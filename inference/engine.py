@@ -1,28 +1,21 @@
 """The seam between the HTTP service and whatever runs the model.
 
 The service speaks to an :class:`Engine`: ``load`` a model (folders on the shared store),
-``stream`` a generation as :class:`Delta` pieces, or ``generate`` it whole. Two implementations
-ship, picked by the :class:`ModelRef`'s ``format`` (:class:`inference.engines.FormatEngine`) and
-sharing one memory budget and LRU (:mod:`inference.cache`):
+``stream`` a generation as :class:`Delta` pieces, or ``generate`` it whole. Implementations are
+picked by the :class:`ModelRef`'s ``format`` (:class:`inference.engines.FormatEngine`) and
+share one memory budget and LRU (:mod:`inference.cache`):
 
 - :class:`inference.transformers_engine.TransformersEngine` for ``huggingface`` models and peft
-  adapters on them (PyTorch eager with the KV cache, CPU or one GPU);
+  adapters on them (PyTorch eager with the KV cache, CPU or one GPU; concurrent requests share
+  one batch, :mod:`inference.batching`);
+- :class:`inference.vllm_engine.VllmEngine` in its place on CUDA when
+  ``GRISTMILL_INFERENCE_ENGINE=vllm`` (vLLM's continuous batching; LoRA as ``LoRARequest``);
 - :class:`inference.llamacpp_engine.LlamaCppEngine` for ``gguf`` files, the quantize job's CPU
-  exports (``llama_cpp.Llama`` in process; the chat template from the file's metadata).
+  exports (``llama_cpp.Llama`` in process, a few contexts per model run in parallel; the chat
+  template from the file's metadata).
 
-Engines a deployment can put behind the same interface on GPUs, each as a small adapter class
-that turns a :class:`ModelRef` + :class:`GenerationRequest` into the engine's own call and its
-output back into :class:`Delta` pieces:
-
-- **vLLM** (``vllm.AsyncLLMEngine`` or its OpenAI server): paged attention and continuous
-  batching, so many requests share one model; LoRA adapters served on their base with
-  ``LoRARequest(adapter_path)``. ``load`` would register the base (and adapter), ``stream`` would
-  map ``SamplingParams(n, temperature, top_p, stop, seed, logprobs, max_tokens)`` one to one.
-- **Text Generation Inference** (TGI, an HTTP server per base model, LoRA via ``adapter_id``):
-  ``load`` would check the server serves that base, ``stream`` would read its token SSE stream.
-
-Those engines batch requests on one model, and so does the transformers engine
-(:mod:`inference.batching`); the llama.cpp one runs one generation at a time per model.
+Text Generation Inference (an HTTP server per base model, LoRA via ``adapter_id``) would fit the
+same seam: ``load`` checking the server serves that base, ``stream`` reading its SSE stream.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The service's engine: each model goes to the engine for its format, all under one budget.
 
-``huggingface`` models (and adapters on them) run in transformers, ``gguf`` models in llama.cpp.
+``huggingface`` models (and adapters on them) run in transformers (or vLLM on a GPU, when
+``GRISTMILL_INFERENCE_ENGINE=vllm``), ``gguf`` models in llama.cpp.
 Both engines draw on one :class:`~inference.cache.ModelCache`, so a GGUF loaded after a Hugging
 Face model may evict it and the reverse, exactly as two models of one engine do.
 """
@@ -49,18 +50,32 @@ class FormatEngine:
     ) -> Completion:
         return self._for(model).generate(model, request, cancel)
 
+    def queued(self) -> int:
+        """Requests that hold a service slot but wait inside an engine (a llama.cpp context)."""
+        return sum(getattr(engine, "queued", lambda: 0)() for engine in self.engines.values())
+
 
 def default_engine(settings: InferenceSettings) -> FormatEngine:
-    """transformers for Hugging Face folders, llama.cpp for GGUF files, one memory budget."""
+    """transformers (or vLLM, by the ``engine`` setting) for Hugging Face folders, llama.cpp for
+    GGUF files. Raises :class:`~inference.vllm_engine.EngineUnavailable` when vLLM is asked for
+    and cannot run here."""
     from inference.llamacpp_engine import LlamaCppEngine
-    from inference.transformers_engine import TransformersEngine
 
     cache = ModelCache(settings.memory_budget_bytes)
+    gguf = LlamaCppEngine(
+        cache=cache, threads=settings.gguf_threads, parallel=settings.gguf_parallel
+    )
+    if settings.engine == "vllm":
+        from inference.vllm_engine import VllmEngine
+
+        gpu = VllmEngine(gpu_memory_utilization=settings.vllm_gpu_memory_utilization)
+        return FormatEngine({"huggingface": gpu, "gguf": gguf}, cache)
+    from inference.transformers_engine import TransformersEngine
+
     hf = TransformersEngine(
         memory_budget_bytes=settings.memory_budget_bytes,
         device=settings.device,
         cache=cache,
         max_batch=settings.max_batch,
     )
-    gguf = LlamaCppEngine(cache=cache, threads=settings.gguf_threads)
     return FormatEngine({"huggingface": hf, "gguf": gguf}, cache)

@@ -4,10 +4,21 @@ llama.cpp runs the model and samples; the service keeps what it owns for every e
 prompt (the file's ``tokenizer.chat_template``, rendered in the service's sandbox,
 :mod:`inference.templates`, as Hugging Face models' are), the context check, incremental
 text with stop strings (:mod:`inference.text`), logprobs from the logits llama.cpp left for the
-sampled step, and a cancel check between tokens. ``n`` choices run one after the other on the
-model's single sequence, choice ``i`` sampled with ``seed + i``, under the model's lock;
-llama.cpp keeps the longest common prefix of its KV cache between calls, so a chat that resends
-its history re-reads only the new turn.
+sampled step, and a cancel check between tokens.
+
+Concurrency: a model holds ``parallel`` llama.cpp contexts (``GRISTMILL_INFERENCE_GGUF_PARALLEL``),
+each a ``Llama`` over the same memory-mapped file, so the weights are in memory once and each
+context adds its own KV cache (what the budget counts). A request takes a free context for its
+whole generation and requests beyond ``parallel`` wait for one in arrival order
+(:mod:`inference.gguf_pool`; ``queued``, shown as waiting in ``/health``), checking their
+cancel while they wait. Contexts generate in parallel threads
+(llama.cpp releases the GIL while it computes). This is llama.cpp's server's ``--parallel``
+without its shared batch: sequences batched in one ``llama_decode`` go through other matmul
+kernels than one alone, and on q4_k_m a greedy answer then changed (tried: 1 of 4 prompts over
+24 tokens; f16 kept all 4), so separate contexts keep "the same answer alone or together".
+``n`` choices run one after the other on the request's context, choice ``i`` sampled with
+``seed + i``; each context keeps the longest common prefix of its KV cache between calls, so a
+chat that resends its history re-reads only the new turn.
 
 Sampling differs from the transformers engine in one documented way: llama.cpp applies top-p
 before temperature (its sampler chain), transformers after. Greedy decoding (temperature 0) is
@@ -21,6 +32,7 @@ import functools
 import logging
 import random
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +49,6 @@ from inference.engine import (
     GenerationStream,
     ModelInfo,
     ModelLoadError,
-    ModelNotFound,
     ModelRef,
     PromptTooLong,
     SamplingParams,
@@ -45,22 +56,31 @@ from inference.engine import (
     TopLogprob,
     collect,
 )
+from inference.gguf_files import estimate_bytes, gguf_file, read_chat_template, read_shape
+from inference.gguf_pool import ContextPool
 from inference.text import ChoiceState, Detokenizer
 
-log = logging.getLogger("gristmill.inference")
+__all__ = ["LlamaCppEngine", "estimate_bytes", "load_model", "read_chat_template"]
 
-KV_BYTES = 2
-"""llama.cpp's default KV cache type is f16."""
+log = logging.getLogger("gristmill.inference")
 
 
 @dataclass
 class LlamaCppModel:
-    llm: Any
-    """A ``llama_cpp.Llama`` with the whole trained context as its ``n_ctx``."""
+    contexts: list[Any]
+    """``llama_cpp.Llama`` instances over one mapped file, each with the whole trained context
+    as its ``n_ctx``; one generation at a time on each."""
     context_length: int
     memory_bytes: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    """One generation at a time: the model has one sequence and one KV cache."""
+    pool: ContextPool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pool = ContextPool(self.contexts)
+
+    @property
+    def llm(self) -> Any:
+        """For tokenising and detokenising, which read the shared vocabulary only."""
+        return self.contexts[0]
 
 
 def _llama_cpp() -> Any:
@@ -72,105 +92,6 @@ def _llama_cpp() -> Any:
             param="model",
         ) from exc
     return llama_cpp
-
-
-def gguf_file(ref: ModelRef) -> Path:
-    """The one ``.gguf`` file in the model's folder (a quantize job's output holds one)."""
-    if ref.path.is_file() and ref.path.suffix == ".gguf":
-        return ref.path
-    files = sorted(ref.path.glob("*.gguf")) if ref.path.is_dir() else []
-    if not files:
-        raise ModelNotFound(f"no .gguf file in {ref.id!r}", param="model")
-    if len(files) > 1:
-        raise ModelLoadError(
-            f"{ref.id!r} holds {len(files)} .gguf files; a GGUF model is one file",
-            param="model",
-        )
-    return files[0]
-
-
-@dataclass(frozen=True)
-class GgufShape:
-    """What the memory estimate needs from the file's metadata."""
-
-    context_length: int
-    layers: int
-    kv_width: int
-    """Per layer and position: KV heads × (key length + value length)."""
-
-
-def read_shape(path: Path) -> GgufShape:
-    """Read the header with gguf-py (memory-mapped, no weights read) to size the model before
-    llama.cpp loads it."""
-    from gguf import GGUFReader
-
-    try:
-        fields = GGUFReader(path).fields
-    except (ValueError, OSError) as exc:
-        log.warning("cannot read the GGUF header of %s: %s", path, exc)
-        raise ModelLoadError(f"{path.name} is not a readable GGUF", param="model") from exc
-
-    def value(key: str, default: int | None = None) -> int:
-        found = fields.get(key)
-        if found is None:
-            if default is None:
-                raise ModelLoadError(f"{path.name} has no {key} in its metadata", param="model")
-            return default
-        content = found.contents()
-        return int(max(content) if isinstance(content, list) else content)
-
-    arch = str(fields["general.architecture"].contents())
-    heads = value(f"{arch}.attention.head_count")
-    head_dim = value(f"{arch}.embedding_length") // heads
-    kv_heads = value(f"{arch}.attention.head_count_kv", heads)
-    width = kv_heads * (
-        value(f"{arch}.attention.key_length", head_dim)
-        + value(f"{arch}.attention.value_length", head_dim)
-    )
-    return GgufShape(value(f"{arch}.context_length"), value(f"{arch}.block_count"), width)
-
-
-def read_chat_template(ref: ModelRef) -> ChatTemplate | None:
-    """``tokenizer.chat_template`` with the BOS and EOS tokens' text (empty where the file names
-    none, as llama.cpp's formatter has it), from the header alone (cached per file version)."""
-    path = gguf_file(ref)
-    stat = path.stat()
-    return _chat_template(path, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=64)
-def _chat_template(path: Path, mtime_ns: int, size: int) -> ChatTemplate | None:
-    from gguf import GGUFReader
-
-    try:
-        fields = GGUFReader(path).fields
-    except (ValueError, OSError) as exc:
-        log.warning("cannot read the GGUF header of %s: %s", path, exc)
-        raise ModelLoadError(f"{path.name} is not a readable GGUF", param="model") from exc
-    source = fields.get("tokenizer.chat_template")
-    if source is None or not source.contents():
-        return None
-    tokens = fields.get("tokenizer.ggml.tokens")
-
-    def token(key: str) -> str:
-        found = fields.get(key)
-        if found is None or tokens is None:
-            return ""
-        return str(tokens.contents(int(found.contents())))
-
-    variables = {
-        "bos_token": token("tokenizer.ggml.bos_token_id"),
-        "eos_token": token("tokenizer.ggml.eos_token_id"),
-    }
-    return ChatTemplate(str(source.contents()), variables)
-
-
-def estimate_bytes(ref: ModelRef) -> int:
-    """The file (weights are mapped and read in whole) plus the f16 KV cache for the context."""
-    path = gguf_file(ref)
-    shape = read_shape(path)
-    kv = KV_BYTES * shape.layers * shape.context_length * shape.kv_width
-    return path.stat().st_size + kv
 
 
 @functools.cache
@@ -190,6 +111,7 @@ def plain_cpu_weights(lib: Any) -> Iterator[None]:
     check does (pipeline/parts/runtimes/llamacpp.py; this service may not import the
     pipeline): on AMX CPUs quantised weights otherwise go to AMX buffers whose matrix multiply
     crashes the process (SIGSEGV in ``ggml_backend_amx_mul_mat``, llama-cpp-python 0.3.36).
+    It also keeps weights in the file's mapping, shared by a model's contexts.
     llama-cpp-python has no argument for it, so its defaults are wrapped while a model loads."""
     low = lib.llama_cpp
     defaults = low.llama_model_default_params
@@ -207,27 +129,41 @@ def plain_cpu_weights(lib: Any) -> Iterator[None]:
             low.llama_model_default_params = defaults
 
 
-def load_model(ref: ModelRef, *, threads: int | None = None) -> LlamaCppModel:
-    """Load the folder's GGUF with its whole trained context; llama.cpp's logging silenced."""
+def load_model(ref: ModelRef, *, threads: int | None = None, parallel: int = 1) -> LlamaCppModel:
+    """Load the folder's GGUF ``parallel`` times (mapped, so its pages are shared) with its whole
+    trained context; llama.cpp's logging silenced."""
     lib = _llama_cpp()
     path = gguf_file(ref)
     shape = read_shape(path)
-    plain = plain_cpu_weights(lib) if cpu_has_amx() else contextlib.nullcontext()
+    # Extra buffers also repack K-quants into a private copy per Llama, so several contexts
+    # would hold the weights several times (q4_k_m, 2 contexts: +119 MiB PSS on a 78 MiB file);
+    # plain buffers keep them in the one shared mapping, at the same tokens/s (measured).
+    shared = parallel > 1 or cpu_has_amx()
+    plain = plain_cpu_weights(lib) if shared else contextlib.nullcontext()
     try:
         with plain:
-            llm = lib.Llama(
-                model_path=str(path),
-                n_ctx=shape.context_length,
-                n_threads=threads,
-                n_threads_batch=threads,
-                verbose=False,
-            )
+            contexts = [
+                lib.Llama(
+                    model_path=str(path),
+                    n_ctx=shape.context_length,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    use_mmap=True,
+                    verbose=False,
+                )
+                for _ in range(parallel)
+            ]
     except ValueError as exc:  # llama-cpp-python's answer to "failed to load model"
         log.warning("llama.cpp cannot load %s from %s: %s", ref.id, path, exc)
         raise ModelLoadError(f"llama.cpp cannot load {ref.id!r}", param="model") from exc
-    size = estimate_bytes(ref)
-    log.info("loaded %s in llama.cpp (%.1f MiB with its KV cache)", ref.id, size / 2**20)
-    return LlamaCppModel(llm, shape.context_length, size)
+    size = estimate_bytes(ref, parallel)
+    log.info(
+        "loaded %s in llama.cpp, %d contexts (%.1f MiB with their KV caches)",
+        ref.id,
+        parallel,
+        size / 2**20,
+    )
+    return LlamaCppModel(contexts, shape.context_length, size)
 
 
 class _Pieces:
@@ -244,18 +180,52 @@ class _Pieces:
 class LlamaCppEngine:
     """The :class:`~inference.engine.Engine` on llama.cpp, for ``gguf`` models on the CPU."""
 
-    def __init__(self, *, cache: ModelCache, threads: int | None = None) -> None:
+    def __init__(self, *, cache: ModelCache, threads: int | None = None, parallel: int = 1) -> None:
         self.cache = cache
         self.threads = threads
+        self.parallel = parallel
+        self._pools: weakref.WeakSet[ContextPool] = weakref.WeakSet()
+        """The loaded models' pools (an evicted model's goes with it)."""
+
+    def queued(self) -> int:
+        """Requests waiting for a free context of their model."""
+        return sum(pool.waiting for pool in list(self._pools))
 
     def _loaded(self, ref: ModelRef) -> LlamaCppModel:
         def load() -> tuple[LlamaCppModel, int]:
-            model = load_model(ref, threads=self.threads)
+            model = load_model(ref, threads=self.threads, parallel=self.parallel)
             return model, model.memory_bytes
 
         return self.cache.get_or_load(
-            ref.key, estimate=lambda: estimate_bytes(ref), load=load, name=ref.id
+            ref.key, estimate=lambda: estimate_bytes(ref, self.parallel), load=load, name=ref.id
         )
+
+    def _acquire(self, loaded: LlamaCppModel, cancel: threading.Event) -> Any | None:
+        """A context of the model (in arrival order), or None once ``cancel`` is set while
+        waiting for one."""
+        self._pools.add(loaded.pool)
+        return loaded.pool.acquire(cancel)
+
+    def _generate(
+        self,
+        loaded: LlamaCppModel,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        cancel: threading.Event,
+    ) -> Iterator[Delta]:
+        room = loaded.context_length - len(prompt_ids)
+        max_new = room if params.max_tokens is None else min(params.max_tokens, room)
+        seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**31)
+        llm = self._acquire(loaded, cancel)
+        if llm is None:
+            return
+        try:
+            for index in range(params.n):
+                if cancel.is_set():
+                    return
+                yield from _choice(llm, prompt_ids, params, index, seed + index, max_new, cancel)
+        finally:
+            loaded.pool.release(llm)
 
     def load(self, model: ModelRef) -> ModelInfo:
         loaded = self._loaded(model)
@@ -275,7 +245,7 @@ class LlamaCppEngine:
                 f"the prompt has {len(prompt_ids)}",
                 param="messages" if request.messages is not None else "prompt",
             )
-        deltas = _generate(loaded, prompt_ids, request.params, cancel)
+        deltas = self._generate(loaded, prompt_ids, request.params, cancel)
         return GenerationStream(model=model.id, prompt_tokens=len(prompt_ids), deltas=deltas)
 
     def generate(
@@ -295,21 +265,8 @@ def encode_prompt(loaded: LlamaCppModel, request: GenerationRequest) -> list[int
     return list(llm.tokenize(request.chat_prompt.encode(), add_bos=False, special=True))
 
 
-def _generate(
-    loaded: LlamaCppModel, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event
-) -> Iterator[Delta]:
-    room = loaded.context_length - len(prompt_ids)
-    max_new = room if params.max_tokens is None else min(params.max_tokens, room)
-    seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**31)
-    with loaded.lock:
-        for index in range(params.n):
-            if cancel.is_set():
-                return
-            yield from _choice(loaded, prompt_ids, params, index, seed + index, max_new, cancel)
-
-
 def _choice(
-    loaded: LlamaCppModel,
+    llm: Any,
     prompt_ids: list[int],
     params: SamplingParams,
     index: int,
@@ -317,7 +274,6 @@ def _choice(
     max_new: int,
     cancel: threading.Event,
 ) -> Iterator[Delta]:
-    llm = loaded.llm
     lib = _llama_cpp()
     vocab = lib.llama_model_get_vocab(llm.model)
     state = ChoiceState(Detokenizer(_Pieces(llm)), params.stop)

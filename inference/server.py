@@ -7,7 +7,8 @@ Concurrency. Each generation runs in a thread of its own and hands its deltas to
 so the loop stays free to answer health checks and refuse excess load. At most ``concurrency``
 generations run at once (a slot is held until the thread really ends, even after a cancel). The
 running generations of one transformers model share its batch (``max_batch`` rows, joined and
-left between tokens: :mod:`inference.batching`); a llama.cpp model runs one at a time.
+left between tokens: :mod:`inference.batching`); a llama.cpp model runs ``gguf_parallel``
+at once, and a request waiting for one of its contexts counts as waiting in ``/health``.
 ``queue_size`` more requests may wait for a slot; beyond that the answer is 429 with
 ``Retry-After`` at once, never a hang. One tenant (named by the API in ``X-Gristmill-Tenant``)
 may hold at most ``tenant_limit`` of those running and waiting places, so its burst is answered
@@ -83,6 +84,9 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
 
         engine = default_engine(settings)
     the_engine: Engine = engine
+    # A request holding a slot while it waits for an engine's own capacity (a free llama.cpp
+    # context) is waiting, not running, in what /health reports.
+    queued: Any = getattr(engine, "queued", lambda: 0)
     scheduler = Scheduler(settings.concurrency, settings.queue_size, settings.tenant_limit)
     stats = Stats()
     renderer = TemplateRenderer(
@@ -184,8 +188,8 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
         cache = getattr(the_engine, "cache", None)
         return {
             "status": "ok",
-            "running": scheduler.running,
-            "waiting": scheduler.admitted - scheduler.running,
+            "running": scheduler.running - queued(),
+            "waiting": scheduler.admitted - scheduler.running + queued(),
             "loaded_models": len(cache.keys(children=False)) if cache is not None else None,
             "loaded_adapters": len(cache.keys(parents=False)) if cache is not None else None,
             "memory_used_bytes": cache.used_bytes if cache is not None else None,
@@ -297,4 +301,10 @@ def serve(settings: InferenceSettings, host: str, port: int) -> None:
             "GRISTMILL_INFERENCE_TOKEN (the API must send the same), or bind 127.0.0.1"
         )
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    from inference.vllm_engine import EngineUnavailable
+
+    try:
+        app = create_app(settings)
+    except EngineUnavailable as exc:  # an operator's setting, not a bug: no traceback
+        raise SystemExit(f"gristmill inference: {exc}") from None
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

@@ -7,6 +7,7 @@ builds one and passes it to :func:`inference.server.create_app`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,12 +20,19 @@ class InferenceSettings(BaseSettings):
 
     memory_budget_bytes: int = Field(8 * 1024**3, gt=0)
     """Loaded models (weights + adapters) together stay under this; least recently used go first."""
+    engine: Literal["auto", "vllm"] = "auto"
+    """``GRISTMILL_INFERENCE_ENGINE``: ``auto`` runs Hugging Face models in transformers and
+    GGUF files in llama.cpp; ``vllm`` runs Hugging Face models in vLLM on a CUDA GPU (the
+    ``vllm`` extra; the service refuses to start without it or without CUDA), GGUF still in
+    llama.cpp."""
+    vllm_gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    """Share of the GPU vLLM reserves for weights and its paged KV cache."""
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     concurrency: int = Field(8, ge=1)
     """Generations running at once, over all models. On a transformers model the running ones
     share one batch (``max_batch``), so this is what lets concurrent requests batch; a llama.cpp
-    model still runs one at a time."""
+    model runs ``gguf_parallel`` at once."""
     max_batch: int = Field(8, ge=1)
     """``GRISTMILL_INFERENCE_MAX_BATCH``: rows (choices: a request counts ``n``) one
     transformers model decodes together; requests beyond it wait for a finished one to leave the
@@ -40,8 +48,8 @@ class InferenceSettings(BaseSettings):
     retry_after_seconds: int = Field(1, ge=1)
     """What a 429 tells the client to wait."""
     max_n: int = Field(8, ge=1)
-    """Largest ``n`` (choices per request; a batch in transformers, one after the other in
-    llama.cpp)."""
+    """Largest ``n`` (choices per request; a batch in transformers and vLLM, one after the
+    other in llama.cpp)."""
     model_root: Path | None = None
     """The store's folder: the API names models by keys under it, never by path.
     ``gristmill inference`` defaults it to the store the API uses (``GRISTMILL_STORAGE_DIR``,
@@ -51,7 +59,12 @@ class InferenceSettings(BaseSettings):
     the service answers nothing but ``/health`` without it. Unset, the service only binds a
     loopback address."""
     gguf_threads: int | None = Field(None, ge=1)
-    """CPU threads llama.cpp uses for GGUF models; None: its default (half the cores)."""
+    """CPU threads each llama.cpp context uses; None: its default (half the cores)."""
+    gguf_parallel: int = Field(2, ge=1)
+    """``GRISTMILL_INFERENCE_GGUF_PARALLEL``: llama.cpp contexts per GGUF model, each with its
+    own KV cache over the same memory-mapped weights, so that many requests on one GGUF model
+    generate at once (the budget counts the weights once and each context's KV cache); more
+    wait for a free context and show as waiting."""
     template_timeout_seconds: float = Field(2.0, gt=0)
     """Wall clock one chat template render may take (in a child process, before the request
     takes a slot); past it the child is killed and the request answers 422 ``template.timeout``."""
