@@ -99,9 +99,11 @@ class Settings(StorageSettings):
     here at most this long (``app.api.auth_cache``)."""
     rate_limit: str = "600/minute"
     """Requests per API key, in the ``limits`` notation (``100/minute;10/second``); empty: none."""
-    rater_rate_limit: str = "1200/minute"
+    rater_rate_limit: str = "20/second"
     """Requests all invited raters of one comparison may make together (each token also counts
-    against ``rate_limit``), so more invite links do not multiply a comparison's load."""
+    against ``rate_limit``), so more invite links do not multiply a comparison's load. People
+    rating answer a pair every few seconds each; a per-second window keeps a burst of scripted
+    votes from taking the API's cores from other tenants (``benchmarks/bench_raters.py``)."""
     rater_failure_limit: str = "20/minute"
     """Failed rater-token lookups (unknown or revoked tokens) per client address; past it, 429."""
     auth_failure_limit: str = "30/minute"

@@ -51,6 +51,9 @@ os.environ["GRISTMILL_REQUEUE_AFTER_SECONDS"] = "3"
 os.environ["GRISTMILL_METRICS_FLUSH_SECONDS"] = "0.5"
 os.environ["GRISTMILL_QUEUE_DEVICES"] = '{"cpu": 2, "gpu": 2}'  # DDP tests: 2 gloo processes
 os.environ["GRISTMILL_QUEUE_ACCELERATED"] = '{"gpu": false}'  # this machine has no CUDA
+# Tests vote by script, far faster than people (the default allows 20 requests a second per
+# comparison); the limit itself is tested with its own setting (test_invites_and_closing.py).
+os.environ["GRISTMILL_RATER_RATE_LIMIT"] = "1200/minute"
 
 import redis  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
