@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import layout
@@ -88,3 +88,12 @@ def spend_device_hours(factory: sessionmaker[Session], tenant_id: str, hours: fl
             )
         )
         session.commit()
+
+
+def dump_rows(factory: sessionmaker[Session], *tables: str) -> str:
+    """Every row of ``tables`` as text, for tests that search the database for a secret."""
+    with factory() as session:
+        return "".join(
+            repr([dict(r._mapping) for r in session.execute(text(f"SELECT * FROM {t}"))])
+            for t in tables
+        )

@@ -21,14 +21,13 @@ from sqlalchemy.orm import Session
 from app.db import get_owned, paginate, utcnow
 from app.errors import (
     Conflict,
-    InvalidInput,
     InvalidParameter,
     InvalidState,
     NotFound,
     Unauthorized,
 )
 from app.ids import new_id
-from app.jobs.idempotency import IDEMPOTENCY_TTL_S
+from app.jobs.idempotency import earlier_row
 from app.tenants.schemas import KeyCreate
 from app.tenants.tables import ApiKey, Tenant
 
@@ -218,9 +217,9 @@ def issue_key(
         )
     digest = request_hash(request)
     if idempotency_key is not None:
-        earlier = _earlier(session, tenant_id, idempotency_key, now)
+        earlier = _earlier(session, tenant_id, idempotency_key, digest)
         if earlier is not None:
-            return _replay(session, earlier, digest, now)
+            return _replay(session, earlier)
     key, prefix, key_hash = _secret()
     row = ApiKey(
         id=new_id("key"),
@@ -241,36 +240,25 @@ def issue_key(
         session.rollback()
         if idempotency_key is None:
             raise
-        earlier = _earlier(session, tenant_id, idempotency_key, now)
+        earlier = _earlier(session, tenant_id, idempotency_key, digest)
         if earlier is None:
             raise
-        return _replay(session, earlier, digest, now)
+        return _replay(session, earlier)
     return Issued(row=row, key=key)
 
 
-def _earlier(
-    session: Session, tenant_id: str, idempotency_key: str, now: datetime
-) -> ApiKey | None:
-    """The key an earlier request with this Idempotency-Key made within the replay window."""
+def _earlier(session: Session, tenant_id: str, idempotency_key: str, digest: str) -> ApiKey | None:
+    """The key an earlier request with this Idempotency-Key and body made within the replay
+    window (see :func:`app.jobs.idempotency.earlier_row`)."""
     row = session.scalar(
         select(ApiKey).where(
             ApiKey.tenant_id == tenant_id, ApiKey.idempotency_key == idempotency_key
         )
     )
-    if row is not None and row.created_at < now - timedelta(seconds=IDEMPOTENCY_TTL_S):
-        row.idempotency_key = None  # past the window: the Idempotency-Key is free again
-        session.flush()
-        return None
-    return row
+    return earlier_row(session, row, digest)
 
 
-def _replay(session: Session, row: ApiKey, digest: str, now: datetime) -> Issued:
-    if row.request_hash != digest:
-        raise InvalidInput(
-            "This Idempotency-Key was already used with a different request body.",
-            code="idempotency_key.reused",
-            param="Idempotency-Key",
-        )
+def _replay(session: Session, row: ApiKey) -> Issued:
     if row.last_used_at is not None or row.revoked_at is not None:
         raise Conflict(
             f"This Idempotency-Key made key '{row.id}', which has been used or revoked since; "

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.conftest import RunJob
+from tests.factories import dump_rows
 from tests.serving import free_port
 from tests.synth_endpoint import EMAIL, EVAL_ITEM, FLAKY, KEY, PHONE, PLANTED, teacher_endpoint
 
@@ -55,14 +55,6 @@ def _synthesize(call: Seen, run_job: RunJob, params: dict[str, Any]) -> dict[str
     assert response.status_code == 202, response.text
     run_job(response.json()["id"])
     return dict(call("GET", f"/v1/jobs/{response.json()['id']}").json())
-
-
-def _rows(factory: sessionmaker[Session], *tables: str) -> str:
-    with factory() as session:
-        return "".join(
-            repr([dict(r._mapping) for r in session.execute(text(f"SELECT * FROM {t}"))])
-            for t in tables
-        )
 
 
 def test_an_endpoint_teacher_distils_a_checked_dataset_and_its_key_never_leaks(
@@ -129,7 +121,7 @@ def test_an_endpoint_teacher_distils_a_checked_dataset_and_its_key_never_leaks(
     assert failed["error"]["code"] == "synthesize.endpoint_refused", failed
     call("GET", f"/v1/jobs/{failed['id']}/events")
 
-    tables = _rows(factory, "job", "job_event", "job_metric", "dataset")
+    tables = dump_rows(factory, "job", "job_event", "job_metric", "dataset")
     assert "teacher-1" in tables  # the search below reads what it should
     logs = caplog.text + "".join(capfd.readouterr())
     for haystack in (*call.texts, tables, logs, synthetic):

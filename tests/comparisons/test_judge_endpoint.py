@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from fastapi import FastAPI, Header, HTTPException
 from fastapi.testclient import TestClient
-from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.comparisons.judge_models import MARKER
@@ -24,6 +23,7 @@ from tests.comparisons.judging import (
     vote_for_the_marker,
 )
 from tests.conftest import RunJob
+from tests.factories import dump_rows
 from tests.serving import serve_in_thread
 
 KEY = "sk-test-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -53,11 +53,6 @@ def endpoint() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     calls: list[dict[str, Any]] = []
     with serve_in_thread(_judge_app(calls), log_level="warning") as url:
         yield f"{url}/v1", calls
-
-
-def _rows(factory: sessionmaker[Session], table: str) -> str:
-    with factory() as session:
-        return repr([dict(r._mapping) for r in session.execute(text(f"SELECT * FROM {table}"))])
 
 
 def test_an_endpoint_judge_votes_through_a_secret_that_never_leaks(
@@ -108,7 +103,7 @@ def test_an_endpoint_judge_votes_through_a_secret_that_never_leaks(
     seen.append(repr(call("GET", f"/v1/jobs/{job['id']}", headers=auth).json()))
     seen.append(repr(call("GET", f"/v1/jobs/{job['id']}/events", headers=auth).json()))
 
-    stored = _rows(factory, "tenant_secret")  # encrypted at rest, the URL too
+    stored = dump_rows(factory, "tenant_secret")  # encrypted at rest, the URL too
     assert "grader" in stored and KEY not in stored and url not in stored
 
     # A key the endpoint refuses fails the job with a message that does not repeat it.
@@ -122,7 +117,7 @@ def test_an_endpoint_judge_votes_through_a_secret_that_never_leaks(
     assert call("GET", "/v1/secrets", headers=auth).json()["data"] == []
 
     records = "".join(
-        _rows(factory, t) for t in ("job", "job_event", "job_metric", "comparison_rater")
+        dump_rows(factory, t) for t in ("job", "job_event", "job_metric", "comparison_rater")
     )
     assert "judge:grader/judge-1" in records  # the search reads what it should
     logs = caplog.text + "".join(capfd.readouterr())

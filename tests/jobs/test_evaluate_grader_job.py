@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from fastapi import FastAPI, Header, HTTPException
 from fastapi.testclient import TestClient
-from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.conftest import RunJob
+from tests.factories import dump_rows
 from tests.jobs.test_evaluate_task_job import _upload
 from tests.jobs.test_model_jobs import job_of, tar_bytes, upload_model
 from tests.pipeline.finetune_helpers import build_base
@@ -59,11 +59,6 @@ def _model(client: TestClient, auth: dict[str, str], run_job: RunJob, folder: Pa
     model = upload_model(client, auth, tar_bytes(folder))
     assert run_job(job_of(client, auth, model))["status"] == "succeeded"
     return str(model["id"])
-
-
-def _rows(factory: sessionmaker[Session], table: str) -> str:
-    with factory() as session:
-        return repr([dict(r._mapping) for r in session.execute(text(f"SELECT * FROM {table}"))])
 
 
 def test_graders_rate_each_answer_and_the_key_never_leaks(
@@ -143,7 +138,7 @@ def test_graders_rate_each_answer_and_the_key_never_leaks(
     assert gone.status_code == 400, gone.text
     assert gone.json()["error"]["param"] == "params.grader_secret"  # refused before queueing
 
-    records = "".join(_rows(factory, t) for t in ("job", "job_event", "job_metric", "dataset"))
+    records = dump_rows(factory, "job", "job_event", "job_metric", "dataset")
     assert "grader/g-1" in records  # the search reads what it should
     logs = caplog.text + "".join(capfd.readouterr())
     for haystack in (*seen, records, logs):
