@@ -38,7 +38,7 @@ from app.broker import enqueue
 from app.db import make_engine, make_session_factory
 from app.flows.housekeeping import ReaperThread
 from app.settings import Settings, get_settings
-from app.storage import LocalStore
+from app.storage import Store, open_configured_store
 
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     )
     app.state.settings = settings
     app.state.session_factory = factory
-    app.state.store = LocalStore(settings.resolved_storage_dir)
+    app.state.store = open_configured_store(settings)
     # Shared by the edge gate and the key routes, which drop a key they revoke at once.
     app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
     errors.install(app)

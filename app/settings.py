@@ -153,15 +153,18 @@ class Settings(StorageSettings):
 
     @property
     def resolved_storage_dir(self) -> Path:
-        """The local store's folder, for the code that still opens it by path."""
+        """The local store's folder, for what needs one by path (the inference service's
+        ``model_root`` on the embedded default)."""
         config = self.resolved_store
         if not config.is_local:
-            raise ValueError(
-                f"GRISTMILL_STORAGE_URL names object storage ({config.url}), but this release's "
-                "API, workers and inference service still read and write a local folder; "
-                "use file:// or GRISTMILL_STORAGE_DIR"
-            )
+            raise ValueError(f"the store is object storage ({config.url}), not a local folder")
         return config.local_root.resolve()
+
+    @property
+    def resolved_scratch_dir(self) -> Path:
+        """This machine's job folders (work, output, token cache) when the store is object
+        storage; on a local store they live inside it."""
+        return (self.data_dir / "scratch").resolve()
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from pytest_timeout import get_env_settings
 
+from tests.s3server import AWS_ENV, MotoServer, new_bucket
 from tests.serving import free_port
 from tests.timing import TIMEOUT_FACTOR, scaled, wait_for
 
@@ -65,7 +66,7 @@ from app.jobs.schemas import JobRead  # noqa: E402
 from app.jobs.tables import Job  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.settings import Settings, get_settings  # noqa: E402
-from app.storage import LocalStore  # noqa: E402
+from app.storage import open_configured_store  # noqa: E402
 from app.tenants.service import CreatedKey  # noqa: E402
 from tests.factories import make_key  # noqa: E402
 from workers import runner  # noqa: E402
@@ -169,6 +170,32 @@ def session(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A real S3 endpoint on loopback (moto's standalone server), started once per run."""
+    server = MotoServer.start(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Test credentials through the AWS chain's environment; nothing from the host's files or
+    an instance's metadata service."""
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+@pytest.fixture
+def bucket(moto_server: MotoServer, aws_env: None) -> str:
+    """A new empty bucket on ``moto_server`` (with the test credentials set)."""
+    return new_bucket(moto_server.url)
+
+
 @pytest.fixture
 def data_dir() -> Path:
     return Path(_DATA_DIR)
@@ -188,7 +215,7 @@ class RunJob:
 
     def __init__(self, factory: sessionmaker[Session], settings: Settings) -> None:
         self.factory, self.settings = factory, settings
-        self.store = LocalStore(settings.resolved_storage_dir)
+        self.store = open_configured_store(settings)
 
     def __call__(self, job_id: str) -> dict[str, Any]:
         """Run the job to its end and return it as ``GET /v1/jobs/{id}`` shows it (any tenant's

@@ -16,7 +16,7 @@ from app.flows.submission import queue_job
 from app.jobs.kinds import get_kind
 from app.jobs.tables import Job
 from app.settings import get_settings
-from app.storage import LocalStore
+from app.storage import open_configured_store
 from app.tenants.service import CreatedKey, create_api_key
 from pipeline.configs.codec import decode
 
@@ -64,7 +64,7 @@ def make_job(
         return queue_job(
             session=session,
             settings=settings,
-            store=LocalStore(settings.resolved_storage_dir),
+            store=open_configured_store(settings),
             tenant_id=tenant_id,
             kind=kind,
             params=decode(kind.params, {**defaults, **(params or {})}),

@@ -40,7 +40,7 @@ from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.logging import bind
 from app.settings import Settings
-from app.storage import LocalStore
+from app.storage import Store
 from pipeline.configs.codec import decode
 from pipeline.types import Hooks, PipelineError, RetryableError, RunPaths, StageCancelled
 from workers.handlers.base import Handler, JobContext, Outcome, Placed
@@ -54,7 +54,7 @@ def lease_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def run_paths(store: LocalStore, tenant_id: str, job_id: str) -> RunPaths:
+def run_paths(store: Store, tenant_id: str, job_id: str) -> RunPaths:
     """The job's folders. ``work`` survives attempts (checkpoints); ``output`` starts empty; the
     cache is the tenant's own, so no tenant can learn what another trained on."""
     work = store.local_path(layout.job_work(job_id))
@@ -78,7 +78,7 @@ def execute(
     owner: str,
     settings: Settings,
     session_factory: sessionmaker[Session],
-    store: LocalStore,
+    store: Store,
     on_hung: Callable[[], None] = end_this_process,
 ) -> str | None:
     """Run one job if this delivery wins the claim. Returns the final status it wrote, if any.
@@ -127,7 +127,7 @@ def _context(
     attempt: int,
     monitor: JobMonitor,
     settings: Settings,
-    store: LocalStore,
+    store: Store,
     session_factory: sessionmaker[Session],
 ) -> JobContext[Any]:
     """Decode the stored parameters and resolve the inputs they name (tenant-checked again)."""
@@ -168,7 +168,7 @@ def _context(
 def _run_and_finish(
     ctx: JobContext[Any],
     monitor: JobMonitor,
-    store: LocalStore,
+    store: Store,
     factory: sessionmaker[Session],
 ) -> str | None:
     att = _Attempt(ctx.job_id, ctx.tenant_id, ctx.attempt, ctx.settings, store, factory)
@@ -213,7 +213,7 @@ class _Attempt:
     tenant_id: str
     attempt: int
     settings: Settings
-    store: LocalStore
+    store: Store
     factory: sessionmaker[Session]
 
 

@@ -18,7 +18,7 @@ from app.broker import RUN_JOB, enqueue
 from app.db import make_engine, make_session_factory
 from app.flows.housekeeping import ReaperThread
 from app.settings import Settings, get_settings
-from app.storage import LocalStore
+from app.storage import Store, open_configured_store
 from workers import runner
 from workers.monitor import drain_marker
 from workers.watchdog import DeafnessWatchdog
@@ -27,11 +27,11 @@ log = logging.getLogger(__name__)
 
 
 @lru_cache
-def resources() -> tuple[Settings, sessionmaker[Session], LocalStore]:
+def resources() -> tuple[Settings, sessionmaker[Session], Store]:
     """Per-process database and store handles, made after the pool forks."""
     settings = get_settings()
     factory = make_session_factory(make_engine(settings.resolved_database_url))
-    return settings, factory, LocalStore(settings.resolved_storage_dir)
+    return settings, factory, open_configured_store(settings)
 
 
 def register(app: Celery) -> None:
@@ -76,7 +76,7 @@ def _start_reaper(**_: Any) -> None:
     drain_marker(os.getpid()).unlink(missing_ok=True)  # a stale one from a dead namesake
     settings = get_settings()
     factory = make_session_factory(make_engine(settings.resolved_database_url))
-    _reaper = ReaperThread(factory, settings, enqueue, LocalStore(settings.resolved_storage_dir))
+    _reaper = ReaperThread(factory, settings, enqueue, open_configured_store(settings))
     _reaper.start()
     global _watchdog
     _watchdog = DeafnessWatchdog(

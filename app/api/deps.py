@@ -25,7 +25,7 @@ from app.errors import Forbidden, NotFound, Unauthorized, shown
 from app.jobs import service as jobs
 from app.jobs.tables import Job
 from app.settings import Settings
-from app.storage import LocalStore
+from app.storage import Store
 from app.tenants.service import Caller
 
 
@@ -43,14 +43,14 @@ def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
-def get_store(request: Request) -> LocalStore:
-    store: LocalStore = request.app.state.store
+def get_store(request: Request) -> Store:
+    store: Store = request.app.state.store
     return store
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-StoreDep = Annotated[LocalStore, Depends(get_store)]
+StoreDep = Annotated[Store, Depends(get_store)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer gm_…`")
 

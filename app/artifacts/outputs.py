@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app import layout
 from app.artifacts.service import Category, write_manifest
 from app.artifacts.tables import Artifact
-from app.storage import LocalStore
+from app.storage import Store
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class NewArtifact:
     details: Mapping[str, Any] = field(default_factory=dict)
     copy: bool = False
 
-    def place(self, *, store: LocalStore, tenant_id: str, job_id: str | None) -> PlacedArtifact:
+    def place(self, *, store: Store, tenant_id: str, job_id: str | None) -> PlacedArtifact:
         """Move (or copy) the folder into the store, with its manifest."""
         key = layout.artifact(self.category, self.id)
         target = store.local_path(key)
@@ -75,7 +75,7 @@ class PlacedArtifact:
     def record(self, *, session: Session) -> None:
         session.add(self.row)
 
-    def discard(self, *, store: LocalStore) -> None:
+    def discard(self, *, store: Store) -> None:
         store.delete(self.row.uri)
 
 
@@ -90,7 +90,7 @@ class ImportVerdict:
     format: str = "huggingface"
     """What import found the weights to be (``gptq`` for a GPTQ model): jobs check it."""
 
-    def place(self, *, store: LocalStore, tenant_id: str, job_id: str | None) -> PlacedImport:
+    def place(self, *, store: Store, tenant_id: str, job_id: str | None) -> PlacedImport:
         """Move an accepted model's files into its folder (the archive is dropped either way)."""
         folder = store.local_path(layout.artifact("model", self.artifact_id))
         store.delete(layout.model_upload(self.artifact_id))
@@ -119,6 +119,6 @@ class PlacedImport:
         for name, value in {**self.values, "details": details}.items():
             setattr(artifact, name, value)
 
-    def discard(self, *, store: LocalStore) -> None:
+    def discard(self, *, store: Store) -> None:
         """Nothing to undo: the files sit in the model's own folder (its delete removes them),
         and without the verdict the model stays ``validating``, as it was."""

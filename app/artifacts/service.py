@@ -19,7 +19,7 @@ from app.artifacts.tables import Artifact
 from app.db import find_owned, get_owned, paginate
 from app.errors import InvalidInput, NotFound, public_reasons, shown
 from app.ids import new_id
-from app.storage import CHUNK, LocalStore, sha256_of
+from app.storage import CHUNK, Store, sha256_of
 
 Category = Literal["tokenizer", "model"]
 PREFIXES: dict[Category, str] = {"tokenizer": "tok", "model": "mdl"}
@@ -151,7 +151,7 @@ def lock_for_delete(*, session: Session, artifact_id: str) -> Artifact | None:
     return session.get(Artifact, artifact_id, with_for_update=True, populate_existing=True)
 
 
-def delete_model(*, session: Session, store: LocalStore, artifact: Artifact) -> None:
+def delete_model(*, session: Session, store: Store, artifact: Artifact) -> None:
     """Delete the model's row (committed with whatever the caller wrote), then its files."""
     uri = artifact.uri
     session.delete(artifact)
@@ -168,7 +168,7 @@ def list_artifacts(
     return paginate(session, stmt.order_by(Artifact.id.desc()), limit=limit)
 
 
-def list_files(*, store: LocalStore, artifact: Artifact) -> list[ArtifactFile]:
+def list_files(*, store: Store, artifact: Artifact) -> list[ArtifactFile]:
     """The files of a ready artifact (one still validating, or refused, has none to offer)."""
     path = store.local_path(artifact.uri) / MANIFEST
     if artifact.status != "ready" or not path.exists():
@@ -176,7 +176,7 @@ def list_files(*, store: LocalStore, artifact: Artifact) -> list[ArtifactFile]:
     return [ArtifactFile(**entry) for entry in json.loads(path.read_text())]
 
 
-def file_path(*, store: LocalStore, artifact: Artifact, name: str) -> Path:
+def file_path(*, store: Store, artifact: Artifact, name: str) -> Path:
     """One file of the artifact, only if the manifest lists it (no path games)."""
     if name not in {f.path for f in list_files(store=store, artifact=artifact)}:
         raise NotFound(
@@ -185,7 +185,7 @@ def file_path(*, store: LocalStore, artifact: Artifact, name: str) -> Path:
     return store.local_path(artifact.uri) / name
 
 
-def stream_tar(*, store: LocalStore, artifact: Artifact) -> Iterator[bytes]:
+def stream_tar(*, store: Store, artifact: Artifact) -> Iterator[bytes]:
     """A ``.tar`` of the artifact folder, produced file by file: memory stays flat.
 
     Raises:

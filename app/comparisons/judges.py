@@ -24,7 +24,7 @@ from app.comparisons.tables import (
     Rater,
 )
 from app.ids import new_id
-from app.storage import LocalStore
+from app.storage import Store
 
 JUDGE_TICKET = "judge"
 """The ticket a judge's votes carry (they are not cast through a ticket)."""
@@ -89,7 +89,7 @@ class JudgeVotes:
     details: dict[str, Any]
     votes: Sequence[JudgeVote]
 
-    def place(self, *, store: LocalStore, tenant_id: str, job_id: str | None) -> JudgeVotes:
+    def place(self, *, store: Store, tenant_id: str, job_id: str | None) -> JudgeVotes:
         """Votes are rows only: placed as they are."""
         return self
 
@@ -122,7 +122,7 @@ class JudgeVotes:
             .execution_options(synchronize_session=False)
         )
 
-    def discard(self, *, store: LocalStore) -> None:
+    def discard(self, *, store: Store) -> None:
         """Nothing was placed."""
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from app.comparisons.tables import Comparison, ComparisonAnswer, ComparisonPair
-from app.storage import LocalStore
+from app.storage import Store
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class ComparisonAnswers:
     answers: Mapping[str, Sequence[str]]
     """Model id → its answer to each prompt, in prompt order."""
 
-    def place(self, *, store: LocalStore, tenant_id: str, job_id: str | None) -> ComparisonAnswers:
+    def place(self, *, store: Store, tenant_id: str, job_id: str | None) -> ComparisonAnswers:
         """Answers are rows only: placed as they are."""
         return self
 
@@ -57,5 +57,5 @@ class ComparisonAnswers:
                 )  # fmt: skip
         comparison.status = "open"
 
-    def discard(self, *, store: LocalStore) -> None:
+    def discard(self, *, store: Store) -> None:
         """Nothing was placed; the comparison stays closed without its answers."""

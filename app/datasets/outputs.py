@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app import layout
 from app.datasets.tables import Dataset
 from app.db import utcnow
-from app.storage import CHUNK, LocalStore
+from app.storage import CHUNK, Store
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class NewDataset:
     parent_id: str
     report: Path | None = None
 
-    def place(self, *, store: LocalStore, tenant_id: str, job_id: str | None) -> PlacedDataset:
+    def place(self, *, store: Store, tenant_id: str, job_id: str | None) -> PlacedDataset:
         """Move the JSONL file (and its report) into the store."""
         target = store.local_path(layout.dataset_data(self.id))
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ class PlacedDataset:
     def record(self, *, session: Session) -> None:
         session.add(self.row)
 
-    def discard(self, *, store: LocalStore) -> None:
+    def discard(self, *, store: Store) -> None:
         store.delete(layout.dataset(self.row.id))
 
 
@@ -88,7 +88,7 @@ class ValidationVerdict:
     dataset_id: str
     values: dict[str, Any]
 
-    def place(self, *, store: LocalStore, tenant_id: str, job_id: str | None) -> ValidationVerdict:
+    def place(self, *, store: Store, tenant_id: str, job_id: str | None) -> ValidationVerdict:
         """A verdict moves no files: it is placed as it is."""
         return self
 
@@ -100,7 +100,7 @@ class ValidationVerdict:
             .execution_options(synchronize_session=False)
         )
 
-    def discard(self, *, store: LocalStore) -> None:
+    def discard(self, *, store: Store) -> None:
         """Nothing was placed; the dataset stays ``validating`` without the verdict."""
 
 

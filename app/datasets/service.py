@@ -17,7 +17,7 @@ from app.errors import InvalidInput, NotFound, public_message, public_reasons, s
 from app.ids import new_id
 from app.jobs.states import FINAL_STATES, JobStatus
 from app.jobs.tables import Job
-from app.storage import LocalStore
+from app.storage import Store
 
 SPLITS = ("file", "paragraph", "line")
 
@@ -138,7 +138,7 @@ def mark_deleted(*, session: Session, dataset: Dataset) -> None:
     session.commit()
 
 
-def delete_dataset(*, session: Session, store: LocalStore, dataset: Dataset) -> None:
+def delete_dataset(*, session: Session, store: Store, dataset: Dataset) -> None:
     """Delete the dataset's row (committed with whatever the caller wrote), then its files."""
     keys = [dataset.storage_key, dataset.report_key]
     session.delete(dataset)
@@ -149,7 +149,7 @@ def delete_dataset(*, session: Session, store: LocalStore, dataset: Dataset) -> 
     store.delete(layout.dataset(dataset.id))
 
 
-def read_report(*, store: LocalStore, dataset: Dataset) -> dict[str, Any] | None:
+def read_report(*, store: Store, dataset: Dataset) -> dict[str, Any] | None:
     if not dataset.report_key or not store.exists(dataset.report_key):
         return None
     with store.open_read(dataset.report_key) as handle:

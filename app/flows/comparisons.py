@@ -15,7 +15,7 @@ from app.flows.submission import Enqueue, queue_job
 from app.jobs.kinds import CompareParams, get_kind
 from app.jobs.tables import Job
 from app.settings import Settings
-from app.storage import LocalStore
+from app.storage import Store
 from pipeline.configs.base import ConfigError
 
 
@@ -23,7 +23,7 @@ def create_comparison(
     *,
     session: Session,
     settings: Settings,
-    store: LocalStore,
+    store: Store,
     tenant_id: str,
     body: ComparisonCreate,
     idempotency_key: str | None = None,

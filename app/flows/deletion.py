@@ -28,7 +28,7 @@ from app.datasets import service as datasets
 from app.datasets.tables import Dataset
 from app.errors import Conflict, InvalidInput, NotFound
 from app.jobs import readers
-from app.storage import LocalStore
+from app.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ BATCH = 100
 
 
 def delete_dataset(
-    *, session: Session, store: LocalStore, tenant_id: str, dataset_id: str, defer: bool = False
+    *, session: Session, store: Store, tenant_id: str, dataset_id: str, defer: bool = False
 ) -> None:
     """Delete a dataset and its files. If a queued or running job reads it, refuse, or with
     ``defer`` (OpenAI's files API) hide it now and leave it to :func:`purge_deleted`.
@@ -64,7 +64,7 @@ def delete_dataset(
 
 
 def purge_deleted(
-    *, factory: sessionmaker[Session], store: LocalStore, read_by: str | None = None
+    *, factory: sessionmaker[Session], store: Store, read_by: str | None = None
 ) -> int:
     """Remove the datasets deleted while jobs read them whose last such job has ended (only
     those ``read_by`` names, for a job that just ended); returns how many went. Idempotent: any
@@ -80,7 +80,7 @@ def purge_deleted(
     return purged
 
 
-def _purge(session: Session, store: LocalStore, dataset_id: str) -> bool:
+def _purge(session: Session, store: Store, dataset_id: str) -> bool:
     dataset = datasets.lock_for_delete(session=session, dataset_id=dataset_id)
     if dataset is None or readers.read_by_unfinished_job(session=session, object_id=dataset_id):
         session.rollback()
@@ -90,7 +90,7 @@ def _purge(session: Session, store: LocalStore, dataset_id: str) -> bool:
     return True
 
 
-def delete_model(*, session: Session, store: LocalStore, artifact: Artifact) -> None:
+def delete_model(*, session: Session, store: Store, artifact: Artifact) -> None:
     """Delete a model and its files, unless a job that has not finished reads it.
 
     Raises:

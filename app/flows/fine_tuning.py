@@ -22,7 +22,7 @@ from app.flows.submission import Enqueue, queue_job
 from app.jobs.kinds import FinetuneParams, get_kind
 from app.jobs.tables import Job
 from app.settings import Settings
-from app.storage import LocalStore
+from app.storage import Store
 from pipeline.configs.codec import decode
 
 
@@ -30,7 +30,7 @@ def create_fine_tuning_job(
     *,
     session: Session,
     settings: Settings,
-    store: LocalStore,
+    store: Store,
     tenant_id: str,
     body: schemas.FineTuningJobCreate,
     idempotency_key: str | None = None,

@@ -28,7 +28,7 @@ from app.datasets.tables import Dataset
 from app.db import utcnow
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
-from app.storage import LocalStore
+from app.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Collected:
 
 
 def collect_garbage(
-    *, factory: sessionmaker[Session], store: LocalStore, retention_s: float
+    *, factory: sessionmaker[Session], store: Store, retention_s: float
 ) -> Collected:
     collected = Collected()
     cutoff = utcnow() - timedelta(seconds=retention_s)
@@ -67,7 +67,7 @@ def collect_garbage(
     return collected
 
 
-def _orphans(session: Session, store: LocalStore, retention_s: float) -> int:
+def _orphans(session: Session, store: Store, retention_s: float) -> int:
     """Folders older than the retention whose row does not exist (or whose job has ended)."""
     removed = 0
     tables: tuple[tuple[str, type[Job] | type[Artifact] | type[Dataset]], ...] = (
@@ -102,7 +102,7 @@ def _existing(
     return set(session.scalars(stmt))
 
 
-def _stale_cache(store: LocalStore, retention_s: float) -> int:
+def _stale_cache(store: Store, retention_s: float) -> int:
     removed = 0
     cache = store.local_path("cache")
     if not cache.is_dir():

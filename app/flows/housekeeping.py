@@ -19,7 +19,7 @@ from app.flows.gc import collect_garbage
 from app.flows.waiting import release_waiting_jobs
 from app.jobs.reaper import Enqueue, reap
 from app.settings import Settings
-from app.storage import LocalStore
+from app.storage import Store, open_configured_store
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,12 @@ class ReaperThread:
         factory: sessionmaker[Session],
         settings: Settings,
         enqueue: Enqueue,
-        store: LocalStore | None = None,
+        store: Store | None = None,
     ):
         self.factory, self.settings, self.enqueue = factory, settings, enqueue
         self.store = store
         # Waiting jobs' inputs are located like a worker locates them (nothing is read).
-        self.inputs = store or LocalStore(settings.resolved_storage_dir)
+        self.inputs = store or open_configured_store(settings)
         self._last_gc = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)

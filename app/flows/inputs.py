@@ -19,7 +19,7 @@ from app.artifacts import service as artifacts
 from app.datasets import service as datasets
 from app.errors import InvalidInput, NotFound
 from app.jobs.kinds import InputKind, InputRef, JobKind
-from app.storage import LocalStore
+from app.storage import Store
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Resolved:
 def load_inputs(
     *,
     session: Session,
-    store: LocalStore,
+    store: Store,
     tenant_id: str,
     kind: JobKind,
     params: Any,
@@ -84,7 +84,7 @@ def load_inputs(
 
 def _load(
     session: Session,
-    store: LocalStore,
+    store: Store,
     tenant_id: str,
     item: InputRef,
     object_id: str,
@@ -153,7 +153,7 @@ def _load(
 
 def _dataset(
     session: Session,
-    store: LocalStore,
+    store: Store,
     tenant_id: str,
     item: InputRef,
     object_id: str,

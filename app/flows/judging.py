@@ -20,7 +20,7 @@ from app.jobs.kinds import get_kind
 from app.jobs.kinds.judge import JudgeParams
 from app.jobs.tables import Job
 from app.settings import Settings
-from app.storage import LocalStore
+from app.storage import Store
 from app.tenants import secrets
 from app.tenants.secrets import Endpoint
 from pipeline.configs.base import ConfigError
@@ -32,7 +32,7 @@ def start_judge(
     *,
     session: Session,
     settings: Settings,
-    store: LocalStore,
+    store: Store,
     tenant_id: str,
     comparison: Comparison,
     body: JudgeCreate,

@@ -29,7 +29,7 @@ from app.jobs import service as jobs
 from app.jobs.kinds import JobKind, check_threads, queue_capacity
 from app.jobs.tables import Job
 from app.settings import Settings
-from app.storage import LocalStore
+from app.storage import Store
 from app.tenants import secrets
 from pipeline.configs.base import ConfigError
 from pipeline.configs.codec import encode
@@ -49,7 +49,7 @@ def submit_job(
     *,
     session: Session,
     settings: Settings,
-    store: LocalStore,
+    store: Store,
     tenant_id: str,
     kind: JobKind,
     params: Any,
@@ -89,7 +89,7 @@ def queue_job(
     *,
     session: Session,
     settings: Settings,
-    store: LocalStore,
+    store: Store,
     tenant_id: str,
     kind: JobKind,
     params: Any,

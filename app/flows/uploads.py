@@ -33,7 +33,7 @@ from app.flows import quotas
 from app.flows.submission import Enqueue, queue_job
 from app.jobs.kinds import ImportModelParams, ValidateParams, get_kind
 from app.settings import Settings
-from app.storage import AtomicWriter, LocalStore
+from app.storage import AtomicWriter, Store
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ class Uploader:
 
     session: Session
     settings: Settings
-    store: LocalStore
+    store: Store
     tenant_id: str
     enqueue: Enqueue = broker.enqueue
     idempotency_key: str | None = None
@@ -158,7 +158,7 @@ class _Registration:
 
 
 @asynccontextmanager
-async def _removed_until_registered(store: LocalStore, folder: str) -> AsyncIterator[_Registration]:
+async def _removed_until_registered(store: Store, folder: str) -> AsyncIterator[_Registration]:
     """Any failure before the registration is committed (a refusal, a cut-off body, a cancelled
     request) removes ``folder``."""
     registration = _Registration()

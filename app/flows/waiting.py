@@ -29,7 +29,7 @@ from app.jobs.kinds import KINDS
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.settings import Settings
-from app.storage import LocalStore
+from app.storage import Store
 from pipeline.configs.codec import decode
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Released:
 
 
 def release_waiting_jobs(
-    *, factory: sessionmaker[Session], store: LocalStore, enqueue: Enqueue = broker.enqueue
+    *, factory: sessionmaker[Session], store: Store, enqueue: Enqueue = broker.enqueue
 ) -> Released:
     """One pass over the waiting jobs: send the ready ones, fail the ones that cannot run."""
     released = Released()
@@ -81,7 +81,7 @@ def release_waiting_jobs(
     return released
 
 
-def waits_for_files(session: Session, store: LocalStore, job: Job) -> bool:
+def waits_for_files(session: Session, store: Store, job: Job) -> bool:
     """Whether a queued job reads a file still being validated (False if it cannot run at all:
     the runner then fails it with the reason)."""
     try:
@@ -90,7 +90,7 @@ def waits_for_files(session: Session, store: LocalStore, job: Job) -> bool:
         return False
 
 
-def _still_waiting(session: Session, store: LocalStore, job: Job) -> bool:
+def _still_waiting(session: Session, store: Store, job: Job) -> bool:
     """True while an input is being validated.
 
     Raises:
@@ -148,7 +148,7 @@ def resume_job(
     *,
     session: Session,
     settings: Settings,
-    store: LocalStore,
+    store: Store,
     tenant_id: str,
     job_id: str,
     enqueue: Enqueue = broker.enqueue,

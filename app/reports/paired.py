@@ -22,7 +22,7 @@ from app.db import find_owned
 from app.errors import Conflict, InvalidInput, NotFound, shown
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
-from app.storage import LocalStore
+from app.storage import Store
 
 PER_ITEM = (
     "acc", "acc_norm", "exact_match", "f1", "rouge_l", "chrf", "bleu", "correct", "grader_score"
@@ -100,7 +100,7 @@ def compare_examples(
     return {"metric": metric, **result}
 
 
-def _examples(session: Session, store: LocalStore, job: Job) -> tuple[str, dict[int, Any]]:
+def _examples(session: Session, store: Store, job: Job) -> tuple[str, dict[int, Any]]:
     task = (job.result or {}).get("task") if job.type == "evaluate" else None
     if job.status != JobStatus.succeeded or not task or not task.get("examples_dataset_id"):
         raise Conflict(
@@ -118,7 +118,7 @@ def _examples(session: Session, store: LocalStore, job: Job) -> tuple[str, dict[
 
 
 def compare_jobs(
-    *, session: Session, store: LocalStore, job: Job, other_id: str, metric: str
+    *, session: Session, store: Store, job: Job, other_id: str, metric: str
 ) -> dict[str, Any]:
     """``other_id`` minus ``job`` on ``metric``, paired over their shared task items.
 

@@ -19,7 +19,7 @@ from app.store.cache import BlobCache
 from app.store.errors import FolderIncomplete, IntegrityError
 from app.store.folders import put_bytes, put_folder
 from app.store.s3 import S3Store
-from tests.store.s3server import MotoServer
+from tests.s3server import MotoServer
 from tests.timing import scaled
 
 KiB = 1024

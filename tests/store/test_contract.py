@@ -15,7 +15,7 @@ from app.store.errors import InvalidKey, ObjectNotFound
 from app.store.local import LocalStore
 from app.store.s3 import S3Store
 from tests.store.conftest import SECRET, pending_uploads, s3_options
-from tests.store.s3server import MotoServer
+from tests.s3server import MotoServer
 
 MiB = 1024 * 1024
 

@@ -23,7 +23,7 @@ from app.errors import public_message
 from app.flows.inputs import Resolved
 from app.jobs.kinds import JobKind
 from app.settings import Settings
-from app.storage import LocalStore
+from app.storage import Store
 from pipeline.configs.codec import decode, encode
 from pipeline.parts.datasets.formats import detect_format
 from pipeline.types import (
@@ -48,7 +48,7 @@ class Placed(Protocol):
     def record(self, *, session: Session) -> None:
         """Write its rows, in the transaction that marks the job succeeded."""
 
-    def discard(self, *, store: LocalStore) -> None:
+    def discard(self, *, store: Store) -> None:
         """Undo the placing: the job ended otherwise (cancelled while finishing, or another
         attempt owns it), so the output must never become visible."""
 
@@ -61,7 +61,7 @@ class Output(Protocol):
     handles every output alike and a new output type touches only its domain.
     """
 
-    def place(self, *, store: LocalStore, tenant_id: str, job_id: str) -> Placed:
+    def place(self, *, store: Store, tenant_id: str, job_id: str) -> Placed:
         """Move its files into the store, before the final transaction; no rows yet."""
         ...
 

@@ -14,9 +14,65 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import uuid
+
+import boto3
 import httpx
 
+from app.store.config import MiB, S3Options
 from tests.timing import scaled
+
+REGION = "us-east-1"
+SECRET = "test-secret-that-never-leaves"
+"""The test secret access key: tests look for it where it must never appear."""
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": SECRET,
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+"""The credentials a process reads through the AWS chain (set by the ``aws_env`` fixture)."""
+
+
+def s3_options(endpoint: str, **overrides: object) -> S3Options:
+    """Small parts and quick timeouts, so the tests exercise multipart and failures fast."""
+    settings: dict[str, object] = {
+        "endpoint_url": endpoint,
+        "region": REGION,
+        "addressing_style": "path",
+        "part_size": 5 * MiB,
+        "concurrency": 2,
+        "connect_timeout_s": 2.0,
+        "read_timeout_s": 10.0,
+        "max_attempts": 2,
+    }
+    return S3Options(**{**settings, **overrides})  # type: ignore[arg-type]
+
+
+def new_bucket(endpoint: str) -> str:
+    name = f"gm-{uuid.uuid4().hex[:16]}"
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )  # fmt: skip
+    client.create_bucket(Bucket=name)
+    return name
+
+
+def storage_env(endpoint: str, bucket: str, prefix: str = "gristmill") -> dict[str, str]:
+    """The ``GRISTMILL_STORAGE_*`` settings (and test credentials) that point a Gristmill process
+    (API, worker, inference) at ``s3://bucket/prefix`` on ``endpoint``."""
+    return {
+        **AWS_ENV,
+        "GRISTMILL_STORAGE_URL": f"s3://{bucket}/{prefix}",
+        "GRISTMILL_STORAGE_ENDPOINT_URL": endpoint,
+        "GRISTMILL_STORAGE_REGION": REGION,
+        "GRISTMILL_STORAGE_ADDRESSING_STYLE": "path",
+        "GRISTMILL_STORAGE_PART_SIZE_BYTES": str(5 * MiB),
+        "GRISTMILL_STORAGE_TRANSFER_CONCURRENCY": "2",
+        "GRISTMILL_STORAGE_CONNECT_TIMEOUT_SECONDS": "2",
+        "GRISTMILL_STORAGE_READ_TIMEOUT_SECONDS": "10",
+        "GRISTMILL_STORAGE_MAX_ATTEMPTS": "2",
+    }
 
 
 def free_port() -> int:
