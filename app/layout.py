@@ -38,6 +38,12 @@ def job_work(job_id: str) -> str:
     return f"{job(job_id)}/work"
 
 
+def job_work_item(job_id: str, relative: str) -> str:
+    """A file or folder of the job's work folder (``checkpoints/step_00000123``), as copied to
+    object storage so that an attempt on another machine can resume from it."""
+    return f"{job_work(job_id)}/{relative}"
+
+
 def job_output(job_id: str) -> str:
     """Finished products of one attempt, before they are registered."""
     return f"{job(job_id)}/output"
