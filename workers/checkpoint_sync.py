@@ -87,6 +87,12 @@ class CheckpointSync:
         self._closing = False
         self._companions_done: set[str] = set()
         self._thread: threading.Thread | None = None
+        self._restoring = False
+
+    @property
+    def active(self) -> bool:
+        """Whether a copy (either way) is under way: the attempt is alive, if quiet."""
+        return self._busy or self._pending is not None or self._restoring
 
     # -- the start of an attempt --------------------------------------------------------------
 
@@ -97,6 +103,13 @@ class CheckpointSync:
         (retryable: the attempt fails on its budget) when the store cannot be read."""
         if not self.enabled:
             return []
+        self._restoring = True
+        try:
+            return self._restore()
+        finally:
+            self._restoring = False
+
+    def _restore(self) -> list[str]:
         shutil.rmtree(self._staging, ignore_errors=True)  # a killed attempt's leftovers
         restored: list[str] = []
         series: dict[tuple[str, str], list[tuple[int, str]]] = {}

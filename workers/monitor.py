@@ -29,6 +29,7 @@ from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.settings import Settings
 from pipeline.types import Progress
+from workers.checkpoint_sync import CheckpointSync
 from workers.launch import kill_launched_groups
 
 log = logging.getLogger(__name__)
@@ -92,13 +93,27 @@ class JobMonitor:
         self._events: list[dict[str, Any]] = []
         self._progress: dict[str, Any] | None = None
         self._started = time.monotonic()
+        self._checkpoints: CheckpointSync | None = None
         self._thread = threading.Thread(target=self._run, name=f"monitor-{job_id}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread and write what is buffered; safe to call more than once."""
+    def copy_checkpoints(self, sync: CheckpointSync) -> None:
+        """Hand the stage's ``checkpoint`` events to ``sync`` (copies to object storage), and
+        close it in :meth:`stop`, while the lease is still being renewed."""
+        self._checkpoints = sync
+
+    def stop(self, *, upload_checkpoints: bool = True) -> None:
+        """Stop the thread and write what is buffered; safe to call more than once.
+
+        First the checkpoint copy in flight ends, and with ``upload_checkpoints`` the last one
+        queued is copied too (a paused, preempted or failed job resumes from it, on any
+        machine); a job that succeeded, or whose lease was lost, passes False or skips it.
+        """
+        if self._checkpoints is not None:
+            upload = upload_checkpoints and not self.lease_lost.is_set()
+            self._checkpoints.close(upload_pending=upload)
         if self._done.is_set():
             return
         self._done.set()
@@ -144,6 +159,8 @@ class JobMonitor:
             self._events.append(
                 {"message": message, "data": dict(data or {}), "level": level, "at": utcnow()}
             )
+        if self._checkpoints is not None:
+            self._checkpoints.on_event(message, data)
 
     def _run(self) -> None:
         tick = min(1.0, self.settings.heartbeat_seconds)
@@ -154,6 +171,8 @@ class JobMonitor:
                 self.preempted.set()
             if self._past_limits():
                 return
+            if self._checkpoints is not None and self._checkpoints.active:
+                self._last_sign = time.monotonic()  # a long checkpoint copy is no hang
             stalled = time.monotonic() - self._last_sign > self.settings.job_stall_seconds
             try:
                 with self.factory() as session:

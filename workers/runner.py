@@ -43,6 +43,7 @@ from app.settings import Settings
 from app.storage import Store
 from pipeline.configs.codec import decode
 from pipeline.types import Hooks, PipelineError, RetryableError, RunPaths, StageCancelled
+from workers.checkpoint_sync import CheckpointSync
 from workers.handlers.base import Handler, JobContext, Outcome, Placed
 from workers.monitor import JobMonitor, end_this_process
 
@@ -150,6 +151,8 @@ def _context(
         storage_left = settings.quota_storage_bytes - stored_bytes(
             session=session, tenant_id=tenant_id
         )
+    paths = run_paths(store, tenant_id, job_id)
+    _resume_from_store(store, job_id, paths, monitor)
     return JobContext(
         job_id=job_id,
         tenant_id=tenant_id,
@@ -157,12 +160,21 @@ def _context(
         params=params,
         inputs=inputs,
         attempt=attempt,
-        paths=run_paths(store, tenant_id, job_id),
+        paths=paths,
         hooks=Hooks(monitor.on_progress, monitor.on_event, monitor.should_stop),
         settings=settings,
         storage_left=storage_left,
         session_factory=session_factory,
     )
+
+
+def _resume_from_store(store: Store, job_id: str, paths: RunPaths, monitor: JobMonitor) -> None:
+    """On object storage, fetch the job's last complete checkpoint that this machine lacks (an
+    attempt on another machine wrote it) and copy each new one to the store while the stage
+    runs; the monitor closes the copier when the attempt ends. Nothing on the local folder."""
+    sync = CheckpointSync(store, job_id, paths.work_dir)
+    monitor.copy_checkpoints(sync)
+    sync.restore()
 
 
 def _run_and_finish(
@@ -313,7 +325,8 @@ def _finish(
     **values: Any,
 ) -> str | None:
     """Write the final state, retrying through short database outages for up to one lease."""
-    monitor.stop()
+    # A job that succeeded needs no more checkpoint copies; any other end may be resumed.
+    monitor.stop(upload_checkpoints=status != JobStatus.succeeded)
     placed = _place_outputs(att, outcome) if outcome is not None else []
     deadline = time.monotonic() + att.settings.job_lease_seconds
     delay = 0.5
