@@ -100,8 +100,8 @@ class JobMonitor:
         self._thread.start()
 
     def copy_checkpoints(self, sync: CheckpointSync) -> None:
-        """Hand the stage's ``checkpoint`` events to ``sync`` (copies to object storage), and
-        close it in :meth:`stop`, while the lease is still being renewed."""
+        """The attempt's checkpoint copier (``workers.checkpoint_sync``): closed in :meth:`stop`
+        while the lease is still renewed, and a copy in progress counts as a sign of life."""
         self._checkpoints = sync
 
     def stop(self, *, upload_checkpoints: bool = True) -> None:
@@ -159,8 +159,6 @@ class JobMonitor:
             self._events.append(
                 {"message": message, "data": dict(data or {}), "level": level, "at": utcnow()}
             )
-        if self._checkpoints is not None:
-            self._checkpoints.on_event(message, data)
 
     def _run(self) -> None:
         tick = min(1.0, self.settings.heartbeat_seconds)

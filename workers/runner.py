@@ -6,6 +6,13 @@ cannot change a job that another attempt now owns. A job's outputs are handled t
 protocol (``workers.handlers.base.Output``: place, record, discard), never by type, so a new
 output type is written in its domain and not here. The watcher beside the stage is
 :mod:`workers.monitor`.
+
+Files: an attempt works in folders on this machine (:func:`run_paths`, under
+``app.storage.job_scratch_root``: the store's own folder when it is local, so publishing an output
+is a rename as it always was; ``<data_dir>/scratch`` on object storage) and reads its inputs
+through :class:`~app.storage.LocalCopies`, closed when the attempt ends. Outputs are uploaded before
+the job is marked succeeded. The store unreachable (``StorageUnavailable``) while reading inputs or
+placing outputs ends the attempt as retryable, ``storage.unavailable``, with nothing registered.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -40,7 +48,8 @@ from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.logging import bind
 from app.settings import Settings
-from app.storage import Store
+from app.storage import LocalCopies, Store, is_local, job_scratch_root, local_copies
+from app.store.errors import StorageUnavailable
 from pipeline.configs.codec import decode
 from pipeline.types import Hooks, PipelineError, RetryableError, RunPaths, StageCancelled
 from workers.checkpoint_sync import CheckpointSync
@@ -55,16 +64,42 @@ def lease_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def run_paths(store: Store, tenant_id: str, job_id: str) -> RunPaths:
-    """The job's folders. ``work`` survives attempts (checkpoints); ``output`` starts empty; the
-    cache is the tenant's own, so no tenant can learn what another trained on."""
-    work = store.local_path(layout.job_work(job_id))
-    output = store.local_path(layout.job_output(job_id))
-    cache = store.local_path(layout.cache(tenant_id))
+def run_paths(scratch: Path, tenant_id: str, job_id: str) -> RunPaths:
+    """The job's folders under this machine's scratch root (``job_scratch_root``). ``work``
+    survives attempts on this machine (checkpoints); ``output`` starts empty; the cache is the
+    tenant's own, so no tenant can learn what another trained on."""
+    work = scratch / layout.job_work(job_id)
+    output = scratch / layout.job_output(job_id)
+    cache = scratch / layout.cache(tenant_id)
     shutil.rmtree(output, ignore_errors=True)
     for folder in (work, output, cache):
         folder.mkdir(parents=True, exist_ok=True)
     return RunPaths(work_dir=work, output_dir=output, cache_dir=cache)
+
+
+def attempt_started(
+    store: Store, paths: RunPaths, job_id: str, monitor: JobMonitor
+) -> CheckpointSync:
+    """Called once an attempt's folders exist, before its handler runs. On object storage it
+    brings the job's last complete checkpoint that this machine lacks (an attempt elsewhere
+    wrote it) into ``paths.work_dir``, and returns the copier that sends each new checkpoint to
+    the store while the stage runs; the monitor closes it as the attempt ends, so a paused or
+    preempted job's last checkpoint is stored before the job is handed on. On the local folder
+    it does nothing (the work folder is in the store already)."""
+    checkpoints = CheckpointSync(store, job_id, paths.work_dir)
+    monitor.copy_checkpoints(checkpoints)
+    checkpoints.restore()
+    return checkpoints
+
+
+def _hooks(monitor: JobMonitor, checkpoints: CheckpointSync) -> Hooks:
+    """The stage's callbacks: the monitor's, with checkpoint events also handed to the copier."""
+
+    def on_event(message: str, data: Mapping[str, Any] | None = None, level: str = "info") -> None:
+        monitor.on_event(message, data, level)
+        checkpoints.on_event(message, data)
+
+    return Hooks(monitor.on_progress, on_event, monitor.should_stop)
 
 
 def handler_for(name: str) -> Handler:
@@ -104,20 +139,24 @@ def execute(
         monitor.on_event(f"attempt {attempt} started")
         log.info("attempt %s started on %s", attempt, owner)
         monitor.start()
-        try:
-            ctx = _context(
-                job_id, tenant_id, job_type, raw_params, attempt, monitor, settings, store,
-                session_factory,
-            )  # fmt: skip
-        except GristmillError as err:  # an input was deleted since submission
-            att = _Attempt(job_id, tenant_id, attempt, settings, store, session_factory)
-            return _finish(
-                att, monitor, JobStatus.failed, error_code=err.code, error_message=err.message
-            )
-        try:
-            return _run_and_finish(ctx, monitor, store, session_factory)
-        finally:
-            monitor.stop()
+        att = _Attempt(job_id, tenant_id, attempt, settings, store, session_factory)
+        # The attempt's copies of stored inputs stay pinned until it has ended.
+        with local_copies(settings, store) as copies:
+            try:
+                ctx = _context(
+                    job_id, tenant_id, job_type, raw_params, attempt, monitor, settings, store,
+                    session_factory, copies,
+                )  # fmt: skip
+            except GristmillError as err:  # an input was deleted since submission
+                return _finish(
+                    att, monitor, JobStatus.failed, error_code=err.code, error_message=err.message
+                )
+            except StorageUnavailable as err:
+                return _storage_unavailable(att, monitor, err)
+            try:
+                return _run_and_finish(ctx, monitor, att)
+            finally:
+                monitor.stop()
 
 
 def _context(
@@ -130,8 +169,10 @@ def _context(
     settings: Settings,
     store: Store,
     session_factory: sessionmaker[Session],
+    copies: LocalCopies,
 ) -> JobContext[Any]:
-    """Decode the stored parameters and resolve the inputs they name (tenant-checked again)."""
+    """Decode the stored parameters, resolve the inputs they name (tenant-checked again) and
+    make the attempt's folders."""
     kind = KINDS[job_type]
     try:
         params = decode(kind.params, raw_params)
@@ -151,8 +192,8 @@ def _context(
         storage_left = settings.quota_storage_bytes - stored_bytes(
             session=session, tenant_id=tenant_id
         )
-    paths = run_paths(store, tenant_id, job_id)
-    _resume_from_store(store, job_id, paths, monitor)
+    paths = run_paths(job_scratch_root(settings, store), tenant_id, job_id)
+    checkpoints = attempt_started(store, paths, job_id, monitor)
     return JobContext(
         job_id=job_id,
         tenant_id=tenant_id,
@@ -161,29 +202,15 @@ def _context(
         inputs=inputs,
         attempt=attempt,
         paths=paths,
-        hooks=Hooks(monitor.on_progress, monitor.on_event, monitor.should_stop),
+        hooks=_hooks(monitor, checkpoints),
         settings=settings,
+        copies=copies,
         storage_left=storage_left,
         session_factory=session_factory,
     )
 
 
-def _resume_from_store(store: Store, job_id: str, paths: RunPaths, monitor: JobMonitor) -> None:
-    """On object storage, fetch the job's last complete checkpoint that this machine lacks (an
-    attempt on another machine wrote it) and copy each new one to the store while the stage
-    runs; the monitor closes the copier when the attempt ends. Nothing on the local folder."""
-    sync = CheckpointSync(store, job_id, paths.work_dir)
-    monitor.copy_checkpoints(sync)
-    sync.restore()
-
-
-def _run_and_finish(
-    ctx: JobContext[Any],
-    monitor: JobMonitor,
-    store: Store,
-    factory: sessionmaker[Session],
-) -> str | None:
-    att = _Attempt(ctx.job_id, ctx.tenant_id, ctx.attempt, ctx.settings, store, factory)
+def _run_and_finish(ctx: JobContext[Any], monitor: JobMonitor, att: _Attempt) -> str | None:
     try:
         outcome = handler_for(ctx.kind.handler)(ctx)
     except StageCancelled:
@@ -202,6 +229,8 @@ def _run_and_finish(
     except RetryableError as err:
         log.warning("attempt failed, another may not: %s", err)
         return _requeue(att, monitor, "its processes stopped without a result")
+    except StorageUnavailable as err:  # reading an input from the bucket
+        return _storage_unavailable(att, monitor, err)
     except OperationalError:
         # The database went away mid-job: leave the job running; if we cannot heartbeat, the
         # lease expires and the reaper gives the job another attempt.
@@ -268,13 +297,28 @@ def _stopped(att: _Attempt, monitor: JobMonitor) -> str | None:
     return _finish(att, monitor, JobStatus.cancelled)
 
 
+def _storage_unavailable(att: _Attempt, monitor: JobMonitor, err: StorageUnavailable) -> str | None:
+    """The store could not be reached: a transient failure, so the attempt counts and the job
+    is queued again (failing with ``storage.unavailable`` once none is left)."""
+    log.warning("storage unavailable during the attempt: %s", err)
+    return _requeue(
+        att, monitor, f"{err.code}: the artifact store could not be reached", error_code=err.code
+    )
+
+
 def _requeue(
-    att: _Attempt, monitor: JobMonitor, reason: str, *, preempted: bool = False
+    att: _Attempt,
+    monitor: JobMonitor,
+    reason: str,
+    *,
+    preempted: bool = False,
+    error_code: str = "job.attempts_exhausted",
 ) -> str | None:
     """Queue the job again: it resumes from its checkpoints on the next worker.
 
-    A crashed attempt counts, and fails the job when none is left. A preempted one (its worker
-    shut down, as in a deploy) does not: the job gets one more attempt in its place.
+    A crashed attempt counts, and fails the job with ``error_code`` when none is left. A
+    preempted one (its worker shut down, as in a deploy) does not: the job gets one more attempt
+    in its place.
     """
     with att.factory() as session:
         job = session.get_one(Job, att.job_id)
@@ -282,8 +326,7 @@ def _requeue(
     if not preempted and att.attempt >= max_attempts:
         message = f"Attempt {att.attempt} of {max_attempts} failed and none is left: {reason}."
         return _finish(
-            att, monitor, JobStatus.failed, error_code="job.attempts_exhausted",
-            error_message=message,
+            att, monitor, JobStatus.failed, error_code=error_code, error_message=message,
         )  # fmt: skip
     monitor.stop()
     values: dict[str, Any] = {
@@ -327,7 +370,10 @@ def _finish(
     """Write the final state, retrying through short database outages for up to one lease."""
     # A job that succeeded needs no more checkpoint copies; any other end may be resumed.
     monitor.stop(upload_checkpoints=status != JobStatus.succeeded)
-    placed = _place_outputs(att, outcome) if outcome is not None else []
+    try:
+        placed = _place_outputs(att, outcome) if outcome is not None else []
+    except StorageUnavailable as err:  # nothing was recorded: the retry places them anew
+        return _storage_unavailable(att, monitor, err)
     deadline = time.monotonic() + att.settings.job_lease_seconds
     delay = 0.5
     while True:
@@ -341,12 +387,11 @@ def _finish(
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
     if written is None:  # the job ended otherwise: its outputs never become visible
-        for item in placed:
-            item.discard(store=att.store)
+        _discard(att, placed)
         return None
     if status == JobStatus.succeeded:
         # Checkpoints and scratch only serve a resume. (A failed job keeps its last good one.)
-        shutil.rmtree(att.store.local_path(layout.job(att.job_id)), ignore_errors=True)
+        _remove_job_files(att)
     _purge_deleted_inputs(att)
     log.info("job finished: %s", status.value)
     return written
@@ -361,12 +406,40 @@ def _purge_deleted_inputs(att: _Attempt) -> None:
         log.warning("could not purge the deleted files this job read", exc_info=True)
 
 
+def _remove_job_files(att: _Attempt) -> None:
+    """The job's folder on this machine's scratch and in the store (checkpoints copied there);
+    on the local folder the two are one. Whatever is left (an outage) is garbage collected."""
+    shutil.rmtree(job_scratch_root(att.settings, att.store) / layout.job(att.job_id),
+                  ignore_errors=True)  # fmt: skip
+    if is_local(att.store):
+        return
+    try:
+        att.store.delete(layout.job(att.job_id))
+    except StorageUnavailable:
+        log.warning("could not delete the job's stored files; garbage collection will")
+
+
 def _place_outputs(att: _Attempt, outcome: Outcome) -> list[Placed]:
-    """Move the outputs' files into the store (their rows come with the final state)."""
-    return [
-        output.place(store=att.store, tenant_id=att.tenant_id, job_id=att.job_id)
-        for output in outcome.outputs
-    ]
+    """Move the outputs' files into the store (their rows come with the final state). If one
+    cannot be placed, those already placed are discarded: all or nothing."""
+    placed: list[Placed] = []
+    try:
+        for output in outcome.outputs:
+            placed.append(output.place(store=att.store, tenant_id=att.tenant_id, job_id=att.job_id))
+    except BaseException:
+        _discard(att, placed)
+        raise
+    return placed
+
+
+def _discard(att: _Attempt, placed: list[Placed]) -> None:
+    """Undo placed outputs, as far as the store lets us (garbage collection takes the rest:
+    objects without a row)."""
+    for item in placed:
+        try:
+            item.discard(store=att.store)
+        except StorageUnavailable:
+            log.warning("could not discard a placed output; garbage collection will")
 
 
 def _write_final(

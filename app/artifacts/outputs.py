@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app import layout
 from app.artifacts.service import Category, write_manifest
 from app.artifacts.tables import Artifact
-from app.storage import Store
+from app.storage import Store, publish_folder
 
 
 @dataclass(frozen=True)
@@ -41,15 +41,17 @@ class NewArtifact:
     copy: bool = False
 
     def place(self, *, store: Store, tenant_id: str, job_id: str | None) -> PlacedArtifact:
-        """Move (or copy) the folder into the store, with its manifest."""
+        """Move (or copy) the folder into the store, its ``manifest.json`` written first: a
+        rename on the local folder, an upload on object storage (complete once the store's own
+        folder manifest lands, after every file)."""
         key = layout.artifact(self.category, self.id)
-        target = store.local_path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if self.copy:
-            shutil.copytree(self.folder, target)
-        else:
-            shutil.move(self.folder, target)
-        size, digest = write_manifest(target)
+        folder = self.folder
+        if self.copy:  # a copy beside the source, on the same filesystem as the store's folder
+            folder = self.folder.with_name(f"{self.folder.name}.{self.id}")
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(self.folder, folder)
+        size, digest = write_manifest(folder)
+        publish_folder(store, key, folder)
         row = Artifact(
             id=self.id,
             tenant_id=tenant_id,
@@ -91,17 +93,16 @@ class ImportVerdict:
     """What import found the weights to be (``gptq`` for a GPTQ model): jobs check it."""
 
     def place(self, *, store: Store, tenant_id: str, job_id: str | None) -> PlacedImport:
-        """Move an accepted model's files into its folder (the archive is dropped either way)."""
-        folder = store.local_path(layout.artifact("model", self.artifact_id))
-        store.delete(layout.model_upload(self.artifact_id))
+        """Put an accepted model's files in its folder, replacing the archive (which goes
+        either way); published before the archive is dropped, so a failed upload can retry."""
+        key = layout.artifact("model", self.artifact_id)
         if self.folder is None:  # a refused model keeps no folder and counts no bytes
-            store.delete(layout.artifact("model", self.artifact_id))
+            store.delete(key)
             values = {"status": "failed", "errors": self.errors or [], "size_bytes": 0}
             return PlacedImport(self.artifact_id, values)
-        folder.mkdir(parents=True, exist_ok=True)
-        for item in self.folder.iterdir():
-            shutil.move(item, folder / item.name)
-        size, digest = write_manifest(folder)
+        size, digest = write_manifest(self.folder)
+        publish_folder(store, key, self.folder)
+        store.delete(layout.model_upload(self.artifact_id))
         values = {"status": "ready", "format": self.format, "size_bytes": size, "sha256": digest}
         return PlacedImport(self.artifact_id, {**values, "details": dict(self.details)})
 

@@ -9,7 +9,7 @@ exactly when the job that made it succeeded.
 from __future__ import annotations
 
 import hashlib
-import shutil
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session
 from app import layout
 from app.datasets.tables import Dataset
 from app.db import utcnow
-from app.storage import CHUNK, Store
+from app.storage import CHUNK, Store, publish_file
+from app.store.errors import StorageError
+from app.store.folders import put_file
 
 
 @dataclass(frozen=True)
@@ -36,16 +38,20 @@ class NewDataset:
     report: Path | None = None
 
     def place(self, *, store: Store, tenant_id: str, job_id: str | None) -> PlacedDataset:
-        """Move the JSONL file (and its report) into the store."""
-        target = store.local_path(layout.dataset_data(self.id))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(self.path, target)
+        """Move the JSONL file (and a copy of its report, which each split shares) into the
+        store; on object storage, an upload. Hashed and counted before, where it is local."""
+        digest, records = _hash_and_count_lines(self.path)
+        size = self.path.stat().st_size
         report_key = None
         if self.report is not None:
             report_key = layout.dataset_report(self.id)
-            shutil.copyfile(self.report, store.local_path(report_key))
-        digest, records = _hash_and_count_lines(target)
-        size = target.stat().st_size
+            put_file(store, report_key, self.report)
+        try:
+            publish_file(store, layout.dataset_data(self.id), self.path)
+        except BaseException:
+            with suppress(StorageError):  # the report alone; else garbage collection takes it
+                store.delete(layout.dataset(self.id))
+            raise
         row = Dataset(
             id=self.id,
             tenant_id=tenant_id,

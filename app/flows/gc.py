@@ -4,7 +4,13 @@
   ``work_retention_hours`` after it ended, so an operator can look; then it goes.
 - A job folder, model, tokenizer or dataset folder with no row in the database (its job lost the
   race to finish, its tenant was deleted) goes once it is older than the same retention.
-- A tenant's token cache entries unused for that long go too.
+- A tenant's token cache entries unused for that long go too, and writes abandoned for that long
+  (a killed process's temporary files, its pending multipart uploads).
+
+Objects go through the store's API (``list``, ``delete``, abandoned writes through
+``sweep_incomplete``), so it works alike on the local folder and on a bucket. A job's folder on
+this machine's scratch (``<data_dir>/scratch`` where the store is a bucket, else the store's own
+folder) goes with its objects, and the token cache lives there too.
 
 It reads every table whose rows own a folder (jobs, models, tokenizers, datasets), so it is a
 flow. The workers run it beside the reaper (``app.flows.housekeeping``); deleting is idempotent,
@@ -23,12 +29,15 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import layout
 from app.artifacts.tables import Artifact
 from app.datasets.tables import Dataset
 from app.db import utcnow
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
-from app.storage import Store
+from app.storage import Store, is_local
+from app.store.copies import scratch_root
+from app.store.folders import children
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +49,17 @@ class Collected:
     work_folders: int = 0
     orphans: int = 0
     cache_entries: int = 0
+    incomplete: int = 0
 
 
 def collect_garbage(
-    *, factory: sessionmaker[Session], store: Store, retention_s: float
+    *, factory: sessionmaker[Session], store: Store, retention_s: float, scratch: Path | None = None
 ) -> Collected:
+    """One pass. ``scratch`` is this machine's job scratch root (``job_scratch_root``); by
+    default the store's own folder when it is local, else none (only objects are collected)."""
     collected = Collected()
+    if scratch is None and is_local(store):
+        scratch = scratch_root(store, Path())
     cutoff = utcnow() - timedelta(seconds=retention_s)
     with factory() as session:
         ended = session.scalars(
@@ -58,16 +72,18 @@ def collect_garbage(
             .limit(BATCH)
         ).all()
         for job_id in ended:
-            if _remove(store.local_path(f"jobs/{job_id}")):
+            if _delete(store, scratch, layout.job(job_id)):
                 collected.work_folders += 1
-        collected.orphans += _orphans(session, store, retention_s)
-    collected.cache_entries = _stale_cache(store, retention_s)
-    if collected.work_folders or collected.orphans or collected.cache_entries:
+        collected.orphans += _orphans(session, store, scratch, retention_s)
+    if scratch is not None:
+        collected.cache_entries = _stale_cache(scratch, retention_s)
+    collected.incomplete = store.sweep_incomplete(retention_s)
+    if collected != Collected():
         log.info("garbage collected: %s", collected)
     return collected
 
 
-def _orphans(session: Session, store: Store, retention_s: float) -> int:
+def _orphans(session: Session, store: Store, scratch: Path | None, retention_s: float) -> int:
     """Folders older than the retention whose row does not exist (or whose job has ended)."""
     removed = 0
     tables: tuple[tuple[str, type[Job] | type[Artifact] | type[Dataset]], ...] = (
@@ -76,16 +92,28 @@ def _orphans(session: Session, store: Store, retention_s: float) -> int:
         ("tokenizers", Artifact),
         ("datasets", Dataset),
     )
+    now = time.time()
     for folder, table in tables:
-        root = store.local_path(folder)
-        if not root.is_dir():
-            continue
-        old = [p for p in root.iterdir() if _age_s(p) > retention_s][:BATCH]
-        keep = _existing(session, table, {p.name for p in old}, unfinished_only=table is Job)
-        for path in old:
-            if path.name not in keep and _remove(path):
+        ages = {name: now - modified for name, modified in _newest(store, scratch, folder).items()}
+        old = [name for name, age in ages.items() if age > retention_s][:BATCH]
+        keep = _existing(session, table, set(old), unfinished_only=table is Job)
+        for name in old:
+            if name not in keep and _delete(store, scratch, f"{folder}/{name}"):
                 removed += 1
     return removed
+
+
+def _newest(store: Store, scratch: Path | None, folder: str) -> dict[str, float]:
+    """Each entry under ``folder`` with its newest modification: its objects' (from the store's
+    listing) and its folder's on this machine's scratch, where it has one."""
+    newest = children(store, folder)
+    local = scratch / folder if scratch is not None else None
+    if local is not None and local.is_dir():
+        for path in local.iterdir():
+            modified = _mtime(path)
+            if modified is not None:
+                newest[path.name] = max(newest.get(path.name, 0.0), modified)
+    return newest
 
 
 def _existing(
@@ -102,9 +130,21 @@ def _existing(
     return set(session.scalars(stmt))
 
 
-def _stale_cache(store: Store, retention_s: float) -> int:
+def _delete(store: Store, scratch: Path | None, key: str) -> bool:
+    """Delete the objects under ``key`` and its folder on this machine's scratch; whether there
+    was anything to delete."""
+    local = scratch / key if scratch is not None else None
+    existed = local is not None and local.exists()
+    deleted = store.delete(key)
+    if local is not None:
+        _remove(local)
+    return existed or deleted > 0
+
+
+def _stale_cache(scratch: Path, retention_s: float) -> int:
+    """Token cache entries (this machine's, beside the job folders) unused for the retention."""
     removed = 0
-    cache = store.local_path("cache")
+    cache = scratch / "cache"
     if not cache.is_dir():
         return 0
     for entry in cache.glob("*/tokens/*"):
@@ -113,11 +153,16 @@ def _stale_cache(store: Store, retention_s: float) -> int:
     return removed
 
 
-def _age_s(path: Path) -> float:
+def _mtime(path: Path) -> float | None:
     try:
-        return time.time() - path.stat().st_mtime
+        return path.stat().st_mtime
     except FileNotFoundError:
-        return 0.0
+        return None
+
+
+def _age_s(path: Path) -> float:
+    modified = _mtime(path)
+    return 0.0 if modified is None else time.time() - modified
 
 
 def _remove(path: Path) -> bool:

@@ -19,7 +19,7 @@ from app.flows.gc import collect_garbage
 from app.flows.waiting import release_waiting_jobs
 from app.jobs.reaper import Enqueue, reap
 from app.settings import Settings
-from app.storage import Store, open_configured_store
+from app.storage import Store, job_scratch_root, open_configured_store
 
 log = logging.getLogger(__name__)
 
@@ -76,4 +76,5 @@ class ReaperThread:
                 factory=self.factory,
                 store=self.store,
                 retention_s=self.settings.work_retention_hours * 3600,
+                scratch=job_scratch_root(self.settings, self.store),
             )

@@ -4,13 +4,20 @@ Resolving inputs crosses domains (a job's parameters name datasets, tokenizers a
 is a flow. The API calls :func:`load_inputs` before it queues a job (an unknown, foreign or unready
 input is a 400 naming the parameter), and the runner calls it again before the handler runs (the
 object may have been deleted meanwhile), so both apply the same rules.
+
+Resolving downloads nothing: a :class:`Resolved` names its objects by store key (with the sha256
+and size recorded for a dataset, so this machine's cache can share and verify it). The runner turns
+keys into local paths for one attempt (``workers.handlers.base.JobContext``), through
+``app.storage.local_copies``: on the local folder the objects' own files, on object storage
+pinned copies in the read-through cache.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -20,17 +27,22 @@ from app.datasets import service as datasets
 from app.errors import InvalidInput, NotFound
 from app.jobs.kinds import InputKind, InputRef, JobKind
 from app.storage import Store
+from app.store.errors import ObjectNotFound
+from app.store.folders import read_bytes
+
+MODEL_CONFIG = "config.json"
+"""A Hugging Face model's shape, which the fine-tuning pre-flight reads before queueing."""
 
 
 @dataclass(frozen=True)
 class Resolved:
-    """An input as a handler uses it: where its bytes are and how to read them."""
+    """An input as a handler uses it: which stored objects hold it and how to read them."""
 
     id: str
     kind: InputKind
     name: str
-    path: Path
-    """A dataset's file, or a tokenizer's or model's folder."""
+    key: str
+    """The store key of a dataset's file, or of a tokenizer's or model's folder."""
     format: str | None
     compression: str | None = None
     options: Mapping[str, str] = field(default_factory=dict)
@@ -38,8 +50,21 @@ class Resolved:
     details: Mapping[str, Any] = field(default_factory=dict)
     pending: bool = False
     """A dataset still being validated: only a job that waits for its inputs admits one."""
-    base_path: Path | None = None
-    """A peft adapter's base model folder (the adapter itself is ``path``)."""
+    sha256: str | None = None
+    """A dataset's recorded digest (the cache shares and verifies copies by it)."""
+    size: int | None = None
+    base_key: str | None = None
+    """A peft adapter's base model folder (the adapter itself is ``key``)."""
+    store: Store | None = field(default=None, repr=False, compare=False)
+    """Where ``key`` is stored (for :attr:`config`)."""
+
+    @cached_property
+    def config(self) -> Mapping[str, Any] | None:
+        """A model's ``config.json`` when it has one: a few hundred bytes read on first use, so
+        the fine-tuning pre-flight can size the run without fetching the model."""
+        if self.kind != "model" or self.store is None:
+            return None
+        return model_config(self.store, self.key)
 
 
 def load_inputs(
@@ -129,7 +154,7 @@ def _load(
             code="model.wrong_format",
             param=param,
         )
-    base_path = None
+    base_key = None
     if artifact.format == "peft-adapter":
         base_id = artifact.details.get("base_model_id")
         try:
@@ -138,17 +163,27 @@ def _load(
         except NotFound:
             raise InvalidInput(f"The base of adapter '{artifact.id}' no longer exists.",
                                code="model.base_missing", param=param) from None  # fmt: skip
-        base_path = store.local_path(base.uri)
+        base_key = base.uri
     return Resolved(
         id=artifact.id,
         kind=item.kind,
         name=artifact.name,
-        path=store.local_path(artifact.uri),
+        key=artifact.uri,
         format=artifact.format,
         lineage=dict(artifact.lineage),
         details=dict(artifact.details),
-        base_path=base_path,
+        base_key=base_key,
+        store=store,
     )
+
+
+def model_config(store: Store, folder: str) -> Mapping[str, Any] | None:
+    """The folder's ``config.json`` as a mapping, or None (no such file, not a JSON object)."""
+    try:
+        config = json.loads(read_bytes(store, f"{folder}/{MODEL_CONFIG}"))
+    except (ObjectNotFound, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def _dataset(
@@ -176,9 +211,11 @@ def _dataset(
         id=dataset.id,
         kind="dataset",
         name=dataset.name,
-        path=store.local_path(dataset.storage_key),
+        key=dataset.storage_key,
         format=dataset.format,
         compression=dataset.compression,
         options=dict(dataset.options),
         pending=waits,
+        sha256=dataset.sha256 or None,
+        size=dataset.size_bytes,
     )

@@ -242,11 +242,17 @@ H100 = 80 * 10**9
 
 
 def finetune_base(tmp_path: Path, config: dict[str, object]) -> dict[str, object]:
-    """The resolved ``model_id`` input as the pre-flight sees it: a folder and its details."""
+    """The resolved ``model_id`` input as the pre-flight sees it: a stored folder with its
+    ``config.json``."""
     from app.flows.inputs import Resolved
+    from app.storage import LocalStore
 
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    return {"model_id": Resolved(PLACEHOLDER_ID, "model", "base", tmp_path, "huggingface")}
+    folder = tmp_path / "models" / "base"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    store = LocalStore(tmp_path)
+    base = Resolved(PLACEHOLDER_ID, "model", "base", "models/base", "huggingface", store=store)
+    return {"model_id": base}
 
 
 def finetune_params(**overrides: object) -> Any:

@@ -1,6 +1,7 @@
 """What the runner hands a job handler, and what a handler hands back.
 
-A handler reads: resolve inputs (done by the runner, as :class:`JobContext.inputs`) → run the
+A handler reads: resolve inputs (done by the runner, as :class:`JobContext.inputs`; their local
+paths come from :meth:`JobContext.dataset`, :meth:`JobContext.folder` and the like) → run the
 stage (:func:`run_stage`, in this process or under torchrun; either way the stage's typed result
 comes back) → return the job's figures and the outputs to register (:class:`Outcome`). It never
 touches the database or the store layout, nor the stage's folder layout: the result says where
@@ -23,7 +24,7 @@ from app.errors import public_message
 from app.flows.inputs import Resolved
 from app.jobs.kinds import JobKind
 from app.settings import Settings
-from app.storage import Store
+from app.storage import LocalCopies, Store
 from pipeline.configs.codec import decode, encode
 from pipeline.parts.datasets.formats import detect_format
 from pipeline.types import (
@@ -79,6 +80,10 @@ class JobContext(Generic[P]):
     paths: RunPaths
     hooks: Hooks
     settings: Settings
+    copies: LocalCopies
+    """Local files for the inputs' stored objects, valid for this attempt (the runner closes it):
+    the objects' own files on the local folder, pinned copies in this machine's cache on object
+    storage."""
     storage_left: int | None = None
     """The tenant's storage quota less what it stores, when the job started (None: not read)."""
     session_factory: sessionmaker[Session] | None = None
@@ -86,19 +91,30 @@ class JobContext(Generic[P]):
     decrypts a secret only when it runs, so neither is ever stored with the job)."""
 
     def dataset(self, param: str) -> DatasetFile:
-        return dataset_file(self.inputs[param])
+        return dataset_file(self.inputs[param], self.file(param))
 
     def optional_dataset(self, param: str) -> DatasetFile | None:
-        return dataset_file(self.inputs[param]) if param in self.inputs else None
+        return self.dataset(param) if param in self.inputs else None
+
+    def file(self, param: str, name: str | None = None) -> Path:
+        """A dataset's file, or the file ``name`` in a tokenizer's or model's folder, on this
+        machine (fetched into its cache on first use on object storage)."""
+        resolved = self.inputs[param]
+        if name is not None:
+            return self.copies.file(f"{resolved.key}/{name}")
+        return self.copies.file(resolved.key, sha256=resolved.sha256, size=resolved.size)
 
     def folder(self, param: str) -> Path:
-        return self.inputs[param].path
+        """A tokenizer's or model's folder on this machine (a complete one, on object storage)."""
+        return self.copies.folder(self.inputs[param].key)
 
     def model_folders(self, param: str) -> tuple[Path, Path | None]:
         """The folder a runtime loads and the peft adapter to put on it: ``(path, None)`` for a
         whole model, ``(base, adapter)`` for an adapter (its base was resolved with it)."""
         model = self.inputs[param]
-        return (model.base_path, model.path) if model.base_path else (model.path, None)
+        if model.base_key is not None:
+            return self.copies.folder(model.base_key), self.copies.folder(model.key)
+        return self.copies.folder(model.key), None
 
 
 @dataclass(frozen=True)
@@ -112,12 +128,12 @@ class Outcome:
 Handler = Callable[[JobContext[Any]], Outcome]
 
 
-def dataset_file(resolved: Resolved) -> DatasetFile:
-    """How the pipeline reads a dataset (validation already described its format)."""
+def dataset_file(resolved: Resolved, path: Path) -> DatasetFile:
+    """How the pipeline reads a dataset at ``path`` (validation already described its format)."""
     if resolved.format is None:
-        return detect_format(resolved.path, resolved.options)
+        return detect_format(path, resolved.options)
     return DatasetFile(
-        path=resolved.path,
+        path=path,
         format=resolved.format,
         compression=resolved.compression,
         options=resolved.options,

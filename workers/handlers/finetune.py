@@ -18,7 +18,7 @@ def handle_finetune(ctx: JobContext[FinetuneParams]) -> Outcome:
     params, base = ctx.params, ctx.inputs["model_id"]
     config = stage_config(params, FinetuneConfig)
     inputs = FinetuneInputs(
-        base_model_dir=base.path,
+        base_model_dir=ctx.folder("model_id"),
         train=ctx.dataset("dataset_id"),
         validation=ctx.optional_dataset("validation_dataset_id"),
     )

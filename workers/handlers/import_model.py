@@ -5,6 +5,7 @@ from __future__ import annotations
 from app import layout
 from app.artifacts.outputs import ImportVerdict
 from app.jobs.kinds.import_model import ImportModelParams
+from app.store.errors import ObjectNotFound
 from pipeline.configs.finetune import ModelImportConfig
 from pipeline.import_model.stage import ModelImportInputs, run_model_import
 from pipeline.types import PipelineError
@@ -14,10 +15,14 @@ from workers.handlers.base import JobContext, Outcome, figures, run_stage
 def handle_import_model(ctx: JobContext[ImportModelParams]) -> Outcome:
     """A verdict whatever the archive holds: a refused upload fails its model, not the job."""
     model = ctx.inputs["model_id"]
-    inputs = ModelImportInputs(archive=model.path / layout.UPLOAD_NAME)
+    try:
+        archive = ctx.file("model_id", layout.UPLOAD_NAME)
+    except ObjectNotFound:  # gone (imported already): the stage refuses the missing archive
+        archive = ctx.paths.work_dir / layout.UPLOAD_NAME
+    inputs = ModelImportInputs(archive=archive)
     # The archive counts against the quota until the import replaces it with the unpacked files.
-    archive = inputs.archive.stat().st_size if inputs.archive.is_file() else 0
-    quota = None if ctx.storage_left is None else ctx.storage_left + archive
+    held = inputs.archive.stat().st_size if inputs.archive.is_file() else 0
+    quota = None if ctx.storage_left is None else ctx.storage_left + held
     try:
         config = ModelImportConfig(quota_bytes=None if quota is None else max(quota, 0))
         result = run_stage(ctx, run_model_import, config, inputs)

@@ -24,7 +24,7 @@ from workers.handlers.base import (
 def handle_quantize(ctx: JobContext[QuantizeParams]) -> Outcome:
     params, source = ctx.params, ctx.inputs["model_id"]
     inputs = QuantizeInputs(
-        model_dir=source.path,
+        model_dir=ctx.folder("model_id"),
         heldout=ctx.optional_dataset("heldout_dataset_id"),
         calibration=ctx.optional_dataset("calibration_dataset_id"),
     )

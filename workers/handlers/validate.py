@@ -17,7 +17,7 @@ def handle_validate(ctx: JobContext[ValidateParams]) -> Outcome:
     dataset = ctx.inputs["dataset_id"]
     values: dict[str, Any]
     try:
-        inputs = ValidateInputs(upload=dataset.path, options=dataset.options)
+        inputs = ValidateInputs(upload=ctx.file("dataset_id"), options=dataset.options)
         result = run_stage(ctx, run_validate, ValidateConfig(), inputs)
     except PipelineError as err:
         values = {"status": "failed", "errors": [{"code": err.code, "reason": err.message}]}

@@ -6,10 +6,8 @@ the memory the run needs per device, and refuses a run that cannot fit before it
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from app.errors import InvalidInput
@@ -68,7 +66,7 @@ def preflight(params: FinetuneParams, capacity: Capacity, inputs: Mapping[str, A
     base = inputs.get("model_id")
     if base is None:
         return
-    shape = base_shape(base.path)
+    shape = base_shape(base.config)
     n_params = _parameter_count(base.details) or (shape.parameters if shape else None)
     if n_params is None:
         return
@@ -93,13 +91,9 @@ def preflight(params: FinetuneParams, capacity: Capacity, inputs: Mapping[str, A
     )
 
 
-def base_shape(model_dir: Path) -> BaseShape | None:
-    """The base's dimensions from its ``config.json`` (a small JSON file; no ML library)."""
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return BaseShape.from_config(config) if isinstance(config, dict) else None
+def base_shape(config: Mapping[str, Any] | None) -> BaseShape | None:
+    """The base's dimensions from its ``config.json`` (read with the inputs; no ML library)."""
+    return BaseShape.from_config(config) if config else None
 
 
 def _parameter_count(details: Mapping[str, Any]) -> int | None:
