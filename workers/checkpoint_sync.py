@@ -10,8 +10,9 @@ When checkpoints come faster than they upload, the newest waiting one replaces t
 
 At the start of an attempt, :meth:`CheckpointSync.restore` fetches what the local work folder
 lacks: the newest complete checkpoint of each series, and the folders a resume depends on
-(``COMPANIONS``: an inline tokenizer, whose hash the checkpoints record). The stage's own
-``latest_checkpoint`` then finds it, as if the attempt ran on the machine that wrote it.
+(``COMPANIONS``: an inline tokenizer, whose hash the checkpoints record), and the newest of the
+folders saved beside each checkpoint (``BESIDE``: a fine-tune's servable snapshots). The stage's
+own ``latest_checkpoint`` then finds it, as if the attempt ran on the machine that wrote it.
 
 On the local folder store the work folder is inside the store already: nothing is copied.
 """
@@ -42,6 +43,13 @@ COMPANIONS = ("tokenizer",)
 """Folders of the work folder that a resume needs besides the checkpoint: a job's inline
 tokenizer (trained once per job; its checkpoints refuse another tokenizer)."""
 
+BESIDE = {"checkpoint-models": 3}
+"""Series of folders saved with each checkpoint, under the checkpoint's own name, and how many
+the stage keeps: a fine-tune's servable snapshots (``pipeline.parts.hf.SNAPSHOTS`` and
+``KEPT_SNAPSHOTS``; not imported, as that would load transformers into the worker's main
+process), which become models of their own when the job ends, so a resumed job must still have
+the earlier ones."""
+
 STAGING = ".checkpoint-uploads"
 """Where a checkpoint waits for its upload, hard-linked: the stage deletes its older checkpoint
 folders as it writes new ones, and the upload must still see every file of the one it copies."""
@@ -51,9 +59,18 @@ _SERIES = re.compile(r"^(?P<series>.*?)(?P<number>\d+)$")
 
 @dataclass(frozen=True)
 class _Upload:
-    relative: str
-    """The checkpoint's folder relative to the work folder (``checkpoints/step_00000123``)."""
-    staged: Path
+    """One checkpoint's folders, each as (relative to the work folder, staged copy): the
+    folders saved beside it first, the checkpoint itself (``checkpoints/step_00000123``) last."""
+
+    folders: tuple[tuple[str, Path], ...]
+
+    @property
+    def relative(self) -> str:
+        return self.folders[-1][0]
+
+    def discard(self) -> None:
+        for _, staged in self.folders:
+            shutil.rmtree(staged, ignore_errors=True)
 
 
 class CheckpointSync:
@@ -117,20 +134,26 @@ class CheckpointSync:
             parent, _, name = relative.rpartition("/")
             match = _SERIES.match(name)
             if match is None:
-                wanted = name in self.companions and not (self.work_dir / relative).exists()
-                if wanted and self._fetch(relative):
+                missing = name in self.companions and not (self.work_dir / relative).exists()
+                if missing and self._fetch(relative):
                     restored.append(relative)
                 continue
             key = (parent, match["series"])
             series.setdefault(key, []).append((int(match["number"]), relative))
         for (parent, prefix), stored in series.items():
             local = _local_numbers(self.work_dir / parent if parent else self.work_dir, prefix)
+            kept = BESIDE.get(parent, 1)
+            wanted = kept  # the newest `kept` of the series, here or fetched
             for number, relative in sorted(stored, reverse=True):
-                if local and max(local) >= number:
-                    break  # this machine has it (or a newer one) already
-                if self._fetch(relative):
-                    restored.append(relative)
+                if wanted == 0:
                     break
+                if number in local:
+                    wanted -= 1
+                elif kept == 1 and local and max(local) > number:
+                    break  # this machine has a newer checkpoint already
+                elif self._fetch(relative):
+                    restored.append(relative)
+                    wanted -= 1
         if restored:
             log.info("fetched %s from %s", ", ".join(restored), self.store.url)
         return restored
@@ -167,27 +190,36 @@ class CheckpointSync:
         except ValueError:
             log.warning("checkpoint %s is outside the work folder; not copied", folder)
             return
-        staged = self._staging / f"{folder.name}-{uuid.uuid4().hex}"
+        beside = [f"{series}/{folder.name}" for series in BESIDE]
+        wanted = [r for r in beside if (self.work_dir / r).is_dir()] + [relative]
         try:
-            make_private_dirs(self._staging)
-            shutil.copytree(folder, staged, copy_function=_link_or_copy)
+            upload = _Upload(tuple((r, self._stage(self.work_dir / r)) for r in wanted))
         except OSError as err:  # already replaced by a newer one: that one will come
             log.warning("checkpoint %s vanished before its copy started: %s", folder, err)
-            shutil.rmtree(staged, ignore_errors=True)
             return
         with self._cond:
             if self._closing:
-                shutil.rmtree(staged, ignore_errors=True)
+                upload.discard()
                 return
             if self._pending is not None:
-                shutil.rmtree(self._pending.staged, ignore_errors=True)
-            self._pending = _Upload(relative, staged)
+                self._pending.discard()
+            self._pending = upload
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"checkpoint-sync-{self.job_id}", daemon=True
                 )
                 self._thread.start()
             self._cond.notify_all()
+
+    def _stage(self, folder: Path) -> Path:
+        staged = self._staging / f"{folder.name}-{uuid.uuid4().hex}"
+        try:
+            make_private_dirs(self._staging)
+            shutil.copytree(folder, staged, copy_function=_link_or_copy)
+        except OSError:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        return staged
 
     def on_event(self, message: str, data: Mapping[str, object] | None) -> None:
         """The stage's events as the monitor sees them: a ``checkpoint`` event with a ``path``
@@ -212,7 +244,7 @@ class CheckpointSync:
                 log.warning("checkpoint %s not copied to the store: %s", upload.relative, err,
                             exc_info=not isinstance(err, StorageError))  # fmt: skip
             finally:
-                shutil.rmtree(upload.staged, ignore_errors=True)
+                upload.discard()
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
@@ -222,20 +254,35 @@ class CheckpointSync:
             if name not in self._companions_done and (self.work_dir / name).is_dir():
                 self._put_companion(name)
                 self._companions_done.add(name)
-        key = layout.job_work_item(self.job_id, upload.relative)
-        if read_manifest(self.store, key) is None:
-            put_folder(self.store, key, upload.staged)
-            log.info("checkpoint %s copied to the store", upload.relative)
-        # Complete in the store: older checkpoints of its series (and copies a killed worker
-        # left half-done) can go.
-        parent, _, name = key.rpartition("/")
+        for relative, staged in upload.folders:
+            key = layout.job_work_item(self.job_id, relative)
+            if read_manifest(self.store, key) is None:
+                put_folder(self.store, key, staged)
+        log.info("checkpoint %s copied to the store", upload.relative)
+        # Complete in the store: older folders of each series beyond what the stage keeps (and
+        # copies a killed worker left half done) can go.
+        for relative, _ in upload.folders:
+            self._prune(relative)
+
+    def _prune(self, relative: str) -> None:
+        parent, _, name = layout.job_work_item(self.job_id, relative).rpartition("/")
         match = _SERIES.match(name)
         if match is None:
             return
+        kept = BESIDE.get(relative.rpartition("/")[0], 1)
+        newest = int(match["number"])
+        older: list[tuple[int, str]] = []
         for sibling in children(self.store, parent):
             other = _SERIES.match(sibling)
-            if sibling != name and other is not None and other["series"] == match["series"]:
+            if sibling == name or other is None or other["series"] != match["series"]:
+                continue
+            number = int(other["number"])
+            if number < newest and read_manifest(self.store, f"{parent}/{sibling}") is not None:
+                older.append((number, sibling))
+            else:
                 self.store.delete(f"{parent}/{sibling}")
+        for _, sibling in sorted(older, reverse=True)[kept - 1 :]:
+            self.store.delete(f"{parent}/{sibling}")
 
     def _put_companion(self, name: str) -> None:
         """Store a companion folder unless the store holds the same files already (a tokenizer
@@ -265,7 +312,7 @@ class CheckpointSync:
         with self._cond:
             self._closing = True
             if not upload_pending and self._pending is not None:
-                shutil.rmtree(self._pending.staged, ignore_errors=True)
+                self._pending.discard()
                 self._pending = None
             self._cond.notify_all()
             while self._pending is not None or self._busy:

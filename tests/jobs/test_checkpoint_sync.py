@@ -17,10 +17,11 @@ from app.store.folders import MANIFEST, read_manifest
 from app.store.local import LocalStore
 from app.store.s3 import S3Store
 from pipeline.parts import checkpoint as ckpt
+from pipeline.parts import hf
 from tests.jobs.checkpoint_child import gated_store
 from tests.s3server import MotoServer, Relay, s3_options
 from tests.timing import scaled, wait_for
-from workers.checkpoint_sync import CheckpointSync
+from workers.checkpoint_sync import BESIDE, CheckpointSync
 
 JOB = "job_sync"
 WORK = f"jobs/{JOB}/work"
@@ -210,3 +211,41 @@ def test_on_the_local_folder_store_nothing_is_copied(tmp_path: Path) -> None:
         sync.on_checkpoint(trainer.save(1))
     assert sync.uploaded == [] and read_manifest(store, f"{WORK}/checkpoints/step_00000001") is None
     assert sorted(p.name for p in work.iterdir()) == ["checkpoints"]
+
+
+def test_a_fine_tunes_snapshots_travel_with_its_checkpoints_the_newest_three_kept(
+    s3: S3Store, tmp_path: Path
+) -> None:
+    assert BESIDE == {hf.SNAPSHOTS: hf.KEPT_SNAPSHOTS}
+    machine_a = tmp_path / "a" / "work"
+    trainer = Trainer(machine_a)
+    for step in (10, 20, 30, 40):  # one attempt each, so that no copy is skipped
+        snapshot = machine_a / hf.SNAPSHOTS / f"step_{step:08d}"  # saved before the checkpoint
+        snapshot.mkdir(parents=True)
+        (snapshot / "adapter_model.safetensors").write_bytes(b"w" * step)
+        with CheckpointSync(s3, JOB, machine_a) as sync:
+            sync.on_checkpoint(trainer.save(step))
+    snapshots = [f"{hf.SNAPSHOTS}/step_{s:08d}" for s in (20, 30, 40)]
+    assert complete(s3) == [*snapshots, "checkpoints/step_00000040"]
+
+    machine_b = tmp_path / "b" / "work"
+    restored = CheckpointSync(s3, JOB, machine_b).restore()
+    assert sorted(restored) == [*snapshots, "checkpoints/step_00000040"]
+    assert [step for step, _ in hf.snapshots(machine_b / hf.SNAPSHOTS)] == [20, 30, 40]
+
+
+def test_closing_after_success_drops_the_copy_not_yet_started(
+    s3: S3Store, moto_server: MotoServer, bucket: str, tmp_path: Path
+) -> None:
+    trainer = Trainer(tmp_path / "work")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    held = gated_store(moto_server.url, bucket, gate, gate_on=f"step_00000001/{MANIFEST}")
+    sync = CheckpointSync(held, JOB, tmp_path / "work")
+    sync.on_checkpoint(trainer.save(1))
+    wait_for(lambda: (gate / "entered").exists(), timeout=30, what="the first copy")
+    sync.on_checkpoint(trainer.save(2))
+    (gate / "release").touch()
+    sync.close(upload_pending=False)  # the copy in flight ends; the one waiting is dropped
+    assert sync.uploaded == ["checkpoints/step_00000001"]
+    assert complete(s3) == ["checkpoints/step_00000001"]
