@@ -368,8 +368,8 @@ def _finish(
     **values: Any,
 ) -> str | None:
     """Write the final state, retrying through short database outages for up to one lease."""
-    # A job that succeeded needs no more checkpoint copies; any other end may be resumed.
-    monitor.stop(upload_checkpoints=status != JobStatus.succeeded)
+    # Checkpoints serve a resume: a job that succeeded or was cancelled needs no more copies.
+    monitor.stop(upload_checkpoints=status not in (JobStatus.succeeded, JobStatus.cancelled))
     try:
         placed = _place_outputs(att, outcome) if outcome is not None else []
     except StorageUnavailable as err:  # nothing was recorded: the retry places them anew

@@ -12,16 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.jobs import service
+from app.settings import Settings
 from app.store.folders import MANIFEST, read_manifest
 from app.store.local import LocalStore
 from app.store.s3 import S3Store
 from pipeline.parts import checkpoint as ckpt
 from pipeline.parts import hf
+from tests.factories import make_job
 from tests.jobs.checkpoint_child import gated_store
 from tests.s3server import MotoServer, Relay, s3_options
 from tests.timing import scaled, wait_for
 from workers.checkpoint_sync import BESIDE, CheckpointSync
+from workers.monitor import JobMonitor
 
 JOB = "job_sync"
 WORK = f"jobs/{JOB}/work"
@@ -249,3 +254,39 @@ def test_closing_after_success_drops_the_copy_not_yet_started(
     sync.close(upload_pending=False)  # the copy in flight ends; the one waiting is dropped
     assert sync.uploaded == ["checkpoints/step_00000001"]
     assert complete(s3) == ["checkpoints/step_00000001"]
+
+
+@pytest.mark.parametrize("lease_lost", [False, True])
+def test_the_monitor_stops_after_the_last_checkpoint_is_stored_unless_the_job_is_no_longer_ours(
+    lease_lost: bool,
+    s3: S3Store,
+    moto_server: MotoServer,
+    bucket: str,
+    factory: sessionmaker[Session],
+    settings: Settings,
+    tenant: str,
+    tmp_path: Path,
+) -> None:
+    """A paused or preempted attempt ends with ``monitor.stop()``: the checkpoint still waiting
+    for its copy reaches the bucket first (the next attempt may run anywhere). An attempt that
+    lost its lease leaves it: another attempt owns the job's checkpoints now."""
+    job = make_job(factory, tenant)
+    with factory() as session:
+        service.claim_job(session=session, job_id=job.id, owner="w", lease_s=30)
+    trainer = Trainer(tmp_path / "work")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    held = gated_store(moto_server.url, bucket, gate, gate_on=f"step_00000001/{MANIFEST}")
+    monitor = JobMonitor(factory, settings, job.id, 1)
+    sync = CheckpointSync(held, JOB, tmp_path / "work")
+    monitor.copy_checkpoints(sync)
+    monitor.start()
+    sync.on_checkpoint(trainer.save(1))
+    wait_for(lambda: (gate / "entered").exists(), timeout=30, what="the first copy")
+    sync.on_checkpoint(trainer.save(2))
+    if lease_lost:
+        monitor.lease_lost.set()
+    (gate / "release").touch()
+    monitor.stop()
+    expected = "checkpoints/step_00000001" if lease_lost else "checkpoints/step_00000002"
+    assert complete(s3) == [expected]
