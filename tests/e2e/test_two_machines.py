@@ -25,7 +25,7 @@ CORPUS = Path(__file__).parents[1] / "fixtures" / "corpus" / "stories.jsonl"
 LEASE_S = 4
 TRAIN_S = 120
 """Seconds a pretraining run below may take, start to end (a few on an idle two-core machine)."""
-CHECKPOINT_EVERY = 20
+CHECKPOINT_EVERY = 10
 # The `tiny` preset, 160 steps: the first checkpoint reaches the bucket long before the end. The
 # tokenizer is trained inline, in the job's work folder: machine B must fetch it with the
 # checkpoint, or the checkpoint would not match the tokenizer B trained.
