@@ -254,11 +254,14 @@ class CheckpointSync:
             if name not in self._companions_done and (self.work_dir / name).is_dir():
                 self._put_companion(name)
                 self._companions_done.add(name)
+        copied = False
         for relative, staged in upload.folders:
             key = layout.job_work_item(self.job_id, relative)
-            if read_manifest(self.store, key) is None:
+            if read_manifest(self.store, key) is None:  # else stored already (a restored one)
                 put_folder(self.store, key, staged)
-        log.info("checkpoint %s copied to the store", upload.relative)
+                copied = True
+        if copied:
+            log.info("checkpoint %s copied to the store", upload.relative)
         # Complete in the store: older folders of each series beyond what the stage keeps (and
         # copies a killed worker left half done) can go.
         for relative, _ in upload.folders:
