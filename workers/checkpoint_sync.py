@@ -25,7 +25,7 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -87,11 +87,14 @@ class CheckpointSync:
         work_dir: Path,
         *,
         companions: tuple[str, ...] = COMPANIONS,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
+        """``warn`` tells the job's owner (a warning event) that a copy failed."""
         self.store = store
         self.job_id = job_id
         self.work_dir = work_dir
         self.companions = companions
+        self.warn = warn
         self.enabled = not is_local(store)
         self.uploaded: list[str] = []
         """Relative paths whose copy completed during this attempt, in order (logs, tests)."""
@@ -243,6 +246,12 @@ class CheckpointSync:
                 self.failed.append(upload.relative)
                 log.warning("checkpoint %s not copied to the store: %s", upload.relative, err,
                             exc_info=not isinstance(err, StorageError))  # fmt: skip
+                if self.warn is not None:
+                    code = err.code if isinstance(err, StorageError) else "storage.error"
+                    self.warn(
+                        f"checkpoint {upload.relative} was not copied to the store ({code}); "
+                        "training goes on and the next checkpoint tries again"
+                    )
             finally:
                 upload.discard()
                 with self._cond:

@@ -25,6 +25,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,8 @@ def attempt_started(
     the store while the stage runs; the monitor closes it as the attempt ends, so a paused or
     preempted job's last checkpoint is stored before the job is handed on. On the local folder
     it does nothing (the work folder is in the store already)."""
-    checkpoints = CheckpointSync(store, job_id, paths.work_dir)
+    warn = partial(monitor.on_event, level="warning")
+    checkpoints = CheckpointSync(store, job_id, paths.work_dir, warn=warn)
     monitor.copy_checkpoints(checkpoints)
     checkpoints.restore()
     return checkpoints

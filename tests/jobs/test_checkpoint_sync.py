@@ -160,10 +160,15 @@ def test_a_connection_cut_mid_copy_leaves_the_previous_complete_checkpoint(
     sync.on_checkpoint(trainer.save(1))
     sync.close()
     relay.cut_after(1024 * 1024, "up")  # in the middle of step 2's files
-    sync = CheckpointSync(through, JOB, tmp_path / "work")
+    warnings: list[str] = []
+    sync = CheckpointSync(through, JOB, tmp_path / "work", warn=warnings.append)
     sync.on_checkpoint(trainer.save(2))
     sync.close()
     assert sync.failed == ["checkpoints/step_00000002"] and not sync.uploaded
+    assert warnings == [
+        "checkpoint checkpoints/step_00000002 was not copied to the store "
+        "(storage.unavailable); training goes on and the next checkpoint tries again"
+    ]
     assert complete(s3) == ["checkpoints/step_00000001"]
 
     fresh = tmp_path / "fresh"
