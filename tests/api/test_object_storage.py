@@ -320,7 +320,7 @@ def test_the_bucket_cut_mid_upload_is_503_and_stores_nothing_then_the_upload_wor
         assert got.content == data
 
 
-def test_a_refused_multipart_upload_is_aborted_in_the_bucket(
+def test_refused_and_cut_off_multipart_uploads_are_aborted_in_the_bucket(
     settings: Settings,
     moto_server: MotoServer,
     bucket: str,
@@ -332,7 +332,22 @@ def test_a_refused_multipart_upload_is_aborted_in_the_bucket(
     store = open_configured_store(s3)
     assert isinstance(store, S3Store)
     data = jsonl(12 * MiB)
+    boundary = "cut"
+
+    def cut_off() -> Iterator[bytes]:
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        yield data  # two parts are up, then the body ends without its closing boundary
+
     with api(s3) as client:
+        cut = client.post(
+            "/v1/datasets",
+            content=cut_off(),
+            headers={**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert cut.status_code == 400, cut.text
         wrong = client.post(
             "/v1/datasets",
             files={"file": ("d.jsonl", data)},
