@@ -15,11 +15,10 @@ to a short-lived presigned URL instead, where the store has them (S3).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import formatdate
 from typing import BinaryIO
 from urllib.parse import quote
 
@@ -155,17 +154,14 @@ def parse_range(value: str, size: int) -> tuple[int, int] | str | None:
 
 
 def _if_range_holds(value: str | None, download: Download) -> bool:
-    """Whether a ``Range`` applies: no ``If-Range``, or one naming these very bytes."""
+    """Whether a ``Range`` applies: no ``If-Range``, or one naming these very bytes (the ETag,
+    or the exact Last-Modified date)."""
     if value is None:
         return True
     value = value.strip()
     if value.startswith(('"', "W/")):
         return download.etag is not None and value == download.etag
-    if download.modified is None:
-        return False
-    with contextlib.suppress(TypeError, ValueError):
-        return int(download.modified) <= parsedate_to_datetime(value).timestamp()
-    return False
+    return download.modified is not None and value == formatdate(download.modified, usegmt=True)
 
 
 def _open_first(store: Store, pieces: Sequence[Piece], start: int, end: int) -> BinaryIO | None:

@@ -188,6 +188,8 @@ def test_downloads_answer_ranges_on_both_backends(backend: Settings, auth: dict[
         assert stale.status_code == 200 and stale.content == data
         same = {**auth, "Range": "bytes=0-9", "If-Range": whole.headers["etag"]}
         assert client.get(url, headers=same).content == data[:10]
+        dated = {**auth, "Range": "bytes=0-9", "If-Range": whole.headers["last-modified"]}
+        assert client.get(url, headers=dated).status_code == 206
 
 
 def ready_model(factory: sessionmaker[Session], store: Store, tenant: str, tmp: Path) -> str:
