@@ -16,6 +16,7 @@ to a short-lived presigned URL instead, where the store has them (S3).
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -85,9 +86,14 @@ def presigned(settings: Settings, store: Store, key: str, filename: str | None) 
     return None if url is None else RedirectResponse(url, status_code=307)
 
 
+MAX_RANGES = 20
+"""More ranges than this in one request are answered with the whole content."""
+
+
 def respond(request: Request, store: Store, download: Download) -> Response:
-    """The download as a 200, or the part a ``Range`` header asks for as a 206 (416 when it is
-    past the end). Call it from a sync route (it opens the first object, in the threadpool).
+    """The download as a 200, or what a ``Range`` header asks for as a 206: one range, or
+    several as ``multipart/byteranges`` (416 when none is inside the content). Call it from a
+    sync route (it opens the first object, in the threadpool).
 
     Raises:
         NotFound: an object of the download is missing.
@@ -101,56 +107,73 @@ def respond(request: Request, store: Store, download: Download) -> Response:
         headers["Last-Modified"] = formatdate(download.modified, usegmt=True)
     if download.filename:
         headers["Content-Disposition"] = _disposition(download.filename)
-    start, end, status = 0, size, 200
+    spans, tail = [(b"", 0, size)], b""
+    media_type, status = download.media_type, 200
     wanted = request.headers.get("range")
-    if wanted and _if_range_holds(request.headers.get("if-range"), download):
-        window = parse_range(wanted, size)
-        if window is None:
-            pass  # not a single byte range we understand: the whole content, as RFC 9110 allows
-        elif isinstance(window, str):  # "unsatisfiable"
+    ranges = parse_ranges(wanted, size) if wanted else None
+    if ranges is not None and _if_range_holds(request.headers.get("if-range"), download):
+        status = 206
+        if not ranges:
             return render(
                 416,
                 f"The range is outside the content's {size} bytes.",
                 code="range_not_satisfiable",
                 headers={"Content-Range": f"bytes */{size}"},
             )
-        else:
-            start, end = window
-            status = 206
+        if len(ranges) == 1:
+            (start, end) = ranges[0]
+            spans = [(b"", start, end)]
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    headers["Content-Length"] = str(end - start)
-    first = _open_first(store, download.pieces, start, end)
+        else:
+            boundary = secrets.token_hex(13)
+            spans = [
+                (_part_head(boundary, download.media_type, span, size, first=i == 0), *span)
+                for i, span in enumerate(ranges)
+            ]
+            tail = f"\r\n--{boundary}--\r\n".encode("latin-1")
+            media_type = f"multipart/byteranges; boundary={boundary}"
+    length = sum(len(head) + end - start for head, start, end in spans) + len(tail)
+    headers["Content-Length"] = str(length)
+    first = _open_first(store, download.pieces, spans)
     return StreamingResponse(
-        _stream(store, download.pieces, start, end, first),
+        _stream(store, download.pieces, spans, tail, first),
         status_code=status,
-        media_type=download.media_type,
+        media_type=media_type,
         headers=headers,
     )
 
 
-def parse_range(value: str, size: int) -> tuple[int, int] | str | None:
-    """``(start, end)`` (end exclusive) for one ``bytes=`` range, ``"unsatisfiable"``, or None
-    for what is ignored (another unit, several ranges, bad syntax)."""
-    unit, _, spec = value.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+def parse_ranges(value: str, size: int) -> list[tuple[int, int]] | None:
+    """The ``bytes=`` ranges inside the content as ``(start, end)`` (end exclusive), sorted and
+    merged where they overlap; ``[]`` when none is (416); None for a header that is ignored
+    (another unit, bad syntax, too many ranges), as RFC 9110 allows."""
+    unit, _, specs = value.partition("=")
+    parts = specs.split(",")
+    if unit.strip().lower() != "bytes" or len(parts) > MAX_RANGES:
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()):
-        return None
-    if (first and not first.isdigit()) or (last and not last.isdigit()):
-        return None
-    if not first:  # the last N bytes
-        count = int(last)
-        if count == 0 or size == 0:
-            return "unsatisfiable"
-        return max(0, size - count), size
-    start = int(first)
-    if last and int(last) < start:
-        return None
-    if start >= size:
-        return "unsatisfiable"
-    end = size if not last else min(size, int(last) + 1)
-    return start, end
+    ranges = []
+    for part in parts:
+        first, dash, last = part.strip().partition("-")
+        if not dash or not (first or last) or not (first or "0").isdigit():
+            return None
+        if last and not last.isdigit():
+            return None
+        if not first:  # the last N bytes
+            if int(last) > 0 and size > 0:
+                ranges.append((max(0, size - int(last)), size))
+            continue
+        start = int(first)
+        if last and int(last) < start:
+            return None
+        if start < size:
+            ranges.append((start, size if not last else min(size, int(last) + 1)))
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def _if_range_holds(value: str | None, download: Download) -> bool:
@@ -164,11 +187,14 @@ def _if_range_holds(value: str | None, download: Download) -> bool:
     return download.modified is not None and value == formatdate(download.modified, usegmt=True)
 
 
-def _open_first(store: Store, pieces: Sequence[Piece], start: int, end: int) -> BinaryIO | None:
-    """The first object the window reads, opened now (so a failure is an error answer)."""
-    for piece, offset, lo, hi in _windows(pieces, start, end):
-        if isinstance(piece, ObjectInfo):
-            return _open(store, piece, lo - offset, hi - lo)
+def _open_first(
+    store: Store, pieces: Sequence[Piece], spans: Sequence[tuple[bytes, int, int]]
+) -> BinaryIO | None:
+    """The first object the response reads, opened now (so a failure is an error answer)."""
+    for _, start, end in spans:
+        for piece, offset, lo, hi in _windows(pieces, start, end):
+            if isinstance(piece, ObjectInfo):
+                return _open(store, piece, lo - offset, hi - lo)
     return None
 
 
@@ -193,30 +219,55 @@ def _windows(pieces: Sequence[Piece], start: int, end: int) -> list[tuple[Piece,
 
 
 async def _stream(
-    store: Store, pieces: Sequence[Piece], start: int, end: int, first: BinaryIO | None
+    store: Store,
+    pieces: Sequence[Piece],
+    spans: Sequence[tuple[bytes, int, int]],
+    tail: bytes,
+    first: BinaryIO | None,
 ) -> AsyncIterator[bytes]:
-    """The window's bytes; reads run in a thread, and every handle is closed however the
-    response ends (served, the client gone, the send timeout)."""
+    """Each span's head (a multipart part header) then its bytes, then ``tail``. Reads run in a
+    thread, and every handle is closed however the response ends (served, the client gone, the
+    send timeout)."""
     handle = first
     try:
-        for piece, offset, lo, hi in _windows(pieces, start, end):
-            if isinstance(piece, bytes):
-                yield piece[lo - offset : hi - offset]
-                continue
-            if handle is None:
-                handle = await anyio.to_thread.run_sync(_open, store, piece, lo - offset, hi - lo)
-            left = hi - lo
-            while left > 0:
-                data = await anyio.to_thread.run_sync(handle.read, min(CHUNK, left))
-                if not data:  # shorter than stated: end the response short, not padded
-                    raise RuntimeError(f"stored object {piece.key} ended early")
-                left -= len(data)
-                yield data
-            handle.close()
-            handle = None
+        for head, start, end in spans:
+            if head:
+                yield head
+            for piece, offset, lo, hi in _windows(pieces, start, end):
+                if isinstance(piece, bytes):
+                    yield piece[lo - offset : hi - offset]
+                    continue
+                if handle is None:
+                    handle = await anyio.to_thread.run_sync(
+                        _open, store, piece, lo - offset, hi - lo
+                    )
+                left = hi - lo
+                while left > 0:
+                    data = await anyio.to_thread.run_sync(handle.read, min(CHUNK, left))
+                    if not data:  # shorter than stated: end the response short, not padded
+                        raise RuntimeError(f"stored object {piece.key} ended early")
+                    left -= len(data)
+                    yield data
+                handle.close()
+                handle = None
+        if tail:
+            yield tail
     finally:
         if handle is not None:
             handle.close()
+
+
+def _part_head(
+    boundary: str, media_type: str, span: tuple[int, int], size: int, *, first: bool
+) -> bytes:
+    """The header of one part of a ``multipart/byteranges`` body (after the previous part's
+    bytes and their line break)."""
+    start, end = span
+    lead = "" if first else "\r\n"
+    return (
+        f"{lead}--{boundary}\r\nContent-Type: {media_type}\r\n"
+        f"Content-Range: bytes {start}-{end - 1}/{size}\r\n\r\n"
+    ).encode("latin-1")
 
 
 def _disposition(filename: str) -> str:

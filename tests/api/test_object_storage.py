@@ -179,6 +179,19 @@ def test_downloads_answer_ranges_on_both_backends(backend: Settings, auth: dict[
             assert part.content == data[start:end]
             assert part.headers["content-range"] == f"bytes {start}-{end - 1}/{size}"
 
+        merged = client.get(url, headers={**auth, "Range": "bytes=0-9, 5-14"})
+        assert merged.status_code == 206 and merged.content == data[:15]
+        several = client.get(url, headers={**auth, "Range": f"bytes=0-9,{size - 5}-"})
+        assert several.status_code == 206
+        kind, _, boundary = several.headers["content-type"].partition("; boundary=")
+        assert kind == "multipart/byteranges"
+        assert several.headers["content-length"] == str(len(several.content))
+        parts = several.content.split(f"--{boundary}".encode())
+        assert parts[0] == b"" and parts[-1] == b"--\r\n"
+        assert parts[1].endswith(b"\r\n\r\n" + data[:10] + b"\r\n")
+        assert f"Content-Range: bytes 0-9/{size}".encode() in parts[1]
+        assert parts[2].endswith(b"\r\n\r\n" + data[-5:] + b"\r\n")
+
         past = client.get(url, headers={**auth, "Range": f"bytes={size}-"})
         assert past.status_code == 416
         assert past.headers["content-range"] == f"bytes */{size}"
