@@ -7,8 +7,10 @@ upload, so the row and the job that checks it exist together or not at all.
 
 No database connection is held while the body streams: the quotas (storage, and active jobs,
 since the upload queues one) are checked in a short session before (from ``Content-Length``) and
-after (the real size), and the upload is registered at the end. A refused, cut-off or failed
-upload leaves nothing on disk, not even its folder.
+after (the real size), and the upload is registered at the end. The body streams into the
+store's writer (a temporary file, or an S3 multipart upload); a refused, cut-off or failed upload
+aborts it and leaves nothing in the store, not even its folder. An unreachable store is
+``StorageUnavailable``: 503 with ``Retry-After``, no row.
 """
 
 from __future__ import annotations
