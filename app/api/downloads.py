@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import anyio.to_thread
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from app.api.errors import render
 from app.errors import NotFound
@@ -135,12 +136,29 @@ def respond(request: Request, store: Store, download: Download) -> Response:
     length = sum(len(head) + end - start for head, start, end in spans) + len(tail)
     headers["Content-Length"] = str(length)
     first = _open_first(store, download.pieces, spans)
-    return StreamingResponse(
+    return _ClosingResponse(
         _stream(store, download.pieces, spans, tail, first),
         status_code=status,
         media_type=media_type,
         headers=headers,
     )
+
+
+class _ClosingResponse(StreamingResponse):
+    """A streamed response that closes its body generator however sending ends: a reader that
+    went away or stalled releases its file or S3 connection at once, not when the generator is
+    garbage collected."""
+
+    def __init__(self, body: AsyncGenerator[bytes, None], **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        self._body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._body.aclose()
 
 
 def parse_ranges(value: str, size: int) -> list[tuple[int, int]] | None:
@@ -224,7 +242,7 @@ async def _stream(
     spans: Sequence[tuple[bytes, int, int]],
     tail: bytes,
     first: BinaryIO | None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Each span's head (a multipart part header) then its bytes, then ``tail``. Reads run in a
     thread, and every handle is closed however the response ends (served, the client gone, the
     send timeout)."""

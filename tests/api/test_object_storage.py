@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,10 +33,12 @@ from app.settings import Settings
 from app.storage import Store, open_configured_store
 from app.store.folders import put_folder
 from app.store.s3 import S3Store
+from tests.api.test_hardening_streams import STALLED, serving
 from tests.conftest import TEST_BROKER_URL
-from tests.factories import make_model
+from tests.factories import make_key, make_model
 from tests.s3server import MotoServer, Relay, storage_env
 from tests.store.conftest import pending_uploads
+from tests.timing import wait_for
 
 MiB = 1024 * 1024
 PREFIX = "gristmill"
@@ -374,3 +377,37 @@ def test_refused_and_cut_off_multipart_uploads_are_aborted_in_the_bucket(
     assert dataset_rows(factory) == 0
     assert bucket_keys(store) == []
     assert pending_uploads(store) == []
+
+
+@pytest.mark.timeout(90)
+def test_a_download_from_the_bucket_nobody_reads_is_disconnected(
+    settings: Settings,
+    moto_server: MotoServer,
+    bucket: str,
+    factory: sessionmaker[Session],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s3 = s3_settings(settings, moto_server.url, bucket, tmp_path)
+    key = make_key(factory, "slowreader").key
+    auth = {"Authorization": f"Bearer {key}"}
+    body = jsonl(16 * MiB)  # far more than the socket buffers hold
+    with serving(s3) as base, httpx.Client(base_url=base, timeout=60) as client:
+        ds = client.post("/v1/datasets", files={"file": ("big.jsonl", body)}, headers=auth)
+        assert ds.status_code == 202, ds.text
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+        sock.sendall(
+            f"GET /v1/datasets/{ds.json()['id']}/content HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {key}\r\n\r\n".encode()
+        )
+        wait_for(
+            lambda: any(STALLED in r.getMessage() for r in caplog.records),
+            timeout=15,
+            interval=0.1,
+            what="the server to drop the stalled download",
+        )
+        # The stream slot came back (the object's connection with it): the API answers.
+        assert client.get("/v1/jobs", headers=auth).status_code == 200
+        sock.close()
