@@ -37,7 +37,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.store import StorageUnavailable
+from app.store import StorageConfigError, StorageUnavailable
 from app.store.settings import StorageSettings
 from inference.engine import (
     Engine,
@@ -332,7 +332,10 @@ def serve(
 
     from inference.vllm_engine import EngineUnavailable
 
-    folders = open_model_folders(settings.model_root, storage, data_dir)
+    try:
+        folders = open_model_folders(settings.model_root, storage, data_dir)
+    except StorageConfigError as exc:  # a setting (a URL and a folder, a bad URL): no traceback
+        raise SystemExit(f"gristmill inference: {exc}") from None
     try:
         app = create_app(settings, folders=folders)
     except EngineUnavailable as exc:  # an operator's setting, not a bug: no traceback
