@@ -86,7 +86,8 @@ class ModelFolders:
                 pinned = self._pinned[key] = (copies, path)
                 self._unpin_beyond(PINNED)
         self._locks.pop(key, None)
-        self._pinned.move_to_end(key)
+        if key in self._pinned:  # (unless as many others came in since: it is unpinned)
+            self._pinned.move_to_end(key)
         return pinned[1]
 
     def _s3(self) -> Store:
