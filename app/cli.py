@@ -188,10 +188,12 @@ def run_inference(host: str, port: int, *, quiet: bool = False) -> None:
     from inference.server import serve as serve_inference
     from inference.settings import InferenceSettings
 
-    settings = InferenceSettings()
-    if settings.model_root is None:  # the store the API names keys in
-        settings = settings.model_copy(update={"model_root": get_settings().resolved_storage_dir})
-    serve_inference(settings, host, port)
+    # Unless GRISTMILL_INFERENCE_MODEL_ROOT says otherwise, the store the API names keys in:
+    # its folder, or the bucket read through <data_dir>/store-cache.
+    app_settings = get_settings()
+    serve_inference(
+        InferenceSettings(), host, port, storage=app_settings, data_dir=app_settings.data_dir
+    )
 
 
 def ensure_default_key(settings: Settings) -> tuple[str, bool]:

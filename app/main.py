@@ -38,7 +38,7 @@ from app.broker import enqueue
 from app.db import make_engine, make_session_factory
 from app.flows.housekeeping import ReaperThread
 from app.settings import Settings, get_settings
-from app.storage import Store, open_configured_store
+from app.storage import open_configured_store
 
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 

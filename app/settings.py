@@ -86,6 +86,9 @@ class Settings(StorageSettings):
     """A request body that sends nothing for this long is cut off (408)."""
     send_timeout_seconds: float = Field(60.0, gt=0)
     """A client that reads nothing of a response (a download) for this long is disconnected."""
+    storage_presigned_downloads: bool = False
+    """Content routes answer 307 to a short-lived presigned URL of the object (when the store
+    has them: S3), so large downloads bypass the API; the caller is authorised first."""
     max_streams_per_tenant: int = Field(4, ge=1)
     """Uploads and downloads one tenant may have in flight at once; more answer 429."""
     db_pool_size: int = Field(5, ge=1)

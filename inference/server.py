@@ -30,19 +30,22 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from app.store import StorageConfigError, StorageUnavailable
+from app.store.settings import StorageSettings
 from inference.engine import (
     Engine,
     GenerationStream,
     InferenceError,
-    ModelNotFound,
     collect,
 )
+from inference.folders import ModelFolders, open_model_folders
 from inference.protocol import (
     ChatRequest,
     ChunkWriter,
@@ -76,9 +79,13 @@ def _sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
-def create_app(settings: InferenceSettings, engine: Engine | None = None) -> FastAPI:
+def create_app(
+    settings: InferenceSettings, engine: Engine | None = None, folders: ModelFolders | None = None
+) -> FastAPI:
     """The service's app. ``engine`` defaults to transformers for Hugging Face models and
-    llama.cpp for GGUF ones, sharing the settings' memory budget."""
+    llama.cpp for GGUF ones, sharing the settings' memory budget; ``folders`` (where the
+    models' store keys are read) defaults to the settings' ``model_root``."""
+    the_folders = folders if folders is not None else ModelFolders(settings.model_root)
     if engine is None:
         from inference.engines import default_engine
 
@@ -101,6 +108,7 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         renderer.close()
+        the_folders.close()
 
     app = FastAPI(title="Gristmill inference", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.engine = the_engine
@@ -108,6 +116,7 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
     app.state.scheduler = scheduler
     app.state.stats = stats
     app.state.settings = settings
+    app.state.folders = the_folders
 
     async def authenticate(request: Request) -> None:
         """Only the API, which checked the tenant owns the model, may ask for a generation."""
@@ -171,6 +180,19 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
             headers={"Retry-After": str(settings.retry_after_seconds)},
         )
 
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_down(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        return JSONResponse(
+            error_body(
+                "the model store is unreachable; retry shortly",
+                type_="server_error",
+                code=exc.code,
+                param="model",
+            ),
+            status_code=503,
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
+
     @app.exception_handler(RequestTimeout)
     async def _timeout(_: Request, __: RequestTimeout) -> JSONResponse:
         return JSONResponse(
@@ -196,6 +218,7 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
             "memory_budget_bytes": settings.memory_budget_bytes,
             "stats": vars(stats),
             "templates_killed": renderer.killed,
+            "store_downloads": the_folders.downloads,
         }
 
     async def respond(
@@ -206,9 +229,7 @@ def create_app(settings: InferenceSettings, engine: Engine | None = None) -> Fas
         generation = body.generation()
         if generation.params.n > settings.max_n:
             raise InferenceError(f"n may be at most {settings.max_n}", param="n")
-        if settings.model_root is None:
-            raise ModelNotFound("this service has no model store configured", param="model")
-        model = body.model.ref(settings.model_root)
+        model = await the_folders.ref(body.model)
         tenant = request.headers.get(TENANT_HEADER) or None
         scheduler.admit(tenant)
         deadline = time.monotonic() + settings.request_timeout_seconds
@@ -290,9 +311,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(settings: InferenceSettings, host: str, port: int) -> None:
+def serve(
+    settings: InferenceSettings,
+    host: str,
+    port: int,
+    *,
+    storage: StorageSettings | None = None,
+    data_dir: Path = Path("var"),
+) -> None:
     """Serve on ``host:port``; without a token, on a loopback address only (anyone who reaches
-    the port could otherwise generate with any model on the store)."""
+    the port could otherwise generate with any model on the store). Models come from
+    ``settings.model_root`` when set, else from the store ``storage`` names (the API's)."""
     import uvicorn
 
     if settings.token is None and not is_loopback(host):
@@ -304,7 +333,11 @@ def serve(settings: InferenceSettings, host: str, port: int) -> None:
     from inference.vllm_engine import EngineUnavailable
 
     try:
-        app = create_app(settings)
+        folders = open_model_folders(settings.model_root, storage, data_dir)
+    except StorageConfigError as exc:  # a setting (a URL and a folder, a bad URL): no traceback
+        raise SystemExit(f"gristmill inference: {exc}") from None
+    try:
+        app = create_app(settings, folders=folders)
     except EngineUnavailable as exc:  # an operator's setting, not a bug: no traceback
         raise SystemExit(f"gristmill inference: {exc}") from None
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

@@ -51,9 +51,10 @@ class InferenceSettings(BaseSettings):
     """Largest ``n`` (choices per request; a batch in transformers and vLLM, one after the
     other in llama.cpp)."""
     model_root: Path | None = None
-    """The store's folder: the API names models by keys under it, never by path.
-    ``gristmill inference`` defaults it to the store the API uses (``GRISTMILL_STORAGE_DIR``,
-    else ``<data_dir>/store``); with none, every model is refused."""
+    """The store's folder: the API names models by keys under it, never by path. Unset,
+    ``gristmill inference`` reads the store the API uses (``GRISTMILL_STORAGE_*``): its folder,
+    or its bucket through this machine's cache (:mod:`inference.folders`); with neither, every
+    model is refused."""
     token: str | None = Field(None, min_length=16, repr=False)
     """``GRISTMILL_INFERENCE_TOKEN``: the secret the API presents (``Authorization: Bearer``);
     the service answers nothing but ``/health`` without it. Unset, the service only binds a

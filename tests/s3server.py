@@ -11,10 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-
-import uuid
 
 import boto3
 import httpx

@@ -301,11 +301,12 @@ def _stopped(att: _Attempt, monitor: JobMonitor) -> str | None:
 
 def _storage_unavailable(att: _Attempt, monitor: JobMonitor, err: StorageUnavailable) -> str | None:
     """The store could not be reached: a transient failure, so the attempt counts and the job
-    is queued again (failing with ``storage.unavailable`` once none is left)."""
+    is queued again (failing with ``storage.unavailable`` once none is left). The message is left
+    for the reaper to send after ``GRISTMILL_REQUEUE_AFTER_SECONDS``: an outage of a minute or
+    two then costs an attempt or two, not the whole budget in a burst of instant retries."""
     log.warning("storage unavailable during the attempt: %s", err)
-    return _requeue(
-        att, monitor, f"{err.code}: the artifact store could not be reached", error_code=err.code
-    )
+    reason = f"{err.code}: the artifact store could not be reached"
+    return _requeue(att, monitor, reason, error_code=err.code, send=False)
 
 
 def _requeue(
@@ -315,8 +316,10 @@ def _requeue(
     *,
     preempted: bool = False,
     error_code: str = "job.attempts_exhausted",
+    send: bool = True,
 ) -> str | None:
-    """Queue the job again: it resumes from its checkpoints on the next worker.
+    """Queue the job again: it resumes from its checkpoints on the next worker (``send``: at
+    once, else when the reaper finds it still queued).
 
     A crashed attempt counts, and fails the job with ``error_code`` when none is left. A
     preempted one (its worker shut down, as in a deploy) does not: the job gets one more attempt
@@ -357,7 +360,8 @@ def _requeue(
             )
     if not requeued:
         return None
-    enqueue(att.job_id, queue)
+    if send:
+        enqueue(att.job_id, queue)
     return JobStatus.queued.value
 
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +19,9 @@ from app.artifacts.tables import Artifact
 from app.db import find_owned, get_owned, paginate
 from app.errors import InvalidInput, NotFound, public_reasons, shown
 from app.ids import new_id
-from app.storage import CHUNK, Store, sha256_of
+from app.storage import Store, sha256_of
+from app.store import ObjectInfo, ObjectNotFound
+from app.store.folders import MANIFEST as STORE_MANIFEST
 
 Category = Literal["tokenizer", "model"]
 PREFIXES: dict[Category, str] = {"tokenizer": "tok", "model": "mdl"}
@@ -169,28 +171,37 @@ def list_artifacts(
 
 
 def list_files(*, store: Store, artifact: Artifact) -> list[ArtifactFile]:
-    """The files of a ready artifact (one still validating, or refused, has none to offer)."""
-    path = store.local_path(artifact.uri) / MANIFEST
-    if artifact.status != "ready" or not path.exists():
+    """The files of a ready artifact (one still validating, or refused, has none to offer), as
+    its ``manifest.json`` lists them: never the store's own folder manifest."""
+    if artifact.status != "ready":
         return []
-    return [ArtifactFile(**entry) for entry in json.loads(path.read_text())]
+    try:
+        with store.open_read(f"{artifact.uri}/{MANIFEST}") as handle:
+            entries: list[dict[str, Any]] = json.load(handle)
+    except ObjectNotFound:
+        return []
+    return [ArtifactFile(**e) for e in entries if e.get("path") != STORE_MANIFEST]
 
 
-def file_path(*, store: Store, artifact: Artifact, name: str) -> Path:
-    """One file of the artifact, only if the manifest lists it (no path games)."""
-    if name not in {f.path for f in list_files(store=store, artifact=artifact)}:
-        raise NotFound(
-            f"No file '{shown(name)}' in {artifact.id}.", code="file.not_found", param="path"
-        )
-    return store.local_path(artifact.uri) / name
+def file_entry(*, store: Store, artifact: Artifact, name: str) -> tuple[str, ArtifactFile]:
+    """The store key and manifest entry of one file of the artifact, only if the manifest lists
+    it (no path games)."""
+    for entry in list_files(store=store, artifact=artifact):
+        if entry.path == name:
+            return f"{artifact.uri}/{name}", entry
+    raise NotFound(
+        f"No file '{shown(name)}' in {artifact.id}.", code="file.not_found", param="path"
+    )
 
 
-def stream_tar(*, store: Store, artifact: Artifact) -> Iterator[bytes]:
-    """A ``.tar`` of the artifact folder, produced file by file: memory stays flat.
+def tar_pieces(*, store: Store, artifact: Artifact) -> list[bytes | ObjectInfo]:
+    """A ``.tar`` of the artifact folder as tar headers and stored objects in order: its size is
+    known before a byte is read, so it can be sent with a length and in ranges, file by file.
 
     Raises:
-        NotFound: the artifact is not ready (nothing to download yet, or it was refused); raised
-            before the first byte, so the caller answers with a clean error.
+        NotFound: the artifact is not ready (nothing to download yet, or it was refused), or a
+            file it lists is missing; raised before the first byte, so the caller answers with a
+            clean error.
     """
     if artifact.status != "ready":
         raise NotFound(
@@ -199,23 +210,24 @@ def stream_tar(*, store: Store, artifact: Artifact) -> Iterator[bytes]:
             code=f"{artifact.category}.not_ready",
         )
     names = [f.path for f in list_files(store=store, artifact=artifact)] + [MANIFEST]
-    return _tar_chunks(store.local_path(artifact.uri), artifact.id, names)
-
-
-def _tar_chunks(folder: Path, root: str, names: list[str]) -> Iterator[bytes]:
+    stored = {info.key: info for info in store.list(artifact.uri)}
+    pieces: list[bytes | ObjectInfo] = []
     for name in names:
-        path = folder / name
-        info = tarfile.TarInfo(f"{root}/{name}")
-        info.size = path.stat().st_size
-        info.mtime = int(path.stat().st_mtime)
-        info.mode = 0o644
-        yield info.tobuf(format=tarfile.PAX_FORMAT)
-        with path.open("rb") as handle:
-            while data := handle.read(CHUNK):
-                yield data
+        info = stored.get(f"{artifact.uri}/{name}")
+        if info is None:
+            raise NotFound(
+                f"{artifact.category.title()} '{artifact.id}' is missing '{shown(name)}'.",
+                code="file.not_found",
+            )
+        header = tarfile.TarInfo(f"{artifact.id}/{name}")
+        header.size = info.size
+        header.mtime = int(info.modified)
+        header.mode = 0o644
+        pieces += [header.tobuf(format=tarfile.PAX_FORMAT), info]
         if info.size % tarfile.BLOCKSIZE:
-            yield b"\0" * (tarfile.BLOCKSIZE - info.size % tarfile.BLOCKSIZE)
-    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+            pieces.append(b"\0" * (tarfile.BLOCKSIZE - info.size % tarfile.BLOCKSIZE))
+    pieces.append(b"\0" * (2 * tarfile.BLOCKSIZE))
+    return pieces
 
 
 def check_ready(artifact: Artifact, *, param: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,8 +19,11 @@ from app.ids import new_id
 from app.jobs.states import FINAL_STATES, JobStatus
 from app.jobs.tables import Job
 from app.storage import Store
+from app.store import ObjectNotFound, StorageError
 
 SPLITS = ("file", "paragraph", "line")
+
+log = logging.getLogger(__name__)
 
 
 def parse_options(fields: dict[str, str]) -> dict[str, str]:
@@ -140,20 +144,32 @@ def mark_deleted(*, session: Session, dataset: Dataset) -> None:
 
 def delete_dataset(*, session: Session, store: Store, dataset: Dataset) -> None:
     """Delete the dataset's row (committed with whatever the caller wrote), then its files."""
-    keys = [dataset.storage_key, dataset.report_key]
+    folder = layout.dataset(dataset.id)
+    keys = [k for k in (dataset.storage_key, dataset.report_key) if k and not _under(k, folder)]
     session.delete(dataset)
     session.commit()
-    for key in keys:
-        if key:
+    try:
+        for key in [*keys, folder]:
             store.delete(key)
-    store.delete(layout.dataset(dataset.id))
+    except StorageError as exc:
+        # The row is gone, so the dataset is deleted; its objects left behind are a folder
+        # without a row, which garbage collection removes once the store answers again.
+        log.warning("dataset %s deleted; its stored bytes are left to gc: %s", dataset.id, exc)
+
+
+def _under(key: str, folder: str) -> bool:
+    return key == folder or key.startswith(folder + "/")
 
 
 def read_report(*, store: Store, dataset: Dataset) -> dict[str, Any] | None:
-    if not dataset.report_key or not store.exists(dataset.report_key):
+    """The preparation report, if the dataset has one (one read: no separate existence check)."""
+    if not dataset.report_key:
         return None
-    with store.open_read(dataset.report_key) as handle:
-        report: dict[str, Any] = json.load(handle)
+    try:
+        with store.open_read(dataset.report_key) as handle:
+            report: dict[str, Any] = json.load(handle)
+    except ObjectNotFound:
+        return None
     return report
 
 

@@ -1,10 +1,10 @@
-"""Receiving a multipart upload as a stream: flat memory, hashed on the way, atomic on disk.
+"""Receiving a multipart upload as a stream: flat memory, hashed on the way, atomic in the store.
 
 Starlette's form parser spools the whole body before a handler runs and puts no limit on file
 parts, so Gristmill parses the multipart stream itself: each chunk of the ``file`` part goes
-straight into an :class:`~app.storage.AtomicWriter` (temporary file + SHA-256), and the byte
-counter stops an oversized stream as soon as it crosses the limit. Nothing becomes visible unless
-the whole body arrived and the caller commits it.
+straight into the store's :class:`~app.store.Writer` (a temporary file, or an S3 multipart
+upload), and the byte counter stops an oversized stream as soon as it crosses the limit. Nothing
+becomes visible unless the whole body arrived and the caller commits it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import InvalidInput, PayloadTooLarge
-from app.storage import AtomicWriter
+from app.store import Writer
 
 FLUSH_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 4096
@@ -31,9 +31,9 @@ TEXT_FIELDS = frozenset({"name", "split", "column", "sha256", "purpose"})
 
 @dataclass
 class Upload:
-    """A received upload, written to a temporary file until ``writer.commit()``."""
+    """A received upload, in the store's writer until ``writer.commit()``."""
 
-    writer: AtomicWriter
+    writer: Writer
     filename: str | None = None
     fields: dict[str, str] = field(default_factory=dict)
     saw_file: bool = False
@@ -137,7 +137,7 @@ class _Receiver:
 
 
 async def receive(
-    chunks: AsyncIterator[bytes], *, content_type: str, writer: AtomicWriter, max_bytes: int
+    chunks: AsyncIterator[bytes], *, content_type: str, writer: Writer, max_bytes: int
 ) -> Upload:
     """Stream a ``multipart/form-data`` body into ``writer``. The caller commits or aborts it.
 
@@ -179,13 +179,13 @@ async def receive(
 
 
 class _BackgroundWrites:
-    """Disk writes (and hashing) in a worker thread, one batch in flight while parsing goes on.
+    """Store writes (and hashing) in a worker thread, one batch in flight while parsing goes on.
 
     At most two batches of ``FLUSH_BYTES`` are held at once, so memory stays flat whatever the
     upload's size.
     """
 
-    def __init__(self, writer: AtomicWriter) -> None:
+    def __init__(self, writer: Writer) -> None:
         self.writer = writer
         self.in_flight: asyncio.Future[None] | None = None
 

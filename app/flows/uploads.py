@@ -7,12 +7,16 @@ upload, so the row and the job that checks it exist together or not at all.
 
 No database connection is held while the body streams: the quotas (storage, and active jobs,
 since the upload queues one) are checked in a short session before (from ``Content-Length``) and
-after (the real size), and the upload is registered at the end. A refused, cut-off or failed
-upload leaves nothing on disk, not even its folder.
+after (the real size), and the upload is registered at the end. The body streams into the
+store's writer (a temporary file, or an S3 multipart upload); a refused, cut-off or failed upload
+aborts it and leaves nothing in the store, not even its folder. An unreachable store is
+``StorageUnavailable``: 503 with ``Retry-After``, no row.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,9 +37,11 @@ from app.flows import quotas
 from app.flows.submission import Enqueue, queue_job
 from app.jobs.kinds import ImportModelParams, ValidateParams, get_kind
 from app.settings import Settings
-from app.storage import AtomicWriter, Store
+from app.storage import Store
+from app.store import StorageError, Writer
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ async def upload_dataset(up: Uploader, body: Body) -> tuple[Dataset, bool]:
             earlier = _queue_check(up, "validate", params, dataset, request)
             if earlier is None:
                 return dataset, True
-            up.store.delete(layout.dataset(dataset_id))
+            _remove(up.store, layout.dataset(dataset_id))
             return up.session.scalars(select(Dataset).where(Dataset.job_id == earlier)).one(), False
 
         return await registration.run(register)
@@ -133,7 +139,7 @@ async def upload_model(up: Uploader, body: Body) -> tuple[Artifact, bool]:
             earlier = _queue_check(up, "import_model", params, artifact, request)
             if earlier is None:
                 return artifact, True
-            up.store.delete(layout.artifact("model", model_id))
+            _remove(up.store, layout.artifact("model", model_id))
             replayed = select(Artifact).where(Artifact.job_id == earlier)
             return up.session.scalars(replayed).one(), False
 
@@ -166,8 +172,19 @@ async def _removed_until_registered(store: Store, folder: str) -> AsyncIterator[
         yield registration
     except BaseException:
         if not registration.committed:
-            store.delete(folder)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_remove, store, folder)
         raise
+
+
+def _remove(store: Store, folder: str) -> None:
+    """Remove an unregistered upload's folder. A store that cannot be reached keeps the error the
+    caller is already answering with: the upload wrote nothing there (its writer aborted), or
+    what it wrote is a folder without a row, which garbage collection removes."""
+    try:
+        store.delete(folder)
+    except StorageError as exc:
+        log.warning("could not remove the unregistered upload %s: %s", folder, exc)
 
 
 def _queue_check(
@@ -209,17 +226,22 @@ def _queue_check(
     return job_id
 
 
-async def _receive(
-    up: Uploader, body: Body, key: str, code: str
-) -> tuple[upload.Upload, AtomicWriter]:
-    """The streamed ``file`` part, checked against a declared SHA-256 and committed at ``key``.
+async def _receive(up: Uploader, body: Body, key: str, code: str) -> tuple[upload.Upload, Writer]:
+    """The streamed ``file`` part, checked against a declared SHA-256 and committed at ``key``:
+    a multipart upload on object storage, hashed as it goes, with a few parts in memory.
+    Any failure (or cancellation) aborts the write, in a thread: on S3 aborting is a request.
 
     Raises:
         InvalidInput: not multipart, a cut-off body, or a SHA-256 that does not match
             (``<code>.checksum_mismatch``).
         PayloadTooLarge: the file grew past ``max_upload_bytes``.
+        StorageUnavailable: the store could not be reached (nothing is stored).
     """
-    with up.store.open_write(key) as writer:
+    size_hint = body.declared_bytes or None
+    writer = await anyio.to_thread.run_sync(
+        functools.partial(up.store.open_write, key, size_hint=size_hint)
+    )
+    try:
         received = await upload.receive(
             body.chunks,
             content_type=body.content_type,
@@ -234,6 +256,10 @@ async def _receive(
                 param="sha256",
             )
         await anyio.to_thread.run_sync(writer.commit)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(writer.abort)
+        raise
     return received, writer
 
 

@@ -9,6 +9,7 @@ The API computes it from the two jobs' task-example datasets.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -23,6 +24,7 @@ from app.errors import Conflict, InvalidInput, NotFound, shown
 from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.storage import Store
+from app.store import ObjectNotFound
 
 PER_ITEM = (
     "acc", "acc_norm", "exact_match", "f1", "rouge_l", "chrf", "bleu", "correct", "grader_score"
@@ -113,8 +115,13 @@ def _examples(session: Session, store: Store, job: Job) -> tuple[str, dict[int, 
     # Two uploads of the same file are the same items: the source is known by its content.
     source = find_owned(session, Dataset, str(task.get("dataset_id")), tenant_id=job.tenant_id)
     key = source.sha256 if source is not None else str(task.get("dataset_id"))
-    with store.local_path(dataset.storage_key).open(encoding="utf-8") as f:
-        return key, read_examples(f)
+    try:
+        with io.TextIOWrapper(store.open_read(dataset.storage_key), encoding="utf-8") as f:
+            return key, read_examples(f)
+    except ObjectNotFound:
+        raise Conflict(
+            f"Job '{job.id}''s task examples were deleted.", code="report.not_available"
+        ) from None
 
 
 def compare_jobs(

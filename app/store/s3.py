@@ -36,7 +36,7 @@ from app.store.base import ObjectInfo, check_key, folder_prefix
 from app.store.config import MiB, S3Options
 from app.store.errors import ObjectNotFound, StorageUnavailable
 from app.store.local import FILE_MODE, make_private_dirs, sha256_of
-from app.store.s3io import BodyReader, S3Writer, translate
+from app.store.s3io import BodyReader, OrderedHasher, S3Writer, translate
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -124,8 +124,8 @@ class S3Store:
 
     def get_file(self, key: str, dest: Path) -> str:
         """Download to ``dest`` and return the sha256. With a concurrency above 1, s3transfer's
-        parallel ranged GETs write the file at offsets and it is hashed afterwards (from the page
-        cache); with 1, one streamed GET is hashed on the way."""
+        parallel ranged GETs write the file at offsets, hashed in order as the prefix fills
+        (:class:`OrderedHasher`); with 1, one streamed GET is hashed on the way."""
         make_private_dirs(dest.parent)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -134,17 +134,24 @@ class S3Store:
                 if self.options.concurrency == 1:
                     digest = self._stream_to(key, handle)
                 else:
-                    with create_transfer_manager(self.client, self.transfer_config()) as manager:
-                        future = manager.download(self.bucket, self._key(key), handle)
-                        self._call(f"download {key}", future.result)
+                    digest = self._download_hashed(key, tmp)
                 handle.flush()
                 os.fsync(handle.fileno())
-            if self.options.concurrency != 1:
-                digest = sha256_of(tmp)
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
         return digest
+
+    def _download_hashed(self, key: str, tmp: Path) -> str:
+        hasher = OrderedHasher(os.open(tmp, os.O_RDWR))
+        try:
+            with create_transfer_manager(self.client, self.transfer_config()) as manager:
+                future = manager.download(self.bucket, self._key(key), cast(BinaryIO, hasher))
+                self._call(f"download {key}", future.result)
+            in_order = hasher.hexdigest(os.fstat(hasher.fd).st_size)
+        finally:
+            os.close(hasher.fd)
+        return in_order or sha256_of(tmp)
 
     def _stream_to(self, key: str, handle: BinaryIO) -> str:
         digest = hashlib.sha256()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import threading
 from collections import deque
 from typing import Any
@@ -37,6 +38,7 @@ from app.store.errors import (
     StorageUnavailable,
 )
 
+_HASH_CHUNK = 1024 * 1024
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _BUSY = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError", "Throttling"}
 
@@ -255,3 +257,70 @@ class BodyReader(io.RawIOBase):
     def close(self) -> None:
         self._body.close()
         super().close()
+
+
+class OrderedHasher:
+    """A seekable download target that hashes the file in order while s3transfer writes it.
+
+    A parallel ranged download writes chunks at their offsets as they arrive, out of order, so
+    the file used to be hashed only afterwards (a second pass over the whole object). Here a
+    chunk that continues the hashed prefix is hashed from memory, and chunks that came early are
+    read back (from the page cache) once the gap before them fills; memory stays one chunk.
+    s3transfer's single IO thread calls ``seek`` then ``write``; a retried range rewrites bytes
+    already hashed, which are skipped. :meth:`hexdigest` is None unless the whole file from 0 to
+    ``size`` was hashed exactly once, and the caller then hashes the file again.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._pos = 0
+        self._done = 0
+        self._early: list[tuple[int, int]] = []
+        self._digest = hashlib.sha256()
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence != io.SEEK_SET:
+            raise OSError("only absolute and relative seeks")
+        self._pos = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        start, count = self._pos, len(view)
+        written = 0
+        while written < count:
+            written += os.pwrite(self.fd, view[written:], start + written)
+        self._pos = start + count
+        end = start + count
+        if start <= self._done < end:
+            self._digest.update(view[self._done - start :])
+            self._done = end
+            self._drain()
+        elif start > self._done:
+            self._early.append((start, end))
+        return count
+
+    def _drain(self) -> None:
+        while True:
+            self._early = [(s, e) for s, e in self._early if e > self._done]
+            ready = [e for s, e in self._early if s <= self._done]
+            if not ready:
+                return
+            end = max(ready)
+            while self._done < end:
+                chunk = os.pread(self.fd, min(_HASH_CHUNK, end - self._done), self._done)
+                if not chunk:
+                    raise OSError("the download file is shorter than what was written to it")
+                self._digest.update(chunk)
+                self._done += len(chunk)
+
+    def hexdigest(self, size: int) -> str | None:
+        return self._digest.hexdigest() if self._done == size and not self._early else None

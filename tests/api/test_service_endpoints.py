@@ -15,10 +15,10 @@ def test_health_needs_no_key(client: TestClient) -> None:
     assert client.get("/v1/health").json() == {"status": "ok"}
 
 
-def test_ready_when_database_and_broker_answer(client: TestClient) -> None:
+def test_ready_when_database_broker_and_store_answer(client: TestClient) -> None:
     response = client.get("/v1/ready")
     assert response.status_code == 200
-    assert response.json()["checks"] == {"database": True, "broker": True}
+    assert response.json()["checks"] == {"database": True, "broker": True, "store": True}
 
 
 def test_not_ready_when_the_database_is_unreachable(settings: Settings) -> None:

@@ -176,9 +176,12 @@ def client(app: Any) -> Iterator[TestClient]:
 
 
 @contextlib.contextmanager
-def run_service(**env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def run_service(
+    *, model_root: bool = True, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``gristmill inference`` as a real process on a free port, with ``env`` on top of the
-    test settings; yields its URL (once healthy) and the process."""
+    test settings; yields its URL (once healthy) and the process. ``model_root=False`` leaves
+    the models to the store that ``env`` names (``GRISTMILL_STORAGE_*``)."""
     port = free_port()
     env = {
         **os.environ,
@@ -187,6 +190,8 @@ def run_service(**env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         "GRISTMILL_INFERENCE_MODEL_ROOT": str(MODEL_ROOT[0]),
         **env,
     }
+    if not model_root:
+        del env["GRISTMILL_INFERENCE_MODEL_ROOT"]
     cmd = [sys.executable, "-m", "app.cli", "inference", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,7 +33,7 @@ from app.settings import Settings
 from app.storage import Store, open_cache, open_configured_store
 from app.store.folders import put_bytes, read_bytes, read_manifest
 from pipeline.configs.codec import decode
-from tests.conftest import RunJob
+from tests.conftest import TEST_BROKER_URL, RunJob
 from tests.s3server import REGION, MotoServer, Relay
 
 CORPUS = Path(__file__).parents[1] / "fixtures" / "corpus" / "stories.jsonl"
@@ -244,8 +245,13 @@ def test_an_unreachable_bucket_retries_the_attempt_and_registers_nothing(
     # Cut before the input is read: the attempt ends retryable.
     job_id = submit(factory, s3_settings, store, tenant, "prepare", {"dataset_id": source.id})
     relay.cut()
+    with factory() as session:
+        queue = session.get_one(Job, job_id).queue
+    broker = redis.Redis.from_url(TEST_BROKER_URL)
+    sent_before = broker.llen(queue)
     assert s3_run_job.execute(job_id) == JobStatus.queued.value
     assert any("storage.unavailable" in message for message in events(factory, job_id))
+    assert broker.llen(queue) == sent_before  # no instant retry: the reaper sends it later
     assert count(factory, Dataset) == datasets_before
 
     # Cut while the outputs upload (after the input came down): nothing half-registered.

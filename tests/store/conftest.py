@@ -14,6 +14,7 @@ from tests.s3server import SECRET, MotoServer, s3_options
 
 __all__ = ["SECRET", "pending_uploads", "s3_options"]
 
+
 @pytest.fixture(autouse=True)
 def _aws(aws_env: None) -> None:
     """Every store test runs with the test credentials (``aws_env``)."""

@@ -14,8 +14,8 @@ from app.store.base import Store
 from app.store.errors import InvalidKey, ObjectNotFound
 from app.store.local import LocalStore
 from app.store.s3 import S3Store
-from tests.store.conftest import SECRET, pending_uploads, s3_options
 from tests.s3server import MotoServer
+from tests.store.conftest import SECRET, pending_uploads, s3_options
 
 MiB = 1024 * 1024
 

@@ -15,8 +15,8 @@ import pytest
 from app.store.errors import StorageUnavailable, is_retryable
 from app.store.folders import put_bytes
 from app.store.s3 import S3Store
-from tests.store.conftest import SECRET, pending_uploads, s3_options
 from tests.s3server import MotoServer, Relay, free_port
+from tests.store.conftest import SECRET, pending_uploads, s3_options
 from tests.timing import scaled
 
 MiB = 1024 * 1024

@@ -7,10 +7,18 @@ aliases defined inside ``make_router`` at import time.
 import contextlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import Response, StreamingResponse
 
-from app.api.deps import ModelPageParams, PageParams, SessionDep, StoreDep, TenantDep
+from app.api import downloads
+from app.api.deps import (
+    ModelPageParams,
+    PageParams,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+)
 from app.api.errors import ErrorResponse
 from app.artifacts import service
 from app.artifacts.schemas import ArtifactFile, ArtifactRead
@@ -19,6 +27,13 @@ from app.errors import NotFound
 from app.jobs.schemas import Page
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+RANGES: dict[int | str, dict[str, Any]] = {
+    206: {"description": "The byte range asked for (`Range`)"},
+    416: {"model": ErrorResponse},
+}
+REDIRECT: dict[int | str, dict[str, Any]] = {
+    307: {"description": "A short-lived presigned URL (when presigned downloads are on)"}
+}
 
 
 def make_router(kind: str, plural: str) -> APIRouter:
@@ -68,30 +83,40 @@ def make_router(kind: str, plural: str) -> APIRouter:
 
     @router.get(
         "/{artifact_id}/files/{path:path}",
-        response_class=FileResponse,
-        responses=NOT_FOUND,
-        summary=f"Download one file of a {kind}",
+        response_class=StreamingResponse,
+        responses={**NOT_FOUND, **RANGES, **REDIRECT},
+        summary=f"Download one file of a {kind} (Range requests welcome)",
     )
     def download_artifact_file(
-        artifact: ArtifactDep, store: StoreDep, path: Annotated[str, Path(max_length=500)]
-    ) -> FileResponse:
-        return FileResponse(
-            service.file_path(store=store, artifact=artifact, name=path),
-            media_type="application/octet-stream",
-        )
+        artifact: ArtifactDep,
+        request: Request,
+        settings: SettingsDep,
+        store: StoreDep,
+        path: Annotated[str, Path(max_length=500)],
+    ) -> Response:
+        key, entry = service.file_entry(store=store, artifact=artifact, name=path)
+        filename = path.rsplit("/", 1)[-1]
+        redirect = downloads.presigned(settings, store, key, filename)
+        if redirect is not None:
+            return redirect
+        download = downloads.stored_object(store, key, filename=None, sha256=entry.sha256)
+        return downloads.respond(request, store, download)
 
     @router.get(
         "/{artifact_id}/content",
         response_class=StreamingResponse,
-        responses=NOT_FOUND,
-        summary=f"Download a {kind} as a .tar archive (streamed)",
+        responses={**NOT_FOUND, **RANGES},
+        summary=f"Download a {kind} as a .tar archive (streamed, Range requests welcome)",
     )
-    def download_artifact(artifact: ArtifactDep, store: StoreDep) -> StreamingResponse:
-        return StreamingResponse(
-            service.stream_tar(store=store, artifact=artifact),
+    def download_artifact(artifact: ArtifactDep, request: Request, store: StoreDep) -> Response:
+        pieces = service.tar_pieces(store=store, artifact=artifact)
+        download = downloads.Download(
+            pieces,
             media_type="application/x-tar",
+            etag=downloads.etag_of(pieces),
             headers={"Content-Disposition": f'attachment; filename="{artifact.id}.tar"'},
         )
+        return downloads.respond(request, store, download)
 
     return router
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.api import downloads
 from app.api.deps import (
     DatasetDep,
     IdempotencyKey,
@@ -112,17 +113,30 @@ def read_dataset(dataset: DatasetDep, session: SessionDep) -> DatasetRead:
 
 @router.get(
     "/{dataset_id}/content",
-    response_class=FileResponse,
-    responses=NOT_FOUND,
-    summary="Download a dataset's bytes",
+    response_class=StreamingResponse,
+    responses={
+        **NOT_FOUND,
+        206: {"description": "The byte range asked for (`Range`)"},
+        307: {"description": "A short-lived presigned URL (when presigned downloads are on)"},
+        416: {"model": ErrorResponse},
+    },
+    summary="Download a dataset's bytes (Range requests welcome)",
 )
-def download_dataset(dataset: DatasetDep, store: StoreDep) -> FileResponse:
-    return FileResponse(
-        store.local_path(dataset.storage_key),
-        media_type="application/octet-stream",
-        filename=dataset.filename or f"{dataset.id}.bin",
+def download_dataset(
+    dataset: DatasetDep, request: Request, settings: SettingsDep, store: StoreDep
+) -> Response:
+    filename = dataset.filename or f"{dataset.id}.bin"
+    redirect = downloads.presigned(settings, store, dataset.storage_key, filename)
+    if redirect is not None:
+        return redirect
+    download = downloads.stored_object(
+        store,
+        dataset.storage_key,
+        filename=filename,
+        sha256=dataset.sha256,
         headers={"X-Content-SHA256": dataset.sha256},
     )
+    return downloads.respond(request, store, download)
 
 
 @router.get(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from app.api import downloads
 from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.errors import ErrorResponse
 from app.api.routes import datasets as dataset_routes
@@ -94,21 +95,31 @@ def read_file(file: FileDep) -> schemas.FileObject:
             "description": "The file's bytes (a metrics CSV for a result file)",
             "content": {"application/octet-stream": {}, "text/csv": {}},
         },
+        206: {"description": "The byte range asked for (`Range`)"},
+        307: {"description": "A short-lived presigned URL (when presigned downloads are on)"},
+        416: {"model": ErrorResponse},
     },
     summary="Download a file's content",
 )
 def read_file_content(
-    file: FileDep, session: SessionDep, store: StoreDep, tenant_id: TenantDep
+    file: FileDep,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    tenant_id: TenantDep,
 ) -> Response:
     job = service.result_job(session=session, tenant_id=tenant_id, file_id=file.id)
     if job is not None:
         return Response(service.result_csv(session=session, job=job), media_type="text/csv")
     dataset = datasets.get_dataset(session=session, tenant_id=tenant_id, dataset_id=file.id)
-    return FileResponse(
-        store.local_path(dataset.storage_key),
-        media_type="application/octet-stream",
-        filename=file.filename,
+    redirect = downloads.presigned(settings, store, dataset.storage_key, file.filename)
+    if redirect is not None:
+        return redirect
+    download = downloads.stored_object(
+        store, dataset.storage_key, filename=file.filename, sha256=dataset.sha256
     )
+    return downloads.respond(request, store, download)
 
 
 @router.delete(
