@@ -25,12 +25,12 @@ from tests.timing import wait_for
 PRETRAIN: dict[str, Any] = {
     "tokenizer": {"vocab_size": 300},  # trained inline, in the work folder
     "model": {"preset": "tiny", "context_length": 32},
-    "max_steps": 160,
+    "max_steps": 240,
     "global_batch_tokens": 256,
     "micro_batch_size": 8,
     "warmup_steps": 1,
     "log_interval": 5,
-    "eval_interval": 160,
+    "eval_interval": 240,
     "eval_batches": 1,
     "checkpoint_interval": 10,
     "sample_tokens": 0,
@@ -74,7 +74,11 @@ def test_a_paused_job_resumes_on_another_machine_from_its_last_checkpoint(
     """Pause after a checkpoint reached the bucket → the stage stops with one more checkpoint,
     which is stored before the job shows ``paused``; resumed on machine B (never saw A's
     folders), the job continues from exactly that step, with A's inline tokenizer."""
-    a = machine(settings, tmp_path / "a", moto_server.url, bucket)
+    # A short lease: the monitor looks for the pause three times a second, so the stage stops
+    # within a few dozen steps of it however fast the machine trains.
+    a = machine(settings, tmp_path / "a", moto_server.url, bucket).model_copy(
+        update={"job_lease_seconds": 1.5}
+    )
     b = machine(settings, tmp_path / "b", moto_server.url, bucket)
     store = open_configured_store(a)
     source = stored_dataset(factory, store, tenant, lines=600)
