@@ -109,7 +109,8 @@ class JobMonitor:
 
         First the checkpoint copy in flight ends, and with ``upload_checkpoints`` the last one
         queued is copied too (a paused, preempted or failed job resumes from it, on any
-        machine); a job that succeeded, or whose lease was lost, passes False or skips it.
+        machine). A job that succeeded or was cancelled passes False; an attempt that lost its
+        lease skips it (another attempt owns the job's checkpoints now).
         """
         if self._checkpoints is not None:
             upload = upload_checkpoints and not self.lease_lost.is_set()

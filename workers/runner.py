@@ -13,6 +13,8 @@ is a rename as it always was; ``<data_dir>/scratch`` on object storage) and read
 through :class:`~app.storage.LocalCopies`, closed when the attempt ends. Outputs are uploaded before
 the job is marked succeeded. The store unreachable (``StorageUnavailable``) while reading inputs or
 placing outputs ends the attempt as retryable, ``storage.unavailable``, with nothing registered.
+On object storage the stage's checkpoints are copied to the bucket as they are written and an
+attempt on a machine that lacks them fetches them first (:mod:`workers.checkpoint_sync`).
 """
 
 from __future__ import annotations
