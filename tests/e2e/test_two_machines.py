@@ -1,22 +1,27 @@
 """Two machines that share only Postgres, Redis and a bucket: a pretraining job whose worker is
 killed on one machine resumes on the other from the checkpoint in the bucket, and ends exactly
-where an uninterrupted run ends."""
+where an uninterrupted run ends; an inference service on a third data folder serves the model."""
 
 from __future__ import annotations
 
 import io
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.store.folders import MANIFEST
 from app.store.s3 import S3Store
+from tests.e2e import procs
+from tests.e2e.procs import GRISTMILL, Proc
 from tests.e2e.stack import Api, Stack, StackFactory
 from tests.s3server import MotoServer, s3_options, storage_env
+from tests.serving import free_port
 from tests.timing import wait_for
 
 pytestmark = pytest.mark.slow
@@ -45,16 +50,38 @@ PRETRAIN: dict[str, Any] = {
 }
 
 
+@dataclass
+class Machines:
+    a: Stack
+    b: Stack
+    inference: Proc
+    """``gristmill inference`` on a third data folder; the API forwards completions to it."""
+    inference_url: str
+    bucket: S3Store
+
+
 @pytest.fixture
 def machines(
-    make_stack: StackFactory, moto_server: MotoServer, bucket: str
-) -> tuple[Stack, Stack, S3Store]:
-    """Machines A and B: each its own data folder (scratch, cache), both on one bucket."""
+    make_stack: StackFactory, moto_server: MotoServer, bucket: str, tmp_path: Path
+) -> Machines:
+    """Machines A and B (an API and a worker each, started by the test) and C (the inference
+    service, started now: it loads the ML stack while A trains): each its own data folder
+    (scratch, cache), all on one bucket."""
     env = storage_env(moto_server.url, bucket)
     s3 = {k.removeprefix("GRISTMILL_").lower(): v for k, v in env.items() if "GRISTMILL_" in k}
-    a = make_stack(job_lease_seconds=LEASE_S, **s3)
-    b = make_stack(job_lease_seconds=LEASE_S, **s3)
-    return a, b, S3Store(bucket, "gristmill/", s3_options(moto_server.url))
+    inference_url = f"http://127.0.0.1:{free_port()}"
+    a = make_stack(job_lease_seconds=LEASE_S, inference_url=inference_url, **s3)
+    b = make_stack(job_lease_seconds=LEASE_S, inference_url=inference_url, **s3)
+    port = inference_url.rsplit(":", 1)[1]
+    inference = procs.start(
+        "inference",
+        [GRISTMILL, "inference", "--host", "127.0.0.1", "--port", port],
+        env=procs.clean_env(data_dir=str(tmp_path / "c"), inference_device="cpu", **s3),
+        log_dir=tmp_path / "c" / "logs",
+    )
+    a.started.append(inference)  # stopped with machine A's processes
+    store = S3Store(bucket, "gristmill/", s3_options(moto_server.url))
+    return Machines(a, b, inference, inference_url, store)
 
 
 def stored_checkpoints(bucket: S3Store, job_id: str) -> list[str]:
@@ -66,6 +93,13 @@ def stored_checkpoints(bucket: S3Store, job_id: str) -> list[str]:
 def loss_curve(api: Api, job_id: str) -> dict[int, float]:
     page = api.get(f"/v1/jobs/{job_id}/metrics?name=train_loss&limit=5000")
     return {m["step"]: m["value"] for m in page["data"]}
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def assert_downloads_and_loads(api: Api, model_id: str, into: Path) -> None:
@@ -82,13 +116,14 @@ def assert_downloads_and_loads(api: Api, model_id: str, into: Path) -> None:
 
 @pytest.mark.timeout(300)  # two short pretraining runs, three cold processes; times the factor
 def test_a_job_killed_on_one_machine_finishes_on_another_from_the_bucket(
-    machines: tuple[Stack, Stack, S3Store], tmp_path: Path
+    machines: Machines, tmp_path: Path
 ) -> None:
     """upload → prepare → pretrain on machine A; SIGKILL of A's worker once a checkpoint is
     complete in the bucket → machine B, which never saw A's folders, resumes the job from that
     checkpoint and ends with the losses and loss curve of an uninterrupted run; the model
-    downloads through the API and loads in transformers."""
-    a, b, bucket = machines
+    downloads through the API and loads in transformers, and the inference service on a third
+    folder answers a completion from it."""
+    a, b, bucket = machines.a, machines.b, machines.bucket
     a.start_api()
     a.start_worker()
     logs = a.logs + b.logs
@@ -133,3 +168,18 @@ def test_a_job_killed_on_one_machine_finishes_on_another_from_the_bucket(
     assert not stored_checkpoints(bucket, job_id)  # a finished job's checkpoints are deleted
 
     assert_downloads_and_loads(a.api, resumed["result"]["model_id"], tmp_path / "model")
+
+    wait_for(
+        lambda: healthy(f"{machines.inference_url}/health"),
+        timeout=120,
+        what="the inference service's /health",
+        logs=[machines.inference],
+    )
+    completion = a.api.client.post(
+        "/v1/completions",
+        headers=a.api.auth,
+        json={"model": resumed["result"]["model_id"], "prompt": "Once upon", "max_tokens": 4},
+    )
+    assert completion.status_code == 200, completion.text
+    assert completion.json()["usage"]["completion_tokens"] > 0
+    assert httpx.get(f"{machines.inference_url}/health").json()["store_downloads"] > 0
