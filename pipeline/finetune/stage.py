@@ -103,6 +103,7 @@ class Run:
     checkpoint_dir: Path
     checkpoint_state: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
+    reports: ckpt.ReportLog = field(default_factory=ckpt.ReportLog)  # kept in each checkpoint
     trained_tokens: int = 0
 
     @property
@@ -213,7 +214,8 @@ def _setup(
                                    sharded=run.sharded)  # fmt: skip
     run.trained_tokens = int(latest.state.get("trained_tokens", 0))
     run.metrics = dict(latest.state.get("metrics", {}))  # resumed at the end: still reported
-    ckpt.announce_restored(hooks, latest, metrics=run.metrics)
+    run.reports = ckpt.ReportLog(latest.state)
+    ckpt.announce_restored(hooks, latest, total=run.hp.total_steps, metrics=run.metrics)
     return run, data, latest.step
 
 
@@ -284,6 +286,7 @@ def _read(run: Run, item: Launched[objectives.StepSums] | None, *, ended: float 
             metrics.update(evaluate(run, batches=cfg.eval_batches))
             post_samples(run, item.step)
         run.hooks.on_progress(Progress(item.step, total, metrics))
+        run.reports.record(Progress(item.step, total, metrics))
 
 
 # --- One optimiser step --------------------------------------------------------------------------
@@ -357,7 +360,12 @@ def post_samples(run: Run, step: int) -> None:
 
 def save(run: Run, step: int) -> None:
     """A resumable checkpoint of ``step`` (on every rank: FSDP gathers the state first)."""
-    state = {**run.checkpoint_state, "trained_tokens": run.trained_tokens, "metrics": run.metrics}
+    state = {
+        **run.checkpoint_state,
+        **run.reports.state(),
+        "trained_tokens": run.trained_tokens,
+        "metrics": run.metrics,
+    }
     path = distributed.save_checkpoint(
         run.checkpoint_dir, step=step, model=run.model, optimizer=run.optimizer, state=state,
         info=run.dist, sharded=run.sharded,

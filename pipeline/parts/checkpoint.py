@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file
 
 from pipeline.parts.files import fsync, sha256_file
-from pipeline.types import Hooks, PipelineError
+from pipeline.types import Hooks, PipelineError, Progress
 
 _FORMAT = 1
 
@@ -265,13 +265,49 @@ def latest_checkpoint(root: Path) -> Checkpoint | None:
     return None
 
 
-def announce_restored(hooks: Hooks, checkpoint: Checkpoint, **extra: Any) -> None:
+def announce_restored(
+    hooks: Hooks, checkpoint: Checkpoint, *, total: int | None = None, **extra: Any
+) -> None:
     """The "resumed" event, and the checkpoint's own event again: events are written in
     batches, so an attempt killed right after saving it may never have recorded it, and the
-    job's checkpoint list would lack the step it resumed from."""
+    job's checkpoint list would lack the step it resumed from. For the same reason the progress
+    reports the checkpoint carries (:class:`ReportLog`) are made again."""
     hooks.on_event("resumed", {"step": checkpoint.step})
     event = {"step": checkpoint.step, "path": str(checkpoint.path), **extra, "restored": True}
     hooks.on_event("checkpoint", event)
+    ReportLog.replay(hooks, checkpoint.state, total)
+
+
+class ReportLog:
+    """The progress reports (step, metrics) made so far, recorded in each checkpoint.
+
+    Metrics reach the job's ledger in batches, so a worker killed right after a checkpoint may
+    have written the checkpoint but not the figures of the steps before it; the resumed attempt
+    starts after that step and would never report them. Replaying them on restore (rows are
+    upserted by step and name) leaves every step reported exactly once. The newest ``KEPT`` are
+    kept, so the state of a very long run stays small.
+    """
+
+    KEPT = 2000
+
+    def __init__(self, state: Mapping[str, Any] | None = None) -> None:
+        self._reports: list[tuple[int, dict[str, float]]] = [
+            (int(step), {str(k): float(v) for k, v in metrics.items()})
+            for step, metrics in (state or {}).get("reports", [])
+        ]
+
+    def record(self, progress: Progress) -> None:
+        self._reports.append((progress.step, dict(progress.metrics)))
+        del self._reports[: -self.KEPT]
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint records: ``{"reports": [[step, metrics], …]}``."""
+        return {"reports": [[step, metrics] for step, metrics in self._reports]}
+
+    @staticmethod
+    def replay(hooks: Hooks, state: Mapping[str, Any], total: int | None = None) -> None:
+        for step, metrics in ReportLog(state)._reports:
+            hooks.on_progress(Progress(step, total, metrics))
 
 
 def restore_checkpoint(

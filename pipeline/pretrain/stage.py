@@ -115,6 +115,7 @@ class _Run:
     last_train_loss: float | None = None
     last_val_loss: float = math.nan
     metrics: dict[str, float] = field(default_factory=dict)
+    reports: ckpt.ReportLog = field(default_factory=ckpt.ReportLog)  # kept in each checkpoint
 
 
 def run_pretrain(
@@ -216,7 +217,7 @@ def _setup(
         )
         ckpt.restore_checkpoint(latest, model=raw_model, optimizer=optimizer)
         scaler.load_state_dict(latest.state["scaler"])
-        ckpt.announce_restored(hooks, latest)
+        ckpt.announce_restored(hooks, latest, total=config.total_steps())
 
     model = wrap_model(raw_model, compile=config.compile, world_size=info.world_size, device=device)
     spec = BatchSpec(
@@ -237,6 +238,7 @@ def _setup(
         checkpoint_state=checkpoint_state,
         meter=Throughput(model_flops_per_token(raw_model, shape), peak_flops(device)),
         writer=ckpt.CheckpointWriter(checkpoint_dir),
+        reports=ckpt.ReportLog(latest.state if latest is not None else None),
     )
     return run, latest
 
@@ -313,7 +315,7 @@ def _read_step(run: _Run, item: Launched[Readback]) -> bool:
     if item.step % run.config.log_interval == 0 or item.step == total:
         run.metrics = _train_metrics(run, train_loss, item.lr, grad_norm)
         if run.dist.is_main:
-            run.hooks.on_progress(Progress(item.step, total, run.metrics))
+            _report(run, Progress(item.step, total, run.metrics))
     return bool(stop > 0)
 
 
@@ -347,7 +349,7 @@ def _evaluate(run: _Run, step: int) -> None:
         "val_loss": run.last_val_loss,
         "val_perplexity": math.exp(min(run.last_val_loss, 700.0)),
     }
-    run.hooks.on_progress(Progress(step, run.config.total_steps(), metrics))
+    _report(run, Progress(step, run.config.total_steps(), metrics))
     if run.config.sample_tokens and run.config.sample_prompts:
         samples = sample_texts(
             run.raw_model,
@@ -361,10 +363,16 @@ def _evaluate(run: _Run, step: int) -> None:
         run.hooks.on_event("samples", {"step": step, "samples": samples})
 
 
+def _report(run: _Run, progress: Progress) -> None:
+    run.hooks.on_progress(progress)
+    run.reports.record(progress)
+
+
 def _save(run: _Run, step: int) -> None:
     if run.dist.is_main:
         state = {
             **run.checkpoint_state,
+            **run.reports.state(),
             "scaler": run.parts.scaler.state_dict(),
             # The sampler is a pure function of (spec, step): this is the whole data position.
             "data": {"sampler": "pcg64-windows-v1", "step": step, **run.data.spec.as_dict()},

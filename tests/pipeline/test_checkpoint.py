@@ -10,6 +10,7 @@ import torch
 from pipeline.configs.training import ModelConfig
 from pipeline.parts import checkpoint as ckpt
 from pipeline.parts.llama import build_model
+from pipeline.types import Hooks, Progress
 
 
 def _model_and_optimizer() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -65,3 +66,26 @@ def test_a_failed_write_fails_the_run(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         writer.wait()
     writer.close()
+
+
+def test_a_restore_reports_again_the_figures_its_checkpoint_carries(tmp_path: Path) -> None:
+    """A worker killed right after a checkpoint may not have written the figures of the steps
+    before it; the resumed attempt reports them again from the checkpoint, so no step is lost."""
+    log = ckpt.ReportLog()
+    for step in (5, 10, 15):
+        log.record(Progress(step, 20, {"train_loss": 1.0 / step}))
+    model, optimizer = _model_and_optimizer()
+    ckpt.save_checkpoint(
+        tmp_path, step=15, model=model, optimizer=optimizer, state={**log.state(), "x": 1}
+    )
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest is not None
+
+    seen: list[Progress] = []
+    ckpt.announce_restored(Hooks(on_progress=seen.append), latest, total=20)
+    assert [(p.step, p.total, dict(p.metrics)) for p in seen] == [
+        (step, 20, {"train_loss": 1.0 / step}) for step in (5, 10, 15)
+    ]
+    resumed = ckpt.ReportLog(latest.state)  # the next checkpoint still carries them
+    resumed.record(Progress(20, 20, {"train_loss": 0.05}))
+    assert [step for step, _ in resumed.state()["reports"]] == [5, 10, 15, 20]
