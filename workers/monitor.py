@@ -156,10 +156,15 @@ class JobMonitor:
     ) -> None:
         self._last_sign = time.monotonic()
         log.info("%s", message)
+        data = dict(data or {})
+        # A restored checkpoint's figures, written again: the attempt that reported them may
+        # have died before its batch reached the ledger (pipeline.parts.checkpoint.ReportLog).
+        reports = data.pop("reports", None) if message == "checkpoint" else None
         with self._lock:
-            self._events.append(
-                {"message": message, "data": dict(data or {}), "level": level, "at": utcnow()}
-            )
+            for step, metrics in reports or ():
+                for name, value in metrics.items():
+                    self._metrics.setdefault((int(step), str(name)), float(value))
+            self._events.append({"message": message, "data": data, "level": level, "at": utcnow()})
 
     def _run(self) -> None:
         tick = min(1.0, self.settings.heartbeat_seconds)

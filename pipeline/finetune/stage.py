@@ -215,7 +215,7 @@ def _setup(
     run.trained_tokens = int(latest.state.get("trained_tokens", 0))
     run.metrics = dict(latest.state.get("metrics", {}))  # resumed at the end: still reported
     run.reports = ckpt.ReportLog(latest.state)
-    ckpt.announce_restored(hooks, latest, total=run.hp.total_steps, metrics=run.metrics)
+    ckpt.announce_restored(hooks, latest, metrics=run.metrics)
     return run, data, latest.step
 
 

@@ -265,17 +265,16 @@ def latest_checkpoint(root: Path) -> Checkpoint | None:
     return None
 
 
-def announce_restored(
-    hooks: Hooks, checkpoint: Checkpoint, *, total: int | None = None, **extra: Any
-) -> None:
+def announce_restored(hooks: Hooks, checkpoint: Checkpoint, **extra: Any) -> None:
     """The "resumed" event, and the checkpoint's own event again: events are written in
     batches, so an attempt killed right after saving it may never have recorded it, and the
-    job's checkpoint list would lack the step it resumed from. For the same reason the progress
-    reports the checkpoint carries (:class:`ReportLog`) are made again."""
+    job's checkpoint list would lack the step it resumed from. For the same reason the event
+    carries the progress reports the checkpoint recorded (``reports``, :class:`ReportLog`), for
+    the job layer to write again; the stage's own ``on_progress`` reports only steps it runs."""
     hooks.on_event("resumed", {"step": checkpoint.step})
     event = {"step": checkpoint.step, "path": str(checkpoint.path), **extra, "restored": True}
-    hooks.on_event("checkpoint", event)
-    ReportLog.replay(hooks, checkpoint.state, total)
+    reports = ReportLog(checkpoint.state).state()["reports"]
+    hooks.on_event("checkpoint", {**event, "reports": reports} if reports else event)
 
 
 class ReportLog:
@@ -283,9 +282,10 @@ class ReportLog:
 
     Metrics reach the job's ledger in batches, so a worker killed right after a checkpoint may
     have written the checkpoint but not the figures of the steps before it; the resumed attempt
-    starts after that step and would never report them. Replaying them on restore (rows are
-    upserted by step and name) leaves every step reported exactly once. The newest ``KEPT`` are
-    kept, so the state of a very long run stays small.
+    starts after that step and would never report them. The restored checkpoint's event carries
+    them (:func:`announce_restored`) and the job layer upserts them by step and name, so every
+    step is reported exactly once. The newest ``KEPT`` are kept, so a long run's state stays
+    small.
     """
 
     KEPT = 2000
@@ -303,11 +303,6 @@ class ReportLog:
     def state(self) -> dict[str, Any]:
         """What a checkpoint records: ``{"reports": [[step, metrics], …]}``."""
         return {"reports": [[step, metrics] for step, metrics in self._reports]}
-
-    @staticmethod
-    def replay(hooks: Hooks, state: Mapping[str, Any], total: int | None = None) -> None:
-        for step, metrics in ReportLog(state)._reports:
-            hooks.on_progress(Progress(step, total, metrics))
 
 
 def restore_checkpoint(

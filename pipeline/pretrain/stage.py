@@ -217,7 +217,7 @@ def _setup(
         )
         ckpt.restore_checkpoint(latest, model=raw_model, optimizer=optimizer)
         scaler.load_state_dict(latest.state["scaler"])
-        ckpt.announce_restored(hooks, latest, total=config.total_steps())
+        ckpt.announce_restored(hooks, latest)
 
     model = wrap_model(raw_model, compile=config.compile, world_size=info.world_size, device=device)
     spec = BatchSpec(

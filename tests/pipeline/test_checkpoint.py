@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -68,9 +69,10 @@ def test_a_failed_write_fails_the_run(tmp_path: Path) -> None:
     writer.close()
 
 
-def test_a_restore_reports_again_the_figures_its_checkpoint_carries(tmp_path: Path) -> None:
+def test_a_restored_checkpoint_carries_the_figures_reported_before_it(tmp_path: Path) -> None:
     """A worker killed right after a checkpoint may not have written the figures of the steps
-    before it; the resumed attempt reports them again from the checkpoint, so no step is lost."""
+    before it: the restored checkpoint's event carries them for the job layer to write again,
+    while the stage's own progress reports stay those of the steps it runs."""
     log = ckpt.ReportLog()
     for step in (5, 10, 15):
         log.record(Progress(step, 20, {"train_loss": 1.0 / step}))
@@ -81,11 +83,17 @@ def test_a_restore_reports_again_the_figures_its_checkpoint_carries(tmp_path: Pa
     latest = ckpt.latest_checkpoint(tmp_path)
     assert latest is not None
 
-    seen: list[Progress] = []
-    ckpt.announce_restored(Hooks(on_progress=seen.append), latest, total=20)
-    assert [(p.step, p.total, dict(p.metrics)) for p in seen] == [
-        (step, 20, {"train_loss": 1.0 / step}) for step in (5, 10, 15)
-    ]
+    events: list[tuple[str, dict[str, Any]]] = []
+    progress: list[Progress] = []
+    hooks = Hooks(
+        on_progress=progress.append,
+        on_event=lambda m, d=None, **_: events.append((m, dict(d or {}))),
+    )
+    ckpt.announce_restored(hooks, latest)
+    (data,) = [d for m, d in events if m == "checkpoint"]
+    assert data["restored"] and data["step"] == 15
+    assert data["reports"] == [[step, {"train_loss": 1.0 / step}] for step in (5, 10, 15)]
+    assert progress == []
     resumed = ckpt.ReportLog(latest.state)  # the next checkpoint still carries them
     resumed.record(Progress(20, 20, {"train_loss": 0.05}))
     assert [step for step, _ in resumed.state()["reports"]] == [5, 10, 15, 20]
