@@ -90,6 +90,8 @@ class JobMonitor:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._metrics: dict[tuple[int, str], float] = {}
+        self._gaps: dict[tuple[int, str], float] = {}
+        """Figures a restored checkpoint carries: written only where no row exists."""
         self._events: list[dict[str, Any]] = []
         self._progress: dict[str, Any] | None = None
         self._started = time.monotonic()
@@ -163,7 +165,7 @@ class JobMonitor:
         with self._lock:
             for step, metrics in reports or ():
                 for name, value in metrics.items():
-                    self._metrics.setdefault((int(step), str(name)), float(value))
+                    self._gaps[(int(step), str(name))] = float(value)
             self._events.append({"message": message, "data": data, "level": level, "at": utcnow()})
 
     def _run(self) -> None:
@@ -236,8 +238,9 @@ class JobMonitor:
     def _flush(self) -> None:
         with self._lock:
             metrics, events, progress = self._metrics, self._events, self._progress
+            gaps, self._gaps = self._gaps, {}
             self._metrics, self._events, self._progress = {}, [], None
-        if not (metrics or events or progress):
+        if not (metrics or events or progress or gaps):
             return
         try:
             with session_scope(self.factory) as session:
@@ -248,6 +251,13 @@ class JobMonitor:
                 rows = [(step, name, value) for (step, name), value in metrics.items()]
                 service.record_metrics(
                     session=session, job_id=self.job_id, attempt=self.attempt, rows=rows
+                )
+                service.record_metrics(
+                    session=session,
+                    job_id=self.job_id,
+                    attempt=self.attempt,
+                    rows=[(step, name, value) for (step, name), value in gaps.items()],
+                    overwrite=False,
                 )
                 if progress is not None:
                     session.execute(
@@ -260,5 +270,6 @@ class JobMonitor:
             log.warning("could not write metrics; keeping them for the next try", exc_info=True)
             with self._lock:
                 self._metrics = {**metrics, **self._metrics}
+                self._gaps = {**gaps, **self._gaps}
                 self._events = events + self._events
                 self._progress = self._progress or progress

@@ -335,9 +335,16 @@ def list_events(
 
 
 def record_metrics(
-    *, session: Session, job_id: str, attempt: int, rows: Iterable[tuple[int, str, float]]
+    *,
+    session: Session,
+    job_id: str,
+    attempt: int,
+    rows: Iterable[tuple[int, str, float]],
+    overwrite: bool = True,
 ) -> None:
-    """Upsert (step, name, value) rows in one statement: a resumed attempt overwrites its steps."""
+    """Upsert (step, name, value) rows in one statement: a resumed attempt overwrites its steps.
+    ``overwrite=False`` only fills steps that have no row yet (figures a restored checkpoint
+    carries, which an earlier attempt may already have written)."""
     values = [
         {
             "job_id": job_id,
@@ -354,6 +361,9 @@ def record_metrics(
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = insert(JobMetric).values(values)
+    if not overwrite:
+        session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "name", "step"]))
+        return
     stmt = stmt.on_conflict_do_update(
         index_elements=["job_id", "name", "step"],
         set_={"value": stmt.excluded.value, "attempt": stmt.excluded.attempt},

@@ -107,3 +107,25 @@ def test_metrics_upsert_keeps_one_row_per_step(factory: sessionmaker[Session], t
             select(JobMetric.step, JobMetric.value, JobMetric.attempt).order_by(JobMetric.step)
         ).all()
     assert [tuple(r) for r in rows] == [(1, 2.0, 1), (2, 1.4, 2), (3, 1.2, 2)]
+
+
+def test_figures_a_checkpoint_carries_only_fill_steps_without_a_row(
+    factory: sessionmaker[Session], tenant: str
+) -> None:
+    """A resumed attempt writes again what its checkpoint recorded: rows the earlier attempt
+    wrote stay as they are (and keep its attempt), missing ones are filled."""
+    job = make_job(factory, tenant)
+    with factory() as session:
+        service.record_metrics(session=session, job_id=job.id, attempt=1, rows=[(1, "loss", 2.0)])
+        service.record_metrics(
+            session=session,
+            job_id=job.id,
+            attempt=2,
+            rows=[(1, "loss", 9.9), (2, "loss", 1.5)],
+            overwrite=False,
+        )
+        session.commit()
+        rows = session.execute(
+            select(JobMetric.step, JobMetric.value, JobMetric.attempt).order_by(JobMetric.step)
+        ).all()
+    assert [tuple(r) for r in rows] == [(1, 2.0, 1), (2, 1.5, 2)]
