@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope, utcnow
+from app.jobs import metrics as job_metrics
 from app.jobs import service
 from app.jobs.reaper import TIME_LIMIT_MESSAGE
 from app.jobs.states import JobStatus
@@ -249,10 +250,10 @@ class JobMonitor:
                         session=session, job_id=self.job_id, attempt=self.attempt, **event
                     )
                 rows = [(step, name, value) for (step, name), value in metrics.items()]
-                service.record_metrics(
+                job_metrics.record_metrics(
                     session=session, job_id=self.job_id, attempt=self.attempt, rows=rows
                 )
-                service.record_metrics(
+                job_metrics.record_metrics(
                     session=session,
                     job_id=self.job_id,
                     attempt=self.attempt,

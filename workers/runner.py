@@ -7,14 +7,10 @@ protocol (``workers.handlers.base.Output``: place, record, discard), never by ty
 output type is written in its domain and not here. The watcher beside the stage is
 :mod:`workers.monitor`.
 
-Files: an attempt works in folders on this machine (:func:`run_paths`, under
-``app.storage.job_scratch_root``: the store's own folder when it is local, so publishing an output
-is a rename as it always was; ``<data_dir>/scratch`` on object storage) and reads its inputs
-through :class:`~app.storage.LocalCopies`, closed when the attempt ends. Outputs are uploaded before
-the job is marked succeeded. The store unreachable (``StorageUnavailable``) while reading inputs or
-placing outputs ends the attempt as retryable, ``storage.unavailable``, with nothing registered.
-On object storage the stage's checkpoints are copied to the bucket as they are written and an
-attempt on a machine that lacks them fetches them first (:mod:`workers.checkpoint_sync`).
+Files: where an attempt's folders are, how its checkpoints reach the store and how its outputs
+are placed is :mod:`workers.attempt_files`. The store unreachable (``StorageUnavailable``) while
+reading inputs or placing outputs ends the attempt as retryable, ``storage.unavailable``, with
+nothing registered.
 """
 
 from __future__ import annotations
@@ -22,13 +18,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import shutil
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,11 +29,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import layout
 from app.broker import enqueue
 from app.db import session_scope, utcnow
 from app.errors import GristmillError, internal_error, public_message
-from app.flows.deletion import purge_deleted
 from app.flows.inputs import load_inputs
 from app.flows.quotas import stored_bytes
 from app.jobs import service
@@ -51,11 +42,11 @@ from app.jobs.states import JobStatus
 from app.jobs.tables import Job
 from app.logging import bind
 from app.settings import Settings
-from app.storage import LocalCopies, Store, is_local, job_scratch_root, local_copies
+from app.storage import LocalCopies, Store, job_scratch_root, local_copies
 from app.store.errors import StorageUnavailable
 from pipeline.configs.codec import decode
-from pipeline.types import Hooks, PipelineError, RetryableError, RunPaths, StageCancelled
-from workers.checkpoint_sync import CheckpointSync
+from pipeline.types import PipelineError, RetryableError, StageCancelled
+from workers import attempt_files as files
 from workers.handlers.base import Handler, JobContext, Outcome, Placed
 from workers.monitor import JobMonitor, end_this_process
 
@@ -65,45 +56,6 @@ log = logging.getLogger(__name__)
 def lease_owner_id() -> str:
     """Who holds a running job's lease: this process, on this host (kept in logs, not shown)."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def run_paths(scratch: Path, tenant_id: str, job_id: str) -> RunPaths:
-    """The job's folders under this machine's scratch root (``job_scratch_root``). ``work``
-    survives attempts on this machine (checkpoints); ``output`` starts empty; the cache is the
-    tenant's own, so no tenant can learn what another trained on."""
-    work = scratch / layout.job_work(job_id)
-    output = scratch / layout.job_output(job_id)
-    cache = scratch / layout.cache(tenant_id)
-    shutil.rmtree(output, ignore_errors=True)
-    for folder in (work, output, cache):
-        folder.mkdir(parents=True, exist_ok=True)
-    return RunPaths(work_dir=work, output_dir=output, cache_dir=cache)
-
-
-def attempt_started(
-    store: Store, paths: RunPaths, job_id: str, monitor: JobMonitor
-) -> CheckpointSync:
-    """Called once an attempt's folders exist, before its handler runs. On object storage it
-    brings the job's last complete checkpoint that this machine lacks (an attempt elsewhere
-    wrote it) into ``paths.work_dir``, and returns the copier that sends each new checkpoint to
-    the store while the stage runs; the monitor closes it as the attempt ends, so a paused or
-    preempted job's last checkpoint is stored before the job is handed on. On the local folder
-    it does nothing (the work folder is in the store already)."""
-    warn = partial(monitor.on_event, level="warning")
-    checkpoints = CheckpointSync(store, job_id, paths.work_dir, warn=warn)
-    monitor.copy_checkpoints(checkpoints)
-    checkpoints.restore()
-    return checkpoints
-
-
-def _hooks(monitor: JobMonitor, checkpoints: CheckpointSync) -> Hooks:
-    """The stage's callbacks: the monitor's, with checkpoint events also handed to the copier."""
-
-    def on_event(message: str, data: Mapping[str, Any] | None = None, level: str = "info") -> None:
-        monitor.on_event(message, data, level)
-        checkpoints.on_event(message, data)
-
-    return Hooks(monitor.on_progress, on_event, monitor.should_stop)
 
 
 def handler_for(name: str) -> Handler:
@@ -196,8 +148,8 @@ def _context(
         storage_left = settings.quota_storage_bytes - stored_bytes(
             session=session, tenant_id=tenant_id
         )
-    paths = run_paths(job_scratch_root(settings, store), tenant_id, job_id)
-    checkpoints = attempt_started(store, paths, job_id, monitor)
+    paths = files.run_paths(job_scratch_root(settings, store), tenant_id, job_id)
+    checkpoints = files.attempt_started(store, paths, job_id, monitor)
     return JobContext(
         job_id=job_id,
         tenant_id=tenant_id,
@@ -206,7 +158,7 @@ def _context(
         inputs=inputs,
         attempt=attempt,
         paths=paths,
-        hooks=_hooks(monitor, checkpoints),
+        hooks=files.stage_hooks(monitor, checkpoints),
         settings=settings,
         copies=copies,
         storage_left=storage_left,
@@ -379,7 +331,7 @@ def _finish(
     # Checkpoints serve a resume: a job that succeeded or was cancelled needs no more copies.
     monitor.stop(upload_checkpoints=status not in (JobStatus.succeeded, JobStatus.cancelled))
     try:
-        placed = _place_outputs(att, outcome) if outcome is not None else []
+        placed = files.place_outputs(att.store, att.tenant_id, att.job_id, outcome)
     except StorageUnavailable as err:  # nothing was recorded: the retry places them anew
         return _storage_unavailable(att, monitor, err)
     deadline = time.monotonic() + att.settings.job_lease_seconds
@@ -395,59 +347,14 @@ def _finish(
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
     if written is None:  # the job ended otherwise: its outputs never become visible
-        _discard(att, placed)
+        files.discard(att.store, placed)
         return None
     if status == JobStatus.succeeded:
         # Checkpoints and scratch only serve a resume. (A failed job keeps its last good one.)
-        _remove_job_files(att)
-    _purge_deleted_inputs(att)
+        files.remove_job_files(att.settings, att.store, att.job_id)
+    files.purge_deleted_inputs(att.factory, att.store, att.job_id)
     log.info("job finished: %s", status.value)
     return written
-
-
-def _purge_deleted_inputs(att: _Attempt) -> None:
-    """Files deleted while this job read them go now that it has ended (unless another job
-    still reads one); a failure here is left to the housekeeping loop's next pass."""
-    try:
-        purge_deleted(factory=att.factory, store=att.store, read_by=att.job_id)
-    except Exception:
-        log.warning("could not purge the deleted files this job read", exc_info=True)
-
-
-def _remove_job_files(att: _Attempt) -> None:
-    """The job's folder on this machine's scratch and in the store (checkpoints copied there);
-    on the local folder the two are one. Whatever is left (an outage) is garbage collected."""
-    shutil.rmtree(job_scratch_root(att.settings, att.store) / layout.job(att.job_id),
-                  ignore_errors=True)  # fmt: skip
-    if is_local(att.store):
-        return
-    try:
-        att.store.delete(layout.job(att.job_id))
-    except StorageUnavailable:
-        log.warning("could not delete the job's stored files; garbage collection will")
-
-
-def _place_outputs(att: _Attempt, outcome: Outcome) -> list[Placed]:
-    """Move the outputs' files into the store (their rows come with the final state). If one
-    cannot be placed, those already placed are discarded: all or nothing."""
-    placed: list[Placed] = []
-    try:
-        for output in outcome.outputs:
-            placed.append(output.place(store=att.store, tenant_id=att.tenant_id, job_id=att.job_id))
-    except BaseException:
-        _discard(att, placed)
-        raise
-    return placed
-
-
-def _discard(att: _Attempt, placed: list[Placed]) -> None:
-    """Undo placed outputs, as far as the store lets us (garbage collection takes the rest:
-    objects without a row)."""
-    for item in placed:
-        try:
-            item.discard(store=att.store)
-        except StorageUnavailable:
-            log.warning("could not discard a placed output; garbage collection will")
 
 
 def _write_final(

@@ -39,6 +39,7 @@ from pipeline.parts.device import (
 from pipeline.parts.examples import DataStats
 from pipeline.parts.optimizer import build_optimizer
 from pipeline.parts.readback import LateReads, Launched, Readback, check_finite
+from pipeline.parts.reports import ReportLog
 from pipeline.parts.runtimes.transformers import answer_samples
 from pipeline.parts.schedule import lr_at
 from pipeline.types import (
@@ -68,13 +69,11 @@ class FinetuneResult:
     hyperparameters: Hyperparameters
     train_data: DataStats
     valid_data: DataStats | None
-    metrics: dict[str, float]
-    """Final metrics: train_loss, train_mean_token_accuracy, full_valid_loss, ..."""
+    metrics: dict[str, float]  # final: train_loss, train_mean_token_accuracy, full_valid_loss…
     trained_tokens: int
     model_dir: Path = field(metadata=PRODUCT)
     """The fine-tuned model (merged for adapter methods), HF layout."""
-    adapter_dir: Path | None = field(metadata=PRODUCT)
-    """The peft adapter folder (lora, qlora, dpo with LoRA)."""
+    adapter_dir: Path | None = field(metadata=PRODUCT)  # peft's folder (lora, qlora, dpo+LoRA)
     chat_template: str | None
     resumed_from_step: int | None
     snapshots: tuple[hf.Snapshot, ...] = field(default=(), metadata=PRODUCT)
@@ -103,7 +102,7 @@ class Run:
     checkpoint_dir: Path
     checkpoint_state: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
-    reports: ckpt.ReportLog = field(default_factory=ckpt.ReportLog)  # kept in each checkpoint
+    reports: ReportLog = field(default_factory=ReportLog)  # what ``hooks`` reported
     trained_tokens: int = 0
 
     @property
@@ -197,11 +196,12 @@ def _setup(
     if info.is_main:
         ckpt.clean_tmp(checkpoint_dir)
     barrier(info)
+    reports = ReportLog()  # every progress report, kept in each checkpoint
     run = Run(
-        config=config, hp=hp, hooks=hooks, dist=info, device=device, dtype=dtype, model=model,
-        reference=reference, optimizer=build_optimizer(model, config.optimizer(hp), device),
-        tokenizer=tokenizer, train=data.train, valid=data.valid,
-        pad_id=int(tokenizer.pad_token_id),
+        config=config, hp=hp, hooks=reports.watch(hooks), reports=reports, dist=info,
+        device=device, dtype=dtype, model=model, reference=reference,
+        optimizer=build_optimizer(model, config.optimizer(hp), device), tokenizer=tokenizer,
+        train=data.train, valid=data.valid, pad_id=int(tokenizer.pad_token_id),
         eos_ids=stop_ids(tokenizer, data.chat), checkpoint_dir=checkpoint_dir,
         checkpoint_state={"config": encode(config), "train_examples": len(data.train)},
     )  # fmt: skip
@@ -214,7 +214,7 @@ def _setup(
                                    sharded=run.sharded)  # fmt: skip
     run.trained_tokens = int(latest.state.get("trained_tokens", 0))
     run.metrics = dict(latest.state.get("metrics", {}))  # resumed at the end: still reported
-    run.reports = ckpt.ReportLog(latest.state)
+    run.reports.restore(latest.state)
     ckpt.announce_restored(hooks, latest, metrics=run.metrics)
     return run, data, latest.step
 
@@ -286,7 +286,6 @@ def _read(run: Run, item: Launched[objectives.StepSums] | None, *, ended: float 
             metrics.update(evaluate(run, batches=cfg.eval_batches))
             post_samples(run, item.step)
         run.hooks.on_progress(Progress(item.step, total, metrics))
-        run.reports.record(Progress(item.step, total, metrics))
 
 
 # --- One optimiser step --------------------------------------------------------------------------
@@ -360,16 +359,10 @@ def post_samples(run: Run, step: int) -> None:
 
 def save(run: Run, step: int) -> None:
     """A resumable checkpoint of ``step`` (on every rank: FSDP gathers the state first)."""
-    state = {
-        **run.checkpoint_state,
-        **run.reports.state(),
-        "trained_tokens": run.trained_tokens,
-        "metrics": run.metrics,
-    }
-    path = distributed.save_checkpoint(
-        run.checkpoint_dir, step=step, model=run.model, optimizer=run.optimizer, state=state,
-        info=run.dist, sharded=run.sharded,
-    )  # fmt: skip
+    state = {**run.checkpoint_state, **run.reports.state(),
+             "trained_tokens": run.trained_tokens, "metrics": run.metrics}  # fmt: skip
+    path = distributed.save_checkpoint(run.checkpoint_dir, step=step, model=run.model,
+        optimizer=run.optimizer, state=state, info=run.dist, sharded=run.sharded)  # fmt: skip
     if path is None:
         return
     if not run.sharded:  # a servable copy (under FSDP no rank holds the whole model here)

@@ -34,7 +34,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file
 
 from pipeline.parts.files import fsync, sha256_file
-from pipeline.types import Hooks, PipelineError, Progress
+from pipeline.parts.reports import ReportLog
+from pipeline.types import Hooks, PipelineError
 
 _FORMAT = 1
 
@@ -275,34 +276,6 @@ def announce_restored(hooks: Hooks, checkpoint: Checkpoint, **extra: Any) -> Non
     event = {"step": checkpoint.step, "path": str(checkpoint.path), **extra, "restored": True}
     reports = ReportLog(checkpoint.state).state()["reports"]
     hooks.on_event("checkpoint", {**event, "reports": reports} if reports else event)
-
-
-class ReportLog:
-    """The progress reports (step, metrics) made so far, recorded in each checkpoint.
-
-    Metrics reach the job's ledger in batches, so a worker killed right after a checkpoint may
-    have written the checkpoint but not the figures of the steps before it; the resumed attempt
-    starts after that step and would never report them. The restored checkpoint's event carries
-    them (:func:`announce_restored`) and the job layer upserts them by step and name, so every
-    step is reported exactly once. The newest ``KEPT`` are kept, so a long run's state stays
-    small.
-    """
-
-    KEPT = 2000
-
-    def __init__(self, state: Mapping[str, Any] | None = None) -> None:
-        self._reports: list[tuple[int, dict[str, float]]] = [
-            (int(step), {str(k): float(v) for k, v in metrics.items()})
-            for step, metrics in (state or {}).get("reports", [])
-        ]
-
-    def record(self, progress: Progress) -> None:
-        self._reports.append((progress.step, dict(progress.metrics)))
-        del self._reports[: -self.KEPT]
-
-    def state(self) -> dict[str, Any]:
-        """What a checkpoint records: ``{"reports": [[step, metrics], …]}``."""
-        return {"reports": [[step, metrics] for step, metrics in self._reports]}
 
 
 def restore_checkpoint(

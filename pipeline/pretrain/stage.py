@@ -41,6 +41,7 @@ from pipeline.parts.llama import build_model, count_parameters, model_flops_per_
 from pipeline.parts.losses import lm_batch_loss, lm_loss_sums
 from pipeline.parts.optimizer import build_optimizer
 from pipeline.parts.readback import LateReads, Launched, Readback, check_finite
+from pipeline.parts.reports import ReportLog
 from pipeline.parts.runtimes.transformers import sample_texts
 from pipeline.parts.schedule import lr_at
 from pipeline.parts.step import StepParts, Throughput, optimizer_step
@@ -115,7 +116,7 @@ class _Run:
     last_train_loss: float | None = None
     last_val_loss: float = math.nan
     metrics: dict[str, float] = field(default_factory=dict)
-    reports: ckpt.ReportLog = field(default_factory=ckpt.ReportLog)  # kept in each checkpoint
+    reports: ReportLog = field(default_factory=ReportLog)  # what ``hooks`` reported
 
 
 def run_pretrain(
@@ -227,9 +228,10 @@ def _setup(
         world=info.world_size,
         context=shape.context_length,
     )
+    reports = ReportLog(latest.state if latest is not None else None)  # kept in each checkpoint
     run = _Run(
         config=config,
-        hooks=hooks,
+        hooks=reports.watch(hooks),
         dist=info,
         parts=StepParts(model, optimizer, scaler, device, dtype, config.grad_clip),
         raw_model=raw_model,
@@ -238,7 +240,7 @@ def _setup(
         checkpoint_state=checkpoint_state,
         meter=Throughput(model_flops_per_token(raw_model, shape), peak_flops(device)),
         writer=ckpt.CheckpointWriter(checkpoint_dir),
-        reports=ckpt.ReportLog(latest.state if latest is not None else None),
+        reports=reports,
     )
     return run, latest
 
@@ -315,7 +317,7 @@ def _read_step(run: _Run, item: Launched[Readback]) -> bool:
     if item.step % run.config.log_interval == 0 or item.step == total:
         run.metrics = _train_metrics(run, train_loss, item.lr, grad_norm)
         if run.dist.is_main:
-            _report(run, Progress(item.step, total, run.metrics))
+            run.hooks.on_progress(Progress(item.step, total, run.metrics))
     return bool(stop > 0)
 
 
@@ -349,7 +351,7 @@ def _evaluate(run: _Run, step: int) -> None:
         "val_loss": run.last_val_loss,
         "val_perplexity": math.exp(min(run.last_val_loss, 700.0)),
     }
-    _report(run, Progress(step, run.config.total_steps(), metrics))
+    run.hooks.on_progress(Progress(step, run.config.total_steps(), metrics))
     if run.config.sample_tokens and run.config.sample_prompts:
         samples = sample_texts(
             run.raw_model,
@@ -361,11 +363,6 @@ def _evaluate(run: _Run, step: int) -> None:
             eos_id=data.eos_id,
         )
         run.hooks.on_event("samples", {"step": step, "samples": samples})
-
-
-def _report(run: _Run, progress: Progress) -> None:
-    run.hooks.on_progress(progress)
-    run.reports.record(progress)
 
 
 def _save(run: _Run, step: int) -> None:

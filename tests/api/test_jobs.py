@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.jobs import service
+from app.jobs import metrics as job_metrics
 from app.jobs.tables import Job
 from tests.conftest import TEST_BROKER_URL
 
@@ -212,7 +212,7 @@ def test_metrics_pages_end_inside_a_step_and_lose_nothing(
     names = ["lr", "train_loss", "val_loss", "grad_norm"]
     rows = [(step, name, step / 10) for step in (5, 10, 15) for name in names]
     with factory() as session, session.begin():
-        service.record_metrics(session=session, job_id=job["id"], attempt=1, rows=rows)
+        job_metrics.record_metrics(session=session, job_id=job["id"], attempt=1, rows=rows)
     expected = sorted((step, name) for step, name, _ in rows)
 
     for limit in (1, 3, 5, 1000):

@@ -7,6 +7,7 @@ import threading
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.jobs import metrics as job_metrics
 from app.jobs import service
 from app.jobs.states import FINAL_STATES, TRANSITIONS, JobStatus
 from app.jobs.tables import Job, JobMetric
@@ -96,10 +97,10 @@ def test_cancel_of_a_running_job_asks_it_to_stop(
 def test_metrics_upsert_keeps_one_row_per_step(factory: sessionmaker[Session], tenant: str) -> None:
     job = make_job(factory, tenant)
     with factory() as session:
-        service.record_metrics(
+        job_metrics.record_metrics(
             session=session, job_id=job.id, attempt=1, rows=[(1, "loss", 2.0), (2, "loss", 1.5)]
         )
-        service.record_metrics(
+        job_metrics.record_metrics(
             session=session, job_id=job.id, attempt=2, rows=[(2, "loss", 1.4), (3, "loss", 1.2)]
         )
         session.commit()
@@ -116,8 +117,10 @@ def test_figures_a_checkpoint_carries_only_fill_steps_without_a_row(
     wrote stay as they are (and keep its attempt), missing ones are filled."""
     job = make_job(factory, tenant)
     with factory() as session:
-        service.record_metrics(session=session, job_id=job.id, attempt=1, rows=[(1, "loss", 2.0)])
-        service.record_metrics(
+        job_metrics.record_metrics(
+            session=session, job_id=job.id, attempt=1, rows=[(1, "loss", 2.0)]
+        )
+        job_metrics.record_metrics(
             session=session,
             job_id=job.id,
             attempt=2,

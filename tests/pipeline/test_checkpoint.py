@@ -11,6 +11,7 @@ import torch
 from pipeline.configs.training import ModelConfig
 from pipeline.parts import checkpoint as ckpt
 from pipeline.parts.llama import build_model
+from pipeline.parts.reports import ReportLog
 from pipeline.types import Hooks, Progress
 
 
@@ -73,7 +74,7 @@ def test_a_restored_checkpoint_carries_the_figures_reported_before_it(tmp_path: 
     """A worker killed right after a checkpoint may not have written the figures of the steps
     before it: the restored checkpoint's event carries them for the job layer to write again,
     while the stage's own progress reports stay those of the steps it runs."""
-    log = ckpt.ReportLog()
+    log = ReportLog()
     for step in (5, 10, 15):
         log.record(Progress(step, 20, {"train_loss": 1.0 / step}))
     model, optimizer = _model_and_optimizer()
@@ -94,6 +95,6 @@ def test_a_restored_checkpoint_carries_the_figures_reported_before_it(tmp_path: 
     assert data["restored"] and data["step"] == 15
     assert data["reports"] == [[step, {"train_loss": 1.0 / step}] for step in (5, 10, 15)]
     assert progress == []
-    resumed = ckpt.ReportLog(latest.state)  # the next checkpoint still carries them
+    resumed = ReportLog(latest.state)  # the next checkpoint still carries them
     resumed.record(Progress(20, 20, {"train_loss": 0.05}))
     assert [step for step, _ in resumed.state()["reports"]] == [5, 10, 15, 20]

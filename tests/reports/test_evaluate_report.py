@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.artifacts.tables import Artifact
 from app.db import session_scope
-from app.jobs import service as jobs
+from app.jobs import metrics as job_metrics
 from app.jobs.tables import Job
 
 RESULT = {
@@ -56,10 +56,10 @@ def test_the_report_page_has_every_figure_and_the_lineage_curves(
         session.flush()
         _model(session, tenant, "mdl_BASE", {"job_id": "job_PRETRAIN"})
         _model(session, tenant, "mdl_CHILD", {"job_id": "job_TUNE", "parent_model_id": "mdl_BASE"})
-        jobs.record_metrics(session=session, job_id="job_PRETRAIN", attempt=1,
+        job_metrics.record_metrics(session=session, job_id="job_PRETRAIN", attempt=1,
                             rows=[(s, "train_loss", 5.0 - s / 10) for s in range(1, 6)]
                             + [(5, "val_loss", 4.6), (5, "lr", 0.001)])  # fmt: skip
-        jobs.record_metrics(session=session, job_id="job_TUNE", attempt=1,
+        job_metrics.record_metrics(session=session, job_id="job_TUNE", attempt=1,
                             rows=[(1, "train_loss", 3.0), (2, "train_loss", 2.5)])  # fmt: skip
 
     page = client.get("/v1/jobs/job_EVAL/report.html", headers=auth)
@@ -91,13 +91,13 @@ def test_lineage_curves_follow_parents_and_keep_to_loss_metrics(
         session.flush()
         _model(session, tenant, "mdl_BASE", {"job_id": "job_PRETRAIN"})
         _model(session, tenant, "mdl_CHILD", {"job_id": "job_TUNE", "parent_model_id": "mdl_BASE"})
-        jobs.record_metrics(
+        job_metrics.record_metrics(
             session=session,
             job_id="job_PRETRAIN",
             attempt=1,
             rows=[(2, "train_loss", 4.0), (1, "train_loss", 5.0), (1, "lr", 1.0)],
         )
-        jobs.record_metrics(session=session, job_id="job_TUNE", attempt=1,
+        job_metrics.record_metrics(session=session, job_id="job_TUNE", attempt=1,
                             rows=[(1, "val_loss", 3.0)])  # fmt: skip
     with factory() as session:
         curves = lineage_curves(session, tenant, "mdl_CHILD")

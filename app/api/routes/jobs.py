@@ -16,7 +16,7 @@ from app.api.deps import (
 )
 from app.api.errors import ErrorResponse
 from app.flows import submission, waiting
-from app.jobs import service
+from app.jobs import metrics, service
 from app.jobs.kinds import get_kind
 from app.jobs.schemas import JobCreate, JobEventRead, JobMetricRead, JobRead, Page, brief
 from app.jobs.states import JobStatus
@@ -211,7 +211,7 @@ def list_job_metrics(
 ) -> Page[JobMetricRead]:
     """Metrics in (step, name) order. Page on with the last row's `step` and `name` as
     `after_step` and `after_name`; `after_step` alone skips to the steps after it."""
-    rows, has_more = service.list_metrics(
+    rows, has_more = metrics.list_metrics(
         session=session,
         job_id=job.id,
         name=name,
