@@ -21,7 +21,7 @@ from types import TracebackType
 from app.store.base import Store, check_key
 from app.store.cache import BlobCache
 from app.store.errors import ObjectNotFound, StorageError
-from app.store.folders import FileEntry, put_file, put_folder
+from app.store.folders import put_file, put_folder
 from app.store.local import LocalStore, make_private_dirs
 
 
@@ -92,20 +92,18 @@ class LocalCopies:
         self.close()
 
 
-def publish_file(store: Store, key: str, path: Path) -> FileEntry:
+def publish_file(store: Store, key: str, path: Path) -> None:
     """Move the local file ``path`` into the store as ``key`` (a rename on the local folder, an
-    upload then a delete on object storage); the entry records what was stored. A failed upload
-    stores nothing and leaves ``path`` in place."""
+    upload then a delete on object storage). A failed upload stores nothing and leaves ``path``
+    in place."""
     check_key(key)
     if isinstance(store, LocalStore):
-        size = path.stat().st_size
         target = store.local_path(key)
         make_private_dirs(target.parent)
         os.replace(path, target)
-        return FileEntry(key, size, "")
-    entry = put_file(store, key, path)
+        return
+    put_file(store, key, path)
     path.unlink(missing_ok=True)
-    return entry
 
 
 def publish_folder(store: Store, key: str, folder: Path) -> None:
