@@ -18,6 +18,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A free port whose next one is free too: ``gristmill serve`` puts its inference service on
+    the API's port + 1, and a port taken there fails that service's start."""
+    while True:
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+
+
 @contextlib.contextmanager
 def serve_in_thread(app: Any, **config: Any) -> Iterator[str]:
     """Serve ``app`` on a free port until the block ends; yields its base URL once the server

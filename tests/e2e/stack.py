@@ -34,7 +34,7 @@ from app.tenants.service import authenticate
 from tests.conftest import PG_ADMIN_URL, RUN_ID
 from tests.e2e.procs import GRISTMILL, Proc, clean_env, start, stop_all
 from tests.factories import make_job
-from tests.serving import free_port
+from tests.serving import free_port, free_port_pair
 from tests.timing import scaled, wait_for
 
 FINAL_STATES = frozenset(status.value for status in JOB_FINAL_STATES)
@@ -171,7 +171,7 @@ class Api:
 def start_serve(cwd: Path, *, log_dir: Path, **settings: Any) -> tuple[Proc, Api]:
     """``gristmill serve`` in ``cwd`` with no GRISTMILL_* variable but ``settings``; returns once
     the API answers ready and its worker subprocess is ready too (the key is the caller's)."""
-    port = free_port()
+    port = free_port_pair()  # the API, and its inference service on the next port
     args = [GRISTMILL, "serve", "--port", str(port)]
     proc = start("serve", args, env=clean_env(**settings), log_dir=log_dir, cwd=cwd)
     api = Api(f"http://127.0.0.1:{port}")
